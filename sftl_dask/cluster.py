@@ -1,0 +1,98 @@
+"""The one place that decides the Dask client.
+
+Order: an address given by the caller (``--scheduler``), else the environment variable
+``DASK_SCHEDULER_ADDRESS``, else an embedded ``LocalCluster`` of ``n_workers`` single-threaded
+worker processes. Workers get torch/BLAS threads pinned to their thread count, and
+Dask's ``MALLOC_TRIM_THRESHOLD_`` is removed from their environment (it costs 2.5x on
+torch inference with glibc malloc; see shared/reference/PERF.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import dask
+from distributed import Client, LocalCluster
+
+__all__ = ["get_client", "default_workers"]
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def default_workers() -> int:
+    """Default number of embedded workers: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def get_client(
+    address: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    memory_limit: str | float | None = "auto",
+    dashboard: bool = False,
+) -> Iterator[Client]:
+    """Yield a connected Dask client; an embedded cluster is closed on exit.
+
+    Parameters
+    ----------
+    address : str, optional
+        Scheduler address (``tcp://host:8786``). Default: ``DASK_SCHEDULER_ADDRESS``, else embedded.
+    n_workers : int, optional
+        Workers of the embedded cluster (default: CPUs available).
+    threads_per_worker : int, optional
+        Threads per embedded worker; torch and BLAS threads are pinned to it.
+    memory_limit : str or float, optional
+        Per-worker memory limit of the embedded cluster.
+    dashboard : bool, optional
+        Serve the dashboard of the embedded cluster (on a free port).
+
+    Raises
+    ------
+    ValueError
+        If ``n_workers`` or ``threads_per_worker`` is not positive.
+    OSError
+        If a given scheduler cannot be reached (message names the address).
+    """
+    address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if address:
+        try:
+            client = Client(address, timeout="20s")
+        except OSError as exc:
+            raise OSError(f"cannot reach Dask scheduler {address}: {exc}") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+
+    n = n_workers or default_workers()
+    if n < 1 or threads_per_worker < 1:
+        raise ValueError(f"workers must be >= 1 (got n_workers={n}, threads_per_worker={threads_per_worker})")
+    env = {v: str(threads_per_worker) for v in _THREAD_VARS}
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in workers and leaves it in os.environ.
+    pre_spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    pre_spawn.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn,
+                          "distributed.nanny.environ": env}):
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            memory_limit=memory_limit,
+            dashboard_address=":0" if dashboard else None,
+        )
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
