@@ -1,0 +1,1 @@
+"""Readers and writers of real product formats (never imports the synthetic testbed)."""
