@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import dask
 from distributed import Client, LocalCluster
 
-__all__ = ["get_client", "default_workers"]
+__all__ = ["default_workers", "get_client"]
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -57,15 +57,15 @@ def get_client(
     ------
     ValueError
         If ``n_workers`` or ``threads_per_worker`` is not positive.
-    OSError
+    ConnectionError
         If a given scheduler cannot be reached (message names the address).
     """
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     if address:
         try:
             client = Client(address, timeout="20s")
-        except OSError as exc:
-            raise OSError(f"cannot reach Dask scheduler {address}: {exc}") from None
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionError(f"cannot reach Dask scheduler {address}: {exc}") from None
         try:
             yield client
         finally:

@@ -125,7 +125,7 @@ def test_table_backend_returns_external_terms_and_interpolates_in_sec_vza():
     t = be.terms(p, [0.0, 60.0, float(np.rad2deg(np.arccos(1 / 1.5)))])
     assert np.allclose(t.transmittance[:2, 0], [0.8, 0.6])
     assert t.transmittance[2, 0] == pytest.approx(0.7, abs=1e-3)  # sec = 1.5, halfway between 1 and 2
-    with pytest.raises(ValueError, match="modtran.csv: no rows for profile 'tropical'"):
+    with pytest.raises(ValueError, match=r"modtran\.csv: no rows for profile 'tropical'"):
         be.terms(afgl("tropical"), [0.0])
-    with pytest.raises(ValueError, match="modtran.csv: missing column"):
+    with pytest.raises(ValueError, match=r"modtran\.csv: missing column"):
         TableBackend(pd.DataFrame(rows).drop(columns=["tau_bt_10_80"]), source="modtran.csv")

@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask.physics.constants import AVOGADRO, BOLTZMANN_K, MOLAR_MASS_H2O
 
-__all__ = ["AtmosphereProfile", "AFGL_NAMES", "afgl", "afgl_all"]
+__all__ = ["AFGL_NAMES", "AtmosphereProfile", "afgl", "afgl_all"]
 
 #: The six AFGL 1986 atmospheres, in the order of joseki's tables 1a-1f.
 AFGL_NAMES: tuple[str, ...] = (

@@ -19,11 +19,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
-    "Channel",
     "THERMAL_NAMES",
-    "thermal_channels",
-    "reflective_bands",
+    "Channel",
     "channel_table",
+    "reflective_bands",
+    "thermal_channels",
 ]
 
 #: Names of the four thermal channels in order (brightness temperature variables, K).

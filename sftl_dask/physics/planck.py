@@ -19,12 +19,12 @@ from sftl_dask.physics.channels import Channel, thermal_channels
 from sftl_dask.physics.constants import C1_RADIANCE, C2_UM_K
 
 __all__ = [
-    "planck_radiance",
-    "planck_temperature",
+    "T_MAX_K",
+    "T_MIN_K",
     "BandPlanck",
     "band_planck",
-    "T_MIN_K",
-    "T_MAX_K",
+    "planck_radiance",
+    "planck_temperature",
 ]
 
 #: Temperature range (K) covered by band lookup tables.

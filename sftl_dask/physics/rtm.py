@@ -53,11 +53,11 @@ from sftl_dask.physics.constants import (
 )
 
 __all__ = [
+    "BAND_SPECIES",
     "AtmosphericTerms",
     "RTBackend",
     "ReducedBandModel",
     "TableBackend",
-    "BAND_SPECIES",
     "layer_amounts",
 ]
 

@@ -1,0 +1,228 @@
+"""The ``sftl`` command: thin glue over the library.
+
+Every verb takes ``--scheduler ADDRESS`` (else ``DASK_SCHEDULER_ADDRESS``, else an embedded
+LocalCluster sized by ``--workers``). Bad input ends with exit code 2 and one line naming
+the file or value and what is wrong; outputs are written under a temporary name and
+moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    """A user error: reported as one line, exit code 2."""
+
+
+def _progress_bar(desc: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    from tqdm.auto import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "b" not in bar:
+            bar["b"] = tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=True)
+        bar["b"].n = done
+        bar["b"].refresh()
+
+    def close() -> None:
+        if "b" in bar:
+            bar["b"].close()
+
+    return update, close
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from sftl_dask.cluster import get_client
+    from sftl_dask.simulate import SimulationConfig, write_simulation
+
+    cfg = SimulationConfig(n_profiles=args.profiles, n_spectra=args.spectra, seed=args.seed)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise BadInput(f"{out}: already exists (pass --overwrite to replace it)")
+    t0 = time.perf_counter()
+    update, close = _progress_bar("simulate")
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        try:
+            rows = write_simulation(out, cfg, client=client, progress=update, overwrite=args.overwrite)
+        finally:
+            close()
+    print(f"wrote {rows:,} rows to {out} in {time.perf_counter() - t0:.1f} s "
+          f"({cfg.n_profiles} profiles, angles {list(cfg.vza_deg)} deg, {cfg.draws_per_combination} LST draws)")
+    return 0
+
+
+def _load_sim_columns(path: Path, columns: Sequence[str]) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    if not path.exists():
+        raise BadInput(f"{path}: no such file or directory")
+    try:
+        dset = ds.dataset(path, format="parquet")
+        missing = [c for c in columns if c not in dset.schema.names]
+        if missing:
+            raise BadInput(f"{path}: missing column(s) {', '.join(missing)}")
+        table = dset.to_table(columns=list(columns))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise BadInput(f"{path}: not a readable Parquet table ({str(exc).splitlines()[0]})") from None
+    if table.num_rows == 0:
+        raise BadInput(f"{path}: table has no rows")
+    return {c: table.column(c).to_numpy() for c in columns}
+
+
+def _cmd_fit_sw(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from sftl_dask.physics.splitwindow import fit_split_window, holdout_report
+
+    cols = ["bt_10_80", "bt_11_95", "emis_10_80", "emis_11_95", "wvc", "vza", "lst"]
+    data = _load_sim_columns(Path(args.sim), [*cols, "profile_id"])
+    for c in cols:
+        v = np.asarray(data[c], dtype=np.float64)
+        if not np.all(np.isfinite(v)):
+            raise BadInput(f"{args.sim}: column {c} has {int((~np.isfinite(v)).sum())} non-finite value(s)")
+    # View-angle windows split halfway between the simulated angles; hold out whole profiles,
+    # so the reported RMSE is on atmospheres the fit never saw.
+    angles = np.unique(np.round(np.asarray(data["vza"], dtype=np.float64), 3))
+    cuts = [0.0, *((angles[:-1] + angles[1:]) / 2).tolist(), float(max(angles[-1], 1.0))]
+    vza_windows = tuple(itertools.pairwise(cuts))
+    coeffs = fit_split_window(data, seed=args.seed, holdout_group="profile_id", vza_windows=vza_windows)
+    _atomic_write_text(Path(args.out), json.dumps(coeffs.to_dict(), indent=1))
+    rows = holdout_report(coeffs)
+    print(_format_sw_report(rows))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _format_sw_report(rows: Sequence[dict[str, Any]]) -> str:
+    head = f"{'WVC g/cm2':>11} {'VZA deg':>9} {'n_train':>8} {'RMSE train K':>13} {'n_holdout':>10} " \
+           f"{'RMSE holdout K':>15} {'bias K':>8}"
+    lines = ["split-window fit (Wan & Dozier 1996 + quadratic term), per window:", head]
+    for r in rows:
+        def f(key: str, fmt: str, r: dict[str, Any] = r) -> str:
+            v = r.get(key)
+            return format(v, fmt) if isinstance(v, int | float) and v == v else "-"
+
+        lines.append(
+            f"{r['wvc_min']:>5.1f}-{r['wvc_max']:<5.1f} {r['vza_min']:>4.0f}-{r['vza_max']:<4.0f} "
+            f"{f('n_train', 'd'):>8} {f('rmse_train_k', '.3f'):>13} {f('n_holdout', 'd'):>10} "
+            f"{f('rmse_holdout_k', '.3f'):>15} {f('bias_holdout_k', '+.3f'):>8}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sftl_dask.report import foundation_report
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sim = out / "sim.parquet"
+    sub = argparse.Namespace(**vars(args))
+    if not sim.exists() or args.overwrite:
+        sub.out, sub.overwrite = str(sim), True
+        sub.profiles, sub.spectra = args.profiles, args.spectra
+        _cmd_simulate(sub)
+    else:
+        print(f"reusing {sim}")
+    sub.sim, sub.out = str(sim), str(out / "sw.json")
+    _cmd_fit_sw(sub)
+    report = foundation_report(sim, out / "sw.json", out)
+    print(f"report: {report}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    from sftl_dask import __version__
+
+    p = argparse.ArgumentParser(prog="sftl", description="LST from GF5-02 VIMI by strategic fine-tuning "
+                                "transfer learning, on Dask.")
+    p.add_argument("--version", action="version", version=f"sftl-dask {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--scheduler", default=None, help="Dask scheduler address (default: "
+                        "$DASK_SCHEDULER_ADDRESS, else an embedded LocalCluster)")
+        sp.add_argument("--workers", type=_positive_int, default=None, help="workers of the embedded cluster "
+                        "(default: CPUs available)")
+
+    s = sub.add_parser("simulate", help="the simulation table (Parquet)")
+    s.add_argument("--out", required=True, help="output Parquet dataset directory")
+    s.add_argument("--profiles", type=_positive_int, default=946, help="clear-sky profiles (default 946)")
+    s.add_argument("--spectra", type=_positive_int, default=None, help="emissivity spectra (default: all)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    common(s)
+    s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("fit-sw", help="split-window coefficients per WVC / view-angle window")
+    s.add_argument("--sim", required=True, help="simulation table from 'sftl simulate'")
+    s.add_argument("--out", required=True, help="output JSON")
+    s.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    common(s)
+    s.set_defaults(func=_cmd_fit_sw)
+
+    s = sub.add_parser("demo", help="the main job end to end, with a report")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--profiles", type=_positive_int, default=946)
+    s.add_argument("--spectra", type=_positive_int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="recompute outputs that exist")
+    common(s)
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``sftl`` command; returns the exit code (2 on bad input)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BadInput as exc:
+        print(f"sftl {args.verb}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+            ConnectionError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"sftl {args.verb}: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"sftl {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""The simulation table: profiles x emissivity spectra x LST offsets x view angles.
+
+Each clear-sky profile goes once through the radiative transfer model (per view angle);
+every emissivity spectrum of the library and random LST offsets from the bottom air
+temperature then give top-of-atmosphere channel radiances, which become brightness
+temperatures with the sensor's NEdT noise. Work is split over Dask in batches of
+profiles; each batch writes one Parquet file of the dataset, the dataset appears at
+its final path only when every batch succeeded, and the generating configuration and
+the column units ride in the Parquet schema metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from numpy.typing import NDArray
+
+from sftl_dask import __version__
+from sftl_dask.physics.atmosphere import AtmosphereProfile
+from sftl_dask.physics.channels import THERMAL_NAMES, thermal_channels
+from sftl_dask.physics.emissivity import band_emissivity, default_library
+from sftl_dask.physics.planck import band_planck
+from sftl_dask.physics.profiles import generate_profiles
+from sftl_dask.physics.rtm import ReducedBandModel, RTBackend
+
+__all__ = ["COLUMN_UNITS", "SimulationConfig", "read_simulation_metadata", "simulate_batch", "write_simulation"]
+
+EMIS_NAMES: tuple[str, ...] = tuple(n.replace("bt_", "emis_") for n in THERMAL_NAMES)
+METADATA_KEY = b"sftl_dask.simulation"
+
+#: Units of the table's columns.
+COLUMN_UNITS: dict[str, str] = {
+    "profile_id": "index", "spectrum_id": "index", "category": "emissivity class",
+    "vza": "deg", "lst": "K", "t_air": "K", "wvc": "g cm-2", "surface_altitude_km": "km",
+    **{n: "K" for n in THERMAL_NAMES},
+    **{n: "1" for n in EMIS_NAMES},
+    **{f"tau_{n[3:]}": "1" for n in THERMAL_NAMES},
+    **{f"lup_{n[3:]}": "W m-2 sr-1 um-1" for n in THERMAL_NAMES},
+    **{f"ldown_{n[3:]}": "W m-2 sr-1 um-1" for n in THERMAL_NAMES},
+}
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """How the simulation table is made.
+
+    Parameters
+    ----------
+    n_profiles : int
+        Clear-sky profiles from the TIGR-like generator (default 946, as TIGR2000).
+    n_spectra : int or None
+        Emissivity spectra taken from the embedded library (None: all of them, >= 81).
+    vza_deg : tuple of float
+        View zenith angles (deg) at which each profile is run.
+    draws_per_combination : int
+        Random LST offsets drawn per (profile, spectrum, angle).
+    offset_warm_k, offset_cold_k : tuple of float
+        LST - bottom air temperature range (K) for warm (>= ``cold_below_k``) and cold profiles.
+    cold_below_k : float
+        Bottom air temperature (K) under which the cold offset range applies.
+    nedt_k : tuple of float or None
+        Sensor noise per channel (K, Gaussian on BT); None: the channel table's NEdT.
+    seed : int
+        Seed of everything random (profiles, offsets, noise).
+    batch_profiles : int
+        Profiles per Dask task.
+    """
+
+    n_profiles: int = 946
+    n_spectra: int | None = None
+    vza_deg: tuple[float, ...] = (0.0, 15.0, 30.0)
+    draws_per_combination: int = 2
+    offset_warm_k: tuple[float, float] = (-5.0, 20.0)
+    offset_cold_k: tuple[float, float] = (-5.0, 10.0)
+    cold_below_k: float = 270.0
+    nedt_k: tuple[float, ...] | None = None
+    seed: int = 0
+    batch_profiles: int = 60
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_profiles < 1:
+            raise ValueError(f"n_profiles must be >= 1, got {self.n_profiles}")
+        if self.n_spectra is not None and self.n_spectra < 1:
+            raise ValueError(f"n_spectra must be >= 1, got {self.n_spectra}")
+        if self.draws_per_combination < 1:
+            raise ValueError(f"draws_per_combination must be >= 1, got {self.draws_per_combination}")
+        if not self.vza_deg or min(self.vza_deg) < 0 or max(self.vza_deg) > 70:
+            raise ValueError(f"vza_deg must be non-empty within 0-70 deg, got {self.vza_deg}")
+        for name in ("offset_warm_k", "offset_cold_k"):
+            lo, hi = getattr(self, name)
+            if not lo <= hi:
+                raise ValueError(f"{name} must be (low, high), got {(lo, hi)}")
+        if self.nedt_k is not None and (len(self.nedt_k) != 4 or min(self.nedt_k) < 0):
+            raise ValueError(f"nedt_k must give 4 non-negative values (K), got {self.nedt_k}")
+        if self.batch_profiles < 1:
+            raise ValueError(f"batch_profiles must be >= 1, got {self.batch_profiles}")
+
+    def nedt(self) -> NDArray[np.float64]:
+        """Per-channel NEdT (K)."""
+        if self.nedt_k is not None:
+            return np.asarray(self.nedt_k, dtype=np.float64)
+        return np.array([c.nedt_k for c in thermal_channels()])
+
+    def expected_rows(self) -> int:
+        """Rows the table will have (nothing is screened out after drawing)."""
+        n_spec = len(default_library()) if self.n_spectra is None else min(self.n_spectra, len(default_library()))
+        return self.n_profiles * n_spec * len(self.vza_deg) * self.draws_per_combination
+
+
+def _spectra(config: SimulationConfig) -> tuple[NDArray[np.float64], list[str], list[str]]:
+    lib = default_library()
+    if config.n_spectra is not None and config.n_spectra < len(lib):
+        # A deterministic spread over the library (not just its first entries).
+        idx = np.linspace(0, len(lib) - 1, config.n_spectra).round().astype(int)
+        lib = tuple(lib[i] for i in idx)
+    return band_emissivity(lib), [s.name for s in lib], [s.category for s in lib]
+
+
+def simulate_batch(
+    profiles: Sequence[AtmosphereProfile],
+    profile_ids: Sequence[int],
+    config: SimulationConfig,
+    backend: RTBackend | None = None,
+) -> pd.DataFrame:
+    """Simulate the table rows of a batch of profiles (pure, no I/O).
+
+    Parameters
+    ----------
+    profiles : sequence of AtmosphereProfile
+        Profiles of the batch.
+    profile_ids : sequence of int
+        Their global indices (seed the batch's random draws, so results do not depend on batching).
+    config : SimulationConfig
+        The configuration.
+    backend : RTBackend, optional
+        Radiative transfer (default: :class:`ReducedBandModel`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (profile, spectrum, angle, draw); columns as :data:`COLUMN_UNITS`.
+    """
+    rt = backend or ReducedBandModel()
+    emis, _, categories = _spectra(config)
+    n_spec = emis.shape[0]
+    vza = np.asarray(config.vza_deg, dtype=np.float64)
+    n_ang, n_draw = vza.size, config.draws_per_combination
+    planck = band_planck()
+    nedt = config.nedt()
+    cat_codes = np.asarray(categories)
+    frames = []
+    for prof, pid in zip(profiles, profile_ids, strict=True):
+        rng = np.random.default_rng([config.seed, 7919, int(pid)])
+        terms = rt.terms(prof, vza)
+        t_air = prof.surface_air_temperature_k
+        lo, hi = config.offset_cold_k if t_air < config.cold_below_k else config.offset_warm_k
+        shape = (n_spec, n_ang, n_draw)
+        lst = t_air + rng.uniform(lo, hi, size=shape)
+        n = lst.size
+        spec_idx = np.broadcast_to(np.arange(n_spec)[:, None, None], shape).ravel()
+        ang_idx = np.broadcast_to(np.arange(n_ang)[None, :, None], shape).ravel()
+        lst = lst.ravel()
+        cols: dict[str, Any] = {
+            "profile_id": np.full(n, pid, dtype=np.int32),
+            "spectrum_id": spec_idx.astype(np.int16),
+            "category": cat_codes[spec_idx],
+            "vza": vza[ang_idx],
+            "lst": lst,
+            "t_air": np.full(n, t_air),
+            "wvc": np.full(n, prof.total_column_water()),
+            "surface_altitude_km": np.full(n, prof.surface_altitude_km),
+        }
+        for c, name in enumerate(THERMAL_NAMES):
+            eps = emis[spec_idx, c]
+            tau = terms.transmittance[ang_idx, c]
+            lup = terms.upwelling[ang_idx, c]
+            ldn = terms.downwelling[c]
+            rad = tau * (eps * planck[c].radiance(lst) + (1.0 - eps) * ldn) + lup
+            bt = planck[c].brightness_temperature(rad) + rng.normal(0.0, nedt[c], size=n)
+            suffix = name[3:]
+            cols[name] = bt
+            cols[f"emis_{suffix}"] = eps
+            cols[f"tau_{suffix}"] = tau
+            cols[f"lup_{suffix}"] = lup
+            cols[f"ldown_{suffix}"] = np.full(n, ldn)
+        frames.append(pd.DataFrame(cols))
+    df = pd.concat(frames, ignore_index=True)
+    for k in df.columns:
+        if df[k].dtype == np.float64:
+            df[k] = df[k].astype(np.float32)
+    df["category"] = df["category"].astype("category")
+    return df
+
+
+def _schema_metadata(config: SimulationConfig, spectra_names: list[str]) -> dict[bytes, bytes]:
+    meta = {
+        "config": asdict(config),
+        "units": COLUMN_UNITS,
+        "spectra": spectra_names,
+        "rt_model": "ReducedBandModel (LOWTRAN7-calibrated band model)",
+        "sftl_dask_version": __version__,
+    }
+    return {METADATA_KEY: json.dumps(meta).encode()}
+
+
+def _write_batch(out_dir: str, part: int, profiles: Sequence[AtmosphereProfile], ids: Sequence[int],
+                 config: SimulationConfig) -> int:
+    df = simulate_batch(profiles, ids, config)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           **_schema_metadata(config, _spectra(config)[1])})
+    pq.write_table(table, os.path.join(out_dir, f"part-{part:05d}.parquet"), compression="zstd",
+                   compression_level=1)
+    return table.num_rows
+
+
+def write_simulation(
+    out: str | os.PathLike[str],
+    config: SimulationConfig,
+    *,
+    client: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
+) -> int:
+    """Simulate and write the table as a Parquet dataset directory.
+
+    Parameters
+    ----------
+    out : path
+        Dataset directory to create (``part-*.parquet`` files and ``_common_metadata``).
+    config : SimulationConfig
+        The configuration.
+    client : distributed.Client, optional
+        Client to run batches on; without one they run in this process.
+    progress : callable, optional
+        Called as ``progress(done_batches, total_batches)``.
+    overwrite : bool, optional
+        Replace an existing dataset at ``out``.
+
+    Returns
+    -------
+    int
+        Rows written.
+
+    Raises
+    ------
+    FileExistsError
+        If ``out`` exists and ``overwrite`` is false.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists (use overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        profiles = generate_profiles(config.n_profiles, seed=config.seed)
+        ids = list(range(len(profiles)))
+        bs = config.batch_profiles
+        batches = [(i // bs, profiles[i : i + bs], ids[i : i + bs]) for i in range(0, len(profiles), bs)]
+        total = 0
+        if client is None:
+            for done, (part, profs, pids) in enumerate(batches, start=1):
+                total += _write_batch(str(tmp), part, profs, pids, config)
+                if progress:
+                    progress(done, len(batches))
+        else:
+            from distributed import as_completed
+
+            futs = [client.submit(_write_batch, str(tmp), part, profs, pids, config, pure=False)
+                    for part, profs, pids in batches]
+            for done, fut in enumerate(as_completed(futs), start=1):
+                total += fut.result()
+                if progress:
+                    progress(done, len(batches))
+        schema = pq.read_schema(next(tmp.glob("part-*.parquet")))
+        pq.write_metadata(schema, tmp / "_common_metadata")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        return total
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_simulation_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The generating configuration, units and spectra names stored with a simulation table.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is not a simulation table written by :func:`write_simulation`.
+    """
+    path = Path(path)
+    files = [path / "_common_metadata"] if (path / "_common_metadata").exists() else sorted(path.glob("*.parquet"))
+    if path.is_file():
+        files = [path]
+    if not files:
+        raise ValueError(f"{path}: no Parquet files")
+    try:
+        meta = pq.read_schema(files[0]).metadata or {}
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ValueError(f"{files[0]}: not a Parquet file ({exc})") from None
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{path}: no sftl_dask simulation metadata (not made by 'sftl simulate'?)")
+    return json.loads(meta[METADATA_KEY])
