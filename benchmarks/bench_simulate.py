@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "bias_holdout_k")}
         for w in sw["windows"]
     ]
-    low = [w["rmse_holdout_k"] for w in windows if w["wvc_max"] <= 3.0 + 1e-9 and w["rmse_holdout_k"] is not None]
+    low = [w["rmse_holdout_k"] for w in windows if w["wvc_min"] < 3.0 and w["rmse_holdout_k"] is not None]
     result = {
         "benchmark": "simulate",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "node": platform.node()},
