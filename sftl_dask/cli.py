@@ -133,6 +133,27 @@ def _format_sw_report(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _cmd_testbed(args: argparse.Namespace) -> int:
+    from sftl_dask.cluster import get_client
+    from sftl_dask.testbed.build import build_testbed
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise BadInput(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    t0 = time.perf_counter()
+    update, close = _progress_bar("testbed")
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        try:
+            summary = build_testbed(out, scenes=args.scenes, size=args.size, seed=args.seed, client=client,
+                                    progress=update, overwrite=args.overwrite)
+        finally:
+            close()
+    print(f"wrote testbed to {out} in {time.perf_counter() - t0:.1f} s: {summary['n_archives']} archives "
+          f"({args.scenes} scenes x {len(summary['regions'])} regions, {args.size} x {args.size} px of 40 m), "
+          f"{len(summary['sites'])} sites")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sftl_dask.report import foundation_report
 
@@ -183,6 +204,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     common(s)
     s.set_defaults(func=_cmd_fit_sw)
+
+    s = sub.add_parser("testbed", help="the synthetic world in the real file formats")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--scenes", type=_positive_int, default=20, help="scenes per region (default 20)")
+    s.add_argument("--size", type=_positive_int, default=640, help="region grid size in 40 m pixels (default 640)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    common(s)
+    s.set_defaults(func=_cmd_testbed)
 
     s = sub.add_parser("demo", help="the main job end to end, with a report")
     s.add_argument("--out", required=True, help="output directory")

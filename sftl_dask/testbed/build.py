@@ -1,0 +1,384 @@
+"""Build the testbed on Dask: scenes in parallel, then ancillary files; all-or-nothing.
+
+The world is written to a temporary folder beside ``out`` and renamed into place only
+when every file is complete, so a failed build never leaves a testbed that looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sftl_dask import __version__
+from sftl_dask.physics.channels import THERMAL_NAMES
+from sftl_dask.testbed.world import (
+    LAND_COVERS,
+    REGIONS,
+    SITES,
+    Landscape,
+    RegionClimate,
+    build_landscape,
+    sites_table,
+)
+
+__all__ = ["DEFAULT_SCENES", "DEFAULT_SIZE", "build_testbed", "scene_schedule"]
+
+#: Default scenes per region and grid size (pixels of 40 m): 640 px = 25.6 km holds all sites.
+DEFAULT_SCENES = 20
+DEFAULT_SIZE = 640
+FIRST_DAY = np.datetime64("2021-09-15")
+LAST_DAY = np.datetime64("2023-12-20")
+_TRUTH_VARS = ("lst", "cloud", "wvc", "vza", "ndvi", *THERMAL_NAMES,
+               *(n.replace("bt_", "emis_") for n in THERMAL_NAMES))
+
+
+def scene_schedule(region: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """Dates, times and pointing of ``n`` scenes of ``region`` (revisit of days to weeks, ~10:30-11:00 local)."""
+    from sftl_dask.testbed.scene import LAUNCH, SceneSpec
+
+    r = REGIONS[region]
+    ri = list(REGIONS).index(region)
+    rng = np.random.default_rng([seed, 707, ri])
+    days = np.arange(FIRST_DAY, LAST_DAY)
+    chosen: list[np.datetime64] = []
+    for d in rng.permutation(days):
+        if all(abs(int((d - c).astype(np.int64))) >= 4 for c in chosen):
+            chosen.append(d)
+        if len(chosen) == n:
+            break
+    out = []
+    for i, d in enumerate(sorted(chosen)):
+        local_h = rng.uniform(*r.overpass_local_h)
+        t = d.astype("datetime64[s]") + np.timedelta64(int((local_h - r.utc_offset_h) * 3600), "s")
+        cloudy = rng.random() < r.cloud_probability
+        shift = (0, 0)
+        if rng.random() < 0.15:  # a scene that only partly covers the region grid
+            shift = tuple(int(v) for v in rng.choice([-1, 1], 2) * rng.integers(64, 160, 2))
+        days_since = float((t - LAUNCH).astype(np.float64) / 86400)
+        out.append({
+            "spec": SceneSpec(region=region, index=i, time_utc=t, orbit=int(100 + days_since * 14.57),
+                              product_id=ri * 1_000_000 + 1000 + i, nadir_offset_km=float(rng.uniform(-20, 20)),
+                              cloud_fraction=float(rng.uniform(0.03, 0.45)) if cloudy else 0.0, seed=seed),
+            "shift_px": shift,
+        })
+    return out
+
+
+def _xml_meta(truth: Any, lsc: Landscape, shift: tuple[int, int]) -> dict[str, Any]:
+    from sftl_dask.physics.channels import reflective_bands
+    from sftl_dask.physics.solar import earth_sun_distance_au
+    from sftl_dask.testbed.scene import INSTRUMENT, SATELLITE_ALTITUDE_KM
+
+    spec = truth.spec
+    h, w = lsc.shape
+    lon, lat = _corner_lonlat(lsc, shift)
+    t = spec.time_utc
+    fmt = "%Y-%m-%d %H:%M:%S.%f"
+
+    def ts(x: np.datetime64) -> str:
+        return pd.Timestamp(x).strftime(fmt)[:-3]
+
+    esun = [INSTRUMENT["esun_w_m2_um"][k] for k in ("b1", "b2", "red", "nir", "b5", "b6")] + [0.0] * 6
+    cw = [reflective_bands()[k]["centre_um"] for k in ("b1", "b2", "red", "nir", "b5", "b6", "b7", "b8")]
+    return {
+        "SatelliteID": "GF5B", "SensorID": "VIMI", "ProductLevel": "L1", "ProductID": spec.product_id,
+        "OrbitID": spec.orbit, "ReceiveStation": "MYC",
+        "StartTime": ts(t - np.timedelta64(4, "s")), "EndTime": ts(t + np.timedelta64(4, "s")), "CenterTime": ts(t),
+        "SolarAzimuth": round(truth.solar_azimuth, 4), "SolarZenith": round(truth.solar_zenith, 4),
+        "SatelliteAzimuth": 98.5 if spec.nadir_offset_km > 0 else 278.5,
+        "SatelliteZenith": round(float(truth.vza[h // 2, w // 2]), 4), "SatelliteAltitude": SATELLITE_ALTITUDE_KM,
+        "CloudPercent": round(float(np.clip(100 * truth.cloud_core.mean() + np.random.default_rng(
+            spec.product_id).normal(0, 3), 0, 100)), 1),
+        "TopLeftLatitude": lat[0], "TopLeftLongitude": lon[0], "TopRightLatitude": lat[1],
+        "TopRightLongitude": lon[1], "BottomRightLatitude": lat[2], "BottomRightLongitude": lon[2],
+        "BottomLeftLatitude": lat[3], "BottomLeftLongitude": lon[3],
+        "Bands": [f"B{i}" for i in range(1, 13)],
+        "CentralWavelength": [*cw, 8.20, 8.63, 10.80, 11.95],
+        "GAINS": [float(f"{g:.8g}") for g in truth.gains], "OFFSETS": [float(f"{o:.8g}") for o in truth.offsets],
+        "ESUN": esun, "EarthSunDistance": round(float(earth_sun_distance_au(t)), 6),
+        "RadianceUnit": "W m-2 sr-1 um-1", "DNBits": 12,
+    }
+
+
+def _corner_lonlat(lsc: Landscape, shift: tuple[int, int]) -> tuple[list[float], list[float]]:
+    from pyproj import Transformer
+
+    a, _, c, _, e, f = lsc.transform
+    h, w = lsc.shape
+    x0, y0 = c + shift[1] * a, f + shift[0] * e
+    xs = [x0, x0 + w * a, x0 + w * a, x0]
+    ys = [y0, y0, y0 + h * e, y0 + h * e]
+    lon, lat = Transformer.from_crs(lsc.crs, "EPSG:4326", always_xy=True).transform(xs, ys)
+    return [round(float(v), 6) for v in lon], [round(float(v), 6) for v in lat]
+
+
+def _shifted(arr: np.ndarray, shift: tuple[int, int], fill: Any) -> np.ndarray:
+    """The raster of a scene whose grid is the region grid moved by ``shift`` (rows, cols) pixels."""
+    if shift == (0, 0):
+        return arr
+    dy, dx = shift
+    out = np.full_like(arr, fill)
+    h, w = arr.shape[-2:]
+    src_y = slice(max(dy, 0), h + min(dy, 0))
+    dst_y = slice(max(-dy, 0), h - max(dy, 0))
+    src_x = slice(max(dx, 0), w + min(dx, 0))
+    dst_x = slice(max(-dx, 0), w - max(dx, 0))
+    out[..., dst_y, dst_x] = arr[..., src_y, src_x]
+    return out
+
+
+def _covered(shape: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
+    """Mask of the region grid covered by a scene shifted by ``shift``."""
+    m = np.ones(shape, dtype=bool)
+    return ~_shifted(~m, (-shift[0], -shift[1]), True) if shift != (0, 0) else m
+
+
+def _scene_task(item: dict[str, Any], lsc: Landscape, clim: RegionClimate, tmp: str, t_index: int) -> dict[str, Any]:
+    """Synthesize one scene, write its archive and its truth slice; return a small record."""
+    from affine import Affine
+
+    from sftl_dask.testbed.formats import vimi_product_name, write_vimi_archive
+    from sftl_dask.testbed.scene import synthesize_scene
+
+    spec, shift = item["spec"], item["shift_px"]
+    truth = synthesize_scene(spec, lsc, clim)
+    lon_c, lat_c = (float(v) for v in np.mean(_corner_lonlat(lsc, shift), axis=1))
+    stem = vimi_product_name(lon_c, lat_c, spec.time_utc, spec.orbit, spec.product_id)
+    a, _, c, _, e, f = lsc.transform
+    transform = Affine(a, 0.0, c + shift[1] * a, 0.0, e, f + shift[0] * e)
+    dn_tir = _shifted(truth.dn_b7_b12, shift, 0)
+    dn_vnir = _shifted(truth.dn_b1_b6, (2 * shift[0], 2 * shift[1]), 0)
+    write_vimi_archive(Path(tmp) / "archives", stem, dn_vnir, dn_tir, crs=lsc.crs, transform=transform,
+                       meta=_xml_meta(truth, lsc, shift))
+    # truth on the region grid (NaN where this scene does not look)
+    cov = _covered(lsc.shape, shift)
+    data = {"lst": truth.lst, "cloud": truth.cloud.astype(np.float32), "wvc": truth.wvc, "vza": truth.vza,
+            "ndvi": truth.ndvi}
+    for ci, name in enumerate(THERMAL_NAMES):
+        data[name] = truth.bt_sensor[ci]
+        data[name.replace("bt_", "emis_")] = truth.emis[ci]
+    import xarray as xr
+
+    ds = xr.Dataset({k: (("time", "y", "x"), np.where(cov, v, np.nan)[None].astype(np.float32))
+                     for k, v in data.items()})
+    ds.to_zarr(Path(tmp) / "truth" / f"{spec.region}.zarr", region={"time": slice(t_index, t_index + 1),
+                                                                     "y": slice(None), "x": slice(None)})
+    covered_sites = {k: v for k, v in truth.site_truth.items() if cov[lsc.site_pixels[k]]}
+    return {
+        "region": spec.region, "index": spec.index, "scene_id": stem, "time_utc": str(spec.time_utc),
+        "cloud_fraction": float(truth.cloud.mean()), "shift_px": list(shift), "wvc_scene": truth.wvc_scene,
+        "t_air_k": truth.t_air_k, "solar_zenith": truth.solar_zenith,
+        "site_lst": covered_sites,
+        "site_cloud": {k: bool(truth.cloud[lsc.site_pixels[k]]) for k in covered_sites},
+    }
+
+
+def _create_truth_store(path: Path, lsc: Landscape, times: list[np.datetime64]) -> None:
+    import dask.array as da
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    h, w = lsc.shape
+    coords = {"time": np.array(times, dtype="datetime64[ns]"), "y": lsc.y, "x": lsc.x}
+    ds = xr.Dataset(
+        {k: (("time", "y", "x"), da.full((len(times), h, w), np.nan, dtype=np.float32, chunks=(1, h, w)))
+         for k in _TRUTH_VARS},
+        coords=coords,
+    )
+    ds["lst"].attrs = {"units": "K", "standard_name": "surface_temperature", "long_name": "true LST"}
+    ds = ds.rio.write_crs(lsc.crs)
+    ds.attrs = {"title": f"sftl-dask testbed truth, region {lsc.region.name}", "note": "for scoring only",
+                "bt_note": "bt_* are the sensor's brightness temperatures before DN quantisation (K)"}
+    ds.to_zarr(path, compute=False, mode="w", consolidated=True)
+
+
+def _insitu_task(site_index: int, lsc: Landscape, clim: RegionClimate, tmp: str, seed: int) -> dict[str, Any]:
+    from sftl_dask.testbed.ancillary import insitu_series
+    from sftl_dask.testbed.formats import write_insitu_csv
+
+    site = SITES[site_index]
+    s = insitu_series(lsc, clim, site, seed)
+    meta = {**site.__dict__, "sensor_id": f"{site.instrument}-{1000 + site_index}",
+            "broadband_emissivity": round(s["broadband_emissivity"], 4)}
+    beijing = s["time_utc"] + np.timedelta64(8 * 3600, "s")
+    write_insitu_csv(Path(tmp) / "insitu" / f"{site.id}.csv", meta, beijing, s["lw_up"], s["lw_down"], s["flag"])
+    return {"site": site.id, "broadband_emissivity": meta["broadband_emissivity"],
+            "valid_fraction": float(np.mean(np.isfinite(s["lw_up"]) & (s["flag"] == 0)))}
+
+
+def _era5_task(region: str, month: str, clim: RegionClimate, tmp: str, seed: int) -> str:
+    from sftl_dask.testbed.ancillary import era5_fields
+    from sftl_dask.testbed.formats import write_era5_tcwv
+
+    start = np.datetime64(month, "M").astype("datetime64[s]")
+    end = (np.datetime64(month, "M") + 1).astype("datetime64[s]")
+    times = np.arange(start, end, np.timedelta64(3600, "s"))
+    tcwv, lats, lons = era5_fields(clim, times, seed)
+    style = "old" if month < "2022-01" else "new"
+    path = Path(tmp) / "era5" / f"era5_tcwv_{region}_{month.replace('-', '')}.nc"
+    write_era5_tcwv(path, tcwv, times.astype("datetime64[ns]"), lats, lons, style=style)
+    return path.name
+
+
+def _ged_task(region: str, lat0: int, lon0: int, lsc: Landscape, tmp: str, seed: int) -> str:
+    from sftl_dask.testbed.ancillary import ged_arrays
+    from sftl_dask.testbed.formats import write_ged_tile
+
+    g = ged_arrays(lsc, lat0, lon0, seed)
+    return write_ged_tile(Path(tmp) / "ged", lat0 + 1, lon0, g["emis_mean"], g["emis_sdev"], g["ndvi_mean"],
+                          g["ndvi_sdev"], g["land_water"], g["lat"], g["lon"], g["elevation_m"]).name
+
+
+def build_testbed(
+    out: str | os.PathLike[str],
+    *,
+    scenes: int = DEFAULT_SCENES,
+    size: int = DEFAULT_SIZE,
+    seed: int = 0,
+    client: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the testbed world under ``out``.
+
+    Parameters
+    ----------
+    out : path
+        Folder to create: ``archives/``, ``era5/``, ``ged/``, ``insitu/``, ``truth/``, ``sites.csv``,
+        ``scenes.csv`` and ``testbed.json``.
+    scenes : int
+        Scenes per region.
+    size : int
+        Region grid size in 40 m pixels (>= 640 holds every site).
+    seed : int
+        Seed of the whole world.
+    client : distributed.Client, optional
+        Runs scenes, sites and ancillary files as tasks; without one, in this process.
+    progress : callable, optional
+        ``progress(done, total)`` over tasks.
+    overwrite : bool
+        Replace an existing ``out``.
+
+    Returns
+    -------
+    dict
+        The summary written to ``testbed.json``.
+
+    Raises
+    ------
+    FileExistsError
+        If ``out`` exists (and is not empty) and ``overwrite`` is false.
+    ValueError
+        On a bad ``scenes`` / ``size``.
+    """
+    out = Path(out)
+    if scenes < 1:
+        raise ValueError(f"scenes must be >= 1, got {scenes}")
+    if size < 64:
+        raise ValueError(f"size must be >= 64 px, got {size}")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: already exists and is not empty (use overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    for sub in ("archives", "era5", "ged", "insitu", "truth"):
+        (tmp / sub).mkdir(parents=True)
+    try:
+        worlds: dict[str, tuple[Landscape, RegionClimate]] = {}
+        for name, region in REGIONS.items():
+            worlds[name] = (build_landscape(region, size, seed), RegionClimate.make(region, seed))
+        schedules = {name: scene_schedule(name, scenes, seed) for name in REGIONS}
+        for name, sched in schedules.items():
+            _create_truth_store(tmp / "truth" / f"{name}.zarr", worlds[name][0],
+                                [it["spec"].time_utc for it in sched])
+
+        jobs: list[tuple[Callable[..., Any], tuple[Any, ...], str]] = []
+        for name, sched in schedules.items():
+            lsc, clim = worlds[name]
+            for i, item in enumerate(sched):
+                jobs.append((_scene_task, (item, lsc, clim, str(tmp), i), "scene"))
+        for si, site in enumerate(SITES):
+            lsc, clim = worlds[site.region]
+            jobs.append((_insitu_task, (si, lsc, clim, str(tmp), seed), "site"))
+        for name, sched in schedules.items():
+            lsc, clim = worlds[name]
+            months = sorted({str(it["spec"].time_utc.astype("datetime64[M]")) for it in sched})
+            for m in months:
+                jobs.append((_era5_task, (name, m, clim, str(tmp), seed), "era5"))
+            lon, lat = lsc.lonlat()
+            for lat0 in range(int(np.floor(lat.min())), int(np.floor(lat.max())) + 1):
+                for lon0 in range(int(np.floor(lon.min())), int(np.floor(lon.max())) + 1):
+                    jobs.append((_ged_task, (name, lat0, lon0, lsc, str(tmp), seed), "ged"))
+
+        results = _run(jobs, client, progress)
+        scene_rows = [r for r, (_, _, kind) in zip(results, jobs, strict=True) if kind == "scene"]
+        site_rows = [r for r, (_, _, kind) in zip(results, jobs, strict=True) if kind == "site"]
+
+        table = sites_table()
+        eb = {r["site"]: r["broadband_emissivity"] for r in site_rows}
+        table["broadband_emissivity"] = table["id"].map(eb)
+        from sftl_dask.testbed.formats import write_sites_csv
+
+        write_sites_csv(tmp / "sites.csv", table.to_dict("records"))
+        flat = [{k: v for k, v in r.items() if k not in ("site_lst", "site_cloud")} for r in scene_rows]
+        pd.DataFrame(flat).to_csv(tmp / "truth" / "scenes.csv", index=False)
+        site_truth = [{"scene_id": r["scene_id"], "region": r["region"], "time_utc": r["time_utc"], "site": s,
+                       "lst_pixel_k": v, "cloud": r["site_cloud"][s]}
+                      for r in scene_rows for s, v in r["site_lst"].items()]
+        pd.DataFrame(site_truth).to_csv(tmp / "truth" / "site_overpass_truth.csv", index=False)
+        from sftl_dask.testbed.ancillary import ERROR_BUDGET
+        from sftl_dask.testbed.scene import INSTRUMENT
+
+        summary = {
+            "sftl_dask_version": __version__, "seed": seed, "size_px": size, "pixel_m": 40.0,
+            "scenes_per_region": scenes, "n_archives": len(scene_rows),
+            "regions": {n: {"epsg": r.epsg, "transform": list(worlds[n][0].transform),
+                            "cover_fractions": r.cover_fractions} for n, r in REGIONS.items()},
+            "land_covers": {k: asdict(v) for k, v in LAND_COVERS.items()},
+            "instrument": INSTRUMENT, "ancillary_errors": ERROR_BUDGET,
+            "sites": table.to_dict("records"),
+        }
+        (tmp / "testbed.json").write_text(json.dumps(summary, indent=1, default=str))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        return summary
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(jobs: list[tuple[Callable[..., Any], tuple[Any, ...], str]], client: Any,
+         progress: Callable[[int, int], None] | None) -> list[Any]:
+    """Run jobs locally or on a Dask client (big arguments scattered once), in order of submission."""
+    if client is None:
+        res = []
+        for i, (fn, args, _) in enumerate(jobs, start=1):
+            res.append(fn(*args))
+            if progress:
+                progress(i, len(jobs))
+        return res
+    from distributed import as_completed
+
+    # Landscapes and climates are big and shared: send each to the workers once.
+    shared: dict[int, Any] = {}
+    for _, args, _ in jobs:
+        for a in args:
+            if isinstance(a, Landscape | RegionClimate) and id(a) not in shared:
+                shared[id(a)] = client.scatter(a, broadcast=True)
+    futs = [client.submit(fn, *[shared.get(id(a), a) for a in args], pure=False) for fn, args, _ in jobs]
+    index = {f.key: i for i, f in enumerate(futs)}
+    res: list[Any] = [None] * len(futs)
+    for done, fut in enumerate(as_completed(futs), start=1):
+        res[index[fut.key]] = fut.result()
+        if progress:
+            progress(done, len(futs))
+    return res

@@ -1,0 +1,322 @@
+"""One synthetic VIMI scene: the true surface and atmosphere, then the instrument.
+
+The truth (LST, emissivity, NDVI, water vapour, clouds, view angle) goes through the
+project's radiative transfer to top-of-atmosphere radiance, then through an instrument
+that is *not* the simulation's ideal sensor: per-channel calibration bias and slow
+drift, NEdT noise, 12-bit DN quantisation with the nominal gains of the XML. The sizes
+of these error sources are data in :data:`INSTRUMENT` with their sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sftl_dask.physics.atmosphere import AtmosphereProfile
+from sftl_dask.physics.channels import THERMAL_NAMES, Channel, thermal_channels
+from sftl_dask.physics.planck import BandPlanck, band_planck
+from sftl_dask.physics.profiles import ProfileClimate, generate_profiles
+from sftl_dask.physics.rtm import ReducedBandModel
+from sftl_dask.physics.solar import earth_sun_distance_au, solar_position
+from sftl_dask.testbed.world import LAND_COVERS, Landscape, RegionClimate, _smooth_field
+
+__all__ = ["INSTRUMENT", "SceneSpec", "SceneTruth", "site_lst", "synthesize_scene"]
+
+LAUNCH = np.datetime64("2021-09-07", "s")
+SATELLITE_ALTITUDE_KM = 705.0
+DN_MAX = 4095  # 12-bit
+
+#: The instrument as the testbed builds it. Biases are brightness-temperature offsets at 300 K (K),
+#: drifts in K per year since launch; their size follows the ~1 K changes that cross-calibration
+#: of GF-5 thermal bands against MODIS introduced (Ye et al. 2021, JAG), with a differential
+#: 10.8-11.95 um bias of 0.7 K that the split-window amplifies.
+INSTRUMENT: dict[str, Any] = {
+    "bias_k": {"bt_08_20": 0.6, "bt_08_63": 0.4, "bt_10_80": -0.4, "bt_11_95": 0.3},
+    "drift_k_per_year": {"bt_08_20": 0.15, "bt_08_63": 0.10, "bt_10_80": -0.10, "bt_11_95": 0.10},
+    "nedt_k": {c.name: c.nedt_k for c in thermal_channels()},
+    "esun_w_m2_um": {"b1": 1970.0, "b2": 1843.0, "red": 1555.0, "nir": 1047.0, "b5": 227.0, "b6": 80.7},
+    "tir_max_temperature_k": 380.0,
+    "tir_offset": -0.1,
+}
+
+_MWIR = {"b7": (3.5, 3.9, 12.0), "b8": (4.85, 5.05, 5.0)}  # edges (um) and solar irradiance (W m-2 um-1)
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """What a scene is: its region, index, acquisition time and pointing."""
+
+    region: str
+    index: int
+    time_utc: np.datetime64
+    orbit: int
+    product_id: int
+    nadir_offset_km: float
+    cloud_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True, eq=False)
+class SceneTruth:
+    """A synthesized scene: truth, sensor BT and DN, and metadata."""
+
+    spec: SceneSpec
+    lst: NDArray[np.float32]
+    emis: NDArray[np.float32]  # (9, H, W): VIMI 4 + ASTER 5
+    ndvi: NDArray[np.float32]
+    wvc: NDArray[np.float32]
+    vza: NDArray[np.float32]
+    cloud: NDArray[np.bool_]
+    cloud_core: NDArray[np.bool_]
+    bt_sensor: NDArray[np.float32]  # (4, H, W), measured BT before quantisation
+    dn_b1_b6: NDArray[np.uint16]  # (6, 2H, 2W)
+    dn_b7_b12: NDArray[np.uint16]  # (6, H, W)
+    gains: tuple[float, ...]
+    offsets: tuple[float, ...]
+    solar_zenith: float
+    solar_azimuth: float
+    t_air_k: float
+    wvc_scene: float
+    site_truth: dict[str, float]
+
+
+@lru_cache(maxsize=1)
+def _rtm() -> ReducedBandModel:
+    return ReducedBandModel()
+
+
+@lru_cache(maxsize=1)
+def _mwir_planck() -> dict[str, BandPlanck]:
+    return {k: BandPlanck(Channel.boxcar(k, k, 0.5 * (a + b), a, b)) for k, (a, b, _) in _MWIR.items()}
+
+
+def tir_gains() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Nominal gains/offsets of B9-B12 (radiance = gain * DN + offset, W m-2 sr-1 um-1)."""
+    off = INSTRUMENT["tir_offset"]
+    gains = tuple(float((bp.radiance(INSTRUMENT["tir_max_temperature_k"]) - off) / DN_MAX) for bp in band_planck())
+    return gains, (off,) * 4
+
+
+def vnir_gains() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Nominal gains/offsets of B1-B8: full scale = reflectance 1 at overhead sun (B1-B6), 400 K (B7-B8)."""
+    g = [INSTRUMENT["esun_w_m2_um"][k] / np.pi / DN_MAX for k in ("b1", "b2", "red", "nir", "b5", "b6")]
+    g += [float(_mwir_planck()[k].radiance(400.0)) * 1.2 / DN_MAX for k in ("b7", "b8")]
+    return tuple(float(x) for x in g), (0.0,) * 8
+
+
+def _heating(lsc: Landscape, rows: Any, fv: NDArray, cos_sza_lag: NDArray | float, cos_sza: NDArray | float,
+             dryness: float | NDArray) -> NDArray:
+    """LST minus air temperature (K): solar heating by cover, reduced by vegetation, minus clear-sky cooling."""
+    heat = np.zeros(np.shape(fv), dtype=np.float64)
+    codes = lsc.cover[rows]
+    for lc in LAND_COVERS.values():
+        m = codes == lc.code
+        if np.any(m):
+            heat[m] = lc.heating_k
+    s = np.clip(np.asarray(cos_sza_lag) / 0.94, 0.0, 1.2) ** 1.3
+    cool = 2.5 * np.clip(1.0 - 3.0 * np.asarray(cos_sza), 0.0, 1.0)
+    return heat * lsc.heating_scale[rows] * dryness * (1.0 - 0.85 * fv) * s - cool
+
+
+def site_lst(lsc: Landscape, clim: RegionClimate, row: int, col: int, time_utc: NDArray[np.datetime64]) -> NDArray:
+    """True LST (K) of one pixel at many times: the continuous model the scenes sample at overpass."""
+    t = np.asarray(time_utc, dtype="datetime64[s]")
+    lon, lat = _pixel_lonlat(lsc, row, col)
+    zen, _ = solar_position(t, lat, lon)
+    zen_lag, _ = solar_position(t - np.timedelta64(3600, "s"), lat, lon)
+    ndvi = lsc.ndvi_at(row, col, t)
+    fv = lsc.vegetation_fraction(ndvi, np.full(ndvi.shape, lsc.cover[row, col]))
+    t_air = clim.air_temperature(t, float(lsc.elevation_m[row, col]))
+    heat = _heating(lsc, (np.full(t.shape, row), np.full(t.shape, col)), fv, np.cos(np.deg2rad(zen_lag)),
+                    np.cos(np.deg2rad(zen)), clim.day_value("dryness", t))
+    return t_air + heat + float(lsc.lst_texture[row, col])
+
+
+def _pixel_lonlat(lsc: Landscape, row: int, col: int) -> tuple[float, float]:
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(lsc.crs, "EPSG:4326", always_xy=True)
+    lon, lat = tr.transform(lsc.x[col], lsc.y[row])
+    return float(lon), float(lat)
+
+
+def _scene_profile(spec: SceneSpec, clim: RegionClimate, z_km: float) -> AtmosphereProfile:
+    t = np.asarray([spec.time_utc], dtype="datetime64[s]")
+    t_air = float(clim.air_temperature(t, z_km * 1000.0)[0])
+    base = clim.region.base_elevation_m / 1000.0
+    wvc = float(clim.wvc(t)[0]) * float(np.exp((base - z_km) / 2.2))  # water scale height ~2.2 km
+    summer = clim.region.t_air_k[6] - 273.15
+    climate = ProfileClimate(
+        t_surface_range=(t_air - 0.3, t_air + 0.3), wvc_range=(wvc * 0.97, wvc * 1.03),
+        elevation_range_km=(z_km, z_km + 1e-3), inversion_scale=0.2 if t_air > 273.15 + summer - 15 else 1.0,
+        name_prefix=f"{spec.region}{spec.index:04d}_",
+    )
+    return generate_profiles(1, seed=spec.seed, climate=climate)[0]
+
+
+def _trilinear(values: NDArray, axes: tuple[NDArray, ...], points: tuple[NDArray, ...]) -> NDArray:
+    """Interpolate ``values`` (..., n0, n1, n2) on 3 regular axes at points (each (H, W))."""
+    idx, frac = [], []
+    for ax, p in zip(axes, points, strict=True):
+        if ax.size == 1:
+            idx.append(np.zeros(p.shape, dtype=np.intp))
+            frac.append(np.zeros(p.shape))
+            continue
+        i = np.clip(np.searchsorted(ax, p) - 1, 0, ax.size - 2)
+        idx.append(i)
+        frac.append(np.clip((p - ax[i]) / (ax[i + 1] - ax[i]), 0.0, 1.0))
+    out = 0.0
+    for c in range(8):
+        b = [(c >> k) & 1 for k in range(3)]
+        w = 1.0
+        ii = []
+        for k in range(3):
+            w = w * (frac[k] if b[k] else (1.0 - frac[k]))
+            ii.append(np.minimum(idx[k] + b[k], max(axes[k].size - 1, 0)))
+        out = out + values[..., ii[0], ii[1], ii[2]] * w
+    return out
+
+
+def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> SceneTruth:
+    """Build the truth and the sensor data of one scene.
+
+    Parameters
+    ----------
+    spec : SceneSpec
+        The scene's region, time, pointing, cloud fraction and seed.
+    lsc : Landscape
+        The region's static landscape.
+    clim : RegionClimate
+        The region's weather.
+
+    Returns
+    -------
+    SceneTruth
+    """
+    rng = np.random.default_rng([spec.seed, 303, spec.index])
+    h, w = lsc.shape
+    t = np.asarray(spec.time_utc, dtype="datetime64[s]")
+    lon_c, lat_c = _pixel_lonlat(lsc, h // 2, w // 2)
+    sza, saa = solar_position(t, lat_c, lon_c)
+    sza_lag, _ = solar_position(t - np.timedelta64(3600, "s"), lat_c, lon_c)
+    sza, saa, sza_lag = float(sza), float(saa), float(sza_lag)
+
+    # Surface state.
+    ndvi = lsc.ndvi(t)
+    fv = lsc.vegetation_fraction(ndvi)
+    moisture = float(clim.day_value("moisture", t[None])[0])
+    emis = lsc.emissivity(ndvi, moisture)
+    t_air = clim.air_temperature(np.full(lsc.shape, t), lsc.elevation_m)
+    dry = float(clim.day_value("dryness", t[None])[0])
+    heat = _heating(lsc, np.s_[:, :], fv, np.cos(np.deg2rad(sza_lag)), np.cos(np.deg2rad(sza)), dry)
+    # Scene-specific texture, held to zero at the sites so the site model is the pixel truth.
+    tex = 0.7 * _smooth_field(rng, lsc.shape, 3.0)
+    rr, cc = np.mgrid[0:h, 0:w]
+    for r0, c0 in lsc.site_pixels.values():
+        tex *= 1.0 - np.exp(-((rr - r0) ** 2 + (cc - c0) ** 2) / (2 * 2.0**2))
+    lst = (t_air + heat + lsc.lst_texture + tex).astype(np.float32)
+
+    # View geometry: the scene is a window of the 60 km swath, across-track = columns.
+    x_km = (np.arange(w) - (w - 1) / 2) * 0.04 + spec.nadir_offset_km
+    vza_row = np.rad2deg(np.arctan(np.abs(x_km) / SATELLITE_ALTITUDE_KM))
+    vza = np.broadcast_to(vza_row[None, :], lsc.shape).astype(np.float32)
+
+    # Atmosphere: one profile at the lowest surface, terms on a small (elevation, water, angle) grid.
+    z = lsc.elevation_m / 1000.0
+    z_nodes = np.linspace(float(z.min()), float(z.max()) + 1e-3, 3)
+    w_nodes = np.array([0.85, 1.0, 1.15])
+    v_nodes = np.unique(np.round([float(vza_row.min()), float(np.median(vza_row)), float(vza_row.max())], 4))
+    prof = _scene_profile(spec, clim, float(z_nodes[0]))
+    rt = _rtm()
+    tau = np.zeros((4, 3, 3, v_nodes.size))
+    lup = np.zeros_like(tau)
+    ldn = np.zeros_like(tau)
+    wcol = np.zeros((1, 3, 3, 1))
+    for i, zz in enumerate(z_nodes):
+        p_z = prof if i == 0 else prof.with_surface_at(float(zz))
+        for j, ws in enumerate(w_nodes):
+            p = p_z.scaled_water(float(ws))
+            terms = rt.terms(p, v_nodes)
+            tau[:, i, j, :] = terms.transmittance.T
+            lup[:, i, j, :] = terms.upwelling.T
+            ldn[:, i, j, :] = terms.downwelling[:, None]
+            wcol[0, i, j, 0] = p.total_column_water()
+    pts = (z.astype(np.float64), lsc.water_scale.astype(np.float64), vza.astype(np.float64))
+    axes = (z_nodes, w_nodes, v_nodes)
+    tau_px, lup_px, ldn_px = (_trilinear(a, axes, pts) for a in (tau, lup, ldn))
+    wvc = _trilinear(wcol, (z_nodes, w_nodes, np.zeros(1)), pts)[0].astype(np.float32)
+
+    # Top-of-atmosphere radiance, clear and cloudy.
+    planck = band_planck()
+    l_toa = np.stack([
+        tau_px[c] * (emis[c] * planck[c].radiance(lst) + (1 - emis[c]) * ldn_px[c]) + lup_px[c] for c in range(4)
+    ])
+    cloud_core = np.zeros(lsc.shape, dtype=bool)
+    cloud = np.zeros(lsc.shape, dtype=bool)
+    frac = np.zeros(lsc.shape)
+    t_cloud = float(np.mean(t_air)) - rng.uniform(15.0, 40.0)
+    if spec.cloud_fraction > 0:
+        from scipy.ndimage import binary_dilation
+
+        f = _smooth_field(rng, lsc.shape, 12.0)
+        cloud_core = f > np.quantile(f, 1.0 - spec.cloud_fraction)
+        ring = binary_dilation(cloud_core, iterations=2) & ~cloud_core
+        cloud = cloud_core | ring
+        frac = np.where(cloud_core, 1.0, 0.0) + np.where(ring, rng.uniform(0.05, 0.4, lsc.shape), 0.0)
+        for c in range(4):
+            l_toa[c] = (1 - frac) * l_toa[c] + frac * planck[c].radiance(np.full(lsc.shape, t_cloud))
+
+    # The instrument: calibration bias + drift (as BT offsets at 300 K), NEdT noise, 12-bit DN.
+    years = float((t - LAUNCH).astype(np.float64) / (365.25 * 86400))
+    gains, offsets = tir_gains()
+    dn_tir = np.zeros((4, h, w), dtype=np.uint16)
+    bt_sensor = np.zeros((4, h, w), dtype=np.float32)
+    for c, name in enumerate(THERMAL_NAMES):
+        bp = planck[c]
+        dldt = float(bp.derivative(300.0))
+        bias = INSTRUMENT["bias_k"][name] + INSTRUMENT["drift_k_per_year"][name] * max(years, 0.0)
+        noise = rng.standard_normal(lsc.shape) * INSTRUMENT["nedt_k"][name] * dldt
+        l_meas = l_toa[c] + bias * dldt + noise
+        bt_sensor[c] = bp.brightness_temperature(np.clip(l_meas, bp.radiance_table[0], bp.radiance_table[-1]))
+        dn_tir[c] = np.clip(np.rint((l_meas - offsets[c]) / gains[c]), 1, DN_MAX).astype(np.uint16)
+
+    # Reflective and mid-infrared bands (TOA, no atmosphere): from cover, NDVI and clouds.
+    vg, vo = vnir_gains()
+    d_au = float(earth_sun_distance_au(t))
+    mu_s = max(np.cos(np.deg2rad(sza)), 0.05)
+    red_soil = np.zeros(lsc.shape)
+    for lc in LAND_COVERS.values():
+        red_soil[lsc.cover == lc.code] = lc.red_soil
+    fv_lin = np.clip((ndvi - 0.1) / 0.8, 0, 1)
+    red = fv_lin * 0.04 + (1 - fv_lin) * red_soil
+    nir = red * (1 + ndvi) / np.maximum(1 - ndvi, 0.05)
+    refl = np.stack([0.8 * red + 0.02, 0.9 * red + 0.03, red, nir, 0.5 * (red + nir) + 0.05, 0.4 * (red + nir) + 0.03])
+    refl = (1 - frac) * refl + frac * 0.6
+    esun = [INSTRUMENT["esun_w_m2_um"][k] for k in ("b1", "b2", "red", "nir", "b5", "b6")]
+    dn_vnir40 = np.stack([np.clip(refl[k] * esun[k] * mu_s / (np.pi * d_au**2) / vg[k], 0, DN_MAX)
+                          for k in range(6)])
+    dn_vnir = np.repeat(np.repeat(dn_vnir40, 2, axis=1), 2, axis=2)
+    dn_vnir = np.clip(np.rint(dn_vnir * (1 + 0.01 * rng.standard_normal(dn_vnir.shape))), 1, DN_MAX)
+    mw = []
+    for k, key in ((6, "b7"), (7, "b8")):
+        bp = _mwir_planck()[key]
+        sun = 0.15 * _MWIR[key][2] * mu_s / np.pi
+        lt = 0.8 * (0.92 * bp.radiance(np.clip(lst, 200, 399)) + sun)
+        lt = (1 - frac) * lt + frac * (bp.radiance(np.full(lsc.shape, t_cloud)) + 0.5 * sun)
+        mw.append(np.clip(np.rint(lt / vg[k]), 1, DN_MAX))
+    dn_b7_b12 = np.concatenate([np.stack(mw), dn_tir]).astype(np.uint16)
+
+    site_truth = {sid: float(lst[r, c]) for sid, (r, c) in lsc.site_pixels.items()}
+    return SceneTruth(
+        spec=spec, lst=lst, emis=emis, ndvi=ndvi, wvc=wvc, vza=vza, cloud=cloud, cloud_core=cloud_core,
+        bt_sensor=bt_sensor, dn_b1_b6=dn_vnir.astype(np.uint16), dn_b7_b12=dn_b7_b12,
+        gains=tuple(vg[:8]) + gains, offsets=tuple(vo[:8]) + offsets, solar_zenith=sza, solar_azimuth=saa,
+        t_air_k=float(np.mean(t_air)), wvc_scene=float(prof.total_column_water()), site_truth=site_truth,
+    )
+
+
+__all__ += ["tir_gains", "vnir_gains"]
