@@ -94,7 +94,8 @@ def _xml_meta(truth: Any, lsc: Landscape, shift: tuple[int, int]) -> dict[str, A
         "OrbitID": spec.orbit, "ReceiveStation": "MYC",
         "StartTime": ts(t - np.timedelta64(4, "s")), "EndTime": ts(t + np.timedelta64(4, "s")), "CenterTime": ts(t),
         "SolarAzimuth": round(truth.solar_azimuth, 4), "SolarZenith": round(truth.solar_zenith, 4),
-        "SatelliteAzimuth": 98.5 if spec.nadir_offset_km > 0 else 278.5,
+        # seen from a scene east of the nadir track (offset > 0), the satellite is to the west
+        "SatelliteAzimuth": 278.5 if spec.nadir_offset_km > 0 else 98.5,
         "SatelliteZenith": round(float(truth.vza[h // 2, w // 2]), 4), "SatelliteAltitude": SATELLITE_ALTITUDE_KM,
         "CloudPercent": round(float(np.clip(100 * truth.cloud_core.mean() + np.random.default_rng(
             spec.product_id).normal(0, 3), 0, 100)), 1),
@@ -161,7 +162,7 @@ def _scene_task(item: dict[str, Any], lsc: Landscape, clim: RegionClimate, tmp: 
                        meta=_xml_meta(truth, lsc, shift))
     # truth on the region grid (NaN where this scene does not look)
     cov = _covered(lsc.shape, shift)
-    data = {"lst": truth.lst, "cloud": truth.cloud.astype(np.float32), "wvc": truth.wvc, "vza": truth.vza,
+    data = {"lst": truth.lst, "cloud": truth.cloud_cover, "wvc": truth.wvc, "vza": truth.vza,
             "ndvi": truth.ndvi}
     for ci, name in enumerate(THERMAL_NAMES):
         data[name] = truth.bt_sensor[ci]
@@ -178,7 +179,7 @@ def _scene_task(item: dict[str, Any], lsc: Landscape, clim: RegionClimate, tmp: 
         "cloud_fraction": float(truth.cloud.mean()), "shift_px": list(shift), "wvc_scene": truth.wvc_scene,
         "t_air_k": truth.t_air_k, "solar_zenith": truth.solar_zenith,
         "site_lst": covered_sites,
-        "site_cloud": {k: bool(truth.cloud[lsc.site_pixels[k]]) for k in covered_sites},
+        "site_cloud": {k: float(truth.cloud_cover[lsc.site_pixels[k]]) for k in covered_sites},
     }
 
 
@@ -195,10 +196,12 @@ def _create_truth_store(path: Path, lsc: Landscape, times: list[np.datetime64]) 
         coords=coords,
     )
     ds["lst"].attrs = {"units": "K", "standard_name": "surface_temperature", "long_name": "true LST"}
+    ds["cloud"].attrs = {"units": "1", "long_name": "cloud cover fraction of the pixel (1 = opaque core)"}
+    ds["wvc"].attrs = {"units": "g cm-2", "long_name": "true total column water vapour"}
     ds = ds.rio.write_crs(lsc.crs)
     ds.attrs = {"title": f"sftl-dask testbed truth, region {lsc.region.name}", "note": "for scoring only",
                 "bt_note": "bt_* are the sensor's brightness temperatures before DN quantisation (K)"}
-    ds.to_zarr(path, compute=False, mode="w", consolidated=True)
+    ds.to_zarr(path, compute=False, mode="w", consolidated=True, zarr_format=2)
 
 
 def _insitu_task(site_index: int, lsc: Landscape, clim: RegionClimate, tmp: str, seed: int) -> dict[str, Any]:

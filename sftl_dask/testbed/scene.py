@@ -72,6 +72,7 @@ class SceneTruth:
     vza: NDArray[np.float32]
     cloud: NDArray[np.bool_]
     cloud_core: NDArray[np.bool_]
+    cloud_cover: NDArray[np.float32]  # fraction of each pixel covered by cloud (0 clear, 1 core)
     bt_sensor: NDArray[np.float32]  # (4, H, W), measured BT before quantisation
     dn_b1_b6: NDArray[np.uint16]  # (6, 2H, 2W)
     dn_b7_b12: NDArray[np.uint16]  # (6, H, W)
@@ -313,6 +314,7 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
     site_truth = {sid: float(lst[r, c]) for sid, (r, c) in lsc.site_pixels.items()}
     return SceneTruth(
         spec=spec, lst=lst, emis=emis, ndvi=ndvi, wvc=wvc, vza=vza, cloud=cloud, cloud_core=cloud_core,
+        cloud_cover=np.asarray(frac, dtype=np.float32) * np.ones(lsc.shape, dtype=np.float32),
         bt_sensor=bt_sensor, dn_b1_b6=dn_vnir.astype(np.uint16), dn_b7_b12=dn_b7_b12,
         gains=tuple(vg[:8]) + gains, offsets=tuple(vo[:8]) + offsets, solar_zenith=sza, solar_azimuth=saa,
         t_air_k=float(np.mean(t_air)), wvc_scene=float(prof.total_column_water()), site_truth=site_truth,
