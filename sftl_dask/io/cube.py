@@ -1,0 +1,342 @@
+"""THE scene-cube writer: one Zarr store per region grid, scenes appended along ``time``.
+
+Layout (DESIGN.md, "Scene cube"): dims ``(time, y, x)``, chunks ``(1, 512, 512)``, CRS and
+transform written the rioxarray way (``spatial_ref``), float32 variables compressed with
+Blosc LZ4 + byte shuffle (8x faster to write than Zarr's default and smaller on this data,
+shared/reference/PERF.md). Per time step the store records ``scene_id``, ``source``,
+``checksum`` and ``ingest_ok``.
+
+Appending follows xarray's pattern: the driver resizes the store and writes metadata once
+(``to_zarr(compute=False, append_dim="time")``); each worker then fills its own time slice
+with a region write covering whole chunks; ``ingest_ok`` turns true only after a scene's
+data is written, so a failed scene never looks complete, and its slot is reused by the next
+run. A cube root folder holds one store per grid (``<root>/<grid>.zarr``), the ingest log
+(``<root>/ingest_log.jsonl``) and STAC items (``<root>/stac/``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from numpy.typing import NDArray
+
+from sftl_dask.physics.channels import THERMAL_NAMES
+
+__all__ = [
+    "CUBE_VARIABLES",
+    "GridSpec",
+    "append_slots",
+    "cube_stores",
+    "open_cube",
+    "read_slots",
+    "write_log",
+    "write_scene",
+]
+
+_EMIS = tuple(n.replace("bt_", "emis_") for n in THERMAL_NAMES)
+
+#: The cube's data variables: attributes (units first) and storage dtype.
+CUBE_VARIABLES: dict[str, dict[str, Any]] = {
+    **{n: {"units": "K", "long_name": f"brightness temperature {n[3:5]}.{n[6:]} um", "dtype": "float32"}
+       for n in THERMAL_NAMES},
+    "vza": {"units": "degree", "long_name": "view zenith angle", "dtype": "float32"},
+    "wvc": {"units": "g cm-2", "long_name": "total column water vapour (ERA5, interpolated)",
+            "standard_name": "atmosphere_mass_content_of_water_vapor", "dtype": "float32"},
+    **{n: {"units": "1", "long_name": f"surface emissivity {n[5:7]}.{n[8:]} um (ASTER GED + VCM)",
+           "dtype": "float32"} for n in _EMIS},
+    "ndvi": {"units": "1", "long_name": "NDVI from TOA reflectance", "dtype": "float32"},
+    "cloud": {"units": "1", "long_name": "cloud mask (1 = cloud or cloud edge)", "dtype": "uint8"},
+    "ancillary_missing": {"units": "1", "long_name": "1 where GED or ERA5 did not cover the pixel",
+                          "dtype": "uint8"},
+}
+_SLOT_VARS = {"scene_id": "<U96", "source": "<U512", "checksum": "<U64", "ingest_ok": "bool"}
+CHUNK = 512
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A north-up raster grid: CRS, affine transform (a, b, c, d, e, f) and size.
+
+    ``x``/``y`` are pixel-centre coordinates in CRS units (m).
+    """
+
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        a, b, _, d, e, _ = self.transform
+        if b != 0 or d != 0 or a <= 0 or e >= 0:
+            raise ValueError(f"grid transform {self.transform} is not north-up with square-ish pixels")
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"grid size {self.width} x {self.height} must be positive")
+
+    @property
+    def x(self) -> NDArray[np.float64]:
+        """Pixel-centre eastings."""
+        a, _, c, *_ = self.transform
+        return c + (np.arange(self.width) + 0.5) * a
+
+    @property
+    def y(self) -> NDArray[np.float64]:
+        """Pixel-centre northings (decreasing)."""
+        *_, e, f = self.transform
+        return f + (np.arange(self.height) + 0.5) * e
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in CRS units."""
+        a, _, c, _, e, f = self.transform
+        return c, f + self.height * e, c + self.width * a, f
+
+    @property
+    def name(self) -> str:
+        """A stable name: CRS code and upper-left corner (km)."""
+        code = self.crs.split(":")[-1] if ":" in self.crs else "crs"
+        return f"epsg{code}_e{self.transform[2] / 1000:.2f}_n{self.transform[5] / 1000:.2f}"
+
+    def to_attrs(self) -> dict[str, Any]:
+        """JSON-able description stored in the cube's attributes."""
+        return {"crs": self.crs, "transform": list(self.transform), "width": self.width, "height": self.height}
+
+    @classmethod
+    def from_attrs(cls, d: Mapping[str, Any]) -> GridSpec:
+        """The inverse of :meth:`to_attrs`."""
+        try:
+            return cls(str(d["crs"]), tuple(float(v) for v in d["transform"]), int(d["width"]), int(d["height"]))
+        except KeyError as exc:
+            raise ValueError(f"grid description lacks {exc}") from None
+
+    def offset_of(self, other: GridSpec) -> tuple[int, int] | None:
+        """Integer (row, col) of ``other``'s first pixel on this grid, or None if not on the same lattice."""
+        if other.crs != self.crs:
+            return None
+        a, _, c, _, e, f = self.transform
+        oa, _, oc, _, oe, of = other.transform
+        if abs(oa - a) > 1e-6 * a or abs(oe - e) > 1e-6 * abs(e):
+            return None
+        col = (oc - c) / a
+        row = (of - f) / e
+        if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
+            return None
+        return int(round(row)), int(round(col))
+
+    def union(self, other: GridSpec) -> GridSpec:
+        """The smallest grid on this lattice holding both."""
+        off = self.offset_of(other)
+        if off is None:
+            raise ValueError("grids are not on the same lattice")
+        r0, c0 = min(0, off[0]), min(0, off[1])
+        r1, c1 = max(self.height, off[0] + other.height), max(self.width, off[1] + other.width)
+        a, b, c, d, e, f = self.transform
+        return GridSpec(self.crs, (a, b, c + c0 * a, d, e, f + r0 * e), c1 - c0, r1 - r0)
+
+    def intersects(self, other: GridSpec) -> bool:
+        """Whether the two footprints overlap (same CRS)."""
+        if other.crs != self.crs:
+            return False
+        l1, b1, r1, t1 = self.bounds
+        l2, b2, r2, t2 = other.bounds
+        return l1 < r2 and l2 < r1 and b1 < t2 and b2 < t1
+
+
+def cube_stores(root: str | os.PathLike[str]) -> dict[str, Path]:
+    """The grid stores under a cube root, by grid name."""
+    root = Path(root)
+    if not root.exists():
+        return {}
+    return {p.name[: -len(".zarr")]: p for p in sorted(root.glob("*.zarr")) if (p / ".zgroup").exists()}
+
+
+def read_slots(store: str | os.PathLike[str]) -> tuple[GridSpec, list[dict[str, Any]]]:
+    """The grid of a store and its time slots (scene_id, source, checksum, ingest_ok, time)."""
+    ds = xr.open_zarr(store, consolidated=True)
+    grid = GridSpec.from_attrs(json.loads(ds.attrs["sftl_grid"]))
+    slots = [
+        {"index": i, "scene_id": str(s), "source": str(src), "checksum": str(ck), "ingest_ok": bool(ok),
+         "time": t}
+        for i, (s, src, ck, ok, t) in enumerate(zip(ds["scene_id"].values, ds["source"].values,
+                                                      ds["checksum"].values, ds["ingest_ok"].values,
+                                                      ds["time"].values, strict=True))
+    ]
+    return grid, slots
+
+
+def _template(grid: GridSpec, scenes: Sequence[Mapping[str, Any]]) -> xr.Dataset:
+    import dask.array as da
+
+    n = len(scenes)
+    shape = (n, grid.height, grid.width)
+    chunks = (1, min(CHUNK, grid.height), min(CHUNK, grid.width))
+    data_vars: dict[str, Any] = {}
+    for name, spec in CUBE_VARIABLES.items():
+        fill = np.nan if spec["dtype"] == "float32" else 0
+        data_vars[name] = (("time", "y", "x"), da.full(shape, fill, dtype=spec["dtype"], chunks=chunks),
+                           {k: v for k, v in spec.items() if k != "dtype"})
+    data_vars["scene_id"] = (("time",), np.array([s["scene_id"] for s in scenes], dtype=_SLOT_VARS["scene_id"]))
+    data_vars["source"] = (("time",), np.array([s["source"] for s in scenes], dtype=_SLOT_VARS["source"]))
+    data_vars["checksum"] = (("time",), da.full((n,), "", dtype=_SLOT_VARS["checksum"], chunks=1))
+    data_vars["ingest_ok"] = (("time",), da.zeros((n,), dtype=bool, chunks=1))
+    times = np.array([np.datetime64(s["time"], "ns") for s in scenes], dtype="datetime64[ns]")
+    ds = xr.Dataset(data_vars, coords={"time": times, "y": grid.y, "x": grid.x})
+    ds["x"].attrs = {"units": "m", "standard_name": "projection_x_coordinate", "axis": "X"}
+    ds["y"].attrs = {"units": "m", "standard_name": "projection_y_coordinate", "axis": "Y"}
+    return ds
+
+
+def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    from numcodecs import Blosc
+
+    comp = (Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),)
+    enc: dict[str, dict[str, Any]] = {k: {"compressors": comp} for k in CUBE_VARIABLES}
+    enc["time"] = {"units": "seconds since 1970-01-01T00:00:00", "calendar": "proleptic_gregorian",
+                   "dtype": "int64"}
+    for k in ("scene_id", "source"):
+        enc[k] = {"chunks": (max(1, ds.sizes["time"]),)}
+    enc["checksum"] = {"chunks": (1,)}
+    enc["ingest_ok"] = {"chunks": (1,)}
+    return enc
+
+
+def append_slots(store: str | os.PathLike[str], grid: GridSpec, scenes: Sequence[Mapping[str, Any]],
+                 attrs: Mapping[str, Any] | None = None) -> list[int]:
+    """Create or extend a grid store with one empty time slot per scene; return their indices.
+
+    Parameters
+    ----------
+    store : path
+        The grid's Zarr store (created if missing).
+    grid : GridSpec
+        The store's grid (must equal the existing one).
+    scenes : sequence of mapping
+        Each with ``scene_id``, ``source`` and ``time`` (UTC datetime64).
+    attrs : mapping, optional
+        Global attributes for a new store.
+
+    Raises
+    ------
+    ValueError
+        If the store exists on another grid.
+    """
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    store = Path(store)
+    if not scenes:
+        return []
+    tmpl = _template(grid, scenes)
+    tmpl = tmpl.rio.write_crs(grid.crs)
+    tmpl = tmpl.rio.write_transform(_affine(grid))
+    for name in CUBE_VARIABLES:
+        tmpl[name].attrs["grid_mapping"] = "spatial_ref"
+    if not (store / ".zgroup").exists():
+        tmpl.attrs = {
+            "title": "sftl-dask scene cube", "platform": "GF5-02", "instrument": "VIMI",
+            "Conventions": "CF-1.8", "sftl_grid": json.dumps(grid.to_attrs()), **dict(attrs or {}),
+        }
+        tmpl.to_zarr(store, mode="w-", compute=False, consolidated=True, zarr_format=2, encoding=_encoding(tmpl))
+        return list(range(len(scenes)))
+    existing, slots = read_slots(store)
+    if existing != grid:
+        raise ValueError(f"{store}: holds grid {existing.to_attrs()}, not {grid.to_attrs()}")
+    start = len(slots)
+    tmpl.attrs = dict(xr.open_zarr(store, consolidated=True).attrs)  # appending must not drop them
+    tmpl.drop_vars(["spatial_ref", "x", "y"]).to_zarr(store, mode="a", append_dim="time", compute=False,
+                                                      consolidated=True)
+    return list(range(start, start + len(scenes)))
+
+
+def _affine(grid: GridSpec) -> Any:
+    from affine import Affine
+
+    a, b, c, d, e, f = grid.transform
+    return Affine(a, b, c, d, e, f)
+
+
+def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, NDArray], checksum: str) -> None:
+    """Fill time slot ``index`` of a grid store with one scene, then mark it complete.
+
+    Parameters
+    ----------
+    store : path
+        The grid store.
+    index : int
+        The slot from :func:`append_slots`.
+    data : mapping
+        Every :data:`CUBE_VARIABLES` name to an array of the grid's (height, width).
+    checksum : str
+        sha256 of the source product.
+
+    Raises
+    ------
+    ValueError
+        If a variable is missing or of the wrong shape.
+    """
+    ds = xr.open_zarr(store, consolidated=True)
+    shape = (ds.sizes["y"], ds.sizes["x"])
+    missing = [k for k in CUBE_VARIABLES if k not in data]
+    if missing:
+        raise ValueError(f"{store}: scene data lacks {', '.join(missing)}")
+    out = {}
+    for k, spec in CUBE_VARIABLES.items():
+        arr = np.asarray(data[k])
+        if arr.shape != shape:
+            raise ValueError(f"{store}: {k} has shape {arr.shape}, grid is {shape}")
+        out[k] = (("time", "y", "x"), arr.astype(spec["dtype"])[None])
+    region = {"time": slice(index, index + 1), "y": slice(None), "x": slice(None)}
+    xr.Dataset(out).to_zarr(store, region=region, consolidated=False)
+    # only now does the slot count as ingested
+    xr.Dataset({"checksum": (("time",), np.array([checksum], dtype=_SLOT_VARS["checksum"])),
+                "ingest_ok": (("time",), np.array([True]))}).to_zarr(
+        store, region={"time": slice(index, index + 1)}, consolidated=False)
+
+
+def write_log(root: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:
+    """Append records (one JSON line each) to ``<root>/ingest_log.jsonl``."""
+    path = Path(root) / "ingest_log.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        for r in records:
+            fh.write(json.dumps(dict(r), default=str) + "\n")
+
+
+def open_cube(root_or_store: str | os.PathLike[str], grid: str | None = None, *, complete_only: bool = True
+              ) -> xr.Dataset:
+    """Open a scene cube lazily (a grid store, or the only / named grid of a cube root).
+
+    Parameters
+    ----------
+    root_or_store : path
+        A grid store or a cube root.
+    grid : str, optional
+        Grid name when the root holds several.
+    complete_only : bool
+        Keep only slots whose ingest completed, sorted by time.
+
+    Raises
+    ------
+    ValueError
+        If the path holds no cube, or several grids and none is named.
+    """
+    p = Path(root_or_store)
+    if (p / ".zgroup").exists():
+        store = p
+    else:
+        stores = cube_stores(p)
+        if not stores:
+            raise ValueError(f"{p}: no scene cube here")
+        if grid is None and len(stores) > 1:
+            raise ValueError(f"{p}: holds grids {', '.join(stores)}; name one")
+        store = stores[grid] if grid else next(iter(stores.values()))
+    ds = xr.open_zarr(store, consolidated=True, decode_coords="all")
+    if complete_only:
+        ok = ds["ingest_ok"].values
+        ds = ds.isel(time=np.flatnonzero(ok)).sortby("time")
+    return ds
