@@ -127,7 +127,7 @@ class GridSpec:
         row = (of - f) / e
         if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
             return None
-        return int(round(row)), int(round(col))
+        return round(row), round(col)
 
     def union(self, other: GridSpec) -> GridSpec:
         """The smallest grid on this lattice holding both."""
