@@ -79,9 +79,11 @@ def _xml_meta(truth: Any, lsc: Landscape, shift: tuple[int, int]) -> dict[str, A
     from sftl_dask.testbed.scene import INSTRUMENT, SATELLITE_ALTITUDE_KM
 
     spec = truth.spec
-    h, w = lsc.shape
     lon, lat = _corner_lonlat(lsc, shift)
     t = spec.time_utc
+    # across-track distance (km, east +) from the nadir track of the archive's centre (between its middle
+    # pixel centres), as the scene model places it
+    x_centre_km = shift[1] * 0.04 + spec.nadir_offset_km
     fmt = "%Y-%m-%d %H:%M:%S.%f"
 
     def ts(x: np.datetime64) -> str:
@@ -94,9 +96,10 @@ def _xml_meta(truth: Any, lsc: Landscape, shift: tuple[int, int]) -> dict[str, A
         "OrbitID": spec.orbit, "ReceiveStation": "MYC",
         "StartTime": ts(t - np.timedelta64(4, "s")), "EndTime": ts(t + np.timedelta64(4, "s")), "CenterTime": ts(t),
         "SolarAzimuth": round(truth.solar_azimuth, 4), "SolarZenith": round(truth.solar_zenith, 4),
-        # seen from a scene east of the nadir track (offset > 0), the satellite is to the west
-        "SatelliteAzimuth": 278.5 if spec.nadir_offset_km > 0 else 98.5,
-        "SatelliteZenith": round(float(truth.vza[h // 2, w // 2]), 4), "SatelliteAltitude": SATELLITE_ALTITUDE_KM,
+        # seen from a scene centre east of the nadir track, the satellite is to the west
+        "SatelliteAzimuth": 278.5 if x_centre_km > 0 else 98.5,
+        "SatelliteZenith": round(float(np.rad2deg(np.arctan(abs(x_centre_km) / SATELLITE_ALTITUDE_KM))), 6),
+        "SatelliteAltitude": SATELLITE_ALTITUDE_KM,
         "CloudPercent": round(float(np.clip(100 * truth.cloud_core.mean() + np.random.default_rng(
             spec.product_id).normal(0, 3), 0, 100)), 1),
         "TopLeftLatitude": lat[0], "TopLeftLongitude": lon[0], "TopRightLatitude": lat[1],
