@@ -154,6 +154,27 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from sftl_dask.cluster import get_client
+    from sftl_dask.ingest import IngestError, ingest
+
+    update, close = _progress_bar("ingest")
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        try:
+            summary = ingest(args.inputs, args.cube, era5=args.era5, ged=args.ged, client=client, progress=update)
+        except IngestError as exc:
+            raise BadInput(str(exc)) from None
+        finally:
+            close()
+    print(f"ingested {summary['ingested']} scene(s), skipped {summary['skipped']}, failed {len(summary['failed'])} "
+          f"in {summary['seconds']:.1f} s -> {args.cube}")
+    for f in summary["failed"]:
+        print(f"  failed: {f['scene_id']}: {f.get('reason', '')}")
+    for s in summary["stores"]:
+        print(f"  cube: {s}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sftl_dask.report import foundation_report
 
@@ -213,6 +234,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     common(s)
     s.set_defaults(func=_cmd_testbed)
+
+    s = sub.add_parser("ingest", help="VIMI L1 archives + ERA5 + GED -> scene cubes (Zarr)")
+    s.add_argument("inputs", nargs="+", metavar="ARCHIVE_OR_DIR", help="product .tar files or folders of them")
+    s.add_argument("--cube", required=True, help="cube root folder (one Zarr store per grid inside)")
+    s.add_argument("--era5", required=True, nargs="+", metavar="F", help="ERA5 tcwv NetCDF/GRIB files")
+    s.add_argument("--ged", required=True, help="folder of ASTER GED AG100 tiles")
+    common(s)
+    s.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser("demo", help="the main job end to end, with a report")
     s.add_argument("--out", required=True, help="output directory")

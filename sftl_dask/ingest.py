@@ -1,0 +1,393 @@
+"""Ingest: VIMI L1 archives + ERA5 + ASTER GED -> scene cubes, on Dask.
+
+The driver (this process) only lists products, reads what it must to place them (scene id,
+time, grid: a scan task per new product), decides the grid stores and time slots, and writes
+the cube metadata once. Workers do the heavy work, one task per scene: decode and calibrate
+the archive, interpolate ERA5 water vapour, apply the GED emissivity (sampled once per grid)
+and the Vegetation Cover Method, mask clouds, and fill their own time slot. A failed scene is
+recorded in the ingest log with its reason and never marks its slot complete; re-running
+retries it in the same slot and skips every scene already complete.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sftl_dask.io.cube import (
+    CUBE_VARIABLES,
+    GridSpec,
+    append_slots,
+    cube_stores,
+    read_slots,
+    write_log,
+    write_scene,
+)
+from sftl_dask.physics.channels import THERMAL_NAMES
+
+__all__ = ["IngestError", "ingest"]
+
+
+class IngestError(ValueError):
+    """Bad input to the ingest as a whole (no products, unreadable ancillary files)."""
+
+
+def _scan(path: str) -> dict[str, Any]:
+    """Scene id, time, grid and footprint of one product (worker task)."""
+    from sftl_dask.io.vimi import VimiProduct
+
+    try:
+        prod = VimiProduct(path)
+        ds = prod.open()
+        tr = ds.rio.transform()
+        grid = GridSpec(ds.rio.crs.to_string(), (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f), ds.sizes["x"], ds.sizes["y"])
+        meta = prod.metadata
+        return {"ok": True, "path": path, "scene_id": prod.stem, "time": np.datetime64(meta["CenterTime"], "ns"),
+                "grid": grid, "cloud_percent": float(meta.get("CloudPercent", np.nan)), "meta": _stac_meta(meta)}
+    except (ValueError, OSError) as exc:
+        return {"ok": False, "path": path, "scene_id": Path(path).name, "reason": _one_line(exc)}
+
+
+def _stac_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    keys = ("TopLeftLongitude", "TopLeftLatitude", "TopRightLongitude", "TopRightLatitude", "BottomRightLongitude",
+            "BottomRightLatitude", "BottomLeftLongitude", "BottomLeftLatitude", "CloudPercent", "SolarZenith",
+            "SolarAzimuth", "SatelliteZenith", "OrbitID")
+    return {k: float(meta[k]) for k in keys if k in meta}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _ged_for_grid(ged_dir: str, grid: GridSpec) -> dict[str, np.ndarray]:
+    """GED emissivity, NDVI and coverage sampled on a grid (once per grid, worker task)."""
+    from sftl_dask.io.ged import ged_on_grid
+
+    g = ged_on_grid(ged_dir, grid.x, grid.y, grid.crs)
+    return {"emissivity": g["emis_aster"].values, "ndvi": g["ndvi_ged"].values, "water": g["water"].values,
+            "ged_missing": g["ged_missing"].values}
+
+
+def _place(arr: np.ndarray, offset: tuple[int, int], shape: tuple[int, int], fill: float) -> np.ndarray:
+    """Put a scene raster onto the cube grid at integer ``offset`` (row, col), clipping what falls outside."""
+    out = np.full(shape, fill, dtype=np.float64)
+    r0, c0 = offset
+    h, w = arr.shape
+    rs, cs = max(0, -r0), max(0, -c0)
+    re, ce = min(h, shape[0] - r0), min(w, shape[1] - c0)
+    if re > rs and ce > cs:
+        out[r0 + rs : r0 + re, c0 + cs : c0 + ce] = arr[rs:re, cs:ce]
+    return out
+
+
+def _ingest_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths: Sequence[str],
+                  ged: dict[str, np.ndarray], cloud_percent: float) -> dict[str, Any]:
+    """Decode one product onto its grid and fill its slot (worker task)."""
+    t0 = time.perf_counter()
+    from sftl_dask.io.era5 import era5_wvc_on_grid, open_era5_tcwv
+    from sftl_dask.io.ged import vimi_emissivity
+    from sftl_dask.io.vimi import VimiProduct, product_checksum
+    from sftl_dask.physics.cloud import cloud_mask
+
+    try:
+        prod = VimiProduct(path)
+        ds = prod.open()
+        tr = ds.rio.transform()
+        sgrid = GridSpec(ds.rio.crs.to_string(), (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f), ds.sizes["x"], ds.sizes["y"])
+        shape = (grid.height, grid.width)
+        off = grid.offset_of(sgrid)
+        names = [*THERMAL_NAMES, "ndvi", "vza"] + (["red"] if "red" in ds else [])
+        if off is not None:
+            vals = {k: _place(ds[k].values, off, shape, np.nan) for k in names}
+        else:  # another lattice or CRS: resample onto the grid
+            from rasterio.enums import Resampling
+
+            from sftl_dask.io.cube import _affine
+
+            rp = ds[names].rio.reproject(grid.crs, shape=shape, transform=_affine(grid),
+                                         resampling=Resampling.bilinear)
+            vals = {k: rp[k].values.astype(np.float64) for k in names}
+        covered = np.isfinite(vals["bt_10_80"])
+        if not covered.any():
+            raise ValueError("the scene does not overlap its grid")
+        era5 = open_era5_tcwv(list(era5_paths))
+        scene_time = np.datetime64(prod.metadata["CenterTime"], "ns")
+        wvc = np.where(covered, era5_wvc_on_grid(era5, scene_time, grid.x, grid.y, grid.crs), np.nan)
+        emis = vimi_emissivity(ged["emissivity"], ged["ndvi"], vals["ndvi"], water=ged.get("water"))
+        emis = np.where(covered[None], emis, np.nan)
+        cloud = cloud_mask(vals["bt_10_80"], vals["ndvi"], vals.get("red"), cloud_percent=cloud_percent)
+        missing = covered & (ged["ged_missing"].astype(bool) | ~np.isfinite(wvc))
+        data = {**{k: vals[k] for k in THERMAL_NAMES}, "vza": vals["vza"], "ndvi": vals["ndvi"], "wvc": wvc,
+                **{n.replace("bt_", "emis_"): emis[i] for i, n in enumerate(THERMAL_NAMES)},
+                "cloud": cloud.astype(np.uint8), "ancillary_missing": missing.astype(np.uint8)}
+        write_scene(store, index, {k: data[k] for k in CUBE_VARIABLES}, product_checksum(path))
+        return {"scene_id": prod.stem, "status": "ingested", "store": store, "index": index, "source": path,
+                "seconds": round(time.perf_counter() - t0, 2), "covered_fraction": round(float(covered.mean()), 4),
+                "cloud_fraction": round(float(cloud[covered].mean()), 4)}
+    except (ValueError, OSError, KeyError) as exc:
+        return {"scene_id": Path(path).name, "status": "failed", "store": store, "index": index, "source": path,
+                "reason": _one_line(exc)}
+
+
+def _group(scans: list[dict[str, Any]], grids: dict[str, GridSpec]) -> dict[str, GridSpec]:
+    """Assign each scan a grid name: an existing grid it overlaps, else a new grid (union of overlapping scenes)."""
+    new: list[GridSpec] = []
+    for s in scans:
+        g = s["grid"]
+        hit = next((n for n, eg in grids.items() if eg.intersects(g)), None)
+        if hit is None:
+            for i, ng in enumerate(new):
+                if ng.intersects(g) and ng.offset_of(g) is not None:
+                    new[i] = ng.union(g)
+                    break
+            else:
+                new.append(g)
+    for ng in new:  # unions can make new grids overlap: merge until stable
+        grids.setdefault(ng.name, ng)
+    for s in scans:
+        s["grid_name"] = next(n for n, eg in grids.items() if eg.intersects(s["grid"]))
+    return grids
+
+
+def ingest(
+    inputs: Sequence[str | os.PathLike[str]],
+    cube: str | os.PathLike[str],
+    *,
+    era5: Sequence[str | os.PathLike[str]],
+    ged: str | os.PathLike[str],
+    client: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Ingest VIMI L1 products into scene cubes under ``cube``; returns a summary.
+
+    Parameters
+    ----------
+    inputs : sequence of path
+        Product archives (``.tar``), extracted product folders, or folders holding them.
+    cube : path
+        Cube root folder (one store per grid inside).
+    era5 : sequence of path
+        ERA5 ``tcwv`` NetCDF (or GRIB) files covering the scenes' times and areas.
+    ged : path
+        Folder of ASTER GED AG100 tiles.
+    client : distributed.Client, optional
+        Runs scans and scenes as tasks; without one, in this process.
+    progress : callable, optional
+        ``progress(done, total)`` over scene tasks.
+
+    Returns
+    -------
+    dict
+        Counts of ingested, skipped and failed scenes, the stores, and the wall time.
+
+    Raises
+    ------
+    IngestError
+        If no product is found, an ERA5 file or the GED folder is missing or unreadable.
+    """
+    from sftl_dask.io.vimi import find_products
+
+    t0 = time.perf_counter()
+    root = Path(cube)
+    era5_paths = [str(Path(p)) for p in era5]
+    for p in era5_paths:
+        if not Path(p).is_file():
+            raise IngestError(f"{p}: ERA5 file not found")
+    if not era5_paths:
+        raise IngestError("no ERA5 file given (--era5)")
+    if not Path(ged).is_dir():
+        raise IngestError(f"{ged}: GED folder not found")
+    era5_index = _era5_index(era5_paths)
+    for p in inputs:
+        if not Path(p).exists():
+            raise IngestError(f"{p}: no such file or directory")
+    products = [str(p) for p in find_products([Path(p) for p in inputs])]
+    if not products:
+        raise IngestError(f"no VIMI L1 products found in {', '.join(str(p) for p in inputs)}")
+
+    # What is already in the cube.
+    grids: dict[str, GridSpec] = {}
+    done: dict[str, tuple[str, int]] = {}
+    retry: dict[str, tuple[str, int]] = {}
+    for name, store in cube_stores(root).items():
+        grid, slots = read_slots(store)
+        grids[name] = grid
+        for s in slots:
+            (done if s["ingest_ok"] else retry)[s["scene_id"]] = (str(store), s["index"])
+    log: list[dict[str, Any]] = []
+    todo = []
+    for p in products:
+        stem = _stem(p)
+        if stem in done:
+            log.append({"scene_id": stem, "status": "skipped", "reason": "already in the cube", "source": p})
+        else:
+            todo.append(p)
+
+    scans = _map(_scan, [(p,) for p in todo], client)
+    bad = [s for s in scans if not s["ok"]]
+    log += [{"scene_id": s["scene_id"], "status": "failed", "reason": s["reason"], "source": s["path"]} for s in bad]
+    scans = [s for s in scans if s["ok"]]
+    seen: set[str] = set()
+    unique = []
+    for s in sorted(scans, key=lambda s: (s["time"], s["scene_id"])):
+        if s["scene_id"] in seen:
+            log.append({"scene_id": s["scene_id"], "status": "skipped", "reason": "duplicate product in the input",
+                        "source": s["path"]})
+            continue
+        seen.add(s["scene_id"])
+        unique.append(s)
+    scans = unique
+    grids = _group(scans, grids)
+
+    # Slots: reuse a failed scene's slot, else append.
+    root.mkdir(parents=True, exist_ok=True)
+    by_store: dict[str, list[dict[str, Any]]] = {}
+    for s in scans:
+        if s["scene_id"] in retry:
+            s["store"], s["index"] = retry[s["scene_id"]]
+        else:
+            s["store"] = str(root / f"{s['grid_name']}.zarr")
+            by_store.setdefault(s["store"], []).append(s)
+    for store, ss in by_store.items():
+        name = Path(store).name[: -len(".zarr")]
+        idx = append_slots(store, grids[name], [{"scene_id": s["scene_id"], "source": s["path"], "time": s["time"]}
+                                                for s in ss])
+        for s, i in zip(ss, idx, strict=True):
+            s["index"] = i
+
+    # GED once per grid, then one task per scene.
+    used = sorted({Path(s["store"]).name[: -len(".zarr")] for s in scans})
+    ged_arrays = dict(zip(used, _map(_ged_for_grid, [(str(ged), grids[n]) for n in used], client, scatter_out=True),
+                          strict=True))
+    args = []
+    for s in scans:
+        gname = Path(s["store"]).name[: -len(".zarr")]
+        args.append((s["path"], s["store"], s["index"], grids[gname], _era5_for(era5_index, grids[gname], s["time"]),
+                     ged_arrays[gname], s["cloud_percent"]))
+    results = _map(_ingest_scene, args, client, progress=progress)
+    log += results
+    ok = [r for r in results if r["status"] == "ingested"]
+    _write_stac(root, [s for s in scans if any(r["scene_id"] == s["scene_id"] for r in ok)])
+    stamp = np.datetime64("now", "s")
+    write_log(root, [{"logged_utc": str(stamp), **r} for r in log])
+    return {
+        "ingested": len(ok),
+        "skipped": sum(r["status"] == "skipped" for r in log),
+        "failed": [r for r in log if r["status"] == "failed"],
+        "stores": sorted({str(p) for p in cube_stores(root).values()}),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _era5_index(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Extent and time span of each ERA5 file (opened lazily, one at a time).
+
+    Raises
+    ------
+    IngestError
+        If a file cannot be read as ERA5 ``tcwv``.
+    """
+    from sftl_dask.io.era5 import open_era5_tcwv
+
+    index = []
+    for p in paths:
+        try:
+            da = open_era5_tcwv([p])
+        except (ValueError, OSError) as exc:
+            raise IngestError(_one_line(exc).split(": ", 1)[-1]) from None
+        lat, lon, t = da["latitude"].values, da["longitude"].values, da["time"].values
+        index.append({"path": p, "lat": (float(lat.min()), float(lat.max())), "lon": (float(lon.min()),
+                      float(lon.max())), "time": (t.min(), t.max())})
+    return index
+
+
+def _era5_for(index: list[dict[str, Any]], grid: GridSpec, when: np.datetime64) -> list[str]:
+    """The ERA5 files whose area holds the grid and whose hours reach within 6 h of ``when``.
+
+    When none does, every file is returned, so the reader reports precisely what is not covered.
+    """
+    from pyproj import Transformer
+
+    left, bottom, right, top = grid.bounds
+    lon, lat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True).transform(
+        [left, right, left, right], [bottom, bottom, top, top])
+    slack = np.timedelta64(6, "h")
+    hits = [e["path"] for e in index
+            if e["lat"][0] <= min(lat) and max(lat) <= e["lat"][1] and e["lon"][0] <= min(lon)
+            and max(lon) <= e["lon"][1] and e["time"][0] - slack <= when <= e["time"][1] + slack]
+    return hits or [e["path"] for e in index]
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for ext in (".tar", ".TAR"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _map(fn: Callable[..., Any], args: list[tuple[Any, ...]], client: Any, *,
+         progress: Callable[[int, int], None] | None = None, scatter_out: bool = False) -> list[Any]:
+    """Apply ``fn`` to each argument tuple, on the client if given; results in input order."""
+    if client is None:
+        out = []
+        for i, a in enumerate(args, start=1):
+            out.append(fn(*a))
+            if progress:
+                progress(i, len(args))
+        return out
+    from distributed import as_completed
+
+    futs = [client.submit(fn, *a, pure=False) for a in args]
+    if scatter_out:  # keep results on the cluster (big arrays), hand back the futures
+        return futs
+    pos = {f.key: i for i, f in enumerate(futs)}
+    out: list[Any] = [None] * len(futs)
+    for n, f in enumerate(as_completed(futs), start=1):
+        out[pos[f.key]] = f.result()
+        if progress:
+            progress(n, len(futs))
+    return out
+
+
+def _write_stac(root: Path, scans: list[dict[str, Any]]) -> None:
+    """One STAC Item per ingested scene, in a static catalog under ``<root>/stac``."""
+    import pystac
+
+    if not scans:
+        return
+    cat_path = root / "stac" / "catalog.json"
+    if cat_path.exists():
+        catalog = pystac.Catalog.from_file(str(cat_path))
+    else:
+        catalog = pystac.Catalog(id="sftl-scene-cube", description="GF5-02 VIMI scenes ingested by sftl-dask")
+    for s in scans:
+        m = s["meta"]
+        ring = [[m.get(f"{c}Longitude"), m.get(f"{c}Latitude")] for c in ("TopLeft", "TopRight", "BottomRight",
+                                                                         "BottomLeft", "TopLeft")]
+        if any(v is None for pt in ring for v in pt):
+            continue
+        lons, lats = [p[0] for p in ring], [p[1] for p in ring]
+        item = pystac.Item(
+            id=s["scene_id"], geometry={"type": "Polygon", "coordinates": [ring]},
+            bbox=[min(lons), min(lats), max(lons), max(lats)],
+            datetime=np.datetime64(s["time"], "us").astype(object),
+            properties={"platform": "GF5-02", "instruments": ["VIMI"], "eo:cloud_cover": m.get("CloudPercent"),
+                        "view:sun_elevation": 90.0 - m.get("SolarZenith", 90.0),
+                        "view:off_nadir": m.get("SatelliteZenith"), "sftl:grid": s["grid_name"],
+                        "sftl:time_index": int(s["index"])},
+        )
+        item.add_asset("archive", pystac.Asset(href=str(Path(s["path"]).resolve()), roles=["source"],
+                                               media_type="application/x-tar"))
+        item.add_asset("cube", pystac.Asset(href=str(Path(s["store"]).resolve()), roles=["data"],
+                                            media_type="application/vnd+zarr"))
+        if catalog.get_item(item.id) is None:
+            catalog.add_item(item)
+    catalog.normalize_hrefs(str(root / "stac"))
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
