@@ -325,6 +325,8 @@ def open_cube(root_or_store: str | os.PathLike[str], grid: str | None = None, *,
     ValueError
         If the path holds no cube, or several grids and none is named.
     """
+    import rioxarray  # noqa: F401  (registers .rio on the result)
+
     p = Path(root_or_store)
     if (p / ".zgroup").exists():
         store = p

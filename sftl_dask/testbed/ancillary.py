@@ -10,7 +10,8 @@ Error sizes (see docs/testbed.md):
   bias and 0.008 random error per 100 m pixel (GED v3 accuracy ~1%, Hulley et al. 2015).
 * Radiometers: upwelling longwave noise 2.5 W m^-2 and downwelling 4 W m^-2 (CNR1/CGR3 class
   instruments), the footprint's representativeness error against the 40 m pixel (a fixed
-  site offset up to +-0.6..1.2 K and a random 1-2.5 K, by cover), the broadband emissivity
+  site offset up to +-0.6..1.5 K and a random 1.5-3.2 K by cover, scaled by 0.6-1.6 with the
+  surface's solar heating), the broadband emissivity
   in the file (the site's mean state) differing from the day's true one, gaps and
   flagged rows.
 """
@@ -32,6 +33,8 @@ ERROR_BUDGET = {
     "era5_correlation_h": 6.0,
     "ged_bias": -0.004,
     "ged_random": 0.008,
+    "ged_arid_bias": -0.015,
+    "ged_arid_random": 0.02,
     "radiometer_up_noise_w_m2": 2.5,
     "radiometer_down_noise_w_m2": 4.0,
     "gap_fraction": 0.015,
@@ -110,7 +113,15 @@ def ged_arrays(lsc: Landscape, lat0: int, lon0: int, seed: int, n: int = 1000) -
     e_mean[:] = mean_bg[:, None, None] + 0.01 * rng.standard_normal((5, n, n)) * 0.5
     r_in, c_in = row[inside], col[inside]
     e_mean[:, inside] = blk[:, r_in, c_in]
-    e_mean += ERROR_BUDGET["ged_bias"] + ERROR_BUDGET["ged_random"] * rng.standard_normal(e_mean.shape)
+    # arid covers (desert steppe, bare soil): GED's TES retrieval is less certain there (low spectral
+    # contrast, mixed gravel and shrubs): larger random error and a low bias
+    arid_px = np.isin(lsc.cover, [LAND_COVERS["desert_steppe"].code, LAND_COVERS["bare_soil"].code])
+    arid_b = arid_px[:hb, :wb].reshape(hb // 3, 3, wb // 3, 3).mean(axis=(1, 3)) > 0.5
+    arid = np.zeros((n, n), dtype=bool)
+    arid[inside] = arid_b[r_in, c_in]
+    bias = np.where(arid, ERROR_BUDGET["ged_arid_bias"], ERROR_BUDGET["ged_bias"])
+    sigma = np.where(arid, ERROR_BUDGET["ged_arid_random"], ERROR_BUDGET["ged_random"])
+    e_mean += bias[None] + sigma[None] * rng.standard_normal(e_mean.shape)
     nd = np.full((n, n), float(ndvi.mean())) + 0.05 * rng.standard_normal((n, n))
     nd[inside] = ndvi_b[r_in, c_in] + 0.02 * rng.standard_normal(r_in.size)
     lw = np.ones((n, n), dtype=np.uint8)
@@ -155,14 +166,19 @@ def insitu_series(lsc: Landscape, clim: RegionClimate, site: Site, seed: int) ->
     lst_px = site_lst(lsc, clim, r, c, t)
     lc = LAND_COVERS[site.land_cover]
     offset = rng.uniform(-lc.rep_bias_k, lc.rep_bias_k)
-    rep = offset + _ar1(rng, t.size, np.exp(-1.0 / 3.0), lc.rep_sigma_k)  # 30 min correlation
+    t_air = clim.air_temperature(t, float(lsc.elevation_m[r, c]))
+    # the footprint-vs-pixel mismatch grows with the surface's thermal contrast (sunlit vs shaded,
+    # dry vs wet components), i.e. with how far solar heating lifts the LST above the air
+    contrast = 0.6 + 0.4 * np.clip(lst_px - t_air, 0.0, 25.0) / 10.0
+    # structural, slowly varying (3 h correlation): it survives a +-15 min stability check, as in reality
+    sigma = lc.rep_sigma_k * clim.region.footprint_heterogeneity
+    rep = offset + contrast * _ar1(rng, t.size, np.exp(-1.0 / 18.0), sigma)
     lst_fp = lst_px + rep
     # true broadband emissivity of the footprint on each day (vegetation and soil moisture change it)
     days = np.unique(t.astype("datetime64[D]")).astype("datetime64[s]")
     moist = clim.day_value("moisture", days + np.timedelta64(6 * 3600, "s"))
     eb_day = broadband_emissivity(np.moveaxis(lsc.emissivity(lsc.ndvi_at(r, c, days), moist, (r, c))[4:9], 0, -1))
     eb_t = eb_day[np.searchsorted(days, t.astype("datetime64[D]").astype("datetime64[s]"))]
-    t_air = clim.air_temperature(t, float(lsc.elevation_m[r, c]))
     wvc = clim.wvc(t) * np.exp((clim.region.base_elevation_m - float(lsc.elevation_m[r, c])) / 2200.0)
     e_hpa = wvc / 0.17  # precipitable water (cm) ~ 0.17 x vapour pressure (hPa), Reitan-type relation
     eps_a = np.clip(1.24 * (e_hpa / t_air) ** (1.0 / 7.0), 0.5, 1.0)  # Brutsaert 1975 clear sky

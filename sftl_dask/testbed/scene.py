@@ -31,12 +31,14 @@ SATELLITE_ALTITUDE_KM = 705.0
 DN_MAX = 4095  # 12-bit
 
 #: The instrument as the testbed builds it. Biases are brightness-temperature offsets at 300 K (K),
-#: drifts in K per year since launch; their size follows the ~1 K changes that cross-calibration
-#: of GF-5 thermal bands against MODIS introduced (Ye et al. 2021, JAG), with a differential
-#: 10.8-11.95 um bias of 0.7 K that the split-window amplifies.
+#: drifts in K per year since launch, gain errors as fractions of radiance (so the BT error grows
+#: with scene temperature: ~0.7-1.3 K at 300 K). Their size follows the ~1 K changes that
+#: cross-calibration of GF-5 thermal bands against MODIS introduced to both gains and offsets
+#: (Ye et al. 2021, JAG); the split-window amplifies the 10.8-11.95 um difference of them.
 INSTRUMENT: dict[str, Any] = {
     "bias_k": {"bt_08_20": 0.6, "bt_08_63": 0.4, "bt_10_80": -0.4, "bt_11_95": 0.3},
     "drift_k_per_year": {"bt_08_20": 0.15, "bt_08_63": 0.10, "bt_10_80": -0.10, "bt_11_95": 0.10},
+    "gain_error": {"bt_08_20": 0.015, "bt_08_63": 0.010, "bt_10_80": -0.020, "bt_11_95": 0.010},
     "nedt_k": {c.name: c.nedt_k for c in thermal_channels()},
     "esun_w_m2_um": {"b1": 1970.0, "b2": 1843.0, "red": 1555.0, "nir": 1047.0, "b5": 227.0, "b6": 80.7},
     "tir_max_temperature_k": 380.0,
@@ -281,7 +283,7 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
         dldt = float(bp.derivative(300.0))
         bias = INSTRUMENT["bias_k"][name] + INSTRUMENT["drift_k_per_year"][name] * max(years, 0.0)
         noise = rng.standard_normal(lsc.shape) * INSTRUMENT["nedt_k"][name] * dldt
-        l_meas = l_toa[c] + bias * dldt + noise
+        l_meas = l_toa[c] * (1.0 + INSTRUMENT["gain_error"][name]) + bias * dldt + noise
         bt_sensor[c] = bp.brightness_temperature(np.clip(l_meas, bp.radiance_table[0], bp.radiance_table[-1]))
         dn_tir[c] = np.clip(np.rint((l_meas - offsets[c]) / gains[c]), 1, DN_MAX).astype(np.uint16)
 

@@ -1,0 +1,1 @@
+"""Training: matchups, the three SFTL stages, the experiment grid, metrics and reports."""
