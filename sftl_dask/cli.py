@@ -9,7 +9,6 @@ moved into place only when complete.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -73,45 +72,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_sim_columns(path: Path, columns: Sequence[str]) -> dict[str, Any]:
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-
-    if not path.exists():
-        raise BadInput(f"{path}: no such file or directory")
-    try:
-        dset = ds.dataset(path, format="parquet")
-        missing = [c for c in columns if c not in dset.schema.names]
-        if missing:
-            raise BadInput(f"{path}: missing column(s) {', '.join(missing)}")
-        table = dset.to_table(columns=list(columns))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise BadInput(f"{path}: not a readable Parquet table ({str(exc).splitlines()[0]})") from None
-    if table.num_rows == 0:
-        raise BadInput(f"{path}: table has no rows")
-    return {c: table.column(c).to_numpy() for c in columns}
-
-
 def _cmd_fit_sw(args: argparse.Namespace) -> int:
-    import numpy as np
+    from sftl_dask.physics.splitwindow import holdout_report
+    from sftl_dask.simulate import SW_COLUMNS, fit_split_window_on_simulation, read_simulation_columns
 
-    from sftl_dask.physics.splitwindow import fit_split_window, holdout_report
-
-    cols = ["bt_10_80", "bt_11_95", "emis_10_80", "emis_11_95", "wvc", "vza", "lst"]
-    data = _load_sim_columns(Path(args.sim), [*cols, "profile_id"])
-    for c in cols:
-        v = np.asarray(data[c], dtype=np.float64)
-        if not np.all(np.isfinite(v)):
-            raise BadInput(f"{args.sim}: column {c} has {int((~np.isfinite(v)).sum())} non-finite value(s)")
-    # View-angle windows split halfway between the simulated angles; hold out whole profiles,
-    # so the reported RMSE is on atmospheres the fit never saw.
-    angles = np.unique(np.round(np.asarray(data["vza"], dtype=np.float64), 3))
-    cuts = [0.0, *((angles[:-1] + angles[1:]) / 2).tolist(), float(max(angles[-1], 1.0))]
-    vza_windows = tuple(itertools.pairwise(cuts))
-    coeffs = fit_split_window(data, seed=args.seed, holdout_group="profile_id", vza_windows=vza_windows)
+    data = read_simulation_columns(Path(args.sim), SW_COLUMNS)
+    coeffs = fit_split_window_on_simulation(data, seed=args.seed)
     _atomic_write_text(Path(args.out), json.dumps(coeffs.to_dict(), indent=1))
-    rows = holdout_report(coeffs)
-    print(_format_sw_report(rows))
+    print(_format_sw_report(holdout_report(coeffs)))
     print(f"wrote {args.out}")
     return 0
 
@@ -172,6 +140,29 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         print(f"  failed: {f['scene_id']}: {f.get('reason', '')}")
     for s in summary["stores"]:
         print(f"  cube: {s}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sftl_dask.cluster import get_client
+    from sftl_dask.training.stages import load_config, prepare_data, run_stages
+
+    cfg = load_config(args.config)
+    out = Path(args.out)
+    if (out / "model").exists() and not args.overwrite:
+        raise BadInput(f"{out / 'model'}: an artifact already exists (pass --overwrite to replace it)")
+    t0 = time.perf_counter()
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        print(f"{cfg.name}: preparing data under {out / 'work'}")
+        data = prepare_data(cfg, out / "work", client=client)
+    if (out / "model").exists():
+        import shutil
+
+        shutil.rmtree(out / "model")
+    threads = args.threads or None
+    results = run_stages(cfg, data, out, threads=threads)
+    _atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=float))
+    print(f"wrote {out / 'model'} and {out / 'results.json'} in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
@@ -242,6 +233,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ged", required=True, help="folder of ASTER GED AG100 tiles")
     common(s)
     s.set_defaults(func=_cmd_ingest)
+
+    s = sub.add_parser("train", help="the three SFTL stages for one configuration -> model artifact")
+    s.add_argument("--config", required=True, help="pipeline YAML (pipelines/*.yaml)")
+    s.add_argument("--out", required=True, help="output folder: model/ (artifact), results.json, work/")
+    s.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
+    common(s)
+    s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("demo", help="the main job end to end, with a report")
     s.add_argument("--out", required=True, help="output directory")

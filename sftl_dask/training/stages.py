@@ -1,0 +1,328 @@
+"""The three SFTL stages for one configuration (``sftl train``).
+
+1. **Pre-train** on the simulation table (held-out simulated profiles give the stage's RMSE,
+   next to the split-window fitted on the same table).
+2. **Strategic fine-tune** on the source region's matchups with one strategy (Full, Head,
+   Gradual, Adapter, LoRA), split chronologically (or by site) so no test scene leaks in.
+3. **Transfer** to the target region: zero-shot cross-site evaluation, and few-shot adaptation
+   with k target samples for a learning curve in k.
+
+The split-window and a model trained directly on the source matchups are evaluated on the same
+rows. The stage-2 model is exported as the artifact (DESIGN.md, "Model artifact").
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sftl_dask.features import FEATURES, feature_matrix
+
+__all__ = ["TrainConfig", "load_config", "metrics", "prepare_data", "run_stages"]
+
+_MODELS = ("dnn", "trf", "cnn", "rf", "lgbm")
+_STRATEGIES = ("full", "head", "gradual", "adapter", "lora")
+_DIRECTIONS = {"SiHuHe": ("huailai", "heihe"), "SiHeHu": ("heihe", "huailai")}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A parsed pipeline configuration (see ``pipelines/*.yaml``)."""
+
+    name: str
+    direction: str
+    source_region: str
+    target_region: str
+    seed: int
+    data: dict[str, Any]
+    model: dict[str, Any]
+    pretrain: dict[str, Any]
+    finetune: dict[str, Any]
+    transfer: dict[str, Any]
+    source: str = field(default="config")
+
+
+def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Read and validate a pipeline YAML.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the key: missing keys, unknown model, strategy or direction, bad values.
+    FileNotFoundError
+        If the file does not exist.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    need = ("name", "direction", "model", "pretrain", "finetune")
+    missing = [k for k in need if k not in raw]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+    direction = str(raw["direction"])
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"{path}: direction {direction!r} unknown; choose from {', '.join(_DIRECTIONS)}")
+    model = dict(raw["model"] or {})
+    if str(model.get("name", "")).lower() not in _MODELS:
+        raise ValueError(f"{path}: model.name {model.get('name')!r} unknown; choose from {', '.join(_MODELS)}")
+    ft = dict(raw["finetune"] or {})
+    if str(ft.get("strategy", "")).lower() not in _STRATEGIES:
+        raise ValueError(f"{path}: finetune.strategy {ft.get('strategy')!r} unknown; choose from "
+                         f"{', '.join(_STRATEGIES)}")
+    if ft.get("split", "chronological") not in ("chronological", "site"):
+        raise ValueError(f"{path}: finetune.split must be 'chronological' or 'site'")
+    src, tgt = _DIRECTIONS[direction]
+    if raw.get("source_region", src) != src or raw.get("target_region", tgt) != tgt:
+        raise ValueError(f"{path}: direction {direction} means source {src} and target {tgt}")
+    for sect in ("pretrain", "finetune"):
+        for key in ("epochs", "lr"):
+            if key in raw[sect] and not (isinstance(raw[sect][key], int | float) and raw[sect][key] > 0):
+                raise ValueError(f"{path}: {sect}.{key} must be a positive number")
+    data = dict(raw.get("data") or {})
+    return TrainConfig(
+        name=str(raw["name"]), direction=direction, source_region=src, target_region=tgt,
+        seed=int(raw.get("seed", 0)), data=data, model=model, pretrain=dict(raw["pretrain"]), finetune=ft,
+        transfer=dict(raw.get("transfer") or {"k": [], "repeats": 1}), source=str(path),
+    )
+
+
+def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """RMSE, bias, MAE (K), R^2 and n of predictions against the truth."""
+    pred = np.asarray(pred, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
+    e = pred - truth
+    n = int(e.size)
+    if n == 0:
+        return {"n": 0, "rmse_k": float("nan"), "bias_k": float("nan"), "mae_k": float("nan"), "r2": float("nan")}
+    ss = float(np.sum((truth - truth.mean()) ** 2))
+    return {"n": n, "rmse_k": float(np.sqrt(np.mean(e**2))), "bias_k": float(e.mean()),
+            "mae_k": float(np.mean(np.abs(e))), "r2": float(1.0 - np.sum(e**2) / ss) if ss > 0 else float("nan")}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        with f.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, Any]:
+    """Make (or reuse) the simulation table, the split-window fit and the matchups.
+
+    Returns
+    -------
+    dict
+        ``sim`` (path), ``sw`` (coefficients dict), ``matchups`` (DataFrame), ``testbed`` (path).
+    """
+    from sftl_dask.ingest import ingest
+    from sftl_dask.simulate import SimulationConfig, fit_split_window_on_simulation, write_simulation
+    from sftl_dask.testbed.build import build_testbed
+    from sftl_dask.training.matchups import build_matchups, validate_matchups
+
+    work.mkdir(parents=True, exist_ok=True)
+    sim_cfg = dict(cfg.data.get("simulation") or {})
+    sim = Path(sim_cfg["path"]) if sim_cfg.get("path") else work / "sim.parquet"
+    if not sim.exists():
+        if sim_cfg.get("path"):
+            raise ValueError(f"{cfg.source}: data.simulation.path {sim} does not exist")
+        write_simulation(sim, SimulationConfig(n_profiles=int(sim_cfg.get("profiles", 946)),
+                                               seed=int(sim_cfg.get("seed", 0))), client=client)
+    sw_path = work / "sw.json"
+    table = _read_sim(sim)
+    if not sw_path.exists():
+        sw_path.write_text(json.dumps(fit_split_window_on_simulation(table, seed=cfg.seed).to_dict()))
+    tb_cfg = dict(cfg.data.get("testbed") or {})
+    mu_path = work / "matchups.parquet"
+    tb = Path(tb_cfg["path"]) if tb_cfg.get("path") else work / "testbed"
+    if not mu_path.exists():
+        if not tb.exists():
+            if tb_cfg.get("path"):
+                raise ValueError(f"{cfg.source}: data.testbed.path {tb} does not exist")
+            build_testbed(tb, scenes=int(tb_cfg.get("scenes", 20)), size=int(tb_cfg.get("size", 640)),
+                          seed=int(tb_cfg.get("seed", 11)), client=client)
+        cube = work / "cube"
+        ingest([tb / "archives"], cube, era5=sorted(str(p) for p in (tb / "era5").glob("*")), ged=tb / "ged",
+               client=client)
+        build_matchups(cube, tb / "insitu", tb / "sites.csv").to_parquet(mu_path)
+    matchups = validate_matchups(pd.read_parquet(mu_path), source=str(mu_path))
+    return {"sim": sim, "sw": json.loads(sw_path.read_text()), "matchups": matchups, "testbed": tb,
+            "matchups_path": mu_path, "table": table}
+
+
+def _read_sim(path: Path) -> dict[str, np.ndarray]:
+    from sftl_dask.features import REQUIRED_INPUTS
+    from sftl_dask.simulate import read_simulation_columns
+
+    return read_simulation_columns(path, [*REQUIRED_INPUTS, "lst", "profile_id"])
+
+
+def _sw_predict(sw: Mapping[str, Any], frame: Mapping[str, Any]) -> np.ndarray:
+    from sftl_dask.physics.splitwindow import SplitWindowCoefficients, apply_split_window
+
+    coeffs = SplitWindowCoefficients.from_dict(dict(sw))
+    return apply_split_window(coeffs, np.asarray(frame["bt_10_80"]), np.asarray(frame["bt_11_95"]),
+                              np.asarray(frame["emis_10_80"]), np.asarray(frame["emis_11_95"]),
+                              np.asarray(frame["wvc"]), np.asarray(frame["vza"]))
+
+
+def _split(frame: pd.DataFrame, how: str, test_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Chronological (last scenes held out) or site-held-out split; no scene or site is on both sides."""
+    if how == "site":
+        sites = np.array(sorted(frame["site"].unique()))
+        rng = np.random.default_rng(seed)
+        n_test = max(1, round(test_fraction * sites.size))
+        test_sites = set(rng.choice(sites, size=n_test, replace=False))
+        is_test = frame["site"].isin(test_sites)
+    else:
+        times = np.sort(frame["time_utc"].unique())
+        cut = times[int(np.floor((1.0 - test_fraction) * times.size))]
+        is_test = frame["time_utc"] >= cut
+    return frame[~is_test], frame[is_test]
+
+
+def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path, *, threads: int | None = None,
+               log: Any = print) -> dict[str, Any]:
+    """Run the three stages and the baselines, export the artifact; returns the results."""
+    import torch
+
+    from sftl_dask.models import build_model
+    from sftl_dask.models.artifact import export_artifact
+    from sftl_dask.models.finetune import make_strategy
+    from sftl_dask.models.trainer import fit_torch, predict_torch
+
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    if threads:
+        torch.set_num_threads(threads)
+    table = data["table"]
+    x_sim = feature_matrix(table)
+    y_sim = np.asarray(table["lst"], dtype=np.float32)
+    # stage 1: hold out whole profiles
+    rng = np.random.default_rng(cfg.seed)
+    prof = np.unique(table["profile_id"])
+    held = set(rng.choice(prof, size=max(1, int(cfg.pretrain.get("holdout_fraction", 0.1) * prof.size)),
+                          replace=False).tolist())
+    is_held = np.isin(table["profile_id"], list(held))
+    xtr, ytr, xte, yte = x_sim[~is_held], y_sim[~is_held], x_sim[is_held], y_sim[is_held]
+    mean, std = xtr.mean(axis=0), xtr.std(axis=0) + 1e-6
+    name = str(cfg.model["name"]).lower()
+    model = build_model(name, len(FEATURES), mean, std, target_mean=float(ytr.mean()), target_std=float(ytr.std()),
+                        **dict(cfg.model.get("params") or {}))
+    t0 = time.perf_counter()
+    log(f"stage 1: pre-training {name} on {len(ytr):,} simulated samples")
+    fit_torch(model, xtr, ytr, epochs=int(cfg.pretrain.get("epochs", 10)),
+              batch_size=int(cfg.pretrain.get("batch_size", 8192)), lr=float(cfg.pretrain.get("lr", 2e-3)),
+              val=(xte, yte), seed=cfg.seed, threads=threads)
+    stage1 = {"model": metrics(predict_torch(model, xte), yte),
+              "split_window": metrics(_sw_predict(data["sw"], {k: v[is_held] for k, v in table.items()}), yte),
+              "seconds": round(time.perf_counter() - t0, 1), "n_train": len(ytr)}
+    log(f"  held-out simulation RMSE {stage1['model']['rmse_k']:.3f} K (split-window "
+        f"{stage1['split_window']['rmse_k']:.3f} K)")
+
+    mu = data["matchups"]
+    ok = mu[mu["reason"] == "ok"]
+    src = ok[ok["region"] == cfg.source_region]
+    tgt = ok[ok["region"] == cfg.target_region]
+    if len(src) < 10 or len(tgt) < 5:
+        raise ValueError(f"{data.get('matchups_path', 'matchups')}: too few usable matchups "
+                         f"(source {len(src)}, target {len(tgt)})")
+    train, test = _split(src, cfg.finetune.get("split", "chronological"),
+                         float(cfg.finetune.get("test_fraction", 0.3)), cfg.seed)
+
+    def xy(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return feature_matrix(frame), frame["lst_insitu"].to_numpy(np.float32)
+
+    x_ft, y_ft = xy(train)
+    x_in, y_in = xy(test)
+    x_tg, y_tg = xy(tgt)
+    strat_name = str(cfg.finetune["strategy"]).lower()
+    ft_kw = dict(epochs=int(cfg.finetune.get("epochs", 30)), batch_size=int(cfg.finetune.get("batch_size", 256)),
+                 lr=float(cfg.finetune.get("lr", 5e-4)), seed=cfg.seed, threads=threads)
+
+    def finetune(base: Any, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
+        m = copy.deepcopy(base)
+        strategy = make_strategy(strat_name, **dict(cfg.finetune.get("params") or {}))
+        m = strategy.apply(m)
+        fit_torch(m, x, y, strategy=strategy, **ft_kw)
+        return m, strategy
+
+    t0 = time.perf_counter()
+    log(f"stage 2: fine-tuning on {len(y_ft)} {cfg.source_region} matchups with {strat_name}")
+    tuned, strategy = finetune(model, x_ft, y_ft)
+    from sftl_dask.models.finetune import trainable_parameters
+
+    stage2 = {"model": metrics(predict_torch(tuned, x_in), y_in),
+              "pretrained_only": metrics(predict_torch(model, x_in), y_in),
+              "split_window": metrics(_sw_predict(data["sw"], test), y_in),
+              "n_train": len(y_ft), "n_test": len(y_in), "trainable_parameters": trainable_parameters(tuned),
+              "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"  in-domain RMSE {stage2['model']['rmse_k']:.2f} K (pre-trained only "
+        f"{stage2['pretrained_only']['rmse_k']:.2f}, split-window {stage2['split_window']['rmse_k']:.2f})")
+
+    # direct-training baseline: the same architecture trained on the source matchups only
+    direct = build_model(name, len(FEATURES), x_ft.mean(axis=0), x_ft.std(axis=0) + 1e-6,
+                         target_mean=float(y_ft.mean()), target_std=float(y_ft.std()),
+                         **dict(cfg.model.get("params") or {}))
+    fit_torch(direct, x_ft, y_ft, epochs=max(60, ft_kw["epochs"]), batch_size=ft_kw["batch_size"],
+              lr=2e-3, seed=cfg.seed, threads=threads)
+
+    log(f"stage 3: transfer to {cfg.target_region} ({len(y_tg)} matchups)")
+    stage3: dict[str, Any] = {
+        "zero_shot": metrics(predict_torch(tuned, x_tg), y_tg),
+        "pretrained_only": metrics(predict_torch(model, x_tg), y_tg),
+        "split_window": metrics(_sw_predict(data["sw"], tgt), y_tg),
+        "direct_training": metrics(predict_torch(direct, x_tg), y_tg),
+        "few_shot": [],
+    }
+    for k in [int(k) for k in cfg.transfer.get("k", [])]:
+        if k >= len(y_tg) - 3:
+            continue
+        runs = []
+        for r in range(int(cfg.transfer.get("repeats", 3))):
+            idx = np.random.default_rng([cfg.seed, k, r]).permutation(len(y_tg))
+            few, rest = idx[:k], idx[k:]
+            adapted, _ = finetune(tuned, x_tg[few], y_tg[few])
+            runs.append(metrics(predict_torch(adapted, x_tg[rest]), y_tg[rest])["rmse_k"])
+        stage3["few_shot"].append({"k": k, "rmse_k_mean": float(np.mean(runs)), "rmse_k_sd": float(np.std(runs)),
+                                   "repeats": len(runs)})
+    log(f"  cross-site RMSE {stage3['zero_shot']['rmse_k']:.2f} K (split-window "
+        f"{stage3['split_window']['rmse_k']:.2f}, direct training {stage3['direct_training']['rmse_k']:.2f})")
+
+    results = {"config": cfg.name, "direction": cfg.direction, "model": name, "strategy": strat_name,
+               "stage1_pretrain": stage1, "stage2_finetune": stage2, "stage3_transfer": stage3,
+               "seconds": round(time.perf_counter() - t_start, 1)}
+    card = {
+        "name": f"{cfg.name}-{name}-{strat_name}",
+        "model": name, "strategy": strat_name, "direction": cfg.direction,
+        "source_region": cfg.source_region, "target_region": cfg.target_region,
+        "stages": ["pretrain: simulation", f"finetune: {cfg.source_region} matchups ({strat_name})"],
+        "training_tables": {"simulation": {"path": str(data["sim"]), "sha256": _sha256(Path(data["sim"]))},
+                            "matchups": {"path": str(data["matchups_path"]),
+                                         "sha256": _sha256(Path(data["matchups_path"]))}},
+        "metrics": {"stage1_holdout_sim": stage1["model"], "stage2_in_domain": stage2["model"],
+                    "stage3_cross_site": stage3["zero_shot"]},
+        "config": cfg.source,
+    }
+    export_artifact(getattr(strategy, "export_model", lambda m: m)(tuned), out / "model", card)
+    return results
