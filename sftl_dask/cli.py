@@ -167,22 +167,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sftl_dask.report import foundation_report
+    from sftl_dask.cluster import get_client
+    from sftl_dask.report import demo_report
+    from sftl_dask.training.stages import load_config, prepare_data, run_stages
 
+    cfg = load_config(args.config)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    sim = out / "sim.parquet"
-    sub = argparse.Namespace(**vars(args))
-    if not sim.exists() or args.overwrite:
-        sub.out, sub.overwrite = str(sim), True
-        sub.profiles, sub.spectra = args.profiles, args.spectra
-        _cmd_simulate(sub)
-    else:
-        print(f"reusing {sim}")
-    sub.sim, sub.out = str(sim), str(out / "sw.json")
-    _cmd_fit_sw(sub)
-    report = foundation_report(sim, out / "sw.json", out)
-    print(f"report: {report}")
+    t0 = time.perf_counter()
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        print(f"demo: simulation, testbed, ingest and matchups under {out / 'work'} (reused when present)")
+        data = prepare_data(cfg, out / "work", client=client)
+    if (out / "model").exists():
+        import shutil
+
+        shutil.rmtree(out / "model")
+    results = run_stages(cfg, data, out, threads=args.threads)
+    _atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=float))
+    report = demo_report(data, results, out)
+    print(f"demo done in {time.perf_counter() - t0:.0f} s; report: {report}")
     return 0
 
 
@@ -242,12 +244,10 @@ def _parser() -> argparse.ArgumentParser:
     common(s)
     s.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("demo", help="the main job end to end, with a report")
-    s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--profiles", type=_positive_int, default=946)
-    s.add_argument("--spectra", type=_positive_int, default=None)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--overwrite", action="store_true", help="recompute outputs that exist")
+    s = sub.add_parser("demo", help="the main job end to end on the testbed, with a report")
+    s.add_argument("--out", required=True, help="output directory (work/ inside is reused on re-runs)")
+    s.add_argument("--config", default="pipelines/demo.yaml", help="pipeline YAML (default pipelines/demo.yaml)")
+    s.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
     common(s)
     s.set_defaults(func=_cmd_demo)
     return p
