@@ -86,7 +86,7 @@ def get_client(
             threads_per_worker=threads_per_worker,
             processes=True,
             memory_limit=memory_limit,
-            dashboard_address=":0" if dashboard else None,
+            dashboard_address=":0",  # a free port: never collides with another cluster on 8787
         )
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
         client = Client(cluster)

@@ -43,14 +43,15 @@ def _scan(path: str) -> dict[str, Any]:
 
     try:
         prod = VimiProduct(path)
-        ds = prod.open()
+        ds = prod.open(chunks=None)
         tr = ds.rio.transform()
         grid = GridSpec(ds.rio.crs.to_string(), (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f), ds.sizes["x"], ds.sizes["y"])
         meta = prod.metadata
+        ds.close()  # releases the GeoTIFF handles
         return {"ok": True, "path": path, "scene_id": prod.stem, "time": np.datetime64(meta["CenterTime"], "ns"),
                 "grid": grid, "cloud_percent": float(meta.get("CloudPercent", np.nan)), "meta": _stac_meta(meta)}
     except (ValueError, OSError) as exc:
-        return {"ok": False, "path": path, "scene_id": Path(path).name, "reason": _one_line(exc)}
+        return {"ok": False, "path": path, "scene_id": _stem(path), "reason": _one_line(exc)}
 
 
 def _stac_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -65,11 +66,18 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def _ged_for_grid(ged_dir: str, grid: GridSpec) -> dict[str, np.ndarray]:
-    """GED emissivity, NDVI and coverage sampled on a grid (once per grid, worker task)."""
+def _ged_for_grid(ged_dir: str, grid: GridSpec) -> dict[str, Any]:
+    """GED emissivity, NDVI and coverage sampled on a grid (once per grid, worker task).
+
+    When no tile covers the grid (or a covering tile is unreadable) the result is ``{"error": reason}``,
+    so that grid's scenes fail with that reason and the other grids' scenes still go in.
+    """
     from sftl_dask.io.ged import ged_on_grid
 
-    g = ged_on_grid(ged_dir, grid.x, grid.y, grid.crs)
+    try:
+        g = ged_on_grid(ged_dir, grid.x, grid.y, grid.crs)
+    except (ValueError, OSError) as exc:
+        return {"error": _one_line(exc).split(": ", 1)[-1]}
     return {"emissivity": g["emis_aster"].values, "ndvi": g["ndvi_ged"].values, "water": g["water"].values,
             "ged_missing": g["ged_missing"].values}
 
@@ -87,8 +95,21 @@ def _place(arr: np.ndarray, offset: tuple[int, int], shape: tuple[int, int], fil
 
 
 def _ingest_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths: Sequence[str],
-                  ged: dict[str, np.ndarray], cloud_percent: float) -> dict[str, Any]:
-    """Decode one product onto its grid and fill its slot (worker task)."""
+                  ged: dict[str, Any], cloud_percent: float) -> dict[str, Any]:
+    """Decode one product onto its grid and fill its slot (worker task).
+
+    Lazy Dask-backed inputs (the ERA5 field) are computed in this task's own thread: inside a distributed
+    worker Dask's default scheduler is the cluster itself, and nested per-chunk tasks from every scene
+    would slow the decode (measured 2x), move chunks between workers and hold their memory there.
+    """
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return _decode_scene(path, store, index, grid, era5_paths, ged, cloud_percent)
+
+
+def _decode_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths: Sequence[str],
+                  ged: dict[str, Any], cloud_percent: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     from sftl_dask.io.era5 import era5_wvc_on_grid, open_era5_tcwv
     from sftl_dask.io.ged import vimi_emissivity
@@ -96,8 +117,10 @@ def _ingest_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths:
     from sftl_dask.physics.cloud import cloud_mask
 
     try:
+        if "error" in ged:
+            raise ValueError(f"ASTER GED: {ged['error']}")
         prod = VimiProduct(path)
-        ds = prod.open()
+        ds = prod.open(chunks=None)  # lazily indexed, read whole here; a Dask-chunked one could not be closed
         tr = ds.rio.transform()
         sgrid = GridSpec(ds.rio.crs.to_string(), (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f), ds.sizes["x"], ds.sizes["y"])
         shape = (grid.height, grid.width)
@@ -113,6 +136,7 @@ def _ingest_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths:
             rp = ds[names].rio.reproject(grid.crs, shape=shape, transform=_affine(grid),
                                          resampling=Resampling.bilinear)
             vals = {k: rp[k].values.astype(np.float64) for k in names}
+        ds.close()  # else xarray's file cache keeps the product open and its blocks stay in GDAL's cache
         covered = np.isfinite(vals["bt_10_80"])
         if not covered.any():
             raise ValueError("the scene does not overlap its grid")
@@ -131,7 +155,7 @@ def _ingest_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths:
                 "seconds": round(time.perf_counter() - t0, 2), "covered_fraction": round(float(covered.mean()), 4),
                 "cloud_fraction": round(float(cloud[covered].mean()), 4)}
     except (ValueError, OSError, KeyError) as exc:
-        return {"scene_id": Path(path).name, "status": "failed", "store": store, "index": index, "source": path,
+        return {"scene_id": _stem(path), "status": "failed", "store": store, "index": index, "source": path,
                 "reason": _one_line(exc)}
 
 
@@ -310,7 +334,8 @@ def _era5_index(paths: Sequence[str]) -> list[dict[str, Any]]:
 def _era5_for(index: list[dict[str, Any]], grid: GridSpec, when: np.datetime64) -> list[str]:
     """The ERA5 files whose area holds the grid and whose hours reach within 6 h of ``when``.
 
-    When none does, every file is returned, so the reader reports precisely what is not covered.
+    When none does, the files whose area holds the grid are returned (else every file), so the reader
+    reports precisely what is not covered (the time, or the area) rather than a grid mismatch between files.
     """
     from pyproj import Transformer
 
@@ -318,10 +343,10 @@ def _era5_for(index: list[dict[str, Any]], grid: GridSpec, when: np.datetime64) 
     lon, lat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True).transform(
         [left, right, left, right], [bottom, bottom, top, top])
     slack = np.timedelta64(6, "h")
-    hits = [e["path"] for e in index
-            if e["lat"][0] <= min(lat) and max(lat) <= e["lat"][1] and e["lon"][0] <= min(lon)
-            and max(lon) <= e["lon"][1] and e["time"][0] - slack <= when <= e["time"][1] + slack]
-    return hits or [e["path"] for e in index]
+    area = [e for e in index if e["lat"][0] <= min(lat) and max(lat) <= e["lat"][1] and e["lon"][0] <= min(lon)
+            and max(lon) <= e["lon"][1]]
+    hits = [e["path"] for e in area if e["time"][0] - slack <= when <= e["time"][1] + slack]
+    return hits or [e["path"] for e in area] or [e["path"] for e in index]
 
 
 def _stem(path: str) -> str:
