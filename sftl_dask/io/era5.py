@@ -216,6 +216,22 @@ def _to_lonlat(crs_wkt: str) -> Any:
     return Transformer.from_crs(crs_wkt, "EPSG:4326", always_xy=True)
 
 
+@lru_cache(maxsize=8)
+def _grid_lonlat(x: tuple[float, ...], y: tuple[float, ...], wkt: str
+                 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Longitude/latitude of a 1-D-coordinate grid (cached; read-only arrays)."""
+    xa, ya = np.meshgrid(np.asarray(x), np.asarray(y))
+    lon, lat = _to_lonlat(wkt).transform(xa, ya)
+    lon = np.asarray(lon, dtype=np.float64)
+    lat = np.asarray(lat, dtype=np.float64)
+    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+        raise ValueError("some pixel centres cannot be transformed to longitude/latitude")
+    lon = (lon + 180.0) % 360.0 - 180.0
+    lon.flags.writeable = False
+    lat.flags.writeable = False
+    return lon, lat
+
+
 def _pixel_lonlat(x: ArrayLike, y: ArrayLike, crs: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Longitude (-180..180) and latitude (deg) of pixel centres, shape (H, W).
 
@@ -232,6 +248,9 @@ def _pixel_lonlat(x: ArrayLike, y: ArrayLike, crs: Any) -> tuple[NDArray[np.floa
         raise ValueError(f"crs {crs!r} is not a usable CRS: {exc}") from None
     xa = np.asarray(x, dtype=np.float64)
     ya = np.asarray(y, dtype=np.float64)
+    if xa.ndim == 1 and ya.ndim == 1 and xa.size and np.isfinite(xa).all() and np.isfinite(ya).all():
+        # every scene of a grid asks for the same pixels: transform them once per process
+        return _grid_lonlat(tuple(xa.tolist()), tuple(ya.tolist()), crs_obj.to_wkt())
     if xa.ndim == 1 and ya.ndim == 1:
         xa, ya = np.meshgrid(xa, ya)
     elif xa.ndim != 2 or xa.shape != ya.shape:
