@@ -36,7 +36,6 @@ def get_client(
     n_workers: int | None = None,
     threads_per_worker: int = 1,
     memory_limit: str | float | None = "auto",
-    dashboard: bool = False,
 ) -> Iterator[Client]:
     """Yield a connected Dask client; an embedded cluster is closed on exit.
 
@@ -49,9 +48,8 @@ def get_client(
     threads_per_worker : int, optional
         Threads per embedded worker; torch and BLAS threads are pinned to it.
     memory_limit : str or float, optional
-        Per-worker memory limit of the embedded cluster.
-    dashboard : bool, optional
-        Serve the dashboard of the embedded cluster (on a free port).
+        Per-worker memory limit of the embedded cluster. Its dashboard is served on a free port
+        (``client.dashboard_link``).
 
     Raises
     ------
@@ -63,7 +61,7 @@ def get_client(
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     if address:
         try:
-            client = Client(address, timeout="20s")
+            client = Client(address, timeout="10s")
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(f"cannot reach Dask scheduler {address}: {exc}") from None
         try:

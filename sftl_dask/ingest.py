@@ -412,7 +412,7 @@ def _write_stac(root: Path, scans: list[dict[str, Any]]) -> None:
                                                media_type="application/x-tar"))
         item.add_asset("cube", pystac.Asset(href=str(Path(s["store"]).resolve()), roles=["data"],
                                             media_type="application/vnd+zarr"))
-        if catalog.get_item(item.id) is None:
+        if next(catalog.get_items(item.id), None) is None:
             catalog.add_item(item)
     catalog.normalize_hrefs(str(root / "stac"))
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
