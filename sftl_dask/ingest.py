@@ -78,8 +78,11 @@ def _ged_for_grid(ged_dir: str, grid: GridSpec) -> dict[str, Any]:
         g = ged_on_grid(ged_dir, grid.x, grid.y, grid.crs)
     except (ValueError, OSError) as exc:
         return {"error": _one_line(exc).split(": ", 1)[-1]}
-    return {"emissivity": g["emis_aster"].values, "ndvi": g["ndvi_ged"].values, "water": g["water"].values,
-            "ged_missing": g["ged_missing"].values}
+    from sftl_dask.io.ged import ged_vimi_channels
+
+    # the ASTER -> VIMI conversion is static: done once per grid; each scene adds only its NDVI (VCM)
+    return {"emissivity": ged_vimi_channels(g["emis_aster"].values), "ndvi": g["ndvi_ged"].values,
+            "water": g["water"].values, "ged_missing": g["ged_missing"].values}
 
 
 def _place(arr: np.ndarray, offset: tuple[int, int], shape: tuple[int, int], fill: float) -> np.ndarray:
@@ -143,7 +146,7 @@ def _decode_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths:
         era5 = open_era5_tcwv(list(era5_paths))
         scene_time = np.datetime64(prod.metadata["CenterTime"], "ns")
         wvc = np.where(covered, era5_wvc_on_grid(era5, scene_time, grid.x, grid.y, grid.crs), np.nan)
-        emis = vimi_emissivity(ged["emissivity"], ged["ndvi"], vals["ndvi"], water=ged.get("water"))
+        emis = vimi_emissivity(ged["emissivity"], ged["ndvi"], vals["ndvi"], water=ged.get("water"), converted=True)
         emis = np.where(covered[None], emis, np.nan)
         cloud = cloud_mask(vals["bt_10_80"], vals["ndvi"], vals.get("red"), cloud_percent=cloud_percent)
         missing = covered & (ged["ged_missing"].astype(bool) | ~np.isfinite(wvc))

@@ -279,23 +279,27 @@ def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, ND
     ValueError
         If a variable is missing or of the wrong shape.
     """
-    ds = xr.open_zarr(store, consolidated=True)
-    shape = (ds.sizes["y"], ds.sizes["x"])
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r+")
+    shape = tuple(group["bt_10_80"].shape[1:])
+    if not 0 <= index < group["bt_10_80"].shape[0]:
+        raise ValueError(f"{store}: no time slot {index}")
     missing = [k for k in CUBE_VARIABLES if k not in data]
     if missing:
         raise ValueError(f"{store}: scene data lacks {', '.join(missing)}")
-    out = {}
+    arrays = {}
     for k, spec in CUBE_VARIABLES.items():
         arr = np.asarray(data[k])
         if arr.shape != shape:
             raise ValueError(f"{store}: {k} has shape {arr.shape}, grid is {shape}")
-        out[k] = (("time", "y", "x"), arr.astype(spec["dtype"])[None])
-    region = {"time": slice(index, index + 1), "y": slice(None), "x": slice(None)}
-    xr.Dataset(out).to_zarr(store, region=region, consolidated=False)
-    # only now does the slot count as ingested
-    xr.Dataset({"checksum": (("time",), np.array([checksum], dtype=_SLOT_VARS["checksum"])),
-                "ingest_ok": (("time",), np.array([True]))}).to_zarr(
-        store, region={"time": slice(index, index + 1)}, consolidated=False)
+        arrays[k] = arr.astype(spec["dtype"])
+    # Whole (1, y, x) slabs: every chunk of this slot is written by this call alone. The slot counts
+    # as ingested only after all of them are.
+    for k, arr in arrays.items():
+        group[k][index] = arr
+    group["checksum"][index] = checksum
+    group["ingest_ok"][index] = True
 
 
 def write_log(root: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:

@@ -434,6 +434,37 @@ def _default_coefficients() -> dict[str, Any]:
     return fit_aster_to_vimi()
 
 
+def ged_vimi_channels(ged_emis: ArrayLike, *, coeffs: Mapping[str, Any] | None = None) -> NDArray[np.float64]:
+    """ASTER GED band emissivities converted to the four VIMI channels (the static part of
+    :func:`vimi_emissivity`: compute it once per grid and pass it back as ``ged_emis`` with
+    ``converted=True``).
+
+    Parameters
+    ----------
+    ged_emis : array_like, shape (5, ...)
+        ASTER GED emissivity, bands 10-14 first (unitless); values outside [0, 1] count as missing.
+    coeffs : mapping, optional
+        ASTER -> VIMI regression; default the packaged ``aster_to_vimi.json``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (4, ...)
+        Emissivity of ``emis_08_20`` ... ``emis_11_95`` (unitless), NaN where missing.
+
+    Raises
+    ------
+    ValueError
+        If ``ged_emis`` does not have 5 bands first.
+    """
+    e = np.asarray(ged_emis, dtype=np.float64)
+    if e.ndim == 0 or e.shape[0] != 5:
+        raise ValueError(f"ged_emis must have the 5 ASTER bands first, got shape {e.shape}")
+    with np.errstate(invalid="ignore"):
+        e = np.where((e < 0.0) | (e > 1.0), np.nan, e)
+    table = _default_coefficients() if coeffs is None else coeffs
+    return np.moveaxis(aster_to_vimi(np.moveaxis(e, 0, -1), table, allow_nan=True), -1, 0)
+
+
 def vimi_emissivity(
     ged_emis: ArrayLike,
     ged_ndvi: ArrayLike,
@@ -441,6 +472,7 @@ def vimi_emissivity(
     *,
     coeffs: Mapping[str, Any] | None = None,
     water: ArrayLike | None = None,
+    converted: bool = False,
 ) -> NDArray[np.float32]:
     """Emissivity of the four VIMI TIR channels from ASTER GED and the scene's NDVI.
 
@@ -462,6 +494,8 @@ def vimi_emissivity(
         ``aster_to_vimi.json``.
     water : array_like of bool, shape (...), optional
         Water mask, e.g. ``ged_on_grid(...)["water"]`` (GED land/water code 0 or 2).
+    converted : bool, optional
+        ``ged_emis`` already holds the 4 VIMI channels from :func:`ged_vimi_channels` (shape (4, ...)).
 
     Returns
     -------
@@ -474,13 +508,13 @@ def vimi_emissivity(
     ValueError
         If ``ged_emis`` does not have 5 bands first, shapes do not broadcast, or ``coeffs`` is malformed.
     """
-    e = np.asarray(ged_emis, dtype=np.float64)
-    if e.ndim == 0 or e.shape[0] != 5:
-        raise ValueError(f"ged_emis must have the 5 ASTER bands first, got shape {e.shape}")
-    with np.errstate(invalid="ignore"):
-        e = np.where((e < 0.0) | (e > 1.0), np.nan, e)
-    table = _default_coefficients() if coeffs is None else coeffs
-    channels = aster_to_vimi(np.moveaxis(e, 0, -1), table, allow_nan=True)  # (..., 4)
+    if converted:
+        channels = np.moveaxis(np.asarray(ged_emis, dtype=np.float64), 0, -1)
+        if channels.shape[-1] != 4:
+            raise ValueError(f"converted ged_emis must have the 4 VIMI channels first, got {np.shape(ged_emis)}")
+    else:
+        channels = np.moveaxis(ged_vimi_channels(ged_emis, coeffs=coeffs), 0, -1)  # (..., 4)
+    e = np.asarray(ged_emis)
     nd_ged = np.clip(np.asarray(ged_ndvi, dtype=np.float64), -1.0, 1.0)
     nd = np.clip(np.asarray(scene_ndvi, dtype=np.float64), -1.0, 1.0)
     mask = None if water is None else np.asarray(water, dtype=bool)
