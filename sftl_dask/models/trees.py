@@ -1,0 +1,348 @@
+"""Tree ensembles for LST: RF (scikit-learn) and LGBM (LightGBM), with their "fine-tuning".
+
+Both wrappers share the interface of the torch models' trainer: ``fit(X, y, *, val=None)`` and
+``finetune(X, y, *, n_more, val=None)`` return a history dict, ``predict(X)`` returns LST (K) as
+float32. ``X`` is the raw feature matrix of :func:`sftl_dask.features.feature_matrix` (trees need no
+normalisation).
+
+Fine-tuning, as the paper does for trees:
+
+- RF: ``warm_start`` adds ``n_more`` trees grown on the fine-tuning data; the forest averages old
+  and new trees.
+- LGBM: continued boosting (``init_model``): ``n_more`` iterations fitted to the residuals of the
+  current model on the fine-tuning data.
+
+Export without pickle: LGBM as LightGBM's text model; RF as a JSON of arrays per tree
+(``children_left``, ``children_right``, ``feature``, ``threshold``, ``value``) read back by
+:class:`ForestPredictor`, a numpy-only predictor equal to scikit-learn's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["FOREST_FORMAT", "LGBM", "RF", "ForestPredictor"]
+
+#: Format tag of the RF JSON export.
+FOREST_FORMAT = "sftl-dask-forest/1"
+
+
+def _as_x(name: str, X: ArrayLike, n_features: int) -> NDArray[np.float32]:
+    xa = np.asarray(X, dtype=np.float32)
+    if xa.ndim < 1 or xa.shape[-1] != n_features:
+        raise ValueError(f"{name}: X must have shape (..., {n_features}), got {xa.shape}")
+    return xa
+
+
+def _as_xy(name: str, X: ArrayLike, y: ArrayLike, n_features: int) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+    xa = _as_x(name, X, n_features)
+    ya = np.asarray(y, dtype=np.float64).reshape(-1)
+    if xa.ndim != 2 or ya.shape[0] != xa.shape[0] or xa.shape[0] == 0:
+        raise ValueError(f"{name}: need X (n, {n_features}) and y (n,) with n > 0, got {xa.shape} and {ya.shape}")
+    if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
+        raise ValueError(f"{name}: non-finite values in X or y")
+    return xa, ya
+
+
+def _rmse(pred: ArrayLike, y: ArrayLike) -> float:
+    d = np.asarray(pred, dtype=np.float64) - np.asarray(y, dtype=np.float64)
+    return float(np.sqrt(np.mean(d**2)))
+
+
+class ForestPredictor:
+    """Numpy predictor for a regression forest exported as JSON (no scikit-learn, no pickle).
+
+    Each tree is five arrays over its nodes: ``children_left`` / ``children_right`` (-1 at leaves),
+    ``feature``, ``threshold`` (go left when ``x[feature] <= threshold``, with ``x`` in float32 as
+    scikit-learn does) and ``value`` (the leaf's LST, K). The prediction is the mean over trees.
+
+    Parameters
+    ----------
+    data : mapping
+        The exported document (:meth:`RF.to_json_dict`).
+
+    Raises
+    ------
+    ValueError
+        If the document is not a forest of this format or its arrays are inconsistent.
+    """
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        if data.get("format") != FOREST_FORMAT:
+            raise ValueError(f"forest JSON: format {data.get('format')!r} is not {FOREST_FORMAT!r}")
+        self.n_features = int(data["n_features"])
+        self._trees: list[tuple[np.ndarray, ...]] = []
+        for i, t in enumerate(data["trees"]):
+            left = np.asarray(t["children_left"], dtype=np.int64)
+            right = np.asarray(t["children_right"], dtype=np.int64)
+            feat = np.asarray(t["feature"], dtype=np.int64)
+            thr = np.asarray(t["threshold"], dtype=np.float64)
+            val = np.asarray(t["value"], dtype=np.float64)
+            n = left.size
+            if not (right.size == feat.size == thr.size == val.size == n) or n == 0:
+                raise ValueError(f"forest JSON: tree {i} has arrays of different lengths")
+            internal = left != -1
+            if (np.any(left[internal] >= n) or np.any(right[internal] >= n) or np.any(left[internal] <= 0)
+                    or np.any(feat[internal] >= self.n_features) or np.any(feat[internal] < 0)):
+                raise ValueError(f"forest JSON: tree {i} has out-of-range node or feature indices")
+            self._trees.append((left, right, feat, thr, val))
+        if not self._trees:
+            raise ValueError("forest JSON: no trees")
+
+    @property
+    def n_trees(self) -> int:
+        """Number of trees."""
+        return len(self._trees)
+
+    def predict(self, X: ArrayLike, batch_size: int = 65536) -> NDArray[np.float32]:
+        """LST (K), shape ``X.shape[:-1]``, from raw features of shape ``(..., n_features)``."""
+        xa = _as_x("forest predict", X, self.n_features)
+        lead = xa.shape[:-1]
+        flat = xa.reshape(-1, self.n_features)
+        out = np.empty(flat.shape[0], dtype=np.float32)
+        for start in range(0, flat.shape[0], batch_size):
+            out[start:start + batch_size] = self._predict_block(flat[start:start + batch_size])
+        return out.reshape(lead)
+
+    def _predict_block(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        acc = np.zeros(x.shape[0], dtype=np.float64)
+        rows = np.arange(x.shape[0])
+        for left, right, feat, thr, val in self._trees:
+            node = np.zeros(x.shape[0], dtype=np.int64)
+            active = rows[left[node] != -1]
+            while active.size:
+                nd = node[active]
+                nxt = np.where(x[active, feat[nd]] <= thr[nd], left[nd], right[nd])
+                node[active] = nxt
+                active = active[left[nxt] != -1]
+            acc += val[node]
+        return (acc / len(self._trees)).astype(np.float32)
+
+
+class RF:
+    """Random forest regressor (scikit-learn) on raw features → LST (K).
+
+    Parameters
+    ----------
+    n_features : int
+        Number of input features.
+    n_estimators : int
+        Trees grown by :meth:`fit`.
+    max_depth, min_samples_leaf, max_features
+        As ``RandomForestRegressor``; the defaults bound the tree size (and the JSON export).
+    threads : int, optional
+        ``n_jobs`` (set it to the Dask worker's thread count).
+    seed : int
+    """
+
+    kind = "rf"
+
+    def __init__(self, n_features: int = 12, *, n_estimators: int = 200, max_depth: int | None = 20,
+                 min_samples_leaf: int = 3, max_features: float | int | str = 1.0, threads: int | None = None,
+                 seed: int = 0) -> None:
+        from sklearn.ensemble import RandomForestRegressor
+
+        self.n_features = int(n_features)
+        self.estimator = RandomForestRegressor(n_estimators=n_estimators, max_depth=max_depth,
+                                               min_samples_leaf=min_samples_leaf, max_features=max_features,
+                                               n_jobs=threads, random_state=seed, warm_start=True)
+        self._config = {"architecture": "RF", "n_features": self.n_features, "n_estimators": n_estimators,
+                        "max_depth": max_depth, "min_samples_leaf": min_samples_leaf, "max_features": max_features,
+                        "seed": seed}
+
+    @property
+    def n_trees(self) -> int:
+        """Trees in the forest (0 before fitting)."""
+        return len(getattr(self.estimator, "estimators_", []))
+
+    def config(self) -> dict[str, Any]:
+        """Architecture and settings, JSON-serialisable."""
+        return dict(self._config)
+
+    def _history(self, t0: float, x: np.ndarray, y: np.ndarray, val: tuple[ArrayLike, ArrayLike] | None,
+                 added: int) -> dict[str, Any]:
+        hist = {"n_trees": self.n_trees, "added_trees": added, "n_train": int(y.size),
+                "train_rmse_k": _rmse(self.predict(x), y), "val_rmse_k": None}
+        if val is not None:
+            hist["val_rmse_k"] = _rmse(self.predict(val[0]), val[1])
+        hist["seconds"] = round(time.perf_counter() - t0, 3)
+        return hist
+
+    def fit(self, X: ArrayLike, y: ArrayLike, *, val: tuple[ArrayLike, ArrayLike] | None = None) -> dict[str, Any]:
+        """Grow a fresh forest on ``X`` (raw features) and ``y`` (LST, K); returns a history dict."""
+        t0 = time.perf_counter()
+        x, yy = _as_xy("RF.fit", X, y, self.n_features)
+        from sklearn.base import clone
+
+        # a fresh, unfitted copy: with warm_start a refit would otherwise continue the old forest
+        self.estimator = clone(self.estimator).set_params(n_estimators=self._config["n_estimators"])
+        self.estimator.fit(x, yy)
+        return self._history(t0, x, yy, val, self.n_trees)
+
+    def finetune(self, X: ArrayLike, y: ArrayLike, *, n_more: int = 100,
+                 val: tuple[ArrayLike, ArrayLike] | None = None) -> dict[str, Any]:
+        """Add ``n_more`` trees grown on the fine-tuning data (``warm_start``); old trees are kept.
+
+        Raises
+        ------
+        ValueError
+            If the forest has not been fitted or ``n_more < 1``.
+        """
+        if not self.n_trees:
+            raise ValueError("RF.finetune: fit the forest first")
+        if n_more < 1:
+            raise ValueError(f"RF.finetune: n_more must be >= 1, got {n_more}")
+        t0 = time.perf_counter()
+        x, yy = _as_xy("RF.finetune", X, y, self.n_features)
+        self.estimator.set_params(n_estimators=self.n_trees + int(n_more))
+        self.estimator.fit(x, yy)
+        return self._history(t0, x, yy, val, int(n_more))
+
+    def predict(self, X: ArrayLike, batch_size: int = 65536) -> NDArray[np.float32]:
+        """LST (K), shape ``X.shape[:-1]``, float32."""
+        xa = _as_x("RF.predict", X, self.n_features)
+        flat = xa.reshape(-1, self.n_features)
+        out = np.empty(flat.shape[0], dtype=np.float32)
+        for start in range(0, flat.shape[0], batch_size):
+            out[start:start + batch_size] = self.estimator.predict(flat[start:start + batch_size])
+        return out.reshape(xa.shape[:-1])
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The forest as plain arrays (see :class:`ForestPredictor`), JSON-serialisable.
+
+        Raises
+        ------
+        ValueError
+            If the forest has not been fitted.
+        """
+        if not self.n_trees:
+            raise ValueError("RF.to_json_dict: the forest is not fitted")
+        trees = []
+        for est in self.estimator.estimators_:
+            t = est.tree_
+            trees.append({"children_left": t.children_left.tolist(), "children_right": t.children_right.tolist(),
+                          "feature": t.feature.tolist(), "threshold": t.threshold.tolist(),
+                          "value": t.value.reshape(t.node_count, -1)[:, 0].tolist()})
+        return {"format": FOREST_FORMAT, "n_features": self.n_features, "aggregation": "mean", "target": "lst",
+                "unit": "K", "n_trees": len(trees), "trees": trees}
+
+
+class LGBM:
+    """Gradient-boosted trees (LightGBM ``Booster``) on raw features → LST (K).
+
+    Parameters
+    ----------
+    n_features : int
+        Number of input features.
+    n_estimators : int
+        Boosting iterations of :meth:`fit` (an upper bound with ``early_stopping_rounds``).
+    learning_rate, num_leaves, min_child_samples, subsample, colsample_bytree, reg_lambda
+        LightGBM settings (``bagging_fraction`` = ``subsample``, bagging every iteration when < 1).
+    early_stopping_rounds : int, optional
+        Stop when the validation RMSE has not improved for this many rounds (needs ``val``).
+    threads : int, optional
+        ``num_threads`` (set it to the Dask worker's thread count).
+    seed : int
+    """
+
+    kind = "lgbm"
+
+    def __init__(self, n_features: int = 12, *, n_estimators: int = 300, learning_rate: float = 0.05,
+                 num_leaves: int = 31, min_child_samples: int = 20, subsample: float = 0.8,
+                 colsample_bytree: float = 1.0, reg_lambda: float = 0.0, early_stopping_rounds: int | None = None,
+                 threads: int | None = None, seed: int = 0) -> None:
+        self.n_features = int(n_features)
+        self.n_estimators = int(n_estimators)
+        self.early_stopping_rounds = early_stopping_rounds
+        self.threads = threads
+        self.params: dict[str, Any] = {
+            "objective": "regression", "metric": "rmse", "learning_rate": learning_rate, "num_leaves": num_leaves,
+            "min_child_samples": min_child_samples, "bagging_fraction": subsample,
+            "bagging_freq": 1 if subsample < 1 else 0, "feature_fraction": colsample_bytree,
+            "lambda_l2": reg_lambda, "seed": seed, "deterministic": True, "force_row_wise": True,
+            "num_threads": int(threads or 0), "verbosity": -1,
+        }
+        self.booster: Any = None
+        self._config = {"architecture": "LGBM", "n_features": self.n_features, "n_estimators": n_estimators,
+                        "learning_rate": learning_rate, "num_leaves": num_leaves,
+                        "min_child_samples": min_child_samples, "subsample": subsample,
+                        "colsample_bytree": colsample_bytree, "reg_lambda": reg_lambda, "seed": seed}
+
+    @property
+    def n_trees(self) -> int:
+        """Boosting iterations in the model (0 before fitting)."""
+        return 0 if self.booster is None else int(self.booster.current_iteration())
+
+    def config(self) -> dict[str, Any]:
+        """Architecture and settings, JSON-serialisable."""
+        return dict(self._config)
+
+    def _train(self, name: str, X: ArrayLike, y: ArrayLike, rounds: int, params: dict[str, Any],
+               val: tuple[ArrayLike, ArrayLike] | None, init_model: Any) -> dict[str, Any]:
+        import lightgbm as lgb
+
+        t0 = time.perf_counter()
+        x, yy = _as_xy(name, X, y, self.n_features)
+        train = lgb.Dataset(x, yy, params={"verbosity": -1}, free_raw_data=False)
+        callbacks, valid = [], []
+        if val is not None:
+            xv, yv = _as_xy(f"{name} val", val[0], val[1], self.n_features)
+            valid = [lgb.Dataset(xv, yv, reference=train)]
+            if self.early_stopping_rounds:
+                callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
+        before = self.n_trees
+        booster = lgb.train(params, train, num_boost_round=int(rounds), valid_sets=valid, callbacks=callbacks,
+                            init_model=init_model, keep_training_booster=True)
+        if booster.best_iteration and booster.best_iteration < booster.current_iteration():
+            # keep only the best iterations (text export and predict then agree)
+            booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+        self.booster = booster
+        hist = {"n_trees": self.n_trees, "added_trees": self.n_trees - (before if init_model is not None else 0),
+                "n_train": int(yy.size), "train_rmse_k": _rmse(self.predict(x), yy), "val_rmse_k": None}
+        if val is not None:
+            hist["val_rmse_k"] = _rmse(self.predict(val[0]), val[1])
+        hist["seconds"] = round(time.perf_counter() - t0, 3)
+        return hist
+
+    def fit(self, X: ArrayLike, y: ArrayLike, *, val: tuple[ArrayLike, ArrayLike] | None = None) -> dict[str, Any]:
+        """Boost a fresh model on ``X`` (raw features) and ``y`` (LST, K); returns a history dict."""
+        self.booster = None
+        return self._train("LGBM.fit", X, y, self.n_estimators, self.params, val, None)
+
+    def finetune(self, X: ArrayLike, y: ArrayLike, *, n_more: int = 100,
+                 val: tuple[ArrayLike, ArrayLike] | None = None, **params: Any) -> dict[str, Any]:
+        """Continue boosting for ``n_more`` iterations on the fine-tuning data (``init_model``).
+
+        ``params`` override LightGBM settings for these iterations (e.g. ``learning_rate``,
+        ``min_child_samples`` for small matchup sets).
+
+        Raises
+        ------
+        ValueError
+            If the model has not been fitted or ``n_more < 1``.
+        """
+        if self.booster is None:
+            raise ValueError("LGBM.finetune: fit the model first")
+        if n_more < 1:
+            raise ValueError(f"LGBM.finetune: n_more must be >= 1, got {n_more}")
+        return self._train("LGBM.finetune", X, y, n_more, {**self.params, **params}, val, self.booster)
+
+    def predict(self, X: ArrayLike, batch_size: int = 65536) -> NDArray[np.float32]:
+        """LST (K), shape ``X.shape[:-1]``, float32."""
+        if self.booster is None:
+            raise ValueError("LGBM.predict: the model is not fitted")
+        xa = _as_x("LGBM.predict", X, self.n_features)
+        flat = xa.reshape(-1, self.n_features)
+        out = self.booster.predict(flat, num_threads=int(self.threads or 0))
+        return np.asarray(out, dtype=np.float32).reshape(xa.shape[:-1])
+
+    def model_to_string(self) -> str:
+        """LightGBM's text model (what the artifact's ``model.txt`` holds)."""
+        if self.booster is None:
+            raise ValueError("LGBM.model_to_string: the model is not fitted")
+        return self.booster.model_to_string()
