@@ -1,0 +1,105 @@
+"""sftl train: the three stages end to end on a small testbed, the artifact, and config errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sftl_dask.training.stages import load_config, metrics
+
+BASE = {
+    "name": "tiny", "direction": "SiHuHe", "source_region": "huailai", "target_region": "heihe", "seed": 0,
+    "model": {"name": "dnn", "params": {"hidden": [32, 16]}},
+    "pretrain": {"epochs": 3, "batch_size": 4096, "lr": 0.003, "holdout_fraction": 0.2},
+    "finetune": {"strategy": "gradual", "params": {"epochs_per_group": 2}, "epochs": 6, "lr": 0.001,
+                 "split": "chronological", "test_fraction": 0.3},
+    "transfer": {"k": [5], "repeats": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict]:
+    from sftl_dask.cli import main
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = dict(BASE, data={"testbed": {"path": None, "scenes": 4, "size": 640, "seed": 2},
+                           "simulation": {"path": None, "profiles": 60, "seed": 0}})
+    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(root / "out"), "--workers", "1"]) == 0
+    return root / "out", json.loads((root / "out" / "results.json").read_text())
+
+
+def test_three_stages_report_every_method_on_the_same_rows(trained):
+    _, res = trained
+    s1, s2, s3 = res["stage1_pretrain"], res["stage2_finetune"], res["stage3_transfer"]
+    assert s1["model"]["n"] == s1["split_window"]["n"] > 0
+    assert s2["model"]["n"] == s2["split_window"]["n"] == s2["pretrained_only"]["n"] > 0
+    assert s3["zero_shot"]["n"] == s3["split_window"]["n"] == s3["direct_training"]["n"] > 0
+    assert np.isfinite(s3["zero_shot"]["rmse_k"]) and s3["few_shot"][0]["k"] == 5
+    assert s2["trainable_parameters"] > 0
+
+
+def test_artifact_is_torchscript_with_card_and_hashes_and_reproduces_predictions(trained):
+    import torch
+
+    from sftl_dask.features import FEATURES
+    from sftl_dask.models.artifact import load_artifact
+
+    out, _ = trained
+    art = out / "model"
+    card = json.loads((art / "card.json").read_text())
+    assert [f["name"] if isinstance(f, dict) else f for f in card["features"]] == list(FEATURES)
+    assert (art / "sha256").exists() and (art / "model.pt").exists()
+    m = torch.jit.load(str(art / "model.pt"))
+    x = torch.tensor([[300.0, 301.0, 303.0, 301.5, 1.5, 1.2, 1.8, 0.95, 0.94, 0.975, -0.005, 1.0]])
+    y = m(x)
+    assert 250.0 < float(y.detach().reshape(-1)[0]) < 350.0
+    loaded = load_artifact(art)
+    assert np.allclose(loaded.predict(x.numpy()), y.detach().numpy().reshape(-1), atol=1e-4)
+
+
+def test_tampered_artifact_is_refused(trained, tmp_path):
+    import shutil
+
+    from sftl_dask.models.artifact import ArtifactError, load_artifact
+
+    out, _ = trained
+    bad = tmp_path / "model"
+    shutil.copytree(out / "model", bad)
+    with (bad / "model.pt").open("ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(ArtifactError, match=r"model\.pt"):
+        load_artifact(bad)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [({"model": {"name": "xgboost"}}, "model.name"), ({"finetune": {"strategy": "prune"}}, "finetune.strategy"),
+     ({"direction": "SiXX"}, "direction"), ({"pretrain": {"epochs": -1, "lr": 0.1}}, "pretrain.epochs")],
+)
+def test_bad_config_names_the_key(tmp_path, change, match):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({**BASE, **change}))
+    with pytest.raises(ValueError, match=match):
+        load_config(p)
+
+
+def test_bad_config_through_cli_exits_2_with_one_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "model": {"name": "xgboost"}}))
+    r = subprocess.run([sys.executable, "-m", "sftl_dask.cli", "train", "--config", str(p), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "bad.yaml" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "model").exists()
+
+
+def test_metrics_are_the_usual_definitions():
+    m = metrics(np.array([301.0, 299.0, 302.0]), np.array([300.0, 300.0, 300.0]))
+    assert m["rmse_k"] == pytest.approx(np.sqrt(2.0)) and m["bias_k"] == pytest.approx(2 / 3)
+    assert m["mae_k"] == pytest.approx(4 / 3) and m["n"] == 3
