@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,14 @@ def _ged_for_grid(ged_dir: str, grid: GridSpec) -> dict[str, Any]:
             "water": g["water"].values, "ged_missing": g["ged_missing"].values}
 
 
+@lru_cache(maxsize=8)
+def _open_era5(paths: tuple[str, ...]) -> Any:
+    """ERA5 ``tcwv`` of these files, opened lazily once per worker process (scenes of a month share it)."""
+    from sftl_dask.io.era5 import open_era5_tcwv
+
+    return open_era5_tcwv(list(paths))
+
+
 def _place(arr: np.ndarray, offset: tuple[int, int], shape: tuple[int, int], fill: float) -> np.ndarray:
     """Put a scene raster onto the cube grid at integer ``offset`` (row, col), clipping what falls outside."""
     out = np.full(shape, fill, dtype=np.float64)
@@ -114,7 +123,7 @@ def _ingest_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths:
 def _decode_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths: Sequence[str],
                   ged: dict[str, Any], cloud_percent: float) -> dict[str, Any]:
     t0 = time.perf_counter()
-    from sftl_dask.io.era5 import era5_wvc_on_grid, open_era5_tcwv
+    from sftl_dask.io.era5 import era5_wvc_on_grid
     from sftl_dask.io.ged import vimi_emissivity
     from sftl_dask.io.vimi import VimiProduct, product_checksum
     from sftl_dask.physics.cloud import cloud_mask
@@ -143,7 +152,7 @@ def _decode_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths:
         covered = np.isfinite(vals["bt_10_80"])
         if not covered.any():
             raise ValueError("the scene does not overlap its grid")
-        era5 = open_era5_tcwv(list(era5_paths))
+        era5 = _open_era5(tuple(era5_paths))
         scene_time = np.datetime64(prod.metadata["CenterTime"], "ns")
         wvc = np.where(covered, era5_wvc_on_grid(era5, scene_time, grid.x, grid.y, grid.crs), np.nan)
         emis = vimi_emissivity(ged["emissivity"], ged["ndvi"], vals["ndvi"], water=ged.get("water"), converted=True)
@@ -230,7 +239,7 @@ def ingest(
         raise IngestError("no ERA5 file given (--era5)")
     if not Path(ged).is_dir():
         raise IngestError(f"{ged}: GED folder not found")
-    era5_index = _era5_index(era5_paths)
+    era5_index = _era5_index(era5_paths, client)
     for p in inputs:
         if not Path(p).exists():
             raise IngestError(f"{p}: no such file or directory")
@@ -312,25 +321,31 @@ def ingest(
     }
 
 
-def _era5_index(paths: Sequence[str]) -> list[dict[str, Any]]:
-    """Extent and time span of each ERA5 file (opened lazily, one at a time).
+def _era5_extent(path: str) -> dict[str, Any]:
+    """Area and time span of one ERA5 file, or the reason it cannot be read (worker task)."""
+    from sftl_dask.io.era5 import open_era5_tcwv
+
+    try:
+        da = open_era5_tcwv([path])
+    except (ValueError, OSError) as exc:
+        return {"path": path, "error": _one_line(exc).split(": ", 1)[-1]}
+    lat, lon, t = da["latitude"].values, da["longitude"].values, da["time"].values
+    return {"path": path, "lat": (float(lat.min()), float(lat.max())), "lon": (float(lon.min()), float(lon.max())),
+            "time": (t.min(), t.max())}
+
+
+def _era5_index(paths: Sequence[str], client: Any = None) -> list[dict[str, Any]]:
+    """Extent and time span of each ERA5 file (read in parallel on the client's workers).
 
     Raises
     ------
     IngestError
         If a file cannot be read as ERA5 ``tcwv``.
     """
-    from sftl_dask.io.era5 import open_era5_tcwv
-
-    index = []
-    for p in paths:
-        try:
-            da = open_era5_tcwv([p])
-        except (ValueError, OSError) as exc:
-            raise IngestError(_one_line(exc).split(": ", 1)[-1]) from None
-        lat, lon, t = da["latitude"].values, da["longitude"].values, da["time"].values
-        index.append({"path": p, "lat": (float(lat.min()), float(lat.max())), "lon": (float(lon.min()),
-                      float(lon.max())), "time": (t.min(), t.max())})
+    index = _map(_era5_extent, [(p,) for p in paths], client)
+    for e in index:
+        if "error" in e:
+            raise IngestError(e["error"])
     return index
 
 

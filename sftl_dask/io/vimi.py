@@ -474,15 +474,23 @@ class _NdviArray(_CalibratedArray):
 
     def __init__(self, raster: xr.DataArray, red_pos: int, nir_pos: int, red_cal: tuple[float, float, float],
                  nir_cal: tuple[float, float, float], nodata: float | None, sun_factor: float, factor: int,
-                 shape: tuple[int, int], token: tuple[Any, ...], output: str = "ndvi") -> None:
+                 shape: tuple[int, int], token: tuple[Any, ...], output: str = "ndvi",
+                 shared: dict[str, Any] | None = None) -> None:
         super().__init__(shape, (*token, red_pos, nir_pos, red_cal, nir_cal, nodata, sun_factor, factor, output))
         self._raster, self._pos = raster, (red_pos, nir_pos)
         self._args = (red_cal, nir_cal, nodata, sun_factor, factor)
         self._output = output
+        # NDVI and red reflectance read the same two bands: the last window's DN is shared between them
+        self._shared = shared if shared is not None else {}
 
     def _compute(self, y0: int, y1: int, x0: int, x1: int) -> NDArray[np.float32]:
         f = self._args[-1]
-        red, nir = (_read_dn(self._raster, p, y0 * f, y1 * f, x0 * f, x1 * f) for p in self._pos)
+        key = (y0, y1, x0, x1)
+        if self._shared.get("key") == key:
+            red, nir = self._shared["dn"]
+        else:
+            red, nir = (_read_dn(self._raster, p, y0 * f, y1 * f, x0 * f, x1 * f) for p in self._pos)
+            self._shared.update(key=key, dn=(red, nir))
         return _ndvi_from_dn(red, nir, *self._args, output=self._output)
 
 
@@ -727,14 +735,16 @@ class VimiProduct:
         cos_sz = float(np.cos(np.deg2rad(meta["SolarZenith"])))
         d_au = float(meta.get("EarthSunDistance", 1.0))
         sun_factor = float(np.pi * d_au**2 / cos_sz) if cos_sz > 0 else float("nan")
+        shared: dict[str, Any] = {}
         ndvi = _NdviArray(vnir, red_b["band_index"] - 1, nir_b["band_index"] - 1, cal[0], cal[1],
-                          self._nodata(vnir, vnir_type), sun_factor, factor, (ny, nx), token)
+                          self._nodata(vnir, vnir_type), sun_factor, factor, (ny, nx), token, shared=shared)
         variables["ndvi"] = xr.Variable(("y", "x"), indexing.LazilyIndexedArray(ndvi), {
             "units": "1", "long_name": "NDVI of top-of-atmosphere reflectance",
             "source_bands": f"{red_b['name']} (red), {nir_b['name']} (NIR), {factor}x{factor} mean of reflectance",
         })
         red = _NdviArray(vnir, red_b["band_index"] - 1, nir_b["band_index"] - 1, cal[0], cal[1],
-                         self._nodata(vnir, vnir_type), sun_factor, factor, (ny, nx), token, output="red")
+                         self._nodata(vnir, vnir_type), sun_factor, factor, (ny, nx), token, output="red",
+                         shared=shared)
         variables["red"] = xr.Variable(("y", "x"), indexing.LazilyIndexedArray(red), {
             "units": "1", "long_name": f"top-of-atmosphere reflectance, band {red_b['name']} (red)",
         })
