@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import dask
 from distributed import Client, LocalCluster
@@ -94,3 +95,58 @@ def get_client(
         client.close()
         cluster.close()
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+
+
+def run_tasks(
+    calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]],
+    client: Client | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    broadcast: tuple[type, ...] = (),
+    gather: bool = True,
+) -> list[Any]:
+    """Run ``fn(*args)`` for each call: in this process without a client, else one Dask task each.
+
+    Parameters
+    ----------
+    calls : sequence of (callable, tuple)
+        The calls, in order.
+    client : distributed.Client, optional
+        Where to run them.
+    progress : callable, optional
+        ``progress(done, total)`` after each call completes.
+    broadcast : tuple of type
+        Arguments of these types are large and shared: each distinct object is sent to every worker once
+        (``scatter(broadcast=True)``) instead of once per task.
+    gather : bool
+        With a client, return results (True) or the futures, leaving results on the cluster (False).
+
+    Returns
+    -------
+    list
+        Results (or futures) in the order of ``calls``.
+    """
+    if client is None:
+        out = []
+        for i, (fn, args) in enumerate(calls, start=1):
+            out.append(fn(*args))
+            if progress:
+                progress(i, len(calls))
+        return out
+    from distributed import as_completed
+
+    shared: dict[int, Any] = {}
+    for _, args in calls:
+        for a in args:
+            if broadcast and isinstance(a, broadcast) and id(a) not in shared:
+                shared[id(a)] = client.scatter(a, broadcast=True)
+    futs = [client.submit(fn, *[shared.get(id(a), a) for a in args], pure=False) for fn, args in calls]
+    if not gather:
+        return futs
+    pos = {f.key: i for i, f in enumerate(futs)}
+    res: list[Any] = [None] * len(futs)
+    for done, fut in enumerate(as_completed(futs), start=1):
+        res[pos[fut.key]] = fut.result()
+        if progress:
+            progress(done, len(futs))
+    return res

@@ -377,26 +377,10 @@ def _stem(path: str) -> str:
 
 def _map(fn: Callable[..., Any], args: list[tuple[Any, ...]], client: Any, *,
          progress: Callable[[int, int], None] | None = None, scatter_out: bool = False) -> list[Any]:
-    """Apply ``fn`` to each argument tuple, on the client if given; results in input order."""
-    if client is None:
-        out = []
-        for i, a in enumerate(args, start=1):
-            out.append(fn(*a))
-            if progress:
-                progress(i, len(args))
-        return out
-    from distributed import as_completed
+    """``fn`` over argument tuples through the one task runner; ``scatter_out`` keeps results on the cluster."""
+    from sftl_dask.cluster import run_tasks
 
-    futs = [client.submit(fn, *a, pure=False) for a in args]
-    if scatter_out:  # keep results on the cluster (big arrays), hand back the futures
-        return futs
-    pos = {f.key: i for i, f in enumerate(futs)}
-    out: list[Any] = [None] * len(futs)
-    for n, f in enumerate(as_completed(futs), start=1):
-        out[pos[f.key]] = f.result()
-        if progress:
-            progress(n, len(futs))
-    return out
+    return run_tasks([(fn, a) for a in args], client, progress=progress, gather=not scatter_out)
 
 
 def _write_stac(root: Path, scans: list[dict[str, Any]]) -> None:

@@ -270,21 +270,10 @@ def write_simulation(
         ids = list(range(len(profiles)))
         bs = config.batch_profiles
         batches = [(i // bs, profiles[i : i + bs], ids[i : i + bs]) for i in range(0, len(profiles), bs)]
-        total = 0
-        if client is None:
-            for done, (part, profs, pids) in enumerate(batches, start=1):
-                total += _write_batch(str(tmp), part, profs, pids, config)
-                if progress:
-                    progress(done, len(batches))
-        else:
-            from distributed import as_completed
+        from sftl_dask.cluster import run_tasks
 
-            futs = [client.submit(_write_batch, str(tmp), part, profs, pids, config, pure=False)
-                    for part, profs, pids in batches]
-            for done, fut in enumerate(as_completed(futs), start=1):
-                total += fut.result()
-                if progress:
-                    progress(done, len(batches))
+        calls = [(_write_batch, (str(tmp), part, profs, pids, config)) for part, profs, pids in batches]
+        total = sum(run_tasks(calls, client, progress=progress))
         schema = pq.read_schema(next(tmp.glob("part-*.parquet")))
         pq.write_metadata(schema, tmp / "_common_metadata")
         if out.exists():

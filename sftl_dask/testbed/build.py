@@ -364,27 +364,8 @@ def build_testbed(
 
 def _run(jobs: list[tuple[Callable[..., Any], tuple[Any, ...], str]], client: Any,
          progress: Callable[[int, int], None] | None) -> list[Any]:
-    """Run jobs locally or on a Dask client (big arguments scattered once), in order of submission."""
-    if client is None:
-        res = []
-        for i, (fn, args, _) in enumerate(jobs, start=1):
-            res.append(fn(*args))
-            if progress:
-                progress(i, len(jobs))
-        return res
-    from distributed import as_completed
+    """Run jobs through the one task runner; landscapes and climates go to each worker once."""
+    from sftl_dask.cluster import run_tasks
 
-    # Landscapes and climates are big and shared: send each to the workers once.
-    shared: dict[int, Any] = {}
-    for _, args, _ in jobs:
-        for a in args:
-            if isinstance(a, Landscape | RegionClimate) and id(a) not in shared:
-                shared[id(a)] = client.scatter(a, broadcast=True)
-    futs = [client.submit(fn, *[shared.get(id(a), a) for a in args], pure=False) for fn, args, _ in jobs]
-    index = {f.key: i for i, f in enumerate(futs)}
-    res: list[Any] = [None] * len(futs)
-    for done, fut in enumerate(as_completed(futs), start=1):
-        res[index[fut.key]] = fut.result()
-        if progress:
-            progress(done, len(futs))
-    return res
+    return run_tasks([(fn, args) for fn, args, _ in jobs], client, progress=progress,
+                     broadcast=(Landscape, RegionClimate))
