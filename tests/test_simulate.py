@@ -117,3 +117,14 @@ def test_metadata_reader_refuses_foreign_parquet(tmp_path):
     pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "x.parquet")
     with pytest.raises(ValueError, match="no sftl_dask simulation metadata"):
         read_simulation_metadata(tmp_path / "x.parquet")
+
+
+def test_split_window_fitted_on_simulation_is_under_1_k_below_3_g_cm2_on_held_out_profiles():
+    from sftl_dask.simulate import fit_split_window_on_simulation
+
+    cfg = SimulationConfig(n_profiles=160, n_spectra=30, seed=4)
+    df = simulate_batch(generate_profiles(160, seed=4), list(range(160)), cfg)
+    coeffs = fit_split_window_on_simulation({c: df[c].to_numpy() for c in df.columns if c != "category"}, seed=0)
+    low = [w for w in coeffs.to_dict()["windows"] if w["wvc_min"] < 3.0 and w.get("rmse_holdout_k") is not None
+           and w.get("n_holdout", 0) >= 50]
+    assert low and max(w["rmse_holdout_k"] for w in low) < 1.0
