@@ -33,7 +33,7 @@ def _progress_bar(desc: str) -> tuple[Callable[[int, int], None], Callable[[], N
 
     def update(done: int, total: int) -> None:
         if "b" not in bar:
-            bar["b"] = tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=True)
+            bar["b"] = tqdm(total=total, desc=desc, unit="task", file=sys.stderr, leave=True)
         bar["b"].n = done
         bar["b"].refresh()
 
