@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -262,27 +260,19 @@ def write_simulation(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (use overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    from sftl_dask._staging import staged_dir
+    from sftl_dask.cluster import run_tasks
+
+    with staged_dir(out) as tmp:
         profiles = generate_profiles(config.n_profiles, seed=config.seed)
         ids = list(range(len(profiles)))
         bs = config.batch_profiles
         batches = [(i // bs, profiles[i : i + bs], ids[i : i + bs]) for i in range(0, len(profiles), bs)]
-        from sftl_dask.cluster import run_tasks
-
         calls = [(_write_batch, (str(tmp), part, profs, pids, config)) for part, profs, pids in batches]
         total = sum(run_tasks(calls, client, progress=progress))
         schema = pq.read_schema(next(tmp.glob("part-*.parquet")))
         pq.write_metadata(schema, tmp / "_common_metadata")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        return total
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return total
 
 
 def read_simulation_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -44,13 +44,12 @@ from sftl_dask.physics.channels import Channel, thermal_channels
 from sftl_dask.physics.constants import (
     AVOGADRO,
     BOLTZMANN_K,
-    C1_RADIANCE,
-    C2_UM_K,
     LOSCHMIDT,
     MOLAR_MASS_H2O,
     P0_HPA,
     T0_K,
 )
+from sftl_dask.physics.planck import planck_radiance
 
 __all__ = [
     "BAND_SPECIES",
@@ -220,8 +219,7 @@ def _path_factor(z_km: NDArray[np.float64], zenith_deg: NDArray[np.float64]) -> 
 
 def _planck_nu_grid(wavelength_um: NDArray[np.float64], t_k: NDArray[np.float64]) -> NDArray[np.float64]:
     """Spectral Planck radiance (W m^-2 sr^-1 um^-1) for temperatures ``t_k`` (...,) on a grid (nb,)."""
-    wl = wavelength_um
-    return C1_RADIANCE / (wl**5 * np.expm1(C2_UM_K / (wl * np.asarray(t_k)[..., None])))
+    return planck_radiance(wavelength_um, np.asarray(t_k)[..., None])
 
 
 class ReducedBandModel:

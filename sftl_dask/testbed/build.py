@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -293,11 +291,11 @@ def build_testbed(
         raise ValueError(f"size must be >= 64 px, got {size}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty (use overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    for sub in ("archives", "era5", "ged", "insitu", "truth"):
-        (tmp / sub).mkdir(parents=True)
-    try:
+    from sftl_dask._staging import staged_dir
+
+    with staged_dir(out) as tmp:
+        for sub in ("archives", "era5", "ged", "insitu", "truth"):
+            (tmp / sub).mkdir(parents=True)
         worlds: dict[str, tuple[Landscape, RegionClimate]] = {}
         for name, region in REGIONS.items():
             worlds[name] = (build_landscape(region, size, seed), RegionClimate.make(region, seed))
@@ -353,13 +351,7 @@ def build_testbed(
             "sites": table.to_dict("records"),
         }
         (tmp / "testbed.json").write_text(json.dumps(summary, indent=1, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        return summary
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return summary
 
 
 def _run(jobs: list[tuple[Callable[..., Any], tuple[Any, ...], str]], client: Any,
