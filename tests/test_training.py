@@ -103,3 +103,20 @@ def test_metrics_are_the_usual_definitions():
     m = metrics(np.array([301.0, 299.0, 302.0]), np.array([300.0, 300.0, 300.0]))
     assert m["rmse_k"] == pytest.approx(np.sqrt(2.0)) and m["bias_k"] == pytest.approx(2 / 3)
     assert m["mae_k"] == pytest.approx(4 / 3) and m["n"] == 3
+
+
+def test_lgbm_runs_the_same_stages_with_continued_boosting(trained, tmp_path):
+    from sftl_dask.cli import main
+    from sftl_dask.models.artifact import load_artifact
+
+    out, _ = trained
+    cfg = dict(BASE, model={"name": "lgbm", "params": {"n_estimators": 40}}, finetune={"strategy": "full",
+                                                                                     "n_more": 20},
+               data={"testbed": {"path": str(out / "work" / "testbed")},
+                     "simulation": {"path": str(out / "work" / "sim.parquet")}})
+    (tmp_path / "lgbm.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(tmp_path / "lgbm.yaml"), "--out", str(tmp_path / "o"), "--workers", "1"]) == 0
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["strategy"] == "continued_boosting" and res["stage2_finetune"]["trainable_parameters"] > 20
+    assert np.isfinite(res["stage3_transfer"]["zero_shot"]["rmse_k"])
+    assert load_artifact(tmp_path / "o" / "model").card["model"] == "lgbm"

@@ -225,16 +225,29 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path, *, threads:
                           replace=False).tolist())
     is_held = np.isin(table["profile_id"], list(held))
     xtr, ytr, xte, yte = x_sim[~is_held], y_sim[~is_held], x_sim[is_held], y_sim[is_held]
-    mean, std = xtr.mean(axis=0), xtr.std(axis=0) + 1e-6
     name = str(cfg.model["name"]).lower()
-    model = build_model(name, len(FEATURES), mean, std, target_mean=float(ytr.mean()), target_std=float(ytr.std()),
-                        **dict(cfg.model.get("params") or {}))
+    tree = name in ("rf", "lgbm")
+    params = dict(cfg.model.get("params") or {})
+
+    def new_model(x: np.ndarray, y: np.ndarray) -> Any:
+        if tree:
+            return build_model(name, len(FEATURES), **params)
+        return build_model(name, len(FEATURES), x.mean(axis=0), x.std(axis=0) + 1e-6,
+                           target_mean=float(y.mean()), target_std=float(y.std()), **params)
+
+    def predict(m: Any, x: np.ndarray) -> np.ndarray:
+        return m.predict(x) if tree else predict_torch(m, x)
+
+    model = new_model(xtr, ytr)
     t0 = time.perf_counter()
     log(f"stage 1: pre-training {name} on {len(ytr):,} simulated samples")
-    fit_torch(model, xtr, ytr, epochs=int(cfg.pretrain.get("epochs", 10)),
-              batch_size=int(cfg.pretrain.get("batch_size", 8192)), lr=float(cfg.pretrain.get("lr", 2e-3)),
-              val=(xte, yte), seed=cfg.seed, threads=threads)
-    stage1 = {"model": metrics(predict_torch(model, xte), yte),
+    if tree:
+        model.fit(xtr, ytr, val=(xte, yte))
+    else:
+        fit_torch(model, xtr, ytr, epochs=int(cfg.pretrain.get("epochs", 10)),
+                  batch_size=int(cfg.pretrain.get("batch_size", 8192)), lr=float(cfg.pretrain.get("lr", 2e-3)),
+                  val=(xte, yte), seed=cfg.seed, threads=threads)
+    stage1 = {"model": metrics(predict(model, xte), yte),
               "split_window": metrics(_sw_predict(data["sw"], {k: v[is_held] for k, v in table.items()}), yte),
               "seconds": round(time.perf_counter() - t0, 1), "n_train": len(ytr)}
     log(f"  held-out simulation RMSE {stage1['model']['rmse_k']:.3f} K (split-window "
@@ -256,12 +269,17 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path, *, threads:
     x_ft, y_ft = xy(train)
     x_in, y_in = xy(test)
     x_tg, y_tg = xy(tgt)
-    strat_name = str(cfg.finetune["strategy"]).lower()
+    # trees are "fine-tuned" by continued boosting (LGBM) or added trees (RF) whatever the strategy name
+    strat_name = ("continued_boosting" if name == "lgbm" else "added_trees") if tree else \
+        str(cfg.finetune["strategy"]).lower()
     ft_kw = dict(epochs=int(cfg.finetune.get("epochs", 30)), batch_size=int(cfg.finetune.get("batch_size", 256)),
                  lr=float(cfg.finetune.get("lr", 5e-4)), seed=cfg.seed, threads=threads)
 
     def finetune(base: Any, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
         m = copy.deepcopy(base)
+        if tree:
+            m.finetune(x, y, n_more=int(cfg.finetune.get("n_more", 100)))
+            return m, None
         strategy = make_strategy(strat_name, **dict(cfg.finetune.get("params") or {}))
         m = strategy.apply(m)
         fit_torch(m, x, y, strategy=strategy, **ft_kw)
@@ -272,27 +290,29 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path, *, threads:
     tuned, strategy = finetune(model, x_ft, y_ft)
     from sftl_dask.models.finetune import trainable_parameters
 
-    stage2 = {"model": metrics(predict_torch(tuned, x_in), y_in),
-              "pretrained_only": metrics(predict_torch(model, x_in), y_in),
+    stage2 = {"model": metrics(predict(tuned, x_in), y_in),
+              "pretrained_only": metrics(predict(model, x_in), y_in),
               "split_window": metrics(_sw_predict(data["sw"], test), y_in),
-              "n_train": len(y_ft), "n_test": len(y_in), "trainable_parameters": trainable_parameters(tuned),
+              "n_train": len(y_ft), "n_test": len(y_in),
+              "trainable_parameters": tuned.n_trees if tree else trainable_parameters(tuned),
               "seconds": round(time.perf_counter() - t0, 1)}
     log(f"  in-domain RMSE {stage2['model']['rmse_k']:.2f} K (pre-trained only "
         f"{stage2['pretrained_only']['rmse_k']:.2f}, split-window {stage2['split_window']['rmse_k']:.2f})")
 
     # direct-training baseline: the same architecture trained on the source matchups only
-    direct = build_model(name, len(FEATURES), x_ft.mean(axis=0), x_ft.std(axis=0) + 1e-6,
-                         target_mean=float(y_ft.mean()), target_std=float(y_ft.std()),
-                         **dict(cfg.model.get("params") or {}))
-    fit_torch(direct, x_ft, y_ft, epochs=max(60, ft_kw["epochs"]), batch_size=ft_kw["batch_size"],
-              lr=2e-3, seed=cfg.seed, threads=threads)
+    direct = new_model(x_ft, y_ft)
+    if tree:
+        direct.fit(x_ft, y_ft)
+    else:
+        fit_torch(direct, x_ft, y_ft, epochs=max(60, ft_kw["epochs"]), batch_size=ft_kw["batch_size"],
+                  lr=2e-3, seed=cfg.seed, threads=threads)
 
     log(f"stage 3: transfer to {cfg.target_region} ({len(y_tg)} matchups)")
     stage3: dict[str, Any] = {
-        "zero_shot": metrics(predict_torch(tuned, x_tg), y_tg),
-        "pretrained_only": metrics(predict_torch(model, x_tg), y_tg),
+        "zero_shot": metrics(predict(tuned, x_tg), y_tg),
+        "pretrained_only": metrics(predict(model, x_tg), y_tg),
         "split_window": metrics(_sw_predict(data["sw"], tgt), y_tg),
-        "direct_training": metrics(predict_torch(direct, x_tg), y_tg),
+        "direct_training": metrics(predict(direct, x_tg), y_tg),
         "few_shot": [],
     }
     for k in [int(k) for k in cfg.transfer.get("k", [])]:
@@ -303,7 +323,7 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path, *, threads:
             idx = np.random.default_rng([cfg.seed, k, r]).permutation(len(y_tg))
             few, rest = idx[:k], idx[k:]
             adapted, _ = finetune(tuned, x_tg[few], y_tg[few])
-            runs.append(metrics(predict_torch(adapted, x_tg[rest]), y_tg[rest])["rmse_k"])
+            runs.append(metrics(predict(adapted, x_tg[rest]), y_tg[rest])["rmse_k"])
         stage3["few_shot"].append({"k": k, "rmse_k_mean": float(np.mean(runs)), "rmse_k_sd": float(np.std(runs)),
                                    "repeats": len(runs)})
     log(f"  cross-site RMSE {stage3['zero_shot']['rmse_k']:.2f} K (split-window "
