@@ -28,7 +28,7 @@ import pandas as pd
 
 from sftl_dask.features import FEATURES, feature_matrix
 
-__all__ = ["TrainConfig", "load_config", "metrics", "prepare_data", "run_stages"]
+__all__ = ["TrainConfig", "load_config", "metrics", "prepare_data", "pretrain", "run_stages"]
 
 _MODELS = ("dnn", "trf", "cnn", "rf", "lgbm")
 _STRATEGIES = ("full", "head", "gradual", "adapter", "lora")
@@ -201,24 +201,38 @@ def _split(frame: pd.DataFrame, how: str, test_fraction: float, seed: int) -> tu
     return frame[~is_test], frame[is_test]
 
 
-def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path, *, threads: int | None = None,
-               log: Any = print) -> dict[str, Any]:
-    """Run the three stages and the baselines, export the artifact; returns the results."""
+def _new_model(cfg: TrainConfig, x: np.ndarray, y: np.ndarray) -> Any:
+    """A fresh model of the configuration (torch models carry the normalisation of ``x`` and ``y``)."""
+    from sftl_dask.models import build_model
+
+    name = str(cfg.model["name"]).lower()
+    params = dict(cfg.model.get("params") or {})
+    if name in ("rf", "lgbm"):
+        return build_model(name, len(FEATURES), **params)
+    return build_model(name, len(FEATURES), x.mean(axis=0), x.std(axis=0) + 1e-6,
+                       target_mean=float(y.mean()), target_std=float(y.std()), **params)
+
+
+def _predict(model: Any, x: np.ndarray) -> np.ndarray:
+    from sftl_dask.models.trainer import predict_torch
+
+    return model.predict(x) if hasattr(model, "n_trees") else predict_torch(model, x)
+
+
+def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None = None, log: Any = print
+             ) -> tuple[Any, dict[str, Any]]:
+    """Stage 1: the model pre-trained on the simulation, and its held-out metrics next to the split-window's."""
     import torch
 
-    from sftl_dask.models import build_model
-    from sftl_dask.models.artifact import export_artifact
-    from sftl_dask.models.finetune import make_strategy
-    from sftl_dask.models.trainer import fit_torch, predict_torch
+    from sftl_dask.models.trainer import fit_torch
 
-    t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     if threads:
         torch.set_num_threads(threads)
     table = data["table"]
     x_sim = feature_matrix(table)
     y_sim = np.asarray(table["lst"], dtype=np.float32)
-    # stage 1: hold out whole profiles
+    # hold out whole profiles
     rng = np.random.default_rng(cfg.seed)
     prof = np.unique(table["profile_id"])
     held = set(rng.choice(prof, size=max(1, int(cfg.pretrain.get("holdout_fraction", 0.1) * prof.size)),
@@ -226,32 +240,42 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path, *, threads:
     is_held = np.isin(table["profile_id"], list(held))
     xtr, ytr, xte, yte = x_sim[~is_held], y_sim[~is_held], x_sim[is_held], y_sim[is_held]
     name = str(cfg.model["name"]).lower()
-    tree = name in ("rf", "lgbm")
-    params = dict(cfg.model.get("params") or {})
-
-    def new_model(x: np.ndarray, y: np.ndarray) -> Any:
-        if tree:
-            return build_model(name, len(FEATURES), **params)
-        return build_model(name, len(FEATURES), x.mean(axis=0), x.std(axis=0) + 1e-6,
-                           target_mean=float(y.mean()), target_std=float(y.std()), **params)
-
-    def predict(m: Any, x: np.ndarray) -> np.ndarray:
-        return m.predict(x) if tree else predict_torch(m, x)
-
-    model = new_model(xtr, ytr)
+    model = _new_model(cfg, xtr, ytr)
     t0 = time.perf_counter()
     log(f"stage 1: pre-training {name} on {len(ytr):,} simulated samples")
-    if tree:
+    if hasattr(model, "n_trees"):
         model.fit(xtr, ytr, val=(xte, yte))
     else:
         fit_torch(model, xtr, ytr, epochs=int(cfg.pretrain.get("epochs", 10)),
                   batch_size=int(cfg.pretrain.get("batch_size", 8192)), lr=float(cfg.pretrain.get("lr", 2e-3)),
                   val=(xte, yte), seed=cfg.seed, threads=threads)
-    stage1 = {"model": metrics(predict(model, xte), yte),
+    stage1 = {"model": metrics(_predict(model, xte), yte),
               "split_window": metrics(_sw_predict(data["sw"], {k: v[is_held] for k, v in table.items()}), yte),
               "seconds": round(time.perf_counter() - t0, 1), "n_train": len(ytr)}
     log(f"  held-out simulation RMSE {stage1['model']['rmse_k']:.3f} K (split-window "
         f"{stage1['split_window']['rmse_k']:.3f} K)")
+    return model, stage1
+
+
+def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, threads: int | None = None,
+               log: Any = print, pretrained: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run the three stages and the baselines; export the stage-2 artifact to ``out/model`` unless ``out`` is None.
+
+    ``pretrained`` (a :func:`pretrain` result) skips stage 1, so one pre-training serves many strategies.
+    """
+    from sftl_dask.models.artifact import export_artifact
+    from sftl_dask.models.finetune import make_strategy
+    from sftl_dask.models.trainer import fit_torch
+
+    t_start = time.perf_counter()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    model, stage1 = pretrained if pretrained is not None else pretrain(cfg, data, threads=threads, log=log)
+    name = str(cfg.model["name"]).lower()
+    tree = name in ("rf", "lgbm")
+    predict = _predict
 
     mu = data["matchups"]
     ok = mu[mu["reason"] == "ok"]
@@ -300,7 +324,7 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path, *, threads:
         f"{stage2['pretrained_only']['rmse_k']:.2f}, split-window {stage2['split_window']['rmse_k']:.2f})")
 
     # direct-training baseline: the same architecture trained on the source matchups only
-    direct = new_model(x_ft, y_ft)
+    direct = _new_model(cfg, x_ft, y_ft)
     if tree:
         direct.fit(x_ft, y_ft)
     else:
@@ -344,5 +368,6 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path, *, threads:
                     "stage3_cross_site": stage3["zero_shot"]},
         "config": cfg.source,
     }
-    export_artifact(getattr(strategy, "export_model", lambda m: m)(tuned), out / "model", card)
+    if out is not None:
+        export_artifact(getattr(strategy, "export_model", lambda m: m)(tuned), out / "model", card)
     return results
