@@ -166,6 +166,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from sftl_dask.cluster import get_client
+    from sftl_dask.training.experiment import load_grid, run_experiment
+
+    load_grid(args.config)  # bad configurations fail before any cluster starts
+    t0 = time.perf_counter()
+    update, close = _progress_bar("experiment")
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        try:
+            table = run_experiment(args.config, args.out, client=client, progress=update)
+        finally:
+            close()
+    failed = int((table["error"] != "").sum()) if "error" in table else 0
+    print(f"{len(table)} runs ({failed} failed) in {time.perf_counter() - t0:.0f} s -> {args.out}/summary.md")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sftl_dask.cluster import get_client
     from sftl_dask.report import demo_report
@@ -243,6 +260,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     common(s)
     s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("experiment", help="the grid (models x strategies x directions x seeds) as one Dask job")
+    s.add_argument("--config", required=True, help="pipeline YAML with a 'grid' section")
+    s.add_argument("--out", required=True, help="output folder: results.parquet, summary.md, grid.png, work/")
+    common(s)
+    s.set_defaults(func=_cmd_experiment)
 
     s = sub.add_parser("demo", help="the main job end to end on the testbed, with a report")
     s.add_argument("--out", required=True, help="output directory (work/ inside is reused on re-runs)")

@@ -120,3 +120,33 @@ def test_lgbm_runs_the_same_stages_with_continued_boosting(trained, tmp_path):
     assert res["strategy"] == "continued_boosting" and res["stage2_finetune"]["trainable_parameters"] > 20
     assert np.isfinite(res["stage3_transfer"]["zero_shot"]["rmse_k"])
     assert load_artifact(tmp_path / "o" / "model").card["model"] == "lgbm"
+
+
+def test_experiment_grid_runs_as_one_dask_job_and_records_failures(trained, tmp_path):
+    from sftl_dask.cluster import get_client
+    from sftl_dask.training.experiment import run_experiment
+
+    out, _ = trained
+    cfg = dict(BASE, data={"testbed": {"path": str(out / "work" / "testbed")},
+                           "simulation": {"path": str(out / "work" / "sim.parquet")}},
+               grid={"models": ["dnn", "lgbm"], "strategies": ["head", "lora"], "directions": ["SiHuHe", "SiHeHu"],
+                     "seeds": [0], "params_lgbm": {"n_estimators": 30}})
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    with get_client(n_workers=2) as client:
+        table = run_experiment(tmp_path / "grid.yaml", tmp_path / "exp", client=client)
+    # dnn x 2 strategies x 2 directions + lgbm x 1 variant x 2 directions
+    assert len(table) == 6 and set(table["direction"]) == {"SiHuHe", "SiHeHu"}
+    ok = table[table["error"] == ""]
+    assert len(ok) + int((table["error"] != "").sum()) == 6
+    assert (tmp_path / "exp" / "results.parquet").exists() and "| direction |" in (tmp_path / "exp" /
+                                                                                  "summary.md").read_text()
+    assert (ok["trainable_parameters"] > 0).all()
+
+
+def test_experiment_grid_refuses_unknown_model_naming_the_key(tmp_path):
+    from sftl_dask.training.experiment import load_grid
+
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(dict(BASE, grid={"models": ["svm"], "strategies": ["head"],
+                                                                      "directions": ["SiHuHe"], "seeds": [0]})))
+    with pytest.raises(ValueError, match=r"grid\.models"):
+        load_grid(tmp_path / "g.yaml")
