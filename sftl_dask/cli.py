@@ -143,25 +143,29 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, what: str) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """Prepare the data (on the cluster) and run the three stages of ``args.config`` into ``args.out``.
+
+    The artifact replaces an existing one only once the new one is complete.
+    """
     from sftl_dask.cluster import get_client
     from sftl_dask.training.stages import load_config, prepare_data, run_stages
 
     cfg = load_config(args.config)
     out = Path(args.out)
-    if (out / "model").exists() and not args.overwrite:
-        raise BadInput(f"{out / 'model'}: an artifact already exists (pass --overwrite to replace it)")
-    t0 = time.perf_counter()
     with get_client(args.scheduler, n_workers=args.workers) as client:
-        print(f"{cfg.name}: preparing data under {out / 'work'}")
+        print(f"{cfg.name}: {what} under {out / 'work'} (reused when present)")
         data = prepare_data(cfg, out / "work", client=client)
-    if (out / "model").exists():
-        import shutil
-
-        shutil.rmtree(out / "model")
-    threads = args.threads or None
-    results = run_stages(cfg, data, out, threads=threads)
+    results = run_stages(cfg, data, out, threads=args.threads)
     _atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=float))
+    return data, results, out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if (Path(args.out) / "model").exists() and not args.overwrite:
+        raise BadInput(f"{Path(args.out) / 'model'}: an artifact already exists (pass --overwrite to replace it)")
+    t0 = time.perf_counter()
+    _, _, out = _train(args, "simulation, testbed, ingest and matchups")
     print(f"wrote {out / 'model'} and {out / 'results.json'} in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -184,22 +188,10 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sftl_dask.cluster import get_client
     from sftl_dask.report import demo_report
-    from sftl_dask.training.stages import load_config, prepare_data, run_stages
 
-    cfg = load_config(args.config)
-    out = Path(args.out)
     t0 = time.perf_counter()
-    with get_client(args.scheduler, n_workers=args.workers) as client:
-        print(f"demo: simulation, testbed, ingest and matchups under {out / 'work'} (reused when present)")
-        data = prepare_data(cfg, out / "work", client=client)
-    if (out / "model").exists():
-        import shutil
-
-        shutil.rmtree(out / "model")
-    results = run_stages(cfg, data, out, threads=args.threads)
-    _atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=float))
+    data, results, out = _train(args, "demo: simulation, testbed, ingest and matchups")
     report = demo_report(data, results, out)
     print(f"demo done in {time.perf_counter() - t0:.0f} s; report: {report}")
     return 0
