@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import synthetic_lst
 
 from sftl_dask.features import FEATURE_UNITS, FEATURES
 from sftl_dask.models import build_model
@@ -21,22 +22,7 @@ from sftl_dask.models.trainer import fit_torch, predict_torch
 from sftl_dask.models.trees import LGBM, RF
 
 TORCH = ("dnn", "trf", "cnn")
-
-
-def _synthetic(n: int, seed: int = 0, bias_k: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    bt_11 = rng.uniform(270.0, 320.0, n)
-    wvc = rng.uniform(0.2, 5.0, n)
-    dbt = 0.3 + 0.5 * wvc + rng.normal(0.0, 0.4, n)
-    bt_10 = bt_11 + dbt
-    emis_mean, emis_diff = rng.uniform(0.94, 0.99, n), rng.uniform(-0.02, 0.02, n)
-    x = np.column_stack([
-        bt_10 - 2.0, bt_10 - 1.0, bt_10, bt_11, dbt, wvc, wvc * dbt, rng.uniform(0.85, 0.97, n),
-        rng.uniform(0.86, 0.98, n), emis_mean, emis_diff, 1.0 / np.cos(rng.uniform(0, 1, n)),
-    ]).astype(np.float32)
-    lst = bt_10 + 1.6 * dbt + 0.25 * wvc * dbt + 45.0 * (1.0 - emis_mean) - 60.0 * emis_diff + bias_k
-    return x, lst.astype(np.float32)
-
+_synthetic = synthetic_lst
 
 X, Y = _synthetic(800)
 X_FT, Y_FT = _synthetic(200, seed=1, bias_k=2.5)
