@@ -101,6 +101,16 @@ def _split(path: Path) -> tuple[dict[str, str], str, int]:
     return header, "\n".join(lines[i:]) + "\n", i + 1
 
 
+def _check_table(raw: pd.DataFrame, required: Any, path: Any, what: str) -> None:
+    """Strip the column names in place; refuse missing columns or an empty table, naming the file."""
+    raw.columns = [str(c).strip() for c in raw.columns]
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (found {', '.join(raw.columns)})")
+    if raw.empty:
+        raise ValueError(f"{path}: {what} has no rows")
+
+
 def read_insitu_csv(path: str | os.PathLike[str]) -> tuple[dict[str, Any], pd.DataFrame]:
     """Read one station radiometer CSV.
 
@@ -156,12 +166,7 @@ def read_insitu_csv(path: str | os.PathLike[str]) -> tuple[dict[str, Any], pd.Da
         raw = pd.read_csv(io.StringIO(table), dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"{p}: malformed CSV table ({exc})") from None
-    raw.columns = [str(c).strip() for c in raw.columns]
-    missing = [c for c in _REQUIRED_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ValueError(f"{p}: missing column(s) {', '.join(missing)} (found {', '.join(raw.columns)})")
-    if raw.empty:
-        raise ValueError(f"{p}: the table has no rows")
+    _check_table(raw, _REQUIRED_COLUMNS, p, "the table")
     first = header_line + 1  # file line of row 0
 
     stamps = raw["TIMESTAMP"].str.strip()
@@ -390,12 +395,7 @@ def read_sites(path: str | os.PathLike[str]) -> pd.DataFrame:
         raw = pd.read_csv(p, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"{p}: cannot read the site table ({exc})") from None
-    raw.columns = [str(c).strip() for c in raw.columns]
-    missing = [c for c in _SITE_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ValueError(f"{p}: missing column(s) {', '.join(missing)} (found {', '.join(raw.columns)})")
-    if raw.empty:
-        raise ValueError(f"{p}: the site table has no rows")
+    _check_table(raw, _SITE_COLUMNS, p, "the site table")
     sites = raw.apply(lambda s: s.str.strip())
     empty = np.flatnonzero((sites["id"] == "").to_numpy())
     if empty.size:
