@@ -12,6 +12,10 @@ Fine-tuning, as the paper does for trees:
 - LGBM: continued boosting (``init_model``): ``n_more`` iterations fitted to the residuals of the
   current model on the fine-tuning data.
 
+``LGBM.fit_dask`` trains the same model with ``lightgbm.dask`` on a simulation table that the Dask
+workers read themselves (one LightGBM machine per worker holding data); the result is an ordinary
+``Booster``, so fine-tuning and export do not care how it was trained.
+
 Export without pickle: LGBM as LightGBM's text model; RF as a JSON of arrays per tree
 (``children_left``, ``children_right``, ``feature``, ``threshold``, ``value``) read back by
 :class:`ForestPredictor`, a numpy-only predictor equal to scikit-learn's.
@@ -19,8 +23,14 @@ Export without pickle: LGBM as LightGBM's text model; RF as a JSON of arrays per
 
 from __future__ import annotations
 
+import itertools
+import operator
+import os
+import re
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +62,134 @@ def _as_xy(name: str, X: ArrayLike, y: ArrayLike, n_features: int) -> tuple[NDAr
 def _rmse(pred: ArrayLike, y: ArrayLike) -> float:
     d = np.asarray(pred, dtype=np.float64) - np.asarray(y, dtype=np.float64)
     return float(np.sqrt(np.mean(d**2)))
+
+
+# --- distributed LightGBM on a simulation table (LGBM.fit_dask) -------------------------------------------
+
+#: ``LGBM.params`` keys and the scikit-learn names ``lightgbm.dask`` takes them under.
+_SKLEARN_NAMES = {"objective": "objective", "learning_rate": "learning_rate", "num_leaves": "num_leaves",
+                  "min_child_samples": "min_child_samples", "bagging_fraction": "subsample",
+                  "bagging_freq": "subsample_freq", "feature_fraction": "colsample_bytree",
+                  "lambda_l2": "reg_lambda", "seed": "random_state"}
+
+
+def _table_columns() -> list[str]:
+    from sftl_dask.features import REQUIRED_INPUTS
+
+    return [*REQUIRED_INPUTS, "lst", "profile_id"]
+
+
+def _table_files(path: Path) -> list[Path]:
+    """The Parquet files of a simulation table (a dataset directory or one file), checked for the columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(path.glob("part-*.parquet")) or sorted(path.glob("*.parquet"))
+    else:
+        raise ValueError(f"LGBM.fit_dask: {path}: no such simulation table (directory or Parquet file)")
+    if not files:
+        raise ValueError(f"LGBM.fit_dask: {path}: no Parquet files in the directory")
+    schema_file = path / "_common_metadata" if (path / "_common_metadata").is_file() else files[0]
+    try:
+        names = pq.read_schema(schema_file).names
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ValueError(f"LGBM.fit_dask: {schema_file}: not a readable Parquet file ({exc})") from None
+    missing = [c for c in _table_columns() if c not in names]
+    if missing:
+        raise ValueError(f"LGBM.fit_dask: {path}: missing column(s) {', '.join(missing)}")
+    return files
+
+
+def _row_ranges(files: Sequence[Path], n_parts: int) -> list[tuple[str, int, int]]:
+    """``(file, start, stop)`` row ranges: one per file, files split (largest first) until ``n_parts``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for f in files:
+        try:
+            rows.append(pq.read_metadata(f).num_rows)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ValueError(f"LGBM.fit_dask: {f}: not a readable Parquet file ({exc})") from None
+    pieces = [1 if r else 0 for r in rows]
+    while sum(pieces) < n_parts and any(r > p for r, p in zip(rows, pieces, strict=True)):
+        i = max((i for i, r in enumerate(rows) if r > pieces[i]), key=lambda i: rows[i] / pieces[i])
+        pieces[i] += 1
+    out = []
+    for f, r, k in zip(files, rows, pieces, strict=True):
+        bounds = np.linspace(0, r, k + 1).round().astype(int) if k else []
+        out.extend((str(f), int(a), int(b)) for a, b in itertools.pairwise(bounds))
+    return out
+
+
+def _read_partition(file: str, start: int, stop: int, holdout: NDArray[np.int64]) -> tuple[np.ndarray, ...]:
+    """On a worker: rows ``start:stop`` of one Parquet file as features and LST, split by held-out profiles.
+
+    Returns ``(x, y, x_held, y_held)``: float32 features (n, len(FEATURES)) and LST (K) of the training
+    rows, then of the rows whose ``profile_id`` is in ``holdout``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sftl_dask.features import feature_matrix
+
+    cols = _table_columns()
+    try:
+        table = pq.read_table(file, columns=cols).slice(start, stop - start)
+    except (OSError, pa.ArrowInvalid, KeyError) as exc:
+        raise ValueError(f"LGBM.fit_dask: {file}: cannot read columns {', '.join(cols)} "
+                         f"({str(exc).splitlines()[0]})") from None
+    frame = {c: table.column(c).to_numpy() for c in cols}
+    try:
+        x = feature_matrix(frame)
+    except ValueError as exc:
+        raise ValueError(f"LGBM.fit_dask: {file}: {exc}") from None
+    y = np.asarray(frame["lst"], dtype=np.float32)
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"LGBM.fit_dask: {file}: column lst has {int((~np.isfinite(y)).sum())} non-finite value(s)")
+    held = np.isin(np.asarray(frame["profile_id"], dtype=np.int64), holdout)
+    keep = ~held
+    return np.ascontiguousarray(x[keep]), y[keep], np.ascontiguousarray(x[held]), y[held]
+
+
+def _sizes(part: tuple[np.ndarray, ...]) -> tuple[int, int]:
+    return int(part[1].size), int(part[3].size)
+
+
+def _squared_error(model_str: str, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
+                   threads: int) -> tuple[float, int]:
+    """On a worker: sum of squared errors (K^2) and row count of a LightGBM text model on local partitions."""
+    import lightgbm as lgb
+
+    booster = lgb.Booster(model_str=model_str)
+    sse, n = 0.0, 0
+    for x, y in zip(xs, ys, strict=True):
+        d = booster.predict(x, num_threads=threads) - np.asarray(y, dtype=np.float64)
+        sse += float(np.dot(d, d))
+        n += int(y.size)
+    return sse, n
+
+
+def _early_stopping_iteration(booster: Any, x: np.ndarray, y: np.ndarray, rounds: int) -> int:
+    """The iteration ``lightgbm.early_stopping(rounds)`` would keep, replayed on ``(x, y)`` after training.
+
+    Tree ``k``'s contribution is ``predict(start_iteration=k, num_iteration=1)`` (the initial score is
+    folded into the first tree), so the held-out RMSE of every prefix costs one pass over the trees.
+    """
+    pred = np.zeros(y.size, dtype=np.float64)
+    yy = np.asarray(y, dtype=np.float64)
+    best, best_rmse = 0, np.inf
+    for k in range(int(booster.current_iteration())):
+        pred += booster.predict(x, start_iteration=k, num_iteration=1)
+        rmse = float(np.sqrt(np.mean((pred - yy) ** 2)))
+        if rmse < best_rmse:
+            best, best_rmse = k + 1, rmse
+        elif k + 1 - best >= rounds:
+            break
+    return best
 
 
 class ForestPredictor:
@@ -313,6 +451,149 @@ class LGBM:
         """Boost a fresh model on ``X`` (raw features) and ``y`` (LST, K); returns a history dict."""
         self.booster = None
         return self._train("LGBM.fit", X, y, self.n_estimators, self.params, val, None)
+
+    def fit_dask(self, sim_path: str | os.PathLike[str], *, client: Any, holdout_profiles: Iterable[int] = (),
+                 partitions: int | None = None) -> dict[str, Any]:
+        """Boost a fresh model with ``lightgbm.dask`` on a simulation table read by the Dask workers.
+
+        Each worker reads its share of the Parquet files (row ranges, pinned to it), computes the
+        features with :func:`sftl_dask.features.feature_matrix` and keeps them; LightGBM then trains
+        data-parallel with one machine per worker that holds training rows (ports picked on the
+        workers, ``num_threads`` = the worker's thread count). The settings are those of
+        :attr:`params`. Only the held-out rows (and a few counts) come back to this process. The
+        result is a plain ``Booster`` in :attr:`booster`, so :meth:`predict`, :meth:`finetune`,
+        :meth:`model_to_string` and the artifact export work as after :meth:`fit`.
+
+        Parameters
+        ----------
+        sim_path : path
+            The simulation table: a Parquet dataset directory (``part-*.parquet``) written by
+            :func:`sftl_dask.simulate.write_simulation`, or one Parquet file, with the columns
+            :data:`~sftl_dask.features.REQUIRED_INPUTS`, ``lst`` (K) and ``profile_id``.
+        client : distributed.Client
+            The cluster to train on. Call from the client side, not from inside a task: training
+            takes a thread on every worker that holds data.
+        holdout_profiles : iterable of int
+            ``profile_id`` values left out of training; their rows are the validation set
+            (``val_rmse_k``) and, with ``early_stopping_rounds``, choose where the model is cut.
+        partitions : int, optional
+            Row partitions to read (default: one per file, and at least one per worker; files are
+            split into row ranges when there are fewer files than partitions).
+
+        Returns
+        -------
+        dict
+            ``n_trees``, ``added_trees``, ``n_train``, ``train_rmse_k`` (K, computed on the
+            workers), ``n_val``, ``val_rmse_k`` (K on the held-out profiles, None without them),
+            ``seconds``, ``n_workers`` (LightGBM machines), ``n_partitions`` and ``rows_per_worker``
+            (training rows per worker address).
+
+        Raises
+        ------
+        ValueError
+            If the table is missing, lacks a column, has a non-finite or out-of-range input (the
+            message names the file and column), no training rows remain after the holdout, the model
+            does not take all features or ``partitions < 1``.
+
+        Notes
+        -----
+        With ``early_stopping_rounds`` all ``n_estimators`` rounds are trained, then the model is cut
+        at the iteration :func:`lightgbm.early_stopping` would keep on the held-out rows (stopping
+        inside distributed training could end the machines at different rounds).
+        """
+        import dask.array as da
+        import lightgbm as lgb
+        from distributed import wait
+        from lightgbm.dask import DaskLGBMRegressor
+
+        from sftl_dask.features import FEATURES
+
+        t0 = time.perf_counter()
+        if self.n_features != len(FEATURES):
+            raise ValueError(f"LGBM.fit_dask: the model must take all {len(FEATURES)} features, not {self.n_features}")
+        if partitions is not None and partitions < 1:
+            raise ValueError(f"LGBM.fit_dask: partitions must be >= 1, got {partitions}")
+        path = Path(sim_path)
+        files = _table_files(path)
+        self.booster = None
+        holdout = np.unique(np.asarray(list(holdout_profiles), dtype=np.int64))
+        workers = sorted(client.scheduler_info()["workers"])
+        nthreads = client.nthreads()
+        ranges = _row_ranges(files, partitions or max(len(files), len(workers)))
+        if not ranges:
+            raise ValueError(f"LGBM.fit_dask: {path}: table has no rows")
+        # pin partitions to workers, balancing rows (largest first onto the least loaded worker)
+        load = dict.fromkeys(workers, 0)
+        placed: list[tuple[tuple[str, int, int], str]] = []
+        for spec in sorted(ranges, key=lambda r: r[1] - r[2]):  # most rows first
+            w = min(workers, key=lambda a: load[a])
+            load[w] += spec[2] - spec[1]
+            placed.append((spec, w))
+        parts = [client.submit(_read_partition, *spec, holdout, workers=[w], allow_other_workers=False, pure=False)
+                 for spec, w in placed]
+        wait(parts)
+        for fut in parts:
+            if fut.status == "error":
+                fut.result()  # raises the worker's error here
+        sizes = client.gather([client.submit(_sizes, f, workers=[w], pure=False)
+                               for f, (_, w) in zip(parts, placed, strict=True)])
+
+        def piece(i: int, j: int) -> Any:
+            return client.submit(operator.itemgetter(j), parts[i], workers=[placed[i][1]], allow_other_workers=False,
+                                 pure=False)
+
+        train = [i for i, (n, _) in enumerate(sizes) if n]
+        if not train:
+            raise ValueError(f"LGBM.fit_dask: {path}: no training rows left after holding out {holdout.size} "
+                             f"profile(s)")
+        xs = {i: piece(i, 0) for i in train}
+        ys = {i: piece(i, 1) for i in train}
+        X = da.concatenate([da.from_delayed(xs[i], shape=(sizes[i][0], len(FEATURES)), dtype=np.float32)
+                            for i in train])
+        y = da.concatenate([da.from_delayed(ys[i], shape=(sizes[i][0],), dtype=np.float32) for i in train])
+        rows_per_worker: dict[str, int] = {}
+        for i in train:
+            rows_per_worker[placed[i][1]] = rows_per_worker.get(placed[i][1], 0) + sizes[i][0]
+
+        kwargs = {_SKLEARN_NAMES.get(k, k): v for k, v in self.params.items() if k not in ("num_threads", "n_jobs")}
+        est = DaskLGBMRegressor(client=client, n_estimators=self.n_estimators, **kwargs)
+        with warnings.catch_warnings():
+            # lightgbm.dask sets num_threads to each worker's thread count and says so about n_jobs
+            warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+            est.fit(X, y)
+        text = est.booster_.model_to_string()
+        del est, X, y
+
+        held = [i for i, (_, n) in enumerate(sizes) if n]
+        x_val = y_val = None
+        if held:
+            got = client.gather([[piece(i, 2), piece(i, 3)] for i in held])
+            x_val = np.concatenate([g[0] for g in got])
+            y_val = np.concatenate([g[1] for g in got])
+        booster = lgb.Booster(model_str=text)
+        if self.early_stopping_rounds and x_val is not None:
+            best = _early_stopping_iteration(booster, x_val, y_val, int(self.early_stopping_rounds))
+            if best < booster.current_iteration():
+                text = booster.model_to_string(num_iteration=best)
+                booster = lgb.Booster(model_str=text)
+        self.booster = booster
+
+        by_worker = {w: [i for i in train if placed[i][1] == w] for w in rows_per_worker}
+        errs = client.gather([client.submit(_squared_error, text, [xs[i] for i in idx], [ys[i] for i in idx],
+                                            int(nthreads.get(w, 1)), workers=[w], pure=False)
+                              for w, idx in by_worker.items()])
+        n_train = sum(n for _, n in errs)
+        machines = re.search(r"^\[num_machines: (\d+)\]$", text, flags=re.MULTILINE)
+        hist: dict[str, Any] = {
+            "n_trees": self.n_trees, "added_trees": self.n_trees, "n_train": n_train,
+            "train_rmse_k": float(np.sqrt(sum(e for e, _ in errs) / n_train)),
+            "n_val": 0 if y_val is None else int(y_val.size),
+            "val_rmse_k": None if x_val is None else _rmse(self.predict(x_val), y_val),
+            "n_workers": int(machines.group(1)) if machines else 1, "n_partitions": len(train),
+            "rows_per_worker": rows_per_worker,
+        }
+        hist["seconds"] = round(time.perf_counter() - t0, 3)
+        return hist
 
     def finetune(self, X: ArrayLike, y: ArrayLike, *, n_more: int = 100,
                  val: tuple[ArrayLike, ArrayLike] | None = None, **params: Any) -> dict[str, Any]:
