@@ -1,0 +1,611 @@
+"""Data-parallel pre-training of the torch LST models across Dask workers (``torch.distributed``).
+
+:func:`pretrain_distributed` trains one model on the simulation table with one rank per Dask worker:
+
+1. a plan task on one worker lists the table's part files and their row groups and balances them
+   into ``world_size`` shards (whole files when there are enough, else row groups, else row ranges);
+2. each worker reads its own shard (only the needed columns), computes
+   :func:`~sftl_dask.features.feature_matrix` and splits the held-out profiles off as its local
+   validation shard; the shard stays in that worker's memory, the data never passes through the driver;
+3. the normalisation statistics are global: each shard returns counts, means and sums of squared
+   deviations, combined on the driver, which builds the model with them and sends it to the workers;
+4. one training task per worker, all running at once, joins a ``torch.distributed`` process group
+   (gloo on CPU, NCCL on GPU) and trains under ``DistributedDataParallel``: gradients are averaged
+   every step, every rank takes the same number of steps, and the validation RMSE is all-reduced so
+   every rank takes the same early-stopping decision; rank 0 returns the best state.
+
+The optimiser, learning-rate schedule and loss are those of :func:`sftl_dask.models.trainer.fit_torch`.
+``torch.distributed`` keeps one process group per process: each rank needs a worker process of its
+own (``LocalCluster(processes=True)``, as :func:`sftl_dask.cluster.get_client` makes), and one worker
+runs one distributed training at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+import inspect
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sftl_dask.features import REQUIRED_INPUTS, feature_matrix
+
+__all__ = ["BACKENDS", "pretrain_distributed"]
+
+#: Process-group backends: ``auto`` is NCCL when every rank has a GPU of its own, else gloo.
+BACKENDS = ("auto", "gloo", "nccl")
+
+#: Columns read from the simulation table.
+_COLUMNS: tuple[str, ...] = (*REQUIRED_INPUTS, "lst", "profile_id")
+_STD_EPS = 1e-6  # added to feature standard deviations, as stages._new_model does
+_POLL_S = 0.5  # driver polling interval while the ranks train (s)
+
+
+# ----------------------------------------------------------------------------------------- planning
+@dataclass(frozen=True)
+class _ShardSpec:
+    """What one rank reads: row groups of some part files, optionally a row range of their concatenation."""
+
+    rank: int
+    pieces: tuple[tuple[str, tuple[int, ...]], ...]  # (file, row-group indices)
+    rows: tuple[int, int] | None  # [start, stop) of the concatenated pieces; None: all
+    label: str  # names the table and the part for error messages
+
+
+def _part_files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        raise ValueError(f"{path}: simulation table directory not found")
+    files = sorted(f for f in path.glob("*.parquet") if f.is_file() and not f.name.startswith(("_", ".")))
+    if not files:
+        raise ValueError(f"{path}: no Parquet part files (part-*.parquet)")
+    return files
+
+
+def _plan_shards(path: str, world_size: int) -> list[_ShardSpec]:
+    """Split the table at ``path`` into ``world_size`` shards of about equal rows (runs on a worker).
+
+    Row groups (whole files when each file is one row group) are dealt largest first to the rank
+    with the fewest rows; with fewer row groups than ranks every rank takes a row range instead.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(path)
+    units: list[tuple[str, int, int]] = []  # (file, row group, rows)
+    for f in _part_files(root):
+        try:
+            meta = pq.ParquetFile(f).metadata
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ValueError(f"{f}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        names = set(meta.schema.names)
+        missing = [c for c in _COLUMNS if c not in names]
+        if missing:
+            raise ValueError(f"{f}: missing column(s) {', '.join(missing)}")
+        units += [(str(f), g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
+                  if meta.row_group(g).num_rows > 0]
+    total = sum(u[2] for u in units)
+    if total == 0:
+        raise ValueError(f"{root}: table has no rows")
+
+    def spec(rank: int, chosen: Iterable[tuple[str, int, int]], rows: tuple[int, int] | None) -> _ShardSpec:
+        by_file: dict[str, list[int]] = {}
+        for f, g, _ in sorted(chosen):
+            by_file.setdefault(f, []).append(g)
+        pieces = tuple((f, tuple(gs)) for f, gs in by_file.items())
+        parts = ", ".join(Path(f).name for f in by_file)
+        where = f"rows {rows[0]}-{rows[1]} of " if rows is not None else ""
+        return _ShardSpec(rank, pieces, rows, f"{root} (rank {rank}: {where}{parts or 'nothing'})")
+
+    if len(units) >= world_size:
+        load = [0] * world_size
+        assigned: list[list[tuple[str, int, int]]] = [[] for _ in range(world_size)]
+        for u in sorted(units, key=lambda u: -u[2]):  # stable: equal-sized files go round-robin
+            r = min(range(world_size), key=lambda i: (load[i], i))
+            assigned[r].append(u)
+            load[r] += u[2]
+        return [spec(r, assigned[r], None) for r in range(world_size)]
+    bounds = [r * total // world_size for r in range(world_size + 1)]
+    return [spec(r, units, (bounds[r], bounds[r + 1])) for r in range(world_size)]
+
+
+# ----------------------------------------------------------------------------------- shards (workers)
+@dataclass
+class _Shard:
+    """One rank's data, kept in its worker's memory between the statistics and the training tasks."""
+
+    label: str
+    x: NDArray[np.float32]  # training features (n, n_features), feature units
+    y: NDArray[np.float32]  # training LST (K)
+    x_val: NDArray[np.float32]
+    y_val: NDArray[np.float32]
+
+
+def _load_shard(spec: _ShardSpec, holdout: NDArray[np.int64]) -> _Shard:
+    """Read a shard's columns, compute the features and split off the held-out profiles (runs on a worker)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for f, groups in spec.pieces:
+        try:
+            tables.append(pq.ParquetFile(f).read_row_groups(list(groups), columns=list(_COLUMNS)))
+        except (OSError, pa.ArrowInvalid, KeyError) as exc:
+            raise ValueError(f"{f}: cannot read columns {', '.join(_COLUMNS)} ({str(exc).splitlines()[0]})") from None
+    table = pa.concat_tables(tables) if tables else None
+    if table is not None and spec.rows is not None:
+        table = table.slice(spec.rows[0], spec.rows[1] - spec.rows[0])
+    if table is None or table.num_rows == 0:
+        raise ValueError(f"{spec.label}: empty shard (no rows); use fewer workers (n_workers)")
+    cols = {c: table.column(c).to_numpy() for c in _COLUMNS}
+    try:
+        x = feature_matrix(cols)
+    except ValueError as exc:
+        raise ValueError(f"{spec.label}: {exc}") from None
+    y = np.asarray(cols["lst"], dtype=np.float32)
+    bad = int((~np.isfinite(y)).sum())
+    if bad:
+        raise ValueError(f"{spec.label}: column lst has {bad} non-finite value(s)")
+    held = np.isin(np.asarray(cols["profile_id"], dtype=np.int64), holdout)
+    if held.all():
+        raise ValueError(f"{spec.label}: empty shard (every row is in holdout_profiles); use fewer workers")
+    return _Shard(spec.label, np.ascontiguousarray(x[~held]), y[~held], np.ascontiguousarray(x[held]), y[held])
+
+
+def _shard_stats(shard: _Shard) -> dict[str, Any]:
+    """Count, mean and sum of squared deviations of the training features and LST, float64 (runs on a worker)."""
+    x = shard.x.astype(np.float64)
+    y = shard.y.astype(np.float64)
+    mx, my = x.mean(axis=0), float(y.mean())
+    return {"n": x.shape[0], "x_mean": mx, "x_m2": ((x - mx) ** 2).sum(axis=0), "y_mean": my,
+            "y_m2": float(((y - my) ** 2).sum()), "n_val": int(shard.y_val.shape[0])}
+
+
+def _combine_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Global mean and population standard deviation from per-shard statistics (Chan et al. pairwise update)."""
+    n = sum(int(p["n"]) for p in parts)
+    out: dict[str, Any] = {"n": n, "n_val": sum(int(p["n_val"]) for p in parts)}
+    for key in ("x", "y"):
+        mean = sum(p["n"] * np.asarray(p[f"{key}_mean"], dtype=np.float64) for p in parts) / n
+        m2 = sum(np.asarray(p[f"{key}_m2"], dtype=np.float64) + p["n"] * (np.asarray(p[f"{key}_mean"]) - mean) ** 2
+                 for p in parts)
+        out[f"{key}_mean"], out[f"{key}_std"] = mean, np.sqrt(m2 / n)
+    return out
+
+
+# ------------------------------------------------------------------------------------- cluster probes
+def _probe() -> dict[str, Any]:
+    """Process, host and GPU identity of a worker (runs there through ``client.run``)."""
+    import os
+    import socket
+
+    import torch
+
+    info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "n_gpu": 0, "gpu0": None}
+    if torch.cuda.is_available():
+        info["n_gpu"] = torch.cuda.device_count()
+        info["gpu0"] = str(getattr(torch.cuda.get_device_properties(0), "uuid", "")) or None
+    return info
+
+
+def _free_port() -> int:
+    """A TCP port free on this worker's host (bound to port 0 and released)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _select_workers(client: Any, n_workers: int | None) -> list[str]:
+    workers = sorted(client.scheduler_info()["workers"])
+    if not workers:
+        raise ValueError("pretrain_distributed: the Dask client has no workers")
+    if n_workers is not None:
+        if n_workers < 1:
+            raise ValueError(f"pretrain_distributed: n_workers must be >= 1, got {n_workers}")
+        if n_workers > len(workers):
+            raise ValueError(f"pretrain_distributed: n_workers={n_workers} but the cluster has {len(workers)} "
+                             "worker(s)")
+        workers = workers[:n_workers]
+    return workers
+
+
+def _devices(infos: Sequence[Mapping[str, Any]], backend: str) -> tuple[str, list[int | None]]:
+    """The backend and each rank's CUDA device index (None: CPU).
+
+    A rank uses ``cuda:0`` when the workers of its host see different GPUs as device 0 (one GPU per
+    worker, as dask-cuda sets ``CUDA_VISIBLE_DEVICES``), else ``cuda:<its index among the host's ranks>``.
+    NCCL needs a GPU of its own per rank; ``auto`` falls back to gloo on CPU otherwise.
+    """
+    local: list[int] = []
+    seen: dict[str, int] = {}
+    for info in infos:
+        local.append(seen.get(info["host"], 0))
+        seen[info["host"]] = local[-1] + 1
+    idx: list[int | None] = []
+    for info, lr in zip(infos, local, strict=True):
+        peers = [i for i in infos if i["host"] == info["host"]]
+        own_gpu0 = all(p["gpu0"] for p in peers) and len({p["gpu0"] for p in peers}) == len(peers)
+        idx.append(0 if info["n_gpu"] and own_gpu0 else (lr if lr < info["n_gpu"] else None))
+    gpus_ok = all(i is not None for i in idx)
+    if backend == "nccl" and not gpus_ok:
+        raise ValueError("pretrain_distributed: backend 'nccl' needs one GPU per rank; workers have "
+                         f"{[i['n_gpu'] for i in infos]} GPU(s) for {len(infos)} rank(s) (use 'gloo' or 'auto')")
+    chosen = "nccl" if backend == "nccl" or (backend == "auto" and gpus_ok) else "gloo"
+    return chosen, (idx if chosen == "nccl" else [None] * len(infos))
+
+
+# ------------------------------------------------------------------------------------ training (ranks)
+def _param_checksum(model: Any) -> str:
+    """SHA-256 of the model's parameters (state-dict order, CPU bytes): equal on ranks holding equal weights."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _train_rank(shard: _Shard, model: Any, rank: int, world_size: int, init_method: str, backend: str,
+                cuda_index: int | None, cfg: Mapping[str, Any], topic: str | None) -> dict[str, Any]:
+    """One rank of the data-parallel training (a Dask task pinned to its worker)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        raise RuntimeError(f"rank {rank}: this worker is already in a torch.distributed process group "
+                           "(another distributed training running on it?)")
+    try:
+        from distributed import get_worker
+
+        worker: Any = get_worker()
+        threads = int(getattr(worker.state, "nthreads", 0) or getattr(worker, "nthreads", 0) or 0)
+    except (ImportError, ValueError):
+        worker, threads = None, 0
+    device = torch.device("cuda", cuda_index) if cuda_index is not None else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+    def log(entry: dict[str, Any]) -> None:  # rank 0 relays each epoch's log to the driver
+        if rank == 0 and worker is not None and topic is not None:
+            worker.log_event(topic, entry)
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=float(cfg["timeout_s"])))
+        try:
+            with torch.random.fork_rng(devices=[cuda_index] if cuda_index is not None else []):
+                torch.manual_seed(int(np.random.SeedSequence([int(cfg["seed"]), rank]).generate_state(1)[0]))
+                return _ddp_loop(shard, model, rank, world_size, device, cfg, log)
+        finally:
+            dist.destroy_process_group()
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _ddp_loop(shard: _Shard, model: Any, rank: int, world_size: int, device: Any, cfg: Mapping[str, Any],
+              log: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    from sftl_dask.models.trainer import _as_xy
+
+    t0 = time.perf_counter()
+    xt, yt = _as_xy(f"{shard.label} train", shard.x, shard.y, int(model.n_features))
+    model = model.to(device)
+    # parameters the forward never uses (e.g. CNN's empty CLS token) would stall DDP's gradient
+    # reduction; fit_torch leaves them untouched (no gradient), so freeze them for the run
+    frozen = _unused_parameters(model, xt[:2].to(device))
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        return _ddp_epochs(shard, model, rank, world_size, device, cfg, log, xt, yt, t0)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _unused_parameters(model: Any, xb: Any) -> list[Any]:
+    """Trainable parameters that get no gradient from a forward pass on ``xb`` (structurally unused)."""
+    was_training = model.training
+    model.eval()  # no dropout draws: the ranks' random streams stay as seeded
+    try:
+        model(xb).sum().backward()
+        unused = [p for p in model.parameters() if p.requires_grad and p.grad is None]
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return unused
+
+
+def _ddp_epochs(shard: _Shard, model: Any, rank: int, world_size: int, device: Any, cfg: Mapping[str, Any],
+                log: Callable[[dict[str, Any]], None], xt: Any, yt: Any, t0: float) -> dict[str, Any]:
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    from sftl_dask.models.finetune import trainable_parameters
+    from sftl_dask.models.trainer import _lr_factor, predict_torch
+
+    has_val = shard.y_val.shape[0] > 0
+    xv = np.ascontiguousarray(shard.x_val, dtype=np.float32)
+    yv = shard.y_val.astype(np.float64)
+    y_scale = float(model.norm.y_std) if hasattr(model, "norm") else 1.0
+    # buffers (the normalisation) are equal on every rank: no need to sync them every forward
+    sync_kw = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+               inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False})
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **sync_kw)
+    opt = torch.optim.AdamW([p for p in ddp.parameters() if p.requires_grad], lr=float(cfg["lr"]),
+                            weight_decay=float(cfg["weight_decay"]))
+    batch = max(1, int(cfg["batch_size"]) // world_size)
+    n = xt.shape[0]
+    steps_t = torch.tensor([math.ceil(n / batch)], dtype=torch.int64, device=device)
+    dist.all_reduce(steps_t, op=dist.ReduceOp.MIN)
+    steps = int(steps_t.item())
+    setup_s = time.perf_counter() - t0  # DDP construction (parameter broadcast) and the first collective
+    epochs = int(cfg["epochs"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(str(cfg["schedule"]), epochs * steps))
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([int(cfg["seed"]), rank, 1]).generate_state(1)[0]))
+    crit = nn.MSELoss() if cfg["loss"] == "mse" else nn.HuberLoss(delta=1.0)
+    patience = cfg["patience"]
+
+    hist: dict[str, Any] = {"epoch": [], "train_rmse_k": [], "val_rmse_k": [], "lr": []}
+    best_val, best_epoch, best_state, bad, stopped = math.inf, -1, None, 0, False
+    epoch = 0
+    for epoch in range(epochs):
+        ddp.train()
+        sq = torch.zeros((), dtype=torch.float64, device=device)
+        seen = 0
+        for idx in torch.randperm(n, generator=gen)[: steps * batch].split(batch):
+            xb, yb = xt[idx].to(device), yt[idx].to(device)
+            pred = ddp(xb)
+            loss = crit(pred / y_scale, yb / y_scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            sq += ((pred.detach() - yb) ** 2).sum().double()
+            seen += int(idx.numel())
+        val_sse = 0.0
+        if has_val:
+            val_sse = float(np.sum((predict_torch(model, xv).astype(np.float64) - yv) ** 2))
+        tot = torch.tensor([float(sq), float(seen), val_sse, float(yv.shape[0])], dtype=torch.float64,
+                           device=device)
+        dist.all_reduce(tot, op=dist.ReduceOp.SUM)  # identical on every rank: same decisions below
+        g_sq, g_seen, g_vsse, g_nval = (float(v) for v in tot.cpu())
+        entry: dict[str, Any] = {"epoch": epoch, "train_rmse_k": math.sqrt(g_sq / g_seen),
+                                 "val_rmse_k": math.sqrt(g_vsse / g_nval) if g_nval else None,
+                                 "lr": float(opt.param_groups[-1]["lr"])}
+        if entry["val_rmse_k"] is not None:
+            if entry["val_rmse_k"] < best_val:
+                best_val, best_epoch, bad = entry["val_rmse_k"], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+        for k in ("epoch", "train_rmse_k", "val_rmse_k", "lr"):
+            hist[k].append(entry[k])
+        log(entry)
+        if patience is not None and g_nval and bad >= int(patience):
+            stopped = True
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    hist.update(best_epoch=best_epoch if best_state is not None else epoch,
+                best_val_rmse_k=best_val if best_state is not None else None, stopped_early=stopped,
+                trainable_parameters=trainable_parameters(model), steps_per_epoch=steps, batch_per_rank=batch,
+                setup_seconds=round(setup_s, 3), seconds=round(time.perf_counter() - t0, 3))
+    out: dict[str, Any] = {"rank": rank, "checksum": _param_checksum(model), "n_train": n,
+                           "n_val": int(yv.shape[0])}
+    if rank == 0:
+        out["history"] = hist
+        out["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return out
+
+
+# ------------------------------------------------------------------------------------------- driver
+def _wait(client: Any, futures: Sequence[Any], workers: Sequence[str], topic: str,
+          progress: Callable[[dict[str, Any]], None] | None) -> list[Any]:
+    """Gather the rank results, failing fast on the first error or a lost worker, relaying progress."""
+    from distributed import wait
+
+    delivered = 0
+
+    def relay() -> None:
+        nonlocal delivered
+        if progress is None:
+            return
+        events = list(client.get_events(topic))
+        for _, entry in events[delivered:]:
+            progress(dict(entry))
+        delivered = len(events)
+
+    while True:
+        try:
+            wait(futures, timeout=_POLL_S)
+        except TimeoutError:  # nothing new within the poll interval
+            pass
+        relay()
+        for f in futures:
+            if f.status == "error":
+                f.result()  # raises the rank's exception on the driver
+        if all(f.done() for f in futures):
+            break
+        lost = set(workers) - set(client.scheduler_info()["workers"])
+        if lost:
+            raise RuntimeError(f"pretrain_distributed: worker(s) {', '.join(sorted(lost))} left the cluster "
+                               "during training")
+    # rank 0 logs each epoch before its task finishes, through the same worker-to-scheduler stream
+    relay()
+    return client.gather(list(futures))
+
+
+def pretrain_distributed(
+    model_name: str,
+    sim_path: str | Path,
+    *,
+    client: Any,
+    model_params: Mapping[str, Any] | None = None,
+    epochs: int = 10,
+    batch_size: int = 8192,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    holdout_profiles: Iterable[int] = (),
+    seed: int = 0,
+    n_workers: int | None = None,
+    backend: str = "auto",
+    schedule: str = "cosine",
+    patience: int | None = 10,
+    loss: str = "mse",
+    timeout_s: float = 600.0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Pre-train a torch LST model data-parallel on the simulation table, one rank per Dask worker.
+
+    Parameters
+    ----------
+    model_name : {"dnn", "trf", "cnn"}
+        The torch model (:data:`sftl_dask.models.TORCH_MODELS`).
+    sim_path : path
+        Simulation table: a Parquet dataset directory (``part-*.parquet``) written by
+        :func:`sftl_dask.simulate.write_simulation`, readable by every worker at this path.
+    client : distributed.Client
+        Its workers run the ranks; each must be a process of its own.
+    model_params : mapping, optional
+        Model settings for :func:`sftl_dask.models.build_model` (e.g. ``hidden`` for DNN).
+    epochs : int
+        Maximum epochs.
+    batch_size : int
+        Global rows per optimiser step; each rank takes ``batch_size // world_size``.
+    lr : float
+        Peak learning rate.
+    weight_decay : float
+        AdamW decoupled weight decay.
+    holdout_profiles : iterable of int
+        ``profile_id`` values held out as the validation set (RMSE in K every epoch, early stopping,
+        best state restored); empty: no validation, the last state is kept.
+    seed : int
+        Seeds the model initialisation (on the driver), and each rank's shuffling and dropout.
+    n_workers : int, optional
+        Ranks (``world_size``): the first ``n_workers`` workers by address (default: all).
+    backend : {"auto", "gloo", "nccl"}
+        ``auto``: NCCL with the model and batches on each rank's GPU when every rank has a GPU of its
+        own, else gloo on CPU.
+    schedule : {"cosine", "onecycle", "constant"}
+        Per-step learning-rate schedule, as :func:`~sftl_dask.models.trainer.fit_torch`.
+    patience : int or None
+        Early-stopping patience (epochs); ``None`` never stops early.
+    loss : {"mse", "huber"}
+        Loss on the standardised target.
+    timeout_s : float
+        Process-group timeout (s): rendezvous and collectives fail after it instead of hanging on a
+        dead or missing peer.
+    progress : callable, optional
+        Called on the driver with each epoch's log (``epoch``, ``train_rmse_k``, ``val_rmse_k``, ``lr``),
+        relayed from rank 0 while training runs.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The trained model on the CPU, in eval mode, normalised with the global statistics of the
+        training rows (feature means / standard deviations in feature units, LST mean / std in K).
+    history : dict
+        Per-epoch lists ``epoch``, ``train_rmse_k``, ``val_rmse_k`` (K, over all ranks), ``lr``; and
+        ``best_epoch``, ``best_val_rmse_k`` (K), ``stopped_early``, ``trainable_parameters``,
+        ``seconds`` (training loop on rank 0, s), ``setup_seconds`` (of which DDP set-up, s),
+        ``wall_seconds`` (the whole call, s), ``n_train``, ``n_val`` (rows, all ranks),
+        ``rows_per_rank``, ``steps_per_epoch``, ``batch_per_rank``, ``world_size``, ``backend``,
+        ``device``, ``workers`` and ``param_checksums`` (SHA-256 of each rank's final parameters:
+        all equal, as the gradients are averaged).
+
+    Raises
+    ------
+    ValueError
+        Naming the path, file or column: directory not found, no part files, a missing column, an
+        empty shard (more ranks than rows or every row of a shard held out), invalid feature inputs;
+        a client without workers, ``n_workers`` larger than the cluster, an unknown model, backend,
+        schedule or loss, bad settings, or workers sharing a process.
+    RuntimeError
+        If a worker leaves the cluster during training or the ranks end with different parameters.
+    """
+    from distributed.comm import get_address_host
+
+    from sftl_dask.models import TORCH_MODELS, build_model
+    from sftl_dask.models.trainer import SCHEDULES
+
+    t_start = time.perf_counter()
+    name = str(model_name).lower()
+    if name not in TORCH_MODELS:
+        raise ValueError(f"pretrain_distributed: model {model_name!r} is not a torch model; choose from "
+                         f"{', '.join(TORCH_MODELS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"pretrain_distributed: backend {backend!r} unknown; choose from {', '.join(BACKENDS)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"pretrain_distributed: schedule {schedule!r} unknown; choose from {', '.join(SCHEDULES)}")
+    if loss not in ("mse", "huber"):
+        raise ValueError(f"pretrain_distributed: loss {loss!r} unknown; choose from mse, huber")
+    if epochs < 1 or batch_size < 1 or not lr > 0 or weight_decay < 0 or not timeout_s > 0:
+        raise ValueError("pretrain_distributed: need epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0, "
+                         f"timeout_s > 0; got {epochs}, {batch_size}, {lr}, {weight_decay}, {timeout_s}")
+    if client is None:
+        raise ValueError("pretrain_distributed: a Dask client is required")
+    workers = _select_workers(client, n_workers)
+    world_size = len(workers)
+    if batch_size < world_size:
+        raise ValueError(f"pretrain_distributed: batch_size {batch_size} is smaller than world_size {world_size}")
+    infos_by_addr = client.run(_probe, workers=list(workers))
+    infos = [infos_by_addr[w] for w in workers]
+    if len({(i["host"], i["pid"]) for i in infos}) < world_size:
+        raise ValueError("pretrain_distributed: workers share a process; torch.distributed needs one worker "
+                         "process per rank (LocalCluster(processes=True))")
+    chosen, cuda_idx = _devices(infos, backend)
+
+    pin = {"allow_other_workers": False, "pure": False}
+    sim = str(Path(sim_path))
+    specs = client.submit(_plan_shards, sim, world_size, workers=[workers[0]], **pin).result()
+    holdout = np.unique(np.asarray(list(holdout_profiles), dtype=np.int64))
+    shards = [client.submit(_load_shard, s, holdout, workers=[w], **pin) for s, w in zip(specs, workers, strict=True)]
+    futures: list[Any] = list(shards)
+    try:
+        stats = _combine_stats(client.gather([client.submit(_shard_stats, s, workers=[w], **pin)
+                                              for s, w in zip(shards, workers, strict=True)]))
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(name, int(stats["x_mean"].shape[0]), stats["x_mean"], stats["x_std"] + _STD_EPS,
+                                target_mean=float(stats["y_mean"]), target_std=float(stats["y_std"]),
+                                **dict(model_params or {}))
+        host = get_address_host(workers[0])
+        port = client.run(_free_port, workers=[workers[0]])[workers[0]]
+        init_method = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+        cfg = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
+               "schedule": schedule, "patience": patience, "loss": loss, "timeout_s": timeout_s}
+        topic = f"sftl-pretrain-distributed-{uuid.uuid4().hex}"
+        runs = [client.submit(_train_rank, s, model, rank, world_size, init_method, chosen, cuda_idx[rank], cfg,
+                              topic, workers=[w], **pin)
+                for rank, (s, w) in enumerate(zip(shards, workers, strict=True))]
+        futures += runs
+        results = _wait(client, runs, workers, topic, progress)
+    finally:
+        client.cancel(futures)
+    sums = [r["checksum"] for r in results]
+    if len(set(sums)) != 1:
+        raise RuntimeError(f"pretrain_distributed: ranks ended with different parameters ({sums})")
+    model.load_state_dict(results[0]["state"])
+    model.eval()
+    hist = dict(results[0]["history"])
+    hist.update(n_train=sum(r["n_train"] for r in results), n_val=sum(r["n_val"] for r in results),
+                rows_per_rank=[r["n_train"] for r in results], world_size=world_size, backend=chosen,
+                device="cuda" if chosen == "nccl" else "cpu", workers=list(workers), param_checksums=sums,
+                wall_seconds=round(time.perf_counter() - t_start, 3))
+    return model, hist
