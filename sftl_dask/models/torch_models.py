@@ -286,12 +286,15 @@ class TrF(LSTModel):
         Feed-forward width as a multiple of ``d_model``.
     dropout : float
     pooling : {"cls", "mean"}
+    linear_skip : bool
+        Add a linear path from the standardised features to the output (part of the stem layer group),
+        so the tokens learn the non-linear correction to a split-window-like linear retrieval.
     """
 
     def __init__(self, n_features: int, norm_mean: ArrayLike | None = None, norm_std: ArrayLike | None = None, *,
                  target_mean: float = _DEFAULT_LST_MEAN_K, target_std: float = _DEFAULT_LST_STD_K,
                  d_model: int = 32, heads: int = 2, layers: int = 2, ff_mult: int = 2, dropout: float = 0.0,
-                 pooling: str = "cls") -> None:
+                 pooling: str = "cls", linear_skip: bool = True) -> None:
         super().__init__(n_features, norm_mean, norm_std, target_mean, target_std)
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
@@ -302,19 +305,24 @@ class TrF(LSTModel):
         self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, d_model), nn.GELU(),
                                   nn.Linear(d_model, 1))
         self.cls_pooling = pooling == "cls"
+        # an optional linear path from the standardised features (a split-window-like linear retrieval) that
+        # the tokens refine; a (n_features -> 0) layer when off keeps the scripted graph uniform
+        self.skip = nn.Linear(self.n_features, 1 if linear_skip else 0, bias=False)
         self._config = {"d_model": d_model, "heads": heads, "layers": layers, "ff_mult": ff_mult,
-                        "dropout": dropout, "pooling": pooling}
+                        "dropout": dropout, "pooling": pooling, "linear_skip": linear_skip}
 
     def _stem(self) -> list[nn.Module]:
-        return [self.tokenizer]
+        return [self.tokenizer, self.skip]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """LST (K), shape ``(batch,)``, from raw features of shape ``(batch, n_features)``."""
-        h = self.tokenizer(self.norm(x))
+        z = self.norm(x)
+        h = self.tokenizer(z)
         for block in self.blocks:
             h = block(h)
         pooled = h[:, 0] if self.cls_pooling else h.mean(dim=1)
-        return self.norm.denormalize(self.head(pooled).squeeze(-1))
+        out = self.head(pooled).squeeze(-1) + self.skip(z).sum(dim=-1)
+        return self.norm.denormalize(out)
 
 
 class CNN(LSTModel):
