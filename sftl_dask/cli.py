@@ -157,6 +157,7 @@ def _train(args: argparse.Namespace, what: str) -> tuple[dict[str, Any], dict[st
         print(f"{cfg.name}: {what} under {out / 'work'} (reused when present)")
         data = prepare_data(cfg, out / "work", client=client)
     results = run_stages(cfg, data, out, threads=args.threads)
+    results.pop("cross_site_predictions").to_parquet(out / "cross_site_predictions.parquet")
     _atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=float))
     return data, results, out
 

@@ -133,14 +133,86 @@ def test_experiment_grid_runs_as_one_dask_job_and_records_failures(trained, tmp_
                      "seeds": [0], "params_lgbm": {"n_estimators": 30}})
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(cfg))
     with get_client(n_workers=2) as client:
-        table = run_experiment(tmp_path / "grid.yaml", tmp_path / "exp", client=client)
-    # dnn x 2 strategies x 2 directions + lgbm x 1 variant x 2 directions
-    assert len(table) == 6 and set(table["direction"]) == {"SiHuHe", "SiHeHu"}
+        table = run_experiment(tmp_path / "grid.yaml", tmp_path / "exp", client=client, log=lambda *_: None)
+    # dnn x 2 strategies x 2 directions + lgbm x 1 variant x 2 directions + the ablation: dnn again without wvc_dbt
+    assert len(table) == 10 and set(table["direction"]) == {"SiHuHe", "SiHeHu"}
+    assert (table["features"] == "-wvc_dbt").sum() == 4 and set(table[table["features"] != "all"]["model"]) == {"dnn"}
     ok = table[table["error"] == ""]
-    assert len(ok) + int((table["error"] != "").sum()) == 6
-    assert (tmp_path / "exp" / "results.parquet").exists() and "| direction |" in (tmp_path / "exp" /
-                                                                                  "summary.md").read_text()
+    assert len(ok) == 10, table["error"].tolist()
     assert (ok["trainable_parameters"] > 0).all()
+    # one pre-training per (model, seed, features): cells of a pre-training share its simulated RMSE
+    assert ok.groupby(["model", "features"])["sim_rmse_k"].nunique().max() == 1
+    # ablated models really take one feature fewer (their sim RMSE is their own)
+    dnn = ok[ok["model"] == "dnn"].groupby("features")["sim_rmse_k"].first()
+    assert dnn["all"] != dnn["-wvc_dbt"]
+    exp = tmp_path / "exp"
+    summary = (exp / "summary.md").read_text()
+    for section in ("## Targets", "## Results", "## Stage 1", "## Feature ablation", "## Recommendation"):
+        assert section in summary, section
+    for png in ("grid.png", "scatter.png", "fewshot.png"):
+        assert (exp / png).stat().st_size > 5000, png
+    pred = __import__("pandas").read_parquet(exp / "predictions.parquet")
+    assert set(pred["cell"]) == set(ok["cell"])
+    assert {"lst_insitu", "lst_sftl", "lst_split_window", "lst_direct", "lst_pixel_truth"} <= set(pred.columns)
+    # the testbed knows the pixel truth: the radiometer floor is reported and is not zero
+    assert (ok["truth_radiometer_rmse_k"] > 0.3).all() and "floor" in summary
+
+
+@pytest.mark.parametrize(
+    ("grid", "match"),
+    [({"ablation": {"drop_features": ["wvc_x"], "models": ["dnn"]}}, r"grid\.ablation\.drop_features"),
+     ({"ablation": {"drop_features": ["wvc_dbt"], "models": ["cnn"]}}, r"grid\.ablation\.models"),
+     ({"pretrain_trf": {"epochs": 0}}, r"grid\.pretrain_trf\.epochs"),
+     ({"params_dnn": [1, 2]}, r"grid\.params_dnn")],
+)
+def test_experiment_grid_bad_sections_name_the_key(tmp_path, grid, match):
+    from sftl_dask.training.experiment import load_grid
+
+    g = {"models": ["dnn"], "strategies": ["head"], "directions": ["SiHuHe"], "seeds": [0], **grid}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(dict(BASE, grid=g)))
+    with pytest.raises(ValueError, match=match):
+        load_grid(tmp_path / "g.yaml")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [({"model": {"name": "dnn", "drop_features": ["nope"]}}, r"model\.drop_features"),
+     ({"model": {"name": "dnn", "features": "wvc"}}, r"model\.features"),
+     ({"transfer": {"k": [5], "strategy": "prune"}}, r"transfer\.strategy"),
+     ({"transfer": {"k": [5], "epochs": 0}}, r"transfer\.epochs")],
+)
+def test_bad_feature_and_transfer_settings_name_the_key(tmp_path, change, match):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({**BASE, **change}))
+    with pytest.raises(ValueError, match=match):
+        load_config(p)
+
+
+def test_feature_ablation_trains_and_exports_without_the_feature(trained, tmp_path):
+    from sftl_dask.features import FEATURES
+    from sftl_dask.models.artifact import load_artifact
+    from sftl_dask.training.stages import model_features, prepare_data, run_stages
+
+    out, _ = trained
+    cfg_d = dict(BASE, model={"name": "dnn", "params": {"hidden": [16]}, "drop_features": ["wvc_dbt"]},
+                 data={"testbed": {"path": str(out / "work" / "testbed")},
+                       "simulation": {"path": str(out / "work" / "sim.parquet")}},
+                 transfer={"k": [5], "repeats": 1, "strategy": "head", "epochs": 5})
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump(cfg_d))
+    cfg = load_config(tmp_path / "abl.yaml")
+    assert model_features(cfg) == tuple(f for f in FEATURES if f != "wvc_dbt")
+    data = prepare_data(cfg, out / "work")
+    assert data["matchups"]["lst_pixel_truth"].notna().any()
+    res = run_stages(cfg, data, tmp_path / "o", threads=1, log=lambda *_: None)
+    art = load_artifact(tmp_path / "o" / "model")
+    assert art.features == model_features(cfg) and art.n_features == len(FEATURES) - 1
+    assert res["features"] == list(model_features(cfg))
+    t = res["stage3_transfer"]["against_pixel_truth"]
+    assert t["radiometer"]["n"] == t["zero_shot"]["n"] == res["stage3_transfer"]["zero_shot"]["n"]
+    pred = res["cross_site_predictions"]
+    assert len(pred) == t["zero_shot"]["n"]
+    assert np.sqrt(np.mean((pred["lst_sftl"] - pred["lst_pixel_truth"]) ** 2)) == pytest.approx(
+        t["zero_shot"]["rmse_k"], rel=1e-4)
 
 
 def test_experiment_grid_refuses_unknown_model_naming_the_key(tmp_path):
@@ -150,3 +222,23 @@ def test_experiment_grid_refuses_unknown_model_naming_the_key(tmp_path):
                                                                       "directions": ["SiHuHe"], "seeds": [0]})))
     with pytest.raises(ValueError, match=r"grid\.models"):
         load_grid(tmp_path / "g.yaml")
+
+
+def test_distributed_pretraining_through_the_stage_matches_single_process(trained, tmp_path):
+    from sftl_dask.cluster import get_client
+    from sftl_dask.training.stages import prepare_data, pretrain
+
+    out, _ = trained
+    base = dict(BASE, data={"testbed": {"path": str(out / "work" / "testbed")},
+                            "simulation": {"path": str(out / "work" / "sim.parquet")}},
+                pretrain={**BASE["pretrain"], "epochs": 6})
+    (tmp_path / "single.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump({**base, "pretrain": {**base["pretrain"], "distributed": True}}))
+    cfg1, cfg2 = load_config(tmp_path / "single.yaml"), load_config(tmp_path / "ddp.yaml")
+    data = prepare_data(cfg1, out / "work")
+    _, single = pretrain(cfg1, data, threads=1, log=lambda *_: None)
+    with get_client(n_workers=2) as client:
+        _, ddp = pretrain(cfg2, data, client=client, log=lambda *_: None)
+    # same held-out rows, comparable accuracy
+    assert ddp["model"]["n"] == single["model"]["n"] > 0
+    assert ddp["model"]["rmse_k"] < 1.5 * single["model"]["rmse_k"]

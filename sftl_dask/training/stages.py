@@ -28,7 +28,7 @@ import pandas as pd
 
 from sftl_dask.features import FEATURES, feature_matrix
 
-__all__ = ["TrainConfig", "load_config", "metrics", "prepare_data", "pretrain", "run_stages"]
+__all__ = ["TrainConfig", "load_config", "metrics", "model_features", "prepare_data", "pretrain", "run_stages"]
 
 _MODELS = ("dnn", "trf", "cnn", "rf", "lgbm")
 _STRATEGIES = ("full", "head", "gradual", "adapter", "lora")
@@ -83,15 +83,30 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     model = dict(raw["model"] or {})
     if str(model.get("name", "")).lower() not in _MODELS:
         raise ValueError(f"{path}: model.name {model.get('name')!r} unknown; choose from {', '.join(_MODELS)}")
+    for key in ("features", "drop_features"):
+        names = model.get(key)
+        if names is not None and (not isinstance(names, list) or [f for f in names if f not in FEATURES]):
+            raise ValueError(f"{path}: model.{key} must be a list of features from {', '.join(FEATURES)} "
+                             f"(got {names!r})")
     ft = dict(raw["finetune"] or {})
     if str(ft.get("strategy", "")).lower() not in _STRATEGIES:
         raise ValueError(f"{path}: finetune.strategy {ft.get('strategy')!r} unknown; choose from "
                          f"{', '.join(_STRATEGIES)}")
     if ft.get("split", "chronological") not in ("chronological", "site"):
         raise ValueError(f"{path}: finetune.split must be 'chronological' or 'site'")
+    tr = dict(raw.get("transfer") or {})
+    if "strategy" in tr and str(tr["strategy"]).lower() not in _STRATEGIES:
+        raise ValueError(f"{path}: transfer.strategy {tr['strategy']!r} unknown; choose from {', '.join(_STRATEGIES)}")
+    for key in ("epochs", "lr"):
+        if key in tr and not (isinstance(tr[key], int | float) and tr[key] > 0):
+            raise ValueError(f"{path}: transfer.{key} must be a positive number")
     src, tgt = _DIRECTIONS[direction]
     if raw.get("source_region", src) != src or raw.get("target_region", tgt) != tgt:
         raise ValueError(f"{path}: direction {direction} means source {src} and target {tgt}")
+    from sftl_dask.models.trainer import SCHEDULES
+
+    if str(raw["pretrain"].get("schedule", "cosine")) not in SCHEDULES:
+        raise ValueError(f"{path}: pretrain.schedule must be one of {', '.join(SCHEDULES)}")
     for sect in ("pretrain", "finetune"):
         for key in ("epochs", "lr"):
             if key in raw[sect] and not (isinstance(raw[sect][key], int | float) and raw[sect][key] > 0):
@@ -166,8 +181,24 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, 
                client=client)
         build_matchups(cube, tb / "insitu", tb / "sites.csv").to_parquet(mu_path)
     matchups = validate_matchups(pd.read_parquet(mu_path), source=str(mu_path))
+    truth_csv = tb / "truth" / "site_overpass_truth.csv"
+    if truth_csv.is_file():
+        matchups = _with_pixel_truth(matchups, truth_csv)
     return {"sim": sim, "sw": json.loads(sw_path.read_text()), "matchups": matchups, "testbed": tb,
             "matchups_path": mu_path, "table": table}
+
+
+def _with_pixel_truth(matchups: pd.DataFrame, truth_csv: Path) -> pd.DataFrame:
+    """Add ``lst_pixel_truth`` (K): the testbed's true pixel LST at each (scene, site), NaN where unknown.
+
+    Only a synthetic testbed knows it; it scores retrievals without the radiometer's own
+    representativeness error (the floor every retrieval meets against the radiometers).
+    """
+    truth = pd.read_csv(truth_csv, usecols=["scene_id", "site", "lst_pixel_k"])
+    truth = truth.drop_duplicates(["scene_id", "site"]).rename(columns={"lst_pixel_k": "lst_pixel_truth"})
+    out = matchups.merge(truth, on=["scene_id", "site"], how="left", validate="many_to_one")
+    out.index = matchups.index
+    return out
 
 
 def _read_sim(path: Path) -> dict[str, np.ndarray]:
@@ -201,6 +232,23 @@ def _split(frame: pd.DataFrame, how: str, test_fraction: float, seed: int) -> tu
     return frame[~is_test], frame[is_test]
 
 
+def model_features(cfg: TrainConfig) -> tuple[str, ...]:
+    """The features the configuration's model takes, in :data:`~sftl_dask.features.FEATURES` order.
+
+    ``model.features`` lists them (default: all); ``model.drop_features`` removes some (the ablation).
+    """
+    names = tuple(cfg.model.get("features") or FEATURES)
+    drop = set(cfg.model.get("drop_features") or ())
+    return tuple(f for f in FEATURES if f in names and f not in drop)
+
+
+def _features(cfg: TrainConfig, frame: Mapping[str, Any]) -> np.ndarray:
+    """The model's feature columns of ``frame`` (raw units, float32)."""
+    names = model_features(cfg)
+    x = feature_matrix(frame)
+    return x if names == FEATURES else np.ascontiguousarray(x[:, [FEATURES.index(f) for f in names]])
+
+
 def _new_model(cfg: TrainConfig, x: np.ndarray, y: np.ndarray) -> Any:
     """A fresh model of the configuration (torch models carry the normalisation of ``x`` and ``y``)."""
     from sftl_dask.models import build_model
@@ -208,8 +256,8 @@ def _new_model(cfg: TrainConfig, x: np.ndarray, y: np.ndarray) -> Any:
     name = str(cfg.model["name"]).lower()
     params = dict(cfg.model.get("params") or {})
     if name in ("rf", "lgbm"):
-        return build_model(name, len(FEATURES), **params)
-    return build_model(name, len(FEATURES), x.mean(axis=0), x.std(axis=0) + 1e-6,
+        return build_model(name, x.shape[1], **params)
+    return build_model(name, x.shape[1], x.mean(axis=0), x.std(axis=0) + 1e-6,
                        target_mean=float(y.mean()), target_std=float(y.std()), **params)
 
 
@@ -219,9 +267,15 @@ def _predict(model: Any, x: np.ndarray) -> np.ndarray:
     return model.predict(x) if hasattr(model, "n_trees") else predict_torch(model, x)
 
 
-def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None = None, log: Any = print
-             ) -> tuple[Any, dict[str, Any]]:
-    """Stage 1: the model pre-trained on the simulation, and its held-out metrics next to the split-window's."""
+def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None = None, log: Any = print,
+             client: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Stage 1: the model pre-trained on the simulation, and its held-out metrics next to the split-window's.
+
+    With a Dask ``client``, LGBM trains with ``lightgbm.dask`` across the workers (the table is read on
+    the workers), and torch models with ``pretrain.distributed: true`` train data-parallel with
+    ``torch.distributed`` (:func:`sftl_dask.training.distributed.pretrain_distributed`). Held-out
+    profiles are the same either way.
+    """
     import torch
 
     from sftl_dask.models.trainer import fit_torch
@@ -230,7 +284,7 @@ def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None =
     if threads:
         torch.set_num_threads(threads)
     table = data["table"]
-    x_sim = feature_matrix(table)
+    x_sim = _features(cfg, table)
     y_sim = np.asarray(table["lst"], dtype=np.float32)
     # hold out whole profiles
     rng = np.random.default_rng(cfg.seed)
@@ -243,12 +297,26 @@ def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None =
     model = _new_model(cfg, xtr, ytr)
     t0 = time.perf_counter()
     log(f"stage 1: pre-training {name} on {len(ytr):,} simulated samples")
-    if hasattr(model, "n_trees"):
+    distributed = client is not None and (name == "lgbm" or bool(cfg.pretrain.get("distributed", False)))
+    if distributed and model_features(cfg) != FEATURES:
+        raise ValueError(f"{cfg.source}: distributed pre-training takes all features; drop pretrain.distributed "
+                         "for a feature ablation")
+    if distributed and name == "lgbm":
+        model.fit_dask(data["sim"], client=client, holdout_profiles=sorted(held))
+    elif distributed and name in ("dnn", "trf", "cnn"):
+        from sftl_dask.training.distributed import pretrain_distributed
+
+        model, _ = pretrain_distributed(
+            name, data["sim"], client=client, model_params=dict(cfg.model.get("params") or {}),
+            epochs=int(cfg.pretrain.get("epochs", 10)), batch_size=int(cfg.pretrain.get("batch_size", 8192)),
+            lr=float(cfg.pretrain.get("lr", 2e-3)), holdout_profiles=sorted(held), seed=cfg.seed,
+            schedule=str(cfg.pretrain.get("schedule", "cosine")))
+    elif hasattr(model, "n_trees"):
         model.fit(xtr, ytr, val=(xte, yte))
     else:
         fit_torch(model, xtr, ytr, epochs=int(cfg.pretrain.get("epochs", 10)),
                   batch_size=int(cfg.pretrain.get("batch_size", 8192)), lr=float(cfg.pretrain.get("lr", 2e-3)),
-                  val=(xte, yte), seed=cfg.seed, threads=threads)
+                  val=(xte, yte), seed=cfg.seed, threads=threads, schedule=str(cfg.pretrain.get("schedule", "cosine")))
     stage1 = {"model": metrics(_predict(model, xte), yte),
               "split_window": metrics(_sw_predict(data["sw"], {k: v[is_held] for k, v in table.items()}), yte),
               "seconds": round(time.perf_counter() - t0, 1), "n_train": len(ytr)}
@@ -288,7 +356,7 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
                          float(cfg.finetune.get("test_fraction", 0.3)), cfg.seed)
 
     def xy(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        return feature_matrix(frame), frame["lst_insitu"].to_numpy(np.float32)
+        return _features(cfg, frame), frame["lst_insitu"].to_numpy(np.float32)
 
     x_ft, y_ft = xy(train)
     x_in, y_in = xy(test)
@@ -299,14 +367,20 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
     ft_kw = dict(epochs=int(cfg.finetune.get("epochs", 30)), batch_size=int(cfg.finetune.get("batch_size", 256)),
                  lr=float(cfg.finetune.get("lr", 5e-4)), seed=cfg.seed, threads=threads)
 
-    def finetune(base: Any, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
+    def finetune(base: Any, x: np.ndarray, y: np.ndarray, few_shot: bool = False) -> tuple[Any, Any]:
         m = copy.deepcopy(base)
         if tree:
-            m.finetune(x, y, n_more=int(cfg.finetune.get("n_more", 100)))
+            m.finetune(x, y, n_more=int(cfg.transfer.get("n_more", cfg.finetune.get("n_more", 100)) if few_shot
+                                        else cfg.finetune.get("n_more", 100)))
             return m, None
-        strategy = make_strategy(strat_name, **dict(cfg.finetune.get("params") or {}))
+        name, kw = strat_name, ft_kw
+        if few_shot:  # transfer.strategy / epochs / lr override the stage-2 settings for the k target samples
+            name = str(cfg.transfer.get("strategy", strat_name)).lower()
+            kw = {**ft_kw, **{k: type(ft_kw[k])(cfg.transfer[k]) for k in ("epochs", "lr") if k in cfg.transfer}}
+        params = dict(cfg.finetune.get("params") or {}) if name == strat_name else {}
+        strategy = make_strategy(name, **params)
         m = strategy.apply(m)
-        fit_torch(m, x, y, strategy=strategy, **ft_kw)
+        fit_torch(m, x, y, strategy=strategy, **kw)
         return m, strategy
 
     t0 = time.perf_counter()
@@ -346,19 +420,36 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
         for r in range(int(cfg.transfer.get("repeats", 3))):
             idx = np.random.default_rng([cfg.seed, k, r]).permutation(len(y_tg))
             few, rest = idx[:k], idx[k:]
-            adapted, _ = finetune(tuned, x_tg[few], y_tg[few])
+            adapted, _ = finetune(tuned, x_tg[few], y_tg[few], few_shot=True)
             runs.append(metrics(predict(adapted, x_tg[rest]), y_tg[rest])["rmse_k"])
         stage3["few_shot"].append({"k": k, "rmse_k_mean": float(np.mean(runs)), "rmse_k_sd": float(np.std(runs)),
                                    "repeats": len(runs)})
+    if "lst_pixel_truth" in tgt and tgt["lst_pixel_truth"].notna().all():
+        # testbed only: the same retrievals scored against the true pixel LST, and the radiometers' own error
+        truth = tgt["lst_pixel_truth"].to_numpy(np.float64)
+        stage3["against_pixel_truth"] = {
+            "zero_shot": metrics(predict(tuned, x_tg), truth),
+            "split_window": metrics(_sw_predict(data["sw"], tgt), truth),
+            "direct_training": metrics(predict(direct, x_tg), truth),
+            "radiometer": metrics(y_tg, truth),
+        }
     log(f"  cross-site RMSE {stage3['zero_shot']['rmse_k']:.2f} K (split-window "
         f"{stage3['split_window']['rmse_k']:.2f}, direct training {stage3['direct_training']['rmse_k']:.2f})")
 
+    predictions = pd.DataFrame({
+        "site": tgt["site"].to_numpy(), "time_utc": tgt["time_utc"].to_numpy(), "lst_insitu": y_tg,
+        "lst_sftl": predict(tuned, x_tg), "lst_split_window": _sw_predict(data["sw"], tgt).astype(np.float32),
+        "lst_direct": predict(direct, x_tg), "wvc": tgt["wvc"].to_numpy(np.float32),
+        "lst_pixel_truth": tgt["lst_pixel_truth"].to_numpy(np.float32) if "lst_pixel_truth" in tgt
+        else np.full(len(tgt), np.nan, np.float32)})
     results = {"config": cfg.name, "direction": cfg.direction, "model": name, "strategy": strat_name,
+               "features": list(model_features(cfg)),
                "stage1_pretrain": stage1, "stage2_finetune": stage2, "stage3_transfer": stage3,
+               "cross_site_predictions": predictions,
                "seconds": round(time.perf_counter() - t_start, 1)}
     card = {
         "name": f"{cfg.name}-{name}-{strat_name}",
-        "model": name, "strategy": strat_name, "direction": cfg.direction,
+        "model": name, "strategy": strat_name, "direction": cfg.direction, "features": list(model_features(cfg)),
         "source_region": cfg.source_region, "target_region": cfg.target_region,
         "stages": ["pretrain: simulation", f"finetune: {cfg.source_region} matchups ({strat_name})"],
         "training_tables": {"simulation": {"path": str(data["sim"]), "sha256": _sha256(Path(data["sim"]))},
