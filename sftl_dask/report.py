@@ -424,16 +424,25 @@ def _recommendation_lines(ok: pd.DataFrame) -> list[str]:
     lines = ["## Recommendation by target sample size", "",
              "Score: RMSE divided by the split-window's on the same rows, averaged over directions and seeds "
              "(lower is better). 'Clear' when the runner-up's score is higher by more than the winner's sd over "
-             "seeds and directions. The last row is the source region's own held-out scenes (many local samples).",
-             "", "| target samples | recommended | score | runner-up | score | margin |", "|---" * 6 + "|"]
+             "seeds and directions. With k target samples, the candidates are every cell adapted on them (with its "
+             "own strategy, or `transfer.strategy`) and every cell left as it is ('no adaptation'). The last row "
+             "is the source region's own held-out scenes (many local samples).",
+             "", "| target samples | recommended | score | runner-up | score | margin | best adapted on the k samples"
+             " |",
+             "|---" * 7 + "|"]
     cols = [*_learning_columns(ok),
             (f"source region, ~{ok['in_domain_n'].mean():.0f} held-out rows (in-domain)", "in_domain_rmse_k")]
     for label, col in cols:
         if col not in ok or not ok[col].notna().any():
             continue
         sw = ok["in_domain_sw_rmse_k"] if col == "in_domain_rmse_k" else ok["cross_site_sw_rmse_k"]
-        score = (ok[col] / sw).rename("score")
-        g = pd.concat([ok[["model", "strategy"]], score], axis=1).groupby(["model", "strategy"])["score"]
+        frame = pd.concat([ok[["model", "strategy"]], (ok[col] / sw).rename("score")], axis=1)
+        if col.startswith("few_shot_"):
+            # not adapting at all is a candidate too: the zero-shot model (scored on all target rows)
+            zero = ok[["model", "strategy"]].assign(strategy=ok["strategy"] + " (no adaptation)",
+                                                    score=ok["cross_site_rmse_k"] / sw)
+            frame = pd.concat([frame, zero], ignore_index=True)
+        g = frame.groupby(["model", "strategy"])["score"]
         s = pd.DataFrame({"mean": g.mean(), "sd": g.std()}).dropna(subset=["mean"]).sort_values("mean")
         if s.empty:
             continue
@@ -442,8 +451,12 @@ def _recommendation_lines(ok: pd.DataFrame) -> list[str]:
         margin = ("—" if second is None else
                   ("clear" if second["mean"] - r1["mean"] > np.nan_to_num(r1["sd"]) else "within noise"))
         runner = "—" if second is None else f"{s.index[1][0]} + {s.index[1][1]}"
+        adapted = s[[not str(st).endswith("(no adaptation)") for _, st in s.index]] if col.startswith(
+            "few_shot_") else s.iloc[:0]
+        best_adapted = ("—" if adapted.empty else f"{adapted.index[0][0]} + {adapted.index[0][1]}: "
+                        f"{_pm(adapted.iloc[0]['mean'], adapted.iloc[0]['sd'])}")
         lines.append(f"| {label} | {m1} + {s1} | {_pm(r1['mean'], r1['sd'])} | {runner} | "
-                     f"{'—' if second is None else _pm(second['mean'], second['sd'])} | {margin} |")
+                     f"{'—' if second is None else _pm(second['mean'], second['sd'])} | {margin} | {best_adapted} |")
     return [*lines, ""]
 
 
@@ -455,10 +468,13 @@ def _grid_figures(agg: pd.DataFrame, ok: pd.DataFrame, predictions: pd.DataFrame
     colors = {"dnn": "#3b75af", "trf": "#e1812c", "cnn": "#3a923a", "rf": "#c03d3e", "lgbm": "#9372b2"}
     for ax, direction in zip(axes[0], dirs, strict=True):
         sub = agg[agg["direction"] == direction].sort_values(["model", "strategy"])
-        labels = [f"{m}\n{s}" for m, s in zip(sub["model"], sub["strategy"], strict=True)]
+        short = {"continued_boosting": "boost", "added_trees": "+trees"}
+        labels = [f"{m}\n{short.get(s, s)}" for m, s in zip(sub["model"], sub["strategy"], strict=True)]
         ax.bar(labels, sub["cross_site_rmse_k"], yerr=np.nan_to_num(sub["cross_site_rmse_k_sd"]),
                color=[colors.get(m, "#777777") for m in sub["model"]])
-        ax.axhline(float(sub["cross_site_sw_rmse_k"].mean()), color="#555555", ls="--", label="split-window")
+        sw = float(sub["cross_site_sw_rmse_k"].mean())
+        ax.axhline(sw, color="#555555", ls="--", label="split-window")
+        ax.set_ylim(0, 1.12 * max(sw, float((sub["cross_site_rmse_k"] + sub["cross_site_rmse_k_sd"].fillna(0)).max())))
         if "truth_radiometer_rmse_k" in sub and sub["truth_radiometer_rmse_k"].notna().any():
             ax.axhline(float(sub["truth_radiometer_rmse_k"].mean()), color="#aa3333", ls=":",
                        label="radiometer vs pixel (floor)")
