@@ -149,14 +149,17 @@ def _train(args: argparse.Namespace, what: str) -> tuple[dict[str, Any], dict[st
     The artifact replaces an existing one only once the new one is complete.
     """
     from sftl_dask.cluster import get_client
-    from sftl_dask.training.stages import load_config, prepare_data, run_stages
+    from sftl_dask.training.stages import load_config, prepare_data, pretrain, run_stages
 
     cfg = load_config(args.config)
     out = Path(args.out)
+    pretrained = None
     with get_client(args.scheduler, n_workers=args.workers) as client:
         print(f"{cfg.name}: {what} under {out / 'work'} (reused when present)")
         data = prepare_data(cfg, out / "work", client=client)
-    results = run_stages(cfg, data, out, threads=args.threads)
+        if cfg.pretrain.get("distributed"):  # stage 1 across the cluster's workers
+            pretrained = pretrain(cfg, data, threads=args.threads, client=client)
+    results = run_stages(cfg, data, out, threads=args.threads, pretrained=pretrained)
     results.pop("cross_site_predictions").to_parquet(out / "cross_site_predictions.parquet")
     _atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=float))
     return data, results, out

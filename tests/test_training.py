@@ -81,7 +81,9 @@ def test_tampered_artifact_is_refused(trained, tmp_path):
 @pytest.mark.parametrize(
     ("change", "match"),
     [({"model": {"name": "xgboost"}}, "model.name"), ({"finetune": {"strategy": "prune"}}, "finetune.strategy"),
-     ({"direction": "SiXX"}, "direction"), ({"pretrain": {"epochs": -1, "lr": 0.1}}, "pretrain.epochs")],
+     ({"direction": "SiXX"}, "direction"), ({"pretrain": {"epochs": -1, "lr": 0.1}}, "pretrain.epochs"),
+     ({"pretrain": {"epochs": 2, "distributed": "yes"}}, "pretrain.distributed"),
+     ({"pretrain": {"epochs": 2, "schedule": "warm"}}, "pretrain.schedule")],
 )
 def test_bad_config_names_the_key(tmp_path, change, match):
     p = tmp_path / "bad.yaml"
@@ -242,3 +244,18 @@ def test_distributed_pretraining_through_the_stage_matches_single_process(traine
     # same held-out rows, comparable accuracy
     assert ddp["model"]["n"] == single["model"]["n"] > 0
     assert ddp["model"]["rmse_k"] < 1.5 * single["model"]["rmse_k"]
+
+
+def test_train_cli_runs_stage_one_data_parallel_when_asked(trained, tmp_path):
+    from sftl_dask.cli import main
+    from sftl_dask.models.artifact import load_artifact
+
+    out, _ = trained
+    cfg = dict(BASE, pretrain={**BASE["pretrain"], "distributed": True},
+               data={"testbed": {"path": str(out / "work" / "testbed")},
+                     "simulation": {"path": str(out / "work" / "sim.parquet")}})
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(tmp_path / "ddp.yaml"), "--out", str(tmp_path / "o"), "--workers", "2"]) == 0
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert np.isfinite(res["stage1_pretrain"]["model"]["rmse_k"])
+    assert load_artifact(tmp_path / "o" / "model").card["model"] == "dnn"

@@ -105,6 +105,8 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
         raise ValueError(f"{path}: direction {direction} means source {src} and target {tgt}")
     from sftl_dask.models.trainer import SCHEDULES
 
+    if not isinstance(raw["pretrain"].get("distributed", False), bool):
+        raise ValueError(f"{path}: pretrain.distributed must be true or false")
     if str(raw["pretrain"].get("schedule", "cosine")) not in SCHEDULES:
         raise ValueError(f"{path}: pretrain.schedule must be one of {', '.join(SCHEDULES)}")
     for sect in ("pretrain", "finetune"):
