@@ -7,16 +7,21 @@ temperatures with the sensor's NEdT noise. Work is split over Dask in batches of
 profiles; each batch writes one Parquet file of the dataset, the dataset appears at
 its final path only when every batch succeeded, and the generating configuration and
 the column units ride in the Parquet schema metadata.
+
+The table is also read back here, in pieces, by the distributed trainings (``LGBM.fit_dask`` and
+:func:`sftl_dask.training.distributed.pretrain_distributed`): :func:`simulation_parts` lists its
+files, :func:`plan_row_ranges` splits it into parts balanced by rows and :func:`read_training_rows`
+reads a part on a worker as features and LST, with the held-out profiles split off.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,6 +30,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from sftl_dask import __version__
+from sftl_dask.features import REQUIRED_INPUTS, feature_matrix
 from sftl_dask.physics.atmosphere import AtmosphereProfile
 from sftl_dask.physics.channels import THERMAL_NAMES, thermal_channels
 from sftl_dask.physics.emissivity import band_emissivity, default_library
@@ -32,7 +38,10 @@ from sftl_dask.physics.planck import band_planck
 from sftl_dask.physics.profiles import generate_profiles
 from sftl_dask.physics.rtm import ReducedBandModel, RTBackend
 
-__all__ = ["COLUMN_UNITS", "SimulationConfig", "read_simulation_metadata", "simulate_batch", "write_simulation"]
+__all__ = [
+    "COLUMN_UNITS", "TRAINING_COLUMNS", "RowRange", "SimulationConfig", "plan_row_ranges", "read_simulation_metadata",
+    "read_training_rows", "simulate_batch", "simulation_parts", "write_simulation",
+]
 
 EMIS_NAMES: tuple[str, ...] = tuple(n.replace("bt_", "emis_") for n in THERMAL_NAMES)
 METADATA_KEY = b"sftl_dask.simulation"
@@ -332,6 +341,216 @@ def read_simulation_columns(path: str | os.PathLike[str], columns: Sequence[str]
         if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
             raise ValueError(f"{path}: column {c} has {int((~np.isfinite(v)).sum())} non-finite value(s)")
     return out
+
+
+#: Columns the models train on: the feature inputs (:data:`~sftl_dask.features.REQUIRED_INPUTS`), ``lst`` (K)
+#: and ``profile_id`` (to hold profiles out).
+TRAINING_COLUMNS: tuple[str, ...] = (*REQUIRED_INPUTS, "lst", "profile_id")
+
+
+class RowRange(NamedTuple):
+    """Rows ``start:stop`` (0-based, stop excluded) of one Parquet file of a simulation table."""
+
+    file: str
+    start: int
+    stop: int
+
+
+def simulation_parts(path: str | os.PathLike[str]) -> list[Path]:
+    """The Parquet files of a simulation table, in name order.
+
+    Parameters
+    ----------
+    path : path
+        A Parquet dataset directory written by :func:`write_simulation` (its ``part-*.parquet``
+        files; as for ``pyarrow.dataset``, names starting with ``_`` or ``.`` are skipped), or one
+        Parquet file.
+
+    Returns
+    -------
+    list of pathlib.Path
+        ``[path]`` for a file, else the directory's Parquet files.
+
+    Raises
+    ------
+    ValueError
+        Naming ``path``: it does not exist, or the directory holds no Parquet files.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ValueError(f"{path}: simulation table directory not found (and no such simulation table file)")
+    files = sorted(f for f in path.glob("*.parquet") if f.is_file() and not f.name.startswith(("_", ".")))
+    if not files:
+        raise ValueError(f"{path}: no Parquet part files (no Parquet files in the directory; expected "
+                         "part-*.parquet)")
+    return files
+
+
+def _open_part(file: str | os.PathLike[str], columns: Sequence[str]) -> pq.ParquetFile:
+    """A part file opened for reading, checked for ``columns`` (errors name the file)."""
+    try:
+        pf = pq.ParquetFile(file)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ValueError(f"{file}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    names = set(pf.schema_arrow.names)
+    missing = [c for c in columns if c not in names]
+    if missing:
+        pf.close()
+        raise ValueError(f"{file}: missing column(s) {', '.join(missing)}")
+    return pf
+
+
+def _merged(ranges: Iterable[RowRange]) -> list[RowRange]:
+    """Ranges in file and row order, those that touch in the same file joined into one."""
+    out: list[RowRange] = []
+    for r in sorted(ranges):
+        if out and out[-1].file == r.file and out[-1].stop == r.start:
+            out[-1] = RowRange(r.file, out[-1].start, r.stop)
+        else:
+            out.append(r)
+    return out
+
+
+def plan_row_ranges(path: str | os.PathLike[str], n_parts: int, *,
+                    columns: Sequence[str] = TRAINING_COLUMNS) -> list[list[RowRange]]:
+    """Split a simulation table into ``n_parts`` parts of about equal rows, for reading on workers.
+
+    Only the files' metadata is read. The units are the files' row groups (whole files when each is
+    one row group, as :func:`write_simulation` writes them): with at least ``n_parts`` of them they
+    are dealt largest first to the part with the fewest rows (equal ones round-robin, in file
+    order), so no unit is split; with fewer, the table (files in name order) is cut into
+    ``n_parts`` consecutive row ranges whose sizes differ by at most one row.
+
+    Parameters
+    ----------
+    path : path
+        The table (see :func:`simulation_parts`).
+    n_parts : int
+        Parts to make (workers, ranks or partitions), >= 1.
+    columns : sequence of str, optional
+        Columns every file must have (default :data:`TRAINING_COLUMNS`).
+
+    Returns
+    -------
+    list of list of RowRange
+        For each part, the ``(file, start, stop)`` row ranges it reads, in file and row order (touching
+        ranges of a file joined); every part has at least one row.
+
+    Raises
+    ------
+    ValueError
+        Naming the path or file: see :func:`simulation_parts`; a file is not readable Parquet or
+        lacks a column; the table has no rows, or fewer rows than ``n_parts``; ``n_parts < 1``.
+    """
+    if n_parts < 1:
+        raise ValueError(f"{path}: n_parts must be >= 1, got {n_parts}")
+    units: list[RowRange] = []  # the row groups, as row ranges of their file
+    for f in simulation_parts(path):
+        with _open_part(f, columns) as pf:
+            meta = pf.metadata
+        start = 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if n:
+                units.append(RowRange(str(f), start, start + n))
+            start += n
+    total = sum(u.stop - u.start for u in units)
+    if total == 0:
+        raise ValueError(f"{path}: table has no rows")
+    if total < n_parts:
+        raise ValueError(f"{path}: {total} row(s) cannot fill {n_parts} parts of at least one row; use fewer "
+                         "parts (workers)")
+    parts: list[list[RowRange]] = [[] for _ in range(n_parts)]
+    if len(units) >= n_parts:
+        load = [0] * n_parts
+        for u in sorted(units, key=lambda u: u.start - u.stop):  # most rows first; stable for equal ones
+            i = min(range(n_parts), key=lambda i: (load[i], i))
+            parts[i].append(u)
+            load[i] += u.stop - u.start
+    else:
+        bounds = [i * total // n_parts for i in range(n_parts + 1)]
+        offset = 0  # of the unit in the concatenated table
+        for u in units:
+            n = u.stop - u.start
+            for i in range(n_parts):
+                a, b = max(bounds[i], offset), min(bounds[i + 1], offset + n)
+                if a < b:
+                    parts[i].append(RowRange(u.file, u.start + a - offset, u.start + b - offset))
+            offset += n
+    return [_merged(p) for p in parts]
+
+
+def _read_range(file: str, start: int, stop: int, columns: Sequence[str]) -> dict[str, NDArray]:
+    """Columns of rows ``start:stop`` of one part file, reading only the row groups that hold them."""
+    with _open_part(file, columns) as pf:
+        meta = pf.metadata
+        if not 0 <= start < stop <= meta.num_rows:
+            raise ValueError(f"{file}: rows {start}-{stop} are not a non-empty range of its {meta.num_rows} rows")
+        groups, first, offset = [], 0, 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if offset < stop and offset + n > start:
+                first = offset if not groups else first
+                groups.append(g)
+            offset += n
+        try:
+            table = pf.read_row_groups(groups, columns=list(columns))
+        except (OSError, pa.ArrowInvalid, KeyError) as exc:
+            raise ValueError(f"{file}: cannot read columns {', '.join(columns)} "
+                             f"({str(exc).splitlines()[0]})") from None
+    table = table.slice(start - first, stop - start)
+    return {c: table.column(c).to_numpy() for c in columns}
+
+
+def read_training_rows(
+    ranges: Iterable[tuple[str, int, int]], holdout_profiles: Iterable[int] = ()
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    """Rows of a simulation table as features and LST, the held-out profiles split off (runs on a worker).
+
+    Reads only :data:`TRAINING_COLUMNS` of the row groups holding the rows, and computes
+    :func:`~sftl_dask.features.feature_matrix` file by file.
+
+    Parameters
+    ----------
+    ranges : iterable of (file, start, stop)
+        Row ranges to read (a part of :func:`plan_row_ranges`); at least one.
+    holdout_profiles : iterable of int
+        ``profile_id`` values whose rows are returned apart (the validation rows).
+
+    Returns
+    -------
+    x, y : numpy.ndarray
+        The training rows: features (n, len(FEATURES)) float32 in feature units, C-contiguous, and
+        LST (n,) float32 (K).
+    x_held, y_held : numpy.ndarray
+        The same for the rows of the held-out profiles (possibly none).
+
+    Raises
+    ------
+    ValueError
+        Naming the file (and column): not readable Parquet, a missing column, a range outside the
+        file, an invalid feature input (non-finite or out of range) or a non-finite ``lst``; no ranges.
+    """
+    holdout = np.unique(np.asarray(list(holdout_profiles), dtype=np.int64))
+    xs, ys, held = [], [], []
+    for file, start, stop in ranges:
+        cols = _read_range(str(file), int(start), int(stop), TRAINING_COLUMNS)
+        try:
+            xs.append(feature_matrix(cols))
+        except ValueError as exc:
+            raise ValueError(f"{file}: {exc}") from None
+        y = np.asarray(cols["lst"], dtype=np.float32)
+        bad = int((~np.isfinite(y)).sum())
+        if bad:
+            raise ValueError(f"{file}: column lst has {bad} non-finite value(s)")
+        ys.append(y)
+        held.append(np.isin(np.asarray(cols["profile_id"], dtype=np.int64), holdout))
+    if not xs:
+        raise ValueError("read_training_rows: no row ranges to read")
+    x, yy, h = np.concatenate(xs), np.concatenate(ys), np.concatenate(held)
+    return np.ascontiguousarray(x[~h]), yy[~h], np.ascontiguousarray(x[h]), yy[h]
 
 
 def fit_split_window_on_simulation(table: Mapping[str, NDArray], *, seed: int = 0) -> Any:

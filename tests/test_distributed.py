@@ -9,10 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import simulation_xy, small_simulation
 
-from sftl_dask.features import REQUIRED_INPUTS, feature_matrix
-from sftl_dask.simulate import SimulationConfig, read_simulation_columns, write_simulation
-from sftl_dask.training.distributed import _devices, _plan_shards, pretrain_distributed
+from sftl_dask.features import REQUIRED_INPUTS
+from sftl_dask.simulate import SimulationConfig, plan_row_ranges, write_simulation
+from sftl_dask.training.distributed import _devices, _shard_labels, pretrain_distributed
 
 N_PROFILES = 80
 HELD = list(range(0, N_PROFILES, 5))  # 16 held-out profiles, spread over every part file
@@ -23,24 +24,13 @@ FIT: dict[str, Any] = {"epochs": 15, "batch_size": 1024, "lr": 3e-3}
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory) -> Path:
     """4 part files of 20 profiles (9600 rows)."""
-    path = tmp_path_factory.mktemp("dist") / "sim.parquet"
-    write_simulation(path, SimulationConfig(n_profiles=N_PROFILES, n_spectra=20, batch_profiles=20, seed=1))
-    return path
+    return small_simulation(tmp_path_factory.mktemp("dist") / "sim.parquet", N_PROFILES, seed=1)
 
 
 @pytest.fixture(scope="module")
 def data(sim) -> dict[str, np.ndarray]:
-    tab = read_simulation_columns(sim, [*REQUIRED_INPUTS, "lst", "profile_id"])
-    held = np.isin(tab["profile_id"], HELD)
-    return {"x": feature_matrix(tab), "y": tab["lst"].astype(np.float32), "held": held}
-
-
-@pytest.fixture(scope="module")
-def client():
-    from sftl_dask.cluster import get_client
-
-    with get_client(n_workers=2) as c:
-        yield c
+    x, y, held = simulation_xy(sim, HELD)
+    return {"x": x, "y": y, "held": held}
 
 
 def _rmse(model: Any, x: np.ndarray, y: np.ndarray) -> float:
@@ -103,8 +93,10 @@ def test_cnn_with_a_structurally_unused_parameter_trains(sim, client):
 def test_fewer_part_files_than_workers_shards_by_rows(tmp_path, client):
     path = tmp_path / "one.parquet"
     write_simulation(path, SimulationConfig(n_profiles=10, n_spectra=10, batch_profiles=10, seed=2))  # 1 file
-    specs = _plan_shards(str(path), 2)
-    assert [s.rows for s in specs] == [(0, 300), (300, 600)]
+    part = str(path / "part-00000.parquet")
+    plan = plan_row_ranges(path, 2)
+    assert plan == [[(part, 0, 300)], [(part, 300, 600)]]
+    assert _shard_labels(str(path), plan)[1] == f"{path} (rank 1: part-00000.parquet rows 300-600)"
     _, hist = pretrain_distributed("dnn", path, client=client, model_params={"hidden": [16]}, epochs=2,
                                    batch_size=128, holdout_profiles=[9], timeout_s=60)
     assert hist["rows_per_rank"] == [300, 240] and len(set(hist["param_checksums"])) == 1
@@ -112,10 +104,11 @@ def test_fewer_part_files_than_workers_shards_by_rows(tmp_path, client):
 
 
 def test_plan_balances_part_files_by_rows(sim):
-    specs = _plan_shards(str(sim), 3)
-    files = [[Path(f).name for f, _ in s.pieces] for s in specs]
+    plan = plan_row_ranges(sim, 3)
+    files = [[Path(f).name for f, _, _ in ranges] for ranges in plan]
     assert files == [["part-00000.parquet", "part-00003.parquet"], ["part-00001.parquet"], ["part-00002.parquet"]]
-    assert all(s.rows is None for s in specs) and "rank 1" in specs[1].label
+    assert all((start, stop) == (0, 2400) for ranges in plan for _, start, stop in ranges)  # whole files
+    assert _shard_labels(str(sim), plan)[1] == f"{sim} (rank 1: part-00001.parquet)"
 
 
 def _gpu(host: str, n: int, gpu0: str | None) -> dict[str, Any]:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import simulation_xy, small_simulation
 
-from sftl_dask.features import REQUIRED_INPUTS, feature_matrix
 from sftl_dask.models.artifact import export_artifact, load_artifact
 from sftl_dask.models.trees import LGBM, _early_stopping_iteration
-from sftl_dask.simulate import SimulationConfig, read_simulation_columns, write_simulation
+from sftl_dask.simulate import SimulationConfig, write_simulation
 
 N_PROFILES = 60
 HELD = tuple(range(0, N_PROFILES, 5))  # every fifth profile is held out
@@ -22,25 +22,14 @@ PARAMS = {"n_estimators": 200, "seed": 0}
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory) -> Path:
     """7,200 rows in 3 Parquet files (20 profiles each)."""
-    path = tmp_path_factory.mktemp("lgbm_dask") / "sim"
-    write_simulation(path, SimulationConfig(n_profiles=N_PROFILES, n_spectra=20, batch_profiles=20, seed=0))
-    return path
+    return small_simulation(tmp_path_factory.mktemp("lgbm_dask") / "sim", N_PROFILES, seed=0)
 
 
 @pytest.fixture(scope="module")
 def table(sim) -> dict[str, np.ndarray]:
-    t = read_simulation_columns(sim, [*REQUIRED_INPUTS, "lst", "profile_id"])
-    held = np.isin(t["profile_id"], HELD)
-    x, y = feature_matrix(t), t["lst"].astype(np.float64)
+    x, y32, held = simulation_xy(sim, HELD)
+    y = y32.astype(np.float64)
     return {"x": x, "y": y, "xtr": x[~held], "ytr": y[~held], "xte": x[held], "yte": y[held]}
-
-
-@pytest.fixture(scope="module")
-def client():
-    from sftl_dask.cluster import get_client
-
-    with get_client(n_workers=2) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ Export without pickle: LGBM as LightGBM's text model; RF as a JSON of arrays per
 
 from __future__ import annotations
 
-import itertools
 import operator
 import os
 import re
@@ -71,88 +70,6 @@ _SKLEARN_NAMES = {"objective": "objective", "learning_rate": "learning_rate", "n
                   "min_child_samples": "min_child_samples", "bagging_fraction": "subsample",
                   "bagging_freq": "subsample_freq", "feature_fraction": "colsample_bytree",
                   "lambda_l2": "reg_lambda", "seed": "random_state"}
-
-
-def _table_columns() -> list[str]:
-    from sftl_dask.features import REQUIRED_INPUTS
-
-    return [*REQUIRED_INPUTS, "lst", "profile_id"]
-
-
-def _table_files(path: Path) -> list[Path]:
-    """The Parquet files of a simulation table (a dataset directory or one file), checked for the columns."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(path.glob("part-*.parquet")) or sorted(path.glob("*.parquet"))
-    else:
-        raise ValueError(f"LGBM.fit_dask: {path}: no such simulation table (directory or Parquet file)")
-    if not files:
-        raise ValueError(f"LGBM.fit_dask: {path}: no Parquet files in the directory")
-    schema_file = path / "_common_metadata" if (path / "_common_metadata").is_file() else files[0]
-    try:
-        names = pq.read_schema(schema_file).names
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ValueError(f"LGBM.fit_dask: {schema_file}: not a readable Parquet file ({exc})") from None
-    missing = [c for c in _table_columns() if c not in names]
-    if missing:
-        raise ValueError(f"LGBM.fit_dask: {path}: missing column(s) {', '.join(missing)}")
-    return files
-
-
-def _row_ranges(files: Sequence[Path], n_parts: int) -> list[tuple[str, int, int]]:
-    """``(file, start, stop)`` row ranges: one per file, files split (largest first) until ``n_parts``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = []
-    for f in files:
-        try:
-            rows.append(pq.read_metadata(f).num_rows)
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise ValueError(f"LGBM.fit_dask: {f}: not a readable Parquet file ({exc})") from None
-    pieces = [1 if r else 0 for r in rows]
-    while sum(pieces) < n_parts and any(r > p for r, p in zip(rows, pieces, strict=True)):
-        i = max((i for i, r in enumerate(rows) if r > pieces[i]), key=lambda i: rows[i] / pieces[i])
-        pieces[i] += 1
-    out = []
-    for f, r, k in zip(files, rows, pieces, strict=True):
-        bounds = np.linspace(0, r, k + 1).round().astype(int) if k else []
-        out.extend((str(f), int(a), int(b)) for a, b in itertools.pairwise(bounds))
-    return out
-
-
-def _read_partition(file: str, start: int, stop: int, holdout: NDArray[np.int64]) -> tuple[np.ndarray, ...]:
-    """On a worker: rows ``start:stop`` of one Parquet file as features and LST, split by held-out profiles.
-
-    Returns ``(x, y, x_held, y_held)``: float32 features (n, len(FEATURES)) and LST (K) of the training
-    rows, then of the rows whose ``profile_id`` is in ``holdout``.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from sftl_dask.features import feature_matrix
-
-    cols = _table_columns()
-    try:
-        table = pq.read_table(file, columns=cols).slice(start, stop - start)
-    except (OSError, pa.ArrowInvalid, KeyError) as exc:
-        raise ValueError(f"LGBM.fit_dask: {file}: cannot read columns {', '.join(cols)} "
-                         f"({str(exc).splitlines()[0]})") from None
-    frame = {c: table.column(c).to_numpy() for c in cols}
-    try:
-        x = feature_matrix(frame)
-    except ValueError as exc:
-        raise ValueError(f"LGBM.fit_dask: {file}: {exc}") from None
-    y = np.asarray(frame["lst"], dtype=np.float32)
-    if not np.all(np.isfinite(y)):
-        raise ValueError(f"LGBM.fit_dask: {file}: column lst has {int((~np.isfinite(y)).sum())} non-finite value(s)")
-    held = np.isin(np.asarray(frame["profile_id"], dtype=np.int64), holdout)
-    keep = ~held
-    return np.ascontiguousarray(x[keep]), y[keep], np.ascontiguousarray(x[held]), y[held]
 
 
 def _sizes(part: tuple[np.ndarray, ...]) -> tuple[int, int]:
@@ -477,8 +394,9 @@ class LGBM:
             ``profile_id`` values left out of training; their rows are the validation set
             (``val_rmse_k``) and, with ``early_stopping_rounds``, choose where the model is cut.
         partitions : int, optional
-            Row partitions to read (default: one per file, and at least one per worker; files are
-            split into row ranges when there are fewer files than partitions).
+            Row partitions to read (default: one per worker), at least one per file; files are split
+            into row ranges when there are fewer files than partitions
+            (:func:`sftl_dask.simulate.plan_row_ranges`).
 
         Returns
         -------
@@ -492,8 +410,8 @@ class LGBM:
         ------
         ValueError
             If the table is missing, lacks a column, has a non-finite or out-of-range input (the
-            message names the file and column), no training rows remain after the holdout, the model
-            does not take all features or ``partitions < 1``.
+            message names the file and column) or fewer rows than partitions, no training rows remain
+            after the holdout, the model does not take all features or ``partitions < 1``.
 
         Notes
         -----
@@ -507,6 +425,7 @@ class LGBM:
         from lightgbm.dask import DaskLGBMRegressor
 
         from sftl_dask.features import FEATURES
+        from sftl_dask.simulate import RowRange, plan_row_ranges, read_training_rows, simulation_parts
 
         t0 = time.perf_counter()
         if self.n_features != len(FEATURES):
@@ -514,27 +433,31 @@ class LGBM:
         if partitions is not None and partitions < 1:
             raise ValueError(f"LGBM.fit_dask: partitions must be >= 1, got {partitions}")
         path = Path(sim_path)
-        files = _table_files(path)
-        self.booster = None
-        holdout = np.unique(np.asarray(list(holdout_profiles), dtype=np.int64))
         workers = sorted(client.scheduler_info()["workers"])
         nthreads = client.nthreads()
-        ranges = _row_ranges(files, partitions or max(len(files), len(workers)))
-        if not ranges:
-            raise ValueError(f"LGBM.fit_dask: {path}: table has no rows")
+        try:  # at least one partition per file
+            plan = plan_row_ranges(path, max(partitions or len(workers), len(simulation_parts(path))))
+        except ValueError as exc:
+            raise ValueError(f"LGBM.fit_dask: {exc}") from None
+        self.booster = None
+        holdout = np.unique(np.asarray(list(holdout_profiles), dtype=np.int64))
         # pin partitions to workers, balancing rows (largest first onto the least loaded worker)
         load = dict.fromkeys(workers, 0)
-        placed: list[tuple[tuple[str, int, int], str]] = []
-        for spec in sorted(ranges, key=lambda r: r[1] - r[2]):  # most rows first
+        placed: list[tuple[list[RowRange], str]] = []
+        for ranges in sorted(plan, key=lambda rs: -sum(r.stop - r.start for r in rs)):  # most rows first
             w = min(workers, key=lambda a: load[a])
-            load[w] += spec[2] - spec[1]
-            placed.append((spec, w))
-        parts = [client.submit(_read_partition, *spec, holdout, workers=[w], allow_other_workers=False, pure=False)
-                 for spec, w in placed]
+            load[w] += sum(r.stop - r.start for r in ranges)
+            placed.append((ranges, w))
+        parts = [client.submit(read_training_rows, ranges, holdout, workers=[w], allow_other_workers=False,
+                               pure=False)
+                 for ranges, w in placed]
         wait(parts)
         for fut in parts:
             if fut.status == "error":
-                fut.result()  # raises the worker's error here
+                try:
+                    fut.result()  # raises the worker's error here
+                except ValueError as exc:
+                    raise ValueError(f"LGBM.fit_dask: {exc}") from None
         sizes = client.gather([client.submit(_sizes, f, workers=[w], pure=False)
                                for f, (_, w) in zip(parts, placed, strict=True)])
 

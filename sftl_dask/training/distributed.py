@@ -2,11 +2,12 @@
 
 :func:`pretrain_distributed` trains one model on the simulation table with one rank per Dask worker:
 
-1. a plan task on one worker lists the table's part files and their row groups and balances them
-   into ``world_size`` shards (whole files when there are enough, else row groups, else row ranges);
-2. each worker reads its own shard (only the needed columns), computes
-   :func:`~sftl_dask.features.feature_matrix` and splits the held-out profiles off as its local
-   validation shard; the shard stays in that worker's memory, the data never passes through the driver;
+1. a plan task on one worker balances the table's part files into ``world_size`` shards of row
+   ranges (:func:`sftl_dask.simulate.plan_row_ranges`: whole files or row groups when there are
+   enough, else row ranges);
+2. each worker reads its own shard (:func:`sftl_dask.simulate.read_training_rows`: only the needed
+   columns, :func:`~sftl_dask.features.feature_matrix`, the held-out profiles split off as its local
+   validation shard); the shard stays in that worker's memory, the data never passes through the driver;
 3. the normalisation statistics are global: each shard returns counts, means and sums of squared
    deviations, combined on the driver, which builds the model with them and sends it to the workers;
 4. one training task per worker, all running at once, joins a ``torch.distributed`` process group
@@ -37,87 +38,31 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sftl_dask.features import REQUIRED_INPUTS, feature_matrix
+from sftl_dask.simulate import RowRange, plan_row_ranges, read_training_rows
 
 __all__ = ["BACKENDS", "pretrain_distributed"]
 
 #: Process-group backends: ``auto`` is NCCL when every rank has a GPU of its own, else gloo.
 BACKENDS = ("auto", "gloo", "nccl")
 
-#: Columns read from the simulation table.
-_COLUMNS: tuple[str, ...] = (*REQUIRED_INPUTS, "lst", "profile_id")
 _STD_EPS = 1e-6  # added to feature standard deviations, as stages._new_model does
 _POLL_S = 0.5  # driver polling interval while the ranks train (s)
 
 
-# ----------------------------------------------------------------------------------------- planning
-@dataclass(frozen=True)
-class _ShardSpec:
-    """What one rank reads: row groups of some part files, optionally a row range of their concatenation."""
-
-    rank: int
-    pieces: tuple[tuple[str, tuple[int, ...]], ...]  # (file, row-group indices)
-    rows: tuple[int, int] | None  # [start, stop) of the concatenated pieces; None: all
-    label: str  # names the table and the part for error messages
-
-
-def _part_files(path: Path) -> list[Path]:
-    if not path.is_dir():
-        raise ValueError(f"{path}: simulation table directory not found")
-    files = sorted(f for f in path.glob("*.parquet") if f.is_file() and not f.name.startswith(("_", ".")))
-    if not files:
-        raise ValueError(f"{path}: no Parquet part files (part-*.parquet)")
-    return files
-
-
-def _plan_shards(path: str, world_size: int) -> list[_ShardSpec]:
-    """Split the table at ``path`` into ``world_size`` shards of about equal rows (runs on a worker).
-
-    Row groups (whole files when each file is one row group) are dealt largest first to the rank
-    with the fewest rows; with fewer row groups than ranks every rank takes a row range instead.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    root = Path(path)
-    units: list[tuple[str, int, int]] = []  # (file, row group, rows)
-    for f in _part_files(root):
-        try:
-            meta = pq.ParquetFile(f).metadata
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise ValueError(f"{f}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
-        names = set(meta.schema.names)
-        missing = [c for c in _COLUMNS if c not in names]
-        if missing:
-            raise ValueError(f"{f}: missing column(s) {', '.join(missing)}")
-        units += [(str(f), g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
-                  if meta.row_group(g).num_rows > 0]
-    total = sum(u[2] for u in units)
-    if total == 0:
-        raise ValueError(f"{root}: table has no rows")
-
-    def spec(rank: int, chosen: Iterable[tuple[str, int, int]], rows: tuple[int, int] | None) -> _ShardSpec:
-        by_file: dict[str, list[int]] = {}
-        for f, g, _ in sorted(chosen):
-            by_file.setdefault(f, []).append(g)
-        pieces = tuple((f, tuple(gs)) for f, gs in by_file.items())
-        parts = ", ".join(Path(f).name for f in by_file)
-        where = f"rows {rows[0]}-{rows[1]} of " if rows is not None else ""
-        return _ShardSpec(rank, pieces, rows, f"{root} (rank {rank}: {where}{parts or 'nothing'})")
-
-    if len(units) >= world_size:
-        load = [0] * world_size
-        assigned: list[list[tuple[str, int, int]]] = [[] for _ in range(world_size)]
-        for u in sorted(units, key=lambda u: -u[2]):  # stable: equal-sized files go round-robin
-            r = min(range(world_size), key=lambda i: (load[i], i))
-            assigned[r].append(u)
-            load[r] += u[2]
-        return [spec(r, assigned[r], None) for r in range(world_size)]
-    bounds = [r * total // world_size for r in range(world_size + 1)]
-    return [spec(r, units, (bounds[r], bounds[r + 1])) for r in range(world_size)]
-
-
 # ----------------------------------------------------------------------------------- shards (workers)
+def _shard_labels(root: str, plan: Sequence[Sequence[RowRange]]) -> list[str]:
+    """Name each rank's shard for error messages: the table, the rank, its files (rows where a file is split)."""
+    owners: dict[str, set[int]] = {}
+    for rank, ranges in enumerate(plan):
+        for r in ranges:
+            owners.setdefault(r.file, set()).add(rank)
+    labels = []
+    for rank, ranges in enumerate(plan):
+        pieces = [Path(f).name if len(owners[f]) == 1 else f"{Path(f).name} rows {a}-{b}" for f, a, b in ranges]
+        labels.append(f"{root} (rank {rank}: {', '.join(pieces)})")
+    return labels
+
+
 @dataclass
 class _Shard:
     """One rank's data, kept in its worker's memory between the statistics and the training tasks."""
@@ -129,35 +74,12 @@ class _Shard:
     y_val: NDArray[np.float32]
 
 
-def _load_shard(spec: _ShardSpec, holdout: NDArray[np.int64]) -> _Shard:
-    """Read a shard's columns, compute the features and split off the held-out profiles (runs on a worker)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tables = []
-    for f, groups in spec.pieces:
-        try:
-            tables.append(pq.ParquetFile(f).read_row_groups(list(groups), columns=list(_COLUMNS)))
-        except (OSError, pa.ArrowInvalid, KeyError) as exc:
-            raise ValueError(f"{f}: cannot read columns {', '.join(_COLUMNS)} ({str(exc).splitlines()[0]})") from None
-    table = pa.concat_tables(tables) if tables else None
-    if table is not None and spec.rows is not None:
-        table = table.slice(spec.rows[0], spec.rows[1] - spec.rows[0])
-    if table is None or table.num_rows == 0:
-        raise ValueError(f"{spec.label}: empty shard (no rows); use fewer workers (n_workers)")
-    cols = {c: table.column(c).to_numpy() for c in _COLUMNS}
-    try:
-        x = feature_matrix(cols)
-    except ValueError as exc:
-        raise ValueError(f"{spec.label}: {exc}") from None
-    y = np.asarray(cols["lst"], dtype=np.float32)
-    bad = int((~np.isfinite(y)).sum())
-    if bad:
-        raise ValueError(f"{spec.label}: column lst has {bad} non-finite value(s)")
-    held = np.isin(np.asarray(cols["profile_id"], dtype=np.int64), holdout)
-    if held.all():
-        raise ValueError(f"{spec.label}: empty shard (every row is in holdout_profiles); use fewer workers")
-    return _Shard(spec.label, np.ascontiguousarray(x[~held]), y[~held], np.ascontiguousarray(x[held]), y[held])
+def _load_shard(label: str, ranges: Sequence[RowRange], holdout: NDArray[np.int64]) -> _Shard:
+    """Read a rank's row ranges as features and LST, held-out profiles apart (runs on a worker)."""
+    x, y, x_val, y_val = read_training_rows(ranges, holdout)
+    if y.size == 0:
+        raise ValueError(f"{label}: empty shard (every row is in holdout_profiles); use fewer workers")
+    return _Shard(label, x, y, x_val, y_val)
 
 
 def _shard_stats(shard: _Shard) -> dict[str, Any]:
@@ -477,7 +399,8 @@ def pretrain_distributed(
         The torch model (:data:`sftl_dask.models.TORCH_MODELS`).
     sim_path : path
         Simulation table: a Parquet dataset directory (``part-*.parquet``) written by
-        :func:`sftl_dask.simulate.write_simulation`, readable by every worker at this path.
+        :func:`sftl_dask.simulate.write_simulation`, or one Parquet file, readable by every worker
+        at this path.
     client : distributed.Client
         Its workers run the ranks; each must be a process of its own.
     model_params : mapping, optional
@@ -530,8 +453,8 @@ def pretrain_distributed(
     Raises
     ------
     ValueError
-        Naming the path, file or column: directory not found, no part files, a missing column, an
-        empty shard (more ranks than rows or every row of a shard held out), invalid feature inputs;
+        Naming the path, file or column: table not found, no part files, a missing column, more
+        ranks than rows, an empty shard (every row of a shard held out), invalid feature inputs;
         a client without workers, ``n_workers`` larger than the cluster, an unknown model, backend,
         schedule or loss, bad settings, or workers sharing a process.
     RuntimeError
@@ -571,9 +494,10 @@ def pretrain_distributed(
 
     pin = {"allow_other_workers": False, "pure": False}
     sim = str(Path(sim_path))
-    specs = client.submit(_plan_shards, sim, world_size, workers=[workers[0]], **pin).result()
+    plan = client.submit(plan_row_ranges, sim, world_size, workers=[workers[0]], **pin).result()
     holdout = np.unique(np.asarray(list(holdout_profiles), dtype=np.int64))
-    shards = [client.submit(_load_shard, s, holdout, workers=[w], **pin) for s, w in zip(specs, workers, strict=True)]
+    shards = [client.submit(_load_shard, label, ranges, holdout, workers=[w], **pin)
+              for label, ranges, w in zip(_shard_labels(sim, plan), plan, workers, strict=True)]
     futures: list[Any] = list(shards)
     try:
         stats = _combine_stats(client.gather([client.submit(_shard_stats, s, workers=[w], **pin)
