@@ -71,6 +71,24 @@ def _n_features(model: nn.Module) -> int:
     return int(n)
 
 
+def _train_step(model: nn.Module, crit: nn.Module, opt: torch.optim.Optimizer,
+                sched: torch.optim.lr_scheduler.LRScheduler, xb: torch.Tensor, yb: torch.Tensor,
+                y_scale: float) -> torch.Tensor:
+    """One optimiser and schedule step on a batch, the loss on the standardised target.
+
+    ``model`` may be a ``DistributedDataParallel`` wrapper (its backward averages the gradients);
+    ``yb`` is LST (K) and ``y_scale`` the target standard deviation (K). Returns the batch's
+    predictions (K), detached.
+    """
+    pred = model(xb)
+    loss = crit(pred / y_scale, yb / y_scale)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return pred.detach()
+
+
 def _rmse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
     pred = predict_torch(model, x.numpy(), batch_size=batch_size)
     return float(np.sqrt(np.mean((pred.astype(np.float64) - y.numpy()) ** 2)))
@@ -202,13 +220,8 @@ def _fit_loop(model: nn.Module, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Te
         sq_sum = 0.0
         for idx in torch.randperm(n, generator=gen).split(batch_size):
             xb, yb = xt[idx].to(device), yt[idx].to(device)
-            pred = model(xb)
-            batch_loss = crit(pred / y_scale, yb / y_scale)
-            opt.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            opt.step()
-            sched.step()
-            sq_sum += float(((pred.detach() - yb) ** 2).sum())
+            pred = _train_step(model, crit, opt, sched, xb, yb, y_scale)
+            sq_sum += float(((pred - yb) ** 2).sum())
         log: dict[str, Any] = {"epoch": epoch, "train_rmse_k": math.sqrt(sq_sum / n),
                                "lr": opt.param_groups[-1]["lr"]}
         if xv is not None and yv is not None:

@@ -256,7 +256,7 @@ def _ddp_epochs(shard: _Shard, model: Any, rank: int, world_size: int, device: A
     from torch.nn.parallel import DistributedDataParallel
 
     from sftl_dask.models.finetune import trainable_parameters
-    from sftl_dask.models.trainer import _lr_factor, predict_torch
+    from sftl_dask.models.trainer import _lr_factor, _train_step, predict_torch
 
     has_val = shard.y_val.shape[0] > 0
     xv = np.ascontiguousarray(shard.x_val, dtype=np.float32)
@@ -289,13 +289,8 @@ def _ddp_epochs(shard: _Shard, model: Any, rank: int, world_size: int, device: A
         seen = 0
         for idx in torch.randperm(n, generator=gen)[: steps * batch].split(batch):
             xb, yb = xt[idx].to(device), yt[idx].to(device)
-            pred = ddp(xb)
-            loss = crit(pred / y_scale, yb / y_scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            sq += ((pred.detach() - yb) ** 2).sum().double()
+            pred = _train_step(ddp, crit, opt, sched, xb, yb, y_scale)
+            sq += ((pred - yb) ** 2).sum().double()
             seen += int(idx.numel())
         val_sse = 0.0
         if has_val:
