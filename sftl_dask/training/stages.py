@@ -408,11 +408,13 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
                   lr=2e-3, seed=cfg.seed, threads=threads)
 
     log(f"stage 3: transfer to {cfg.target_region} ({len(y_tg)} matchups)")
+    # each method's target predictions once: scored against the radiometers, the pixel truth, and written out
+    p_sftl, p_sw, p_direct = predict(tuned, x_tg), _sw_predict(data["sw"], tgt), predict(direct, x_tg)
     stage3: dict[str, Any] = {
-        "zero_shot": metrics(predict(tuned, x_tg), y_tg),
+        "zero_shot": metrics(p_sftl, y_tg),
         "pretrained_only": metrics(predict(model, x_tg), y_tg),
-        "split_window": metrics(_sw_predict(data["sw"], tgt), y_tg),
-        "direct_training": metrics(predict(direct, x_tg), y_tg),
+        "split_window": metrics(p_sw, y_tg),
+        "direct_training": metrics(p_direct, y_tg),
         "few_shot": [],
     }
     for k in [int(k) for k in cfg.transfer.get("k", [])]:
@@ -430,9 +432,9 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
         # testbed only: the same retrievals scored against the true pixel LST, and the radiometers' own error
         truth = tgt["lst_pixel_truth"].to_numpy(np.float64)
         stage3["against_pixel_truth"] = {
-            "zero_shot": metrics(predict(tuned, x_tg), truth),
-            "split_window": metrics(_sw_predict(data["sw"], tgt), truth),
-            "direct_training": metrics(predict(direct, x_tg), truth),
+            "zero_shot": metrics(p_sftl, truth),
+            "split_window": metrics(p_sw, truth),
+            "direct_training": metrics(p_direct, truth),
             "radiometer": metrics(y_tg, truth),
         }
     log(f"  cross-site RMSE {stage3['zero_shot']['rmse_k']:.2f} K (split-window "
@@ -440,8 +442,8 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
 
     predictions = pd.DataFrame({
         "site": tgt["site"].to_numpy(), "time_utc": tgt["time_utc"].to_numpy(), "lst_insitu": y_tg,
-        "lst_sftl": predict(tuned, x_tg), "lst_split_window": _sw_predict(data["sw"], tgt).astype(np.float32),
-        "lst_direct": predict(direct, x_tg), "wvc": tgt["wvc"].to_numpy(np.float32),
+        "lst_sftl": p_sftl, "lst_split_window": p_sw.astype(np.float32), "lst_direct": p_direct,
+        "wvc": tgt["wvc"].to_numpy(np.float32),
         "lst_pixel_truth": tgt["lst_pixel_truth"].to_numpy(np.float32) if "lst_pixel_truth" in tgt
         else np.full(len(tgt), np.nan, np.float32)})
     results = {"config": cfg.name, "direction": cfg.direction, "model": name, "strategy": strat_name,
