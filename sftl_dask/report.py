@@ -315,11 +315,11 @@ def experiment_report(table: pd.DataFrame, predictions: pd.DataFrame, out_dir: s
 
 
 def _grid_aggregate(ok: pd.DataFrame) -> pd.DataFrame:
-    cols = {c: c for c in ok.columns if c.endswith(("_rmse_k", "_bias_k", "_mae_k", "_r2"))}
-    cols.update(trainable_parameters="trainable_parameters", wall_s="wall_s", pretrain_s="pretrain_s")
+    cols = [c for c in ok.columns if c.endswith(("_rmse_k", "_bias_k", "_mae_k", "_r2"))]
+    cols += ["trainable_parameters", "wall_s", "pretrain_s"]
     g = ok.groupby(["direction", "model", "strategy"])
-    mean = g[list(cols)].mean()
-    sd = g[list(cols)].std().add_suffix("_sd")
+    mean = g[cols].mean()
+    sd = g[cols].std().add_suffix("_sd")
     n = g.size().rename("seeds")
     rows_n = g["cross_site_n"].first().rename("n")
     return pd.concat([mean, sd, n, rows_n], axis=1).reset_index()

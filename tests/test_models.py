@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import synthetic_lst
 
 from sftl_dask.features import FEATURES
 from sftl_dask.models import MODELS, build_model
@@ -18,21 +19,9 @@ TORCH = ("dnn", "trf", "cnn")
 
 
 def _synthetic(n: int, seed: int = 0, bias_k: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Feature matrix in FEATURES order with realistic ranges, and a split-window-like LST (K)."""
-    rng = np.random.default_rng(seed)
-    bt_11 = rng.uniform(270.0, 320.0, n)
-    wvc = rng.uniform(0.2, 5.0, n)
-    dbt = 0.3 + 0.5 * wvc + rng.normal(0.0, 0.4, n)
-    bt_10 = bt_11 + dbt
-    emis_10, emis_11 = rng.uniform(0.94, 0.99, n), rng.uniform(0.95, 0.99, n)
-    emis_mean, emis_diff = 0.5 * (emis_10 + emis_11), emis_10 - emis_11
-    x = np.column_stack([
-        bt_10 - rng.uniform(1.0, 4.0, n), bt_10 - rng.uniform(0.5, 3.0, n), bt_10, bt_11, dbt, wvc, wvc * dbt,
-        rng.uniform(0.85, 0.97, n), rng.uniform(0.86, 0.98, n), emis_mean, emis_diff,
-        1.0 / np.cos(rng.uniform(0, 1, n)),
-    ]).astype(np.float32)
-    lst = bt_10 + 1.6 * dbt + 0.25 * wvc * dbt + 45.0 * (1.0 - emis_mean) - 60.0 * emis_diff + bias_k
-    return x, (lst + rng.normal(0.0, 0.1, n)).astype(np.float32)
+    """The shared synthetic LST (tests/helpers.py) with 0.1 K of measurement noise."""
+    x, y = synthetic_lst(n, seed=seed, bias_k=bias_k)
+    return x, (y + np.random.default_rng([seed, 1]).normal(0.0, 0.1, n)).astype(np.float32)
 
 
 def _model(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0, **kw):

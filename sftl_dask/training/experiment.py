@@ -106,10 +106,9 @@ def _variant(cfg: TrainConfig, grid: dict[str, Any], model: str, strategy: str |
         mdl["features"] = list(cfg.model["features"])
     if drop:
         mdl["drop_features"] = list(drop)
-    feats = "all" if not drop else "-" + "-".join(drop)
-    return dataclasses.replace(cfg, name=f"{model}-{strategy or 'trees'}-{direction}-s{seed}-{feats}",
-                               direction=direction, source_region=src, target_region=tgt, seed=seed, model=mdl,
-                               pretrain={**cfg.pretrain, **(grid.get(f"pretrain_{model}") or {})}, finetune=ft)
+    v = dataclasses.replace(cfg, direction=direction, source_region=src, target_region=tgt, seed=seed, model=mdl,
+                            pretrain={**cfg.pretrain, **(grid.get(f"pretrain_{model}") or {})}, finetune=ft)
+    return dataclasses.replace(v, name=f"{model}-{strategy or 'trees'}-{direction}-s{seed}-{_features_label(v)}")
 
 
 def _pretrain_task(cfg: TrainConfig, data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

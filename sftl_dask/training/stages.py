@@ -286,7 +286,6 @@ def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None =
     if threads:
         torch.set_num_threads(threads)
     table = data["table"]
-    x_sim = _features(cfg, table)
     y_sim = np.asarray(table["lst"], dtype=np.float32)
     # hold out whole profiles
     rng = np.random.default_rng(cfg.seed)
@@ -294,18 +293,20 @@ def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None =
     held = set(rng.choice(prof, size=max(1, int(cfg.pretrain.get("holdout_fraction", 0.1) * prof.size)),
                           replace=False).tolist())
     is_held = np.isin(table["profile_id"], list(held))
-    xtr, ytr, xte, yte = x_sim[~is_held], y_sim[~is_held], x_sim[is_held], y_sim[is_held]
+    held_rows = {k: v[is_held] for k, v in table.items()}
+    xte, yte = _features(cfg, held_rows), y_sim[is_held]
+    n_train = int((~is_held).sum())
     name = str(cfg.model["name"]).lower()
-    model = _new_model(cfg, xtr, ytr)
-    t0 = time.perf_counter()
-    log(f"stage 1: pre-training {name} on {len(ytr):,} simulated samples")
     distributed = client is not None and (name == "lgbm" or bool(cfg.pretrain.get("distributed", False)))
     if distributed and model_features(cfg) != FEATURES:
         raise ValueError(f"{cfg.source}: distributed pre-training takes all features; drop pretrain.distributed "
                          "for a feature ablation")
-    if distributed and name == "lgbm":
+    t0 = time.perf_counter()
+    log(f"stage 1: pre-training {name} on {n_train:,} simulated samples")
+    if distributed and name == "lgbm":  # the workers read the training rows; trees take no statistics
+        model = _new_model(cfg, xte, yte)
         model.fit_dask(data["sim"], client=client, holdout_profiles=sorted(held))
-    elif distributed and name in ("dnn", "trf", "cnn"):
+    elif distributed and name in ("dnn", "trf", "cnn"):  # the ranks reduce the normalisation statistics
         from sftl_dask.training.distributed import pretrain_distributed
 
         model, _ = pretrain_distributed(
@@ -313,15 +314,20 @@ def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None =
             epochs=int(cfg.pretrain.get("epochs", 10)), batch_size=int(cfg.pretrain.get("batch_size", 8192)),
             lr=float(cfg.pretrain.get("lr", 2e-3)), holdout_profiles=sorted(held), seed=cfg.seed,
             schedule=str(cfg.pretrain.get("schedule", "cosine")))
-    elif hasattr(model, "n_trees"):
-        model.fit(xtr, ytr, val=(xte, yte))
     else:
-        fit_torch(model, xtr, ytr, epochs=int(cfg.pretrain.get("epochs", 10)),
-                  batch_size=int(cfg.pretrain.get("batch_size", 8192)), lr=float(cfg.pretrain.get("lr", 2e-3)),
-                  val=(xte, yte), seed=cfg.seed, threads=threads, schedule=str(cfg.pretrain.get("schedule", "cosine")))
+        train_rows = {k: v[~is_held] for k, v in table.items()}
+        xtr, ytr = _features(cfg, train_rows), y_sim[~is_held]
+        model = _new_model(cfg, xtr, ytr)
+        if hasattr(model, "n_trees"):
+            model.fit(xtr, ytr, val=(xte, yte))
+        else:
+            fit_torch(model, xtr, ytr, epochs=int(cfg.pretrain.get("epochs", 10)),
+                      batch_size=int(cfg.pretrain.get("batch_size", 8192)), lr=float(cfg.pretrain.get("lr", 2e-3)),
+                      val=(xte, yte), seed=cfg.seed, threads=threads,
+                      schedule=str(cfg.pretrain.get("schedule", "cosine")))
     stage1 = {"model": metrics(_predict(model, xte), yte),
-              "split_window": metrics(_sw_predict(data["sw"], {k: v[is_held] for k, v in table.items()}), yte),
-              "seconds": round(time.perf_counter() - t0, 1), "n_train": len(ytr)}
+              "split_window": metrics(_sw_predict(data["sw"], held_rows), yte),
+              "seconds": round(time.perf_counter() - t0, 1), "n_train": n_train}
     log(f"  held-out simulation RMSE {stage1['model']['rmse_k']:.3f} K (split-window "
         f"{stage1['split_window']['rmse_k']:.3f} K)")
     return model, stage1
