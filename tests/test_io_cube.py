@@ -60,6 +60,22 @@ def test_cube_is_readable_by_plain_xarray_with_units_and_crs(tmp_path):
     assert cube_stores(tmp_path) == {"g": store}
 
 
+def test_plain_open_zarr_finds_the_crs_and_cf_time_before_and_after_an_append(tmp_path):
+    import rioxarray  # noqa: F401  (what a user without this package has: xarray + rioxarray)
+
+    store = tmp_path / "g.zarr"
+    append_slots(store, GRID, _scenes(["a"]))
+    for n in (1, 2):
+        ds = xr.open_zarr(store)  # no decode_coords="all": spatial_ref must come back as a coordinate
+        assert "spatial_ref" in ds.coords and "spatial_ref" not in ds.data_vars
+        assert ds.rio.crs is not None and ds.rio.crs.to_epsg() == 32650
+        assert ds["bt_10_80"].rio.crs.to_epsg() == 32650
+        assert ds["time"].attrs["standard_name"] == "time" and ds["time"].attrs["axis"] == "T"
+        assert ds.sizes["time"] == n
+        if n == 1:
+            append_slots(store, GRID, _scenes(["a", "b"])[1:])
+
+
 def test_wrong_grid_or_shape_refused_with_store_named(tmp_path):
     store = tmp_path / "g.zarr"
     append_slots(store, GRID, _scenes(["a"]))

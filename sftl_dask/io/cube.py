@@ -1,10 +1,13 @@
-"""THE scene-cube writer: one Zarr store per region grid, scenes appended along ``time``.
+"""THE cube writer: one Zarr store per region grid, scenes appended along ``time``.
 
-Layout (DESIGN.md, "Scene cube"): dims ``(time, y, x)``, chunks ``(1, 512, 512)``, CRS and
-transform written the rioxarray way (``spatial_ref``), float32 variables compressed with
-Blosc LZ4 + byte shuffle (8x faster to write than Zarr's default and smaller on this data,
-shared/reference/PERF.md). Per time step the store records ``scene_id``, ``source``,
-``checksum`` and ``ingest_ok``.
+It writes both cubes of DESIGN.md: the scene cube (variables :data:`CUBE_VARIABLES`, slots
+completed by ``ingest_ok``) and the LST cube (:mod:`sftl_dask.io.lst`, slots completed by
+``retrieve_ok``). Layout: dims ``(time, y, x)``, chunks ``(1, 512, 512)``, CRS and transform
+written the rioxarray way (``spatial_ref``, named in every raster variable's ``coordinates`` so
+that plain ``xr.open_zarr(store).rio.crs`` finds it), CF ``time`` (``standard_name``, ``axis``),
+float32 variables compressed with Blosc LZ4 + byte shuffle (8x faster to write than Zarr's
+default and smaller on this data, shared/reference/PERF.md). Per time step the store records
+``scene_id``, ``source``, ``checksum`` and its completion flag.
 
 Appending follows xarray's pattern: the driver resizes the store and writes metadata once
 (``to_zarr(compute=False, append_dim="time")``); each worker then fills its own time slice
@@ -30,12 +33,15 @@ from numpy.typing import NDArray
 from sftl_dask.physics.channels import THERMAL_NAMES
 
 __all__ = [
+    "CHUNK",
     "CUBE_VARIABLES",
     "GridSpec",
     "append_slots",
     "cube_stores",
+    "mark_slot",
     "open_cube",
     "read_slots",
+    "write_block",
     "write_log",
     "write_scene",
 ]
@@ -56,8 +62,10 @@ CUBE_VARIABLES: dict[str, dict[str, Any]] = {
     "ancillary_missing": {"units": "1", "long_name": "1 where GED or ERA5 did not cover the pixel",
                           "dtype": "uint8"},
 }
-_SLOT_VARS = {"scene_id": "<U96", "source": "<U512", "checksum": "<U64", "ingest_ok": "bool"}
+_SLOT_VARS = {"scene_id": "<U96", "source": "<U512", "checksum": "<U64"}
+#: Chunk edge (pixels) of new stores along y and x.
 CHUNK = 512
+_TIME_ATTRS = {"standard_name": "time", "axis": "T", "long_name": "scene centre time (UTC)"}
 
 
 @dataclass(frozen=True)
@@ -156,58 +164,66 @@ def cube_stores(root: str | os.PathLike[str]) -> dict[str, Path]:
     return {p.name[: -len(".zarr")]: p for p in sorted(root.glob("*.zarr")) if (p / ".zgroup").exists()}
 
 
-def read_slots(store: str | os.PathLike[str]) -> tuple[GridSpec, list[dict[str, Any]]]:
-    """The grid of a store and its time slots (scene_id, source, checksum, ingest_ok, time)."""
+def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tuple[GridSpec, list[dict[str, Any]]]:
+    """The grid of a store and its time slots (index, scene_id, source, checksum, ``ok_var``, time)."""
     ds = xr.open_zarr(store, consolidated=True)
     grid = GridSpec.from_attrs(json.loads(ds.attrs["sftl_grid"]))
     slots = [
-        {"index": i, "scene_id": str(s), "source": str(src), "checksum": str(ck), "ingest_ok": bool(ok),
+        {"index": i, "scene_id": str(s), "source": str(src), "checksum": str(ck), ok_var: bool(ok),
          "time": t}
         for i, (s, src, ck, ok, t) in enumerate(zip(ds["scene_id"].values, ds["source"].values,
-                                                      ds["checksum"].values, ds["ingest_ok"].values,
+                                                      ds["checksum"].values, ds[ok_var].values,
                                                       ds["time"].values, strict=True))
     ]
     return grid, slots
 
 
-def _template(grid: GridSpec, scenes: Sequence[Mapping[str, Any]]) -> xr.Dataset:
+def _template(grid: GridSpec, scenes: Sequence[Mapping[str, Any]], variables: Mapping[str, Mapping[str, Any]],
+              ok_var: str, chunk: tuple[int, int] | None) -> xr.Dataset:
     import dask.array as da
 
     n = len(scenes)
     shape = (n, grid.height, grid.width)
-    chunks = (1, min(CHUNK, grid.height), min(CHUNK, grid.width))
+    cy, cx = chunk or (CHUNK, CHUNK)
+    chunks = (1, min(cy, grid.height), min(cx, grid.width))
     data_vars: dict[str, Any] = {}
-    for name, spec in CUBE_VARIABLES.items():
+    for name, spec in variables.items():
         fill = np.nan if spec["dtype"] == "float32" else 0
-        data_vars[name] = (("time", "y", "x"), da.full(shape, fill, dtype=spec["dtype"], chunks=chunks),
-                           {k: v for k, v in spec.items() if k != "dtype"})
+        attrs = {k: v for k, v in spec.items() if k != "dtype"}
+        attrs["coordinates"] = "spatial_ref"  # so that plain xr.open_zarr makes it a coordinate: rio.crs works
+        data_vars[name] = (("time", "y", "x"), da.full(shape, fill, dtype=spec["dtype"], chunks=chunks), attrs)
     data_vars["scene_id"] = (("time",), np.array([s["scene_id"] for s in scenes], dtype=_SLOT_VARS["scene_id"]))
     data_vars["source"] = (("time",), np.array([s["source"] for s in scenes], dtype=_SLOT_VARS["source"]))
-    data_vars["checksum"] = (("time",), da.full((n,), "", dtype=_SLOT_VARS["checksum"], chunks=1))
-    data_vars["ingest_ok"] = (("time",), da.zeros((n,), dtype=bool, chunks=1))
+    checksums = [s.get("checksum", "") for s in scenes]
+    data_vars["checksum"] = (("time",), np.array(checksums, dtype=_SLOT_VARS["checksum"]))
+    data_vars[ok_var] = (("time",), da.zeros((n,), dtype=bool, chunks=1),
+                         {"long_name": f"1 once every chunk of the time step is written ({ok_var})"})
     times = np.array([np.datetime64(s["time"], "ns") for s in scenes], dtype="datetime64[ns]")
     ds = xr.Dataset(data_vars, coords={"time": times, "y": grid.y, "x": grid.x})
+    ds["time"].attrs = dict(_TIME_ATTRS)
     ds["x"].attrs = {"units": "m", "standard_name": "projection_x_coordinate", "axis": "X"}
     ds["y"].attrs = {"units": "m", "standard_name": "projection_y_coordinate", "axis": "Y"}
     return ds
 
 
-def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+def _encoding(ds: xr.Dataset, variables: Mapping[str, Any], ok_var: str) -> dict[str, dict[str, Any]]:
     from numcodecs import Blosc
 
     comp = (Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),)
-    enc: dict[str, dict[str, Any]] = {k: {"compressors": comp} for k in CUBE_VARIABLES}
+    enc: dict[str, dict[str, Any]] = {k: {"compressors": comp} for k in variables}
     enc["time"] = {"units": "seconds since 1970-01-01T00:00:00", "calendar": "proleptic_gregorian",
                    "dtype": "int64"}
     for k in ("scene_id", "source"):
         enc[k] = {"chunks": (max(1, ds.sizes["time"]),)}
     enc["checksum"] = {"chunks": (1,)}
-    enc["ingest_ok"] = {"chunks": (1,)}
+    enc[ok_var] = {"chunks": (1,)}
     return enc
 
 
 def append_slots(store: str | os.PathLike[str], grid: GridSpec, scenes: Sequence[Mapping[str, Any]],
-                 attrs: Mapping[str, Any] | None = None) -> list[int]:
+                 attrs: Mapping[str, Any] | None = None, *,
+                 variables: Mapping[str, Mapping[str, Any]] = CUBE_VARIABLES, ok_var: str = "ingest_ok",
+                 chunk: tuple[int, int] | None = None) -> list[int]:
     """Create or extend a grid store with one empty time slot per scene; return their indices.
 
     Parameters
@@ -217,9 +233,15 @@ def append_slots(store: str | os.PathLike[str], grid: GridSpec, scenes: Sequence
     grid : GridSpec
         The store's grid (must equal the existing one).
     scenes : sequence of mapping
-        Each with ``scene_id``, ``source`` and ``time`` (UTC datetime64).
+        Each with ``scene_id``, ``source`` and ``time`` (UTC datetime64), optionally ``checksum``.
     attrs : mapping, optional
         Global attributes for a new store.
+    variables : mapping
+        The raster variables with their attributes and ``dtype`` (default: the scene cube's).
+    ok_var : str
+        Name of the per-slot completion flag.
+    chunk : (int, int), optional
+        Chunk rows and columns of a new store (default :data:`CHUNK` each; clipped to the grid).
 
     Raises
     ------
@@ -231,19 +253,20 @@ def append_slots(store: str | os.PathLike[str], grid: GridSpec, scenes: Sequence
     store = Path(store)
     if not scenes:
         return []
-    tmpl = _template(grid, scenes)
+    tmpl = _template(grid, scenes, variables, ok_var, chunk)
     tmpl = tmpl.rio.write_crs(grid.crs)
     tmpl = tmpl.rio.write_transform(_affine(grid))
-    for name in CUBE_VARIABLES:
+    for name in variables:
         tmpl[name].attrs["grid_mapping"] = "spatial_ref"
     if not (store / ".zgroup").exists():
         tmpl.attrs = {
             "title": "sftl-dask scene cube", "platform": "GF5-02", "instrument": "VIMI",
             "Conventions": "CF-1.8", "sftl_grid": json.dumps(grid.to_attrs()), **dict(attrs or {}),
         }
-        tmpl.to_zarr(store, mode="w-", compute=False, consolidated=True, zarr_format=2, encoding=_encoding(tmpl))
+        tmpl.to_zarr(store, mode="w-", compute=False, consolidated=True, zarr_format=2,
+                     encoding=_encoding(tmpl, variables, ok_var))
         return list(range(len(scenes)))
-    existing, slots = read_slots(store)
+    existing, slots = read_slots(store, ok_var)
     if existing != grid:
         raise ValueError(f"{store}: holds grid {existing.to_attrs()}, not {grid.to_attrs()}")
     start = len(slots)
@@ -298,8 +321,55 @@ def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, ND
     # as ingested only after all of them are.
     for k, arr in arrays.items():
         group[k][index] = arr
-    group["checksum"][index] = checksum
-    group["ingest_ok"][index] = True
+    mark_slot(store, index, "ingest_ok", checksum=checksum, group=group)
+
+
+def write_block(store: str | os.PathLike[str] | Mapping[str, Any], index: int, window: tuple[int, int, int, int],
+                data: Mapping[str, NDArray[Any]]) -> None:
+    """Write one chunk-aligned window ``(y0, y1, x0, x1)`` of time slot ``index`` (region write).
+
+    Every chunk the window touches is covered whole (or ends at the grid's edge), so concurrent
+    writers of other windows never touch the same chunk.
+
+    Parameters
+    ----------
+    store : path, zarr.Group or mapping of name to zarr.Array
+        The grid store (open arrays are reused: opening one reads its metadata).
+    data : mapping
+        Variable name to a ``(y1 - y0, x1 - x0)`` array.
+
+    Raises
+    ------
+    ValueError
+        If the window is not aligned to the store's chunks or an array has the wrong shape.
+    """
+    import zarr
+
+    group = store if isinstance(store, zarr.Group | Mapping) else zarr.open_group(str(store), mode="r+")
+    y0, y1, x0, x1 = window
+    for k, arr in data.items():
+        z = group[k]
+        _, cy, cx = z.chunks
+        _, ny, nx = z.shape
+        if y0 % cy or x0 % cx or (y1 % cy and y1 != ny) or (x1 % cx and x1 != nx):
+            raise ValueError(f"{store}: window {window} of {k} is not aligned to its chunks ({cy}, {cx})")
+        if arr.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"{store}: {k} block has shape {arr.shape}, window is {(y1 - y0, x1 - x0)}")
+        z[index, y0:y1, x0:x1] = arr
+
+
+def mark_slot(store: str | os.PathLike[str], index: int, ok_var: str, *, checksum: str | None = None,
+              group: Any = None) -> None:
+    """Mark time slot ``index`` complete (``ok_var`` true), recording ``checksum`` if given.
+
+    Call it only after every chunk of the slot is written: a slot is complete only when flagged.
+    """
+    import zarr
+
+    group = group if group is not None else zarr.open_group(str(store), mode="r+")
+    if checksum is not None:
+        group["checksum"][index] = checksum
+    group[ok_var][index] = True
 
 
 def write_log(root: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:
