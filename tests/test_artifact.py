@@ -60,10 +60,14 @@ def test_exported_model_agrees_with_in_memory_model(tmp_path, name, strategy):
     m = _trained(name, strategy)
     path = export_artifact(m, tmp_path / "a", {**CARD, "model": name, "strategy": strategy or "full"})
     loaded = load_artifact(path)
+    program = load_artifact(path, program="export")
     x = _realistic()
     diff = np.abs(loaded.predict(x) - predict_torch(m, x)).max()
     assert diff <= 1e-4
+    assert np.abs(program.predict(x) - loaded.predict(x)).max() <= 1e-4  # both load paths agree
+    assert program.program == "export" and loaded.program == "torchscript"
     assert loaded.card["export_check"]["max_abs_diff_k"] <= 1e-4
+    assert loaded.card["export_check"]["max_abs_diff_k_export"] <= 1e-4
     if strategy == "lora":
         assert loaded.card["export_check"]["lora_layers_merged"] > 0
         assert any(isinstance(mod, LoRALinear) for mod in m.modules())  # the in-memory model is not merged
@@ -90,10 +94,10 @@ def test_card_has_features_units_tables_versions_and_times(dnn_artifact):
 
 def test_sha256_file_lists_every_file(dnn_artifact):
     path, _ = dnn_artifact
-    assert sorted(p.name for p in path.iterdir()) == ["card.json", "model.pt", "sha256"]
+    assert sorted(p.name for p in path.iterdir()) == ["card.json", "model.pt", "model.pt2", "sha256"]
     lines = (path / "sha256").read_text().splitlines()
     listed = {line.split("  ")[1]: line.split("  ")[0] for line in lines}
-    assert set(listed) == {"card.json", "model.pt"}
+    assert set(listed) == {"card.json", "model.pt", "model.pt2"}
     for name, digest in listed.items():
         assert hashlib.sha256((path / name).read_bytes()).hexdigest() == digest
     assert verify_artifact(path)["model"] == "dnn"
@@ -106,7 +110,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("name", ["model.pt", "card.json"])
+@pytest.mark.parametrize("name", ["model.pt", "model.pt2", "card.json"])
 def test_tampered_file_is_refused_naming_it(dnn_artifact, tmp_path, name):
     path = _copy(dnn_artifact[0], tmp_path / "t")
     data = bytearray((path / name).read_bytes())
@@ -139,10 +143,15 @@ def test_rehashed_but_invalid_card_is_refused(dnn_artifact, tmp_path):
     card["features"][5]["unit"] = "kg m-2"
     data = json.dumps(card).encode()
     (path / "card.json").write_bytes(data)
-    lines = [f"{hashlib.sha256((path / n).read_bytes()).hexdigest()}  {n}" for n in ("card.json", "model.pt")]
-    (path / "sha256").write_text("\n".join(lines) + "\n")
+    _rehash(path)
     with pytest.raises(ArtifactError, match=r"card\.json: feature"):
         load_artifact(path)
+
+
+def _rehash(path: Path) -> None:
+    names = sorted(p.name for p in path.iterdir() if p.name != "sha256")
+    lines = [f"{hashlib.sha256((path / n).read_bytes()).hexdigest()}  {n}" for n in names]
+    (path / "sha256").write_text("\n".join(lines) + "\n")
 
 
 def test_loading_never_unpickles(dnn_artifact, monkeypatch):
@@ -153,9 +162,39 @@ def test_loading_never_unpickles(dnn_artifact, monkeypatch):
         monkeypatch.setattr(pickle, name, refuse)
     monkeypatch.setattr(torch, "load", refuse)
     path, model = dnn_artifact
-    loaded = load_artifact(path)
     x = _realistic(100)
-    assert np.abs(loaded.predict(x) - predict_torch(model, x)).max() <= 1e-4
+    for program in ("torchscript", "export"):
+        loaded = load_artifact(path, program=program)
+        assert np.abs(loaded.predict(x) - predict_torch(model, x)).max() <= 1e-4
+
+
+def test_export_program_holding_a_pickle_is_refused_before_loading(dnn_artifact, tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    path = _copy(dnn_artifact[0], tmp_path / "p")
+    src = zipfile.ZipFile(io.BytesIO((path / "model.pt2").read_bytes()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for m in src.infolist():
+            data = src.read(m)
+            if m.filename.endswith("sample_inputs/model.pt"):
+                data = pickle.dumps(("not", "weights"))  # what a malicious program would carry
+            dst.writestr(m, data)
+    (path / "model.pt2").write_bytes(out.getvalue())
+    _rehash(path)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("torch.load used")))
+    with pytest.raises(ArtifactError, match=r"model\.pt2: holds pickled example inputs"):
+        load_artifact(path, program="export")
+    assert load_artifact(path).program == "torchscript"  # the TorchScript file is untouched
+
+
+def test_tree_artifact_has_no_export_program(tmp_path):
+    m = LGBM(n_estimators=5)
+    m.fit(X, Y)
+    path = export_artifact(m, tmp_path / "l", {**CARD, "model": "lgbm"})
+    assert not (path / "model.pt2").exists() and "programs" not in verify_artifact(path)
+    assert load_artifact(path, program="export").program == "lightgbm-text"  # the choice concerns torch only
 
 
 def test_loaded_model_checks_feature_width_and_keeps_leading_shape(dnn_artifact):

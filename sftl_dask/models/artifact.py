@@ -1,12 +1,18 @@
 """The model artifact (DESIGN.md, "Model artifact"): export and verified, pickle-free loading.
 
-An artifact is a directory of exactly three files:
+An artifact is a directory of these files:
 
 - the model: ``model.pt`` (TorchScript; normalisation inside, LoRA merged, adapters kept in the
   graph), ``model.txt`` (LightGBM text model) or ``model.json`` (RF as arrays per tree);
+- beside a TorchScript model, ``model.pt2``: the same network as a ``torch.export`` program
+  (TorchScript is deprecated from torch 2.9; the program loads without warnings at the same speed).
+  It is saved without example inputs, so it holds only JSON and raw tensor bytes, and is checked
+  to hold nothing else before ``torch.export.load`` reads it: nothing is unpickled;
 - ``card.json``: features in order with units, model, strategy, stages, training tables with their
-  sha256, metrics, versions, creation time, and how the export was checked;
-- ``sha256``: ``<hex>  <name>`` for the two files above.
+  sha256, metrics, versions, creation time, how the export was checked and, from ``sftl train``,
+  the pre-training range of the inputs and the per-pixel error model (``uncertainty``,
+  :mod:`sftl_dask.models.error_model`);
+- ``sha256``: ``<hex>  <name>`` for every file above.
 
 :func:`export_artifact` writes into a temporary sibling directory and renames it into place, so a
 half-written artifact never appears under the final name; it refuses to export a model whose
@@ -41,7 +47,16 @@ from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask.features import FEATURE_UNITS, FEATURES
 
-__all__ = ["ARTIFACT_FORMAT", "ArtifactError", "LoadedModel", "export_artifact", "load_artifact", "verify_artifact"]
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "PROGRAMS",
+    "ArtifactError",
+    "LoadedModel",
+    "artifact_digest",
+    "export_artifact",
+    "load_artifact",
+    "verify_artifact",
+]
 
 #: Format tag written into ``card.json``.
 ARTIFACT_FORMAT = "sftl-dask-artifact/1"
@@ -51,6 +66,13 @@ EXPORT_TOLERANCE_K = 1e-4
 _CARD = "card.json"
 _SHA = "sha256"
 _MODEL_FILES = {"torchscript": "model.pt", "lightgbm-text": "model.txt", "forest-json": "model.json"}
+_EXPORT_FILE = "model.pt2"  # the torch.export program beside a TorchScript model
+#: How a torch artifact's network can be loaded: the TorchScript file or the ``torch.export`` program.
+PROGRAMS = ("torchscript", "export")
+#: Members a pickle-free ``torch.export`` archive may hold (JSON, raw tensor bytes, version stamps).
+_PT2_MEMBER = re.compile(
+    r"^[^/]+/(models/[\w.-]+\.json|data/(weights|constants)/([\w.-]+_config\.json|weight_\d+|tensor_\d+|constant_\d+)"
+    r"|data/sample_inputs/[\w.-]+\.pt|archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id)$")
 _SHA_LINE = re.compile(r"^([0-9a-f]{64})  (\S+)$")
 _CHECK_ROWS = 4096
 
@@ -147,7 +169,7 @@ def _max_diff(a: ArrayLike, b: ArrayLike) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-def _export_torch(model: Any, seed: int) -> tuple[bytes, dict[str, Any]]:
+def _export_torch(model: Any, seed: int) -> tuple[bytes, dict[str, Any], bytes]:
     import torch
 
     from sftl_dask.models.finetune import LoRAConv1d, LoRALinear, _Adapter, merge_and_unload
@@ -161,6 +183,7 @@ def _export_torch(model: Any, seed: int) -> tuple[bytes, dict[str, Any]]:
     with _quiet_jit():
         torch.jit.save(torch.jit.script(export), buf)
         reloaded = torch.jit.load(io.BytesIO(buf.getvalue()), map_location="cpu")
+    program = _export_program(export)
     # realistic inputs: the pre-training table's feature distribution (mean ± 3 sd, Gaussian)
     norm = getattr(reference, "norm", None)
     rng = np.random.default_rng(seed)
@@ -170,12 +193,65 @@ def _export_torch(model: Any, seed: int) -> tuple[bytes, dict[str, Any]]:
     else:
         x = z
     x = x.astype(np.float32)
-    diff = _max_diff(predict_torch(reference, x), predict_torch(reloaded, x))
-    info: dict[str, Any] = {"lora_layers_merged": n_lora, "adapters": n_adapters, "max_abs_diff_k": diff}
+    expected = predict_torch(reference, x)
+    diff = _max_diff(expected, predict_torch(reloaded, x))
+    diff_program = _max_diff(expected, predict_torch(_load_program(program, Path(_EXPORT_FILE)), x))
+    info: dict[str, Any] = {"lora_layers_merged": n_lora, "adapters": n_adapters,
+                            "max_abs_diff_k": max(diff, diff_program), "max_abs_diff_k_torchscript": diff,
+                            "max_abs_diff_k_export": diff_program}
     if norm is not None:
         info["normalisation"] = {"feature_mean": norm.x_mean.tolist(), "feature_std": norm.x_std.tolist(),
                                  "lst_mean_k": float(norm.y_mean), "lst_std_k": float(norm.y_std)}
-    return buf.getvalue(), info
+    return buf.getvalue(), info, program
+
+
+def _export_program(model: Any) -> bytes:
+    """The network as a ``torch.export`` program (batch dimension dynamic), saved without example inputs."""
+    import torch
+
+    x = torch.zeros(64, model.n_features)
+    batch = torch.export.Dim("batch", min=1, max=2**26)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    program._example_inputs = None  # the only pickled payload of a plain program: leave it out
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    return buf.getvalue()
+
+
+def _check_pt2(data: bytes, where: Path) -> None:
+    """Refuse a ``torch.export`` archive holding anything but JSON and raw tensor bytes (nothing to unpickle)."""
+    import zipfile
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        members = zf.infolist()
+    except zipfile.BadZipFile as exc:
+        raise ArtifactError(f"{where}: not a torch.export archive ({exc})") from None
+    for m in members:
+        if not _PT2_MEMBER.match(m.filename):
+            raise ArtifactError(f"{where}: unexpected member {m.filename!r} (only JSON and raw tensors are accepted)")
+        if "/sample_inputs/" in m.filename and m.file_size:
+            raise ArtifactError(f"{where}: holds pickled example inputs ({m.filename}); refusing to unpickle")
+        if m.filename.endswith("_config.json"):
+            try:
+                config = json.loads(zf.read(m)).get("config", {})
+            except (json.JSONDecodeError, AttributeError) as exc:
+                raise ArtifactError(f"{where}: {m.filename} is not a payload config ({exc})") from None
+            pickled = [k for k, v in config.items() if not isinstance(v, dict) or v.get("use_pickle") is not False]
+            if pickled:
+                raise ArtifactError(f"{where}: payload {pickled[0]!r} is pickled; refusing to unpickle")
+
+
+def _load_program(data: bytes, where: Path, device: str = "cpu") -> Any:
+    import torch
+
+    _check_pt2(data, where)
+    module = torch.export.load(io.BytesIO(data)).module()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    for m in module.modules():  # traced from the model in eval mode; its module refuses .eval()
+        m.training = False
+    return module.to(device)
 
 
 def _export_rf(model: Any, seed: int) -> tuple[bytes, dict[str, Any]]:
@@ -282,8 +358,9 @@ def export_artifact(model: Any, out_dir: str | Path, card: Mapping[str, Any], *,
     doc = _jsonable(dict(card))
     doc["features"] = _card_features(card, n_features)
     doc["training_tables"] = _training_tables(doc.get("training_tables"))
+    extra: dict[str, bytes] = {}
     if kind == "torchscript":
-        data, info = _export_torch(model, seed)
+        data, info, extra[_EXPORT_FILE] = _export_torch(model, seed)
     elif kind == "forest-json":
         data, info = _export_rf(model, seed)
     else:
@@ -306,7 +383,12 @@ def export_artifact(model: Any, out_dir: str | Path, card: Mapping[str, Any], *,
     )
     if normalisation is not None:
         doc["normalisation"] = normalisation
-    files = {_MODEL_FILES[kind]: data, _CARD: (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode()}
+    if extra:
+        doc["programs"] = {"torchscript": _MODEL_FILES[kind], "export": _EXPORT_FILE}
+    for key, check in (("uncertainty", _check_uncertainty), ("pretraining_range", _check_range_card)):
+        if key in doc:
+            check(doc[key], f"export_artifact: card['{key}']")
+    files = {_MODEL_FILES[kind]: data, **extra, _CARD: (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode()}
     _write_atomically(out, files)
     return out
 
@@ -351,7 +433,7 @@ def _read_verified(path: str | Path) -> tuple[Path, dict[str, bytes]]:
     if not sha_path.is_file():
         raise ArtifactError(f"{sha_path}: missing; the artifact cannot be verified")
     expected: dict[str, str] = {}
-    allowed = {_CARD, *_MODEL_FILES.values()}
+    allowed = {_CARD, _EXPORT_FILE, *_MODEL_FILES.values()}
     for i, line in enumerate(sha_path.read_text(errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
@@ -365,9 +447,11 @@ def _read_verified(path: str | Path) -> tuple[Path, dict[str, bytes]]:
     extra = sorted(p.name for p in root.iterdir() if p.name != _SHA and p.name not in expected)
     if extra:
         raise ArtifactError(f"{root / extra[0]}: unexpected file in the artifact (not listed in sha256)")
-    models = [n for n in expected if n != _CARD]
+    models = [n for n in expected if n not in (_CARD, _EXPORT_FILE)]
     if _CARD not in expected or len(models) != 1:
         raise ArtifactError(f"{sha_path}: must list card.json and exactly one model file")
+    if _EXPORT_FILE in expected and models != [_MODEL_FILES["torchscript"]]:
+        raise ArtifactError(f"{sha_path}: {_EXPORT_FILE} belongs beside a TorchScript model.pt only")
     files: dict[str, bytes] = {}
     for name, digest in expected.items():
         p = root / name
@@ -398,7 +482,37 @@ def _parse_card(root: Path, files: Mapping[str, bytes]) -> dict[str, Any]:
         name = f.get("name") if isinstance(f, dict) else None
         if name not in FEATURE_UNITS or f.get("unit") != FEATURE_UNITS[name]:
             raise ArtifactError(f"{where}: feature {f!r} is not one of this package's features with its unit")
+    for key, check in (("uncertainty", _check_uncertainty), ("pretraining_range", _check_range_card)):
+        if key in card:
+            try:
+                check(card[key], f"{where}: {key}")
+            except ValueError as exc:
+                raise ArtifactError(str(exc)) from None
     return card
+
+
+#: Inputs whose pre-training range a card records (``pretraining_range``): name -> unit.
+RANGE_INPUTS = {"bt": "K", "wvc": "g cm-2", "vza": "deg", "emis": "1"}
+
+
+def _check_range_card(value: Any, where: str) -> None:
+    if not isinstance(value, Mapping) or set(value) != set(RANGE_INPUTS):
+        raise ValueError(f"{where}: must give [min, max] for exactly {', '.join(RANGE_INPUTS)}")
+    for k, v in value.items():
+        if not (isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(b, int | float) for b in v)
+                and math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] <= v[1]):
+            raise ValueError(f"{where}: {k} must be [min, max] ({RANGE_INPUTS[k]}), got {v!r}")
+
+
+def _check_uncertainty(value: Any, where: str) -> None:
+    from sftl_dask.models.error_model import check_error_model
+
+    check_error_model(value, where)
+
+
+def artifact_digest(path: str | Path) -> str:
+    """sha256 of an artifact's ``sha256`` manifest: one digest that pins every file of the artifact."""
+    return _sha256((Path(path) / _SHA).read_bytes())
 
 
 def verify_artifact(path: str | Path) -> dict[str, Any]:
@@ -425,14 +539,18 @@ class LoadedModel:
     kind : str
         ``"torchscript"``, ``"lightgbm-text"`` or ``"forest-json"``.
     model
-        The ``torch.jit.ScriptModule``, LightGBM ``Booster`` or :class:`~sftl_dask.models.trees.ForestPredictor`.
+        The ``torch.jit.ScriptModule`` (or the ``torch.export`` program's module), LightGBM ``Booster`` or
+        :class:`~sftl_dask.models.trees.ForestPredictor`.
+    program : str
+        For torch artifacts, which file was loaded: ``"torchscript"`` or ``"export"``.
     """
 
-    def __init__(self, path: Path, card: dict[str, Any], kind: str, model: Any) -> None:
+    def __init__(self, path: Path, card: dict[str, Any], kind: str, model: Any, program: str = "") -> None:
         self.path = path
         self.card = card
         self.kind = kind
         self.model = model
+        self.program = program or kind
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -470,7 +588,7 @@ class LoadedModel:
                 f"strategy={self.card.get('strategy')!r})")
 
 
-def load_artifact(path: str | Path, *, device: str = "cpu") -> LoadedModel:
+def load_artifact(path: str | Path, *, device: str = "cpu", program: str = "torchscript") -> LoadedModel:
     """Verify an artifact's hashes, then load it (no pickle anywhere).
 
     Parameters
@@ -478,7 +596,10 @@ def load_artifact(path: str | Path, *, device: str = "cpu") -> LoadedModel:
     path : path
         The artifact directory.
     device : str
-        Torch device for TorchScript models (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
+        Torch device for torch models (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
+    program : {"torchscript", "export"}
+        For torch artifacts: load ``model.pt`` (TorchScript) or ``model.pt2`` (``torch.export``).
+        Ignored for trees.
 
     Returns
     -------
@@ -487,19 +608,29 @@ def load_artifact(path: str | Path, *, device: str = "cpu") -> LoadedModel:
     Raises
     ------
     ArtifactError
-        Naming the file that is missing, unexpected, fails its sha256, or cannot be parsed.
+        Naming the file that is missing, unexpected, fails its sha256, or cannot be parsed; or if
+        ``program="export"`` and the artifact carries no ``model.pt2``.
+    ValueError
+        If ``program`` is unknown.
     """
+    if program not in PROGRAMS:
+        raise ValueError(f"program {program!r} unknown; choose from {', '.join(PROGRAMS)}")
     root, files = _read_verified(path)
     card = _parse_card(root, files)
     kind = card["kind"]
-    data = files[_MODEL_FILES[kind]]
-    where = root / _MODEL_FILES[kind]
+    name = _EXPORT_FILE if kind == "torchscript" and program == "export" else _MODEL_FILES[kind]
+    if name not in files:
+        raise ArtifactError(f"{root / name}: missing; this artifact carries no torch.export program")
+    data = files[name]
+    where = root / name
     try:
-        if kind == "torchscript":
+        if name == _EXPORT_FILE:
+            model: Any = _load_program(data, where, device)
+        elif kind == "torchscript":
             import torch
 
             with _quiet_jit():
-                model: Any = torch.jit.load(io.BytesIO(data), map_location=device)
+                model = torch.jit.load(io.BytesIO(data), map_location=device)
             model.eval()
         elif kind == "lightgbm-text":
             import lightgbm as lgb
@@ -513,4 +644,4 @@ def load_artifact(path: str | Path, *, device: str = "cpu") -> LoadedModel:
         raise
     except Exception as exc:  # any parser failure is a malformed artifact
         raise ArtifactError(f"{where}: cannot be loaded ({type(exc).__name__}: {exc})") from None
-    return LoadedModel(root, card, kind, model)
+    return LoadedModel(root, card, kind, model, program=program if kind == "torchscript" else kind)

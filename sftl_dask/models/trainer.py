@@ -274,13 +274,15 @@ def predict_torch(model: nn.Module, X: ArrayLike, batch_size: int = 8192) -> NDA
         device = next(model.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
-    was_training = model.training
-    model.eval()
+    was_training = model.training  # a torch.export program's module is traced in eval mode and cannot switch
+    if was_training:
+        model.eval()
     try:
         with torch.inference_mode():
             for start in range(0, flat.shape[0], batch_size):
                 xb = torch.from_numpy(flat[start:start + batch_size]).to(device)
                 out[start:start + batch_size] = model(xb).float().cpu().numpy()
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train(True)
     return out.reshape(lead)
