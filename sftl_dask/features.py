@@ -7,7 +7,7 @@ Physics only: no I/O, no Dask.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,17 @@ from numpy.typing import NDArray
 
 from sftl_dask.physics._validate import check_range
 
-__all__ = ["FEATURES", "FEATURE_UNITS", "REQUIRED_INPUTS", "compute_features", "feature_matrix"]
+__all__ = [
+    "FEATURES",
+    "FEATURE_INPUTS",
+    "FEATURE_UNITS",
+    "RANGE_GROUPS",
+    "REQUIRED_INPUTS",
+    "compute_features",
+    "feature_matrix",
+    "input_range",
+    "inputs_for",
+]
 
 #: Model features, in order.
 FEATURES: tuple[str, ...] = (
@@ -64,7 +74,61 @@ REQUIRED_INPUTS: dict[str, tuple[float, float, str]] = {
 }
 
 
-def compute_features(inputs: Mapping[str, Any], *, allow_nan: bool = False) -> dict[str, NDArray[np.float32]]:
+#: The inputs each feature is computed from.
+FEATURE_INPUTS: dict[str, tuple[str, ...]] = {
+    "bt_08_20": ("bt_08_20",),
+    "bt_08_63": ("bt_08_63",),
+    "bt_10_80": ("bt_10_80",),
+    "bt_11_95": ("bt_11_95",),
+    "dbt": ("bt_10_80", "bt_11_95"),
+    "wvc": ("wvc",),
+    "wvc_dbt": ("wvc", "bt_10_80", "bt_11_95"),
+    "emis_08_20": ("emis_08_20",),
+    "emis_08_63": ("emis_08_63",),
+    "emis_mean": ("emis_10_80", "emis_11_95"),
+    "emis_diff": ("emis_10_80", "emis_11_95"),
+    "sec_vza": ("vza",),
+}
+
+#: Input groups whose range a training table spans (the "pre-training range" of a model).
+RANGE_GROUPS: dict[str, tuple[str, ...]] = {
+    "bt": ("bt_08_20", "bt_08_63", "bt_10_80", "bt_11_95"),
+    "wvc": ("wvc",),
+    "vza": ("vza",),
+    "emis": ("emis_08_20", "emis_08_63", "emis_10_80", "emis_11_95"),
+}
+
+
+def inputs_for(names: Sequence[str]) -> tuple[str, ...]:
+    """The input variables the features ``names`` need, in :data:`REQUIRED_INPUTS` order.
+
+    Raises
+    ------
+    ValueError
+        If a name is not one of :data:`FEATURES`.
+    """
+    unknown = [n for n in names if n not in FEATURE_INPUTS]
+    if unknown:
+        raise ValueError(f"features: unknown feature(s) {', '.join(unknown)}; choose from {', '.join(FEATURES)}")
+    need = {i for n in names for i in FEATURE_INPUTS[n]}
+    return tuple(k for k in REQUIRED_INPUTS if k in need)
+
+
+def input_range(table: Mapping[str, Any]) -> dict[str, list[float]]:
+    """``[min, max]`` of each :data:`RANGE_GROUPS` group over a training table (units of the inputs).
+
+    A group takes the columns of it that the table has; a group with none is left out.
+    """
+    out = {}
+    for group, names in RANGE_GROUPS.items():
+        vals = [np.asarray(table[n], dtype=np.float64) for n in names if n in table]
+        if vals:
+            out[group] = [float(min(np.nanmin(v) for v in vals)), float(max(np.nanmax(v) for v in vals))]
+    return out
+
+
+def compute_features(inputs: Mapping[str, Any], *, allow_nan: bool = False,
+                     names: Sequence[str] | None = None) -> dict[str, NDArray[np.float32]]:
     """Model features from brightness temperatures, WVC, emissivities and view angle.
 
     Parameters
@@ -76,40 +140,40 @@ def compute_features(inputs: Mapping[str, Any], *, allow_nan: bool = False) -> d
         xarray Dataset or a dict of numpy blocks.
     allow_nan : bool, optional
         Accept NaN (masked pixels); the features of those pixels are NaN.
+    names : sequence of str, optional
+        Compute only these features (default: all of :data:`FEATURES`); only their inputs
+        (:func:`inputs_for`) are needed and checked.
 
     Returns
     -------
     dict of str to numpy.ndarray
-        float32 arrays keyed by :data:`FEATURES`, in that order.
+        float32 arrays keyed by feature name, in :data:`FEATURES` order (or the order of ``names``).
 
     Raises
     ------
     ValueError
-        If an input is missing, non-finite (unless ``allow_nan``) or out of its valid range.
+        If a name is unknown, or an input is missing, non-finite (unless ``allow_nan``) or out of
+        its valid range.
     """
-    missing = [k for k in REQUIRED_INPUTS if k not in inputs]
+    names = FEATURES if names is None else tuple(names)
+    need = inputs_for(names)
+    missing = [k for k in need if k not in inputs]
     if missing:
         raise ValueError(f"features: missing input variable(s) {', '.join(missing)}")
     x = {
-        k: check_range(k, np.asarray(inputs[k]), lo, hi, unit=unit, allow_nan=allow_nan)
-        for k, (lo, hi, unit) in REQUIRED_INPUTS.items()
+        k: check_range(k, np.asarray(inputs[k]), *REQUIRED_INPUTS[k][:2], unit=REQUIRED_INPUTS[k][2],
+                       allow_nan=allow_nan)
+        for k in need
     }
-    dbt = x["bt_10_80"] - x["bt_11_95"]
-    out = {
-        "bt_08_20": x["bt_08_20"],
-        "bt_08_63": x["bt_08_63"],
-        "bt_10_80": x["bt_10_80"],
-        "bt_11_95": x["bt_11_95"],
-        "dbt": dbt,
-        "wvc": x["wvc"],
-        "wvc_dbt": x["wvc"] * dbt,
-        "emis_08_20": x["emis_08_20"],
-        "emis_08_63": x["emis_08_63"],
-        "emis_mean": 0.5 * (x["emis_10_80"] + x["emis_11_95"]),
-        "emis_diff": x["emis_10_80"] - x["emis_11_95"],
-        "sec_vza": 1.0 / np.cos(np.deg2rad(x["vza"])),
+    dbt = x["bt_10_80"] - x["bt_11_95"] if "bt_10_80" in x and "bt_11_95" in x else None
+    derived = {
+        "dbt": lambda: dbt,
+        "wvc_dbt": lambda: x["wvc"] * dbt,
+        "emis_mean": lambda: 0.5 * (x["emis_10_80"] + x["emis_11_95"]),
+        "emis_diff": lambda: x["emis_10_80"] - x["emis_11_95"],
+        "sec_vza": lambda: 1.0 / np.cos(np.deg2rad(x["vza"])),
     }
-    return {k: np.asarray(out[k], dtype=np.float32) for k in FEATURES}
+    return {k: np.asarray(derived[k]() if k in derived else x[k], dtype=np.float32) for k in names}
 
 
 def feature_matrix(inputs: Mapping[str, Any], *, allow_nan: bool = False) -> NDArray[np.float32]:

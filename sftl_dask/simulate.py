@@ -570,3 +570,14 @@ def fit_split_window_on_simulation(table: Mapping[str, NDArray], *, seed: int = 
     angles = np.unique(np.round(np.asarray(table["vza"], dtype=np.float64), 3))
     cuts = [0.0, *((angles[:-1] + angles[1:]) / 2).tolist(), float(max(angles[-1], 1.0))]
     return fit_split_window(table, seed=seed, holdout_group="profile_id", vza_windows=tuple(itertools.pairwise(cuts)))
+
+
+def split_window_document(coeffs: Any, table: Mapping[str, NDArray]) -> dict[str, Any]:
+    """The JSON document ``sftl fit-sw`` writes: the coefficients and the simulation's input range.
+
+    ``pretraining_range`` (``[min, max]`` of the BT pair (K), WVC (g cm-2), VZA (deg) and the pair's
+    emissivities) lets retrieval flag pixels outside what the coefficients were fitted on.
+    """
+    from sftl_dask.features import input_range
+
+    return {**coeffs.to_dict(), "pretraining_range": input_range(table)}

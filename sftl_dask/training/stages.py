@@ -153,7 +153,12 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, 
         ``sim`` (path), ``sw`` (coefficients dict), ``matchups`` (DataFrame), ``testbed`` (path).
     """
     from sftl_dask.ingest import ingest
-    from sftl_dask.simulate import SimulationConfig, fit_split_window_on_simulation, write_simulation
+    from sftl_dask.simulate import (
+        SimulationConfig,
+        fit_split_window_on_simulation,
+        split_window_document,
+        write_simulation,
+    )
     from sftl_dask.testbed.build import build_testbed
     from sftl_dask.training.matchups import build_matchups, validate_matchups
 
@@ -168,7 +173,8 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, 
     sw_path = work / "sw.json"
     table = _read_sim(sim)
     if not sw_path.exists():
-        sw_path.write_text(json.dumps(fit_split_window_on_simulation(table, seed=cfg.seed).to_dict()))
+        sw_path.write_text(json.dumps(split_window_document(fit_split_window_on_simulation(table, seed=cfg.seed),
+                                                            table)))
     tb_cfg = dict(cfg.data.get("testbed") or {})
     mu_path = work / "matchups.parquet"
     tb = Path(tb_cfg["path"]) if tb_cfg.get("path") else work / "testbed"
@@ -269,6 +275,37 @@ def _predict(model: Any, x: np.ndarray) -> np.ndarray:
     return model.predict(x) if hasattr(model, "n_trees") else predict_torch(model, x)
 
 
+def _sim_holdout(cfg: TrainConfig, table: Mapping[str, np.ndarray]) -> tuple[set[int], np.ndarray]:
+    """The held-out simulated profiles (whole profiles, drawn with the configuration's seed) and their rows."""
+    rng = np.random.default_rng(cfg.seed)
+    prof = np.unique(table["profile_id"])
+    held = set(rng.choice(prof, size=max(1, int(cfg.pretrain.get("holdout_fraction", 0.1) * prof.size)),
+                          replace=False).tolist())
+    return held, np.isin(table["profile_id"], list(held))
+
+
+def _error_model(cfg: TrainConfig, table: Mapping[str, np.ndarray], pretrained: Any, tuned: Any, test: pd.DataFrame,
+                 x_test: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
+    """The exported model's per-pixel error model (:mod:`sftl_dask.models.error_model`).
+
+    Simulated part: the pre-trained model's residuals on the held-out simulated profiles, by bin (how
+    hard the inversion is for that atmosphere, surface and angle; the fine-tuned model departs from
+    the simulation on purpose, so its residuals there are not errors). Scene part: the fine-tuned
+    model's residuals on the source region's held-out matchups (never used to fine-tune).
+    """
+    from sftl_dask.features import compute_features
+    from sftl_dask.models.error_model import fit_error_model
+
+    names = ("wvc", "emis_mean", "sec_vza")
+    _, is_held = _sim_holdout(cfg, table)
+    held_rows = {k: v[is_held] for k, v in table.items()}
+    r_sim = _predict(pretrained, _features(cfg, held_rows)) - np.asarray(held_rows["lst"], dtype=np.float64)
+    r_obs = _predict(tuned, x_test) - y_test
+    split = cfg.finetune.get("split", "chronological")
+    return fit_error_model(compute_features(held_rows, names=names), r_sim, compute_features(test, names=names),
+                           r_obs, obs_source=f"{cfg.source_region} held-out matchups ({split} split)")
+
+
 def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None = None, log: Any = print,
              client: Any = None) -> tuple[Any, dict[str, Any]]:
     """Stage 1: the model pre-trained on the simulation, and its held-out metrics next to the split-window's.
@@ -287,12 +324,7 @@ def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None =
         torch.set_num_threads(threads)
     table = data["table"]
     y_sim = np.asarray(table["lst"], dtype=np.float32)
-    # hold out whole profiles
-    rng = np.random.default_rng(cfg.seed)
-    prof = np.unique(table["profile_id"])
-    held = set(rng.choice(prof, size=max(1, int(cfg.pretrain.get("holdout_fraction", 0.1) * prof.size)),
-                          replace=False).tolist())
-    is_held = np.isin(table["profile_id"], list(held))
+    held, is_held = _sim_holdout(cfg, table)
     held_rows = {k: v[is_held] for k, v in table.items()}
     xte, yte = _features(cfg, held_rows), y_sim[is_held]
     n_train = int((~is_held).sum())
@@ -446,6 +478,21 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
     log(f"  cross-site RMSE {stage3['zero_shot']['rmse_k']:.2f} K (split-window "
         f"{stage3['split_window']['rmse_k']:.2f}, direct training {stage3['direct_training']['rmse_k']:.2f})")
 
+    # the per-pixel uncertainty the LST cube will carry, and its calibration on the target region
+    from sftl_dask.features import compute_features, input_range
+    from sftl_dask.models.error_model import apply_error_model, coverage
+
+    error_model = _error_model(cfg, data["table"], model, tuned, test, x_in, y_in)
+    sigma_tg = apply_error_model(error_model, compute_features(tgt, names=("wvc", "emis_mean", "sec_vza")))
+    calibration = {"target_insitu": coverage(p_sftl - y_tg, sigma_tg),
+                   "sigma_scene_k": error_model["sigma_scene_k"], "n_scene": error_model["n_scene"]}
+    if "lst_pixel_truth" in tgt and tgt["lst_pixel_truth"].notna().all():
+        calibration["target_pixel_truth"] = coverage(p_sftl - tgt["lst_pixel_truth"].to_numpy(np.float64), sigma_tg)
+    stage3["uncertainty_calibration"] = calibration
+    c = calibration["target_insitu"]
+    log(f"  uncertainty on {cfg.target_region}: {c['within_1sigma']:.0%} of in situ residuals within 1 sigma, "
+        f"{c['within_2sigma']:.0%} within 2 sigma (rms sigma {c['rms_sigma_k']:.2f} K)")
+
     predictions = pd.DataFrame({
         "site": tgt["site"].to_numpy(), "time_utc": tgt["time_utc"].to_numpy(), "lst_insitu": y_tg,
         "lst_sftl": p_sftl, "lst_split_window": p_sw.astype(np.float32), "lst_direct": p_direct,
@@ -466,8 +513,10 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
                             "matchups": {"path": str(data["matchups_path"]),
                                          "sha256": _sha256(Path(data["matchups_path"]))}},
         "metrics": {"stage1_holdout_sim": stage1["model"], "stage2_in_domain": stage2["model"],
-                    "stage3_cross_site": stage3["zero_shot"]},
+                    "stage3_cross_site": stage3["zero_shot"], "uncertainty_calibration": calibration},
         "config": cfg.source,
+        "uncertainty": error_model,
+        "pretraining_range": input_range(data["table"]),
     }
     if out is not None:
         export_artifact(getattr(strategy, "export_model", lambda m: m)(tuned), out / "model", card)

@@ -1,0 +1,98 @@
+"""The per-pixel error model: fitted per bin, a scene term from matchups, applied by lookup, calibrated."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sftl_dask.models.error_model import (
+    DEFAULT_EDGES,
+    apply_error_model,
+    check_error_model,
+    coverage,
+    fit_error_model,
+)
+
+
+def _features(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"wvc": rng.uniform(0.0, 6.0, n), "emis_mean": rng.uniform(0.94, 0.99, n),
+            "sec_vza": 1.0 / np.cos(np.radians(rng.choice([0.0, 15.0, 30.0], n)))}
+
+
+def _true_sigma(f: dict[str, np.ndarray]) -> np.ndarray:
+    """0.3 K in dry air growing by 0.2 K per WVC bin, +0.2 K at 30 deg."""
+    wbin = np.searchsorted(DEFAULT_EDGES["wvc"], f["wvc"], side="right")
+    return 0.3 + 0.2 * wbin + 0.2 * (f["sec_vza"] > 1.1)
+
+
+def test_fit_recovers_the_per_bin_sigma_and_the_scene_term():
+    rng = np.random.default_rng(0)
+    f = _features(200_000, 1)
+    r = rng.standard_normal(200_000) * _true_sigma(f)
+    fo = _features(4000, 2)
+    ro = rng.standard_normal(4000) * np.hypot(_true_sigma(fo), 1.5) + 0.0
+    model = fit_error_model(f, r, fo, ro, obs_source="test")
+    test = _features(5000, 3)
+    np.testing.assert_allclose(np.sqrt(apply_error_model(model, test) ** 2 - model["sigma_scene_k"] ** 2),
+                               _true_sigma(test), rtol=0.05)
+    assert model["sigma_scene_k"] == pytest.approx(1.5, abs=0.1) and model["n_scene"] == 4000
+    assert model["scene_source"] == "test" and not np.asarray(model["filled"]).any()
+
+
+def test_a_systematic_error_stays_in_the_scene_term():
+    rng = np.random.default_rng(1)
+    f = _features(50_000, 4)
+    r = 0.5 * rng.standard_normal(50_000)
+    fo = _features(2000, 5)
+    ro = 2.0 + 0.5 * rng.standard_normal(2000)  # a 2 K bias in the real scenes
+    model = fit_error_model(f, r, fo, ro)
+    assert model["sigma_scene_k"] == pytest.approx(2.0, abs=0.1) and model["scene_bias_k"] == pytest.approx(2.0, 0.05)
+
+
+def test_sparse_bins_take_their_wvc_slice_then_the_global_rms():
+    f = {"wvc": np.r_[np.full(100, 0.2), np.full(3, 5.5)], "emis_mean": np.full(103, 0.96),
+         "sec_vza": np.ones(103)}
+    r = np.r_[np.full(100, 0.4), np.full(3, 3.0)]
+    model = fit_error_model(f, r, min_count=30)
+    filled = np.asarray(model["filled"])
+    sigma = np.asarray(model["sigma_model_k"])
+    assert filled[0, 1, 0] == 0 and sigma[0, 1, 0] == pytest.approx(0.4)  # emis 0.96: the second emissivity bin
+    assert filled[0, 0, 1] == 1 and sigma[0, 0, 1] == pytest.approx(0.4)  # same WVC slice, other bins
+    assert filled[5, 1, 0] == 2 and sigma[5, 1, 0] == pytest.approx(np.sqrt((100 * 0.16 + 3 * 9) / 103), rel=1e-3)
+    assert model["sigma_scene_k"] == 0.0 and model["n_scene"] == 0
+
+
+def test_coverage_of_a_calibrated_gaussian_is_68_and_95_percent():
+    rng = np.random.default_rng(2)
+    s = rng.uniform(0.5, 3.0, 100_000)
+    c = coverage(s * rng.standard_normal(100_000), s)
+    assert c["within_1sigma"] == pytest.approx(0.683, abs=0.01) and c["within_2sigma"] == pytest.approx(0.954, abs=0.01)
+    assert coverage([np.nan], [1.0])["n"] == 0
+
+
+def test_the_model_survives_json_and_float32_features_bin_as_float64_ones():
+    rng = np.random.default_rng(3)
+    f = _features(20_000, 6)
+    model = json.loads(json.dumps(fit_error_model(f, rng.standard_normal(20_000) * _true_sigma(f))))
+    check_error_model(model)
+    f32 = {k: v.astype(np.float32) for k, v in f.items()}
+    assert apply_error_model(model, f32).dtype == np.float32
+    np.testing.assert_array_equal(apply_error_model(model, f32), apply_error_model(model, f))
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda m: m.pop("bins"), "bins must give edges"),
+    (lambda m: m["bins"].update(wvc=[2.0, 1.0]), "bins.wvc must be increasing"),
+    (lambda m: m.update(sigma_model_k=[[[1.0]]]), "sigma_model_k has shape"),
+    (lambda m: m.update(sigma_scene_k=-1.0), "sigmas must be finite"),
+    (lambda m: m.update(format="x"), "not an sftl-dask-error-model/1"),
+])
+def test_a_malformed_model_is_refused_naming_the_key(edit, match):
+    f = _features(1000, 7)
+    model = fit_error_model(f, np.ones(1000))
+    edit(model)
+    with pytest.raises(ValueError, match=match):
+        check_error_model(model, "card.json: uncertainty")
