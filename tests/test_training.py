@@ -62,6 +62,24 @@ def test_artifact_is_torchscript_with_card_and_hashes_and_reproduces_predictions
     assert 250.0 < float(y.detach().reshape(-1)[0]) < 350.0
     loaded = load_artifact(art)
     assert np.allclose(loaded.predict(x.numpy()), y.detach().numpy().reshape(-1), atol=1e-4)
+    assert np.allclose(load_artifact(art, program="export").predict(x.numpy()), y.detach().numpy().reshape(-1),
+                       atol=1e-4)
+
+
+def test_artifact_carries_the_error_model_and_pretraining_range_and_stage3_its_calibration(trained):
+    from sftl_dask.models.error_model import apply_error_model, check_error_model
+
+    out, res = trained
+    card = json.loads((out / "model" / "card.json").read_text())
+    em = check_error_model(card["uncertainty"])
+    assert em["n_scene"] == res["stage2_finetune"]["n_test"] and em["sigma_scene_k"] >= 0
+    assert min(min(min(r) for r in p) for p in em["sigma_model_k"]) > 0
+    rng = card["pretraining_range"]
+    assert set(rng) == {"bt", "wvc", "vza", "emis"} and rng["vza"] == [0.0, 30.0] and 0.5 < rng["emis"][0] < 1
+    cal = res["stage3_transfer"]["uncertainty_calibration"]["target_insitu"]
+    assert cal["n"] == res["stage3_transfer"]["zero_shot"]["n"] and 0 <= cal["within_1sigma"] <= cal["within_2sigma"]
+    sigma = apply_error_model(em, {"wvc": np.array([0.3]), "emis_mean": np.array([0.97]), "sec_vza": np.array([1.0])})
+    assert sigma[0] >= em["sigma_scene_k"]
 
 
 def test_tampered_artifact_is_refused(trained, tmp_path):
