@@ -74,11 +74,11 @@ def _prepare(work: Path, workers: int) -> float:
 def _ddp(work: Path, epochs: int) -> list[dict]:
     """DNN pre-training data-parallel on 1 and 2 workers (torch.distributed, gloo)."""
     import numpy as np
-    from sftl_dask.training.distributed import pretrain_distributed
 
     from sftl_dask.cluster import get_client
     from sftl_dask.features import feature_matrix
     from sftl_dask.models.trainer import predict_torch
+    from sftl_dask.training.distributed import pretrain_distributed
     from sftl_dask.training.stages import _read_sim, metrics
 
     table = _read_sim(work / "sim.parquet")

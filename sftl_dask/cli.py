@@ -74,11 +74,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_fit_sw(args: argparse.Namespace) -> int:
     from sftl_dask.physics.splitwindow import holdout_report
-    from sftl_dask.simulate import SW_COLUMNS, fit_split_window_on_simulation, read_simulation_columns
+    from sftl_dask.simulate import (
+        SW_COLUMNS,
+        fit_split_window_on_simulation,
+        read_simulation_columns,
+        split_window_document,
+    )
 
     data = read_simulation_columns(Path(args.sim), SW_COLUMNS)
     coeffs = fit_split_window_on_simulation(data, seed=args.seed)
-    _atomic_write_text(Path(args.out), json.dumps(coeffs.to_dict(), indent=1))
+    _atomic_write_text(Path(args.out), json.dumps(split_window_document(coeffs, data), indent=1))
     print(_format_sw_report(holdout_report(coeffs)))
     print(f"wrote {args.out}")
     return 0
@@ -141,6 +146,38 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     for s in summary["stores"]:
         print(f"  cube: {s}")
     return 0
+
+
+def _cmd_retrieve(args: argparse.Namespace) -> int:
+    from sftl_dask.cluster import get_client
+    from sftl_dask.models.artifact import ArtifactError
+    from sftl_dask.retrieve import RetrieveError, check_retrieval, retrieve
+
+    command = " ".join(["sftl", *(args.argv or [])])
+    try:  # the model, cubes and outputs are checked before a cluster starts
+        check_retrieval(args.cube, args.model, args.out, precision=args.precision, overwrite=args.overwrite)
+    except (RetrieveError, ArtifactError) as exc:
+        raise BadInput(str(exc)) from None
+    update, close = _progress_bar("retrieve")
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        try:
+            summary = retrieve(args.cube, args.model, args.out, client=client, device=args.device,
+                               precision=args.precision, overwrite=args.overwrite, progress=update, command=command)
+        except (RetrieveError, ArtifactError) as exc:
+            raise BadInput(str(exc)) from None
+        finally:
+            close()
+    m = summary["model"]
+    print(f"retrieved {summary['retrieved']} time step(s), skipped {summary['skipped']} already done, failed "
+          f"{len(summary['failed'])} in {summary['seconds']:.1f} s ({summary['chunks']} chunks, "
+          f"{summary['pixels'] / 1e6:.1f} Mpx, {summary['px_per_s'] / 1e6:.2f} Mpx/s, "
+          f"{summary['produced'] / 1e6:.1f} Mpx produced) with {m['model_kind']} {m['model_strategy']} "
+          f"on {', '.join(summary['devices']) or '-'}")
+    for f in summary["failed"]:
+        print(f"  failed: {f['store']} {f['scene_id']}: {f['chunks_failed']} chunk(s), {f['reason']}")
+    for st in summary["stores"]:
+        print(f"  lst: {st}")
+    return 1 if summary["failed"] else 0
 
 
 def _train(args: argparse.Namespace, what: str) -> tuple[dict[str, Any], dict[str, Any], Path]:
@@ -249,6 +286,19 @@ def _parser() -> argparse.ArgumentParser:
     common(s)
     s.set_defaults(func=_cmd_ingest)
 
+    s = sub.add_parser("retrieve", help="scene cubes -> CF LST cubes (torch, tree or split-window model)")
+    s.add_argument("--cube", required=True, help="scene-cube root (or one grid store) from 'sftl ingest'")
+    s.add_argument("--model", required=True, help="model artifact directory ('sftl train') or split-window JSON "
+                   "('sftl fit-sw')")
+    s.add_argument("--out", required=True, help="LST output: a root with one store per cube store (or a store)")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where torch models run: auto = CUDA on workers that have a GPU, else CPU (default auto)")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="torch arithmetic: fp32, or bf16 matrix products (default fp32)")
+    s.add_argument("--overwrite", action="store_true", help="replace LST made from another cube or model")
+    common(s)
+    s.set_defaults(func=_cmd_retrieve)
+
     s = sub.add_parser("train", help="the three SFTL stages for one configuration -> model artifact")
     s.add_argument("--config", required=True, help="pipeline YAML (pipelines/*.yaml)")
     s.add_argument("--out", required=True, help="output folder: model/ (artifact), results.json, work/")
@@ -286,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sftl`` command; returns the exit code (2 on bad input)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except BadInput as exc:

@@ -39,3 +39,110 @@ def simulation_xy(path: Path, held_profiles: Iterable[int]) -> tuple[np.ndarray,
 
     tab = read_simulation_columns(path, TRAINING_COLUMNS)
     return feature_matrix(tab), tab["lst"].astype(np.float32), np.isin(tab["profile_id"], list(held_profiles))
+
+
+def synthetic_scene(height: int, width: int, seed: int, *, covered_from: int = 0, cloud_fraction: float = 0.15
+                    ) -> dict[str, np.ndarray]:
+    """One scene's cube variables with realistic, spatially smooth values.
+
+    Columns left of ``covered_from`` are outside the swath (NaN); cloud is a set of square blobs covering
+    about ``cloud_fraction``; a 4 x 4 patch at rows 2-5, columns 8-11 misses its ancillary data.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    smooth = np.sin(yy / 17.0 + seed) * np.cos(xx / 23.0 - seed)
+    wvc = 0.3 + 1.2 * (1.0 + smooth) + rng.uniform(0, 0.05, (height, width))
+    emis_11 = 0.975 + 0.01 * smooth
+    emis_10 = emis_11 - 0.004 + 0.002 * rng.standard_normal((height, width))
+    lst = 300.0 + 8.0 * np.cos(yy / 31.0) + rng.normal(0.0, 0.5, (height, width))
+    dbt = 0.3 + 0.5 * wvc
+    bt_11 = lst - 2.0 - 1.2 * wvc
+    bt_10 = bt_11 + dbt
+    out = {
+        "bt_08_20": bt_10 - 2.0, "bt_08_63": bt_10 - 1.0, "bt_10_80": bt_10, "bt_11_95": bt_11,
+        "vza": 2.0 + 10.0 * xx / width, "wvc": wvc, "emis_08_20": emis_11 - 0.04, "emis_08_63": emis_11 - 0.03,
+        "emis_10_80": emis_10, "emis_11_95": emis_11, "ndvi": 0.4 + 0.2 * smooth,
+    }
+    cloud = np.zeros((height, width), dtype=np.uint8)
+    n_blobs = max(1, int(cloud_fraction * height * width / 64))
+    for _ in range(n_blobs if cloud_fraction > 0 else 0):
+        r, c = rng.integers(0, height - 8), rng.integers(0, width - 8)
+        cloud[r:r + 8, c:c + 8] = 1
+    missing = np.zeros((height, width), dtype=np.uint8)
+    missing[2:6, 8:12] = 1
+    for k, v in out.items():
+        v = v.astype(np.float32)
+        v[:, :covered_from] = np.nan
+        out[k] = v
+    out["cloud"] = np.where(np.isfinite(out["bt_10_80"]), cloud, 0).astype(np.uint8)
+    out["ancillary_missing"] = missing
+    return out
+
+
+def synthetic_cube(store: Path, n_times: int = 2, height: int = 150, width: int = 140, *, seed: int = 0,
+                   first: int = 0, chunk: int = 64, **scene_kw: object) -> Path:
+    """A scene-cube store of ``n_times`` synthetic scenes (chunks of ``chunk`` px), or more appended to it."""
+    import sftl_dask.io.cube as cube
+
+    grid = cube.GridSpec("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_500_000.0), width, height)
+    scenes = [{"scene_id": f"GF5B_VIMI_SYN_{i:03d}", "source": f"/archive/syn_{i:03d}.tar",
+               "time": np.datetime64("2022-05-01T03:30") + np.timedelta64(16 * i, "D")}
+              for i in range(first, first + n_times)]
+    slots = cube.append_slots(store, grid, scenes, chunk=(chunk, chunk))
+    for i, slot in zip(range(first, first + n_times), slots, strict=True):
+        cube.write_scene(store, slot, synthetic_scene(height, width, seed + i, **scene_kw), f"{i:064x}")
+    return store
+
+
+def retrieval_artifact(out: Path, name: str, seed: int = 0) -> Path:
+    """A small trained model of kind ``name`` (dnn, trf, cnn, rf, lgbm) exported with an error model and range,
+    or split-window coefficients (``sw``) fitted on a small simulation."""
+    from sftl_dask.features import input_range
+    from sftl_dask.models import build_model
+    from sftl_dask.models.artifact import export_artifact
+    from sftl_dask.models.error_model import fit_error_model
+
+    if name == "sw":
+        import json
+
+        from sftl_dask.simulate import (
+            SW_COLUMNS,
+            fit_split_window_on_simulation,
+            read_simulation_columns,
+            split_window_document,
+        )
+
+        sim = small_simulation(out.parent / f"sim_{seed}.parquet", 24, seed)
+        table = read_simulation_columns(sim, SW_COLUMNS)
+        out.write_text(json.dumps(split_window_document(fit_split_window_on_simulation(table, seed=seed), table)))
+        return out
+    x, y = synthetic_lst(3000, seed=seed)
+    if name in ("rf", "lgbm"):
+        model = build_model(name, x.shape[1], n_estimators=20)
+        model.fit(x, y)
+    else:
+        import torch
+
+        from sftl_dask.models.trainer import fit_torch
+
+        torch.manual_seed(seed)
+        model = build_model(name, x.shape[1], x.mean(axis=0), x.std(axis=0) + 1e-6,
+                            target_mean=float(y.mean()), target_std=float(y.std()))
+        fit_torch(model, x, y, epochs=2, batch_size=256, lr=3e-3, seed=seed)
+    from sftl_dask.features import FEATURES
+
+    f = {k: x[:, FEATURES.index(k)] for k in ("wvc", "emis_mean", "sec_vza")}
+    resid = np.asarray(model.predict(x) if hasattr(model, "n_trees") else _torch_predict(model, x)) - y
+    card = {"model": name, "strategy": "full", "direction": "SiHuHe",
+            "uncertainty": fit_error_model(f, resid, f, resid + 1.0, obs_source="synthetic"),
+            "pretraining_range": input_range({"bt_08_20": x[:, 0], "bt_08_63": x[:, 1], "bt_10_80": x[:, 2],
+                                              "bt_11_95": x[:, 3], "wvc": x[:, 5], "vza": [0.0, 30.0],
+                                              "emis_08_20": [0.6, 1.0], "emis_08_63": [0.6, 1.0],
+                                              "emis_10_80": [0.6, 1.0], "emis_11_95": [0.6, 1.0]})}
+    return export_artifact(model, out, card)
+
+
+def _torch_predict(model: object, x: np.ndarray) -> np.ndarray:
+    from sftl_dask.models.trainer import predict_torch
+
+    return predict_torch(model, x)

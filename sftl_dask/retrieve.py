@@ -1,0 +1,694 @@
+"""Retrieval: scene cubes -> CF LST cubes, one Dask task per chunk.
+
+The graph is explicit and small (one task per scene-cube chunk and time step, nothing else): a task
+reads its chunk's inputs from the scene cube (and a 2-pixel halo of the cloud mask), runs
+:func:`retrieve_block` and writes its chunk of the LST store with a region write aligned to the
+chunks, then returns a few counts. The model travels as a :class:`~sftl_dask.models.retriever.ModelRef`
+(path + sha256) and is loaded once per worker process. The driver only plans: which time steps are
+new, the LST stores' metadata (written once, ``append_slots``), and, after the tasks, which time
+steps are complete (``retrieve_ok``).
+
+:func:`retrieve_block` is the whole per-pixel science, a pure function of numpy arrays: the pixels
+that are cloudy, not covered or missing ancillary data never reach the model; the others go through
+THE feature function and the model in micro-batches of cache size (16 x 512 pixels on CPU), tiled on a
+grid fixed to the image so that any chunking that is a multiple of the tiles gives the same bits.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sftl_dask.features import RANGE_GROUPS, REQUIRED_INPUTS, compute_features, inputs_for
+from sftl_dask.io.cube import CHUNK, GridSpec, append_slots, cube_stores, mark_slot, read_slots, write_block
+from sftl_dask.io.lst import (
+    CLOUD_ADJACENT_PX,
+    LST_OK_VAR,
+    LST_VARIABLES,
+    QC_FLAGS,
+    RANGE_BITS,
+    UNCERTAINTY_CLASS_SHIFT,
+)
+from sftl_dask.models.error_model import UNCERTAINTY_CLASS_EDGES_K
+from sftl_dask.models.retriever import ModelRef, Retriever, cached_retriever, open_retriever
+
+__all__ = ["DEVICE_CHOICES", "GPU_ROUTED", "RetrieveError", "check_retrieval", "retrieve", "retrieve_block"]
+
+#: ``--device`` choices: ``auto`` runs on CUDA where the worker has a GPU, else on CPU.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+#: Models sent only to GPU workers (``resources={"GPU": 1}``) when the cluster has some and the
+#: device is ``auto`` or ``cuda``: the feature-token Transformer costs ~40x the MLP per pixel on CPU and
+#: the CNN ~10x (benchmarks/results/retrieve.json), so a CPU worker holding their chunks would hold the
+#: run back. The MLP, trees and split-window run at the speed of the I/O on CPU and go everywhere.
+GPU_ROUTED = ("trf", "cnn")
+
+_UNIT_ALIASES = {"deg": {"deg", "degree", "degrees"}, "K": {"K", "kelvin"}, "g cm-2": {"g cm-2", "g cm^-2"},
+                 "1": {"1", ""}}
+_MASK_VARS = ("cloud", "ancillary_missing")
+
+
+class RetrieveError(ValueError):
+    """Bad input to a retrieval found before any work: a cube, model, output path or device that cannot be used."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-pixel science of one block
+
+
+def retrieve_block(
+    inputs: Mapping[str, NDArray[Any]],
+    retriever: Retriever,
+    *,
+    cloud: NDArray[Any],
+    cloud_offset: tuple[int, int] = (0, 0),
+    origin: tuple[int, int] = (0, 0),
+    tile_cols: int = CHUNK,
+) -> dict[str, Any]:
+    """LST, its uncertainty and QC flags of one block of one time step.
+
+    Parameters
+    ----------
+    inputs : mapping
+        ``(ny, nx)`` arrays of the scene cube: the inputs of ``retriever.features``
+        (:func:`~sftl_dask.features.inputs_for`: BT in K, ``wvc`` g cm-2, emissivities), plus ``vza``
+        (deg) and ``ancillary_missing`` (0/1).
+    retriever : Retriever
+        The model.
+    cloud : numpy.ndarray
+        The cloud mask (0/1) of the block with a halo of up to :data:`~sftl_dask.io.lst.CLOUD_ADJACENT_PX`
+        pixels on each side (less at the grid's edge, where nothing lies beyond).
+    cloud_offset : (int, int)
+        Rows and columns of halo above and left of the block in ``cloud``.
+    origin : (int, int)
+        The block's first row and column in the grid: micro-batches are tiles of the grid
+        (``retriever.batch_size // tile_cols`` rows by ``tile_cols`` columns), so that a chunked
+        retrieval equals a whole-array one bit for bit when chunks are multiples of the tiles.
+    tile_cols : int
+        Tile width (pixels).
+
+    Returns
+    -------
+    dict
+        ``lst`` and ``lst_uncertainty`` (float32 K, NaN where not produced), ``qc`` (uint16 bit flags,
+        :data:`~sftl_dask.io.lst.QC_FLAGS`), ``vza`` (float32 deg) and ``counts`` (pixels, produced,
+        cloud, not_covered, missing_ancillary).
+
+    Raises
+    ------
+    ValueError
+        If an input is missing or the arrays' shapes disagree.
+    """
+    need = inputs_for(retriever.features)
+    missing = [k for k in (*need, "vza", "ancillary_missing") if k not in inputs]
+    if missing:
+        raise ValueError(f"retrieve_block: missing input(s) {', '.join(missing)}")
+    vza = np.asarray(inputs["vza"], dtype=np.float32)
+    shape = vza.shape
+    oy, ox = cloud_offset
+    if any(np.shape(inputs[k]) != shape for k in need) or cloud.shape[0] < oy + shape[0] or \
+            cloud.shape[1] < ox + shape[1]:
+        raise ValueError(f"retrieve_block: inputs and cloud mask of different shapes (block {shape})")
+
+    def valid(name: str) -> NDArray[np.bool_]:
+        lo, hi, _ = REQUIRED_INPUTS[name]
+        a = inputs[name]
+        return (a >= lo) & (a <= hi)  # False for NaN
+
+    observed = valid("vza")
+    for k in need:
+        if k.startswith("bt_"):
+            observed &= valid(k)
+    ancillary = np.asarray(inputs["ancillary_missing"]) == 0
+    for k in need:
+        if not k.startswith("bt_"):
+            ancillary &= valid(k)
+    cloud = np.asarray(cloud) != 0
+    cloudy = observed & cloud[oy:oy + shape[0], ox:ox + shape[1]]
+    produce = observed & ~cloudy & ancillary
+
+    lst = np.full(shape, np.nan, dtype=np.float32)
+    unc = np.full(shape, np.nan, dtype=np.float32)
+    # uncertainty class, bits 8-9: 3 (> 3 K) until a pixel is produced
+    qc = np.full(shape, 3 << UNCERTAINTY_CLASS_SHIFT, dtype=np.uint16)
+    if produce.any():
+        _predict_tiles(inputs, need, produce, retriever, lst, unc, qc, origin, tile_cols)
+
+    def flag(bit: int, where: NDArray[np.bool_]) -> None:
+        np.bitwise_or(qc, np.uint16(bit), out=qc, where=where)
+
+    flag(QC_FLAGS["cloud"][0], cloudy)
+    flag(QC_FLAGS["not_covered"][0], ~observed)
+    flag(QC_FLAGS["missing_ancillary"][0], observed & ~ancillary)
+    for group, (lo, hi) in retriever.training_range.items():
+        outside = np.zeros(shape, dtype=bool)
+        for k in RANGE_GROUPS[group]:
+            if k in need or k == "vza":
+                a = inputs[k]
+                outside |= (a < lo) | (a > hi)
+        flag(RANGE_BITS[group], outside & produce)
+    adjacent = _dilate(cloud, CLOUD_ADJACENT_PX)[oy:oy + shape[0], ox:ox + shape[1]]
+    flag(QC_FLAGS["cloud_adjacent"][0], adjacent & produce)
+    counts = {"pixels": int(produce.size), "produced": int(produce.sum()), "cloud": int(cloudy.sum()),
+              "not_covered": int((~observed).sum()), "missing_ancillary": int((observed & ~ancillary).sum())}
+    return {"lst": lst, "lst_uncertainty": unc, "qc": qc, "vza": vza, "counts": counts}
+
+
+def _predict_tiles(inputs: Mapping[str, NDArray[Any]], need: Sequence[str], produce: NDArray[np.bool_],
+                   retriever: Retriever, lst: NDArray[np.float32], unc: NDArray[np.float32], qc: NDArray[np.uint16],
+                   origin: tuple[int, int], tile_cols: int) -> None:
+    """Run the model on the produced pixels, tile by tile of the grid (cache-sized micro-batches).
+
+    Pixels are gathered by flat index (``take``: 3-4x faster than boolean indexing here) and
+    scattered back the same way; the uncertainty class goes into ``qc``'s bits 8-9.
+    """
+    rows = max(1, retriever.batch_size // tile_cols)
+    ny, nx = produce.shape
+    y0, x0 = origin
+    flat_in = {k: np.ravel(inputs[k]) for k in need}
+    flat_lst, flat_unc, flat_qc = lst.reshape(-1), unc.reshape(-1), qc.reshape(-1)
+    edges = np.asarray(UNCERTAINTY_CLASS_EDGES_K, dtype=np.float32)
+    for gy in range(y0 - y0 % rows, y0 + ny, rows):
+        r0, r1 = max(gy, y0) - y0, min(gy + rows, y0 + ny) - y0
+        for gx in range(x0 - x0 % tile_cols, x0 + nx, tile_cols):
+            c0, c1 = max(gx, x0) - x0, min(gx + tile_cols, x0 + nx) - x0
+            local = np.flatnonzero(produce[r0:r1, c0:c1])
+            if not local.size:
+                continue
+            iy, ix = np.divmod(local, c1 - c0)
+            idx = (iy + r0) * nx + (ix + c0)
+            feats = compute_features({k: v.take(idx) for k, v in flat_in.items()}, names=retriever.features)
+            t, s = retriever.predict(feats)
+            flat_lst[idx] = t
+            flat_unc[idx] = s
+            flat_qc[idx] = np.searchsorted(edges, s, side="left").astype(np.uint16) << UNCERTAINTY_CLASS_SHIFT
+
+
+def _dilate(mask: NDArray[np.bool_], radius: int) -> NDArray[np.bool_]:
+    """Square (Chebyshev) dilation by ``radius`` pixels; nothing lies beyond the array."""
+    out = mask.copy()
+    for _ in range(radius):  # separable: grow one pixel in y, then in x
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        out = grown.copy()
+        out[:, 1:] |= grown[:, :-1]
+        out[:, :-1] |= grown[:, 1:]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# one task
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One task: a chunk window of one time step, from a scene-cube store to an LST store."""
+
+    cube: str
+    out: str
+    t_cube: int
+    t_out: int
+    window: tuple[int, int, int, int]  # y0, y1, x0, x1
+    grid_shape: tuple[int, int]
+    inputs: tuple[str, ...]
+    run: str  # the run's token: cached store handles never outlive a run (stores grow between runs)
+    tile_cols: int = CHUNK  # micro-batch tiles are as wide as the chunks: no tile straddles two tasks
+
+
+@lru_cache(maxsize=256)
+def _array(path: str, name: str, mode: str, run: str) -> Any:
+    """An array of a store, opened once per process and run (opening reads its metadata: ~2 ms)."""
+    import zarr
+
+    return zarr.open_array(f"{path}/{name}", mode=mode)
+
+
+_THREADS_SET: dict[str, bool] = {}
+
+
+def _pin_torch_threads() -> None:
+    """Inside a Dask worker running a torch model: one torch thread per task slot, so the worker's tasks
+    use its threads in all, never more (oversubscription costs 3x, shared/reference/PERF.md)."""
+    if _THREADS_SET.get("done") or "torch" not in sys.modules:  # trees and the split-window never load torch
+        return
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except ValueError:  # not in a worker: the caller decided
+        return
+    import torch
+
+    torch.set_num_threads(1)
+    _THREADS_SET["done"] = True
+
+
+def _local_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run_job(ref: ModelRef, job: _Job) -> dict[str, Any]:
+    """Read, retrieve and write one chunk (the task); returns its counts and timings."""
+    tl = time.perf_counter()
+    ref = replace(ref, device=_local_device(ref.device))
+    retriever = cached_retriever(ref)  # once per process: the first task of a worker pays for it
+    _pin_torch_threads()
+    t0 = time.perf_counter()
+    y0, y1, x0, x1 = job.window
+    ny, nx = job.grid_shape
+    h = CLOUD_ADJACENT_PX
+    ya, yb, xa, xb = max(0, y0 - h), min(ny, y1 + h), max(0, x0 - h), min(nx, x1 + h)
+    data = {k: _array(job.cube, k, "r", job.run)[job.t_cube, y0:y1, x0:x1] for k in job.inputs}
+    cloud = _array(job.cube, "cloud", "r", job.run)[job.t_cube, ya:yb, xa:xb]
+    t1 = time.perf_counter()
+    res = retrieve_block(data, retriever, cloud=cloud, cloud_offset=(y0 - ya, x0 - xa), origin=(y0, x0),
+                         tile_cols=job.tile_cols)
+    t2 = time.perf_counter()
+    write_block({k: _array(job.out, k, "r+", job.run) for k in LST_VARIABLES}, job.t_out, job.window,
+                {k: res[k] for k in LST_VARIABLES})
+    t3 = time.perf_counter()
+    return {**res["counts"], "load_s": t0 - tl, "read_s": t1 - t0, "compute_s": t2 - t1, "write_s": t3 - t2,
+            "device": ref.device, "worker": _worker_name()}
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except ValueError:
+        return "local"
+
+
+# ---------------------------------------------------------------------------------------------
+# planning
+
+
+def _units_match(expected: str, got: Any) -> bool:
+    return str(got) in _UNIT_ALIASES.get(expected, {expected})
+
+
+def _check_cube(store: Path, need: Sequence[str]) -> tuple[GridSpec, list[dict[str, Any]], tuple[int, int]]:
+    """The grid, complete slots and chunking of a scene-cube store; refuses one the model cannot use."""
+    import zarr
+
+    try:
+        grid, slots = read_slots(store)
+    except (KeyError, ValueError, OSError) as exc:
+        raise RetrieveError(f"{store}: not a readable scene cube ({type(exc).__name__}: {exc})") from None
+    group = zarr.open_group(str(store), mode="r")
+    names = set(group.array_keys())
+    for v in (*need, "vza", *_MASK_VARS):
+        if v not in names:
+            raise RetrieveError(f"{store}: has no variable {v!r}, which the model needs")
+        unit = REQUIRED_INPUTS[v][2] if v in REQUIRED_INPUTS else None
+        got = group[v].attrs.get("units")
+        if unit is not None and not _units_match(unit, got):
+            raise RetrieveError(f"{store}: {v} is in {got!r}, the model's features take {unit!r}")
+    _, cy, cx = group["bt_10_80"].chunks if "bt_10_80" in names else group["vza"].chunks
+    return grid, [s for s in slots if s["ingest_ok"]], (cy, cx)
+
+
+def _pairs(cube: Path, out: Path) -> list[tuple[Path, Path]]:
+    """(scene-cube store, LST store) pairs: a store maps to ``out``, a root's stores to ``out/<name>``."""
+    if (cube / ".zgroup").exists():
+        return [(cube, out)]
+    stores = cube_stores(cube)
+    if not stores:
+        raise RetrieveError(f"{cube}: no scene cube here (neither a Zarr store nor a folder of them)")
+    return [(store, out / store.name) for store in stores.values()]
+
+
+def _check_output(out: Path, source: Path, grid: GridSpec, ident: Mapping[str, str], overwrite: bool) -> str:
+    """What to do with an existing output store: ``"new"``, ``"append"`` or ``"replace"``; refuse others."""
+    if not out.exists():
+        return "new"
+    if not (out / ".zgroup").exists():
+        if out.is_dir() and not any(out.iterdir()):
+            return "new"
+        raise RetrieveError(f"{out}: exists and is not an LST store; refusing to write there")
+    import zarr
+
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+    if attrs.get("sftl_product") != "lst":
+        raise RetrieveError(f"{out}: holds a Zarr store that is not an sftl LST cube; refusing to write there")
+    if overwrite:
+        return "replace"
+    if attrs.get("sftl_grid") != json.dumps(grid.to_attrs()) or attrs.get("source_cube") != str(source):
+        raise RetrieveError(f"{out}: holds the LST of another cube ({attrs.get('source_cube')}); "
+                            "pass --overwrite to replace it")
+    for k, v in ident.items():
+        if attrs.get(k) != v:
+            raise RetrieveError(f"{out}: holds LST made with another model ({k} {attrs.get(k)!r}, now {v!r}); "
+                                "pass --overwrite to replace it")
+    return "append"
+
+
+def _cluster_devices(client: Any) -> dict[str, dict[str, Any]]:
+    """Per worker: whether torch sees a CUDA GPU, and the worker's declared resources."""
+    def probe() -> bool:
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a dependency
+            return False
+        return bool(torch.cuda.is_available())
+
+    cuda = client.run(probe)
+    info = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) else \
+        client.scheduler_info()["workers"]
+    return {w: {"cuda": bool(cuda.get(w, False)), "resources": dict(info.get(w, {}).get("resources") or {})}
+            for w in info}
+
+
+def _takes_n_workers(client: Any) -> bool:
+    import inspect
+
+    return "n_workers" in inspect.signature(client.scheduler_info).parameters
+
+
+def _route(device: str, kind: str, client: Any) -> tuple[str, dict[str, float] | None]:
+    """The device the tasks ask for and the worker resources they need; refuse a device nobody has."""
+    torch_model = kind in ("dnn", "trf", "cnn")
+    if device == "cuda" and not torch_model:
+        raise RetrieveError(f"--device cuda: {kind} models run on CPU only; use --device cpu or auto")
+    if device == "cpu" or not torch_model:
+        return "cpu", None
+    if client is None:
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RetrieveError("--device cuda: this machine has no CUDA GPU that torch can use")
+        return device, None
+    workers = _cluster_devices(client)
+    gpu_res = [w for w, i in workers.items() if i["resources"].get("GPU", 0) >= 1]
+    cuda = [w for w, i in workers.items() if i["cuda"]]
+    if device == "cuda":
+        if not cuda:
+            raise RetrieveError(f"--device cuda: no worker has a CUDA GPU ({len(workers)} worker(s) checked)")
+        if gpu_res:
+            return "cuda", {"GPU": 1}
+        if len(cuda) < len(workers):
+            raise RetrieveError(f"--device cuda: {len(workers) - len(cuda)} worker(s) have no GPU; start GPU workers "
+                                "with --resources GPU=1 so that the model tasks go to them")
+        return "cuda", None
+    if kind in GPU_ROUTED and gpu_res and any(workers[w]["cuda"] for w in gpu_res):
+        return "auto", {"GPU": 1}
+    return "auto", None
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def retrieve(
+    cube: str | os.PathLike[str],
+    model: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    client: Any = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    overwrite: bool = False,
+    resources: Mapping[str, float] | None = None,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Retrieve LST cubes from scene cubes: one LST store per scene-cube store, new time steps only.
+
+    Parameters
+    ----------
+    cube : path
+        A scene-cube store, or a cube root holding one store per grid (``sftl ingest --cube``).
+    model : path
+        A model artifact directory (``sftl train``) or split-window coefficients (``sftl fit-sw``).
+    out : path
+        The LST store (for a store) or root (for a cube root: ``out/<grid>.zarr`` per store).
+    client : distributed.Client, optional
+        Where the tasks run; without one they run in this process on ``threads`` threads.
+    device : {"auto", "cpu", "cuda"}
+        ``auto`` runs torch models on CUDA where the worker has a GPU, else CPU.
+    precision : {"fp32", "bf16"}
+        Arithmetic of torch models.
+    overwrite : bool
+        Replace LST stores made from another cube or with another model (never anything else).
+    resources : mapping, optional
+        Worker resources the model tasks need (default: ``{"GPU": 1}`` for :data:`GPU_ROUTED` models
+        when the device allows and the cluster declares GPUs, else none).
+    threads : int, optional
+        Without a client: tasks at once in this process (default: the CPUs available).
+    progress : callable, optional
+        ``progress(done, total)`` in tasks.
+    command : str, optional
+        The command line recorded in the stores' ``history``.
+
+    Returns
+    -------
+    dict
+        ``stores``, ``retrieved`` (time steps), ``skipped`` (already retrieved), ``failed`` (one entry
+        per time step that did not complete: store, scene id, chunks and reason), ``chunks``,
+        ``pixels``, ``produced``, ``seconds``, ``px_per_s`` and the summed task timings.
+
+    Raises
+    ------
+    RetrieveError
+        Before any output is touched: a cube without a variable the model needs or with other units,
+        an output holding something else or another model's LST (without ``overwrite``), a device
+        no worker has.
+    ArtifactError
+        A tampered or malformed model artifact.
+    """
+    from sftl_dask import __version__
+
+    t_start = time.perf_counter()
+    if device not in DEVICE_CHOICES:
+        raise RetrieveError(f"--device {device!r} unknown; choose from {', '.join(DEVICE_CHOICES)}")
+    retriever, plans, ident = _plan(cube, model, out, precision=precision, overwrite=overwrite)
+    model = Path(model)
+    info = retriever.describe()
+    kind = info["model_kind"]
+    need = inputs_for(retriever.features)
+    route_device, route_res = _route(device, kind, client)
+    if resources is not None:
+        route_res = dict(resources) or None
+
+    run = uuid.uuid4().hex
+    ref = ModelRef(str(model.resolve()), retriever.digest, route_device, precision)
+    jobs: list[_Job] = []
+    slot_of: list[tuple[int, int]] = []  # (plan, t_out) per job
+    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    history = f"{when} {command or 'sftl_dask.retrieve.retrieve'} (sftl-dask {__version__})"
+    for i, plan in enumerate(plans):
+        if not plan["todo"]:
+            continue
+        dst: Path = plan["out"]
+        if plan["action"] == "replace":
+            shutil.rmtree(dst)
+            plan["action"] = "new"
+        t_out = _lst_slots(dst, plan, retriever, info, ident, history)
+        grid: GridSpec = plan["grid"]
+        cy, cx = plan["chunks"]
+        for s, t in zip(plan["todo"], t_out, strict=True):
+            for y0 in range(0, grid.height, cy):
+                for x0 in range(0, grid.width, cx):
+                    jobs.append(_Job(str(plan["cube"]), str(dst), int(s["index"]), int(t),
+                                     (y0, min(y0 + cy, grid.height), x0, min(x0 + cx, grid.width)),
+                                     (grid.height, grid.width), (*need, "vza", "ancillary_missing"), run, cx))
+                    slot_of.append((i, int(t)))
+    results, errors = _execute(ref, jobs, client, route_res, threads, progress)
+
+    # a time step is complete when all its chunks are written
+    failed_chunks: dict[tuple[int, int], list[str]] = {}
+    for j, err in errors.items():
+        failed_chunks.setdefault(slot_of[j], []).append(f"chunk {jobs[j].window}: {err}")
+    failed, retrieved = [], 0
+    for i, plan in enumerate(plans):
+        if not plan["todo"]:
+            continue
+        _, lst_slots = read_slots(plan["out"], LST_OK_VAR)
+        by_index = {s["index"]: s for s in lst_slots}
+        for t in sorted({t for (p, t) in slot_of if p == i}):
+            problems = failed_chunks.get((i, t))
+            if problems:
+                failed.append({"store": str(plan["out"]), "scene_id": by_index[t]["scene_id"],
+                               "chunks_failed": len(problems), "reason": problems[0]})
+            else:
+                mark_slot(plan["out"], t, LST_OK_VAR)
+                retrieved += 1
+    tot = {k: sum(r[k] for r in results) for k in ("pixels", "produced", "cloud", "not_covered", "missing_ancillary",
+                                                    "load_s", "read_s", "compute_s", "write_s")}
+    seconds = time.perf_counter() - t_start
+    return {
+        "stores": [str(p["out"]) for p in plans], "retrieved": retrieved, "skipped": sum(p["skipped"] for p in plans),
+        "failed": failed, "chunks": len(jobs), "seconds": seconds,
+        "px_per_s": tot["pixels"] / seconds if jobs else 0.0, **tot,
+        "workers": sorted({r["worker"] for r in results}), "devices": sorted({r["device"] for r in results}),
+        "resources": route_res or {}, "model": info,
+    }
+
+
+def check_retrieval(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                    precision: str = "fp32", overwrite: bool = False) -> dict[str, Any]:
+    """Check a retrieval's inputs without touching anything: what :func:`retrieve` checks before its work.
+
+    Returns
+    -------
+    dict
+        ``stores`` (LST stores), ``todo`` (time steps to retrieve) and ``skipped`` (already retrieved).
+
+    Raises
+    ------
+    RetrieveError, ArtifactError
+        As :func:`retrieve`.
+    """
+    _, plans, _ = _plan(cube, model, out, precision=precision, overwrite=overwrite)
+    return {"stores": [str(p["out"]) for p in plans], "todo": sum(len(p["todo"]) for p in plans),
+            "skipped": sum(p["skipped"] for p in plans)}
+
+
+def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str | os.PathLike[str], *,
+          precision: str, overwrite: bool) -> tuple[Retriever, list[dict[str, Any]], dict[str, str]]:
+    """Verify the model, the cubes and the outputs; per store pair, what is to do. Writes nothing."""
+    cube, out, model = Path(cube), Path(out), Path(model)
+    if not cube.exists():
+        raise RetrieveError(f"{cube}: no such scene cube")
+    if out.exists() and not out.is_dir():
+        raise RetrieveError(f"{out}: is a file, not an LST store or folder")
+    retriever = open_retriever(model, device="cpu", precision=precision)  # verifies it before any work
+    kind = retriever.describe()["model_kind"]
+    need = inputs_for(retriever.features)
+    ident = {"model_sha256": retriever.digest, "model_precision": precision if kind in ("dnn", "trf", "cnn") else ""}
+    plans = []
+    for src, dst in _pairs(cube, out):
+        grid, slots, chunks = _check_cube(src, need)
+        action = _check_output(dst, src.resolve(), grid, ident, overwrite)
+        done: set[str] = set()
+        if action == "append":
+            _, lst_slots = read_slots(dst, LST_OK_VAR)
+            done = {s["scene_id"] for s in lst_slots if s[LST_OK_VAR]}
+        todo = sorted((s for s in slots if s["scene_id"] not in done), key=lambda s: s["time"])
+        plans.append({"cube": src, "out": dst, "grid": grid, "chunks": chunks, "action": action, "todo": todo,
+                      "skipped": len(slots) - len(todo)})
+    return retriever, plans, ident
+
+
+def _lst_slots(dst: Path, plan: Mapping[str, Any], retriever: Retriever, info: Mapping[str, str],
+               ident: Mapping[str, str], history: str) -> list[int]:
+    """Slots of the LST store for the plan's scenes: reuse unfinished ones, append the others."""
+    import zarr
+
+    todo = plan["todo"]
+    scenes = [{"scene_id": s["scene_id"], "source": str(plan["cube"]), "checksum": s["checksum"],
+               "time": s["time"]} for s in todo]
+    if plan["action"] == "new":
+        if dst.is_dir():  # an empty folder the user made for it
+            dst.rmdir()
+        attrs = {
+            "title": "sftl-dask land surface temperature", "Conventions": "CF-1.11", "sftl_product": "lst",
+            "summary": "Land surface temperature from GF5-02 VIMI thermal bands by a neural network pre-trained on "
+                       "radiative-transfer simulations and fine-tuned on in situ LST (SFTL).",
+            "references": "Heidarian et al. 2025, Remote Sensing 17:3803", "institution": "sftl-dask",
+            "source": "GF5-02 VIMI L1 through the sftl-dask scene cube", "source_cube": str(plan["cube"].resolve()),
+            **info, **ident, "pretraining_range": json.dumps(retriever.training_range),
+            "qc_range_groups": " ".join(retriever.training_range), "cloud_adjacent_px": CLOUD_ADJACENT_PX,
+            "date_created": history.split(" ")[0], "history": history, "software": history.split("(")[-1][:-1],
+        }
+        return append_slots(dst, plan["grid"], scenes, attrs, variables=LST_VARIABLES, ok_var=LST_OK_VAR,
+                            chunk=plan["chunks"])  # the scene cube's chunks: every task writes whole chunks
+    _, slots = read_slots(dst, LST_OK_VAR)
+    waiting = {s["scene_id"]: s["index"] for s in slots if not s[LST_OK_VAR]}
+    reuse = [s for s in scenes if s["scene_id"] in waiting]
+    fresh = [s for s in scenes if s["scene_id"] not in waiting]
+    new_idx = iter(append_slots(dst, plan["grid"], fresh, variables=LST_VARIABLES, ok_var=LST_OK_VAR))
+    group = zarr.open_group(str(dst), mode="r+")
+    group.attrs["history"] = f"{group.attrs.get('history', '')}\n{history}".strip()
+    zarr.consolidate_metadata(str(dst))
+    return [waiting[s["scene_id"]] if s in reuse else next(new_idx) for s in scenes]
+
+
+def _execute(ref: ModelRef, jobs: Sequence[_Job], client: Any, resources: Mapping[str, float] | None,
+             threads: int | None, progress: Callable[[int, int], None] | None
+             ) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """Run the jobs; returns the results of those that succeeded and the reason of each that failed."""
+    results: list[dict[str, Any]] = []
+    errors: dict[int, str] = {}
+    if not jobs:
+        return results, errors
+    if client is None:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        import torch
+
+        n = threads or len(os.sched_getaffinity(0))
+        before = torch.get_num_threads()
+        torch.set_num_threads(1 if n > 1 else before)
+        try:
+            with ThreadPoolExecutor(n) as pool:
+                futs = {pool.submit(_run_job, ref, job): j for j, job in enumerate(jobs)}
+                for done, fut in enumerate(as_completed(futs), start=1):
+                    _collect(fut.exception(), fut, futs[fut], results, errors)
+                    if progress:
+                        progress(done, len(jobs))
+        finally:
+            torch.set_num_threads(before)
+        return results, errors
+    from distributed import as_completed as dist_completed
+    from distributed import futures_of
+
+    arr = _graph(ref, jobs)
+    # resources given to persist apply to every task of the collection and survive graph optimisation,
+    # which drops dask.annotate() annotations of fused layers (pinned by tests/test_retrieve.py)
+    persisted = client.persist(arr, resources=dict(resources) if resources else None, optimize_graph=False)
+    futures = futures_of(persisted)
+    index = {f.key: int(f.key[1]) for f in futures}
+    for done, fut in enumerate(dist_completed(futures), start=1):
+        _collect(fut.exception() if fut.status == "error" else None, fut, index[fut.key], results, errors)
+        if progress:
+            progress(done, len(jobs))
+    return results, errors
+
+
+def _collect(exc: BaseException | None, fut: Any, j: int, results: list[dict[str, Any]],
+             errors: dict[int, str]) -> None:
+    if exc is None:
+        res = fut.result()
+        results.append(res[0] if isinstance(res, np.ndarray) else res)
+        return
+    if isinstance(exc, OSError | ValueError | RuntimeError | MemoryError):  # I/O, data, torch (CUDA OOM) failures
+        errors[j] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return
+    raise exc  # a bug: keep its traceback
+
+
+def _block(ref: ModelRef, job: _Job) -> NDArray[Any]:
+    out = np.empty(1, dtype=object)
+    out[0] = _run_job(ref, job)
+    return out
+
+
+def _graph(ref: ModelRef, jobs: Sequence[_Job]) -> Any:
+    """The run as a Dask array of one task per chunk job (object blocks holding each job's counts)."""
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = f"sftl-retrieve-{uuid.uuid4().hex}"
+    dsk = {(name, j): (_block, ref, job) for j, job in enumerate(jobs)}
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(graph, name, chunks=((1,) * len(jobs),), dtype=object)

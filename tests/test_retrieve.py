@@ -1,0 +1,379 @@
+"""Retrieval: scene cubes -> CF LST cubes, chunk by chunk on Dask, with QC, uncertainty and CRS."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from helpers import retrieval_artifact, synthetic_cube
+
+from sftl_dask.features import inputs_for
+from sftl_dask.io.lst import LST_VARIABLES, NOT_PRODUCED, QC_FLAGS, UNCERTAINTY_CLASS_SHIFT
+from sftl_dask.models.artifact import ArtifactError
+from sftl_dask.models.retriever import load_count, open_retriever
+from sftl_dask.retrieve import RetrieveError, check_retrieval, retrieve, retrieve_block
+
+KINDS = ("dnn", "trf", "cnn", "rf", "lgbm", "sw")
+CHUNK = 64
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {k: retrieval_artifact(root / (f"{k}.json" if k == "sw" else k), k) for k in KINDS}
+
+
+@pytest.fixture(scope="module")
+def cube(tmp_path_factory) -> Path:
+    """Two scenes of 150 x 140 px in chunks of 64: 3 x 3 chunks, edge chunks narrower; the second scene
+    covers only columns 30 and beyond."""
+    store = tmp_path_factory.mktemp("cube") / "g.zarr"
+    synthetic_cube(store, 1, seed=0)
+    synthetic_cube(store, 1, seed=0, first=1, covered_from=30)
+    return store
+
+
+def _whole(cube: Path, t: int, retriever) -> dict:
+    """A time step retrieved as one array (the reference for the chunked run)."""
+    g = zarr.open_group(str(cube), mode="r")
+    need = (*inputs_for(retriever.features), "vza", "ancillary_missing")
+    data = {k: g[k][t] for k in need}
+    return retrieve_block(data, retriever, cloud=g["cloud"][t], tile_cols=CHUNK)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunked_retrieval_equals_a_whole_array_retrieval_bit_for_bit(models, cube, tmp_path, kind):
+    out = tmp_path / "lst.zarr"
+    summary = retrieve(cube, models[kind], out, threads=2, device="cpu")
+    assert summary["retrieved"] == 2 and summary["failed"] == [] and summary["chunks"] == 2 * 9
+    retriever = open_retriever(models[kind])
+    ds = xr.open_zarr(out)
+    for t in range(2):
+        ref = _whole(cube, t, retriever)
+        for k in LST_VARIABLES:
+            np.testing.assert_array_equal(ds[k].isel(time=t).values, ref[k], err_msg=f"{kind} {k} t={t}")
+    produced = (ds["qc"] & NOT_PRODUCED) == 0
+    assert bool((np.isfinite(ds["lst"]) == produced).all())
+    assert 0.4 < float(produced.mean()) < 0.95
+    lst = ds["lst"].values[np.isfinite(ds["lst"].values)]
+    assert 280 < np.median(lst) < 320, kind
+
+
+def test_every_model_kind_matches_its_own_predictions_on_the_cube_pixels(models, cube, tmp_path):
+    from sftl_dask.features import compute_features
+
+    g = zarr.open_group(str(cube), mode="r")
+    inputs = {k: g[k][0] for k in g.array_keys() if g[k].ndim == 3}
+    for kind in KINDS:
+        out = tmp_path / f"{kind}.zarr"
+        retrieve(cube, models[kind], out, threads=1, device="cpu")
+        ds = xr.open_zarr(out)
+        lst = ds["lst"].isel(time=0).values
+        ok = np.isfinite(lst)
+        retriever = open_retriever(models[kind])
+        feats = compute_features({k: inputs[k][ok] for k in inputs_for(retriever.features)}, names=retriever.features)
+        expected, sigma = retriever.predict(feats)
+        np.testing.assert_allclose(lst[ok], expected, atol=2e-4, err_msg=kind)
+        np.testing.assert_allclose(ds["lst_uncertainty"].isel(time=0).values[ok], sigma, rtol=1e-6)
+        assert ds.attrs["model_kind"] == ("split-window" if kind == "sw" else kind)
+
+
+def test_qc_bits_are_set_where_they_must_be_on_a_crafted_cube(models, tmp_path):
+    store = synthetic_cube(tmp_path / "c.zarr", 1, 40, 50, seed=3, chunk=64, covered_from=5, cloud_fraction=0.0)
+    g = zarr.open_group(str(store), mode="r+")
+    cloud = np.zeros((40, 50), np.uint8)
+    cloud[20:24, 20:24] = 1
+    g["cloud"][0] = cloud
+    wvc = g["wvc"][0]
+    wvc[30, 30] = 7.5  # beyond the pre-training range (synthetic table: <= 5 g cm-2) but physical
+    g["wvc"][0] = wvc
+    emis = g["emis_11_95"][0]
+    emis[31, 31] = 0.55  # physical, outside the range
+    g["emis_11_95"][0] = emis
+    bt = g["bt_10_80"][0]
+    bt[10, 40] = 100.0  # not a brightness temperature: the observation is not valid
+    g["bt_10_80"][0] = bt
+    vza = g["vza"][0]
+    vza[35, 45] = 45.0  # beyond 30 deg
+    g["vza"][0] = vza
+    out = tmp_path / "lst.zarr"
+    retrieve(store, models["dnn"], out, threads=1, device="cpu")
+    ds = xr.open_zarr(out).isel(time=0)
+    qc, lst, unc = ds["qc"].values, ds["lst"].values, ds["lst_uncertainty"].values
+
+    def has(name):
+        mask, value = QC_FLAGS[name]
+        return (qc & mask) == value
+
+    assert has("not_covered")[:, :5].all() and has("not_covered")[10, 40] and not has("not_covered")[10, 39]
+    assert has("cloud")[20:24, 20:24].all() and has("cloud").sum() == 16
+    assert has("missing_ancillary")[2:6, 8:12].all() and has("missing_ancillary").sum() == 16
+    adjacent = has("cloud_adjacent")
+    assert adjacent[18:26, 18:26].sum() == 64 - 16 and adjacent.sum() == 64 - 16  # a 2-pixel ring
+    assert has("wvc_outside_pretraining_range")[30, 30] and has("wvc_outside_pretraining_range").sum() == 1
+    assert has("emissivity_outside_pretraining_range")[31, 31]
+    assert has("emissivity_outside_pretraining_range").sum() == 1
+    assert has("vza_outside_pretraining_range")[35, 45] and has("vza_outside_pretraining_range").sum() == 1
+    assert not has("bt_outside_pretraining_range").any()
+    produced = (qc & NOT_PRODUCED) == 0
+    assert (np.isfinite(lst) == produced).all() and (np.isfinite(unc) == produced).all()
+    assert np.isfinite(lst[30, 30]) and np.isfinite(lst[20, 19])  # flagged pixels are still produced
+    cls = (qc >> UNCERTAINTY_CLASS_SHIFT) & 3
+    assert (cls[~produced] == 3).all()
+    expected = np.searchsorted([1.0, 2.0, 3.0], unc[produced], side="left")
+    np.testing.assert_array_equal(cls[produced], expected)
+    assert ds["qc"].attrs["flag_meanings"].split() == list(QC_FLAGS)
+
+
+def test_incremental_retrieval_computes_only_new_time_steps(models, tmp_path):
+    store = synthetic_cube(tmp_path / "c.zarr", 2, 70, 70, seed=5)
+    out = tmp_path / "lst.zarr"
+    first = retrieve(store, models["dnn"], out, threads=2, device="cpu")
+    assert (first["retrieved"], first["skipped"], first["chunks"]) == (2, 0, 8)
+    before = {p: p.stat().st_mtime_ns for p in (out / "lst").glob("*.*.*")}
+    again = retrieve(store, models["dnn"], out, threads=2, device="cpu")
+    assert (again["retrieved"], again["skipped"], again["chunks"]) == (0, 2, 0)
+    synthetic_cube(store, 1, 70, 70, seed=5, first=2)  # a new scene is ingested
+    third = retrieve(store, models["dnn"], out, threads=2, device="cpu")
+    assert (third["retrieved"], third["skipped"], third["chunks"]) == (1, 2, 4)
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # earlier chunks untouched
+    ds = xr.open_zarr(out)
+    assert ds.sizes["time"] == 3 and bool(ds["retrieve_ok"].all())
+    assert list(ds["scene_id"].values) == [f"GF5B_VIMI_SYN_{i:03d}" for i in range(3)]
+    assert ds.attrs["history"].count("\n") == 1  # the run that added a step is recorded; the no-op run is not
+    np.testing.assert_array_equal(ds["lst"].isel(time=2).values, _whole(store, 2, open_retriever(models["dnn"]))["lst"])
+
+
+def test_an_interrupted_time_step_is_not_complete_and_is_redone(models, tmp_path, monkeypatch):
+    import sftl_dask.retrieve as r
+
+    store = synthetic_cube(tmp_path / "c.zarr", 2, 70, 70, seed=6)
+    out = tmp_path / "lst.zarr"
+    real = r.write_block
+
+    def failing(group, t, window, data):
+        if t == 1 and window[:3:2] == (64, 64):
+            raise OSError("No space left on device")
+        real(group, t, window, data)
+
+    monkeypatch.setattr(r, "write_block", failing)
+    summary = retrieve(store, models["dnn"], out, threads=2, device="cpu")
+    assert summary["retrieved"] == 1 and len(summary["failed"]) == 1
+    f = summary["failed"][0]
+    assert f["scene_id"] == "GF5B_VIMI_SYN_001" and f["chunks_failed"] == 1 and "No space left" in f["reason"]
+    assert list(xr.open_zarr(out)["retrieve_ok"].values) == [True, False]
+    monkeypatch.setattr(r, "write_block", real)
+    again = retrieve(store, models["dnn"], out, threads=2, device="cpu")
+    assert (again["retrieved"], again["skipped"]) == (1, 1)
+    ds = xr.open_zarr(out)
+    assert ds.sizes["time"] == 2 and bool(ds["retrieve_ok"].all())  # the slot was reused, not duplicated
+
+
+def test_model_is_loaded_once_per_worker(models, cube, tmp_path, client):
+    from sftl_dask.models.retriever import model_digest
+
+    digest = model_digest(models["dnn"])
+    summary = retrieve(cube, models["dnn"], tmp_path / "lst.zarr", client=client, device="cpu")
+    assert summary["chunks"] == 18 and summary["failed"] == []
+    loads = client.run(load_count, digest)
+    ran_on = set(summary["workers"])
+    assert {w: n for w, n in loads.items() if w in ran_on} == dict.fromkeys(ran_on, 1)
+    assert len(ran_on) == 2  # both workers took chunks
+    retrieve(cube, models["dnn"], tmp_path / "lst2.zarr", client=client, device="cpu")
+    assert set(client.run(load_count, digest).values()) <= {0, 1}  # a second run reuses the loaded model
+
+
+def test_lst_cube_opens_with_plain_xarray_without_this_package_and_keeps_its_crs(models, cube, tmp_path):
+    out = tmp_path / "lst.zarr"
+    retrieve(cube, models["dnn"], out, threads=2, device="cpu")
+    code = """
+import json, sys
+import xarray as xr, rioxarray  # noqa: F401
+ds = xr.open_zarr(sys.argv[1])
+assert "sftl_dask" not in sys.modules
+lst = ds["lst"]
+print(json.dumps({"crs": ds.rio.crs.to_epsg(), "lst_crs": lst.rio.crs.to_epsg(), "lst": dict(lst.attrs),
+                  "unc": dict(ds["lst_uncertainty"].attrs), "time": dict(ds["time"].attrs),
+                  "qc": {k: str(v) for k, v in ds["qc"].attrs.items()}, "global": dict(ds.attrs),
+                  "coords": sorted(ds.coords), "dtype": str(ds["qc"].dtype)}, default=str))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["crs"] == 32650 and got["lst_crs"] == 32650 and "spatial_ref" in got["coords"]
+    assert got["lst"]["standard_name"] == "surface_temperature" and got["lst"]["units"] == "K"
+    assert got["lst"]["ancillary_variables"] == "lst_uncertainty qc" and got["lst"]["grid_mapping"] == "spatial_ref"
+    assert got["unc"]["standard_name"] == "surface_temperature standard_error" and got["unc"]["units"] == "K"
+    assert got["time"]["standard_name"] == "time" and got["time"]["axis"] == "T"
+    assert got["qc"]["flag_meanings"].split()[0] == "cloud" and got["dtype"] == "uint16"
+    g = got["global"]
+    assert g["Conventions"] == "CF-1.11" and g["platform"] == "GF5-02" and g["instrument"] == "VIMI"
+    assert len(g["model_sha256"]) == 64 and g["model_kind"] == "dnn" and g["model_strategy"] == "full"
+    assert g["source_cube"] == str(cube.resolve()) and "sftl_dask.retrieve" in g["history"]
+    assert g["software"].startswith("sftl-dask ")
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: refused before any work, nothing written
+
+
+def _refused(match: str, *args, **kw) -> None:
+    with pytest.raises((RetrieveError, ArtifactError, FileNotFoundError), match=match):
+        retrieve(*args, threads=1, device="cpu", **kw)
+
+
+def test_a_cube_without_a_variable_the_model_needs_is_refused(models, tmp_path):
+    store = synthetic_cube(tmp_path / "c.zarr", 1, 40, 40)
+    shutil.rmtree(store / "emis_08_20")
+    zarr.consolidate_metadata(str(store))
+    _refused(r"c\.zarr: has no variable 'emis_08_20'", store, models["dnn"], tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
+    # the split-window does not need that emissivity: it retrieves
+    assert retrieve(store, models["sw"], tmp_path / "sw.zarr", threads=1, device="cpu")["retrieved"] == 1
+
+
+def test_a_cube_whose_units_do_not_match_the_features_is_refused(models, tmp_path):
+    store = synthetic_cube(tmp_path / "c.zarr", 1, 40, 40)
+    g = zarr.open_group(str(store), mode="r+")
+    g["wvc"].attrs["units"] = "kg m-2"
+    zarr.consolidate_metadata(str(store))
+    _refused(r"wvc is in 'kg m-2', the model's features take 'g cm-2'", store, models["dnn"], tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_tampered_artifact_is_refused_before_any_output(models, cube, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(models["dnn"], art)
+    data = bytearray((art / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (art / "model.pt").write_bytes(bytes(data))
+    _refused(r"model\.pt: sha256 mismatch", cube, art, tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_an_artifact_without_an_error_model_is_refused(cube, tmp_path):
+    from helpers import synthetic_lst
+
+    from sftl_dask.models import build_model
+    from sftl_dask.models.artifact import export_artifact
+
+    x, y = synthetic_lst(500)
+    m = build_model("lgbm", 12, n_estimators=5)
+    m.fit(x, y)
+    art = export_artifact(m, tmp_path / "plain", {"model": "lgbm"})
+    _refused(r"card\.json: has no per-pixel error model", cube, art, tmp_path / "o.zarr")
+
+
+def test_an_output_holding_something_else_or_another_models_lst_is_refused(models, cube, tmp_path):
+    other = tmp_path / "cube_copy.zarr"
+    shutil.copytree(cube, other)  # a scene cube as the output: never overwritten, even with --overwrite
+    for ow in (False, True):
+        _refused(r"cube_copy\.zarr: holds a Zarr store that is not an sftl LST cube", cube, models["dnn"], other,
+                 overwrite=ow)
+    afile = tmp_path / "f.zarr"
+    afile.write_text("x")
+    _refused(r"f\.zarr: is a file", cube, models["dnn"], afile)
+    out = tmp_path / "lst.zarr"
+    retrieve(cube, models["dnn"], out, threads=1, device="cpu")
+    stamp = (out / "lst" / "0.0.0").stat().st_mtime_ns
+    _refused(r"holds LST made with another model \(model_sha256", cube, models["lgbm"], out)
+    assert (out / "lst" / "0.0.0").stat().st_mtime_ns == stamp
+    summary = retrieve(cube, models["lgbm"], out, threads=1, device="cpu", overwrite=True)
+    assert summary["retrieved"] == 2 and xr.open_zarr(out).attrs["model_kind"] == "lgbm"
+
+
+def test_device_cuda_without_a_gpu_is_refused(models, cube, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(RetrieveError, match="--device cuda: this machine has no CUDA GPU"):
+        retrieve(cube, models["dnn"], tmp_path / "o.zarr", device="cuda")
+    with pytest.raises(RetrieveError, match="--device cuda: rf models run on CPU only"):
+        retrieve(cube, models["rf"], tmp_path / "o.zarr", device="cuda")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_check_retrieval_counts_the_work_without_writing(models, cube, tmp_path):
+    assert check_retrieval(cube, models["dnn"], tmp_path / "o.zarr") == {
+        "stores": [str(tmp_path / "o.zarr")], "todo": 2, "skipped": 0}
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_cli_retrieve_bad_input_exits_2_with_one_line(models, cube, tmp_path, capsys):
+    from sftl_dask.cli import main
+
+    art = tmp_path / "art"
+    shutil.copytree(models["dnn"], art)
+    (art / "card.json").write_text((art / "card.json").read_text().replace('"dnn"', '"DNN"', 1))
+    t0 = time.perf_counter()
+    rc = main(["retrieve", "--cube", str(cube), "--model", str(art), "--out", str(tmp_path / "o.zarr")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "card.json: sha256 mismatch" in err[0]
+    assert time.perf_counter() - t0 < 20 and not (tmp_path / "o.zarr").exists()  # before any cluster starts
+    rc = main(["retrieve", "--cube", str(tmp_path / "nowhere.zarr"), "--model", str(art), "--out", str(tmp_path)])
+    assert rc == 2 and "nowhere.zarr: no such scene cube" in capsys.readouterr().err
+
+
+def test_cli_retrieve_runs_on_an_embedded_cluster_and_reruns_add_nothing(models, cube, tmp_path, capsys, client):
+    from sftl_dask.cli import main
+
+    out = tmp_path / "lst.zarr"
+    args = ["retrieve", "--cube", str(cube), "--model", str(models["sw"]), "--out", str(out)]
+    assert main([*args, "--workers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "retrieved 2 time step(s), skipped 0 already done, failed 0" in text and str(out) in text
+    assert main([*args, "--scheduler", client.scheduler.address]) == 0
+    assert "retrieved 0 time step(s), skipped 2" in capsys.readouterr().out
+    assert "sftl retrieve --cube" in xr.open_zarr(out).attrs["history"]
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU routing and parity
+
+
+def test_model_tasks_go_only_to_workers_with_the_gpu_resource(models, cube, tmp_path):
+    """A cluster of two workers, one declaring GPU=1: with that resource every model task runs there (the
+    resources are given to persist, so graph optimisation cannot drop them as it drops dask.annotate's)."""
+    from distributed import Client, Scheduler, SpecCluster, Worker
+
+    from sftl_dask.retrieve import GPU_ROUTED, _route
+
+    workers = {"gpu-worker": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
+               "cpu-worker": {"cls": Worker, "options": {"nthreads": 1}}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        names = {w: i["name"] for w, i in client.scheduler_info()["workers"].items()}
+        summary = retrieve(cube, models["dnn"], tmp_path / "lst.zarr", client=client, device="cpu",
+                           resources={"GPU": 1})
+        assert summary["chunks"] == 18 and {names[w] for w in summary["workers"]} == {"gpu-worker"}
+        spread = retrieve(cube, models["dnn"], tmp_path / "lst2.zarr", client=client, device="cpu")
+        assert {names[w] for w in spread["workers"]} == {"gpu-worker", "cpu-worker"}  # without: everywhere
+        # auto sends the Transformer to GPU workers only when one of them has CUDA; none has here
+        assert "trf" in GPU_ROUTED and _route("auto", "trf", client) == ("auto", None)
+        with pytest.raises(RetrieveError, match="--device cuda: no worker has a CUDA GPU"):
+            _route("cuda", "dnn", client)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU on this machine: the CPU/GPU "
+                    "parity of retrieval runs where one is lent (benchmarks/bench_retrieve.py --gpu)")
+@pytest.mark.parametrize("kind", ["dnn", "trf", "cnn"])
+def test_cpu_and_gpu_retrievals_agree_within_a_millikelvin(models, cube, tmp_path, kind):
+    cpu = retrieve(cube, models[kind], tmp_path / "cpu.zarr", threads=1, device="cpu")
+    gpu = retrieve(cube, models[kind], tmp_path / "gpu.zarr", threads=1, device="cuda")
+    assert cpu["devices"] == ["cpu"] and gpu["devices"] == ["cuda"]
+    a, b = xr.open_zarr(tmp_path / "cpu.zarr"), xr.open_zarr(tmp_path / "gpu.zarr")
+    assert float(np.nanmax(np.abs(a["lst"].values - b["lst"].values))) <= 1e-3
+    np.testing.assert_array_equal(a["qc"].values, b["qc"].values)
