@@ -159,7 +159,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     except (RetrieveError, ArtifactError) as exc:
         raise BadInput(str(exc)) from None
     update, close = _progress_bar("retrieve")
-    with get_client(args.scheduler, n_workers=args.workers) as client:
+    with get_client(args.scheduler, n_workers=args.workers, gpu=_wants_gpu(args.device, args.model)) as client:
         try:
             summary = retrieve(args.cube, args.model, args.out, client=client, device=args.device,
                                precision=args.precision, overwrite=args.overwrite, progress=update, command=command)
@@ -178,6 +178,16 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     for st in summary["stores"]:
         print(f"  lst: {st}")
     return 1 if summary["failed"] else 0
+
+
+def _wants_gpu(device: str, model: str) -> bool:
+    """Whether an embedded cluster should be laid out for GPUs: a torch model, a device that may be CUDA, and
+    a GPU on this machine (torch is imported only for torch artifacts)."""
+    if device == "cpu" or not (Path(model) / "model.pt").is_file():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _train(args: argparse.Namespace, what: str) -> tuple[dict[str, Any], dict[str, Any], Path]:

@@ -152,13 +152,6 @@ def retrieve_block(
     flag(QC_FLAGS["cloud"][0], cloudy)
     flag(QC_FLAGS["not_covered"][0], ~observed)
     flag(QC_FLAGS["missing_ancillary"][0], observed & ~ancillary)
-    for group, (lo, hi) in retriever.training_range.items():
-        outside = np.zeros(shape, dtype=bool)
-        for k in RANGE_GROUPS[group]:
-            if k in need or k == "vza":
-                a = inputs[k]
-                outside |= (a < lo) | (a > hi)
-        flag(RANGE_BITS[group], outside & produce)
     adjacent = _dilate(cloud, CLOUD_ADJACENT_PX)[oy:oy + shape[0], ox:ox + shape[1]]
     flag(QC_FLAGS["cloud_adjacent"][0], adjacent & produce)
     counts = {"pixels": int(produce.size), "produced": int(produce.sum()), "cloud": int(cloudy.sum()),
@@ -177,9 +170,12 @@ def _predict_tiles(inputs: Mapping[str, NDArray[Any]], need: Sequence[str], prod
     rows = max(1, retriever.batch_size // tile_cols)
     ny, nx = produce.shape
     y0, x0 = origin
-    flat_in = {k: np.ravel(inputs[k]) for k in need}
+    flat_in = {k: np.ravel(inputs[k]) for k in (*need, "vza")}
     flat_lst, flat_unc, flat_qc = lst.reshape(-1), unc.reshape(-1), qc.reshape(-1)
     edges = np.asarray(UNCERTAINTY_CLASS_EDGES_K, dtype=np.float32)
+    # the pre-training range, checked on the inputs the model uses (and the view angle)
+    ranges = [(np.uint16(RANGE_BITS[g]), [k for k in RANGE_GROUPS[g] if k in flat_in], np.float32(lo), np.float32(hi))
+              for g, (lo, hi) in retriever.training_range.items()]
     for gy in range(y0 - y0 % rows, y0 + ny, rows):
         r0, r1 = max(gy, y0) - y0, min(gy + rows, y0 + ny) - y0
         for gx in range(x0 - x0 % tile_cols, x0 + nx, tile_cols):
@@ -189,11 +185,17 @@ def _predict_tiles(inputs: Mapping[str, NDArray[Any]], need: Sequence[str], prod
                 continue
             iy, ix = np.divmod(local, c1 - c0)
             idx = (iy + r0) * nx + (ix + c0)
-            feats = compute_features({k: v.take(idx) for k, v in flat_in.items()}, names=retriever.features)
-            t, s = retriever.predict(feats)
+            sub = {k: v.take(idx) for k, v in flat_in.items()}
+            t, s = retriever.predict(compute_features(sub, names=retriever.features))
             flat_lst[idx] = t
             flat_unc[idx] = s
-            flat_qc[idx] = np.searchsorted(edges, s, side="left").astype(np.uint16) << UNCERTAINTY_CLASS_SHIFT
+            bits = np.searchsorted(edges, s, side="left").astype(np.uint16) << UNCERTAINTY_CLASS_SHIFT
+            for bit, names, lo, hi in ranges:
+                outside = np.zeros(idx.size, dtype=bool)
+                for k in names:
+                    outside |= (sub[k] < lo) | (sub[k] > hi)
+                bits |= outside * bit
+            flat_qc[idx] = bits
 
 
 def _dilate(mask: NDArray[np.bool_], radius: int) -> NDArray[np.bool_]:
@@ -271,21 +273,42 @@ def _run_job(ref: ModelRef, job: _Job) -> dict[str, Any]:
     retriever = cached_retriever(ref)  # once per process: the first task of a worker pays for it
     _pin_torch_threads()
     t0 = time.perf_counter()
-    y0, y1, x0, x1 = job.window
-    ny, nx = job.grid_shape
-    h = CLOUD_ADJACENT_PX
-    ya, yb, xa, xb = max(0, y0 - h), min(ny, y1 + h), max(0, x0 - h), min(nx, x1 + h)
-    data = {k: _array(job.cube, k, "r", job.run)[job.t_cube, y0:y1, x0:x1] for k in job.inputs}
-    cloud = _array(job.cube, "cloud", "r", job.run)[job.t_cube, ya:yb, xa:xb]
+    data, cloud = _read_inputs(job)
     t1 = time.perf_counter()
-    res = retrieve_block(data, retriever, cloud=cloud, cloud_offset=(y0 - ya, x0 - xa), origin=(y0, x0),
-                         tile_cols=job.tile_cols)
+    y0, _, x0, _ = job.window
+    res = retrieve_block(data, retriever, cloud=cloud, cloud_offset=(y0 - max(0, y0 - CLOUD_ADJACENT_PX),
+                                                                      x0 - max(0, x0 - CLOUD_ADJACENT_PX)),
+                         origin=(y0, x0), tile_cols=job.tile_cols)
     t2 = time.perf_counter()
-    write_block({k: _array(job.out, k, "r+", job.run) for k in LST_VARIABLES}, job.t_out, job.window,
-                {k: res[k] for k in LST_VARIABLES})
+    _write_outputs(job, {k: res[k] for k in LST_VARIABLES})
     t3 = time.perf_counter()
     return {**res["counts"], "load_s": t0 - tl, "read_s": t1 - t0, "compute_s": t2 - t1, "write_s": t3 - t2,
             "device": ref.device, "worker": _worker_name()}
+
+
+def _read_inputs(job: _Job) -> tuple[dict[str, NDArray[Any]], NDArray[Any]]:
+    """A job's input chunks and its cloud mask with a halo, read concurrently (zarr's per-read overhead overlaps)."""
+    y0, y1, x0, x1 = job.window
+    ny, nx = job.grid_shape
+    h = CLOUD_ADJACENT_PX
+    halo = (job.t_cube, slice(max(0, y0 - h), min(ny, y1 + h)), slice(max(0, x0 - h), min(nx, x1 + h)))
+    sel = {k: (job.t_cube, slice(y0, y1), slice(x0, x1)) for k in job.inputs} | {"cloud": halo}
+    arrays = _io_pool().map(lambda k: _array(job.cube, k, "r", job.run)[sel[k]], sel)
+    data = dict(zip(sel, arrays, strict=True))
+    return data, data.pop("cloud")
+
+
+def _write_outputs(job: _Job, data: Mapping[str, NDArray[Any]]) -> None:
+    """Region writes of a job's output chunks, concurrently."""
+    arrays = {k: _array(job.out, k, "r+", job.run) for k in data}
+    list(_io_pool().map(lambda k: write_block(arrays, job.t_out, job.window, {k: data[k]}), data))
+
+
+@lru_cache(maxsize=1)
+def _io_pool() -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=16, thread_name_prefix="sftl-io")
 
 
 def _worker_name() -> str:
@@ -502,7 +525,7 @@ def retrieve(
         if plan["action"] == "replace":
             shutil.rmtree(dst)
             plan["action"] = "new"
-        t_out = _lst_slots(dst, plan, retriever, info, ident, history)
+        t_out = plan["slots"] = _lst_slots(dst, plan, retriever, info, ident, history)
         grid: GridSpec = plan["grid"]
         cy, cx = plan["chunks"]
         for s, t in zip(plan["todo"], t_out, strict=True):
@@ -512,7 +535,9 @@ def retrieve(
                                      (y0, min(y0 + cy, grid.height), x0, min(x0 + cx, grid.width)),
                                      (grid.height, grid.width), (*need, "vza", "ancillary_missing"), run, cx))
                     slot_of.append((i, int(t)))
+    t_tasks = time.perf_counter()
     results, errors = _execute(ref, jobs, client, route_res, threads, progress)
+    t_tasks = time.perf_counter() - t_tasks
 
     # a time step is complete when all its chunks are written
     failed_chunks: dict[tuple[int, int], list[str]] = {}
@@ -522,22 +547,23 @@ def retrieve(
     for i, plan in enumerate(plans):
         if not plan["todo"]:
             continue
-        _, lst_slots = read_slots(plan["out"], LST_OK_VAR)
-        by_index = {s["index"]: s for s in lst_slots}
-        for t in sorted({t for (p, t) in slot_of if p == i}):
+        done_t, done_sum = [], []
+        for s, t in zip(plan["todo"], plan["slots"], strict=True):
             problems = failed_chunks.get((i, t))
             if problems:
-                failed.append({"store": str(plan["out"]), "scene_id": by_index[t]["scene_id"],
+                failed.append({"store": str(plan["out"]), "scene_id": s["scene_id"],
                                "chunks_failed": len(problems), "reason": problems[0]})
             else:
-                mark_slot(plan["out"], t, LST_OK_VAR)
-                retrieved += 1
+                done_t.append(t)
+                done_sum.append(s["checksum"])
+        mark_slot(plan["out"], done_t, LST_OK_VAR, checksum=done_sum)
+        retrieved += len(done_t)
     tot = {k: sum(r[k] for r in results) for k in ("pixels", "produced", "cloud", "not_covered", "missing_ancillary",
                                                     "load_s", "read_s", "compute_s", "write_s")}
     seconds = time.perf_counter() - t_start
     return {
         "stores": [str(p["out"]) for p in plans], "retrieved": retrieved, "skipped": sum(p["skipped"] for p in plans),
-        "failed": failed, "chunks": len(jobs), "seconds": seconds,
+        "failed": failed, "chunks": len(jobs), "seconds": seconds, "tasks_s": t_tasks,
         "px_per_s": tot["pixels"] / seconds if jobs else 0.0, **tot,
         "workers": sorted({r["worker"] for r in results}), "devices": sorted({r["device"] for r in results}),
         "resources": route_res or {}, "model": info,
@@ -595,8 +621,7 @@ def _lst_slots(dst: Path, plan: Mapping[str, Any], retriever: Retriever, info: M
     import zarr
 
     todo = plan["todo"]
-    scenes = [{"scene_id": s["scene_id"], "source": str(plan["cube"]), "checksum": s["checksum"],
-               "time": s["time"]} for s in todo]
+    scenes = [{"scene_id": s["scene_id"], "source": str(plan["cube"]), "time": s["time"]} for s in todo]
     if plan["action"] == "new":
         if dst.is_dir():  # an empty folder the user made for it
             dst.rmdir()

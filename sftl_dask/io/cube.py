@@ -166,7 +166,7 @@ def cube_stores(root: str | os.PathLike[str]) -> dict[str, Path]:
 
 def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tuple[GridSpec, list[dict[str, Any]]]:
     """The grid of a store and its time slots (index, scene_id, source, checksum, ``ok_var``, time)."""
-    ds = xr.open_zarr(store, consolidated=True)
+    ds = xr.open_zarr(store, consolidated=True, chunks=None)  # numpy: no Dask graph for a few small arrays
     grid = GridSpec.from_attrs(json.loads(ds.attrs["sftl_grid"]))
     slots = [
         {"index": i, "scene_id": str(s), "source": str(src), "checksum": str(ck), ok_var: bool(ok),
@@ -194,8 +194,8 @@ def _template(grid: GridSpec, scenes: Sequence[Mapping[str, Any]], variables: Ma
         data_vars[name] = (("time", "y", "x"), da.full(shape, fill, dtype=spec["dtype"], chunks=chunks), attrs)
     data_vars["scene_id"] = (("time",), np.array([s["scene_id"] for s in scenes], dtype=_SLOT_VARS["scene_id"]))
     data_vars["source"] = (("time",), np.array([s["source"] for s in scenes], dtype=_SLOT_VARS["source"]))
-    checksums = [s.get("checksum", "") for s in scenes]
-    data_vars["checksum"] = (("time",), np.array(checksums, dtype=_SLOT_VARS["checksum"]))
+    # written when the slot completes (mark_slot): nothing per slot at creation
+    data_vars["checksum"] = (("time",), da.full((n,), "", dtype=_SLOT_VARS["checksum"], chunks=1))
     data_vars[ok_var] = (("time",), da.zeros((n,), dtype=bool, chunks=1),
                          {"long_name": f"1 once every chunk of the time step is written ({ok_var})"})
     times = np.array([np.datetime64(s["time"], "ns") for s in scenes], dtype="datetime64[ns]")
@@ -233,7 +233,7 @@ def append_slots(store: str | os.PathLike[str], grid: GridSpec, scenes: Sequence
     grid : GridSpec
         The store's grid (must equal the existing one).
     scenes : sequence of mapping
-        Each with ``scene_id``, ``source`` and ``time`` (UTC datetime64), optionally ``checksum``.
+        Each with ``scene_id``, ``source`` and ``time`` (UTC datetime64).
     attrs : mapping, optional
         Global attributes for a new store.
     variables : mapping
@@ -358,15 +358,20 @@ def write_block(store: str | os.PathLike[str] | Mapping[str, Any], index: int, w
         z[index, y0:y1, x0:x1] = arr
 
 
-def mark_slot(store: str | os.PathLike[str], index: int, ok_var: str, *, checksum: str | None = None,
-              group: Any = None) -> None:
-    """Mark time slot ``index`` complete (``ok_var`` true), recording ``checksum`` if given.
+def mark_slot(store: str | os.PathLike[str], index: int | Sequence[int], ok_var: str, *,
+              checksum: str | Sequence[str] | None = None, group: Any = None) -> None:
+    """Mark time slot(s) ``index`` complete (``ok_var`` true), recording their ``checksum`` if given.
 
-    Call it only after every chunk of the slot is written: a slot is complete only when flagged.
+    Call it only after every chunk of the slot is written: a slot is complete only when flagged. Several
+    slots are marked in one write per array.
     """
     import zarr
 
     group = group if group is not None else zarr.open_group(str(store), mode="r+")
+    if not isinstance(index, int | np.integer):
+        index = np.asarray(index, dtype=np.int64)
+        if not index.size:
+            return
     if checksum is not None:
         group["checksum"][index] = checksum
     group[ok_var][index] = True

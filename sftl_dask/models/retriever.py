@@ -212,14 +212,14 @@ class SplitWindowRetriever:
     def predict(self, features: Mapping[str, NDArray[np.float32]]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         from sftl_dask.physics.splitwindow import apply_split_window
 
-        e = features["emis_mean"].astype(np.float64)
-        half = 0.5 * features["emis_diff"].astype(np.float64)
+        e = features["emis_mean"]
+        half = features["emis_diff"] * np.float32(0.5)
         # back from the features to the channel emissivities and the angle (only its band matters);
         # the bounds only undo float32 rounding at the range ends
-        e_i = np.minimum(e + half, 1.0)
-        e_j = np.minimum(e - half, 1.0)
-        np.maximum(e_i, 0.5, out=e_i)
-        np.maximum(e_j, 0.5, out=e_j)
+        e_i = np.minimum(e + half, np.float32(1.0))
+        e_j = np.minimum(e - half, np.float32(1.0))
+        np.maximum(e_i, np.float32(0.5), out=e_i)
+        np.maximum(e_j, np.float32(0.5), out=e_j)
         vza = np.degrees(np.arccos(np.minimum(np.reciprocal(features["sec_vza"]), np.float32(1.0))))
         lst = apply_split_window(self.coeffs, features["bt_10_80"], features["bt_11_95"], e_i, e_j,
                                  features["wvc"], vza)

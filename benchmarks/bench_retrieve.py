@@ -1,0 +1,540 @@
+"""Benchmark: `sftl retrieve` throughput, scaling, memory, cloud skipping, precision and uncertainty calibration.
+
+Measures, in one run on the testbed's scene cube (40 scenes of 640 x 640 px on two region grids, 31.3 Mpx):
+
+* (a) split-window retrieval against the I/O floor: the same chunk tasks on the same cluster reading the
+  same inputs (and cloud halo) and writing outputs of the same names, dtypes and chunks, with no compute.
+  Target: retrieval / floor <= 1.5;
+* (b) the DNN (the demo's artifact) on Dask, 2 workers x 1 thread, against the same retrieval in this
+  process without Dask, the best of a pool of 2 threads over the chunks (torch 1 thread each) and one loop
+  with 2 torch threads. Target: Dask >= 0.9 x the best in-process set-up; and >= 3.96 Mpx/s (a 100-line
+  prototype's figure on this cube);
+* (c) px/s per core of every model kind (DNN, TrF, CNN, LGBM, RF, split-window): compute only, one thread,
+  on the same pre-read chunks; torch models also in bfloat16, with the LST difference each costs;
+* (d) scaling: the DNN on 1 worker and on 2 (target >= 1.7x), and peak worker memory retrieving N and 4N
+  time steps (target within +-20 %);
+* (e) a half-cloudy scene against a clear one, DNN (target <= 0.6: masked pixels are skipped);
+* (f) the uncertainty's calibration measured through the LST cube: held-out target-region matchups read from
+  the retrieved cube (share of in situ residuals within +-1 sigma, goal 68 +- 5 %, and +-2 sigma, goal
+  95 +- 3 %), for both directions, and against the testbed's true pixel LST;
+* (g) with a CUDA GPU (``--gpu``): px/s per GPU and the share of time the GPU is busy.
+
+TrF, CNN, RF and LGBM for (c) are the pipelines' architectures trained briefly on the simulation: their cost
+per pixel does not depend on how well they are trained. Writes ``benchmarks/results/retrieve.json`` and
+``retrieve.png``.
+
+Usage: python -m benchmarks.bench_retrieve [--work DIR] [--workers 2] [--repeat 2] [--quick] [--gpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+FLOOR_TARGET = 1.5
+DASK_TARGET = 0.9
+PROTOTYPE_MPX_S = 3.96
+SCALING_TARGET = 1.7
+MEMORY_TOLERANCE = 0.20
+CLOUD_TARGET = 0.6
+KINDS = ("dnn", "trf", "cnn", "lgbm", "rf", "sw")
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def _train(work: Path, config: str, log: str) -> Path:
+    """``sftl train`` of a pipeline into ``work`` (reused when its artifact exists); returns the output folder."""
+    import subprocess
+    import sys
+
+    out = work / Path(config).stem
+    if (out / "model" / "card.json").exists():
+        return out
+    if (work / "huailai_to_heihe" / "work").is_dir() and not (out / "work").exists():
+        shutil.copytree(work / "huailai_to_heihe" / "work", out / "work")  # same data: reuse it
+        (out / "work" / "sw.json").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    with open(work / log, "w") as fh:
+        subprocess.run([sys.executable, "-m", "sftl_dask.cli", "train", "--config", str(ROOT / config),
+                        "--out", str(out), "--overwrite"], check=True, stdout=fh, stderr=subprocess.STDOUT)
+    print(f"trained {config} in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def _throughput_models(work: Path, sim: Path) -> dict[str, Path]:
+    """TrF, CNN, RF, LGBM with the pipelines' architectures, trained briefly on 60k simulated rows."""
+    from sftl_dask.features import feature_matrix
+    from sftl_dask.models import build_model
+    from sftl_dask.models.artifact import export_artifact
+    from sftl_dask.models.trainer import fit_torch
+    from sftl_dask.simulate import TRAINING_COLUMNS, read_simulation_columns
+
+    card = json.loads((work / "huailai_to_heihe" / "model" / "card.json").read_text())
+    out: dict[str, Path] = {}
+    table = None
+    params = {"rf": {"n_estimators": 100, "max_depth": 18}, "lgbm": {"n_estimators": 300}}
+    for kind in ("trf", "cnn", "rf", "lgbm"):
+        path = work / "models" / kind
+        out[kind] = path
+        if (path / "card.json").exists():
+            continue
+        if table is None:
+            tab = read_simulation_columns(sim, TRAINING_COLUMNS)
+            idx = np.random.default_rng(0).choice(len(tab["lst"]), 60_000, replace=False)
+            x, y = feature_matrix({k: v[idx] for k, v in tab.items()}), tab["lst"][idx].astype(np.float32)
+            table = (x, y)
+        x, y = table
+        t0 = time.perf_counter()
+        if kind in ("rf", "lgbm"):
+            model = build_model(kind, 12, **params[kind])
+            model.fit(x, y)
+        else:
+            model = build_model(kind, 12, x.mean(axis=0), x.std(axis=0) + 1e-6, target_mean=float(y.mean()),
+                                target_std=float(y.std()))
+            fit_torch(model, x, y, epochs=1, batch_size=1024, lr=3e-3, seed=0)
+        export_artifact(model, path, {"model": kind, "strategy": "none", "uncertainty": card["uncertainty"],
+                                      "pretraining_range": card["pretraining_range"]})
+        print(f"  throughput model {kind}: trained and exported in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def _copy_cube(src_root: Path, dst_root: Path, *, steps: int | None = None, repeat: int = 1,
+               clear: bool = False, half_cloud: bool = False) -> Path:
+    """A scene cube made of another's first ``steps`` time steps (each ``repeat`` times).
+
+    ``clear`` fills every missing value with its scene's median (full coverage, no cloud, no missing
+    ancillary data); ``half_cloud`` then clouds the left half of each scene.
+    """
+    import xarray as xr
+
+    from sftl_dask.io.cube import CUBE_VARIABLES, append_slots, cube_stores, read_slots, write_scene
+
+    shutil.rmtree(dst_root, ignore_errors=True)
+    for name, store in cube_stores(src_root).items():
+        grid, slots = read_slots(store)
+        slots = [s for s in slots if s["ingest_ok"]][:steps]
+        ds = xr.open_zarr(store)
+        scenes = [{**s, "scene_id": f"{s['scene_id']}_{k}"} for k in range(repeat) for s in slots]
+        idx = append_slots(dst_root / f"{name}.zarr", grid, scenes)
+        for i, s in zip(idx, scenes, strict=True):
+            t = int(s["index"])
+            data = {v: ds[v].isel(time=t).values for v in CUBE_VARIABLES}
+            if clear:
+                for v, spec in CUBE_VARIABLES.items():
+                    if spec["dtype"] == "float32":
+                        a = data[v]
+                        a[~np.isfinite(a)] = np.nanmedian(a)
+                data["cloud"][:] = 0
+                data["ancillary_missing"][:] = 0
+                if half_cloud:
+                    data["cloud"][:, : grid.width // 2] = 1
+            write_scene(dst_root / f"{name}.zarr", i, data, s["checksum"])
+    return dst_root
+
+
+# --------------------------------------------------------------------------------------------- measurements
+def _jobs(cube: Path, model: Path, out: Path) -> list[Any]:
+    """The chunk jobs a retrieval of ``cube`` plans (an LST store is made for them)."""
+    from sftl_dask.features import inputs_for
+    from sftl_dask.io.cube import append_slots, cube_stores, read_slots
+    from sftl_dask.io.lst import LST_OK_VAR, LST_VARIABLES
+    from sftl_dask.models.retriever import open_retriever
+    from sftl_dask.retrieve import _Job
+
+    need = (*inputs_for(open_retriever(model).features), "vza", "ancillary_missing")
+    jobs = []
+    shutil.rmtree(out, ignore_errors=True)
+    for name, store in cube_stores(cube).items():
+        grid, slots = read_slots(store)
+        slots = [s for s in slots if s["ingest_ok"]]
+        dst = out / f"{name}.zarr"
+        idx = append_slots(dst, grid, slots, {"sftl_product": "floor"}, variables=LST_VARIABLES, ok_var=LST_OK_VAR)
+        for s, t in zip(slots, idx, strict=True):
+            for y0 in range(0, grid.height, 512):
+                for x0 in range(0, grid.width, 512):
+                    jobs.append(_Job(str(store), str(dst), int(s["index"]), t,
+                                     (y0, min(y0 + 512, grid.height), x0, min(x0 + 512, grid.width)),
+                                     (grid.height, grid.width), need, "floor", 512))
+    return jobs
+
+
+def floor_task(job: Any) -> float:
+    """The I/O of a retrieval task and nothing else: read its inputs and cloud halo, write its four outputs."""
+    from sftl_dask.retrieve import _read_inputs, _write_outputs
+
+    t0 = time.perf_counter()
+    data, _cloud = _read_inputs(job)
+    qc = np.zeros(data["vza"].shape, np.uint16)
+    _write_outputs(job, {"lst": data["bt_10_80"], "lst_uncertainty": data["wvc"], "qc": qc, "vza": data["vza"]})
+    return time.perf_counter() - t0
+
+
+def _floor(client: Any, cube: Path, model: Path, out: Path) -> dict[str, float]:
+    jobs = _jobs(cube, model, out)
+    t0 = time.perf_counter()
+    client.gather(client.map(floor_task, jobs, pure=False))
+    return {"wall_s": time.perf_counter() - t0, "chunks": len(jobs)}
+
+
+def _retrieve(cube: Path, model: Path, out: Path, **kw: Any) -> dict[str, Any]:
+    from sftl_dask.retrieve import retrieve
+
+    shutil.rmtree(out, ignore_errors=True)
+    s = retrieve(cube, model, out, device="cpu", **kw)
+    if s["failed"]:
+        raise RuntimeError(f"retrieval failed: {s['failed'][:2]}")
+    return s
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return min(runs, key=lambda r: r["seconds"] if "seconds" in r else r["wall_s"])
+
+
+def _per_core(models: dict[str, Path], cube: Path, n_chunks: int) -> list[dict[str, Any]]:
+    """Compute-only px/s of each model on the same pre-read chunks, one thread; bf16 for torch models."""
+    import torch
+
+    from sftl_dask.features import inputs_for
+    from sftl_dask.io.cube import cube_stores, read_slots
+    from sftl_dask.models.retriever import open_retriever
+    from sftl_dask.retrieve import _Job, _read_inputs, retrieve_block
+
+    torch.set_num_threads(1)
+    store = next(iter(cube_stores(cube).values()))
+    grid, slots = read_slots(store)
+    every = [*inputs_for(("bt_08_20", "bt_08_63", "bt_10_80", "bt_11_95", "wvc", "emis_08_20", "emis_08_63",
+                          "emis_mean", "sec_vza")), "vza", "ancillary_missing"]
+    chunks = []
+    for s in [s for s in slots if s["ingest_ok"]][:n_chunks]:
+        job = _Job(str(store), "", int(s["index"]), 0, (0, min(512, grid.height), 0, min(512, grid.width)),
+                   (grid.height, grid.width), tuple(every), "per-core", 512)
+        chunks.append(_read_inputs(job))
+    rows = []
+    for kind, path in models.items():
+        precisions = ("fp32", "bf16") if kind in ("dnn", "trf", "cnn") else ("fp32",)
+        ref = None
+        for precision in precisions:
+            r = open_retriever(path, precision=precision)
+            outs = [retrieve_block(d, r, cloud=c, cloud_offset=(0, 0)) for d, c in chunks[:1]]  # warm-up
+            t0 = time.perf_counter()
+            outs = [retrieve_block(d, r, cloud=c, cloud_offset=(0, 0)) for d, c in chunks]
+            dt = time.perf_counter() - t0
+            produced = sum(o["counts"]["produced"] for o in outs)
+            pixels = sum(o["counts"]["pixels"] for o in outs)
+            lst = np.concatenate([o["lst"].ravel() for o in outs])
+            row = {"model": kind, "precision": precision, "produced_px_per_s": produced / dt,
+                   "cube_px_per_s": pixels / dt, "seconds": dt, "produced": produced, "pixels": pixels}
+            if ref is None:
+                ref = lst
+            else:
+                d = (lst - ref)[np.isfinite(ref)]
+                row.update(max_abs_diff_k=float(np.max(np.abs(d))), rms_diff_k=float(np.sqrt(np.mean(d**2))))
+            rows.append(row)
+            print(f"  per core: {kind:5s} {precision}: {produced / dt / 1e6:7.3f} Mpx/s produced "
+                  f"({pixels / dt / 1e6:.3f} Mpx/s of cube)" + (f", |dLST| max {row['max_abs_diff_k']:.3f} K"
+                                                               if "max_abs_diff_k" in row else ""))
+    torch.set_num_threads(os.cpu_count() or 1)
+    return rows
+
+
+def _memory(workers: int, cube: Path, model: Path, out: Path) -> dict[str, Any]:
+    from benchmarks.bench_ingest import _rss, _rss_sampler
+    from sftl_dask.cluster import get_client
+
+    with get_client(n_workers=workers) as client:
+        client.run(_warm)
+        idle = max(client.run(_rss).values())
+        with _rss_sampler(client) as samples:
+            s = _retrieve(cube, model, out, client=client)
+    peak = max(max(v.values()) for _, v in samples)
+    return {"time_steps": s["retrieved"], "seconds": s["seconds"], "idle_rss_mb": round(idle / 2**20, 1),
+            "peak_rss_mb": round(peak / 2**20, 1), "samples": len(samples),
+            "trace": [(round(t, 2), round(max(v.values()) / 2**20, 1)) for t, v in samples]}
+
+
+def _malloc_like_workers() -> None:
+    """This process's glibc malloc set as the embedded cluster's workers are (``cluster._MALLOC_ENV``), so the
+    in-process baselines and the Dask workers allocate alike."""
+    import ctypes
+
+    from sftl_dask.cluster import _MALLOC_ENV
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, int(_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]))  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, int(_MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]))  # M_TRIM_THRESHOLD
+
+
+def _warm() -> None:
+    """Imports and torch initialisation in each worker, outside the measured runs."""
+    import torch
+
+    import sftl_dask.retrieve  # noqa: F401
+
+    torch.zeros(1)
+
+
+def _calibration(train_out: Path, lst_root: Path) -> dict[str, Any]:
+    """Held-out target-region matchups read back from the retrieved LST cube: residuals against sigma."""
+    import pandas as pd
+    import xarray as xr
+
+    from sftl_dask.io.lst import lst_stores
+    from sftl_dask.models.error_model import coverage
+
+    results = json.loads((train_out / "results.json").read_text())
+    card = json.loads((train_out / "model" / "card.json").read_text())
+    mu = pd.read_parquet(train_out / "work" / "matchups.parquet")
+    mu = mu[(mu["reason"] == "ok") & (mu["region"] == card["target_region"])]
+    truth = train_out / "work" / "testbed" / "truth" / "site_overpass_truth.csv"
+    if truth.exists():
+        t = pd.read_csv(truth, usecols=["scene_id", "site", "lst_pixel_k"]).drop_duplicates(["scene_id", "site"])
+        mu = mu.merge(t, on=["scene_id", "site"], how="left")
+    rows = []
+    for store in lst_stores(lst_root).values():
+        ds = xr.open_zarr(store)
+        index = {str(s): i for i, s in enumerate(ds["scene_id"].values)}
+        here = mu[mu["scene_id"].isin(index)]
+        for _, m in here.iterrows():
+            t = index[m["scene_id"]]
+            px = ds[["lst", "lst_uncertainty", "qc"]].isel(time=t, y=int(m["row"]), x=int(m["col"])).compute()
+            rows.append({"lst": float(px["lst"]), "sigma": float(px["lst_uncertainty"]), "insitu": m["lst_insitu"],
+                         "truth": m.get("lst_pixel_k", np.nan)})
+    df = pd.DataFrame(rows).dropna(subset=["lst"])
+    out = {"direction": card["direction"], "model": card["model"], "strategy": card["strategy"],
+           "target": card["target_region"], "n_matchups": len(mu),
+           "insitu": coverage(df["lst"] - df["insitu"], df["sigma"]),
+           "stage3_insitu": results["stage3_transfer"]["uncertainty_calibration"]["target_insitu"],
+           "sigma_scene_k": card["uncertainty"]["sigma_scene_k"]}
+    if df["truth"].notna().all():
+        out["pixel_truth"] = coverage(df["lst"] - df["truth"], df["sigma"])
+    return out
+
+
+def _gpu(models: dict[str, Path], cube: Path, work: Path) -> dict[str, Any]:
+    """px/s per GPU and the GPU's busy share (torch profiler's CUDA time over wall time), fp32 and bf16."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"available": False, "how": "on a machine with a CUDA GPU and a CUDA build of torch: "
+                "python -m benchmarks.bench_retrieve --gpu --work <work dir>"}
+    out: dict[str, Any] = {"available": True, "device": torch.cuda.get_device_name(0), "runs": []}
+    for kind in ("dnn", "trf", "cnn"):
+        for precision in ("fp32", "bf16"):
+            from torch.profiler import ProfilerActivity, profile
+
+            from sftl_dask.retrieve import retrieve
+
+            shutil.rmtree(work / "gpu.zarr", ignore_errors=True)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                t0 = time.perf_counter()
+                s = retrieve(cube, models[kind], work / "gpu.zarr", threads=1, device="cuda", precision=precision)
+                torch.cuda.synchronize()
+                wall = time.perf_counter() - t0
+            busy = sum(e.device_time_total for e in prof.key_averages()) / 1e6
+            out["runs"].append({"model": kind, "precision": precision, "px_per_s": s["pixels"] / wall,
+                                "produced_px_per_s": s["produced"] / wall, "gpu_busy_share": busy / wall})
+    return out
+
+
+# --------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns (and writes) the result."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/sftl-bench-retrieve"),
+                    help="work folder: trained models and cubes are made once and reused")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2, help="timing repeats; the best counts")
+    ap.add_argument("--quick", action="store_true", help="one direction's calibration, fewer chunks per core")
+    ap.add_argument("--gpu", action="store_true", help="also measure on the CUDA GPU")
+    args = ap.parse_args(argv)
+    from sftl_dask.cluster import get_client
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    _malloc_like_workers()
+    hu = _train(work, "pipelines/huailai_to_heihe.yaml", "train_huailai_to_heihe.log")
+    he = None if args.quick else _train(work, "pipelines/heihe_to_huailai.yaml", "train_heihe_to_huailai.log")
+    cube = hu / "work" / "cube"
+    models = {"dnn": hu / "model", **_throughput_models(work, hu / "work" / "sim.parquet"),
+              "sw": hu / "work" / "sw.json"}
+    print(f"cube {cube}: 31.3 Mpx; models {', '.join(models)}")
+
+    res: dict[str, Any] = {"benchmark": "retrieve", "workers": args.workers, "threads_per_worker": 1,
+                           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                       "node": platform.node()}}
+    with get_client(n_workers=args.workers) as client:
+        client.run(_warm)
+        sw, fl, dk = [], [], []
+        for r in range(args.repeat):
+            fl.append(_floor(client, cube, models["sw"], work / "floor"))
+            sw.append(_retrieve(cube, models["sw"], work / "lst_sw", client=client))
+            dk.append(_retrieve(cube, models["dnn"], work / "lst_dnn", client=client))
+            print(f"  repeat {r + 1}: floor {fl[-1]['wall_s']:.2f} s, split-window {sw[-1]['seconds']:.2f} s, "
+                  f"DNN on Dask {dk[-1]['seconds']:.2f} s")
+    _warm()
+    pool = [_retrieve(cube, models["dnn"], work / "lst_pool", threads=2) for _ in range(args.repeat)]
+    loop = [_retrieve(cube, models["dnn"], work / "lst_loop", threads=1) for _ in range(args.repeat)]
+    f, s, d, p, lp = _best(fl), _best(sw), _best(dk), _best(pool), _best(loop)
+    in_process = min(p["seconds"], lp["seconds"])
+    pixels = d["pixels"]
+    res.update({
+        "cube_pixels": pixels, "chunks": d["chunks"],
+        "floor_s": round(f["wall_s"], 2), "split_window_s": round(s["seconds"], 2),
+        "ratio_split_window_to_floor": round(s["seconds"] / f["wall_s"], 3), "floor_target": FLOOR_TARGET,
+        "dnn_dask_s": round(d["seconds"], 2), "dnn_pool_s": round(p["seconds"], 2),
+        "dnn_loop_s": round(lp["seconds"], 2),
+        "dnn_dask_mpx_s": round(pixels / d["seconds"] / 1e6, 3),
+        "dnn_in_process_best_mpx_s": round(pixels / in_process / 1e6, 3),
+        "ratio_dask_to_in_process": round(in_process / d["seconds"], 3), "dask_target": DASK_TARGET,
+        "prototype_mpx_s": PROTOTYPE_MPX_S,
+        "dnn_task_time_split_s": {k: round(d[k], 2) for k in ("load_s", "read_s", "compute_s", "write_s")},
+    })
+    print(f"  in process: pool of 2 {p['seconds']:.2f} s, loop with 2 torch threads {lp['seconds']:.2f} s")
+
+    res["per_core"] = _per_core(models, cube, 2 if args.quick else 4)
+
+    one = [_memory_free_run(1, cube, models["dnn"], work / "lst_1w") for _ in range(args.repeat)]
+    two = [_memory_free_run(args.workers, cube, models["dnn"], work / "lst_2w") for _ in range(args.repeat)]
+    res["scaling"] = {"one_worker_s": round(min(one), 2), f"{args.workers}_workers_s": round(min(two), 2),
+                      "speedup": round(min(one) / min(two), 3), "target": SCALING_TARGET}
+    small = _copy_cube(cube, work / "cube_n", steps=5)
+    mem_n = _memory(args.workers, small, models["dnn"], work / "lst_n")
+    mem_4n = _memory(args.workers, cube, models["dnn"], work / "lst_4n")
+    growth = mem_4n["peak_rss_mb"] / mem_n["peak_rss_mb"] - 1
+    res["memory"] = {"n": mem_n, "4n": mem_4n, "peak_growth": round(growth, 3), "tolerance": MEMORY_TOLERANCE}
+
+    clear = _copy_cube(cube, work / "cube_clear", steps=4, clear=True)
+    half = _copy_cube(cube, work / "cube_half", steps=4, clear=True, half_cloud=True)
+    with get_client(n_workers=args.workers) as client:
+        client.run(_warm)
+        tc = min(_retrieve(clear, models["dnn"], work / "lst_clear", client=client)["seconds"]
+                 for _ in range(args.repeat))
+        th = min(_retrieve(half, models["dnn"], work / "lst_half", client=client)["seconds"]
+                 for _ in range(args.repeat))
+    res["cloud"] = {"clear_s": round(tc, 2), "half_cloudy_s": round(th, 2), "ratio": round(th / tc, 3),
+                    "target": CLOUD_TARGET}
+
+    res["calibration"] = [_calibration(hu, work / "lst_dnn")]
+    if he is not None:
+        _retrieve(he / "work" / "cube", he / "model", work / "lst_he", threads=2)
+        res["calibration"].append(_calibration(he, work / "lst_he"))
+    res["gpu"] = _gpu(models, cube, work) if args.gpu else {"available": False, "how": (
+        "on a machine with a CUDA GPU: python -m benchmarks.bench_retrieve --gpu --work <work dir>")}
+    res["targets_met"] = {
+        "split_window_vs_floor": res["ratio_split_window_to_floor"] <= FLOOR_TARGET,
+        "dask_vs_in_process": res["ratio_dask_to_in_process"] >= DASK_TARGET,
+        "dask_vs_prototype": res["dnn_dask_mpx_s"] >= PROTOTYPE_MPX_S,
+        "scaling": res["scaling"]["speedup"] >= SCALING_TARGET,
+        "memory": abs(growth) <= MEMORY_TOLERANCE,
+        "half_cloudy": res["cloud"]["ratio"] <= CLOUD_TARGET,
+        "calibration_1sigma": [abs(c["insitu"]["within_1sigma"] - 0.683) <= 0.05 for c in res["calibration"]],
+        "calibration_2sigma": [abs(c["insitu"]["within_2sigma"] - 0.954) <= 0.03 for c in res["calibration"]],
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "retrieve.json").write_text(json.dumps(res, indent=1))
+    _plot(res, RESULTS / "retrieve.png")
+    _table(res)
+    return res
+
+
+def _memory_free_run(workers: int, cube: Path, model: Path, out: Path) -> float:
+    from sftl_dask.cluster import get_client
+
+    with get_client(n_workers=workers) as client:
+        client.run(_warm)
+        return _retrieve(cube, model, out, client=client)["seconds"]
+
+
+def _table(r: dict[str, Any]) -> None:
+    ok = r["targets_met"]
+    rows = [
+        ("split-window / I/O floor", f"{r['ratio_split_window_to_floor']:.2f}",
+         f"{r['split_window_s']:.1f} s / {r['floor_s']:.1f} s; target <= {FLOOR_TARGET}: "
+         f"{'met' if ok['split_window_vs_floor'] else 'MISSED'}"),
+        ("DNN Dask / best in-process", f"{r['ratio_dask_to_in_process']:.2f}",
+         f"{r['dnn_dask_s']:.1f} s vs pool {r['dnn_pool_s']:.1f} s, loop {r['dnn_loop_s']:.1f} s; target >= "
+         f"{DASK_TARGET}: {'met' if ok['dask_vs_in_process'] else 'MISSED'}"),
+        ("DNN on Dask", f"{r['dnn_dask_mpx_s']:.2f} Mpx/s",
+         f"prototype {PROTOTYPE_MPX_S} Mpx/s: {'met' if ok['dask_vs_prototype'] else 'MISSED'}"),
+        ("scaling 1 -> 2 workers", f"{r['scaling']['speedup']:.2f}x",
+         f"target >= {SCALING_TARGET}: {'met' if ok['scaling'] else 'MISSED'}"),
+        ("peak worker RSS, N -> 4N steps", f"{100 * r['memory']['peak_growth']:+.1f} %",
+         f"{r['memory']['n']['peak_rss_mb']:.0f} -> {r['memory']['4n']['peak_rss_mb']:.0f} MB; target +-20 %: "
+         f"{'met' if ok['memory'] else 'MISSED'}"),
+        ("half-cloudy / clear", f"{r['cloud']['ratio']:.2f}",
+         f"target <= {CLOUD_TARGET}: {'met' if ok['half_cloudy'] else 'MISSED'}"),
+    ]
+    for c in r["calibration"]:
+        i = c["insitu"]
+        rows.append((f"uncertainty {c['direction']} ({c['target']}, n={i['n']})",
+                     f"{100 * i['within_1sigma']:.0f} / {100 * i['within_2sigma']:.0f} %",
+                     "within 1 / 2 sigma; goals 68 +- 5 / 95 +- 3 %" +
+                     (f"; vs pixel truth {100 * c['pixel_truth']['within_1sigma']:.0f} / "
+                      f"{100 * c['pixel_truth']['within_2sigma']:.0f} %" if "pixel_truth" in c else "")))
+    w0 = max(len(a) for a, _, _ in rows)
+    print(f"\nretrieve benchmark, {r['workers']} workers x 1 thread, {r['machine']['cpus']} CPUs, "
+          f"{r['cube_pixels'] / 1e6:.1f} Mpx")
+    for a, b, c in rows:
+        print(f"  {a:<{w0}}  {b:>13}  {c}")
+    print("  per core (compute only, produced px/s):")
+    for p in r["per_core"]:
+        extra = (f", |dLST| max {p['max_abs_diff_k']:.3f} K, rms {p['rms_diff_k']:.3f} K"
+                 if "max_abs_diff_k" in p else "")
+        print(f"    {p['model']:5s} {p['precision']}  {p['produced_px_per_s'] / 1e6:8.3f} Mpx/s{extra}")
+    if not r["gpu"]["available"]:
+        print(f"  GPU: none here; {r['gpu']['how']}")
+
+
+def _plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 4, figsize=(17, 4))
+    ax[0].bar(["I/O floor", "split-window"], [r["floor_s"], r["split_window_s"]], color=["#999999", "#3b75af"])
+    ax[0].axhline(FLOOR_TARGET * r["floor_s"], color="r", ls="--", lw=1, label=f"{FLOOR_TARGET}x floor")
+    ax[0].set_ylabel("wall time (s), 31.3 Mpx")
+    ax[0].set_title(f"split-window / floor {r['ratio_split_window_to_floor']:.2f}")
+    ax[0].legend(fontsize=8)
+    labels = ["Dask 2x1", "pool of 2", "loop, 2 torch\nthreads"]
+    vals = [r["cube_pixels"] / r[k] / 1e6 for k in ("dnn_dask_s", "dnn_pool_s", "dnn_loop_s")]
+    ax[1].bar(labels, vals, color=["#3b75af", "#999999", "#999999"])
+    ax[1].axhline(PROTOTYPE_MPX_S, color="r", ls="--", lw=1, label="prototype 3.96 Mpx/s")
+    ax[1].set_ylabel("DNN retrieval (Mpx/s of cube)")
+    ax[1].set_title(f"Dask / in-process {r['ratio_dask_to_in_process']:.2f}")
+    ax[1].legend(fontsize=8)
+    pc = r["per_core"]
+    names = [f"{p['model']}\n{p['precision']}" for p in pc]
+    ax[2].bar(names, [p["produced_px_per_s"] / 1e6 for p in pc],
+              color=["#d9730d" if p["precision"] == "bf16" else "#3b75af" for p in pc])
+    ax[2].set_yscale("log")
+    ax[2].set_ylabel("Mpx/s per core (produced pixels)")
+    ax[2].set_title("compute per core")
+    ax[2].tick_params(axis="x", labelsize=7)
+    cal = r["calibration"]
+    x = np.arange(len(cal))
+    ax[3].bar(x - 0.2, [100 * c["insitu"]["within_1sigma"] for c in cal], 0.4, label="within 1 sigma")
+    ax[3].bar(x + 0.2, [100 * c["insitu"]["within_2sigma"] for c in cal], 0.4, label="within 2 sigma")
+    ax[3].axhspan(63.3, 73.3, color="#3b75af", alpha=0.15)
+    ax[3].axhspan(92.4, 98.4, color="#d9730d", alpha=0.15)
+    ax[3].set_xticks(x, [f"{c['direction']}\n({c['target']})" for c in cal])
+    ax[3].set_ylabel("% of in situ residuals")
+    ax[3].set_title("uncertainty calibration (goal bands)")
+    ax[3].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
