@@ -172,7 +172,7 @@ def floor_task(job: Any) -> float:
     from sftl_dask.retrieve import _read_inputs, _write_outputs
 
     t0 = time.perf_counter()
-    data, _cloud = _read_inputs(job)
+    data, _cloud, _ = _read_inputs(job)
     qc = np.zeros(data["vza"].shape, np.uint16)
     _write_outputs(job, {"lst": data["bt_10_80"], "lst_uncertainty": data["wvc"], "qc": qc, "vza": data["vza"]})
     return time.perf_counter() - t0
@@ -217,7 +217,7 @@ def _per_core(models: dict[str, Path], cube: Path, n_chunks: int) -> list[dict[s
     for s in [s for s in slots if s["ingest_ok"]][:n_chunks]:
         job = _Job(str(store), "", int(s["index"]), 0, (0, min(512, grid.height), 0, min(512, grid.width)),
                    (grid.height, grid.width), tuple(every), "per-core", 512)
-        chunks.append(_read_inputs(job))
+        chunks.append(_read_inputs(job)[:2])
     rows = []
     for kind, path in models.items():
         precisions = ("fp32", "bf16") if kind in ("dnn", "trf", "cnn") else ("fp32",)

@@ -238,13 +238,10 @@ def _array(path: str, name: str, mode: str, run: str) -> Any:
     return zarr.open_array(f"{path}/{name}", mode=mode)
 
 
-_THREADS_SET: dict[str, bool] = {}
-
-
 def _pin_torch_threads() -> None:
     """Inside a Dask worker running a torch model: one torch thread per task slot, so the worker's tasks
     use its threads in all, never more (oversubscription costs 3x, shared/reference/PERF.md)."""
-    if _THREADS_SET.get("done") or "torch" not in sys.modules:  # trees and the split-window never load torch
+    if "torch" not in sys.modules:  # trees and the split-window never load torch
         return
     try:
         from distributed import get_worker
@@ -254,8 +251,8 @@ def _pin_torch_threads() -> None:
         return
     import torch
 
-    torch.set_num_threads(1)
-    _THREADS_SET["done"] = True
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def _local_device(device: str) -> str:
@@ -273,12 +270,10 @@ def _run_job(ref: ModelRef, job: _Job) -> dict[str, Any]:
     retriever = cached_retriever(ref)  # once per process: the first task of a worker pays for it
     _pin_torch_threads()
     t0 = time.perf_counter()
-    data, cloud = _read_inputs(job)
+    data, cloud, offset = _read_inputs(job)
     t1 = time.perf_counter()
-    y0, _, x0, _ = job.window
-    res = retrieve_block(data, retriever, cloud=cloud, cloud_offset=(y0 - max(0, y0 - CLOUD_ADJACENT_PX),
-                                                                      x0 - max(0, x0 - CLOUD_ADJACENT_PX)),
-                         origin=(y0, x0), tile_cols=job.tile_cols)
+    res = retrieve_block(data, retriever, cloud=cloud, cloud_offset=offset, origin=(job.window[0], job.window[2]),
+                         tile_cols=job.tile_cols)
     t2 = time.perf_counter()
     _write_outputs(job, {k: res[k] for k in LST_VARIABLES})
     t3 = time.perf_counter()
@@ -286,16 +281,17 @@ def _run_job(ref: ModelRef, job: _Job) -> dict[str, Any]:
             "device": ref.device, "worker": _worker_name()}
 
 
-def _read_inputs(job: _Job) -> tuple[dict[str, NDArray[Any]], NDArray[Any]]:
-    """A job's input chunks and its cloud mask with a halo, read concurrently (zarr's per-read overhead overlaps)."""
+def _read_inputs(job: _Job) -> tuple[dict[str, NDArray[Any]], NDArray[Any], tuple[int, int]]:
+    """A job's input chunks, and its cloud mask with a halo and the halo's offset, read concurrently (zarr's
+    per-read overhead overlaps)."""
     y0, y1, x0, x1 = job.window
     ny, nx = job.grid_shape
-    h = CLOUD_ADJACENT_PX
-    halo = (job.t_cube, slice(max(0, y0 - h), min(ny, y1 + h)), slice(max(0, x0 - h), min(nx, x1 + h)))
+    ya, xa = max(0, y0 - CLOUD_ADJACENT_PX), max(0, x0 - CLOUD_ADJACENT_PX)
+    halo = (job.t_cube, slice(ya, min(ny, y1 + CLOUD_ADJACENT_PX)), slice(xa, min(nx, x1 + CLOUD_ADJACENT_PX)))
     sel = {k: (job.t_cube, slice(y0, y1), slice(x0, x1)) for k in job.inputs} | {"cloud": halo}
     arrays = _io_pool().map(lambda k: _array(job.cube, k, "r", job.run)[sel[k]], sel)
     data = dict(zip(sel, arrays, strict=True))
-    return data, data.pop("cloud")
+    return data, data.pop("cloud"), (y0 - ya, x0 - xa)
 
 
 def _write_outputs(job: _Job, data: Mapping[str, NDArray[Any]]) -> None:
@@ -394,16 +390,12 @@ def _cluster_devices(client: Any) -> dict[str, dict[str, Any]]:
         return bool(torch.cuda.is_available())
 
     cuda = client.run(probe)
-    info = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) else \
-        client.scheduler_info()["workers"]
+    try:
+        info = client.scheduler_info(n_workers=-1)["workers"]  # all of them (the default lists five)
+    except TypeError:  # distributed before 2025 lists every worker and takes no n_workers
+        info = client.scheduler_info()["workers"]
     return {w: {"cuda": bool(cuda.get(w, False)), "resources": dict(info.get(w, {}).get("resources") or {})}
             for w in info}
-
-
-def _takes_n_workers(client: Any) -> bool:
-    import inspect
-
-    return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
 def _route(device: str, kind: str, client: Any) -> tuple[str, dict[str, float] | None]:
