@@ -160,6 +160,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
         raise BadInput(str(exc)) from None
     update, close = _progress_bar("retrieve")
     with get_client(args.scheduler, n_workers=args.workers, gpu=_wants_gpu(args.device, args.model)) as client:
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
         try:
             summary = retrieve(args.cube, args.model, args.out, client=client, device=args.device,
                                precision=args.precision, overwrite=args.overwrite, progress=update, command=command)

@@ -33,7 +33,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sftl_dask.features import RANGE_GROUPS, REQUIRED_INPUTS, compute_features, inputs_for
-from sftl_dask.io.cube import CHUNK, GridSpec, append_slots, cube_stores, mark_slot, read_slots, write_block
+from sftl_dask.io.cube import (
+    CHUNK,
+    GridSpec,
+    append_slots,
+    cube_stores,
+    mark_slot,
+    read_slots,
+    write_block,
+    write_log,
+)
 from sftl_dask.io.lst import (
     CLOUD_ADJACENT_PX,
     LST_OK_VAR,
@@ -553,13 +562,18 @@ def retrieve(
     tot = {k: sum(r[k] for r in results) for k in ("pixels", "produced", "cloud", "not_covered", "missing_ancillary",
                                                     "load_s", "read_s", "compute_s", "write_s")}
     seconds = time.perf_counter() - t_start
-    return {
+    summary = {
         "stores": [str(p["out"]) for p in plans], "retrieved": retrieved, "skipped": sum(p["skipped"] for p in plans),
         "failed": failed, "chunks": len(jobs), "seconds": seconds, "tasks_s": t_tasks,
         "px_per_s": tot["pixels"] / seconds if jobs else 0.0, **tot,
         "workers": sorted({r["worker"] for r in results}), "devices": sorted({r["device"] for r in results}),
         "resources": route_res or {}, "model": info,
     }
+    if jobs and len(plans) and plans[0]["out"] != Path(out):  # a root of LST stores: one log line per run
+        write_log(out, [{"time": history.split(" ")[0], "command": command or "", "model_sha256": retriever.digest,
+                         **{k: summary[k] for k in ("retrieved", "skipped", "failed", "chunks", "pixels",
+                                                    "produced", "seconds")}}], name="retrieve_log.jsonl")
+    return summary
 
 
 def check_retrieval(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str | os.PathLike[str], *,

@@ -153,6 +153,20 @@ def test_incremental_retrieval_computes_only_new_time_steps(models, tmp_path):
     np.testing.assert_array_equal(ds["lst"].isel(time=2).values, _whole(store, 2, open_retriever(models["dnn"]))["lst"])
 
 
+def test_a_cube_root_gives_an_lst_root_with_one_store_per_grid_and_a_run_log(models, cube, tmp_path):
+    root = tmp_path / "cube"
+    shutil.copytree(cube, root / "g1.zarr")
+    shutil.copytree(cube, root / "g2.zarr")
+    out = tmp_path / "lst"
+    summary = retrieve(root, models["sw"], out, threads=2, device="cpu", command="sftl retrieve test")
+    assert summary["stores"] == [str(out / "g1.zarr"), str(out / "g2.zarr")] and summary["retrieved"] == 4
+    assert xr.open_zarr(out / "g2.zarr").attrs["source_cube"] == str((root / "g2.zarr").resolve())
+    retrieve(root, models["sw"], out, threads=2, device="cpu")  # nothing to do: no log line
+    log = [json.loads(line) for line in (out / "retrieve_log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and log[0]["retrieved"] == 4 and log[0]["command"] == "sftl retrieve test"
+    assert log[0]["failed"] == [] and len(log[0]["model_sha256"]) == 64
+
+
 def test_an_interrupted_time_step_is_not_complete_and_is_redone(models, tmp_path, monkeypatch):
     import sftl_dask.retrieve as r
 

@@ -377,9 +377,10 @@ def mark_slot(store: str | os.PathLike[str], index: int | Sequence[int], ok_var:
     group[ok_var][index] = True
 
 
-def write_log(root: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:
-    """Append records (one JSON line each) to ``<root>/ingest_log.jsonl``."""
-    path = Path(root) / "ingest_log.jsonl"
+def write_log(root: str | os.PathLike[str], records: Iterable[Mapping[str, Any]], name: str = "ingest_log.jsonl"
+              ) -> None:
+    """Append records (one JSON line each) to ``<root>/<name>`` (ingest's log by default)."""
+    path = Path(root) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
         for r in records:
