@@ -160,9 +160,13 @@ def compute_features(inputs: Mapping[str, Any], *, allow_nan: bool = False,
     missing = [k for k in need if k not in inputs]
     if missing:
         raise ValueError(f"features: missing input variable(s) {', '.join(missing)}")
+    # Inputs keep their float dtype (no float64 copies): for float32 inputs the differences of channels
+    # within a factor 2 of each other are exact (Sterbenz), and a float32 product or half-sum is the
+    # float64 result correctly rounded, so the features equal those computed in float64 (pinned by
+    # tests/test_features.py); the cosine is taken in float64.
     x = {
         k: check_range(k, np.asarray(inputs[k]), *REQUIRED_INPUTS[k][:2], unit=REQUIRED_INPUTS[k][2],
-                       allow_nan=allow_nan)
+                       allow_nan=allow_nan, keep_float=True)
         for k in need
     }
     dbt = x["bt_10_80"] - x["bt_11_95"] if "bt_10_80" in x and "bt_11_95" in x else None
@@ -171,7 +175,7 @@ def compute_features(inputs: Mapping[str, Any], *, allow_nan: bool = False,
         "wvc_dbt": lambda: x["wvc"] * dbt,
         "emis_mean": lambda: 0.5 * (x["emis_10_80"] + x["emis_11_95"]),
         "emis_diff": lambda: x["emis_10_80"] - x["emis_11_95"],
-        "sec_vza": lambda: 1.0 / np.cos(np.deg2rad(x["vza"])),
+        "sec_vza": lambda: 1.0 / np.cos(np.deg2rad(x["vza"].astype(np.float64))),
     }
     return {k: np.asarray(derived[k]() if k in derived else x[k], dtype=np.float32) for k in names}
 

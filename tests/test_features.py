@@ -64,3 +64,17 @@ def test_out_of_range_input_named(name):
     raw[name] = raw[name] * 0 + 1e6
     with pytest.raises(ValueError, match=name):
         compute_features(raw)
+
+
+def test_float32_inputs_give_the_features_of_the_same_values_in_float64():
+    rng = np.random.default_rng(7)
+    n = 200_000
+    bt11 = rng.uniform(200.0, 340.0, n)
+    inputs = {"bt_08_20": bt11 - rng.uniform(-3, 5, n), "bt_08_63": bt11 - rng.uniform(-3, 5, n),
+              "bt_10_80": bt11 + rng.uniform(-1, 8, n), "bt_11_95": bt11, "wvc": rng.uniform(0, 8, n),
+              "vza": rng.uniform(0, 60, n), "emis_08_20": rng.uniform(0.6, 1, n), "emis_08_63": rng.uniform(0.6, 1, n),
+              "emis_10_80": rng.uniform(0.85, 1, n), "emis_11_95": rng.uniform(0.85, 1, n)}
+    f32 = compute_features({k: v.astype(np.float32) for k, v in inputs.items()})
+    f64 = compute_features({k: v.astype(np.float32).astype(np.float64) for k, v in inputs.items()})
+    for k in FEATURES:
+        np.testing.assert_array_equal(f32[k], f64[k], err_msg=k)

@@ -18,7 +18,8 @@ def check_range(
     *,
     unit: str = "",
     allow_nan: bool = False,
-) -> NDArray[np.float64]:
+    keep_float: bool = False,
+) -> NDArray[np.floating]:
     """Return ``values`` as a float array after checking it is finite and in range.
 
     Parameters
@@ -33,18 +34,23 @@ def check_range(
         Unit appended to the message.
     allow_nan : bool, optional
         If true, NaN is accepted (masked pixels) and only finite values are range-checked.
+    keep_float : bool, optional
+        Return a floating-point input as it is (float32 stays float32, no copy); others become float64.
 
     Returns
     -------
     numpy.ndarray
-        The values as a float64 array (no copy when already float64).
+        The values as a float64 array (no copy when already float64), or in their own float dtype
+        with ``keep_float``.
 
     Raises
     ------
     ValueError
         If a value is NaN or infinite (unless ``allow_nan``), or outside ``[lower, upper]``.
     """
-    arr = np.asarray(values, dtype=np.float64)
+    arr = np.asarray(values)
+    if not (keep_float and arr.dtype.kind == "f"):
+        arr = arr.astype(np.float64, copy=False)
     finite = np.isfinite(arr)
     if not allow_nan and not finite.all():
         n_bad = int((~finite).sum())
