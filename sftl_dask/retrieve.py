@@ -10,8 +10,9 @@ steps are complete (``retrieve_ok``).
 
 :func:`retrieve_block` is the whole per-pixel science, a pure function of numpy arrays: the pixels
 that are cloudy, not covered or missing ancillary data never reach the model; the others go through
-THE feature function and the model in micro-batches of cache size (16 x 512 pixels on CPU), tiled on a
-grid fixed to the image so that any chunking that is a multiple of the tiles gives the same bits.
+THE feature function and the model in micro-batches of cache size (8,192 pixels on CPU), drawn tile by
+tile of a grid fixed to the image (the chunk grid), so that a chunked retrieval and a whole-array one
+give the same bits.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def retrieve_block(
     cloud: NDArray[Any],
     cloud_offset: tuple[int, int] = (0, 0),
     origin: tuple[int, int] = (0, 0),
-    tile_cols: int = CHUNK,
+    tile: tuple[int, int] = (CHUNK, CHUNK),
 ) -> dict[str, Any]:
     """LST, its uncertainty and QC flags of one block of one time step.
 
@@ -102,11 +103,12 @@ def retrieve_block(
     cloud_offset : (int, int)
         Rows and columns of halo above and left of the block in ``cloud``.
     origin : (int, int)
-        The block's first row and column in the grid: micro-batches are tiles of the grid
-        (``retriever.batch_size // tile_cols`` rows by ``tile_cols`` columns), so that a chunked
-        retrieval equals a whole-array one bit for bit when chunks are multiples of the tiles.
-    tile_cols : int
-        Tile width (pixels).
+        The block's first row and column in the grid.
+    tile : (int, int)
+        Rows and columns of the tiles, fixed to the grid, that micro-batches are drawn from: the
+        produced pixels of a tile, in raster order, cut into batches of ``retriever.batch_size``. With
+        tiles equal to the chunks (the default), every micro-batch is full but the last of a chunk, and
+        a chunked retrieval equals a whole-array one bit for bit.
 
     Returns
     -------
@@ -153,7 +155,7 @@ def retrieve_block(
     # uncertainty class, bits 8-9: 3 (> 3 K) until a pixel is produced
     qc = np.full(shape, 3 << UNCERTAINTY_CLASS_SHIFT, dtype=np.uint16)
     if produce.any():
-        _predict_tiles(inputs, need, produce, retriever, lst, unc, qc, origin, tile_cols)
+        _predict_tiles(inputs, need, produce, retriever, lst, unc, qc, origin, tile)
 
     def flag(bit: int, where: NDArray[np.bool_]) -> None:
         np.bitwise_or(qc, np.uint16(bit), out=qc, where=where)
@@ -170,13 +172,13 @@ def retrieve_block(
 
 def _predict_tiles(inputs: Mapping[str, NDArray[Any]], need: Sequence[str], produce: NDArray[np.bool_],
                    retriever: Retriever, lst: NDArray[np.float32], unc: NDArray[np.float32], qc: NDArray[np.uint16],
-                   origin: tuple[int, int], tile_cols: int) -> None:
-    """Run the model on the produced pixels, tile by tile of the grid (cache-sized micro-batches).
+                   origin: tuple[int, int], tile: tuple[int, int]) -> None:
+    """Run the model on the produced pixels, tile by tile of the grid, in cache-sized micro-batches.
 
     Pixels are gathered by flat index (``take``: 3-4x faster than boolean indexing here) and
-    scattered back the same way; the uncertainty class goes into ``qc``'s bits 8-9.
+    scattered back the same way; the uncertainty class and the range flags go into ``qc``.
     """
-    rows = max(1, retriever.batch_size // tile_cols)
+    ty, tx = tile
     ny, nx = produce.shape
     y0, x0 = origin
     flat_in = {k: np.ravel(inputs[k]) for k in (*need, "vza")}
@@ -185,26 +187,25 @@ def _predict_tiles(inputs: Mapping[str, NDArray[Any]], need: Sequence[str], prod
     # the pre-training range, checked on the inputs the model uses (and the view angle)
     ranges = [(np.uint16(RANGE_BITS[g]), [k for k in RANGE_GROUPS[g] if k in flat_in], np.float32(lo), np.float32(hi))
               for g, (lo, hi) in retriever.training_range.items()]
-    for gy in range(y0 - y0 % rows, y0 + ny, rows):
-        r0, r1 = max(gy, y0) - y0, min(gy + rows, y0 + ny) - y0
-        for gx in range(x0 - x0 % tile_cols, x0 + nx, tile_cols):
-            c0, c1 = max(gx, x0) - x0, min(gx + tile_cols, x0 + nx) - x0
-            local = np.flatnonzero(produce[r0:r1, c0:c1])
-            if not local.size:
-                continue
-            iy, ix = np.divmod(local, c1 - c0)
-            idx = (iy + r0) * nx + (ix + c0)
-            sub = {k: v.take(idx) for k, v in flat_in.items()}
-            t, s = retriever.predict(compute_features(sub, names=retriever.features))
-            flat_lst[idx] = t
-            flat_unc[idx] = s
-            bits = np.searchsorted(edges, s, side="left").astype(np.uint16) << UNCERTAINTY_CLASS_SHIFT
-            for bit, names, lo, hi in ranges:
-                outside = np.zeros(idx.size, dtype=bool)
-                for k in names:
-                    outside |= (sub[k] < lo) | (sub[k] > hi)
-                bits |= outside * bit
-            flat_qc[idx] = bits
+    for gy in range(y0 - y0 % ty, y0 + ny, ty):
+        r0, r1 = max(gy, y0) - y0, min(gy + ty, y0 + ny) - y0
+        for gx in range(x0 - x0 % tx, x0 + nx, tx):
+            c0, c1 = max(gx, x0) - x0, min(gx + tx, x0 + nx) - x0
+            iy, ix = np.divmod(np.flatnonzero(produce[r0:r1, c0:c1]), c1 - c0)
+            in_tile = (iy + r0) * nx + (ix + c0)
+            for b in range(0, in_tile.size, retriever.batch_size):
+                idx = in_tile[b:b + retriever.batch_size]
+                sub = {k: v.take(idx) for k, v in flat_in.items()}
+                t, s = retriever.predict(compute_features(sub, names=retriever.features))
+                flat_lst[idx] = t
+                flat_unc[idx] = s
+                bits = np.searchsorted(edges, s, side="left").astype(np.uint16) << UNCERTAINTY_CLASS_SHIFT
+                for bit, names, lo, hi in ranges:
+                    outside = np.zeros(idx.size, dtype=bool)
+                    for k in names:
+                        outside |= (sub[k] < lo) | (sub[k] > hi)
+                    bits |= outside * bit
+                flat_qc[idx] = bits
 
 
 def _dilate(mask: NDArray[np.bool_], radius: int) -> NDArray[np.bool_]:
@@ -236,7 +237,7 @@ class _Job:
     grid_shape: tuple[int, int]
     inputs: tuple[str, ...]
     run: str  # the run's token: cached store handles never outlive a run (stores grow between runs)
-    tile_cols: int = CHUNK  # micro-batch tiles are as wide as the chunks: no tile straddles two tasks
+    tile: tuple[int, int] = (CHUNK, CHUNK)  # micro-batches come from tiles equal to the chunks
 
 
 @lru_cache(maxsize=256)
@@ -282,7 +283,7 @@ def _run_job(ref: ModelRef, job: _Job) -> dict[str, Any]:
     data, cloud, offset = _read_inputs(job)
     t1 = time.perf_counter()
     res = retrieve_block(data, retriever, cloud=cloud, cloud_offset=offset, origin=(job.window[0], job.window[2]),
-                         tile_cols=job.tile_cols)
+                         tile=job.tile)
     t2 = time.perf_counter()
     _write_outputs(job, {k: res[k] for k in LST_VARIABLES})
     t3 = time.perf_counter()
@@ -534,7 +535,8 @@ def retrieve(
                 for x0 in range(0, grid.width, cx):
                     jobs.append(_Job(str(plan["cube"]), str(dst), int(s["index"]), int(t),
                                      (y0, min(y0 + cy, grid.height), x0, min(x0 + cx, grid.width)),
-                                     (grid.height, grid.width), (*need, "vza", "ancillary_missing"), run, cx))
+                                     (grid.height, grid.width), (*need, "vza", "ancillary_missing"), run,
+                                     (cy, cx)))
                     slot_of.append((i, int(t)))
     t_tasks = time.perf_counter()
     results, errors = _execute(ref, jobs, client, route_res, threads, progress)
