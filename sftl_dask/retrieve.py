@@ -60,9 +60,9 @@ __all__ = ["DEVICE_CHOICES", "GPU_ROUTED", "RetrieveError", "check_retrieval", "
 #: ``--device`` choices: ``auto`` runs on CUDA where the worker has a GPU, else on CPU.
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 #: Models sent only to GPU workers (``resources={"GPU": 1}``) when the cluster has some and the
-#: device is ``auto`` or ``cuda``: the feature-token Transformer costs ~40x the MLP per pixel on CPU and
-#: the CNN ~10x (benchmarks/results/retrieve.json), so a CPU worker holding their chunks would hold the
-#: run back. The MLP, trees and split-window run at the speed of the I/O on CPU and go everywhere.
+#: device is ``auto`` or ``cuda``: the feature-token Transformer costs 25-40x the MLP per pixel on CPU and
+#: the CNN ~9x (benchmarks/results/retrieve.json, shared/reference/PERF.md), so a CPU worker holding their
+#: chunks would hold the run back. The MLP and the split-window go everywhere; trees have no GPU path.
 GPU_ROUTED = ("trf", "cnn")
 
 _UNIT_ALIASES = {"deg": {"deg", "degree", "degrees"}, "K": {"K", "kelvin"}, "g cm-2": {"g cm-2", "g cm^-2"},
