@@ -146,3 +146,118 @@ def _torch_predict(model: object, x: np.ndarray) -> np.ndarray:
     from sftl_dask.models.trainer import predict_torch
 
     return predict_torch(model, x)
+
+
+def synthetic_lst_cube(store: Path, n_times: int = 24, height: int = 40, width: int = 36, *, chunk: int = 16,
+                       seed: int = 0, start: str = "2021-01-05T03:30", step_days: int = 16,
+                       incomplete_last: bool = False, systematic_k: float | None = 1.0) -> Path:
+    """An LST store with the retrieval's schema and known values, written with the project's cube writer.
+
+    ``lst = 290 + 12 sin(2 pi doy / 365) + 0.1 row - 0.05 col + noise`` (K); ``lst_uncertainty`` 1.5-2.5 K;
+    a cloud blob per step (``qc`` bit 0, ``lst`` NaN, class 3) ringed by ``cloud_adjacent`` pixels; WVC
+    range flags on a 3-column stripe at every third step. ``incomplete_last`` leaves the last slot
+    unflagged (an interrupted retrieval).
+    """
+    import zarr
+
+    import sftl_dask.io.cube as cube
+    from sftl_dask.io.lst import LST_OK_VAR, LST_VARIABLES, QC_FLAGS
+
+    rng = np.random.default_rng(seed)
+    grid = cube.GridSpec("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_500_000.0), width, height)
+    times = np.datetime64(start) + np.arange(n_times) * np.timedelta64(step_days, "D")
+    scenes = [{"scene_id": f"GF5B_VIMI_LST_{i:03d}", "source": "/cubes/syn.zarr", "time": t}
+              for i, t in enumerate(times)]
+    attrs = {"sftl_product": "lst", "Conventions": "CF-1.11"}
+    if systematic_k is not None:
+        attrs["uncertainty_systematic_k"] = f"{systematic_k:.4f}"
+    slots = cube.append_slots(store, grid, scenes, attrs, variables=LST_VARIABLES, ok_var=LST_OK_VAR,
+                              chunk=(chunk, chunk))
+    group = zarr.open_group(str(store), mode="r+")
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    doy = (times - times.astype("datetime64[Y]")).astype("timedelta64[D]").astype(np.float64) + 1
+    adj_bit, cloud_bit = QC_FLAGS["cloud_adjacent"][0], QC_FLAGS["cloud"][0]
+    for i, slot in enumerate(slots):
+        lst = 290.0 + 12.0 * np.sin(2 * np.pi * doy[i] / 365.0) + 0.1 * yy - 0.05 * xx
+        lst += rng.normal(0.0, 0.3, lst.shape)
+        unc = 1.5 + (xx / width) + 0.0 * yy
+        qc = np.zeros((height, width), np.uint16)
+        cy, cx = rng.integers(4, height - 10), rng.integers(4, width - 10)
+        cloud = np.zeros((height, width), bool)
+        cloud[cy:cy + 6, cx:cx + 6] = True
+        ring = np.zeros_like(cloud)
+        ring[max(cy - 2, 0):cy + 8, max(cx - 2, 0):cx + 8] = True
+        ring &= ~cloud
+        qc[cloud] |= cloud_bit
+        qc[ring] |= adj_bit
+        if i % 3 == 0:
+            qc[:, 30:33] |= QC_FLAGS["wvc_outside_pretraining_range"][0]
+        cls = np.select([unc <= 1, unc <= 2, unc <= 3], [0, 1, 2], 3).astype(np.uint16)
+        cls[cloud] = 3
+        qc |= cls << 8
+        lst[cloud] = np.nan
+        unc[cloud] = np.nan
+        group["lst"][slot] = lst.astype(np.float32)
+        group["lst_uncertainty"][slot] = unc.astype(np.float32)
+        group["qc"][slot] = qc
+        group["vza"][slot] = np.full((height, width), 12.0, np.float32)
+        if not (incomplete_last and i == n_times - 1):
+            cube.mark_slot(store, slot, LST_OK_VAR, checksum=f"{i:064x}", group=group)
+    return store
+
+
+def lst_store_from_arrays(store: Path, times: np.ndarray, lst: np.ndarray, lst_uncertainty: np.ndarray,
+                          qc: np.ndarray, *, complete: np.ndarray | None = None, chunk: int = 8,
+                          origin: tuple[float, float] = (400_000.0, 4_500_000.0)) -> Path:
+    """An LST store (the retrieval's schema, the project's cube writer) holding exactly the given ``(time, y, x)``
+    arrays (K, K, bit flags) on a 40 m grid of EPSG:32650 whose upper-left corner is ``origin`` (m); slots where
+    ``complete`` is false stay unflagged (``retrieve_ok`` false, an interrupted retrieval)."""
+    import zarr
+
+    import sftl_dask.io.cube as cube
+    from sftl_dask.io.lst import LST_OK_VAR, LST_VARIABLES
+
+    _, height, width = lst.shape
+    grid = cube.GridSpec("EPSG:32650", (40.0, 0.0, origin[0], 0.0, -40.0, origin[1]), width, height)
+    scenes = [{"scene_id": f"GF5B_VIMI_VAL_{i:03d}", "source": "/cubes/val.zarr", "time": t}
+              for i, t in enumerate(np.asarray(times, dtype="datetime64[ns]"))]
+    slots = cube.append_slots(store, grid, scenes, {"sftl_product": "lst", "model_kind": "crafted"},
+                              variables=LST_VARIABLES, ok_var=LST_OK_VAR, chunk=(chunk, chunk))
+    group = zarr.open_group(str(store), mode="r+")
+    for i, slot in enumerate(slots):
+        group["lst"][slot] = lst[i].astype(np.float32)
+        group["lst_uncertainty"][slot] = lst_uncertainty[i].astype(np.float32)
+        group["qc"][slot] = qc[i].astype(np.uint16)
+        group["vza"][slot] = np.full((height, width), 10.0, np.float32)
+        if complete is None or complete[i]:
+            cube.mark_slot(store, slot, LST_OK_VAR, checksum=f"{i:064x}", group=group)
+    return store
+
+
+def pixel_lonlat(row: int, col: int, origin: tuple[float, float] = (400_000.0, 4_500_000.0)) -> tuple[float, float]:
+    """Longitude and latitude (deg) of the centre of pixel (row, col) of :func:`lst_store_from_arrays`' grid."""
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs("EPSG:32650", "EPSG:4326", always_xy=True)
+    lon, lat = tr.transform(origin[0] + (col + 0.5) * 40.0, origin[1] - (row + 0.5) * 40.0)
+    return float(lon), float(lat)
+
+
+def write_station_csv(path: Path, site_id: str, lon: float, lat: float, overpasses: list[tuple[str, float, float]],
+                      *, every_min: int = 5, half_width_min: int = 20) -> Path:
+    """A station radiometer file (UTC clock, black body: ``ULR = sigma T^4``) with records every ``every_min``
+    min within ``half_width_min`` of each overpass: ``(time, mean LST K, swing K)`` gives records alternating
+    ``mean +- swing`` (0: steady; > 1.5 K about: unstable by the matchup rules)."""
+    from sftl_dask.physics.constants import STEFAN_BOLTZMANN
+
+    lines = [f"# id: {site_id}", f"# lon: {lon!r}", f"# lat: {lat!r}", "# broadband_emissivity: 1.0",
+             "# timezone: UTC", "TIMESTAMP,ULR_Cor,DLR_Cor,QC_flag"]
+    for when, lst_k, swing in overpasses:
+        t0 = np.datetime64(when, "s")
+        for j, k in enumerate(range(-half_width_min, half_width_min + 1, every_min)):
+            t = lst_k + (swing if j % 2 else -swing)
+            stamp = str(t0 + np.timedelta64(k * 60, "s")).replace("T", " ")
+            lines.append(f"{stamp},{STEFAN_BOLTZMANN * t**4!r},300.0,0")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path

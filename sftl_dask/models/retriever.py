@@ -128,6 +128,9 @@ class _ArtifactRetriever:
             "model_artifact": str(self.loaded.path), "model_sha256": self.digest,
             "model_program": self.loaded.program, "model_features": " ".join(self.model_features),
             "uncertainty_method": str(self.error_model.get("method", "")),
+            # the scene term is systematic (site and ancillary-data errors, bias included): aggregates
+            # over time must not divide it by sqrt(n) (sftl_dask.api)
+            "uncertainty_systematic_k": f"{float(self.error_model.get('sigma_scene_k', 0.0)):.4f}",
         }
 
 
@@ -230,7 +233,8 @@ class SplitWindowRetriever:
                 "model_name": self.coeffs.form, "model_artifact": str(self.path), "model_sha256": self.digest,
                 "model_program": "json", "model_features": " ".join(self.features),
                 "uncertainty_method": "held-out simulated RMSE of the pixel's WVC x VZA split-window window "
-                                      "(no scene term: a lower bound)"}
+                                      "(no scene term: a lower bound)",
+                "uncertainty_systematic_k": f"{float(self.error_model.get('sigma_scene_k', 0.0)):.4f}"}
 
 
 def _split_window_error_model(coeffs: Any) -> dict[str, Any]:

@@ -1,0 +1,284 @@
+"""The LST time-series API: open_lst and the ``.sftl`` accessor on a small LST cube with known values."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from helpers import synthetic_lst_cube
+from pyproj import Transformer
+
+import sftl_dask
+from sftl_dask.api import GOOD_MASKS, locate, open_lst
+from sftl_dask.io.lst import QC_FLAGS
+
+CRS = "EPSG:32650"
+
+
+@pytest.fixture(scope="module")
+def lst_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("lst") / "lst"
+    root.mkdir()
+    synthetic_lst_cube(root / "g1.zarr", n_times=48, incomplete_last=True)  # 2021-01-05 .. 2023-01-..
+    return root
+
+
+@pytest.fixture(scope="module")
+def ds(lst_root: Path) -> xr.Dataset:
+    return open_lst(lst_root / "g1.zarr")
+
+
+@pytest.fixture(scope="module")
+def loaded(ds: xr.Dataset) -> xr.Dataset:
+    """The same cube in memory: what the lazy results are compared with."""
+    return ds.compute()
+
+
+def _lonlat(x: float, y: float) -> tuple[float, float]:
+    return Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(x, y)
+
+
+def test_open_lst_lazy_complete_sorted_with_crs(lst_root: Path, ds: xr.Dataset) -> None:
+    raw = xr.open_zarr(lst_root / "g1.zarr")
+    assert raw.sizes["time"] == 48 and ds.sizes["time"] == 47  # the unfinished step is left out
+    assert ds["lst"].chunks is not None and ds["lst"].data.chunksize == (1, 16, 16)
+    assert bool((np.diff(ds["time"].values) > np.timedelta64(0)).all())
+    assert ds.rio.crs.to_epsg() == 32650
+    assert hasattr(ds, "sftl") and sftl_dask.open_lst is open_lst
+    # a root with one grid opens without naming it; by name and by a point inside it too
+    assert open_lst(lst_root).sizes == ds.sizes
+    assert open_lst(lst_root, grid="g1").sizes == ds.sizes
+    lon, lat = _lonlat(400_000 + 100.0, 4_500_000 - 100.0)
+    assert open_lst(lst_root, grid=(lon, lat)).sizes == ds.sizes
+
+
+def test_open_lst_bad_input(lst_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path}: no LST store")):
+        open_lst(tmp_path)
+    with pytest.raises(ValueError, match="no grid 'nope'"):
+        open_lst(lst_root, grid="nope")
+    with pytest.raises(ValueError, match="outside every grid"):
+        open_lst(lst_root, grid=(10.0, 10.0))
+    two = tmp_path / "two"
+    shutil.copytree(lst_root, two)
+    shutil.copytree(two / "g1.zarr", two / "g2.zarr")
+    with pytest.raises(ValueError, match="holds grids g1, g2; name one"):
+        open_lst(two)
+    # an LST store without qc
+    import zarr
+
+    shutil.rmtree(two / "g2.zarr" / "qc")
+    zarr.consolidate_metadata(str(two / "g2.zarr"))
+    with pytest.raises(ValueError, match="variable 'qc' missing"):
+        open_lst(two, grid="g2")
+
+
+def test_mask_and_good(ds: xr.Dataset, loaded: xr.Dataset) -> None:
+    qc = loaded["qc"].values
+    lst = loaded["lst"].values
+    adj = (qc & QC_FLAGS["cloud_adjacent"][0]) > 0
+    m = ds.sftl.mask(["cloud_adjacent"]).compute()
+    got = m["lst"].values
+    assert np.isnan(got[adj]).all()
+    np.testing.assert_array_equal(got[~adj], lst[~adj])
+    assert int(adj.sum()) > 0 and m.attrs["sftl_masked_flags"] == "cloud_adjacent"
+    good = loaded.sftl.good()  # in memory: the same code as on the lazy cube above
+    bad = np.zeros_like(adj)
+    for f in GOOD_MASKS:
+        bad |= (qc & QC_FLAGS[f][0]) > 0
+    assert np.isnan(good["lst"].values[bad]).all()
+    np.testing.assert_array_equal(good["lst"].values[~bad], lst[~bad])
+    np.testing.assert_array_equal(good["qc"].values, qc)  # qc itself untouched
+    # an uncertainty threshold; the uncertainty class flags by name
+    small = loaded.sftl.mask(max_uncertainty=2.0)["lst_uncertainty"].values
+    assert np.nanmax(small) <= 2.0 and np.isfinite(small).sum() < np.isfinite(loaded["lst_uncertainty"].values).sum()
+    cls = loaded.sftl.mask("uncertainty_gt_3k")["lst"].values  # the class of every cloud pixel: already NaN
+    assert np.isnan(cls).sum() == np.isnan(lst).sum()
+    with pytest.raises(ValueError, match="unknown qc flag 'cloudy'"):
+        ds.sftl.mask(["cloudy"])
+
+
+def test_at_equals_the_pixel(ds: xr.Dataset, loaded: xr.Dataset) -> None:
+    r, c = 21, 13
+    x, y = float(ds["x"][c]), float(ds["y"][r])
+    lon, lat = _lonlat(x + 7.0, y - 9.0)  # inside the pixel, off its centre
+    rows, cols = locate(ds, [lon], [lat])
+    assert (int(rows[0]), int(cols[0])) == (r, c)
+    ts = ds.sftl.at(lon=lon, lat=lat)
+    assert list(ts.columns) == ["lst", "lst_uncertainty", "qc", "n_valid"]
+    assert len(ts) == ds.sizes["time"] and (ts.index.values == ds["time"].values).all()
+    np.testing.assert_array_equal(ts["lst"].to_numpy(), loaded["lst"].values[:, r, c])
+    np.testing.assert_array_equal(ts["qc"].to_numpy(), loaded["qc"].values[:, r, c])
+    np.testing.assert_array_equal(ts["n_valid"].to_numpy(), np.isfinite(loaded["lst"].values[:, r, c]).astype(int))
+    # a 3 x 3 mean: numpy by hand; uncertainty = mean of the valid pixels' (correlated within a scene)
+    m = ds.sftl.at(lon=lon, lat=lat, window=3, how="mean")
+    block = loaded["lst"].values[:, r - 1:r + 2, c - 1:c + 2].astype(np.float64)
+    ublock = loaded["lst_uncertainty"].values[:, r - 1:r + 2, c - 1:c + 2].astype(np.float64)
+    with np.errstate(all="ignore"), _quiet():
+        want = np.nanmean(block, axis=(1, 2))
+        uwant = np.nanmean(ublock, axis=(1, 2))
+    np.testing.assert_allclose(m["lst"].to_numpy(), want, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(m["lst_uncertainty"].to_numpy(), uwant, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(m["n_valid"].to_numpy(), np.isfinite(block).sum((1, 2)))
+    # nearest with a window: the centre where valid, else the valid pixel nearest it
+    n = ds.sftl.at(lon=lon, lat=lat, window=3, how="nearest")
+    centre = loaded["lst"].values[:, r, c]
+    ok = np.isfinite(centre)
+    np.testing.assert_array_equal(n["lst"].to_numpy()[ok], centre[ok])
+    cloudy_centre = ~ok & np.isfinite(block).any((1, 2))
+    for t in np.flatnonzero(cloudy_centre):
+        cross = block[t][[0, 1, 1, 2], [1, 0, 2, 1]]
+        assert n["lst"].iloc[t] in set(cross[np.isfinite(cross)]) or not np.isfinite(cross).any()
+    with pytest.raises(ValueError, match="lies outside the grid"):
+        ds.sftl.at(lon=100.0, lat=10.0)
+    with pytest.raises(ValueError, match="window 4"):
+        ds.sftl.at(lon=lon, lat=lat, window=4)
+
+
+def test_at_sites_reads_only_the_sites_chunks(lst_root: Path) -> None:
+    """18 sites over 4 of the 9 chunks of each step: only those chunks are read."""
+    from zarr.storage import LocalStore, WrapperStore
+
+    class Counting(WrapperStore):
+        keys: ClassVar[list[str]] = []
+
+        async def get(self, key, prototype, byte_range=None):  # type: ignore[no-untyped-def]
+            Counting.keys.append(key)
+            return await super().get(key, prototype, byte_range)
+
+    store = Counting(LocalStore(str(lst_root / "g1.zarr"), read_only=True))
+    ds = xr.open_zarr(store, consolidated=True, decode_coords="all", zarr_format=2)
+    ds = ds.isel(time=np.flatnonzero(ds["retrieve_ok"].values))
+    ref = open_lst(lst_root / "g1.zarr")
+    chunk_rc = [(2, 2), (2, 20), (20, 2), (33, 33)]  # one site group per chunk (16 px chunks)
+    rows, cols, ids = [], [], []
+    for k in range(18):
+        r, c = chunk_rc[k % 4]
+        r, c = r + (k // 4) % 3, c + (k // 4) // 3
+        rows.append(r)
+        cols.append(c)
+        ids.append(f"S{k:02d}")
+    lonlat = [_lonlat(float(ref["x"][c]), float(ref["y"][r])) for r, c in zip(rows, cols, strict=True)]
+    sites = pd.DataFrame({"id": ids, "lon": [p[0] for p in lonlat], "lat": [p[1] for p in lonlat]})
+    Counting.keys.clear()
+    table = ds.sftl.at_sites(sites)
+    chunk_keys = [k for k in Counting.keys if re.fullmatch(r"(lst|lst_uncertainty|qc)/\d+\.\d+\.\d+", k)]
+    want = {f"{v}/{t}.{r // 16}.{c // 16}" for v in ("lst", "lst_uncertainty", "qc")
+            for t in np.flatnonzero(xr.open_zarr(lst_root / "g1.zarr")["retrieve_ok"].values)
+            for r, c in zip(rows, cols, strict=True)}
+    assert set(chunk_keys) == want
+    assert len(chunk_keys) == len(want) == 3 * 47 * 4  # each chunk read once, 4 of 9 per step
+    assert list(table.columns) == ["time", "site", "lst", "lst_uncertainty", "qc", "n_valid"]
+    assert len(table) == 18 * 47
+    for k in (0, 7, 17):
+        one = table[table["site"] == ids[k]]
+        np.testing.assert_array_equal(one["lst"].to_numpy(), ref["lst"].values[:, rows[k], cols[k]])
+    # a site outside the grid is left out with a warning
+    far = pd.concat([sites.iloc[:2], pd.DataFrame({"id": ["FAR"], "lon": [100.0], "lat": [10.0]})])
+    with pytest.warns(UserWarning, match="left out: FAR"):
+        t2 = ref.sftl.at_sites(far)
+    assert sorted(set(t2["site"])) == ["S00", "S01"] and t2.attrs["outside"] == ["FAR"]
+    with pytest.raises(ValueError, match="lacks column 'lat'"):
+        ref.sftl.at_sites(sites.drop(columns="lat"))
+
+
+def test_composite_equals_numpy_by_hand(ds: xr.Dataset, loaded: xr.Dataset) -> None:
+    comp = ds.sftl.composite("MS", how="median").compute()
+    months = pd.DatetimeIndex(ds["time"].values).to_period("M")
+    periods = pd.period_range(months.min(), months.max(), freq="M")
+    assert comp.sizes["time"] == len(periods)
+    lst = loaded["lst"].values.astype(np.float64)
+    unc = loaded["lst_uncertainty"].values.astype(np.float64)
+    sys_k = 1.0
+    for i, p in enumerate(periods):
+        sel = months == p
+        got = comp.isel(time=i)
+        if not sel.any():
+            assert int(got["count"].max()) == 0 and bool(np.isnan(got["lst"]).all())
+            continue
+        with np.errstate(all="ignore"), _quiet():
+            want = np.nanmedian(lst[sel], axis=0)
+        np.testing.assert_allclose(got["lst"].values, want, rtol=0, atol=1e-4)
+        n = np.isfinite(lst[sel]).sum(0)
+        np.testing.assert_array_equal(got["count"].values, n)
+        with np.errstate(all="ignore"), _quiet():
+            rand2 = np.nanmean(np.clip(unc[sel] ** 2 - sys_k ** 2, 0, None), axis=0)
+            want_u = np.sqrt(sys_k ** 2 + (math.pi / 2) * rand2 / n)
+        np.testing.assert_allclose(got["lst_uncertainty"].values, want_u, rtol=1e-5, equal_nan=True)
+    # the systematic part is never divided by sqrt(n): a long composite keeps >= 1 K
+    year = loaded.sftl.composite("YS", how="mean")  # in memory from here: the same code
+    assert float(year["lst_uncertainty"].min()) >= sys_k - 1e-6
+    assert int(year["count"].max()) >= 20
+    # min_count: pixels with fewer values are NaN
+    strict = loaded.sftl.composite("MS", how="mean", min_count=2)
+    c = strict["count"].values
+    assert np.isnan(strict["lst"].values[c < 2]).all() and np.isfinite(strict["lst"].values[c >= 2]).all()
+    mx = loaded.sftl.composite("QS-DEC", how="max")
+    q = pd.DatetimeIndex(mx["time"].values)
+    assert set(q.month) <= {12, 3, 6, 9}
+    with pytest.raises(ValueError, match="freq 'monthly' is not a pandas frequency"):
+        ds.sftl.composite("monthly")
+    with pytest.raises(ValueError, match="how 'mode'"):
+        ds.sftl.composite("MS", how="mode")
+
+
+def test_composite_without_the_split_is_all_systematic(tmp_path: Path) -> None:
+    ds = open_lst(synthetic_lst_cube(tmp_path / "l.zarr", n_times=6, step_days=3, systematic_k=None))
+    comp = ds.sftl.composite("MS", how="mean")
+    unc = ds["lst_uncertainty"].values.astype(np.float64)
+    months = pd.DatetimeIndex(ds["time"].values).month
+    sel = months == months[0]
+    with np.errstate(all="ignore"), _quiet():
+        want = np.sqrt(np.nanmean(unc[sel] ** 2, axis=0))
+    np.testing.assert_allclose(comp["lst_uncertainty"].isel(time=0).values, want, rtol=1e-5, equal_nan=True)
+
+
+def test_climatology_and_anomaly(ds: xr.Dataset, loaded: xr.Dataset) -> None:
+    clim = ds.sftl.climatology("month").compute()
+    assert clim.sizes["month"] == 12
+    lst = loaded["lst"].values.astype(np.float64)
+    months = pd.DatetimeIndex(ds["time"].values).month
+    with np.errstate(all="ignore"), _quiet():
+        np.testing.assert_allclose(clim["lst"].sel(month=7).values, np.nanmean(lst[months == 7], axis=0), atol=1e-4)
+    anom = ds.sftl.anomaly(clim)
+    a = anom["lst_anomaly"].compute()
+    assert a.dims == ("time", "y", "x")
+    # over the climatology's own period, each month's anomalies average to zero
+    per_month = a.groupby("time.month").mean().values
+    assert np.nanmax(np.abs(per_month)) < 1e-4
+    with pytest.raises(ValueError, match="by 'week'"):
+        ds.sftl.climatology("week")
+    with pytest.raises(ValueError, match="needs a climatology"):
+        ds.sftl.anomaly(ds)
+
+
+def test_plots(ds: xr.Dataset, tmp_path: Path) -> None:
+    ax = ds.sftl.plot_map()
+    ax.figure.savefig(tmp_path / "map.png")
+    assert ax.get_title().startswith("lst 20") and len(ax.images) == 1
+    r, c = 21, 13
+    lon, lat = _lonlat(float(ds["x"][c]), float(ds["y"][r]))
+    ax2 = ds.sftl.plot_series(lon, lat)
+    ax2.figure.savefig(tmp_path / "series.png")
+    assert (tmp_path / "map.png").stat().st_size > 10_000 and (tmp_path / "series.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="time '1999-01-01' is not a time step"):
+        ds.sftl.plot_map(time="1999-01-01")
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        import warnings
+
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: object) -> None:
+        self._cm.__exit__(*exc)
