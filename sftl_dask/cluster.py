@@ -92,7 +92,7 @@ def get_client(
                           "distributed.nanny.environ": env}):
         cuda_cluster = _cuda_cluster_class() if gpu else None
         if cuda_cluster is not None:  # one worker per GPU, one thread each (dask-cuda's layout)
-            cluster = cuda_cluster(threads_per_worker=1, memory_limit=memory_limit, dashboard_address=":0",
+            cluster = cuda_cluster(threads_per_worker=1, memory_limit=memory_limit, dashboard_address="127.0.0.1:0",
                                    resources={"GPU": 1})
         else:
             cluster = LocalCluster(
@@ -100,7 +100,8 @@ def get_client(
                 threads_per_worker=threads_per_worker,
                 processes=True,
                 memory_limit=memory_limit,
-                dashboard_address=":0",  # a free port: never collides with another cluster on 8787
+                host="127.0.0.1",  # scheduler and dashboard on loopback only: nothing on the network reaches them
+                dashboard_address="127.0.0.1:0",  # a free port: never collides with another cluster on 8787
             )
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
         client = Client(cluster)
