@@ -379,3 +379,44 @@ def test_testbed_scenes_match_their_truth(testbed):
         assert np.nanmax(nd) < 0.02, float(np.nanmax(nd))
         vza = np.abs(ds["vza"].values - truth["vza"].values)[np.isfinite(truth["vza"].values)]
         assert vza.max() < 0.01, float(vza.max())
+
+
+def test_parallel_window_reads_equal_a_serial_read(archive, monkeypatch):
+    """NDVI and red share their DN reads; read from many threads at once, no window may get another's data.
+
+    Each thread reads NDVI then red of its own windows, as two chunks of one window do under the threaded
+    scheduler. The DN cache's lookups are slowed down (a thread switch between looking and taking, which
+    real runs hit now and then) so that a check-then-read race shows up in every run."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sftl_dask.io import vimi
+
+    class SlowDict(dict):
+        def get(self, *a):  # type: ignore[no-untyped-def, override]
+            value = super().get(*a)
+            time.sleep(0.001)
+            return value
+
+    made: list[vimi._NdviArray] = []
+    init = vimi._NdviArray.__init__
+
+    def patched(self, *a, **kw):  # type: ignore[no-untyped-def]
+        init(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(vimi._NdviArray, "__init__", patched)
+    serial = open_vimi(archive).compute()
+    ndvi, red = made[-2:]
+    slow = SlowDict()
+    ndvi._shared = red._shared = slow
+    windows = [(y, y + 4, x, x + 6) for y in range(0, H, 4) for x in range(0, W, 6)]
+
+    def read(w: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        return ndvi._compute(*w), red._compute(*w)
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(read, windows))
+    for (y0, y1, x0, x1), (nd, rd) in zip(windows, got, strict=True):
+        np.testing.assert_array_equal(nd, serial["ndvi"].values[y0:y1, x0:x1])
+        np.testing.assert_array_equal(rd, serial["red"].values[y0:y1, x0:x1])

@@ -486,11 +486,15 @@ class _NdviArray(_CalibratedArray):
     def _compute(self, y0: int, y1: int, x0: int, x1: int) -> NDArray[np.float32]:
         f = self._args[-1]
         key = (y0, y1, x0, x1)
-        if self._shared.get("key") == key:
-            red, nir = self._shared["dn"]
+        # The window and its DN are one value, read and replaced in one step each: under the threaded
+        # scheduler another thread may replace it at any time, and a separate key and DN could then pair
+        # one window's key with another's data (tests/test_io_vimi.py).
+        last = self._shared.get("last")
+        if last is not None and last[0] == key:
+            red, nir = last[1]
         else:
             red, nir = (_read_dn(self._raster, p, y0 * f, y1 * f, x0 * f, x1 * f) for p in self._pos)
-            self._shared.update(key=key, dn=(red, nir))
+            self._shared["last"] = (key, (red, nir))
         return _ndvi_from_dn(red, nir, *self._args, output=self._output)
 
 
