@@ -29,9 +29,18 @@ from sftl_dask.io.cube import (
     write_log,
     write_scene,
 )
+from sftl_dask.io.stac import scene_stac_meta, write_scene_stac
 from sftl_dask.physics.channels import THERMAL_NAMES
 
 __all__ = ["IngestError", "ingest"]
+
+#: Global attributes of new scene-cube stores (CF-1.11 section 2.6.2).
+_CUBE_ATTRS = {
+    "institution": "sftl-dask",
+    "source": "GF5-02 VIMI L1 products; ERA5 total column water vapour; ASTER GED AG100 emissivity",
+    "references": "Hersbach et al. 2020, QJRMS 146:1999 (ERA5); Hulley et al. 2015, GRL 42:7966 (ASTER GED); "
+                  "Heidarian et al. 2025, Remote Sensing 17:3803 (SFTL)",
+}
 
 
 class IngestError(ValueError):
@@ -50,16 +59,9 @@ def _scan(path: str) -> dict[str, Any]:
         meta = prod.metadata
         ds.close()  # releases the GeoTIFF handles
         return {"ok": True, "path": path, "scene_id": prod.stem, "time": np.datetime64(meta["CenterTime"], "ns"),
-                "grid": grid, "cloud_percent": float(meta.get("CloudPercent", np.nan)), "meta": _stac_meta(meta)}
+                "grid": grid, "cloud_percent": float(meta.get("CloudPercent", np.nan)), "meta": scene_stac_meta(meta)}
     except (ValueError, OSError) as exc:
         return {"ok": False, "path": path, "scene_id": _stem(path), "reason": _one_line(exc)}
-
-
-def _stac_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    keys = ("TopLeftLongitude", "TopLeftLatitude", "TopRightLongitude", "TopRightLatitude", "BottomRightLongitude",
-            "BottomRightLatitude", "BottomLeftLongitude", "BottomLeftLatitude", "CloudPercent", "SolarZenith",
-            "SolarAzimuth", "SatelliteZenith", "OrbitID")
-    return {k: float(meta[k]) for k in keys if k in meta}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -293,7 +295,7 @@ def ingest(
     for store, ss in by_store.items():
         name = Path(store).name[: -len(".zarr")]
         idx = append_slots(store, grids[name], [{"scene_id": s["scene_id"], "source": s["path"], "time": s["time"]}
-                                                for s in ss])
+                                                for s in ss], _CUBE_ATTRS)
         for s, i in zip(ss, idx, strict=True):
             s["index"] = i
 
@@ -309,7 +311,8 @@ def ingest(
     results = _map(_ingest_scene, args, client, progress=progress)
     log += results
     ok = [r for r in results if r["status"] == "ingested"]
-    _write_stac(root, [s for s in scans if any(r["scene_id"] == s["scene_id"] for r in ok)])
+    done_ids = {r["scene_id"] for r in ok}
+    write_scene_stac(root, [s for s in scans if s["scene_id"] in done_ids])
     stamp = np.datetime64("now", "s")
     write_log(root, [{"logged_utc": str(stamp), **r} for r in log])
     return {
@@ -381,40 +384,3 @@ def _map(fn: Callable[..., Any], args: list[tuple[Any, ...]], client: Any, *,
     from sftl_dask.cluster import run_tasks
 
     return run_tasks([(fn, a) for a in args], client, progress=progress, gather=not scatter_out)
-
-
-def _write_stac(root: Path, scans: list[dict[str, Any]]) -> None:
-    """One STAC Item per ingested scene, in a static catalog under ``<root>/stac``."""
-    import pystac
-
-    if not scans:
-        return
-    cat_path = root / "stac" / "catalog.json"
-    if cat_path.exists():
-        catalog = pystac.Catalog.from_file(str(cat_path))
-    else:
-        catalog = pystac.Catalog(id="sftl-scene-cube", description="GF5-02 VIMI scenes ingested by sftl-dask")
-    for s in scans:
-        m = s["meta"]
-        ring = [[m.get(f"{c}Longitude"), m.get(f"{c}Latitude")] for c in ("TopLeft", "TopRight", "BottomRight",
-                                                                         "BottomLeft", "TopLeft")]
-        if any(v is None for pt in ring for v in pt):
-            continue
-        lons, lats = [p[0] for p in ring], [p[1] for p in ring]
-        item = pystac.Item(
-            id=s["scene_id"], geometry={"type": "Polygon", "coordinates": [ring]},
-            bbox=[min(lons), min(lats), max(lons), max(lats)],
-            datetime=np.datetime64(s["time"], "us").astype(object),
-            properties={"platform": "GF5-02", "instruments": ["VIMI"], "eo:cloud_cover": m.get("CloudPercent"),
-                        "view:sun_elevation": 90.0 - m.get("SolarZenith", 90.0),
-                        "view:off_nadir": m.get("SatelliteZenith"), "sftl:grid": s["grid_name"],
-                        "sftl:time_index": int(s["index"])},
-        )
-        item.add_asset("archive", pystac.Asset(href=str(Path(s["path"]).resolve()), roles=["source"],
-                                               media_type="application/x-tar"))
-        item.add_asset("cube", pystac.Asset(href=str(Path(s["store"]).resolve()), roles=["data"],
-                                            media_type="application/vnd+zarr"))
-        if next(catalog.get_items(item.id), None) is None:
-            catalog.add_item(item)
-    catalog.normalize_hrefs(str(root / "stac"))
-    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)

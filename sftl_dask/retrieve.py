@@ -575,6 +575,10 @@ def retrieve(
         write_log(out, [{"time": history.split(" ")[0], "command": command or "", "model_sha256": retriever.digest,
                          **{k: summary[k] for k in ("retrieved", "skipped", "failed", "chunks", "pixels",
                                                     "produced", "seconds")}}], name="retrieve_log.jsonl")
+    if retrieved:
+        from sftl_dask.io.stac import write_lst_stac
+
+        summary["stac"] = str(write_lst_stac(out))  # <out>/stac for a root; <name>_stac beside a single store
     return summary
 
 

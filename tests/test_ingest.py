@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import re
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pandas as pd
+import pystac
 import pytest
 import rasterio
 import xarray as xr
@@ -156,7 +158,15 @@ def test_one_store_per_region_grid_with_design_variables_chunks_crs_and_all_slot
         _, slots = read_slots(store)
         assert all(s["ingest_ok"] for s in slots) and all(len(s["checksum"]) == 64 for s in slots)
     assert epsgs == set(REGION_EPSG.values())
-    assert (root / "stac" / "catalog.json").is_file()
+    items = list(pystac.Catalog.from_file(str(root / "stac" / "catalog.json")).get_items(recursive=True))
+    assert len(items) == 4
+    for item in items:  # the STAC writer's own tests: test_stac.py
+        ring = item.geometry["coordinates"][0]
+        assert sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in itertools.pairwise(ring)) > 0, item.id
+        assert item.properties["eo:cloud_cover"] >= 0 and len(item.stac_extensions) >= 6, item.id
+        hrefs = [a["href"] for a in item.to_dict()["assets"].values()]
+        assert hrefs and not any(Path(h).is_absolute() for h in hrefs), hrefs
+        assert Path(item.assets["cube"].get_absolute_href()).resolve() in {s.resolve() for s in stores.values()}
 
 
 def test_bt_in_the_cube_equals_the_testbed_truth_within_half_a_dn_step_on_clear_pixels(tb, cube):

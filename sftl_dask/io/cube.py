@@ -30,7 +30,7 @@ import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
 
-from sftl_dask.physics.channels import THERMAL_NAMES
+from sftl_dask.physics.channels import THERMAL_NAMES, channel_table
 
 __all__ = [
     "CHUNK",
@@ -47,25 +47,38 @@ __all__ = [
 ]
 
 _EMIS = tuple(n.replace("bt_", "emis_") for n in THERMAL_NAMES)
+#: Nominal centre wavelength (um) of each thermal channel, by BT name (``vimi_channels.json``).
+_CENTRE_UM = {c["name"]: float(c["centre_um"]) for c in channel_table()["thermal"]}
+_BINARY = {"flag_values": np.array([0, 1], dtype=np.uint8)}
 
-#: The cube's data variables: attributes (units first) and storage dtype.
+#: The cube's data variables: CF attributes (units first; standard names from the CF table where one
+#: exists) and storage dtype. ``centre_wavelength_um`` names a channel's wavelength; a CF export makes
+#: it the scalar ``radiation_wavelength`` coordinate CF asks of channel quantities.
 CUBE_VARIABLES: dict[str, dict[str, Any]] = {
-    **{n: {"units": "K", "long_name": f"brightness temperature {n[3:5]}.{n[6:]} um", "dtype": "float32"}
+    **{n: {"units": "K", "standard_name": "toa_brightness_temperature", "units_metadata": "temperature: on_scale",
+           "long_name": f"top-of-atmosphere brightness temperature {n[3:5]}.{n[6:]} um",
+           "centre_wavelength_um": _CENTRE_UM[n], "dtype": "float32"}
        for n in THERMAL_NAMES},
-    "vza": {"units": "degree", "long_name": "view zenith angle", "dtype": "float32"},
+    "vza": {"units": "degree", "standard_name": "sensor_zenith_angle", "long_name": "view zenith angle",
+            "dtype": "float32"},
     "wvc": {"units": "g cm-2", "long_name": "total column water vapour (ERA5, interpolated)",
             "standard_name": "atmosphere_mass_content_of_water_vapor", "dtype": "float32"},
-    **{n: {"units": "1", "long_name": f"surface emissivity {n[5:7]}.{n[8:]} um (ASTER GED + VCM)",
-           "dtype": "float32"} for n in _EMIS},
-    "ndvi": {"units": "1", "long_name": "NDVI from TOA reflectance", "dtype": "float32"},
-    "cloud": {"units": "1", "long_name": "cloud mask (1 = cloud or cloud edge)", "dtype": "uint8"},
-    "ancillary_missing": {"units": "1", "long_name": "1 where GED or ERA5 did not cover the pixel",
-                          "dtype": "uint8"},
+    **{n: {"units": "1", "standard_name": "surface_longwave_emissivity",
+           "long_name": f"surface emissivity {n[5:7]}.{n[8:]} um (ASTER GED + VCM)",
+           "centre_wavelength_um": _CENTRE_UM[n.replace("emis_", "bt_")], "dtype": "float32"} for n in _EMIS},
+    "ndvi": {"units": "1", "standard_name": "normalized_difference_vegetation_index",
+             "long_name": "NDVI from TOA reflectance", "dtype": "float32"},
+    "cloud": {"units": "1", "standard_name": "cloud_binary_mask", "long_name": "cloud mask (1 = cloud or cloud edge)",
+              **_BINARY, "flag_meanings": "clear cloud", "dtype": "uint8"},
+    "ancillary_missing": {"long_name": "1 where GED or ERA5 did not cover the pixel", **_BINARY,
+                          "flag_meanings": "ancillary_present ancillary_missing", "dtype": "uint8"},
 }
 _SLOT_VARS = {"scene_id": "<U96", "source": "<U512", "checksum": "<U64"}
 #: Chunk edge (pixels) of new stores along y and x.
 CHUNK = 512
-_TIME_ATTRS = {"standard_name": "time", "axis": "T", "long_name": "scene centre time (UTC)"}
+#: CF time; numpy times count no leap seconds (CF-1.11 section 4.4.3).
+_TIME_ATTRS = {"standard_name": "time", "axis": "T", "long_name": "scene centre time (UTC)",
+               "units_metadata": "leap_seconds: none"}
 
 
 @dataclass(frozen=True)
@@ -192,10 +205,13 @@ def _template(grid: GridSpec, scenes: Sequence[Mapping[str, Any]], variables: Ma
         attrs = {k: v for k, v in spec.items() if k != "dtype"}
         attrs["coordinates"] = "spatial_ref"  # so that plain xr.open_zarr makes it a coordinate: rio.crs works
         data_vars[name] = (("time", "y", "x"), da.full(shape, fill, dtype=spec["dtype"], chunks=chunks), attrs)
-    data_vars["scene_id"] = (("time",), np.array([s["scene_id"] for s in scenes], dtype=_SLOT_VARS["scene_id"]))
-    data_vars["source"] = (("time",), np.array([s["source"] for s in scenes], dtype=_SLOT_VARS["source"]))
+    data_vars["scene_id"] = (("time",), np.array([s["scene_id"] for s in scenes], dtype=_SLOT_VARS["scene_id"]),
+                             {"long_name": "product id of the scene"})
+    data_vars["source"] = (("time",), np.array([s["source"] for s in scenes], dtype=_SLOT_VARS["source"]),
+                           {"long_name": "path of the source (product, or scene-cube store)"})
     # written when the slot completes (mark_slot): nothing per slot at creation
-    data_vars["checksum"] = (("time",), da.full((n,), "", dtype=_SLOT_VARS["checksum"], chunks=1))
+    data_vars["checksum"] = (("time",), da.full((n,), "", dtype=_SLOT_VARS["checksum"], chunks=1),
+                             {"long_name": "sha256 of the source product"})
     data_vars[ok_var] = (("time",), da.zeros((n,), dtype=bool, chunks=1),
                          {"long_name": f"1 once every chunk of the time step is written ({ok_var})"})
     times = np.array([np.datetime64(s["time"], "ns") for s in scenes], dtype="datetime64[ns]")
@@ -261,7 +277,7 @@ def append_slots(store: str | os.PathLike[str], grid: GridSpec, scenes: Sequence
     if not (store / ".zgroup").exists():
         tmpl.attrs = {
             "title": "sftl-dask scene cube", "platform": "GF5-02", "instrument": "VIMI",
-            "Conventions": "CF-1.8", "sftl_grid": json.dumps(grid.to_attrs()), **dict(attrs or {}),
+            "Conventions": "CF-1.11", "sftl_grid": json.dumps(grid.to_attrs()), **dict(attrs or {}),
         }
         tmpl.to_zarr(store, mode="w-", compute=False, consolidated=True, zarr_format=2,
                      encoding=_encoding(tmpl, variables, ok_var))
