@@ -162,20 +162,16 @@ def locate(ds: xr.Dataset, lon: Sequence[float] | np.ndarray, lat: Sequence[floa
     ValueError
         Naming the first point that lies outside the grid (less ``margin``).
     """
-    from pyproj import Transformer
+    from sftl_dask.io.cube import pixel_index
 
     crs = ds.rio.crs
     if crs is None:
         raise ValueError("the dataset has no CRS (spatial_ref); open it with sftl_dask.open_lst")
-    lon = np.asarray(lon, dtype=np.float64)
-    lat = np.asarray(lat, dtype=np.float64)
-    px, py = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
+    lon = np.atleast_1d(np.asarray(lon, dtype=np.float64))
+    lat = np.atleast_1d(np.asarray(lat, dtype=np.float64))
     x, y = ds["x"].values, ds["y"].values
-    if x.size < 2 or y.size < 2:
-        raise ValueError(f"the grid ({y.size} x {x.size} px) is too small to locate points on")
+    rows, cols = pixel_index(crs, x, y, lon, lat)
     dx, dy = float(x[1] - x[0]), float(y[1] - y[0])  # dy < 0: north up
-    cols = np.floor((np.asarray(px) - (x[0] - dx / 2)) / dx).astype(np.int64)
-    rows = np.floor((np.asarray(py) - (y[0] - dy / 2)) / dy).astype(np.int64)
     inside = (rows >= margin) & (rows < y.size - margin) & (cols >= margin) & (cols < x.size - margin)
     if not inside.all():
         k = int(np.flatnonzero(~inside)[0])
@@ -226,6 +222,7 @@ class SftlAccessor:
 
     def __init__(self, ds: xr.Dataset) -> None:
         self._ds = ds
+        self._ts: tuple[Path, xr.Dataset] | None = None  # the time-series copy, opened once per dataset
 
     # ----------------------------------------------------------------------------------- masks
     @property
@@ -414,7 +411,9 @@ class SftlAccessor:
                 timeseries_copy = None  # type: ignore[assignment]
             copy = timeseries_copy(store) if timeseries_copy is not None else None
             if copy is not None:
-                ts = xr.open_zarr(copy, consolidated=True, decode_coords="all")
+                if self._ts is None or self._ts[0] != copy:
+                    self._ts = (copy, xr.open_zarr(copy, consolidated=True, decode_coords="all"))
+                ts = self._ts[1]
                 if np.isin(times, ts["time"].values).all():
                     return ts, times
         return ds, times

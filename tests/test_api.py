@@ -282,3 +282,28 @@ class _quiet:
 
     def __exit__(self, *exc: object) -> None:
         self._cm.__exit__(*exc)
+
+
+def test_at_reads_the_time_series_copy_when_it_is_up_to_date(tmp_path: Path) -> None:
+    from sftl_dask.rechunk import rechunk
+
+    root = tmp_path / "lst"
+    root.mkdir()
+    synthetic_lst_cube(root / "g1.zarr", n_times=8)
+    direct = open_lst(root)
+    r, c = 9, 30
+    lon, lat = _lonlat(float(direct["x"][c]), float(direct["y"][r]))
+    want = direct.sftl.at(lon=lon, lat=lat, window=3, how="mean")
+    rechunk(root)  # -> lst_ts/g1.zarr, where open_lst's accessor looks for it
+    assert open_lst(root).sizes == direct.sizes  # the copy is not a grid of the root
+    ds = open_lst(root)
+    src, _ = ds.sftl._point_source()
+    assert src["lst"].chunks == ((8,), (40,), (36,)) or src["lst"].data.chunksize[0] == 8
+    pd.testing.assert_frame_equal(ds.sftl.at(lon=lon, lat=lat, window=3, how="mean"), want)
+    good = ds.sftl.good()  # masks recorded in the attributes are applied to what the copy gives
+    pd.testing.assert_frame_equal(good.sftl.at(lon=lon, lat=lat),
+                                  open_lst(root).sftl.good().pipe(lambda d: _no_copy(d)).sftl.at(lon=lon, lat=lat))
+
+
+def _no_copy(ds: xr.Dataset) -> xr.Dataset:
+    return ds.assign_attrs(sftl_store="")  # read from the dataset itself

@@ -29,6 +29,7 @@ bits  meaning                                set where
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -77,10 +78,12 @@ LST_OK_VAR = "retrieve_ok"
 
 #: The LST cube's raster variables: CF attributes and storage dtype.
 LST_VARIABLES: dict[str, dict[str, Any]] = {
-    "lst": {"units": "K", "standard_name": "surface_temperature", "long_name": "land surface temperature",
+    "lst": {"units": "K", "standard_name": "surface_temperature", "units_metadata": "temperature: on_scale",
+            "long_name": "land surface temperature",
             "ancillary_variables": "lst_uncertainty qc", "cell_methods": "area: mean where land",
             "valid_min": 150.0, "valid_max": 400.0, "dtype": "float32"},
     "lst_uncertainty": {"units": "K", "standard_name": "surface_temperature standard_error",
+                        "units_metadata": "temperature: difference",
                         "long_name": "standard uncertainty of lst (1 sigma)", "dtype": "float32"},
     "qc": {"long_name": "LST quality control bit flags",
            "flag_masks": np.array([m for m, _ in QC_FLAGS.values()], dtype=np.uint16),
@@ -92,10 +95,23 @@ LST_VARIABLES: dict[str, dict[str, Any]] = {
 
 
 def lst_stores(root: str | os.PathLike[str]) -> dict[str, Path]:
-    """The LST stores of an output: the store itself, or ``<root>/<grid>.zarr`` by grid name."""
+    """The LST stores of an output: the store itself, or ``<root>/<grid>.zarr`` by grid name.
+
+    Time-series copies (``sftl rechunk``; ``sftl_layout: "time-series"``) that sit in a root are not grids
+    of it and are left out.
+    """
     root = Path(root)
     if (root / ".zgroup").exists():
         return {root.name.removesuffix(".zarr"): root}
     if not root.is_dir():
         return {}
-    return {p.name.removesuffix(".zarr"): p for p in sorted(root.glob("*.zarr")) if (p / ".zgroup").exists()}
+    return {p.name.removesuffix(".zarr"): p for p in sorted(root.glob("*.zarr"))
+            if (p / ".zgroup").exists() and not _is_timeseries_copy(p)}
+
+
+def _is_timeseries_copy(store: Path) -> bool:
+    try:
+        attrs = json.loads((store / ".zattrs").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(attrs, dict) and attrs.get("sftl_layout") == "time-series"
