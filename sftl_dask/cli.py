@@ -191,6 +191,61 @@ def _wants_gpu(device: str, model: str) -> bool:
     return bool(torch.cuda.is_available())
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from sftl_dask.cluster import get_client
+    from sftl_dask.validate import ValidateError, check_validation, validate
+
+    try:  # the LST stores, site table, in situ folder and output are checked before a cluster starts
+        check_validation(args.lst, args.insitu, args.sites, args.out, overwrite=args.overwrite)
+    except ValidateError as exc:
+        raise BadInput(str(exc)) from None
+    update, close = _progress_bar("validate")
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        try:
+            summary = validate(args.lst, args.insitu, args.sites, args.out, overwrite=args.overwrite, client=client,
+                               progress=update)
+        except ValidateError as exc:
+            raise BadInput(str(exc)) from None
+        finally:
+            close()
+    print(f"validated {summary['n_usable']} usable matchups of {summary['n_matchups']} in {summary['seconds']:.1f} s "
+          f"-> {summary['out'] / 'summary.md'}")
+    for m in summary["metrics"]:
+        print(f"  {m['name']}: n={m['n']}, RMSE {m['rmse_k']:.3f} K, bias {m['bias_k']:+.3f} K, "
+              f"ubRMSE {m['ubrmse_k']:.3f} K, within 1/2 sigma {m['within_1sigma']:.0%}/{m['within_2sigma']:.0%}")
+    return 0
+
+
+def _cmd_rechunk(args: argparse.Namespace) -> int:
+    from sftl_dask.cluster import get_client
+    from sftl_dask.rechunk import RechunkError, check_rechunk, rechunk
+
+    command = " ".join(["sftl", *(args.argv or [])])
+    kw: dict[str, Any] = {"overwrite": args.overwrite}
+    kw.update({k: v for k, v in (("tile", args.tile), ("max_mem", args.max_mem)) if v is not None})
+    try:  # the LST stores, the output and the memory bound are checked before a cluster starts
+        check_rechunk(args.lst, args.out, **kw)
+    except RechunkError as exc:
+        raise BadInput(str(exc)) from None
+    update, close = _progress_bar("rechunk")
+    with get_client(args.scheduler, n_workers=args.workers) as client:
+        try:
+            summary = rechunk(args.lst, args.out, client=client, progress=update, command=command, **kw)
+        except RechunkError as exc:
+            raise BadInput(str(exc)) from None
+        finally:
+            close()
+    print(f"copied {summary['steps']} time step(s) of {len(summary['stores'])} store(s) in {summary['seconds']:.1f} s "
+          f"({summary['bytes'] / 1e6:.0f} MB, {summary['tasks']} tasks, {summary['stages']} stage(s)) -> "
+          f"{summary['out']}")
+    for st in summary["stores"]:
+        print(f"  {st['copy']}: chunks {tuple(st['chunks'])}")
+    if not summary["conventional"]:
+        print("  note: not the conventional place (<root>_ts/<grid>.zarr or <name>_ts.zarr beside the source); "
+              "open_lst will not find this copy by itself")
+    return 0
+
+
 def _train(args: argparse.Namespace, what: str) -> tuple[dict[str, Any], dict[str, Any], Path]:
     """Prepare the data (on the cluster) and run the three stages of ``args.config`` into ``args.out``.
 
@@ -309,6 +364,29 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace LST made from another cube or model")
     common(s)
     s.set_defaults(func=_cmd_retrieve)
+
+    s = sub.add_parser("validate", help="LST cube against in situ radiometers: metrics, uncertainty calibration, "
+                       "scatter and time-series plots")
+    s.add_argument("--lst", required=True, help="LST root (one store per grid) or store from 'sftl retrieve'")
+    s.add_argument("--insitu", required=True, help="folder of station files <site id>.csv")
+    s.add_argument("--sites", required=True, help="site table (CSV: id, region, lon, lat, ...)")
+    s.add_argument("--out", required=True, help="output folder: summary.md, metrics.parquet, matchups.parquet, "
+                   "scatter.png, timeseries.png")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    common(s)
+    s.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("rechunk", help="a time-contiguous copy of an LST cube, for point series")
+    s.add_argument("--lst", required=True, help="LST root (one store per grid) or store from 'sftl retrieve'")
+    s.add_argument("--out", default=None, help="the copy (default: <root>_ts or <name>_ts.zarr beside --lst, "
+                   "where open_lst finds it)")
+    s.add_argument("--tile", type=_positive_int, default=None, help="spatial tile edge of the copy's chunks in px "
+                   "(default: sftl_dask.rechunk.TILE)")
+    s.add_argument("--max-mem", default=None, help="largest array one task holds, e.g. 256MB (default: "
+                   "sftl_dask.rechunk.MAX_MEM); longer series go through an intermediate store")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing time-series copy")
+    common(s)
+    s.set_defaults(func=_cmd_rechunk)
 
     s = sub.add_parser("train", help="the three SFTL stages for one configuration -> model artifact")
     s.add_argument("--config", required=True, help="pipeline YAML (pipelines/*.yaml)")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask.physics.channels import THERMAL_NAMES, channel_table
 
@@ -167,6 +167,37 @@ class GridSpec:
         l1, b1, r1, t1 = self.bounds
         l2, b2, r2, t2 = other.bounds
         return l1 < r2 and l2 < r1 and b1 < t2 and b2 < t1
+
+
+def pixel_index(crs: Any, x: ArrayLike, y: ArrayLike, lon: ArrayLike, lat: ArrayLike
+                ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(row, column) of the pixel whose area holds each point: how a site finds its pixel.
+
+    Parameters
+    ----------
+    crs : pyproj.CRS or str
+        The grid's CRS.
+    x, y : array_like
+        Pixel-centre coordinates (m), evenly spaced; ``y`` decreasing (north up).
+    lon, lat : array_like
+        Points (deg E, deg N, WGS 84).
+
+    Returns
+    -------
+    rows, cols : numpy.ndarray
+        int64; outside ``[0, len(y))`` / ``[0, len(x))`` for points outside the grid.
+    """
+    from pyproj import Transformer
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.size < 2 or y.size < 2:
+        raise ValueError(f"the grid ({y.size} x {x.size} px) is too small to locate points on")
+    px, py = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(
+        np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64))
+    dx, dy = abs(x[1] - x[0]), abs(y[1] - y[0])
+    cols = np.floor((np.asarray(px) - (x[0] - dx / 2)) / dx).astype(np.int64)
+    rows = np.floor(((y[0] + dy / 2) - np.asarray(py)) / dy).astype(np.int64)
+    return np.atleast_1d(rows), np.atleast_1d(cols)
 
 
 def cube_stores(root: str | os.PathLike[str]) -> dict[str, Path]:

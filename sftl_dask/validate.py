@@ -1,0 +1,635 @@
+"""Validation of LST cubes against in situ radiometers (``sftl validate``).
+
+Matchups are made from the LST cube with the training's rules, the one implementation in
+:mod:`sftl_dask.training.matchups`: the pixel that holds a site (:func:`~sftl_dask.training.matchups.site_pixels`),
+the station's in situ LST averaged around the overpass with its stability rules
+(:func:`~sftl_dask.training.matchups.insitu_at_overpasses`), and the reason a matchup cannot be used
+(:func:`~sftl_dask.training.matchups.matchup_reasons`). The LST cube's ``qc`` flags carry what the scene cube
+said: ``not_covered`` is "no coverage", ``cloud`` at the pixel or one of its 8 neighbours is "cloud",
+``missing_ancillary`` is "ancillary missing". So the same model on the same scenes gives the same rows, and the
+same figures, as the training's stage 3. Only time steps whose retrieval completed (``retrieve_ok``) count.
+
+Metrics (:func:`lst_metrics`), per site, per region and overall, on the usable (``reason == "ok"``) matchups:
+RMSE, bias (retrieved - in situ), MAE, R^2 (``1 - SSE/SST`` of the in situ values, as in training),
+unbiased RMSE (the standard deviation of the errors, ``sqrt(RMSE^2 - bias^2)``) and n; the calibration of
+``lst_uncertainty``: the share of ``|retrieved - in situ|`` within 1 and 2 sigma
+(:func:`~sftl_dask.models.error_model.coverage`; 0.683 and 0.954 for a calibrated Gaussian uncertainty).
+
+The work is a few explicit Dask tasks: one per station (its file read and matched to the overpasses) and one
+per group of sites sharing a chunk (their pixel series read, only the chunks they need). :func:`validate`
+writes ``summary.md``, ``metrics.parquet``, ``matchups.parquet``, ``scatter.png`` and ``timeseries.png`` into a
+folder that appears only once complete.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+
+from sftl_dask.io.lst import LST_OK_VAR, QC_FLAGS, lst_stores
+from sftl_dask.training.matchups import CLOUD_NEIGHBOURHOOD_PX, WINDOW_MIN
+
+__all__ = ["METRIC_COLUMNS", "VALIDATION_COLUMNS", "ValidateError", "check_validation", "lst_metrics",
+           "metrics_table", "validate", "validation_matchups"]
+
+#: Columns of ``matchups.parquet``: one row per (site, complete time step) of an LST store holding the site.
+VALIDATION_COLUMNS = ("site", "region", "land_cover", "grid", "scene_id", "time_utc", "row", "col", "lst",
+                      "lst_uncertainty", "qc", "vza", "cloud_adjacent", "lst_insitu", "lst_insitu_std", "n_insitu",
+                      "residual_k", "reason")
+#: Columns of ``metrics.parquet``; ``level`` is ``all``, ``region`` or ``site``.
+METRIC_COLUMNS = ("level", "name", "region", "n", "rmse_k", "bias_k", "mae_k", "r2", "ubrmse_k", "within_1sigma",
+                  "within_2sigma", "rms_sigma_k")
+_NEEDED_VARS = {"lst": "the retrieved LST", "lst_uncertainty": "its standard uncertainty",
+                "qc": "the QC bit flags"}
+_NEEDED_FLAGS = ("cloud", "not_covered", "missing_ancillary")
+_MAX_PANELS = 24  # time-series panels: the sites with the most usable matchups
+_GAUSS_1, _GAUSS_2 = 0.683, 0.954
+_GAP = np.timedelta64(3, "h")  # the radiometer line breaks across gaps in its record longer than this
+_LINE_POINTS = 20_000  # most radiometer records drawn per panel
+
+
+class ValidateError(ValueError):
+    """Bad input to a validation, found before any work: an LST path, store, site table, in situ folder or output."""
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def lst_metrics(retrieved_k: ArrayLike, insitu_k: ArrayLike, sigma_k: ArrayLike | None = None) -> dict[str, float]:
+    """Accuracy of retrieved LST against in situ LST, and the calibration of its uncertainty.
+
+    Parameters
+    ----------
+    retrieved_k : array_like
+        Retrieved LST (K).
+    insitu_k : array_like
+        In situ LST at the same pixels and times (K).
+    sigma_k : array_like, optional
+        Standard uncertainty of the retrieved LST (K, 1 sigma).
+
+    Returns
+    -------
+    dict
+        ``n``; ``rmse_k``, ``bias_k`` (mean of retrieved - in situ), ``mae_k`` (K); ``r2`` (``1 - SSE/SST``,
+        SST about the in situ mean: the training's definition, :func:`sftl_dask.training.stages.metrics`);
+        ``ubrmse_k`` (K, ``sqrt(RMSE^2 - bias^2)``); and with ``sigma_k``, ``within_1sigma``,
+        ``within_2sigma`` (fractions of the residuals) and ``rms_sigma_k`` (K). NaN where n is 0.
+
+    Raises
+    ------
+    ValueError
+        If the arrays' lengths differ.
+    """
+    from sftl_dask.models.error_model import coverage
+    from sftl_dask.training.stages import metrics
+
+    pred = np.asarray(retrieved_k, dtype=np.float64).ravel()
+    truth = np.asarray(insitu_k, dtype=np.float64).ravel()
+    if pred.size != truth.size:
+        raise ValueError(f"lst_metrics: {pred.size} retrieved values but {truth.size} in situ values")
+    out: dict[str, float] = dict(metrics(pred, truth))
+    err = pred - truth
+    out["ubrmse_k"] = float(np.std(err)) if err.size else float("nan")  # = sqrt(RMSE^2 - bias^2), stably
+    if sigma_k is not None:
+        sigma = np.asarray(sigma_k, dtype=np.float64).ravel()
+        if sigma.size != pred.size:
+            raise ValueError(f"lst_metrics: {sigma.size} uncertainties for {pred.size} values")
+        cal = coverage(err, sigma)
+        out |= {"within_1sigma": cal["within_1sigma"], "within_2sigma": cal["within_2sigma"],
+                "rms_sigma_k": cal["rms_sigma_k"]}
+    return out
+
+
+def metrics_table(matchups: pd.DataFrame) -> pd.DataFrame:
+    """:func:`lst_metrics` of the usable matchups overall, per region and per site.
+
+    Parameters
+    ----------
+    matchups : pandas.DataFrame
+        With ``site``, ``region``, ``lst``, ``lst_insitu``, ``lst_uncertainty`` (K) and ``reason``
+        (:func:`validation_matchups`); only ``reason == "ok"`` rows count.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`METRIC_COLUMNS`: one ``all`` row, then regions, then sites (sorted); a site without
+        usable matchups has n 0 and NaN figures.
+    """
+    ok = matchups[matchups["reason"] == "ok"]
+
+    def row(level: str, name: str, region: str, sub: pd.DataFrame) -> dict[str, Any]:
+        m = lst_metrics(sub["lst"], sub["lst_insitu"], sub["lst_uncertainty"])
+        return {"level": level, "name": name, "region": region, **m}
+
+    rows = [row("all", "all", "", ok)]
+    rows += [row("region", str(r), str(r), ok[ok["region"] == r]) for r in sorted(matchups["region"].unique())]
+    sites = matchups.drop_duplicates("site").sort_values(["region", "site"])
+    rows += [row("site", str(s), str(r), ok[ok["site"] == s]) for s, r in zip(sites["site"], sites["region"],
+                                                                             strict=True)]
+    table = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    return table.astype({"level": "string", "name": "string", "region": "string", "n": "int64"})
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def _open_store(path: Path) -> Any:
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    try:
+        return xr.open_zarr(path, decode_coords="all")
+    except Exception as exc:  # zarr, KeyError, OSError ...: any reason it does not open is the store's
+        raise ValidateError(f"{path}: not a readable LST store ({type(exc).__name__}: {exc})") from None
+
+
+def _qc_masks(path: Path, qc: Any) -> dict[str, int]:
+    """Bit masks of the flags the rules need, from ``qc``'s CF ``flag_meanings``/``flag_masks`` where present."""
+    meanings = str(qc.attrs.get("flag_meanings", "")).split()
+    masks = np.atleast_1d(np.asarray(qc.attrs.get("flag_masks", []), dtype=np.int64))
+    if not meanings:
+        return {k: QC_FLAGS[k][0] for k in (*_NEEDED_FLAGS, "cloud_adjacent")}
+    found = dict(zip(meanings, masks.tolist(), strict=False))
+    missing = [k for k in _NEEDED_FLAGS if k not in found]
+    if missing:
+        raise ValidateError(f"{path}: qc flag_meanings lack {', '.join(missing)} (found {' '.join(meanings)})")
+    return {k: int(found[k]) for k in _NEEDED_FLAGS} | {"cloud_adjacent": int(found.get("cloud_adjacent", 0))}
+
+
+def check_validation(lst: str | os.PathLike[str], insitu_dir: str | os.PathLike[str],
+                     sites_csv: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+                     overwrite: bool = False) -> list[dict[str, Any]]:
+    """Check every input and the output of a validation; writes nothing.
+
+    Parameters
+    ----------
+    lst : path
+        An LST store or an LST root (``<grid>.zarr`` stores, ``sftl retrieve --out``).
+    insitu_dir : path
+        Folder of station files ``<site id>.csv`` (:func:`~sftl_dask.io.insitu.read_insitu_csv`).
+    sites_csv : path
+        The site table (``id``, ``region``, ``lon``, ``lat``, ...).
+    out_dir : path
+        The output folder.
+    overwrite : bool
+        Replace an existing, non-empty ``out_dir``.
+
+    Returns
+    -------
+    list of dict
+        Per LST store holding a site: ``grid`` (name), ``path``, ``sites`` (the site rows inside, with
+        ``row``/``col``), ``masks`` (QC bit of each flag the rules need) and ``model`` (what made the LST,
+        from the store's attributes).
+
+    Raises
+    ------
+    ValidateError
+        One line naming the file or value: no LST store at ``lst``; a store that does not open, lacks
+        ``lst``/``lst_uncertainty``/``qc`` (named) or a CRS, or whose ``qc`` lacks a needed flag; a site table
+        that does not read or lacks columns; an in situ folder missing or without station files; no site
+        inside any store, or a station file missing for one; an output that exists and is not empty
+        (without ``overwrite``), is a file, or holds an input.
+    """
+    from sftl_dask.io.insitu import read_sites
+    from sftl_dask.training.matchups import site_pixels
+
+    lst, insitu, sites_path, out = Path(lst), Path(insitu_dir), Path(sites_csv), Path(out_dir)
+    if not lst.exists():
+        raise ValidateError(f"{lst}: no such LST store or folder")
+    stores = lst_stores(lst)
+    if not stores:
+        raise ValidateError(f"{lst}: no LST store here (neither a Zarr store nor a folder of <grid>.zarr stores)")
+    if not insitu.is_dir():
+        raise ValidateError(f"{insitu}: no such in situ folder" if not insitu.exists() else
+                            f"{insitu}: not a folder (give the folder of station files <site id>.csv)")
+    if not any(insitu.glob("*.csv")):
+        raise ValidateError(f"{insitu}: in situ folder has no station files (<site id>.csv)")
+    try:
+        sites = read_sites(sites_path)
+    except ValueError as exc:
+        raise ValidateError(str(exc)) from None
+    _check_out(out, overwrite, inputs=(lst, insitu, sites_path))
+
+    plan = []
+    for name, path in stores.items():
+        ds = _open_store(path)
+        for var, what in _NEEDED_VARS.items():
+            if var not in ds.data_vars:
+                raise ValidateError(f"{path}: has no variable {var!r} ({what}); not an LST cube from sftl retrieve")
+        if ds["lst"].dims != ("time", "y", "x"):
+            raise ValidateError(f"{path}: lst has dims {ds['lst'].dims}, expected (time, y, x)")
+        if ds.rio.crs is None:
+            raise ValidateError(f"{path}: no CRS (spatial_ref / grid_mapping) to place the sites")
+        masks = _qc_masks(path, ds["qc"])
+        inside = site_pixels(sites, ds.rio.crs, ds["x"].values, ds["y"].values)
+        if len(inside):
+            model = " ".join(str(ds.attrs[k]) for k in ("model_kind", "model_strategy") if ds.attrs.get(k))
+            if ds.attrs.get("model_sha256"):
+                model += f" (sha256 {str(ds.attrs['model_sha256'])[:12]})"
+            plan.append({"grid": name, "path": path, "sites": inside, "masks": masks, "model": model.strip()})
+    if not plan:
+        raise ValidateError(f"{sites_path}: no site lies inside any LST store of {lst} ({', '.join(stores)})")
+    for site in sorted({str(s) for p in plan for s in p["sites"]["id"]}):
+        if not (insitu / f"{site}.csv").is_file():
+            raise ValidateError(f"{insitu / f'{site}.csv'}: station file of site {site} not found")
+    return plan
+
+
+def _check_out(out: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
+    """Refuse an output that is a file, holds an input (``overwrite`` would delete it), or exists non-empty."""
+    if out.exists() and not out.is_dir():
+        raise ValidateError(f"{out}: exists and is not a folder")
+    res = out.resolve()
+    for p in inputs:
+        q = p.resolve()
+        if res == q or res in q.parents:
+            raise ValidateError(f"{out}: holds the input {p}; choose another output folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValidateError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+
+
+# ---------------------------------------------------------------------------------------------
+# matchups
+
+
+def _station_task(insitu_dir: str, site: str, times: Sequence[Any], window_min: float
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One station (a task): its in situ LST at the overpasses, and its series for the plot.
+
+    Returns the :func:`~sftl_dask.training.matchups.insitu_at_overpasses` table of ``times`` and the usable
+    records' LST (``time_utc``, ``lst_k`` K; NaN where not usable) from a day before the first overpass to a
+    day after the last, every k-th record, at most :data:`_LINE_POINTS` of them (< 0.5 MB; the file may be GB).
+    """
+    from sftl_dask.training.matchups import insitu_at_overpasses, station_lst
+
+    frame = station_lst(insitu_dir, site)
+    overpasses = insitu_at_overpasses(frame, times, window_min=window_min)
+    series = frame.iloc[:0]
+    if len(times):
+        day = np.timedelta64(1, "D")
+        stamps = frame["time_utc"].to_numpy(dtype="datetime64[ns]")
+        t = np.asarray(times, dtype="datetime64[ns]")
+        series = frame[(stamps >= t.min() - day) & (stamps <= t.max() + day)]
+    series = series.iloc[::max(1, -(-len(series) // _LINE_POINTS))]
+    lst = np.where(series["reason"].to_numpy() == "ok", series["lst_k"].to_numpy(np.float64), np.nan)
+    return overpasses, pd.DataFrame({"time_utc": series["time_utc"].to_numpy("datetime64[ns]"), "lst_k": lst})
+
+
+def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int, int]]
+                 ) -> list[tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any] | None]]:
+    """The series of some pixels of an LST store (a task): ``lst``, ``lst_uncertainty`` (K) and ``vza`` (deg)
+    at each pixel and ``qc`` over its neighbourhood, at the time steps ``order``. The store is opened lazily
+    indexed (CF-decoded, no Dask): a selection reads only the chunks it needs."""
+    import xarray as xr
+
+    from sftl_dask.training.matchups import neighbourhood
+
+    ds = xr.open_zarr(path, chunks=None)
+    names = [v for v in ("lst", "lst_uncertainty", "vza") if v in ds.data_vars]
+    out = []
+    for r, c in pixels:
+        ys, xs = neighbourhood(r, c)
+        px = ds[names].isel(time=order, y=r, x=c)
+        out.append((px["lst"].values, px["lst_uncertainty"].values, ds["qc"].isel(time=order, y=ys, x=xs).values,
+                    px["vza"].values if "vza" in names else None))
+    ds.close()
+    return out
+
+
+def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.PathLike[str], *,
+                        client: Any = None, progress: Callable[[int, int], None] | None = None,
+                        window_min: float = WINDOW_MIN) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Matchups of every site with every complete time step of the LST stores that hold it.
+
+    One task per station (read, matched to the overpasses) and one per group of sites sharing a chunk (their
+    pixel series read, only the chunks they need), on the cluster or in this process.
+
+    Parameters
+    ----------
+    plan : sequence of dict
+        From :func:`check_validation`.
+    insitu_dir : path
+        Folder of station files.
+    client : distributed.Client, optional
+        Where the tasks run (default: in this process, one after another).
+    progress : callable, optional
+        ``progress(done, total)`` over the tasks.
+    window_min : float
+        Half-width of the in situ averaging window (min); the training's by default.
+
+    Returns
+    -------
+    matchups : pandas.DataFrame
+        Columns :data:`VALIDATION_COLUMNS`, sorted by site and time; ``residual_k`` is ``lst - lst_insitu``
+        (K); ``reason`` as the training matchups' (:func:`~sftl_dask.training.matchups.matchup_reasons`), plus
+        ``"not produced"`` where the rules allow a matchup but the store has no LST there.
+    series : dict
+        Per site, its radiometer's usable LST around the overpasses (``time_utc``, ``lst_k`` K) for the plot.
+
+    Raises
+    ------
+    ValueError
+        If a station file does not read (naming it and the line).
+    """
+    from sftl_dask.cluster import run_tasks
+    from sftl_dask.training.matchups import matchup_reasons
+
+    stores = []  # (store plan, complete time steps in time order, their times and scene ids)
+    site_times: dict[str, list[Any]] = {}
+    for p in plan:
+        ds = _open_store(Path(p["path"]))
+        ok = ds[LST_OK_VAR].values.astype(bool) if LST_OK_VAR in ds else np.ones(ds.sizes["time"], bool)
+        idx = np.flatnonzero(ok)
+        order = idx[np.argsort(ds["time"].values[idx], kind="stable")]
+        scene_ids = ds["scene_id"].values[order].astype(str) if "scene_id" in ds else np.full(order.size, "")
+        stores.append((p, order, ds["time"].values[order], scene_ids, ds["lst"].encoding.get("chunks")))
+        for site in p["sites"]["id"].astype(str):
+            site_times.setdefault(site, []).append(ds["time"].values[order])
+    names = sorted(site_times)
+    unique = {site: np.unique(np.concatenate(site_times[site])) for site in names}  # a site in several stores
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+        (_station_task, (str(insitu_dir), site, unique[site], window_min)) for site in names]
+    groups = []  # sites of a store whose pixels share a chunk: one read task
+    for i, (p, order, _, _, chunks) in enumerate(stores):
+        sites = p["sites"]
+        cy, cx = (chunks or (1, 1 << 30, 1 << 30))[1:]
+        keys = list(zip(sites["row"] // cy, sites["col"] // cx, strict=True))
+        for key in dict.fromkeys(keys):
+            group = sites[[k == key for k in keys]]
+            groups.append((i, group))
+            pixels = [(int(r), int(c)) for r, c in zip(group["row"], group["col"], strict=True)]
+            calls.append((_read_pixels, (str(p["path"]), order, pixels)))
+    results = run_tasks(calls, client, progress=progress)
+    stations = dict(zip(names, results[:len(names)], strict=True))
+
+    rows: list[pd.DataFrame] = []
+    for (i, sites), values in zip(groups, results[len(names):], strict=True):
+        p, _, times, scene_ids, _ = stores[i]
+        masks = p["masks"]
+        for (_, s), (lst, unc, qc_win, vza_px) in zip(sites.iterrows(), values, strict=True):
+            site = str(s["id"])
+            ins = stations[site][0].iloc[np.searchsorted(unique[site], times)]  # this store's overpasses
+            qc_win = np.asarray(qc_win, dtype=np.int64)
+            qc_px = qc_win[:, CLOUD_NEIGHBOURHOOD_PX, CLOUD_NEIGHBOURHOOD_PX]  # the centre of its window
+            reason = matchup_reasons(covered=(qc_px & masks["not_covered"]) == 0,
+                                     cloud_near=((qc_win & masks["cloud"]) != 0).any(axis=(1, 2)),
+                                     ancillary_ok=(qc_px & masks["missing_ancillary"]) == 0,
+                                     insitu_reason=ins["insitu_reason"].to_numpy())
+            lst = np.asarray(lst, dtype=np.float64)
+            unc = np.asarray(unc, dtype=np.float64)
+            reason[(reason == "ok") & ~(np.isfinite(lst) & np.isfinite(unc))] = "not produced"
+            rows.append(pd.DataFrame({
+                "site": site, "region": str(s["region"]), "land_cover": str(s.get("land_cover", "")),
+                "grid": p["grid"], "scene_id": scene_ids, "time_utc": times,
+                "row": int(s["row"]), "col": int(s["col"]), "lst": lst, "lst_uncertainty": unc,
+                "qc": qc_px, "vza": np.asarray(vza_px, np.float64) if vza_px is not None else np.nan,
+                "cloud_adjacent": (qc_px & masks["cloud_adjacent"]) != 0,
+                "lst_insitu": ins["lst_insitu"].to_numpy(), "lst_insitu_std": ins["lst_insitu_std"].to_numpy(),
+                "n_insitu": ins["n_insitu"].to_numpy(), "residual_k": lst - ins["lst_insitu"].to_numpy(),
+                "reason": reason.astype(str),
+            }))
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(VALIDATION_COLUMNS))
+    table = table.sort_values(["site", "time_utc"], kind="stable").reset_index(drop=True)
+    return table[list(VALIDATION_COLUMNS)], {site: res[1] for site, res in stations.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# figures and summary
+
+
+def _scatter(matchups: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
+    """Retrieved against in situ LST, +-1 sigma error bars, the 1:1 line, each region's figures in the legend."""
+    from sftl_dask.report import _plt
+
+    plt = _plt()
+    ok = matchups[matchups["reason"] == "ok"]
+    fig, ax = plt.subplots(figsize=(6.4, 6.0))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    regions = table[table["level"] == "region"]
+    for i, (_, m) in enumerate(regions.iterrows()):
+        sub = ok[ok["region"] == m["name"]]
+        if sub.empty:
+            continue
+        ax.errorbar(sub["lst_insitu"], sub["lst"], yerr=sub["lst_uncertainty"], xerr=sub["lst_insitu_std"],
+                    fmt="o", ms=3.5, lw=0.6, capsize=0, alpha=0.8, color=colors[i % len(colors)],
+                    label=f"{m['name']}: n={m['n']}, RMSE {m['rmse_k']:.2f} K, bias {m['bias_k']:+.2f} K, "
+                          f"R² {m['r2']:.2f}, ±1σ {m['within_1sigma']:.0%}")
+    if ok.empty:
+        ax.text(0.5, 0.5, "no usable matchups", ha="center", va="center", transform=ax.transAxes)
+    else:
+        both = np.concatenate([ok["lst_insitu"].to_numpy(), ok["lst"].to_numpy()])
+        lo, hi = float(np.nanmin(both)) - 3.0, float(np.nanmax(both)) + 3.0
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="1:1")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        a = table[table["level"] == "all"].iloc[0]
+        ax.set_title(f"all: n={a['n']}, RMSE {a['rmse_k']:.2f} K, bias {a['bias_k']:+.2f} K, "
+                     f"ubRMSE {a['ubrmse_k']:.2f} K", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    ax.set_aspect("equal")
+    ax.set_xlabel("in situ LST (K)")
+    ax.set_ylabel("retrieved LST (K), bars ±1σ")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _timeseries(matchups: pd.DataFrame, series: Mapping[str, pd.DataFrame], table: pd.DataFrame,
+                path: Path) -> list[str]:
+    """One panel per site: the radiometer's LST as a line, the retrieved LST at the usable matchups with +-1 sigma
+    bars; returns the sites shown (those with the most usable matchups, at most :data:`_MAX_PANELS`)."""
+    from sftl_dask.report import _plt
+
+    plt = _plt()
+    import matplotlib.dates as mdates
+
+    ok = matchups[matchups["reason"] == "ok"]
+    sites = table[(table["level"] == "site") & (table["n"] > 0)].sort_values(["n", "name"], ascending=[False, True])
+    shown = sorted(sites["name"].astype(str).head(_MAX_PANELS))
+    ncol = min(3, max(1, len(shown)))
+    nrow = max(1, -(-len(shown) // ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.0 * ncol, 2.6 * nrow), squeeze=False)
+    for ax in axes.ravel()[len(shown):]:
+        ax.set_visible(False)
+    if not shown:
+        axes[0, 0].set_visible(True)
+        axes[0, 0].text(0.5, 0.5, "no usable matchups", ha="center", va="center", transform=axes[0, 0].transAxes)
+    for ax, site in zip(axes.ravel(), shown, strict=False):
+        rows = matchups[matchups["site"] == site]
+        pts = ok[ok["site"] == site]
+        t0, t1 = rows["time_utc"].min() - pd.Timedelta(days=1), rows["time_utc"].max() + pd.Timedelta(days=1)
+        st = series.get(site)
+        if st is not None:
+            st = st[(st["time_utc"] >= t0) & (st["time_utc"] <= t1)]
+            when = st["time_utc"].to_numpy("datetime64[ns]")
+            good = st["lst_k"].to_numpy(np.float64)
+            gap = np.flatnonzero(np.diff(when) > _GAP) + 1  # no line across a gap in the record
+            ax.plot(np.insert(when, gap, when[gap - 1] + _GAP // 2), np.insert(good, gap, np.nan), "-", lw=0.5,
+                    color="0.65", label="radiometer", rasterized=True, zorder=1)
+        ax.errorbar(pts["time_utc"], pts["lst"], yerr=pts["lst_uncertainty"], fmt="o", ms=3.5, lw=0.8, capsize=2,
+                    color="C3", label="retrieved ±1σ")
+        ax.plot(pts["time_utc"], pts["lst_insitu"], "k+", ms=6, label=f"in situ ±{WINDOW_MIN:g} min")
+        m = table[(table["level"] == "site") & (table["name"] == site)].iloc[0]
+        ax.set_title(f"{site} ({m['region']}): n={m['n']}, RMSE {m['rmse_k']:.2f} K, bias {m['bias_k']:+.2f} K",
+                     fontsize=8)
+        ax.set_ylabel("LST (K)", fontsize=8)
+        locator = mdates.AutoDateLocator(maxticks=6)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        ax.tick_params(labelsize=7)
+    if shown:
+        axes.ravel()[0].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return shown
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
+def _metric_lines(rows: pd.DataFrame, first: str) -> list[str]:
+    lines = [f"| {first} | n | RMSE (K) | bias (K) | MAE (K) | R² | ubRMSE (K) | within ±1σ | within ±2σ "
+             "| rms σ (K) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for _, m in rows.iterrows():
+        name = m["name"] if first != "site" else f"{m['name']} ({m['region']})"
+        lines.append(f"| {name} | {m['n']} | {_fmt(m['rmse_k'], '.3f')} | {_fmt(m['bias_k'], '+.3f')} | "
+                     f"{_fmt(m['mae_k'], '.3f')} | {_fmt(m['r2'], '.3f')} | {_fmt(m['ubrmse_k'], '.3f')} | "
+                     f"{_fmt(m['within_1sigma'], '.1%')} | {_fmt(m['within_2sigma'], '.1%')} | "
+                     f"{_fmt(m['rms_sigma_k'], '.2f')} |")
+    return lines
+
+
+def _calibration_note(m: Mapping[str, Any]) -> str:
+    w1, w2 = m["within_1sigma"], m["within_2sigma"]
+    if not (m["n"] and np.isfinite(w1)):
+        return "No usable matchup: no calibration to report."
+    if w1 < _GAUSS_1 - 0.1 and w2 < _GAUSS_2 - 0.05:
+        verdict = ("the uncertainty is too small (the errors are larger than it says; part of the excess is the in "
+                   "situ value's own error: radiometer, footprint)")
+    elif w1 > _GAUSS_1 + 0.1 and w2 > min(1.0, _GAUSS_2 + 0.02):
+        verdict = "the uncertainty is conservative (larger than the errors)"
+    else:
+        verdict = "the uncertainty is about calibrated"
+    return (f"Overall {w1:.1%} of |retrieved − in situ| lie within ±1σ and {w2:.1%} within ±2σ "
+            f"(a calibrated Gaussian uncertainty: {_GAUSS_1:.1%} and {_GAUSS_2:.1%}; n = {m['n']}): {verdict}.")
+
+
+def _summary(inputs: Mapping[str, Any], matchups: pd.DataFrame, table: pd.DataFrame, shown: Sequence[str],
+             seconds: float) -> str:
+    reasons = matchups["reason"].value_counts()
+    a = table[table["level"] == "all"].iloc[0]
+    n_sites = table[(table["level"] == "site") & (table["n"] > 0)].shape[0]
+    lines = [
+        "# LST validation against in situ radiometers", "",
+        f"- LST: `{inputs['lst']}` ({len(inputs['grids'])} store(s): {', '.join(inputs['grids'])}; "
+        f"{inputs['time_steps']} complete time step(s)); model: {inputs['models'] or 'not recorded'}",
+        f"- in situ: `{inputs['insitu']}`; sites: `{inputs['sites']}` ({inputs['n_sites_inside']} site(s) inside the "
+        f"LST grids)",
+        f"- matchups: {len(matchups)} (site, time step) pairs, **{int(a['n'])} usable** at {n_sites} site(s); "
+        f"made in {seconds:.1f} s",
+        f"- rules (the training matchups', one implementation): the pixel holding the site; cloud at it or its 8 "
+        f"neighbours (QC `cloud`) → cloud; QC `not_covered` → no coverage; QC `missing_ancillary` → ancillary "
+        f"missing; in situ LST = mean of the good radiometer records within ±{WINDOW_MIN:g} min of the overpass "
+        f"(at least {inputs['min_samples']} records, spread ≤ {inputs['max_std_k']:g} K)",
+        "- R² = 1 − SSE/SST about the in situ mean; ubRMSE = √(RMSE² − bias²); bias = retrieved − in situ",
+        "", "| reason | matchups |", "|---|---:|",
+        *[f"| {r} | {int(n)} |" for r, n in reasons.items()],
+        "", "## Overall", "", *_metric_lines(table[table["level"] == "all"], "set"),
+        "", "## By region", "", *_metric_lines(table[table["level"] == "region"], "region"),
+        "", "## By site", "", *_metric_lines(table[table["level"] == "site"], "site"),
+        "", "## Uncertainty calibration", "", _calibration_note(a),
+        "", "## Figures", "",
+        "![retrieved against in situ LST](scatter.png)", "",
+        "![time series at the sites](timeseries.png)" + (
+            f" (the {len(shown)} sites with the most usable matchups)" if n_sites > len(shown) else ""),
+        "", "Tables: `metrics.parquet` (these figures), `matchups.parquet` (every pair with its reason).", "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def validate(
+    lst: str | os.PathLike[str],
+    insitu_dir: str | os.PathLike[str],
+    sites_csv: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    client: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Validate LST cubes against in situ radiometers: matchups, metrics, calibration, plots and a summary.
+
+    Parameters
+    ----------
+    lst : path
+        An LST store or root (``sftl retrieve --out``).
+    insitu_dir : path
+        Folder of station files ``<site id>.csv``.
+    sites_csv : path
+        The site table.
+    out_dir : path
+        Output folder: ``summary.md``, ``metrics.parquet``, ``matchups.parquet``, ``scatter.png``,
+        ``timeseries.png``; it appears only once complete (written beside it, then renamed).
+    overwrite : bool
+        Replace an existing, non-empty ``out_dir``.
+    client : distributed.Client, optional
+        Where the station and pixel tasks run (default: in this process).
+    progress : callable, optional
+        ``progress(done, total)`` over the tasks.
+
+    Returns
+    -------
+    dict
+        ``out`` (path), ``files``, ``n_matchups``, ``n_usable``, ``metrics`` (the ``all`` and region rows of
+        :func:`metrics_table` as dicts), ``seconds``.
+
+    Raises
+    ------
+    ValidateError
+        Bad input, before anything is written (:func:`check_validation`).
+    ValueError
+        A station file that does not read (naming it and the line); nothing is written.
+    """
+    from sftl_dask._staging import staged_dir
+    from sftl_dask.training.matchups import MAX_STD_K, MIN_SAMPLES
+
+    t0 = time.perf_counter()
+    plan = check_validation(lst, insitu_dir, sites_csv, out_dir, overwrite=overwrite)
+    matchups, series = validation_matchups(plan, insitu_dir, client=client, progress=progress)
+    table = metrics_table(matchups)
+    seconds = time.perf_counter() - t0
+    inputs = {"lst": str(lst), "insitu": str(insitu_dir), "sites": str(sites_csv),
+              "grids": [p["grid"] for p in plan],
+              "models": ", ".join(dict.fromkeys(p["model"] for p in plan if p["model"])),
+              "n_sites_inside": len({s for p in plan for s in p["sites"]["id"]}),
+              "time_steps": int(matchups.drop_duplicates(["grid", "time_utc"]).shape[0]),
+              "min_samples": MIN_SAMPLES, "max_std_k": MAX_STD_K}
+    out = Path(out_dir)
+    files = ["summary.md", "metrics.parquet", "matchups.parquet", "scatter.png", "timeseries.png"]
+    with staged_dir(out) as tmp:
+        matchups.to_parquet(tmp / "matchups.parquet", index=False)
+        table.to_parquet(tmp / "metrics.parquet", index=False)
+        _scatter(matchups, table, tmp / "scatter.png")
+        shown = _timeseries(matchups, series, table, tmp / "timeseries.png")
+        (tmp / "summary.md").write_text(_summary(inputs, matchups, table, shown, seconds))
+    head = table[table["level"] != "site"]
+    return {"out": out, "files": [out / f for f in files], "n_matchups": len(matchups),
+            "n_usable": int((matchups["reason"] == "ok").sum()),
+            "metrics": [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+                        for r in head.to_dict("records")],
+            "seconds": round(time.perf_counter() - t0, 2)}
