@@ -435,7 +435,8 @@ class SftlAccessor:
         -------
         xarray.Dataset
             ``lst`` (K), ``lst_uncertainty`` (K, propagated as the module docstring says) and ``count``
-            over ``(time, y, x)``, ``time`` the start of each period. Lazy.
+            over ``(time, y, x)``, ``time`` the start of each period that holds at least one time step
+            (periods without any are left out). Lazy.
 
         Raises
         ------
@@ -477,7 +478,10 @@ class SftlAccessor:
         out.attrs.update(sftl_composite_freq=freq, sftl_composite_how=how, sftl_composite_min_count=min_count)
         if "spatial_ref" in ds.coords:
             out = out.assign_coords(spatial_ref=ds["spatial_ref"])
-        return out
+        # periods without a single time step (a month without an overpass) are left out, not all-NaN maps
+        steps = xr.DataArray(np.ones(ds.sizes["time"], np.int32), coords={"time": ds["time"]}, dims="time")
+        seen = steps.resample(time=freq).sum().values > 0
+        return out.isel(time=np.flatnonzero(seen)) if not seen.all() else out
 
     def climatology(self, by: str = "month") -> xr.Dataset:
         """The mean LST of each month (or day of year) over all years, grouped with flox.

@@ -192,8 +192,9 @@ def test_at_sites_reads_only_the_sites_chunks(lst_root: Path) -> None:
 def test_composite_equals_numpy_by_hand(ds: xr.Dataset, loaded: xr.Dataset) -> None:
     comp = ds.sftl.composite("MS", how="median").compute()
     months = pd.DatetimeIndex(ds["time"].values).to_period("M")
-    periods = pd.period_range(months.min(), months.max(), freq="M")
+    periods = pd.PeriodIndex(sorted(set(months)), freq="M")  # months without an overpass are left out
     assert comp.sizes["time"] == len(periods)
+    np.testing.assert_array_equal(comp["time"].values, periods.to_timestamp().values)
     lst = loaded["lst"].values.astype(np.float64)
     unc = loaded["lst_uncertainty"].values.astype(np.float64)
     sys_k = 1.0
@@ -307,3 +308,10 @@ def test_at_reads_the_time_series_copy_when_it_is_up_to_date(tmp_path: Path) -> 
 
 def _no_copy(ds: xr.Dataset) -> xr.Dataset:
     return ds.assign_attrs(sftl_store="")  # read from the dataset itself
+
+
+def test_composite_leaves_out_periods_without_a_time_step(tmp_path: Path) -> None:
+    ds = open_lst(synthetic_lst_cube(tmp_path / "l.zarr", n_times=5, step_days=45))  # Jan, Feb, Apr, May, Jul
+    comp = ds.sftl.composite("MS", how="median").compute()
+    assert [str(t)[:7] for t in comp["time"].values] == ["2021-01", "2021-02", "2021-04", "2021-05", "2021-07"]
+    assert int(comp["count"].sum()) == int(ds["lst"].notnull().sum())
