@@ -517,7 +517,8 @@ class SftlAccessor:
         Returns
         -------
         xarray.Dataset
-            ``lst_anomaly`` (K) over ``(time, y, x)`` and ``lst_uncertainty`` (K) of the step.
+            ``lst``: the anomaly (K) over ``(time, y, x)``, with ``lst_uncertainty`` (K) and ``qc`` of the
+            step (attribute ``sftl_quantity = "anomaly"``).
         """
         by = clim.attrs.get("sftl_climatology_by") if isinstance(clim, xr.Dataset) else None
         if by not in _CLIM_BY or "lst" not in clim:
@@ -526,11 +527,15 @@ class SftlAccessor:
         ds = self._ds
         anom = ds["lst"].groupby(f"time.{by}") - clim["lst"]
         anom = anom.drop_vars(by, errors="ignore")
-        return xr.Dataset({
-            "lst_anomaly": anom.astype(np.float32).assign_attrs(
-                {"units": "K", "long_name": f"lst minus its {by}ly climatology"}),
+        out = xr.Dataset({
+            # named lst, as in the cube, so the accessor's points, maps and composites work on anomalies too
+            "lst": anom.astype(np.float32).assign_attrs(
+                {"units": "K", "long_name": f"LST anomaly: lst minus its {by} climatology"}),
             "lst_uncertainty": ds["lst_uncertainty"],
-        }, attrs={"sftl_climatology_by": by})
+        }, attrs={"sftl_climatology_by": by, "sftl_quantity": "anomaly"})
+        if "qc" in ds:
+            out["qc"] = ds["qc"]
+        return out
 
     # ----------------------------------------------------------------------------------- exports
     def to_netcdf(self, path: str | os.PathLike[str]) -> Path:

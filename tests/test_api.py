@@ -249,7 +249,8 @@ def test_climatology_and_anomaly(ds: xr.Dataset, loaded: xr.Dataset) -> None:
     with np.errstate(all="ignore"), _quiet():
         np.testing.assert_allclose(clim["lst"].sel(month=7).values, np.nanmean(lst[months == 7], axis=0), atol=1e-4)
     anom = ds.sftl.anomaly(clim)
-    a = anom["lst_anomaly"].compute()
+    a = anom["lst"].compute()
+    assert anom.attrs["sftl_quantity"] == "anomaly" and "qc" in anom
     assert a.dims == ("time", "y", "x")
     # over the climatology's own period, each month's anomalies average to zero
     per_month = a.groupby("time.month").mean().values

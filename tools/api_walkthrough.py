@@ -83,7 +83,7 @@ def main() -> None:
 
     clim = good.sftl.climatology("month")
     anom = good.sftl.anomaly(clim)
-    a_site = anom["lst_anomaly"].sel(x=ds["x"][ds.sizes["x"] // 2], y=ds["y"][ds.sizes["y"] // 2]).compute()
+    a_site = anom["lst"].sel(x=ds["x"][ds.sizes["x"] // 2], y=ds["y"][ds.sizes["y"] // 2]).compute()
     print(f"climatology: months {list(clim['month'].values)}; anomaly at the centre pixel, rms "
           f"{float(np.sqrt(np.nanmean(a_site.values ** 2))):.2f} K over {int(np.isfinite(a_site.values).sum())} steps")
 
