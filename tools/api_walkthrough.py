@@ -47,10 +47,10 @@ def main() -> None:
     print(f"produced pixels {n_all:,}; good {n_good:,} ({n_good / max(n_all, 1):.1%})")
 
     t0 = time.perf_counter()
-    table = good.sftl.at_sites(sites, window=3, how="mean")
+    table = good.sftl.at_sites(sites[sites["region"] == site["region"]], window=3, how="mean")
     print(f"at_sites ({len(set(table['site']))} sites in this grid, 3x3 mean): {len(table)} rows in "
           f"{time.perf_counter() - t0:.2f} s")
-    print(table.dropna(subset=["lst"]).head(6).to_markdown(index=False, floatfmt=".2f"))
+    print(table.dropna(subset=["lst"]).head(6).to_string(index=False, float_format="{:.2f}".format))
 
     one = table[table["site"] == table.dropna(subset=["lst"])["site"].iloc[0]]
     sid = one["site"].iloc[0]
@@ -68,7 +68,7 @@ def main() -> None:
     print(f"monthly median composite: {monthly.sizes['time']} months in {time.perf_counter() - t0:.1f} s; "
           f"median count {float(monthly['count'].where(monthly['count'] > 0).median()):.0f}; median uncertainty "
           f"{float(monthly['lst_uncertainty'].median()):.2f} K (single scenes: "
-          f"{float(good['lst_uncertainty'].median().compute()):.2f} K)")
+          f"{float(good['lst_uncertainty'].mean().compute()):.2f} K mean)")
     seasons = good.sftl.composite("QS-DEC", how="mean").compute()
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), constrained_layout=True)
     summer = [i for i, t in enumerate(pd.DatetimeIndex(seasons["time"].values)) if t.month in (12, 3, 6, 9)][:4]
