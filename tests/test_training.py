@@ -125,6 +125,7 @@ def test_metrics_are_the_usual_definitions():
     assert m["mae_k"] == pytest.approx(4 / 3) and m["n"] == 3
 
 
+@pytest.mark.slow  # ~60 s; continued boosting itself: test_models.py::test_tree_finetune_adds_trees_...
 def test_lgbm_runs_the_same_stages_with_continued_boosting(trained, tmp_path):
     from sftl_dask.cli import main
     from sftl_dask.models.artifact import load_artifact
@@ -264,6 +265,7 @@ def test_distributed_pretraining_through_the_stage_matches_single_process(traine
     assert ddp["model"]["rmse_k"] < 1.5 * single["model"]["rmse_k"]
 
 
+@pytest.mark.slow  # ~65 s; DDP through the stage runs in the default suite (test_distributed_pretraining_...)
 def test_train_cli_runs_stage_one_data_parallel_when_asked(trained, tmp_path):
     from sftl_dask.cli import main
     from sftl_dask.models.artifact import load_artifact
