@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import linecache
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,7 +147,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         print(f"  failed: {f['scene_id']}: {f.get('reason', '')}")
     for s in summary["stores"]:
         print(f"  cube: {s}")
-    return 0
+    return 1 if summary["failed"] else 0  # some scenes failed: each named above with its reason
 
 
 def _cmd_retrieve(args: argparse.Namespace) -> int:
@@ -291,6 +293,11 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
             close()
     failed = int((table["error"] != "").sum()) if "error" in table else 0
     print(f"{len(table)} runs ({failed} failed) in {time.perf_counter() - t0:.0f} s -> {args.out}/summary.md")
+    if failed:
+        for _, row in table[table["error"] != ""].iterrows():
+            cell = " ".join(str(row[k]) for k in ("model", "strategy", "direction", "seed") if k in row)
+            print(f"  failed: {cell}: {str(row['error']).splitlines()[0] if row['error'] else ''}")
+        return 1  # some work failed, each cell named with its reason
     return 0
 
 
@@ -318,6 +325,7 @@ def _parser() -> argparse.ArgumentParser:
                         "$DASK_SCHEDULER_ADDRESS, else an embedded LocalCluster)")
         sp.add_argument("--workers", type=_positive_int, default=None, help="workers of the embedded cluster "
                         "(default: CPUs available)")
+        sp.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error too")
 
     s = sub.add_parser("simulate", help="the simulation table (Parquet)")
     s.add_argument("--out", required=True, help="output Parquet dataset directory")
@@ -421,6 +429,28 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _is_input_error(exc: ValueError) -> bool:
+    """Whether a ``ValueError`` is this package refusing an input, rather than a bug.
+
+    Input checks raise the package's own error classes (``IngestError``, ``RetrieveError`` ...) or a
+    ``ValueError`` from a ``raise`` statement in ``sftl_dask`` that names the file or value. A ValueError raised
+    anywhere else (inside numpy, pandas, torch, or by Python itself, e.g. ``float("x")`` in our code) is a bug and
+    keeps its traceback.
+    """
+    if type(exc) is not ValueError and type(exc).__module__.startswith("sftl_dask"):
+        return True
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    package = Path(__file__).resolve().parent
+    if package not in path.parents:
+        return False
+    return linecache.getline(str(path), tb.tb_lineno).lstrip().startswith("raise ")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sftl`` command; returns the exit code (2 on bad input)."""
     parser = _parser()
@@ -429,10 +459,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BadInput as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
         print(f"sftl {args.verb}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
             ConnectionError) as exc:
+        if isinstance(exc, ValueError) and not _is_input_error(exc):
+            raise  # a bug (numpy, pandas, torch or Python refusing a value deep inside): keep its traceback
+        if getattr(args, "debug", False):
+            traceback.print_exc()
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"sftl {args.verb}: error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
