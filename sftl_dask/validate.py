@@ -148,7 +148,7 @@ def _open_store(path: Path) -> Any:
 
     try:
         return xr.open_zarr(path, decode_coords="all")
-    except Exception as exc:  # zarr, KeyError, OSError ...: any reason it does not open is the store's
+    except (OSError, KeyError, ValueError) as exc:  # zarr's errors are ValueErrors: the store does not open
         raise ValidateError(f"{path}: not a readable LST store ({type(exc).__name__}: {exc})") from None
 
 

@@ -229,6 +229,12 @@ def _bad(kind: str, crafted: dict[str, Path], tmp: Path) -> tuple[dict[str, Path
         (tmp / "ins2" / "B1.csv").unlink()
         args["insitu"] = tmp / "ins2"
         return args, "B1.csv: station file of site B1 not found"
+    if kind == "corrupt store":
+        bad = tmp / "broken" / "g.zarr"
+        bad.mkdir(parents=True)
+        (bad / ".zgroup").write_text("{ not json")
+        args["lst"] = bad.parent
+        return args, "g.zarr: not a readable LST store"
     if kind == "output exists":
         args["out"].mkdir()
         (args["out"] / "summary.md").write_text("earlier")
@@ -242,7 +248,8 @@ def _bad(kind: str, crafted: dict[str, Path], tmp: Path) -> tuple[dict[str, Path
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["no LST store", "LST path missing", "store without qc", "sites without lat",
+@pytest.mark.parametrize("kind", ["no LST store", "LST path missing", "corrupt store", "store without qc",
+                                  "sites without lat",
                                   "insitu missing", "insitu empty", "station file missing", "output exists",
                                   "output is a file", "output holds an input"])
 def test_bad_input_exits_2_with_one_line_naming_it_and_writes_nothing(crafted, tmp_path, capsys, kind):
