@@ -32,22 +32,26 @@ def staged_dir(out: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def staged_file(out: Path) -> Iterator[Path]:
+def staged_file(out: Path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``out``; on success it becomes ``out``, on error it is removed.
 
-    The block writes the file at the yielded path. ``out`` is never replaced: it is created by a hard link
-    (atomic, and refused by the file system if ``out`` appeared meanwhile), or by a rename where the file
-    system has no hard links.
+    The block writes the file at the yielded path. Without ``replace``, ``out`` is never replaced: it is created
+    by a hard link (atomic, and refused by the file system if ``out`` appeared meanwhile), or by a rename where
+    the file system has no hard links. With ``replace``, the file is renamed onto ``out`` (atomic: a reader sees
+    the old file or the new one, never part of one).
 
     Raises
     ------
     FileExistsError
-        If ``out`` exists when the block has finished (the temporary file is removed).
+        Without ``replace``, if ``out`` exists when the block has finished (the temporary file is removed).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         yield tmp
+        if replace:
+            os.replace(tmp, out)
+            return
         try:
             os.link(tmp, out)
         except FileExistsError:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import linecache
-import os
 import sys
 import time
 import traceback
@@ -47,10 +46,10 @@ def _progress_bar(desc: str) -> tuple[Callable[[int, int], None], Callable[[], N
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from sftl_dask._staging import staged_file
+
+    with staged_file(path, replace=True) as tmp:  # the one atomic writer: a reader never sees half a file
+        tmp.write_text(text)
 
 
 # ---------------------------------------------------------------------------------------------
