@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sftl_dask._staging import StoreBusyError
+
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
@@ -463,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sftl {args.verb}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-            ConnectionError) as exc:
+            ConnectionError, StoreBusyError) as exc:
         if isinstance(exc, ValueError) and not _is_input_error(exc):
             raise  # a bug (numpy, pandas, torch or Python refusing a value deep inside): keep its traceback
         if getattr(args, "debug", False):

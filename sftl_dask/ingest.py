@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from sftl_dask._staging import write_lock
 from sftl_dask.io.cube import (
     CUBE_VARIABLES,
     GridSpec,
@@ -228,6 +229,8 @@ def ingest(
     ------
     IngestError
         If no product is found, an ERA5 file or the GED folder is missing or unreadable.
+    StoreBusyError
+        If another process is writing the cube (holds its write lock).
     """
     from sftl_dask.io.vimi import find_products
 
@@ -249,79 +252,82 @@ def ingest(
     if not products:
         raise IngestError(f"no VIMI L1 products found in {', '.join(str(p) for p in inputs)}")
 
-    # What is already in the cube.
-    grids: dict[str, GridSpec] = {}
-    done: dict[str, tuple[str, int]] = {}
-    retry: dict[str, tuple[str, int]] = {}
-    for name, store in cube_stores(root).items():
-        grid, slots = read_slots(store)
-        grids[name] = grid
-        for s in slots:
-            (done if s["ingest_ok"] else retry)[s["scene_id"]] = (str(store), s["index"])
-    log: list[dict[str, Any]] = []
-    todo = []
-    for p in products:
-        stem = _stem(p)
-        if stem in done:
-            log.append({"scene_id": stem, "status": "skipped", "reason": "already in the cube", "source": p})
-        else:
-            todo.append(p)
+    with write_lock(root, "sftl ingest"):  # one writer per cube: a second run is refused, never interleaved
+        # What is already in the cube.
+        grids: dict[str, GridSpec] = {}
+        done: dict[str, tuple[str, int]] = {}
+        retry: dict[str, tuple[str, int]] = {}
+        for name, store in cube_stores(root).items():
+            grid, slots = read_slots(store)
+            grids[name] = grid
+            for s in slots:
+                (done if s["ingest_ok"] else retry)[s["scene_id"]] = (str(store), s["index"])
+        log: list[dict[str, Any]] = []
+        todo = []
+        for p in products:
+            stem = _stem(p)
+            if stem in done:
+                log.append({"scene_id": stem, "status": "skipped", "reason": "already in the cube", "source": p})
+            else:
+                todo.append(p)
 
-    scans = _map(_scan, [(p,) for p in todo], client)
-    bad = [s for s in scans if not s["ok"]]
-    log += [{"scene_id": s["scene_id"], "status": "failed", "reason": s["reason"], "source": s["path"]} for s in bad]
-    scans = [s for s in scans if s["ok"]]
-    seen: set[str] = set()
-    unique = []
-    for s in sorted(scans, key=lambda s: (s["time"], s["scene_id"])):
-        if s["scene_id"] in seen:
-            log.append({"scene_id": s["scene_id"], "status": "skipped", "reason": "duplicate product in the input",
-                        "source": s["path"]})
-            continue
-        seen.add(s["scene_id"])
-        unique.append(s)
-    scans = unique
-    grids = _group(scans, grids)
+        scans = _map(_scan, [(p,) for p in todo], client)
+        bad = [s for s in scans if not s["ok"]]
+        log += [{"scene_id": s["scene_id"], "status": "failed", "reason": s["reason"], "source": s["path"]}
+                for s in bad]
+        scans = [s for s in scans if s["ok"]]
+        seen: set[str] = set()
+        unique = []
+        for s in sorted(scans, key=lambda s: (s["time"], s["scene_id"])):
+            if s["scene_id"] in seen:
+                log.append({"scene_id": s["scene_id"], "status": "skipped", "reason": "duplicate product in the input",
+                            "source": s["path"]})
+                continue
+            seen.add(s["scene_id"])
+            unique.append(s)
+        scans = unique
+        grids = _group(scans, grids)
 
-    # Slots: reuse a failed scene's slot, else append.
-    root.mkdir(parents=True, exist_ok=True)
-    by_store: dict[str, list[dict[str, Any]]] = {}
-    for s in scans:
-        if s["scene_id"] in retry:
-            s["store"], s["index"] = retry[s["scene_id"]]
-        else:
-            s["store"] = str(root / f"{s['grid_name']}.zarr")
-            by_store.setdefault(s["store"], []).append(s)
-    for store, ss in by_store.items():
-        name = Path(store).name[: -len(".zarr")]
-        idx = append_slots(store, grids[name], [{"scene_id": s["scene_id"], "source": s["path"], "time": s["time"]}
-                                                for s in ss], _CUBE_ATTRS)
-        for s, i in zip(ss, idx, strict=True):
-            s["index"] = i
+        # Slots: reuse a failed scene's slot, else append.
+        root.mkdir(parents=True, exist_ok=True)
+        by_store: dict[str, list[dict[str, Any]]] = {}
+        for s in scans:
+            if s["scene_id"] in retry:
+                s["store"], s["index"] = retry[s["scene_id"]]
+            else:
+                s["store"] = str(root / f"{s['grid_name']}.zarr")
+                by_store.setdefault(s["store"], []).append(s)
+        for store, ss in by_store.items():
+            name = Path(store).name[: -len(".zarr")]
+            idx = append_slots(store, grids[name], [{"scene_id": s["scene_id"], "source": s["path"], "time": s["time"]}
+                                                    for s in ss], _CUBE_ATTRS)
+            for s, i in zip(ss, idx, strict=True):
+                s["index"] = i
 
-    # GED once per grid, then one task per scene.
-    used = sorted({Path(s["store"]).name[: -len(".zarr")] for s in scans})
-    ged_arrays = dict(zip(used, _map(_ged_for_grid, [(str(ged), grids[n]) for n in used], client, scatter_out=True),
-                          strict=True))
-    args = []
-    for s in scans:
-        gname = Path(s["store"]).name[: -len(".zarr")]
-        args.append((s["path"], s["store"], s["index"], grids[gname], _era5_for(era5_index, grids[gname], s["time"]),
-                     ged_arrays[gname], s["cloud_percent"]))
-    results = _map(_ingest_scene, args, client, progress=progress)
-    log += results
-    ok = [r for r in results if r["status"] == "ingested"]
-    done_ids = {r["scene_id"] for r in ok}
-    write_scene_stac(root, [s for s in scans if s["scene_id"] in done_ids])
-    stamp = np.datetime64("now", "s")
-    write_log(root, [{"logged_utc": str(stamp), **r} for r in log])
-    return {
-        "ingested": len(ok),
-        "skipped": sum(r["status"] == "skipped" for r in log),
-        "failed": [r for r in log if r["status"] == "failed"],
-        "stores": sorted({str(p) for p in cube_stores(root).values()}),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+        # GED once per grid, then one task per scene.
+        used = sorted({Path(s["store"]).name[: -len(".zarr")] for s in scans})
+        ged_arrays = dict(zip(used, _map(_ged_for_grid, [(str(ged), grids[n]) for n in used], client, scatter_out=True),
+                              strict=True))
+        args = []
+        for s in scans:
+            gname = Path(s["store"]).name[: -len(".zarr")]
+            era5_files = _era5_for(era5_index, grids[gname], s["time"])
+            args.append((s["path"], s["store"], s["index"], grids[gname], era5_files,
+                         ged_arrays[gname], s["cloud_percent"]))
+        results = _map(_ingest_scene, args, client, progress=progress)
+        log += results
+        ok = [r for r in results if r["status"] == "ingested"]
+        done_ids = {r["scene_id"] for r in ok}
+        write_scene_stac(root, [s for s in scans if s["scene_id"] in done_ids])
+        stamp = np.datetime64("now", "s")
+        write_log(root, [{"logged_utc": str(stamp), **r} for r in log])
+        return {
+            "ingested": len(ok),
+            "skipped": sum(r["status"] == "skipped" for r in log),
+            "failed": [r for r in log if r["status"] == "failed"],
+            "stores": sorted({str(p) for p in cube_stores(root).values()}),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
 
 
 def _era5_extent(path: str) -> dict[str, Any]:

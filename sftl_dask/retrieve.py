@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from sftl_dask._staging import check_unlocked, write_lock
 from sftl_dask.features import RANGE_GROUPS, REQUIRED_INPUTS, compute_features, inputs_for
 from sftl_dask.io.cube import (
     CHUNK,
@@ -499,87 +500,92 @@ def retrieve(
         no worker has.
     ArtifactError
         A tampered or malformed model artifact.
+    StoreBusyError
+        If another process is writing ``out`` (holds its write lock).
     """
     from sftl_dask import __version__
 
     t_start = time.perf_counter()
     if device not in DEVICE_CHOICES:
         raise RetrieveError(f"--device {device!r} unknown; choose from {', '.join(DEVICE_CHOICES)}")
-    retriever, plans, ident = _plan(cube, model, out, precision=precision, overwrite=overwrite)
-    model = Path(model)
-    info = retriever.describe()
-    kind = info["model_kind"]
-    need = inputs_for(retriever.features)
-    route_device, route_res = _route(device, kind, client)
-    if resources is not None:
-        route_res = dict(resources) or None
+    with write_lock(Path(out), "sftl retrieve"):  # one writer per output: a second run is refused
+        retriever, plans, ident = _plan(cube, model, out, precision=precision, overwrite=overwrite)
+        model = Path(model)
+        info = retriever.describe()
+        kind = info["model_kind"]
+        need = inputs_for(retriever.features)
+        route_device, route_res = _route(device, kind, client)
+        if resources is not None:
+            route_res = dict(resources) or None
 
-    run = uuid.uuid4().hex
-    ref = ModelRef(str(model.resolve()), retriever.digest, route_device, precision)
-    jobs: list[_Job] = []
-    slot_of: list[tuple[int, int]] = []  # (plan, t_out) per job
-    when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    history = f"{when} {command or 'sftl_dask.retrieve.retrieve'} (sftl-dask {__version__})"
-    for i, plan in enumerate(plans):
-        if not plan["todo"]:
-            continue
-        dst: Path = plan["out"]
-        if plan["action"] == "replace":
-            shutil.rmtree(dst)
-            plan["action"] = "new"
-        t_out = plan["slots"] = _lst_slots(dst, plan, retriever, info, ident, history)
-        grid: GridSpec = plan["grid"]
-        cy, cx = plan["chunks"]
-        for s, t in zip(plan["todo"], t_out, strict=True):
-            for y0 in range(0, grid.height, cy):
-                for x0 in range(0, grid.width, cx):
-                    jobs.append(_Job(str(plan["cube"]), str(dst), int(s["index"]), int(t),
-                                     (y0, min(y0 + cy, grid.height), x0, min(x0 + cx, grid.width)),
-                                     (grid.height, grid.width), (*need, "vza", "ancillary_missing"), run,
-                                     (cy, cx)))
-                    slot_of.append((i, int(t)))
-    t_tasks = time.perf_counter()
-    results, errors = _execute(ref, jobs, client, route_res, threads, progress)
-    t_tasks = time.perf_counter() - t_tasks
+        run = uuid.uuid4().hex
+        ref = ModelRef(str(model.resolve()), retriever.digest, route_device, precision)
+        jobs: list[_Job] = []
+        slot_of: list[tuple[int, int]] = []  # (plan, t_out) per job
+        when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        history = f"{when} {command or 'sftl_dask.retrieve.retrieve'} (sftl-dask {__version__})"
+        for i, plan in enumerate(plans):
+            if not plan["todo"]:
+                continue
+            dst: Path = plan["out"]
+            if plan["action"] == "replace":
+                shutil.rmtree(dst)
+                plan["action"] = "new"
+            t_out = plan["slots"] = _lst_slots(dst, plan, retriever, info, ident, history)
+            grid: GridSpec = plan["grid"]
+            cy, cx = plan["chunks"]
+            for s, t in zip(plan["todo"], t_out, strict=True):
+                for y0 in range(0, grid.height, cy):
+                    for x0 in range(0, grid.width, cx):
+                        jobs.append(_Job(str(plan["cube"]), str(dst), int(s["index"]), int(t),
+                                         (y0, min(y0 + cy, grid.height), x0, min(x0 + cx, grid.width)),
+                                         (grid.height, grid.width), (*need, "vza", "ancillary_missing"), run,
+                                         (cy, cx)))
+                        slot_of.append((i, int(t)))
+        t_tasks = time.perf_counter()
+        results, errors = _execute(ref, jobs, client, route_res, threads, progress)
+        t_tasks = time.perf_counter() - t_tasks
 
-    # a time step is complete when all its chunks are written
-    failed_chunks: dict[tuple[int, int], list[str]] = {}
-    for j, err in errors.items():
-        failed_chunks.setdefault(slot_of[j], []).append(f"chunk {jobs[j].window}: {err}")
-    failed, retrieved = [], 0
-    for i, plan in enumerate(plans):
-        if not plan["todo"]:
-            continue
-        done_t, done_sum = [], []
-        for s, t in zip(plan["todo"], plan["slots"], strict=True):
-            problems = failed_chunks.get((i, t))
-            if problems:
-                failed.append({"store": str(plan["out"]), "scene_id": s["scene_id"],
-                               "chunks_failed": len(problems), "reason": problems[0]})
-            else:
-                done_t.append(t)
-                done_sum.append(s["checksum"])
-        mark_slot(plan["out"], done_t, LST_OK_VAR, checksum=done_sum)
-        retrieved += len(done_t)
-    tot = {k: sum(r[k] for r in results) for k in ("pixels", "produced", "cloud", "not_covered", "missing_ancillary",
-                                                    "load_s", "read_s", "compute_s", "write_s")}
-    seconds = time.perf_counter() - t_start
-    summary = {
-        "stores": [str(p["out"]) for p in plans], "retrieved": retrieved, "skipped": sum(p["skipped"] for p in plans),
-        "failed": failed, "chunks": len(jobs), "seconds": seconds, "tasks_s": t_tasks,
-        "px_per_s": tot["pixels"] / seconds if jobs else 0.0, **tot,
-        "workers": sorted({r["worker"] for r in results}), "devices": sorted({r["device"] for r in results}),
-        "resources": route_res or {}, "model": info,
-    }
-    if jobs and len(plans) and plans[0]["out"] != Path(out):  # a root of LST stores: one log line per run
-        write_log(out, [{"time": history.split(" ")[0], "command": command or "", "model_sha256": retriever.digest,
-                         **{k: summary[k] for k in ("retrieved", "skipped", "failed", "chunks", "pixels",
-                                                    "produced", "seconds")}}], name="retrieve_log.jsonl")
-    if retrieved:
-        from sftl_dask.io.stac import write_lst_stac
+        # a time step is complete when all its chunks are written
+        failed_chunks: dict[tuple[int, int], list[str]] = {}
+        for j, err in errors.items():
+            failed_chunks.setdefault(slot_of[j], []).append(f"chunk {jobs[j].window}: {err}")
+        failed, retrieved = [], 0
+        for i, plan in enumerate(plans):
+            if not plan["todo"]:
+                continue
+            done_t, done_sum = [], []
+            for s, t in zip(plan["todo"], plan["slots"], strict=True):
+                problems = failed_chunks.get((i, t))
+                if problems:
+                    failed.append({"store": str(plan["out"]), "scene_id": s["scene_id"],
+                                   "chunks_failed": len(problems), "reason": problems[0]})
+                else:
+                    done_t.append(t)
+                    done_sum.append(s["checksum"])
+            mark_slot(plan["out"], done_t, LST_OK_VAR, checksum=done_sum)
+            retrieved += len(done_t)
+        counted = ("pixels", "produced", "cloud", "not_covered", "missing_ancillary", "load_s", "read_s", "compute_s",
+                   "write_s")
+        tot = {k: sum(r[k] for r in results) for k in counted}
+        seconds = time.perf_counter() - t_start
+        summary = {
+            "stores": [str(p["out"]) for p in plans], "retrieved": retrieved,
+            "skipped": sum(p["skipped"] for p in plans),
+            "failed": failed, "chunks": len(jobs), "seconds": seconds, "tasks_s": t_tasks,
+            "px_per_s": tot["pixels"] / seconds if jobs else 0.0, **tot,
+            "workers": sorted({r["worker"] for r in results}), "devices": sorted({r["device"] for r in results}),
+            "resources": route_res or {}, "model": info,
+        }
+        if jobs and len(plans) and plans[0]["out"] != Path(out):  # a root of LST stores: one log line per run
+            write_log(out, [{"time": history.split(" ")[0], "command": command or "", "model_sha256": retriever.digest,
+                             **{k: summary[k] for k in ("retrieved", "skipped", "failed", "chunks", "pixels",
+                                                        "produced", "seconds")}}], name="retrieve_log.jsonl")
+        if retrieved:
+            from sftl_dask.io.stac import write_lst_stac
 
-        summary["stac"] = str(write_lst_stac(out))  # <out>/stac for a root; <name>_stac beside a single store
-    return summary
+            summary["stac"] = str(write_lst_stac(out))  # <out>/stac for a root; <name>_stac beside a single store
+        return summary
 
 
 def check_retrieval(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str | os.PathLike[str], *,
@@ -596,6 +602,7 @@ def check_retrieval(cube: str | os.PathLike[str], model: str | os.PathLike[str],
     RetrieveError, ArtifactError
         As :func:`retrieve`.
     """
+    check_unlocked(out)
     _, plans, _ = _plan(cube, model, out, precision=precision, overwrite=overwrite)
     return {"stores": [str(p["out"]) for p in plans], "todo": sum(len(p["todo"]) for p in plans),
             "skipped": sum(p["skipped"] for p in plans)}

@@ -121,12 +121,9 @@ def _era5(tb: Path) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def tb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sftl_dask.testbed.build import build_testbed
-
-    out = tmp_path_factory.mktemp("ingest_tb") / "world"
-    build_testbed(out, scenes=2, size=640, seed=3)
-    return out
+def tb(small_testbed: Path) -> Path:
+    """The session's small testbed (2 scenes per region, 640 px, seed 3): read only here."""
+    return small_testbed
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,338 @@
+"""Faults with real processes on loopback: a ``dask scheduler`` and two ``dask worker`` processes (issue 13).
+
+* A worker SIGKILLed in the middle of ``sftl ingest`` or ``sftl retrieve``: Dask reruns its tasks elsewhere, the
+  run exits 0 and its output equals an uninterrupted run's, value for value, no time step duplicated or missing.
+* The client (``sftl`` itself) SIGKILLed mid-write: the store never looks complete (the unfinished time steps are
+  not flagged ``ingest_ok`` / ``retrieve_ok`` and ``open_cube`` leaves them out); a re-run completes it, equal to
+  an uninterrupted run.
+* Two writers of one store at once: the second is refused at once (exit 2, one line naming the store and the
+  holder), the first completes, the store equals one run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+from helpers import retrieval_artifact, synthetic_cube
+
+from sftl_dask._staging import StoreBusyError, check_unlocked, lock_path, write_lock
+from sftl_dask.ingest import ingest
+from sftl_dask.io.cube import cube_stores, open_cube, read_slots
+
+BIN = Path(sys.executable).parent
+SFTL = str(BIN / "sftl")
+DASK = str(BIN / "dask")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``dask scheduler`` and two ``dask worker`` processes (with nannies, one thread each) on loopback."""
+    from distributed import Client
+
+    log = tmp_path_factory.mktemp("dask_logs")
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", addr.rsplit(":", 1)[1],
+                               "--no-dashboard"], stdout=(log / "scheduler.log").open("w"),
+                              stderr=subprocess.STDOUT, env=env, start_new_session=True)]
+    try:
+        time.sleep(1.0)
+        for i in range(2):
+            procs.append(subprocess.Popen([DASK, "worker", addr, "--nthreads", "1", "--memory-limit", "0",
+                                           "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"],
+                                          stdout=(log / f"worker{i}.log").open("w"), stderr=subprocess.STDOUT,
+                                          env=env, start_new_session=True))
+        with Client(addr, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield addr
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+@pytest.fixture()
+def client(scheduler: str) -> Iterator[Any]:
+    """A second client of the scheduler: the test's eye on the cluster (which worker runs what)."""
+    from distributed import Client
+
+    with Client(scheduler, timeout="30s") as c:
+        c.wait_for_workers(2, timeout=60)
+        yield c
+
+
+def _kill_worker_running(client: Any, key_part: str, run: subprocess.Popen[bytes], *, after_s: float = 0.3,
+                         timeout: float = 240.0) -> int | None:
+    """SIGKILL the worker process that is running a task whose key holds ``key_part``, while ``run`` runs.
+
+    Returns the killed pid, or None if ``run`` ended first. Its nanny starts a fresh worker.
+    """
+    t0 = time.monotonic()
+    while run.poll() is None and time.monotonic() - t0 < timeout:
+        for worker, keys in client.processing().items():
+            if any(key_part in str(k) for k in keys):
+                time.sleep(after_s)  # into the task: reading, computing or writing
+                pid = client.run(os.getpid, workers=[worker])[worker]
+                os.kill(pid, signal.SIGKILL)
+                return int(pid)
+        time.sleep(0.05)
+    return None
+
+
+def _kill_when(run: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float = 240.0) -> bool:
+    """SIGKILL ``run`` (the client) once ``ready()``; False if it ended first."""
+    t0 = time.monotonic()
+    while run.poll() is None and time.monotonic() - t0 < timeout:
+        if ready():
+            run.kill()
+            run.wait()
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _flags(store: Path, var: str) -> np.ndarray:
+    """The per-slot completion flags as written so far (empty before the store exists)."""
+    import zarr
+
+    try:
+        return np.asarray(zarr.open_group(str(store), mode="r")[var][:], dtype=bool)
+    except (FileNotFoundError, KeyError, OSError, ValueError):
+        return np.zeros(0, dtype=bool)
+
+
+def _assert_same_stores(got: Path, want: Path, variables: list[str], ok_var: str) -> None:
+    """Every store of ``want`` is in ``got`` with the same time steps (no duplicate, none missing) and values."""
+    names = sorted(p.name for p in want.glob("*.zarr")) if not (want / ".zgroup").exists() else [""]
+    assert names and names == (sorted(p.name for p in got.glob("*.zarr")) if names != [""] else [""])
+    for name in names:
+        a = xr.open_zarr(got / name if name else got, consolidated=True)
+        b = xr.open_zarr(want / name if name else want, consolidated=True)
+        assert a[ok_var].values.all() and b[ok_var].values.all()
+        ia, ib = np.argsort(a["scene_id"].values), np.argsort(b["scene_id"].values)
+        assert list(a["scene_id"].values[ia]) == list(b["scene_id"].values[ib])  # none duplicated or missing
+        assert len(set(a["scene_id"].values)) == a.sizes["time"]
+        np.testing.assert_array_equal(a["time"].values[ia], b["time"].values[ib])
+        for v in variables:
+            np.testing.assert_array_equal(a[v].values[ia], b[v].values[ib], err_msg=f"{name}: {v}")
+
+
+# --------------------------------------------------------------------------------------------- ingest
+@pytest.fixture(scope="module")
+def archives(small_testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight products: the testbed's four and a renamed copy of each (more tasks than workers, a wider window)."""
+    from test_ingest import copy_product
+
+    out = tmp_path_factory.mktemp("fault_archives")
+    for i, tar in enumerate(sorted((small_testbed / "archives").glob("*.tar"))):
+        shutil.copy(tar, out / tar.name)
+        copy_product(tar, out, 900 + i)
+    return out
+
+
+def _ingest_args(tb: Path, archives: Path, cube: Path) -> list[str]:
+    return ["ingest", str(archives), "--cube", str(cube), "--era5", *sorted(str(p) for p in (tb / "era5").glob("*.nc")),
+            "--ged", str(tb / "ged")]
+
+
+@pytest.fixture(scope="module")
+def reference_cube(small_testbed: Path, archives: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run (in this process)."""
+    root = tmp_path_factory.mktemp("fault_reference") / "cube"
+    summary = ingest([archives], root, era5=sorted((small_testbed / "era5").glob("*.nc")), ged=small_testbed / "ged")
+    assert summary["ingested"] == 8 and not summary["failed"]
+    return root
+
+
+CUBE_VARS = ["bt_08_20", "bt_08_63", "bt_10_80", "bt_11_95", "vza", "ndvi", "wvc", "emis_08_20", "emis_11_95",
+             "cloud", "ancillary_missing", "checksum"]
+
+
+@pytest.mark.slow  # ~50 s each on 2 cores; the retrieve cases below are the CI subset
+def test_a_worker_sigkilled_mid_ingest_the_run_completes_equal_to_an_uninterrupted_one(
+        small_testbed: Path, archives: Path, reference_cube: Path, scheduler: str, client: Any,
+        tmp_path: Path) -> None:
+    cube = tmp_path / "cube"
+    run = subprocess.Popen([SFTL, *_ingest_args(small_testbed, archives, cube), "--scheduler", scheduler],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed = _kill_worker_running(client, "_ingest_scene", run)
+    out = run.communicate(timeout=300)[0].decode()
+    assert killed is not None, f"the run ended before a worker could be killed:\n{out}"
+    assert run.returncode == 0, out
+    assert "ingested 8 scene(s), skipped 0, failed 0" in out
+    _assert_same_stores(cube, reference_cube, CUBE_VARS, "ingest_ok")
+
+
+@pytest.mark.slow  # ~50 s each on 2 cores; the retrieve cases below are the CI subset
+def test_the_client_killed_mid_ingest_leaves_nothing_complete_looking_and_a_rerun_repairs_it(
+        small_testbed: Path, archives: Path, reference_cube: Path, scheduler: str, tmp_path: Path) -> None:
+    cube = tmp_path / "cube"
+    run = subprocess.Popen([SFTL, *_ingest_args(small_testbed, archives, cube), "--scheduler", scheduler],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def some_but_not_all() -> bool:
+        flags = np.concatenate([_flags(s, "ingest_ok") for s in cube.glob("*.zarr")] or [np.zeros(0, bool)])
+        return bool(flags.size and flags.any() and not flags.all())
+
+    assert _kill_when(run, some_but_not_all), run.communicate()[0].decode()
+    time.sleep(3.0)  # tasks already running on the workers may still finish: they complete their own slot only
+    n_ok = n_slots = 0
+    for store in cube_stores(cube).values():
+        _, slots = read_slots(store)
+        complete = open_cube(store).sizes["time"]
+        n_ok += sum(s["ingest_ok"] for s in slots)
+        n_slots += len(slots)
+        assert complete == sum(s["ingest_ok"] for s in slots)  # what open_cube shows is only what is complete
+        for s in slots:  # a slot not flagged is never half-shown: its checksum is not written either
+            assert s["ingest_ok"] == (s["checksum"] != "")
+    assert n_ok < 8, "the client was killed after the end: nothing was interrupted"
+    check_unlocked(cube)  # the killed run's lock went with it
+    again = subprocess.run([SFTL, *_ingest_args(small_testbed, archives, cube), "--scheduler", scheduler],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"ingested {8 - n_ok} scene(s), skipped {n_ok}, failed 0" in again.stdout
+    _assert_same_stores(cube, reference_cube, CUBE_VARS, "ingest_ok")
+
+
+@pytest.mark.slow  # ~50 s each on 2 cores; the retrieve cases below are the CI subset
+def test_two_ingests_of_one_cube_at_once_the_second_is_refused_and_the_cube_equals_one_run(
+        small_testbed: Path, archives: Path, reference_cube: Path, tmp_path: Path) -> None:
+    cube = tmp_path / "cube"
+    args = [SFTL, *_ingest_args(small_testbed, archives, cube), "--workers", "1"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    while not lock_path(cube).exists() or _lock_free(cube):  # until the first holds the lock
+        assert first.poll() is None and time.monotonic() - t0 < 120, first.communicate()[0].decode()
+        time.sleep(0.05)
+    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    out = first.communicate(timeout=300)[0].decode()
+    assert second.returncode == 2
+    err = second.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in second.stderr
+    assert err[0].startswith(f"sftl ingest: error: {cube}: being written by sftl ingest (pid {first.pid} on ")
+    assert first.returncode == 0, out
+    _assert_same_stores(cube, reference_cube, CUBE_VARS, "ingest_ok")
+
+
+def _lock_free(target: Path) -> bool:
+    try:
+        check_unlocked(target)
+    except StoreBusyError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------- retrieve
+@pytest.fixture(scope="module")
+def retrieval_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A scene cube of 8 time steps x 16 chunks, a DNN artifact and the uninterrupted run's LST (in process)."""
+    from sftl_dask.retrieve import retrieve
+
+    root = tmp_path_factory.mktemp("fault_retrieve")
+    cube = synthetic_cube(root / "cube.zarr", 8, 256, 256, seed=21, chunk=64)
+    model = retrieval_artifact(root / "dnn", "dnn", seed=2)
+    ref = root / "ref.zarr"
+    summary = retrieve(cube, model, ref, threads=2)
+    assert summary["retrieved"] == 8 and not summary["failed"]
+    return {"cube": cube, "model": model, "ref": ref}
+
+
+LST_VARS = ["lst", "lst_uncertainty", "qc"]
+
+
+def _retrieve_args(inp: dict[str, Path], out: Path) -> list[str]:
+    return [SFTL, "retrieve", "--cube", str(inp["cube"]), "--model", str(inp["model"]), "--out", str(out),
+            "--device", "cpu"]
+
+
+def test_a_worker_sigkilled_mid_retrieve_the_run_completes_equal_to_an_uninterrupted_one(
+        retrieval_inputs: dict[str, Path], scheduler: str, client: Any, tmp_path: Path) -> None:
+    out = tmp_path / "lst.zarr"
+    run = subprocess.Popen([*_retrieve_args(retrieval_inputs, out), "--scheduler", scheduler],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed = _kill_worker_running(client, "sftl-retrieve", run, after_s=0.0)
+    text = run.communicate(timeout=300)[0].decode()
+    assert killed is not None, f"the run ended before a worker could be killed:\n{text}"
+    assert run.returncode == 0, text
+    assert "retrieved 8 time step(s), skipped 0 already done, failed 0" in text
+    _assert_same_stores(out, retrieval_inputs["ref"], LST_VARS, "retrieve_ok")
+
+
+def test_the_client_killed_mid_retrieve_leaves_nothing_complete_looking_and_a_rerun_repairs_it(
+        retrieval_inputs: dict[str, Path], scheduler: str, tmp_path: Path) -> None:
+    from sftl_dask.io.lst import LST_OK_VAR
+
+    out = tmp_path / "lst.zarr"
+    run = subprocess.Popen([*_retrieve_args(retrieval_inputs, out), "--scheduler", scheduler],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    def chunks_written() -> bool:  # some chunks written; the time steps are flagged only at the end
+        d = out / "lst"
+        return d.is_dir() and sum(not f.name.startswith(".") for f in d.iterdir()) >= 10
+
+    assert _kill_when(run, chunks_written), run.communicate()[0].decode()
+    flags = _flags(out, LST_OK_VAR)
+    assert flags.size == 8 and not flags.any()  # slots exist, none looks complete
+    check_unlocked(out)
+    again = subprocess.run([*_retrieve_args(retrieval_inputs, out), "--scheduler", scheduler],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "retrieved 8 time step(s), skipped 0 already done, failed 0" in again.stdout
+    _assert_same_stores(out, retrieval_inputs["ref"], LST_VARS, LST_OK_VAR)
+
+
+def test_two_retrieves_into_one_store_at_once_the_second_is_refused(retrieval_inputs: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    out = tmp_path / "lst.zarr"
+    with write_lock(out, "sftl retrieve"):  # the first writer, here in this process
+        second = subprocess.run([*_retrieve_args(retrieval_inputs, out), "--workers", "1"], capture_output=True,
+                                text=True, timeout=300)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    err = second.stderr.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"sftl retrieve: error: {out}: being written by sftl retrieve (pid {os.getpid()} on ")
+    assert not out.exists()  # refused before anything was written
+
+
+# --------------------------------------------------------------------------------------------- the lock itself
+def test_the_write_lock_names_its_holder_and_frees_itself_when_the_holder_is_killed(tmp_path: Path) -> None:
+    store = tmp_path / "c.zarr"
+    code = ("import sys, time; from sftl_dask._staging import write_lock\n"
+            f"with write_lock({str(store)!r}, 'sftl ingest'):\n    print('held', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreBusyError, match=rf"being written by sftl ingest \(pid {holder.pid} on "):
+            check_unlocked(store)
+        with pytest.raises(StoreBusyError), write_lock(store, "sftl ingest"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with write_lock(store, "sftl retrieve"):  # SIGKILL left no stale lock
+        assert not store.exists()  # the lock lives beside the store, never inside it
+    assert lock_path(store) == tmp_path / ".c.zarr.lock"
