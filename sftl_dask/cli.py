@@ -9,8 +9,12 @@ moved into place only when complete.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as _dt
+import errno
 import json
 import linecache
+import os
 import sys
 import time
 import traceback
@@ -47,6 +51,33 @@ def _progress_bar(desc: str) -> tuple[Callable[[int, int], None], Callable[[], N
     return update, close
 
 
+def _client(args: argparse.Namespace, **kw: Any) -> contextlib.AbstractContextManager[Any]:
+    """The verb's Dask client (``--scheduler``, else embedded); an embedded cluster's worker logs go to the run's
+    log file, and to the terminal too with ``--debug``."""
+    from sftl_dask.cluster import get_client
+
+    return get_client(args.scheduler, n_workers=args.workers, worker_log=args.log, worker_log_stderr=args.debug,
+                      **kw)
+
+
+def _log_path(verb: str) -> Path | None:
+    """This run's log file: ``$SFTL_LOG_DIR``, else ``$XDG_CACHE_HOME/sftl/logs`` (``~/.cache``); None if that
+    folder cannot be made. The file itself appears only when something is logged."""
+    base = os.environ.get("SFTL_LOG_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+        "sftl" / "logs"
+    try:
+        Path(base).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Path(base) / f"{verb}-{stamp}-{os.getpid()}.log"
+
+
+def _note_logs(args: argparse.Namespace) -> None:
+    if args.log is not None and Path(args.log).exists():
+        print(f"  worker logs (tracebacks of the failures): {args.log}")
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     from sftl_dask._staging import staged_file
 
@@ -56,7 +87,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from sftl_dask.cluster import get_client
     from sftl_dask.simulate import SimulationConfig, write_simulation
 
     cfg = SimulationConfig(n_profiles=args.profiles, n_spectra=args.spectra, seed=args.seed)
@@ -65,7 +95,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         raise BadInput(f"{out}: already exists (pass --overwrite to replace it)")
     t0 = time.perf_counter()
     update, close = _progress_bar("simulate")
-    with get_client(args.scheduler, n_workers=args.workers) as client:
+    with _client(args) as client:
         try:
             rows = write_simulation(out, cfg, client=client, progress=update, overwrite=args.overwrite)
         finally:
@@ -110,7 +140,6 @@ def _format_sw_report(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _cmd_testbed(args: argparse.Namespace) -> int:
-    from sftl_dask.cluster import get_client
     from sftl_dask.testbed.build import build_testbed
 
     out = Path(args.out)
@@ -118,7 +147,7 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
         raise BadInput(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
     t0 = time.perf_counter()
     update, close = _progress_bar("testbed")
-    with get_client(args.scheduler, n_workers=args.workers) as client:
+    with _client(args) as client:
         try:
             summary = build_testbed(out, scenes=args.scenes, size=args.size, seed=args.seed, client=client,
                                     progress=update, overwrite=args.overwrite)
@@ -131,11 +160,10 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from sftl_dask.cluster import get_client
     from sftl_dask.ingest import IngestError, ingest
 
     update, close = _progress_bar("ingest")
-    with get_client(args.scheduler, n_workers=args.workers) as client:
+    with _client(args) as client:
         try:
             summary = ingest(args.inputs, args.cube, era5=args.era5, ged=args.ged, client=client, progress=update)
         except IngestError as exc:
@@ -146,13 +174,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
           f"in {summary['seconds']:.1f} s -> {args.cube}")
     for f in summary["failed"]:
         print(f"  failed: {f['scene_id']}: {f.get('reason', '')}")
+    if summary["failed"]:
+        _note_logs(args)
     for s in summary["stores"]:
         print(f"  cube: {s}")
     return 1 if summary["failed"] else 0  # some scenes failed: each named above with its reason
 
 
 def _cmd_retrieve(args: argparse.Namespace) -> int:
-    from sftl_dask.cluster import get_client
     from sftl_dask.models.artifact import ArtifactError
     from sftl_dask.retrieve import RetrieveError, check_retrieval, retrieve
 
@@ -162,7 +191,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     except (RetrieveError, ArtifactError) as exc:
         raise BadInput(str(exc)) from None
     update, close = _progress_bar("retrieve")
-    with get_client(args.scheduler, n_workers=args.workers, gpu=_wants_gpu(args.device, args.model)) as client:
+    with _client(args, gpu=_wants_gpu(args.device, args.model)) as client:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
         try:
             summary = retrieve(args.cube, args.model, args.out, client=client, device=args.device,
@@ -179,6 +208,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
           f"on {', '.join(summary['devices']) or '-'}")
     for f in summary["failed"]:
         print(f"  failed: {f['store']} {f['scene_id']}: {f['chunks_failed']} chunk(s), {f['reason']}")
+    if summary["failed"]:
+        _note_logs(args)
     for st in summary["stores"]:
         print(f"  lst: {st}")
     return 1 if summary["failed"] else 0
@@ -195,7 +226,6 @@ def _wants_gpu(device: str, model: str) -> bool:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from sftl_dask.cluster import get_client
     from sftl_dask.validate import ValidateError, check_validation, validate
 
     try:  # the LST stores, site table, in situ folder and output are checked before a cluster starts
@@ -203,7 +233,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     except ValidateError as exc:
         raise BadInput(str(exc)) from None
     update, close = _progress_bar("validate")
-    with get_client(args.scheduler, n_workers=args.workers) as client:
+    with _client(args) as client:
         try:
             summary = validate(args.lst, args.insitu, args.sites, args.out, overwrite=args.overwrite, client=client,
                                progress=update)
@@ -220,7 +250,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_rechunk(args: argparse.Namespace) -> int:
-    from sftl_dask.cluster import get_client
     from sftl_dask.rechunk import RechunkError, check_rechunk, rechunk
 
     command = " ".join(["sftl", *(args.argv or [])])
@@ -231,7 +260,7 @@ def _cmd_rechunk(args: argparse.Namespace) -> int:
     except RechunkError as exc:
         raise BadInput(str(exc)) from None
     update, close = _progress_bar("rechunk")
-    with get_client(args.scheduler, n_workers=args.workers) as client:
+    with _client(args) as client:
         try:
             summary = rechunk(args.lst, args.out, client=client, progress=update, command=command, **kw)
         except RechunkError as exc:
@@ -254,13 +283,12 @@ def _train(args: argparse.Namespace, what: str) -> tuple[dict[str, Any], dict[st
 
     The artifact replaces an existing one only once the new one is complete.
     """
-    from sftl_dask.cluster import get_client
     from sftl_dask.training.stages import load_config, prepare_data, pretrain, run_stages
 
     cfg = load_config(args.config)
     out = Path(args.out)
     pretrained = None
-    with get_client(args.scheduler, n_workers=args.workers) as client:
+    with _client(args) as client:
         print(f"{cfg.name}: {what} under {out / 'work'} (reused when present)")
         data = prepare_data(cfg, out / "work", client=client)
         if cfg.pretrain.get("distributed"):  # stage 1 across the cluster's workers
@@ -281,13 +309,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from sftl_dask.cluster import get_client
     from sftl_dask.training.experiment import load_grid, run_experiment
 
     load_grid(args.config)  # bad configurations fail before any cluster starts
     t0 = time.perf_counter()
     update, close = _progress_bar("experiment")
-    with get_client(args.scheduler, n_workers=args.workers) as client:
+    with _client(args) as client:
         try:
             table = run_experiment(args.config, args.out, client=client, progress=update)
         finally:
@@ -453,29 +480,62 @@ def _is_input_error(exc: ValueError) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``sftl`` command; returns the exit code (2 on bad input)."""
+    """Run the ``sftl`` command; returns the exit code (0 all done, 1 some work failed, 2 bad input).
+
+    A bug (any other exception) propagates with its traceback, which is also appended to the run's log file.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.log = _log_path(args.verb)
     try:
         return int(args.func(args) or 0)
     except BadInput as exc:
-        if getattr(args, "debug", False):
-            traceback.print_exc()
-        print(f"sftl {args.verb}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _refused(args, exc)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
             ConnectionError, StoreBusyError) as exc:
         if isinstance(exc, ValueError) and not _is_input_error(exc):
+            _log_bug(args)
             raise  # a bug (numpy, pandas, torch or Python refusing a value deep inside): keep its traceback
-        if getattr(args, "debug", False):
-            traceback.print_exc()
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"sftl {args.verb}: error: {msg}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _refused(args, exc)
+    except OSError as exc:
+        if exc.errno == errno.EROFS:  # an output on a read-only file system: refused like a permission
+            return _refused(args, exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # work failed part-way; what was complete stays complete
+            if args.debug:
+                traceback.print_exc()
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"sftl {args.verb}: error: {where}{exc.strerror}; what was complete before is intact and nothing "
+                  "unfinished is marked complete: make room and re-run to finish", file=sys.stderr)
+            return 1
+        _log_bug(args)
+        raise
     except KeyboardInterrupt:
         print(f"sftl {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        _log_bug(args)
+        raise
+
+
+def _refused(args: argparse.Namespace, exc: BaseException) -> int:
+    """Bad input: one line on stderr, exit 2 (the traceback too with ``--debug``)."""
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        msg = f"{exc.filename}: {exc.strerror}"
+    print(f"sftl {args.verb}: error: {msg}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _log_bug(args: argparse.Namespace) -> None:
+    """Append the traceback of the exception being handled to the run's log file, and say where it is."""
+    if args.log is None:
+        return
+    with contextlib.suppress(OSError), Path(args.log).open("a") as fh:
+        fh.write(f"sftl {' '.join(args.argv)}\n{traceback.format_exc()}")
+        print(f"sftl {args.verb}: internal error (a bug); traceback below and in {args.log}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

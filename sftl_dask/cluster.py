@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dask
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, WorkerPlugin
 
 __all__ = ["default_workers", "get_client"]
 
@@ -42,6 +42,8 @@ def get_client(
     threads_per_worker: int = 1,
     memory_limit: str | float | None = "auto",
     gpu: bool = False,
+    worker_log: str | os.PathLike[str] | None = None,
+    worker_log_stderr: bool = True,
 ) -> Iterator[Client]:
     """Yield a connected Dask client; an embedded cluster is closed on exit.
 
@@ -60,6 +62,11 @@ def get_client(
         Embedded cluster on a machine with CUDA GPUs: with dask-cuda installed (``pip install
         'sftl-dask[gpu]'``), a ``LocalCUDACluster`` of one single-threaded worker per GPU, each declaring
         the resource ``GPU=1``; without it, the usual cluster, whose workers share GPU 0.
+    worker_log : path, optional
+        Embedded cluster: its workers' log records (task failures with their tracebacks, restarts) are
+        appended to this file (created on the first record).
+    worker_log_stderr : bool
+        Embedded cluster with ``worker_log``: also print them on the terminal, as Dask does by default.
 
     Raises
     ------
@@ -74,6 +81,12 @@ def get_client(
             client = Client(address, timeout="10s")
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(f"cannot reach Dask scheduler {address}: {exc}") from None
+        except TypeError as exc:  # distributed: "TLS expects a `ssl_context` argument of type ssl.SSLContext"
+            if not address.startswith("tls://"):
+                raise
+            raise ConnectionError(f"Dask scheduler {address} speaks TLS but no TLS settings are configured: point "
+                                  "DASK_CONFIG at a file like deploy/tls/dask-tls.yaml (CA, certificate, key)"
+                                  ) from exc
         try:
             yield client
         finally:
@@ -105,12 +118,43 @@ def get_client(
             )
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
         client = Client(cluster)
+        if worker_log is not None:
+            client.register_plugin(_WorkerLogFile(str(worker_log), worker_log_stderr))
     try:
         yield client
     finally:
         client.close()
         cluster.close()
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+
+
+class _WorkerLogFile(WorkerPlugin):
+    """Worker plugin: the worker's log records go to a file (and, if asked, still to the terminal).
+
+    Task failures are reported by the caller with their reasons; the workers' own records of them (a
+    traceback each) then belong in the run's log file, not on the operator's terminal.
+    """
+
+    name = "sftl-worker-log"
+
+    def __init__(self, path: str, keep_stderr: bool) -> None:
+        self.path, self.keep_stderr = path, keep_stderr
+
+    def setup(self, worker: Any) -> None:
+        import logging
+        import sys
+
+        handler = logging.FileHandler(self.path, delay=True)
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {worker.name} %(name)s %(levelname)s %(message)s"))
+        for logger in [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]:
+            streams = [h for h in logger.handlers if type(h) is logging.StreamHandler
+                       and h.stream in (sys.stderr, sys.__stderr__)]
+            if not streams:
+                continue
+            if not self.keep_stderr:
+                for h in streams:
+                    logger.removeHandler(h)
+            logger.addHandler(handler)
 
 
 def _cuda_cluster_class() -> Any:

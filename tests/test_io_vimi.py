@@ -334,12 +334,9 @@ def test_a_name_that_is_not_a_product_is_refused(archive, tmp_path):
 
 # --------------------------------------------------------------------------------------------- against the testbed
 @pytest.fixture(scope="module")
-def testbed(tmp_path_factory) -> Path:
-    from sftl_dask.testbed.build import build_testbed
-
-    out = tmp_path_factory.mktemp("vimi_tb") / "world"
-    build_testbed(out, scenes=1, size=640, seed=3)
-    return out
+def testbed(small_testbed: Path) -> Path:
+    """The session's small testbed (2 scenes per region, shared with the ingest tests): read only here."""
+    return small_testbed
 
 
 def _truth(testbed: Path, ds: xr.Dataset) -> xr.Dataset:
@@ -352,7 +349,7 @@ def _truth(testbed: Path, ds: xr.Dataset) -> xr.Dataset:
 
 def test_testbed_scenes_match_their_truth(testbed):
     products = find_products(testbed / "archives")
-    assert len(products) == 2
+    assert len(products) == 4
     for path in products:
         t0 = time.perf_counter()
         ds = open_vimi(path).compute()

@@ -1,0 +1,115 @@
+"""A full disk and a read-only file system under real writes (issue 13): small tmpfs mounts, so root only.
+
+Disk full mid-run: exit 1 with each unfinished time step named and the reason ("No space left on device"), no
+traceback on the terminal, the time steps that were complete before untouched, nothing unfinished flagged
+complete; after making room a re-run completes it, equal to an uninterrupted run. A read-only output is refused
+at the edge: exit 2, one line naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from helpers import retrieval_artifact, synthetic_cube
+
+SFTL = str(Path(sys.executable).parent / "sftl")
+
+
+@pytest.fixture()
+def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Mount small tmpfs file systems under ``tmp_path`` (unmounted after the test); skips where not root."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI and the build machines run as root)")
+    mounted: list[Path] = []
+
+    def mount(name: str, size_kb: int, *, read_only: bool = False) -> Path:
+        mnt = tmp_path / name
+        mnt.mkdir()
+        opts = f"size={size_kb}k" + (",ro" if read_only else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _free_kb(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize // 1024
+
+
+def _fill(mnt: Path, leave_kb: int) -> Path:
+    """Fill the file system up to ``leave_kb`` free with one file; returns it (delete it to make room)."""
+    filler = mnt / "filler.bin"
+    with filler.open("wb") as fh:
+        fh.write(b"\0" * max(0, (_free_kb(mnt) - leave_kb) * 1024))
+    return filler
+
+
+def _retrieve(cube: Path, model: Path, out: Path, logs: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SFTL, "retrieve", "--cube", str(cube), "--model", str(model), "--out", str(out),
+                           "--workers", "1", "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SFTL_LOG_DIR": str(logs)})
+
+
+def test_disk_full_mid_retrieve_names_each_unfinished_step_keeps_earlier_ones_and_a_rerun_finishes(
+        tmpfs: Callable[..., Path], tmp_path: Path) -> None:
+    from sftl_dask.io.cube import read_slots
+    from sftl_dask.retrieve import retrieve
+
+    cube = synthetic_cube(tmp_path / "cube.zarr", 4, 256, 256, seed=31, chunk=64)
+    model = retrieval_artifact(tmp_path / "dnn", "dnn", seed=3)
+    mnt = tmpfs("disk", 16_384)
+    out = mnt / "lst.zarr"
+    first = _retrieve(cube, model, out, tmp_path / "logs")
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = xr.open_zarr(out).load()
+
+    synthetic_cube(cube, 4, 256, 256, seed=31, chunk=64, first=4)  # four new scenes arrive
+    ref = tmp_path / "ref.zarr"
+    retrieve(cube, model, ref, threads=2)  # the uninterrupted run of all eight
+    filler = _fill(mnt, leave_kb=300)  # room for the new slots' metadata and a few chunks, not for 4 steps
+    full = _retrieve(cube, model, out, tmp_path / "logs")
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "Traceback" not in full.stderr  # the workers' tracebacks went to the log file
+    failed = [ln for ln in full.stdout.splitlines() if ln.startswith("  failed: ")]
+    assert len(failed) == 4 and all("No space left on device" in ln for ln in failed)
+    assert sorted(ln.split()[2].rstrip(":") for ln in failed) == [f"GF5B_VIMI_SYN_{i:03d}" for i in range(4, 8)]
+    assert "worker logs (tracebacks of the failures): " + str(tmp_path / "logs") in full.stdout
+    _, slots = read_slots(out, "retrieve_ok")
+    assert [s["retrieve_ok"] for s in slots] == [True] * 4 + [False] * 4  # nothing unfinished looks complete
+    after = xr.open_zarr(out).isel(time=slice(0, 4)).load()
+    for v in ("lst", "lst_uncertainty", "qc"):
+        np.testing.assert_array_equal(after[v].values, before[v].values)  # the earlier steps are intact
+
+    filler.unlink()
+    again = _retrieve(cube, model, out, tmp_path / "logs")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "retrieved 4 time step(s), skipped 4 already done, failed 0" in again.stdout
+    got, want = xr.open_zarr(out), xr.open_zarr(ref)
+    assert list(got["scene_id"].values) == list(want["scene_id"].values)
+    for v in ("lst", "lst_uncertainty", "qc", "retrieve_ok"):
+        np.testing.assert_array_equal(got[v].values, want[v].values)
+
+
+def test_an_output_on_a_read_only_file_system_is_refused_in_one_line(tmpfs: Callable[..., Path],
+                                                                    tmp_path: Path) -> None:
+    cube = synthetic_cube(tmp_path / "cube.zarr", 1, 64, 64, seed=1, chunk=64)
+    model = retrieval_artifact(tmp_path / "dnn", "dnn", seed=1)
+    ro = tmpfs("ro", 1024, read_only=True)
+    r = _retrieve(cube, model, ro / "lst.zarr", tmp_path / "logs")
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = [ln for ln in r.stderr.splitlines() if not ln.startswith("retrieve:")]
+    assert err == [f"sftl retrieve: error: {ro / '.lst.zarr.lock'}: Read-only file system"]
+    assert not any(ro.iterdir())
