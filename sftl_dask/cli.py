@@ -289,7 +289,7 @@ def _train(args: argparse.Namespace, what: str) -> tuple[dict[str, Any], dict[st
     out = Path(args.out)
     pretrained = None
     with _client(args) as client:
-        print(f"{cfg.name}: {what} under {out / 'work'} (reused when present)")
+        print(f"{cfg.name}: {what} under {out / 'work'} (reused where made by the same configuration and version)")
         data = prepare_data(cfg, out / "work", client=client)
         if cfg.pretrain.get("distributed"):  # stage 1 across the cluster's workers
             pretrained = pretrain(cfg, data, threads=args.threads, client=client)

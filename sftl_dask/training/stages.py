@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sftl_dask._staging import staged_file
 from sftl_dask.features import FEATURES, feature_matrix
 
 __all__ = ["TrainConfig", "load_config", "metrics", "model_features", "prepare_data", "pretrain", "run_stages"]
@@ -52,13 +54,84 @@ class TrainConfig:
     source: str = field(default="config")
 
 
+#: The keys of a pipeline YAML, per section, and what each holds (checked by :func:`load_config`). ``grid`` is
+#: the experiment's (:func:`sftl_dask.training.experiment.load_grid` checks it); model and strategy ``params``
+#: are free mappings, checked by the model that takes them.
+_TOP_KEYS = ("name", "direction", "source_region", "target_region", "seed", "data", "model", "pretrain",
+             "finetune", "transfer", "grid")
+_SECTION_KEYS: dict[str, dict[str, str]] = {
+    "data": {"simulation": "mapping", "testbed": "mapping"},
+    "data.simulation": {"path": "path", "profiles": "count", "seed": "int"},
+    "data.testbed": {"path": "path", "scenes": "count", "size": "count", "seed": "int"},
+    "model": {"name": "str", "params": "mapping", "features": "list", "drop_features": "list"},
+    "pretrain": {"epochs": "positive", "batch_size": "count", "lr": "positive", "holdout_fraction": "fraction",
+                 "distributed": "bool", "schedule": "str"},
+    "finetune": {"strategy": "str", "params": "mapping", "epochs": "positive", "lr": "positive", "split": "str",
+                 "test_fraction": "fraction", "n_more": "count", "batch_size": "count"},
+    "transfer": {"k": "counts", "repeats": "count", "strategy": "str", "epochs": "positive", "lr": "positive",
+                 "n_more": "count"},
+}
+_KIND_TEXT = {"mapping": "a mapping", "path": "a path or null", "count": "a positive integer", "int": "an integer",
+              "str": "a string", "list": "a list", "positive": "a positive number", "bool": "true or false",
+              "fraction": "a number between 0 and 1 (exclusive)", "counts": "a list of positive integers"}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _fits(value: Any, kind: str) -> bool:
+    """Whether a config value is of ``kind`` (see :data:`_KIND_TEXT`); null is allowed where it means "default"."""
+    checks = {
+        "mapping": lambda v: v is None or isinstance(v, dict),
+        "path": lambda v: v is None or isinstance(v, str),
+        "count": lambda v: _is_int(v) and v > 0,
+        "int": _is_int,
+        "str": lambda v: isinstance(v, str),
+        "list": lambda v: v is None or isinstance(v, list),
+        "positive": lambda v: _is_number(v) and v > 0,
+        "bool": lambda v: isinstance(v, bool),
+        "fraction": lambda v: _is_number(v) and 0 < v < 1,
+        "counts": lambda v: isinstance(v, list) and all(_is_int(k) and k > 0 for k in v),
+    }
+    return bool(checks[kind](value))
+
+
+def _check_keys(path: Path, where: str, section: dict[str, Any], known: tuple[str, ...] | dict[str, str]) -> None:
+    """Refuse keys of a section that no stage reads (a typo would otherwise be silently ignored)."""
+    unknown = [str(k) for k in section if k not in known]
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ValueError(f"{path}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                         f"{where or 'the top level'} takes {', '.join(known)}")
+
+
+def _section(path: Path, where: str, value: Any) -> dict[str, Any]:
+    """A config section as a dict (null: empty), its keys and the types of its values checked."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: {where} must be a mapping, got {type(value).__name__} {value!r}")
+    spec = _SECTION_KEYS[where]
+    _check_keys(path, where, value, spec)
+    for key, kind in spec.items():
+        if key in value and not _fits(value[key], kind):
+            raise ValueError(f"{path}: {where}.{key} must be {_KIND_TEXT[kind]}, got {value[key]!r}")
+    return dict(value)
+
+
 def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     """Read and validate a pipeline YAML.
 
     Raises
     ------
     ValueError
-        Naming the file and the key: missing keys, unknown model, strategy or direction, bad values.
+        Naming the file and the key: missing or unknown keys, a value of the wrong type (a section that is
+        not a mapping, a seed that is not an integer, ...), unknown model, strategy or direction, bad values.
     FileNotFoundError
         If the file does not exist.
     """
@@ -77,10 +150,19 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     missing = [k for k in need if k not in raw]
     if missing:
         raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+    _check_keys(path, "", raw, _TOP_KEYS)
+    for key in ("name", "direction", "source_region", "target_region"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ValueError(f"{path}: {key} must be a string, got {raw[key]!r}")
+    if "seed" in raw and not _is_int(raw["seed"]):
+        raise ValueError(f"{path}: seed must be an integer, got {raw['seed']!r}")
+    data = _section(path, "data", raw.get("data"))
+    for key in ("simulation", "testbed"):
+        data[key] = _section(path, f"data.{key}", data.get(key))
     direction = str(raw["direction"])
     if direction not in _DIRECTIONS:
         raise ValueError(f"{path}: direction {direction!r} unknown; choose from {', '.join(_DIRECTIONS)}")
-    model = dict(raw["model"] or {})
+    model = _section(path, "model", raw["model"])
     if str(model.get("name", "")).lower() not in _MODELS:
         raise ValueError(f"{path}: model.name {model.get('name')!r} unknown; choose from {', '.join(_MODELS)}")
     for key in ("features", "drop_features"):
@@ -88,13 +170,13 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
         if names is not None and (not isinstance(names, list) or [f for f in names if f not in FEATURES]):
             raise ValueError(f"{path}: model.{key} must be a list of features from {', '.join(FEATURES)} "
                              f"(got {names!r})")
-    ft = dict(raw["finetune"] or {})
+    ft = _section(path, "finetune", raw["finetune"])
     if str(ft.get("strategy", "")).lower() not in _STRATEGIES:
         raise ValueError(f"{path}: finetune.strategy {ft.get('strategy')!r} unknown; choose from "
                          f"{', '.join(_STRATEGIES)}")
     if ft.get("split", "chronological") not in ("chronological", "site"):
         raise ValueError(f"{path}: finetune.split must be 'chronological' or 'site'")
-    tr = dict(raw.get("transfer") or {})
+    tr = _section(path, "transfer", raw.get("transfer"))
     if "strategy" in tr and str(tr["strategy"]).lower() not in _STRATEGIES:
         raise ValueError(f"{path}: transfer.strategy {tr['strategy']!r} unknown; choose from {', '.join(_STRATEGIES)}")
     for key in ("epochs", "lr"):
@@ -105,19 +187,19 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
         raise ValueError(f"{path}: direction {direction} means source {src} and target {tgt}")
     from sftl_dask.models.trainer import SCHEDULES
 
-    if not isinstance(raw["pretrain"].get("distributed", False), bool):
+    pt = _section(path, "pretrain", raw["pretrain"])
+    if not isinstance(pt.get("distributed", False), bool):
         raise ValueError(f"{path}: pretrain.distributed must be true or false")
-    if str(raw["pretrain"].get("schedule", "cosine")) not in SCHEDULES:
+    if str(pt.get("schedule", "cosine")) not in SCHEDULES:
         raise ValueError(f"{path}: pretrain.schedule must be one of {', '.join(SCHEDULES)}")
-    for sect in ("pretrain", "finetune"):
+    for sect, values in (("pretrain", pt), ("finetune", ft)):
         for key in ("epochs", "lr"):
-            if key in raw[sect] and not (isinstance(raw[sect][key], int | float) and raw[sect][key] > 0):
+            if key in values and not (isinstance(values[key], int | float) and values[key] > 0):
                 raise ValueError(f"{path}: {sect}.{key} must be a positive number")
-    data = dict(raw.get("data") or {})
     return TrainConfig(
         name=str(raw["name"]), direction=direction, source_region=src, target_region=tgt,
-        seed=int(raw.get("seed", 0)), data=data, model=model, pretrain=dict(raw["pretrain"]), finetune=ft,
-        transfer=dict(raw.get("transfer") or {"k": [], "repeats": 1}), source=str(path),
+        seed=int(raw.get("seed", 0)), data=data, model=model, pretrain=pt, finetune=ft,
+        transfer=tr or {"k": [], "repeats": 1}, source=str(path),
     )
 
 
@@ -151,6 +233,12 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, 
     -------
     dict
         ``sim`` (path), ``sw`` (coefficients dict), ``matchups`` (DataFrame), ``testbed`` (path).
+
+    Raises
+    ------
+    ValueError
+        If a data path of the configuration does not exist, or a file stands where ``work`` or one of its
+        parent folders should be (named); nothing is written then.
     """
     from sftl_dask.ingest import ingest
     from sftl_dask.simulate import (
@@ -162,38 +250,108 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, 
     from sftl_dask.testbed.build import build_testbed
     from sftl_dask.training.matchups import build_matchups, validate_matchups
 
+    for folder in (*reversed(work.parents), work):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder}: exists and is not a folder (the work folder {work} goes there)")
     work.mkdir(parents=True, exist_ok=True)
+    from sftl_dask import __version__
+
     sim_cfg = dict(cfg.data.get("simulation") or {})
     sim = Path(sim_cfg["path"]) if sim_cfg.get("path") else work / "sim.parquet"
-    if not sim.exists():
-        if sim_cfg.get("path"):
+    if sim_cfg.get("path"):
+        if not sim.exists():
             raise ValueError(f"{cfg.source}: data.simulation.path {sim} does not exist")
-        write_simulation(sim, SimulationConfig(n_profiles=int(sim_cfg.get("profiles", 946)),
-                                               seed=int(sim_cfg.get("seed", 0))), client=client)
+        sim_key = cache_key({"user_file": _file_identity(sim)})
+    else:
+        sim_cfg = {"profiles": int(sim_cfg.get("profiles", 946)), "seed": int(sim_cfg.get("seed", 0))}
+        sim_key = cache_key({"simulation": sim_cfg, "version": __version__})
+        if not _cached(sim, sim_key):
+            write_simulation(sim, SimulationConfig(n_profiles=sim_cfg["profiles"], seed=sim_cfg["seed"]),
+                             client=client)
+            _stamp(sim, sim_key)
     sw_path = work / "sw.json"
     table = _read_sim(sim)
-    if not sw_path.exists():
-        sw_path.write_text(json.dumps(split_window_document(fit_split_window_on_simulation(table, seed=cfg.seed),
-                                                            table)))
+    sw_key = cache_key({"simulation": sim_key, "seed": cfg.seed, "version": __version__})
+    if not _cached(sw_path, sw_key):
+        doc = split_window_document(fit_split_window_on_simulation(table, seed=cfg.seed), table)
+        with staged_file(sw_path, replace=True) as tmp:
+            tmp.write_text(json.dumps(doc))
+        _stamp(sw_path, sw_key)
     tb_cfg = dict(cfg.data.get("testbed") or {})
     mu_path = work / "matchups.parquet"
     tb = Path(tb_cfg["path"]) if tb_cfg.get("path") else work / "testbed"
-    if not mu_path.exists():
+    if tb_cfg.get("path"):
         if not tb.exists():
-            if tb_cfg.get("path"):
-                raise ValueError(f"{cfg.source}: data.testbed.path {tb} does not exist")
-            build_testbed(tb, scenes=int(tb_cfg.get("scenes", 20)), size=int(tb_cfg.get("size", 640)),
-                          seed=int(tb_cfg.get("seed", 11)), client=client)
+            raise ValueError(f"{cfg.source}: data.testbed.path {tb} does not exist")
+        tb_key = cache_key({"user_folder": _file_identity(tb / "testbed.json" if (tb / "testbed.json").exists()
+                                                          else tb)})
+    else:
+        tb_cfg = {"scenes": int(tb_cfg.get("scenes", 20)), "size": int(tb_cfg.get("size", 640)),
+                  "seed": int(tb_cfg.get("seed", 11))}
+        tb_key = cache_key({"testbed": tb_cfg, "version": __version__})
+        if not _cached(tb, tb_key):
+            build_testbed(tb, **tb_cfg, client=client)
+            _stamp(tb, tb_key)
+    mu_key = cache_key({"testbed": tb_key, "version": __version__})
+    if not _cached(mu_path, mu_key):
         cube = work / "cube"
-        ingest([tb / "archives"], cube, era5=sorted(str(p) for p in (tb / "era5").glob("*")), ged=tb / "ged",
-               client=client)
-        build_matchups(cube, tb / "insitu", tb / "sites.csv").to_parquet(mu_path)
+        if not _cached(cube, mu_key):  # a cube of another testbed is made again; one of this testbed is resumed
+            cube.mkdir()
+            _stamp(cube, mu_key)  # whose cube it is; ingest itself knows which scenes are complete
+        done = ingest([tb / "archives"], cube, era5=sorted(str(p) for p in (tb / "era5").glob("*")),
+                      ged=tb / "ged", client=client)
+        if done["failed"]:  # matchups of a partial cube would pass for complete: stop here, a re-run resumes
+            f = done["failed"][0]
+            raise ValueError(f"{tb / 'archives'}: {len(done['failed'])} scene(s) did not ingest, e.g. "
+                             f"{f['scene_id']}: {f.get('reason', '')}")
+        frame = build_matchups(cube, tb / "insitu", tb / "sites.csv")
+        with staged_file(mu_path, replace=True) as tmp:
+            frame.to_parquet(tmp)
+        _stamp(mu_path, mu_key)
     matchups = validate_matchups(pd.read_parquet(mu_path), source=str(mu_path))
     truth_csv = tb / "truth" / "site_overpass_truth.csv"
     if truth_csv.is_file():
         matchups = _with_pixel_truth(matchups, truth_csv)
     return {"sim": sim, "sw": json.loads(sw_path.read_text()), "matchups": matchups, "testbed": tb,
             "matchups_path": mu_path, "table": table}
+
+
+def cache_key(what: Mapping[str, Any]) -> str:
+    """The key of a cached product: sha256 of what made it (configuration, inputs' keys, package version)."""
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _key_file(path: Path) -> Path:
+    return path.with_name(f".{path.name}.key")
+
+
+def _cached(path: Path, key: str) -> bool:
+    """Whether ``path`` was made from ``key`` (its key file says so); if not, whatever stands there is removed.
+
+    The key file is written only once the product is complete (:func:`_stamp`), so a product an interrupted
+    run left half-made, or one made by another configuration or version, is made again, never reused.
+    """
+    kf = _key_file(path)
+    if path.exists() and kf.is_file() and kf.read_text().strip() == key:
+        return True
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    kf.unlink(missing_ok=True)
+    return False
+
+
+def _stamp(path: Path, key: str) -> None:
+    """Record that ``path`` is complete and was made from ``key`` (atomically)."""
+    with staged_file(_key_file(path), replace=True) as tmp:
+        tmp.write_text(key + "\n")
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    """A user's input file as a cache input: its path, size and modification time (not read whole)."""
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _with_pixel_truth(matchups: pd.DataFrame, truth_csv: Path) -> pd.DataFrame:
