@@ -23,52 +23,79 @@ class StoreBusyError(RuntimeError):
 def staged_dir(out: Path) -> Iterator[Path]:
     """Yield a hidden temporary folder beside ``out``; on success it replaces ``out``, on error it is removed.
 
-    Nothing that looks like a complete ``out`` exists until the block finished without an exception.
+    Nothing that looks like a complete ``out`` exists until the block finished without an exception; an
+    existing ``out`` is replaced as :func:`staged_file` replaces one.
     """
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = _sibling(out, "tmp")
     tmp.mkdir()
     try:
         yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _put(tmp, out)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
 
 
 @contextlib.contextmanager
 def staged_file(out: Path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``out``; on success it becomes ``out``, on error it is removed.
 
-    The block writes the file at the yielded path. Without ``replace``, ``out`` is never replaced: it is created
-    by a hard link (atomic, and refused by the file system if ``out`` appeared meanwhile), or by a rename where
-    the file system has no hard links. With ``replace``, the file is renamed onto ``out`` (atomic: a reader sees
-    the old file or the new one, never part of one).
+    The block writes a file (or a folder, e.g. a Zarr store) at the yielded path. Without ``replace``, ``out``
+    is never replaced: it is created by a hard link (atomic, and refused by the file system if ``out``
+    appeared meanwhile), or by a rename where the file system has no hard links. With ``replace``, a file is
+    renamed onto ``out`` (atomic: a reader sees the old file or the new one, never part of one); an existing
+    folder is first renamed aside, then removed once the new one is in place.
 
     Raises
     ------
     FileExistsError
         Without ``replace``, if ``out`` exists when the block has finished (the temporary file is removed).
     """
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = _sibling(out, "tmp")
     try:
         yield tmp
         if replace:
-            os.replace(tmp, out)
+            _put(tmp, out)
             return
         try:
             os.link(tmp, out)
         except FileExistsError:
             raise FileExistsError(f"{out}: already exists") from None
-        except OSError:  # no hard links here (some network and FUSE file systems)
+        except OSError:  # no hard links here (some network and FUSE file systems), or a folder
             if out.exists():
                 raise FileExistsError(f"{out}: already exists") from None
             tmp.rename(out)
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
+
+
+def _sibling(out: Path, what: str) -> Path:
+    return out.parent / f".{out.name}.{what}-{uuid.uuid4().hex[:8]}"
+
+
+def _put(tmp: Path, out: Path) -> None:
+    """Move a finished ``tmp`` onto ``out``: one rename, or, where a folder stands, rename it aside first."""
+    if out.is_dir() and not out.is_symlink():
+        old = _sibling(out, "old")
+        os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old, out)  # put the old one back: never neither
+            raise
+        _remove(old)
+    else:
+        os.replace(tmp, out)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def lock_path(target: Path) -> Path:

@@ -285,9 +285,10 @@ def ged_on_grid(
     Raises
     ------
     ValueError
-        If no tile covers any part of the grid (the message names the folder and the grid's lon/lat
-        bounds), or a covering tile is unreadable, not a regular lat/lon grid, or off the common lattice
-        (the tile named); or ``x``/``y``/``crs`` are unusable.
+        If no tile covers any part of the grid, or the covering tiles hold only fill values over it (the
+        message names the folder, the tiles and the grid's lon/lat bounds), or a covering tile is unreadable,
+        not a regular lat/lon grid, or off the common lattice (the tile named); or ``x``/``y``/``crs`` are
+        unusable.
     """
     root = Path(folder)
     lon, lat = _pixel_lonlat(x, y, crs)
@@ -361,6 +362,11 @@ def ged_on_grid(
         cov_out[blk] = covered[rn, cn]  # the nearest GED pixel belongs to a tile
         lw_out[blk] = np.where(cov_out[blk], land_water[rn, cn], _LW_MISSING)
     missing = ~cov_out | ~np.isfinite(emis_out).all(axis=0)
+    if missing.all():  # nothing to take an emissivity from: as bad as no tile at all
+        if not cov_out.any():
+            raise ValueError(f"{root}: no ASTER GED tile covers any part of the grid ({bounds})")
+        raise ValueError(f"{root}: ASTER GED tile(s) {', '.join(names)} cover the grid ({bounds}) but hold only "
+                         "fill values there (no emissivity for any pixel)")
     emis_out[:, missing] = np.nan
     ndvi_out[missing] = np.nan
     elev_out[~cov_out] = np.nan
@@ -411,9 +417,10 @@ def write_aster_to_vimi_coefficients(path: str | os.PathLike[str] | None = None)
     target = Path(path) if path is not None else Path(str(resources.files("sftl_dask.data").joinpath(_COEFF_FILE)))
     coeffs = dict(fit_aster_to_vimi())
     coeffs["generated_by"] = "sftl_dask.io.ged.write_aster_to_vimi_coefficients()"
-    tmp = target.with_name(f".{target.name}.part")
-    tmp.write_text(json.dumps(coeffs, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    from sftl_dask._staging import staged_file
+
+    with staged_file(target, replace=True) as tmp:
+        tmp.write_text(json.dumps(coeffs, indent=2) + "\n", encoding="utf-8")
     _default_coefficients.cache_clear()
     return target
 

@@ -33,8 +33,6 @@ import json
 import math
 import platform
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -394,28 +392,15 @@ def export_artifact(model: Any, out_dir: str | Path, card: Mapping[str, Any], *,
 
 
 def _write_atomically(out: Path, files: Mapping[str, bytes]) -> None:
+    from sftl_dask._staging import staged_dir
+
     if out.exists() and not _replaceable(out):
         raise ArtifactError(f"{out}: exists and is not an artifact directory; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old: Path | None = None
-    try:
+    with staged_dir(out) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
         lines = [f"{_sha256(data)}  {name}\n" for name, data in sorted(files.items())]
         (tmp / _SHA).write_text("".join(lines))
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            old.rmdir()
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists() and not out.exists():
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _replaceable(out: Path) -> bool:

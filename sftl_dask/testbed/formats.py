@@ -21,12 +21,10 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import tarfile
 import tempfile
-import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from functools import lru_cache
 from importlib import resources
@@ -75,35 +73,11 @@ def _vimi_format() -> dict[str, Any]:
     return json.loads(resources.files("sftl_dask.data").joinpath("vimi_l1.json").read_text())
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+def _atomic(final: Path) -> contextlib.AbstractContextManager[Path]:
+    """A hidden temporary path beside ``final`` that replaces it on success (the package's one atomic writer)."""
+    from sftl_dask._staging import staged_file
 
-
-@contextlib.contextmanager
-def _atomic(final: Path) -> Iterator[Path]:
-    """Yield a hidden temporary path beside ``final``; rename it onto ``final`` on success, remove it on failure.
-
-    Works for files and for directories (Zarr stores). An existing ``final`` is replaced.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.part")
-    try:
-        yield tmp
-        if tmp.is_dir() and final.exists():
-            # a directory cannot be renamed onto a non-empty one: move the old one aside first
-            old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.old")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            _remove(old)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        _remove(tmp)
-        raise
+    return staged_file(final, replace=True)
 
 
 def _array(value: ArrayLike, name: str, *, ndim: int, kind: str,

@@ -44,3 +44,33 @@ def test_cli_writes_its_json_through_it(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(staging, "staged_file", spy)
     _atomic_write_text(tmp_path / "sw.json", "{}")
     assert used == [tmp_path / "sw.json"] and (tmp_path / "sw.json").read_text() == "{}"
+
+
+def test_the_package_has_one_atomic_writer() -> None:
+    """Renames into place happen in ``sftl_dask/_staging.py`` only (there were four writers: the CLI's, the
+    artifact's, the testbed formats' and the GED coefficients')."""
+    import re
+
+    import sftl_dask
+
+    root = Path(sftl_dask.__file__).parent
+    pattern = re.compile(r"os\.replace\(|os\.rename\(|\b(tmp|old|out|final|target)\.rename\(")
+    hits = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py")) if p.name != "_staging.py"
+            for i, line in enumerate(p.read_text().splitlines(), start=1) if pattern.search(line)]
+    assert hits == []
+
+
+def test_a_folder_is_replaced_whole_and_a_failed_replacement_keeps_the_old_one(tmp_path: Path) -> None:
+    from sftl_dask._staging import staged_dir
+
+    out = tmp_path / "artifact"
+    with staged_dir(out) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError), staged_dir(out) as tmp:
+        (tmp / "a.txt").write_text("new, half")
+        raise RuntimeError("killed mid-write")
+    assert (out / "a.txt").read_text() == "old"
+    with staged_dir(out) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]  # no temporary or old folder left
