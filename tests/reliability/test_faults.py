@@ -52,13 +52,14 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     addr = f"tcp://127.0.0.1:{_free_port()}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
     procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", addr.rsplit(":", 1)[1],
-                               "--no-dashboard"], stdout=(log / "scheduler.log").open("w"),
+                               "--no-dashboard", "--dashboard-address", "127.0.0.1:0"], stdout=(log / "scheduler.log").open("w"),
                               stderr=subprocess.STDOUT, env=env, start_new_session=True)]
     try:
         time.sleep(1.0)
         for i in range(2):
             procs.append(subprocess.Popen([DASK, "worker", addr, "--nthreads", "1", "--memory-limit", "0",
-                                           "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"],
+                                           "--host", "127.0.0.1", "--no-dashboard",
+                                           "--dashboard-address", "127.0.0.1:0", "--name", f"w{i}"],
                                           stdout=(log / f"worker{i}.log").open("w"), stderr=subprocess.STDOUT,
                                           env=env, start_new_session=True))
         with Client(addr, timeout="30s") as c:
