@@ -52,7 +52,8 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     addr = f"tcp://127.0.0.1:{_free_port()}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
     procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", addr.rsplit(":", 1)[1],
-                               "--no-dashboard", "--dashboard-address", "127.0.0.1:0"], stdout=(log / "scheduler.log").open("w"),
+                               "--no-dashboard", "--dashboard-address", "127.0.0.1:0"],
+                              stdout=(log / "scheduler.log").open("w"),
                               stderr=subprocess.STDOUT, env=env, start_new_session=True)]
     try:
         time.sleep(1.0)
