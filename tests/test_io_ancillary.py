@@ -323,9 +323,13 @@ def test_ged_fill_and_water_codes_reach_the_grid(tmp_path):
                           water=ds["water"].values)
     assert eps.shape == (4, 10, 10)
     np.testing.assert_allclose(eps, 0.99, atol=1e-6)
-    x, y, _, _ = _utm_grid(115.05, 39.95, nx=6, ny=6, step=200.0)  # inside the fill
-    ds = ged_on_grid(tmp_path, x, y, UTM50)
-    assert ds["ged_missing"].values.all() and np.isnan(ds["emis_aster"].values).all()
+    x, y, _, _ = _utm_grid(115.05, 39.95, nx=6, ny=6, step=200.0)  # inside the fill: no emissivity anywhere
+    with pytest.raises(ValueError, match=rf"{tmp_path}: ASTER GED tile\(s\) AG100\.v003\.40\.115\.0001\.h5 cover "
+                                         r"the grid .* only fill values"):
+        ged_on_grid(tmp_path, x, y, UTM50)
+    x, y, _, _ = _utm_grid(115.2, 39.8, nx=6, ny=6, step=200.0)  # half in the fill: flagged there
+    missing = ged_on_grid(tmp_path, x, y, UTM50)["ged_missing"].values
+    assert missing.any() and not missing.all()
 
 
 def test_vimi_emissivity_vegetation_water_and_bare_ground():

@@ -48,6 +48,10 @@ _QC_MISSING = -1
 _SITE_COLUMNS = ("id", "region", "lon", "lat")
 _BROADBAND_RANGE = (0.8, 1.0)  # what radiometer_lst accepts
 _MAX_LINES_SHOWN = 5
+_LONGWAVE_COLUMNS = ("ULR_Cor", "DLR_Cor")
+#: Spellings of W m-2, compared lower-case without blanks.
+_W_M2 = {"wm-2", "w/m2", "w/m^2", "wm^-2", "wm**-2", "w.m-2", "w·m-2", "w/m²", "wm⁻²"}
+_COLUMN_DOC = re.compile(r"(\w+)\s*\(([^()]*)\)")
 
 #: Row reasons written by :func:`insitu_lst`; only ``"ok"`` rows (and ``"suspect"`` on request) are averaged.
 REASONS = ("ok", "suspect", "qc missing", "qc bad", "gap", "non-physical longwave")
@@ -101,6 +105,21 @@ def _split(path: Path) -> tuple[dict[str, str], str, int]:
     return header, "\n".join(lines[i:]) + "\n", i + 1
 
 
+def _check_units(header: dict[str, str], path: Path) -> None:
+    """Refuse longwave columns that the ``# columns:`` header declares in units other than W m-2.
+
+    The header describes each column as ``NAME (description, unit)``; a part of the description with a digit,
+    ``/``, ``^`` or ``²`` in it is a unit. A column described without a unit is taken as W m-2 (the format's).
+    """
+    for name, text in _COLUMN_DOC.findall(header.get("columns", "")):
+        if name not in _LONGWAVE_COLUMNS:
+            continue
+        units = [u.strip() for u in text.split(",") if re.search(r"[0-9/^²]", u)]
+        if units and not any("".join(u.split()).lower() in _W_M2 for u in units):
+            raise ValueError(f"{path}: column {name}: unknown units {units[0]!r} in the '# columns:' header "
+                             "(longwave must be in W m-2)")
+
+
 def _check_table(raw: pd.DataFrame, required: Any, path: Any, what: str) -> None:
     """Strip the column names in place; refuse missing columns or an empty table, naming the file."""
     raw.columns = [str(c).strip() for c in raw.columns]
@@ -137,7 +156,8 @@ def read_insitu_csv(path: str | os.PathLike[str]) -> tuple[dict[str, Any], pd.Da
     ValueError
         Naming the file: unreadable, a required column missing (named), an unparseable or duplicate
         timestamp, times not increasing, non-numeric longwave or QC values, QC codes other than 0/1/2
-        (each naming the column and the file line(s)), an unknown timezone or a non-numeric header value.
+        (each naming the column and the file line(s)), an unknown timezone, a non-numeric header value, or
+        longwave columns that the ``# columns:`` header declares in units other than W m-2.
 
     Warns
     -----
@@ -161,6 +181,7 @@ def read_insitu_csv(path: str | os.PathLike[str]) -> tuple[dict[str, Any], pd.Da
         offset_h, zone = _DEFAULT_UTC_OFFSET_H, None
     meta["path"] = str(p)
     meta["utc_offset_h"] = offset_h
+    _check_units(header, p)
 
     try:
         raw = pd.read_csv(io.StringIO(table), dtype=str, keep_default_na=False, skipinitialspace=True)

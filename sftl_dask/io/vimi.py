@@ -387,11 +387,20 @@ def _apply_local(block: NDArray, ly: Any, lx: Any) -> NDArray:
     return block
 
 
-def _read_dn(raster: xr.DataArray, band_pos: int, y0: int, y1: int, x0: int, x1: int) -> NDArray:
-    """DN of one band over rows [y0, y1) and columns [x0, x1) (a window read through rioxarray)."""
+def _read_dn(raster: xr.DataArray, band_pos: int, y0: int, y1: int, x0: int, x1: int, where: str = "") -> NDArray:
+    """DN of one band over rows [y0, y1) and columns [x0, x1) (a window read through rioxarray).
+
+    DN are unsigned counts: a signed GeoTIFF holding a negative value is refused (``where`` names the product
+    and member in the message), never calibrated into a radiance below the Planck table and silently NaN.
+    """
     if y1 <= y0 or x1 <= x0:
         return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), dtype=raster.dtype)
-    return np.asarray(raster[band_pos, y0:y1, x0:x1].values)
+    dn = np.asarray(raster[band_pos, y0:y1, x0:x1].values)
+    if dn.dtype.kind == "i" and int(dn.min()) < 0:
+        row, col = np.unravel_index(int(np.argmin(dn)), dn.shape)
+        raise VimiFormatError(f"{where or 'VIMI product'}: negative DN {int(dn.min())} in band {band_pos + 1} at "
+                              f"row {y0 + int(row)}, column {x0 + int(col)} (DN are unsigned counts)")
+    return dn
 
 
 def _dn_to_bt(dn: NDArray, gain: float, offset: float, nodata: float | None, channel: str) -> NDArray[np.float32]:
@@ -460,13 +469,14 @@ class _BtArray(_CalibratedArray):
     """Brightness temperature (K) of one thermal band, read and calibrated window by window."""
 
     def __init__(self, raster: xr.DataArray, band_pos: int, gain: float, offset: float, nodata: float | None,
-                 channel: str, token: tuple[Any, ...]) -> None:
+                 channel: str, token: tuple[Any, ...], where: str = "") -> None:
         super().__init__((raster.sizes["y"], raster.sizes["x"]), (*token, band_pos, gain, offset, nodata, channel))
         self._raster, self._band_pos = raster, band_pos
         self._cal = (gain, offset, nodata, channel)
+        self._where = where
 
     def _compute(self, y0: int, y1: int, x0: int, x1: int) -> NDArray[np.float32]:
-        return _dn_to_bt(_read_dn(self._raster, self._band_pos, y0, y1, x0, x1), *self._cal)
+        return _dn_to_bt(_read_dn(self._raster, self._band_pos, y0, y1, x0, x1, self._where), *self._cal)
 
 
 class _NdviArray(_CalibratedArray):
@@ -475,13 +485,14 @@ class _NdviArray(_CalibratedArray):
     def __init__(self, raster: xr.DataArray, red_pos: int, nir_pos: int, red_cal: tuple[float, float, float],
                  nir_cal: tuple[float, float, float], nodata: float | None, sun_factor: float, factor: int,
                  shape: tuple[int, int], token: tuple[Any, ...], output: str = "ndvi",
-                 shared: dict[str, Any] | None = None) -> None:
+                 shared: dict[str, Any] | None = None, where: str = "") -> None:
         super().__init__(shape, (*token, red_pos, nir_pos, red_cal, nir_cal, nodata, sun_factor, factor, output))
         self._raster, self._pos = raster, (red_pos, nir_pos)
         self._args = (red_cal, nir_cal, nodata, sun_factor, factor)
         self._output = output
         # NDVI and red reflectance read the same two bands: the last window's DN is shared between them
         self._shared = shared if shared is not None else {}
+        self._where = where
 
     def _compute(self, y0: int, y1: int, x0: int, x1: int) -> NDArray[np.float32]:
         f = self._args[-1]
@@ -493,7 +504,7 @@ class _NdviArray(_CalibratedArray):
         if last is not None and last[0] == key:
             red, nir = last[1]
         else:
-            red, nir = (_read_dn(self._raster, p, y0 * f, y1 * f, x0 * f, x1 * f) for p in self._pos)
+            red, nir = (_read_dn(self._raster, p, y0 * f, y1 * f, x0 * f, x1 * f, self._where) for p in self._pos)
             self._shared["last"] = (key, (red, nir))
         return _ndvi_from_dn(red, nir, *self._args, output=self._output)
 
@@ -720,7 +731,8 @@ class VimiProduct:
             gain, offset = self._calibration(b["name"])
             if gain <= 0:
                 raise VimiFormatError(f"{self._where}: XML field GAINS: gain of {b['name']} must be > 0")
-            arr = _BtArray(tir, b["band_index"] - 1, gain, offset, tir_nodata, b["variable"], token)
+            arr = _BtArray(tir, b["band_index"] - 1, gain, offset, tir_nodata, b["variable"], token,
+                           where=f"{self._where}: member {tm}")
             centre = wavelengths[meta["Bands"].index(b["name"])] if wavelengths else b["centre_um"]
             variables[b["variable"]] = xr.Variable(("y", "x"), indexing.LazilyIndexedArray(arr), {
                 "units": "K", "standard_name": "toa_brightness_temperature",
@@ -741,14 +753,15 @@ class VimiProduct:
         sun_factor = float(np.pi * d_au**2 / cos_sz) if cos_sz > 0 else float("nan")
         shared: dict[str, Any] = {}
         ndvi = _NdviArray(vnir, red_b["band_index"] - 1, nir_b["band_index"] - 1, cal[0], cal[1],
-                          self._nodata(vnir, vnir_type), sun_factor, factor, (ny, nx), token, shared=shared)
+                          self._nodata(vnir, vnir_type), sun_factor, factor, (ny, nx), token, shared=shared,
+                          where=f"{self._where}: member {vm}")
         variables["ndvi"] = xr.Variable(("y", "x"), indexing.LazilyIndexedArray(ndvi), {
             "units": "1", "long_name": "NDVI of top-of-atmosphere reflectance",
             "source_bands": f"{red_b['name']} (red), {nir_b['name']} (NIR), {factor}x{factor} mean of reflectance",
         })
         red = _NdviArray(vnir, red_b["band_index"] - 1, nir_b["band_index"] - 1, cal[0], cal[1],
                          self._nodata(vnir, vnir_type), sun_factor, factor, (ny, nx), token, output="red",
-                         shared=shared)
+                         shared=shared, where=f"{self._where}: member {vm}")
         variables["red"] = xr.Variable(("y", "x"), indexing.LazilyIndexedArray(red), {
             "units": "1", "long_name": f"top-of-atmosphere reflectance, band {red_b['name']} (red)",
         })

@@ -30,6 +30,7 @@ __all__ = ["load_grid", "run_experiment"]
 
 _TREES = ("rf", "lgbm")
 _MODELS = ("dnn", "trf", "cnn", "rf", "lgbm")
+_GRID_KEYS = ("models", "strategies", "directions", "seeds", "ablation", "lgbm_dask")
 
 
 def load_grid(path: str | os.PathLike[str]) -> tuple[TrainConfig, dict[str, Any]]:
@@ -44,15 +45,28 @@ def load_grid(path: str | os.PathLike[str]) -> tuple[TrainConfig, dict[str, Any]
     Raises
     ------
     ValueError
-        Naming the file and key when the grid is missing or names an unknown model, strategy,
-        direction or feature.
+        Naming the file and key when the grid is missing, is not a mapping, holds an unknown key or a
+        value of the wrong type, or names an unknown model, strategy, direction or feature.
     """
     import yaml
 
     cfg = load_config(path)
     raw = yaml.safe_load(Path(path).read_text()).get("grid")
-    if not isinstance(raw, dict):
+    if raw is None:
         raise ValueError(f"{path}: no 'grid' section (models, strategies, directions, seeds)")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: grid must be a mapping (models, strategies, directions, seeds), "
+                         f"got {type(raw).__name__}")
+    known = _GRID_KEYS + tuple(f"{prefix}_{m}" for prefix in ("params", "pretrain") for m in _MODELS)
+    unknown = [str(k) for k in raw if k not in known]
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join('grid.' + k for k in unknown)}; grid takes "
+                         f"{', '.join(_GRID_KEYS)}, params_<model>, pretrain_<model>")
+    for key in ("models", "strategies", "directions", "seeds"):
+        if not isinstance(raw.get(key) or [], list):
+            raise ValueError(f"{path}: grid.{key} must be a list, got {raw[key]!r}")
+    if not isinstance(raw.get("lgbm_dask", True), bool):
+        raise ValueError(f"{path}: grid.lgbm_dask must be true or false, got {raw['lgbm_dask']!r}")
     grid: dict[str, Any] = {k: list(raw.get(k) or []) for k in ("models", "strategies", "directions", "seeds")}
     for key, valid in (("models", _MODELS),
                        ("strategies", ("full", "head", "gradual", "adapter", "lora")),
@@ -60,7 +74,7 @@ def load_grid(path: str | os.PathLike[str]) -> tuple[TrainConfig, dict[str, Any]
         bad = [v for v in grid[key] if str(v) not in valid]
         if not grid[key] or bad:
             raise ValueError(f"{path}: grid.{key} must list some of {', '.join(valid)} (got {grid[key]})")
-    if not grid["seeds"] or not all(isinstance(s, int) for s in grid["seeds"]):
+    if not grid["seeds"] or not all(isinstance(s, int) and not isinstance(s, bool) for s in grid["seeds"]):
         raise ValueError(f"{path}: grid.seeds must be a non-empty list of integers")
     for model in _MODELS:
         for prefix in ("params", "pretrain"):
