@@ -77,6 +77,7 @@ def get_client(
     """
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     if address:
+        _probe(address)
         try:
             client = Client(address, timeout="10s")
         except (OSError, TimeoutError) as exc:
@@ -126,6 +127,25 @@ def get_client(
         client.close()
         cluster.close()
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+
+
+def _probe(address: str, timeout_s: float = 3.0) -> None:
+    """Fail at once when nothing listens at a ``tcp://`` or ``tls://`` scheduler address (Dask's own connect
+    retries for its whole timeout); other schemes are left to Dask."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls") or parts.hostname is None:
+        return
+    try:
+        port = parts.port or 8786
+    except ValueError:
+        raise ConnectionError(f"cannot reach Dask scheduler {address}: not a host:port address") from None
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach Dask scheduler {address}: {exc.strerror or exc}") from None
 
 
 class _WorkerLogFile(WorkerPlugin):
