@@ -279,3 +279,29 @@ def test_train_cli_runs_stage_one_data_parallel_when_asked(trained, tmp_path):
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert np.isfinite(res["stage1_pretrain"]["model"]["rmse_k"])
     assert load_artifact(tmp_path / "o" / "model").card["model"] == "dnn"
+
+
+def test_a_cell_gives_the_same_figures_whatever_the_process_drew_before(trained):
+    """Adapters, LoRA factors and the direct baseline were drawn from the process's global torch RNG: an
+    experiment cell's figures depended on which cells ran before it on that worker (found by killing a worker
+    mid-grid: the rerun cell's direct-training RMSE changed)."""
+    import dataclasses
+
+    import torch
+
+    from sftl_dask.training.stages import prepare_data, pretrain, run_stages
+
+    out, _ = trained
+    cfg = load_config(out.parent / "tiny.yaml")
+    cfg = dataclasses.replace(cfg, finetune=dict(cfg.finetune, strategy="lora", params={}))
+    data = prepare_data(cfg, out / "work")  # the fixture's products, reused (same keys)
+    pre = pretrain(cfg, data, log=lambda *_: None)
+    torch.manual_seed(123)
+    a = run_stages(cfg, data, None, pretrained=pre, log=lambda *_: None)
+    torch.rand(12345)  # another cell ran here
+    b = run_stages(cfg, data, None, pretrained=pre, log=lambda *_: None)
+    for stage in ("stage2_finetune", "stage3_transfer"):
+        for k, v in a[stage].items():
+            if isinstance(v, dict) and "rmse_k" in v:
+                assert b[stage][k]["rmse_k"] == v["rmse_k"], (stage, k)
+    assert a["stage3_transfer"]["direct_training"]["rmse_k"] == b["stage3_transfer"]["direct_training"]["rmse_k"]

@@ -529,16 +529,19 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
 
     ``pretrained`` (a :func:`pretrain` result) skips stage 1, so one pre-training serves many strategies.
     """
+    import torch
+
     from sftl_dask.models.artifact import export_artifact
     from sftl_dask.models.finetune import make_strategy
     from sftl_dask.models.trainer import fit_torch
 
     t_start = time.perf_counter()
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
     model, stage1 = pretrained if pretrained is not None else pretrain(cfg, data, threads=threads, log=log)
+    # new weights below (adapters, LoRA factors, the direct baseline) come from this seed, not from whatever the
+    # process drew before: a cell gives the same figures on any worker, first or after others, or rerun
+    torch.manual_seed(cfg.seed)
     name = str(cfg.model["name"]).lower()
     tree = name in ("rf", "lgbm")
     predict = _predict
@@ -596,7 +599,9 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
         f"{stage2['pretrained_only']['rmse_k']:.2f}, split-window {stage2['split_window']['rmse_k']:.2f})")
 
     # direct-training baseline: the same architecture trained on the source matchups only
-    direct = _new_model(cfg, x_ft, y_ft)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        direct = _new_model(cfg, x_ft, y_ft)
     if tree:
         direct.fit(x_ft, y_ft)
     else:

@@ -338,3 +338,52 @@ def test_the_write_lock_names_its_holder_and_frees_itself_when_the_holder_is_kil
     with write_lock(store, "sftl retrieve"):  # SIGKILL left no stale lock
         assert not store.exists()  # the lock lives beside the store, never inside it
     assert lock_path(store) == tmp_path / ".c.zarr.lock"
+
+
+# --------------------------------------------------------------------------------------------- experiment
+@pytest.fixture(scope="module")
+def grid_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A grid of 2 pre-trainings and 8 cells (DNN, head/full, both directions, the ablation) on a testbed of 4
+    scenes per region (2 leave Heihe too few matchups)."""
+    import yaml
+    from test_training import BASE
+
+    from sftl_dask.simulate import SimulationConfig, write_simulation
+    from sftl_dask.testbed.build import build_testbed
+
+    root = tmp_path_factory.mktemp("fault_grid")
+    build_testbed(root / "tb", scenes=4, size=640, seed=2)
+    write_simulation(root / "sim.parquet", SimulationConfig(n_profiles=60, seed=0))
+    cfg = dict(BASE, data={"testbed": {"path": str(root / "tb")}, "simulation": {"path": str(root / "sim.parquet")}},
+               grid={"models": ["dnn"], "strategies": ["head", "full"], "directions": ["SiHuHe", "SiHeHu"],
+                     "seeds": [0]})
+    (root / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "grid.yaml"
+
+
+def _results(out: Path) -> Any:
+    import pandas as pd
+
+    table = pd.read_parquet(out / "results.parquet").sort_values("cell").reset_index(drop=True)
+    timing = [c for c in table.columns if c.endswith("_s") or c in ("worker", "wall_s")]
+    return table.drop(columns=timing)
+
+
+@pytest.mark.slow  # ~3 min on 2 cores: two grids
+def test_a_worker_sigkilled_mid_experiment_the_grid_completes_equal_to_an_uninterrupted_one(
+        grid_config: Path, scheduler: str, client: Any, tmp_path: Path) -> None:
+    import pandas as pd
+
+    ref = subprocess.run([SFTL, "experiment", "--config", str(grid_config), "--out", str(tmp_path / "ref"),
+                          "--scheduler", scheduler], capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    run = subprocess.Popen([SFTL, "experiment", "--config", str(grid_config), "--out", str(tmp_path / "exp"),
+                            "--scheduler", scheduler], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed = _kill_worker_running(client, "_cell_task", run, after_s=0.5)
+    text = run.communicate(timeout=600)[0].decode()
+    assert killed is not None, f"the grid ended before a worker could be killed:\n{text}"
+    assert run.returncode == 0, text
+    assert "8 runs (0 failed)" in text
+    got, want = _results(tmp_path / "exp"), _results(tmp_path / "ref")
+    assert list(got["cell"]) == list(want["cell"]) and len(got) == 8
+    pd.testing.assert_frame_equal(got, want)  # the cell rerun elsewhere gives the same figures
