@@ -176,6 +176,7 @@ def run_experiment(config: str | os.PathLike[str], out: str | os.PathLike[str], 
     """
     from distributed import as_completed
 
+    from sftl_dask._staging import staged_file
     from sftl_dask.report import experiment_report
 
     t_start = time.perf_counter()
@@ -218,9 +219,10 @@ def run_experiment(config: str | os.PathLike[str], out: str | os.PathLike[str], 
         if progress:
             progress(done, len(futures))
     table = pd.DataFrame(rows).sort_values("cell").reset_index(drop=True)
-    table.to_parquet(out / "results.parquet")
     predictions = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame()
-    predictions.to_parquet(out / "predictions.parquet")
+    for name, frame in (("predictions.parquet", predictions), ("results.parquet", table)):  # results last
+        with staged_file(out / name, replace=True) as tmp:  # a killed run never leaves half a table
+            frame.to_parquet(tmp)
     wall = time.perf_counter() - t_start
     experiment_report(table, predictions, out, wall_s=wall, prep_s=prep_s,
                       n_workers=len(client.scheduler_info()["workers"]))

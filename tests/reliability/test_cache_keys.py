@@ -76,3 +76,22 @@ def test_a_product_without_its_key_an_interrupted_write_is_made_again(work: tupl
     assert (w / ".sw.json.key").is_file() and "half" not in (w / "sw.json").read_text()
     assert "pretraining_range" in data["sw"]  # a whole document again
     assert _mtimes(w)["sim.parquet"] == before["sim.parquet"]
+
+
+def test_a_scene_that_fails_to_ingest_stops_the_matchups_instead_of_passing_for_a_complete_cube(
+        small_testbed: Path, tmp_path: Path) -> None:
+    tb = tmp_path / "tb"
+    tb.mkdir()
+    for entry in small_testbed.iterdir():
+        if entry.name != "archives":
+            (tb / entry.name).symlink_to(entry)
+    (tb / "archives").mkdir()
+    tars = sorted((small_testbed / "archives").glob("*.tar"))
+    for tar in tars[1:]:
+        (tb / "archives" / tar.name).symlink_to(tar)
+    (tb / "archives" / tars[0].name).write_bytes(tars[0].read_bytes()[: tars[0].stat().st_size // 2])
+    work = tmp_path / "work"
+    with pytest.raises(ValueError, match=rf"{tb / 'archives'}: 1 scene\(s\) did not ingest, e.g. "
+                                         rf"{tars[0].stem}: VimiFormatError"):
+        prepare_data(load_config(_config(tmp_path / "c.yaml", tb, 6)), work)
+    assert not (work / "matchups.parquet").exists() and not (work / ".matchups.parquet.key").exists()
