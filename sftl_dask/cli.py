@@ -325,6 +325,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         for _, row in table[table["error"] != ""].iterrows():
             cell = " ".join(str(row[k]) for k in ("model", "strategy", "direction", "seed") if k in row)
             print(f"  failed: {cell}: {str(row['error']).splitlines()[0] if row['error'] else ''}")
+        print(f"  tracebacks: {Path(args.out) / 'results.parquet'} (column 'traceback')")
         return 1  # some work failed, each cell named with its reason
     return 0
 

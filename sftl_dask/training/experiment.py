@@ -140,10 +140,12 @@ def _cell_task(cfg: TrainConfig, data: dict[str, Any], pretrained: tuple[Any, di
            "features": _features_label(cfg)}
     try:
         res = run_stages(cfg, data, None, threads=1, log=lambda *_: None, pretrained=pretrained)
-    except Exception as exc:  # a failed cell is a row with its error, not the end of the grid
+    except Exception as exc:  # a failed cell is a row with its error and traceback, not the end of the grid
+        import traceback
+
         msg = str(exc).splitlines()[0] if str(exc) else ""
-        return {"row": {**key, "strategy": cfg.finetune.get("strategy"), "error": f"{type(exc).__name__}: {msg}"},
-                "predictions": None}
+        return {"row": {**key, "strategy": cfg.finetune.get("strategy"), "error": f"{type(exc).__name__}: {msg}",
+                        "traceback": traceback.format_exc()}, "predictions": None}
     s1, s2, s3 = res["stage1_pretrain"], res["stage2_finetune"], res["stage3_transfer"]
     row = {**key, "strategy": res["strategy"], "trainable_parameters": s2["trainable_parameters"],
            "pretrain_s": s1["seconds"], "wall_s": round(time.perf_counter() - t0, 1), "error": ""}
