@@ -331,12 +331,20 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sftl_dask.report import demo_report
+    from sftl_dask.demo import run_demo
+    from sftl_dask.training.stages import load_config
 
+    load_config(args.config)  # a bad configuration fails before any cluster starts
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"{out}: exists and is not a folder")
     t0 = time.perf_counter()
-    data, results, out = _train(args, "demo: simulation, testbed, ingest and matchups")
-    report = demo_report(data, results, out)
-    print(f"demo done in {time.perf_counter() - t0:.0f} s; report: {report}")
+    with _client(args) as client:
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        summary = run_demo(args.config, out, client=client, threads=args.threads)
+    print(f"demo done in {time.perf_counter() - t0:.0f} s")
+    print(f"  report: {summary['report']}")
+    print(f"  report (one self-contained page): {summary['html']}")
     return 0
 
 

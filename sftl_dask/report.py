@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-__all__ = ["demo_report", "foundation_report"]
+__all__ = ["demo_report", "foundation_report", "markdown_to_html"]
 
 
 def _plt():
@@ -148,31 +148,46 @@ def _foundation_lines(sim: str | os.PathLike[str], sw_json: str | os.PathLike[st
     return lines
 
 
-def demo_report(data: dict[str, Any], results: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
-    """Write the demo's ``report.md``: simulation and split-window, the testbed's matchups, and the three
-    SFTL stages against the baselines, with figures.
+def demo_report(data: dict[str, Any], results: dict[str, dict[str, Any]], out_dir: str | os.PathLike[str], *,
+                stages: list[dict[str, Any]], maps: list[tuple[str, str]], validation: str | os.PathLike[str],
+                composites: str | os.PathLike[str], lst_root: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write the demo's ``report.md`` and a self-contained ``report.html`` (figures embedded).
+
+    Sections: simulation and split-window, the testbed's matchups, the three SFTL stages against the baselines
+    per direction, the LST maps with their QC masks, the validation against the radiometers, the monthly
+    composites, and this run's wall time and throughput per stage.
 
     Parameters
     ----------
     data : dict
         From :func:`sftl_dask.training.stages.prepare_data`.
     results : dict
-        From :func:`sftl_dask.training.stages.run_stages`.
+        Direction name -> :func:`sftl_dask.training.stages.run_stages` result (its folder ``out/<direction>``
+        holds ``model/`` and ``cross_site_predictions.parquet``).
     out_dir : path
         Where the report and figures go.
+    stages : list of dict
+        ``stage``, ``seconds``, ``skipped``, ``scenes``, ``pixels`` per stage.
+    maps : list of (str, str)
+        Title and PNG path (relative to ``out_dir``) of each LST map.
+    validation, composites, lst_root : path
+        The ``sftl validate`` folder, the composites folder and the LST root.
 
     Returns
     -------
-    pathlib.Path
-        The report's path.
+    (pathlib.Path, pathlib.Path)
+        ``report.md`` and ``report.html``.
     """
-    plt = _plt()
+    from sftl_dask._staging import staged_file
+
     out = Path(out_dir)
     sw_json = out / "work" / "sw.json"
     lines = ["# sftl-dask demo report", "",
              "The main job end to end on the testbed (synthetic world in the real formats, see docs/testbed.md): "
-             "simulation -> split-window; testbed -> `sftl ingest` -> matchups; the three SFTL stages. "
-             "**These are testbed figures, not the paper's real-data numbers.**", ""]
+             "simulation -> split-window; testbed -> `sftl ingest` -> matchups; the three SFTL stages in both "
+             "directions; `sftl retrieve` of each region by the model transferred to it; `sftl validate`; monthly "
+             "composites. **These are testbed figures, not the paper's real-data numbers.**", ""]
+    lines += _stage_lines(stages)
     lines += _foundation_lines(data["sim"], sw_json, out)
     mu = data["matchups"]
     counts = mu.groupby(["region", "reason"]).size().unstack(fill_value=0)
@@ -180,6 +195,68 @@ def demo_report(data: dict[str, Any], results: dict[str, Any], out_dir: str | os
               "|---" * (len(counts.columns) + 1) + "|"]
     for reg, row in counts.iterrows():
         lines.append(f"| {reg} | " + " | ".join(str(int(v)) for v in row.to_numpy()) + " |")
+    for direction, res in results.items():
+        lines += _sftl_lines(res, out / direction, out, f"sftl_{direction}.png")
+    lines += ["## LST maps", "", "Each region's LST retrieved by the model trained on the other region (the "
+              "transfer case: a region without ground data of its own), on its best-covered scene, beside the QC "
+              "mask of that scene (`qc` flag bits, `docs/retrieval.md`).", ""]
+    for title, png in maps:
+        lines += [f"### {title}", "", f"![{title}]({png})", ""]
+    lines += _validation_lines(Path(validation), out)
+    comp = Path(composites)
+    lines += ["## Monthly composites", "", "Median of the good pixels per month (`ds.sftl.good().sftl.composite("
+              "'MS', 'median')`), with the number of scenes per pixel; CF NetCDF files in "
+              f"`{comp.relative_to(out)}/`.", ""]
+    for png in sorted(comp.glob("*.png")):
+        lines += [f"![composite {png.stem}]({png.relative_to(out)})", ""]
+    lines += [f"LST cubes: `{Path(lst_root).relative_to(out)}/` (open with `sftl_dask.open_lst`).", ""]
+    text = "\n".join(lines)
+    md = out / "report.md"
+    with staged_file(md, replace=True) as tmp:
+        tmp.write_text(text)
+    html = out / "report.html"
+    with staged_file(html, replace=True) as tmp:
+        tmp.write_text(markdown_to_html(text, out, title="sftl-dask demo report"))
+    return md, html
+
+
+def _stage_lines(stages: list[dict[str, Any]]) -> list[str]:
+    lines = ["## This run, per stage", "", "| stage | wall (s) | scenes | Mpx | Mpx/s | scenes/s |",
+             "|---|---|---|---|---|---|"]
+    for s in stages:
+        sec, done = float(s["seconds"]), not s["skipped"]
+        wall = f"{sec:.1f}" + ("" if done else " (reused)")
+        mpx = s["pixels"] / 1e6
+        px_rate = f"{mpx / sec:.2f}" if done and mpx and sec > 0 else ""
+        sc_rate = f"{s['scenes'] / sec:.2f}" if done and s["scenes"] and sec > 0 else ""
+        lines.append(f"| {s['stage']} | {wall} | {s['scenes'] or ''} | {f'{mpx:.1f}' if mpx else ''} | {px_rate} | "
+                     f"{sc_rate} |")
+    total = sum(float(s["seconds"]) for s in stages)
+    lines += [f"| total | {total:.1f} | | | | |", ""]
+    return lines
+
+
+def _validation_lines(val: Path, out: Path) -> list[str]:
+    """The validation's metrics table and its two figures."""
+    m = pd.read_parquet(val / "metrics.parquet")
+    lines = ["## Validation against the radiometers (`sftl validate`)", "",
+             "Matchups from the LST cubes with the training's QC and stability rules; per site and region. "
+             f"Details: `{(val / 'summary.md').relative_to(out)}`.", "",
+             "| site / region | n | RMSE (K) | bias (K) | ubRMSE (K) | R² | within 1σ | within 2σ |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in m.iterrows():
+        lines.append(f"| {r['name']} | {int(r['n'])} | {r['rmse_k']:.2f} | {r['bias_k']:+.2f} | {r['ubrmse_k']:.2f} "
+                     f"| {r['r2']:.3f} | {r['within_1sigma']:.0%} | {r['within_2sigma']:.0%} |")
+    lines += ["", f"![validation scatter]({(val / 'scatter.png').relative_to(out)})", "",
+              "A site's series: radiometer LST against the retrieved LST ± its uncertainty:", "",
+              f"![site time series]({(val / 'timeseries.png').relative_to(out)})", ""]
+    return lines
+
+
+def _sftl_lines(results: dict[str, Any], folder: Path, out: Path, fig_name: str) -> list[str]:
+    """One direction's three stages against the baselines, and its figure."""
+    plt = _plt()
+    lines: list[str] = []
     s1, s2, s3 = results["stage1_pretrain"], results["stage2_finetune"], results["stage3_transfer"]
 
     def r(m: dict[str, Any]) -> str:
@@ -225,7 +302,7 @@ def demo_report(data: dict[str, Any], results: dict[str, Any], out_dir: str | os
         ax[1].set_xlabel("target samples k")
         ax[1].set_ylabel("RMSE (K)")
         ax[1].legend()
-    pred_path = out / "cross_site_predictions.parquet"
+    pred_path = folder / "cross_site_predictions.parquet"
     if pred_path.is_file():
         p = pd.read_parquet(pred_path)
         lo, hi = float(p["lst_insitu"].min()) - 3, float(p["lst_insitu"].max()) + 3
@@ -239,12 +316,82 @@ def demo_report(data: dict[str, Any], results: dict[str, Any], out_dir: str | os
         ax[2].set_title("target region, zero-shot")
         ax[2].legend()
     fig.tight_layout()
-    fig.savefig(out / "sftl.png", dpi=110)
+    fig.savefig(out / fig_name, dpi=110)
     plt.close(fig)
-    lines += ["", "![sftl](sftl.png)", "", f"Artifact: `{out / 'model'}` (TorchScript + card.json + sha256).", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    lines += ["", f"![sftl {results['direction']}]({fig_name})", "",
+              f"Artifact: `{(folder / 'model').relative_to(out)}` (TorchScript + torch.export + card.json + sha256).",
+              ""]
+    return lines
+
+
+def markdown_to_html(text: str, base: str | os.PathLike[str], *, title: str = "") -> str:
+    """The report's Markdown as one self-contained HTML page: headings, paragraphs, lists, pipe tables,
+    ``code``, **bold**, and images embedded as data URIs (read from paths relative to ``base``)."""
+    import base64
+    import html
+    import re
+
+    base = Path(base)
+
+    def inline(t: str) -> str:
+        t = html.escape(t, quote=False)
+        t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+        return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
+
+    def image(alt: str, src: str) -> str:
+        path = base / src
+        data = base64.b64encode(path.read_bytes()).decode() if path.is_file() else ""
+        return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+    body: list[str] = []
+    para: list[str] = []
+    table: list[list[str]] = []
+    items: list[str] = []
+
+    def flush() -> None:
+        if para:
+            body.append(f"<p>{inline(' '.join(para))}</p>")
+            para.clear()
+        if table:
+            head, rows = table[0], [r for r in table[1:] if not all(set(c) <= set("-: ") for c in r)]
+            body.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
+                        + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows)
+                        + "</tbody></table>")
+            table.clear()
+        if items:
+            body.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in items) + "</ul>")
+            items.clear()
+
+    for line in text.splitlines():
+        m_img = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", line.strip())
+        m_h = re.match(r"(#{1,6}) (.*)", line)
+        if not line.strip():
+            flush()
+        elif m_img:
+            flush()
+            body.append(image(m_img.group(1), m_img.group(2)))
+        elif m_h:
+            flush()
+            n = len(m_h.group(1))
+            body.append(f"<h{n}>{inline(m_h.group(2))}</h{n}>")
+        elif line.lstrip().startswith("|"):
+            if para or items:
+                flush()
+            table.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif line.lstrip().startswith(("- ", "* ")):
+            if para or table:
+                flush()
+            items.append(line.lstrip()[2:])
+        else:
+            if table or items:
+                flush()
+            para.append(line.strip())
+    flush()
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "text-align:left}th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:0 3px}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 #: The paper's best-SFTL / split-window cross-site RMSE ratios (Heidarian et al. 2025): the targets.

@@ -379,16 +379,18 @@ def _check_output(out: Path, source: Path, grid: GridSpec, ident: Mapping[str, s
     attrs = dict(zarr.open_group(str(out), mode="r").attrs)
     if attrs.get("sftl_product") != "lst":
         raise RetrieveError(f"{out}: holds a Zarr store that is not an sftl LST cube; refusing to write there")
-    if overwrite:
-        return "replace"
     if attrs.get("sftl_grid") != json.dumps(grid.to_attrs()) or attrs.get("source_cube") != str(source):
+        if overwrite:
+            return "replace"
         raise RetrieveError(f"{out}: holds the LST of another cube ({attrs.get('source_cube')}); "
                             "pass --overwrite to replace it")
     for k, v in ident.items():
         if attrs.get(k) != v:
+            if overwrite:
+                return "replace"
             raise RetrieveError(f"{out}: holds LST made with another model ({k} {attrs.get(k)!r}, now {v!r}); "
                                 "pass --overwrite to replace it")
-    return "append"
+    return "append"  # the same cube and model: only the time steps not yet done (with --overwrite too)
 
 
 def _cluster_devices(client: Any) -> dict[str, dict[str, Any]]:

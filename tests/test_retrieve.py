@@ -391,3 +391,20 @@ def test_cpu_and_gpu_retrievals_agree_within_a_millikelvin(models, cube, tmp_pat
     a, b = xr.open_zarr(tmp_path / "cpu.zarr"), xr.open_zarr(tmp_path / "gpu.zarr")
     assert float(np.nanmax(np.abs(a["lst"].values - b["lst"].values))) <= 1e-3
     np.testing.assert_array_equal(a["qc"].values, b["qc"].values)
+
+
+def test_overwrite_replaces_only_another_models_lst_and_appends_to_the_same_models(tmp_path):
+    from sftl_dask.retrieve import retrieve
+
+    store = synthetic_cube(tmp_path / "c.zarr", 2, 40, 40, seed=9)
+    dnn = retrieval_artifact(tmp_path / "dnn", "dnn", seed=1)
+    other = retrieval_artifact(tmp_path / "dnn2", "dnn", seed=2)
+    out = tmp_path / "lst.zarr"
+    assert retrieve(store, dnn, out, threads=1)["retrieved"] == 2
+    again = retrieve(store, dnn, out, threads=1, overwrite=True)  # same model: nothing to redo
+    assert again["retrieved"] == 0 and again["skipped"] == 2
+    replaced = retrieve(store, other, out, threads=1, overwrite=True)  # another model: replaced whole
+    assert replaced["retrieved"] == 2 and replaced["skipped"] == 0
+    import xarray as xr
+
+    assert xr.open_zarr(out).sizes["time"] == 2

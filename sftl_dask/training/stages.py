@@ -30,11 +30,14 @@ import pandas as pd
 from sftl_dask._staging import staged_file
 from sftl_dask.features import FEATURES, feature_matrix
 
-__all__ = ["TrainConfig", "load_config", "metrics", "model_features", "prepare_data", "pretrain", "run_stages"]
+__all__ = ["DIRECTIONS", "TrainConfig", "cache_key", "cached", "load_config", "metrics", "model_features",
+           "prepare_data", "pretrain", "run_stages", "stamp"]
 
 _MODELS = ("dnn", "trf", "cnn", "rf", "lgbm")
 _STRATEGIES = ("full", "head", "gradual", "adapter", "lora")
 _DIRECTIONS = {"SiHuHe": ("huailai", "heihe"), "SiHeHu": ("heihe", "huailai")}
+#: Direction name -> (source region, target region).
+DIRECTIONS = _DIRECTIONS
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,8 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, 
     Returns
     -------
     dict
-        ``sim`` (path), ``sw`` (coefficients dict), ``matchups`` (DataFrame), ``testbed`` (path).
+        ``sim`` (path), ``sw`` (coefficients dict), ``matchups`` (DataFrame), ``testbed`` (path), ``key`` (the
+        cache key of all of them, for products made from them).
 
     Raises
     ------
@@ -265,18 +269,18 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, 
     else:
         sim_cfg = {"profiles": int(sim_cfg.get("profiles", 946)), "seed": int(sim_cfg.get("seed", 0))}
         sim_key = cache_key({"simulation": sim_cfg, "version": __version__})
-        if not _cached(sim, sim_key):
+        if not cached(sim, sim_key):
             write_simulation(sim, SimulationConfig(n_profiles=sim_cfg["profiles"], seed=sim_cfg["seed"]),
                              client=client)
-            _stamp(sim, sim_key)
+            stamp(sim, sim_key)
     sw_path = work / "sw.json"
     table = _read_sim(sim)
     sw_key = cache_key({"simulation": sim_key, "seed": cfg.seed, "version": __version__})
-    if not _cached(sw_path, sw_key):
+    if not cached(sw_path, sw_key):
         doc = split_window_document(fit_split_window_on_simulation(table, seed=cfg.seed), table)
         with staged_file(sw_path, replace=True) as tmp:
             tmp.write_text(json.dumps(doc))
-        _stamp(sw_path, sw_key)
+        stamp(sw_path, sw_key)
     tb_cfg = dict(cfg.data.get("testbed") or {})
     mu_path = work / "matchups.parquet"
     tb = Path(tb_cfg["path"]) if tb_cfg.get("path") else work / "testbed"
@@ -289,15 +293,15 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, 
         tb_cfg = {"scenes": int(tb_cfg.get("scenes", 20)), "size": int(tb_cfg.get("size", 640)),
                   "seed": int(tb_cfg.get("seed", 11))}
         tb_key = cache_key({"testbed": tb_cfg, "version": __version__})
-        if not _cached(tb, tb_key):
+        if not cached(tb, tb_key):
             build_testbed(tb, **tb_cfg, client=client)
-            _stamp(tb, tb_key)
+            stamp(tb, tb_key)
     mu_key = cache_key({"testbed": tb_key, "version": __version__})
-    if not _cached(mu_path, mu_key):
+    if not cached(mu_path, mu_key):
         cube = work / "cube"
-        if not _cached(cube, mu_key):  # a cube of another testbed is made again; one of this testbed is resumed
+        if not cached(cube, mu_key):  # a cube of another testbed is made again; one of this testbed is resumed
             cube.mkdir()
-            _stamp(cube, mu_key)  # whose cube it is; ingest itself knows which scenes are complete
+            stamp(cube, mu_key)  # whose cube it is; ingest itself knows which scenes are complete
         done = ingest([tb / "archives"], cube, era5=sorted(str(p) for p in (tb / "era5").glob("*")),
                       ged=tb / "ged", client=client)
         if done["failed"]:  # matchups of a partial cube would pass for complete: stop here, a re-run resumes
@@ -307,13 +311,13 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, 
         frame = build_matchups(cube, tb / "insitu", tb / "sites.csv")
         with staged_file(mu_path, replace=True) as tmp:
             frame.to_parquet(tmp)
-        _stamp(mu_path, mu_key)
+        stamp(mu_path, mu_key)
     matchups = validate_matchups(pd.read_parquet(mu_path), source=str(mu_path))
     truth_csv = tb / "truth" / "site_overpass_truth.csv"
     if truth_csv.is_file():
         matchups = _with_pixel_truth(matchups, truth_csv)
     return {"sim": sim, "sw": json.loads(sw_path.read_text()), "matchups": matchups, "testbed": tb,
-            "matchups_path": mu_path, "table": table}
+            "matchups_path": mu_path, "table": table, "key": cache_key({"sw": sw_key, "matchups": mu_key})}
 
 
 def cache_key(what: Mapping[str, Any]) -> str:
@@ -325,10 +329,10 @@ def _key_file(path: Path) -> Path:
     return path.with_name(f".{path.name}.key")
 
 
-def _cached(path: Path, key: str) -> bool:
+def cached(path: Path, key: str) -> bool:
     """Whether ``path`` was made from ``key`` (its key file says so); if not, whatever stands there is removed.
 
-    The key file is written only once the product is complete (:func:`_stamp`), so a product an interrupted
+    The key file is written only once the product is complete (:func:`stamp`), so a product an interrupted
     run left half-made, or one made by another configuration or version, is made again, never reused.
     """
     kf = _key_file(path)
@@ -342,7 +346,7 @@ def _cached(path: Path, key: str) -> bool:
     return False
 
 
-def _stamp(path: Path, key: str) -> None:
+def stamp(path: Path, key: str) -> None:
     """Record that ``path`` is complete and was made from ``key`` (atomically)."""
     with staged_file(_key_file(path), replace=True) as tmp:
         tmp.write_text(key + "\n")
