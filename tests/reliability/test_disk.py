@@ -113,3 +113,54 @@ def test_an_output_on_a_read_only_file_system_is_refused_in_one_line(tmpfs: Call
     err = [ln for ln in r.stderr.splitlines() if not ln.startswith("retrieve:")]
     assert err == [f"sftl retrieve: error: {ro / '.lst.zarr.lock'}: Read-only file system"]
     assert not any(ro.iterdir())
+
+
+@pytest.mark.slow  # ~40 s: two ingests of the small testbed
+def test_disk_full_mid_ingest_names_each_failed_scene_keeps_earlier_ones_and_a_rerun_finishes(
+        tmpfs: Callable[..., Path], small_testbed: Path, tmp_path: Path) -> None:
+    from sftl_dask.ingest import ingest
+    from sftl_dask.io.cube import read_slots
+
+    tars = sorted((small_testbed / "archives").glob("*.tar"))
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir()
+    later.mkdir()
+    for t in tars[:1] + tars[2:3]:  # one scene per region first
+        (first / t.name).symlink_to(t)
+    for t in tars:
+        (later / t.name).symlink_to(t)
+    era5 = [str(p) for p in sorted((small_testbed / "era5").glob("*.nc"))]
+    ref = tmp_path / "ref"
+    ingest([later], ref, era5=era5, ged=small_testbed / "ged")  # the uninterrupted run
+
+    mnt = tmpfs("disk", 262_144)
+    cube = mnt / "cube"
+    args = [SFTL, "ingest", "--cube", str(cube), "--era5", *era5, "--ged", str(small_testbed / "ged"),
+            "--workers", "1"]
+    r = subprocess.run([*args[:2], str(first), *args[2:]], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "SFTL_LOG_DIR": str(tmp_path / "logs")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    before = {s.name: xr.open_zarr(s).load() for s in sorted(cube.glob("*.zarr"))}
+    filler = _fill(mnt, leave_kb=600)  # room for the new slots' metadata, not for two more scenes
+    full = subprocess.run([*args[:2], str(later), *args[2:]], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SFTL_LOG_DIR": str(tmp_path / "logs")})
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "Traceback" not in full.stderr
+    failed = [ln for ln in full.stdout.splitlines() if ln.startswith("  failed: ")]
+    assert len(failed) == 2 and all("No space left on device" in ln for ln in failed), full.stdout
+    for name, old in before.items():  # the scenes ingested before are intact
+        now = xr.open_zarr(cube / name)
+        ok = [s["index"] for s in read_slots(cube / name)[1] if s["ingest_ok"]]
+        assert ok == [0]
+        for v in ("bt_10_80", "wvc", "emis_10_80", "cloud"):
+            np.testing.assert_array_equal(now[v].isel(time=0).values, old[v].isel(time=0).values)
+    filler.unlink()
+    again = subprocess.run([*args[:2], str(later), *args[2:]], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "ingested 2 scene(s), skipped 2, failed 0" in again.stdout
+    for s in sorted(ref.glob("*.zarr")):
+        a, b = xr.open_zarr(cube / s.name), xr.open_zarr(s)
+        ia, ib = np.argsort(a["scene_id"].values), np.argsort(b["scene_id"].values)
+        assert list(a["scene_id"].values[ia]) == list(b["scene_id"].values[ib])
+        for v in ("bt_10_80", "wvc", "emis_10_80", "cloud", "ingest_ok"):
+            np.testing.assert_array_equal(a[v].values[ia], b[v].values[ib])
