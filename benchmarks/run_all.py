@@ -1,13 +1,163 @@
-"""Run every benchmark in turn (``make bench``)."""
+"""Run every benchmark in turn (``make bench``): quick sizes by default, ``--full`` for the long ones.
+
+Quick runs write into ``benchmarks/results/quick/`` (so the committed figures of the full runs stay), full
+runs into ``benchmarks/results/``. Every JSON gets the machine's description (``machine``: CPUs, load, Python,
+torch, Dask, GPU) and each benchmark's wall time; the table of latest figures in ``benchmarks/README.md`` is
+rewritten from the full runs' JSON (``--table`` alone rewrites it without running anything).
+"""
 
 from __future__ import annotations
 
-from benchmarks import bench_simulate
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+#: name -> (quick arguments, full arguments); each module's ``main(argv)`` writes ``<RESULTS>/<name>.json/.png``.
+BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
+    "simulate": ([], []),
+    "testbed": ([], []),
+    "ingest": (["--scenes", "3", "--repeat", "1"], []),
+    "retrieve": (["--quick", "--repeat", "1"], []),
+    "timeseries": (["--lengths", "10", "40", "--tiles", "64", "--repeat", "3", "--pixels", "3"], []),
+    "experiment": (["--skip-full", "--skip-scaling", "--ddp-epochs", "3"], []),
+}
 
 
-def main() -> None:
-    bench_simulate.main([])
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import dask
+    import torch
+
+    info: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+                            "python": platform.python_version(), "torch": torch.__version__,
+                            "dask": dask.__version__, "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+                            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return info
+
+
+def run(names: list[str], *, full: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the named benchmarks; returns name -> ``{"seconds", "ok", "error"}``."""
+    out = RESULTS if full else RESULTS / "quick"
+    out.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Any] = {}
+    for name in names:
+        mod = importlib.import_module(f"benchmarks.bench_{name}")
+        mod.RESULTS = out  # where this run's JSON and PNG go
+        args = BENCHMARKS[name][1 if full else 0]
+        log(f"== {name} {' '.join(args)} -> {out}")
+        t0 = time.perf_counter()
+        try:
+            mod.main(args)
+            ok, error = True, ""
+        except Exception as exc:  # one benchmark failing does not stop the others; it is reported below
+            traceback.print_exc()
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        seconds = round(time.perf_counter() - t0, 1)
+        path = out / f"{name}.json"
+        if ok and path.is_file():
+            res = json.loads(path.read_text())
+            res["machine"] = {**(res.get("machine") if isinstance(res.get("machine"), dict) else {}), **machine()}
+            res["benchmark_wall_s"] = seconds
+            res["mode"] = "full" if full else "quick"
+            path.write_text(json.dumps(res, indent=1, default=str))
+        done[name] = {"seconds": seconds, "ok": ok, "error": error}
+        log(f"   {name}: {'ok' if ok else 'FAILED ' + error} in {seconds:.0f} s")
+    return done
+
+
+def _get(d: Any, *keys: Any) -> Any:
+    for k in keys:
+        if isinstance(d, dict) and k in d:
+            d = d[k]
+        elif isinstance(d, list) and isinstance(k, int) and -len(d) <= k < len(d):
+            d = d[k]
+        else:
+            return None
+    return d
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(results: Path = RESULTS) -> str:
+    """The Markdown table of the latest full-run figures, one row per headline number."""
+    def load(name: str) -> dict[str, Any]:
+        p = results / f"{name}.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    sim, tb, ing, ret, ts, exp = (load(n) for n in ("simulate", "testbed", "ingest", "retrieve", "timeseries",
+                                                     "experiment"))
+    ts_rows = {r.get("steps"): r for r in (ts.get("rows") or []) if isinstance(r, dict)}
+    rows = [
+        ("simulate", "simulation table wall time (s)", _fmt(sim.get("simulate_wall_s"), ".0f"),
+         f"<= {sim.get('simulate_target_s', '-')}", "python -m benchmarks.bench_simulate"),
+        ("testbed", "testbed wall time (s)", _fmt(tb.get("testbed_wall_s"), ".0f"),
+         f"<= {tb.get('testbed_target_s', '-')}", "python -m benchmarks.bench_testbed"),
+        ("ingest", "ingest / baseline decode", _fmt(ing.get("ratio_ingest_to_baseline"), ".2f"),
+         f"<= {ing.get('ratio_target', '-')}", "python -m benchmarks.bench_ingest"),
+        ("ingest", "peak RSS growth, 4N vs N scenes", _fmt(ing.get("peak_rss_growth_4n_vs_n"), ".2f"),
+         f"<= {ing.get('memory_tolerance', '-')}", "python -m benchmarks.bench_ingest"),
+        ("retrieve", "DNN on Dask / best in-process", _fmt(ret.get("ratio_dask_to_in_process"), ".2f"),
+         f">= {ret.get('dask_target', '-')}", "python -m benchmarks.bench_retrieve"),
+        ("retrieve", "DNN cube Mpx/s", _fmt(ret.get("dnn_dask_mpx_s"), ".2f"),
+         f">= {ret.get('prototype_mpx_s', '-')}", "python -m benchmarks.bench_retrieve"),
+        ("retrieve", "split-window / I/O floor", _fmt(ret.get("ratio_split_window_to_floor"), ".2f"),
+         f"<= {ret.get('floor_target', '-')}", "python -m benchmarks.bench_retrieve"),
+        ("timeseries", "point series, copy vs original at 40 steps",
+         _fmt(_get(ts_rows, 40, "copies", "64", "ratio_xarray_read"), ".1f"), ">= 20",
+         "python -m benchmarks.bench_timeseries"),
+        ("experiment", "grid wall time (s)", _fmt(_get(exp, "full_grid", "wall_s"), ".0f"), "",
+         "python -m benchmarks.bench_experiment"),
+    ]
+    lines = ["| benchmark | figure | latest | target | command |", "|---|---|---|---|---|"]
+    lines += [f"| {b} | {f} | {v} | {t} | `{c}` |" for b, f, v, t, c in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_readme(results: Path = RESULTS) -> Path:
+    """Rewrite the table between the markers of ``benchmarks/README.md``."""
+    path = HERE / "README.md"
+    text = path.read_text()
+    start, end = "<!-- table:start -->\n", "<!-- table:end -->"
+    a, b = text.index(start) + len(start), text.index(end)
+    path.write_text(text[:a] + table(results) + text[b:])
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``make bench``: every benchmark at quick sizes (``--full``: the full ones); exit 1 if one failed."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", metavar="NAME",
+                    help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+    ap.add_argument("--full", action="store_true", help="full sizes, into benchmarks/results/ (hours on 2 cores)")
+    ap.add_argument("--table", action="store_true", help="only rewrite benchmarks/README.md's table")
+    args = ap.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    if args.table:
+        print(f"wrote {write_readme()}")
+        return 0
+    done = run(args.names or list(BENCHMARKS), full=args.full)
+    if args.full:
+        write_readme()
+    failed = {k: v for k, v in done.items() if not v["ok"]}
+    print(f"{len(done) - len(failed)} of {len(done)} benchmarks ran"
+          + ("".join(f"\n  failed: {k}: {v['error']}" for k, v in failed.items())))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
