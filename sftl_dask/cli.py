@@ -51,13 +51,24 @@ def _progress_bar(desc: str) -> tuple[Callable[[int, int], None], Callable[[], N
     return update, close
 
 
-def _client(args: argparse.Namespace, **kw: Any) -> contextlib.AbstractContextManager[Any]:
+@contextlib.contextmanager
+def _client(args: argparse.Namespace, **kw: Any) -> Any:
     """The verb's Dask client (``--scheduler``, else embedded); an embedded cluster's worker logs go to the run's
-    log file, and to the terminal too with ``--debug``."""
+    log file, and to the terminal too with ``--debug``; with ``--report``, Dask's performance report of the run
+    is written there."""
     from sftl_dask.cluster import get_client
 
-    return get_client(args.scheduler, n_workers=args.workers, worker_log=args.log, worker_log_stderr=args.debug,
-                      **kw)
+    with get_client(args.scheduler, n_workers=args.workers, worker_log=args.log, worker_log_stderr=args.debug,
+                    **kw) as client:
+        if not args.report:
+            yield client
+            return
+        from distributed import performance_report
+
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        with performance_report(filename=str(args.report)):
+            yield client
+        print(f"  performance report: {args.report}")
 
 
 def _log_path(verb: str) -> Path | None:
@@ -363,6 +374,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--workers", type=_positive_int, default=None, help="workers of the embedded cluster "
                         "(default: CPUs available)")
         sp.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error too")
+        sp.add_argument("--report", default=None, metavar="HTML", help="write Dask's performance report of the "
+                        "run (task stream, worker profiles, bandwidth) to this HTML file")
 
     s = sub.add_parser("simulate", help="the simulation table (Parquet)")
     s.add_argument("--out", required=True, help="output Parquet dataset directory")

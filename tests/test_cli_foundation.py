@@ -79,3 +79,13 @@ def test_unreachable_scheduler_exits_2_naming_address(tmp_path):
              tmp_path)
     assert r.returncode == 2 and "127.0.0.1:1" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_report_writes_dasks_performance_report_of_the_run(tmp_path):
+    from sftl_dask.cli import main
+
+    page = tmp_path / "perf" / "simulate.html"
+    assert main(["simulate", "--out", str(tmp_path / "sim.parquet"), "--profiles", "2", "--spectra", "2",
+                 "--workers", "1", "--report", str(page)]) == 0
+    html = page.read_text()
+    assert "Dask Performance Report" in html and "Task Stream" in html and len(html) > 10_000
