@@ -145,6 +145,24 @@ def _assert_same_stores(got: Path, want: Path, variables: list[str], ok_var: str
 
 
 # --------------------------------------------------------------------------------------------- ingest
+def test_ingest_then_retrieve_through_a_real_dask_scheduler_and_workers(small_testbed: Path, scheduler: str,
+                                                                         tmp_path: Path) -> None:
+    """The plain path on a real cluster (``dask scheduler`` + ``dask worker``, not LocalCluster): every scene and
+    time step completes."""
+    cube, lst = tmp_path / "cube", tmp_path / "lst"
+    ing = subprocess.run([SFTL, *_ingest_args(small_testbed, small_testbed / "archives", cube), "--scheduler",
+                          scheduler], capture_output=True, text=True, timeout=300)
+    assert ing.returncode == 0, ing.stdout + ing.stderr
+    assert "ingested 4 scene(s), skipped 0, failed 0" in ing.stdout
+    model = retrieval_artifact(tmp_path / "dnn", "dnn", seed=4)
+    ret = subprocess.run([SFTL, "retrieve", "--cube", str(cube), "--model", str(model), "--out", str(lst),
+                          "--device", "cpu", "--scheduler", scheduler], capture_output=True, text=True, timeout=300)
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    assert "retrieved 4 time step(s), skipped 0 already done, failed 0" in ret.stdout
+    for store in sorted(lst.glob("*.zarr")):
+        assert xr.open_zarr(store)["retrieve_ok"].values.tolist() == [True, True]
+
+
 @pytest.fixture(scope="module")
 def archives(small_testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight products: the testbed's four and a renamed copy of each (more tasks than workers, a wider window)."""
