@@ -23,6 +23,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/sftl demo --out $(DEMO_OUT)
 
 test: $(VENV)/.installed
+	@if [ "$${SFTL_INSTALL_SLURM:-0}" = 1 ]; then bash deploy/slurm/install-packages.sh; fi
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(VENV)/.installed

@@ -6,7 +6,8 @@ a minimal configuration in a private folder: their own ports, munge socket and k
 a delegated cgroup tree, which containers and sandboxes lack; no cgroup.conf is read), no accounting
 database (completed jobs go to a ``jobcomp/filetxt`` log instead). Nothing under /etc is touched; every SLURM
 command gets ``SLURM_CONF``. Skips where the binaries are absent or the tests do not run as root.
-``.ci/run`` installs the packages first when it runs as root.
+``make test`` installs the packages first when ``SFTL_INSTALL_SLURM=1`` (``.ci/run`` sets it) and it runs as
+root (``deploy/slurm/install-packages.sh``).
 
 The test runs ``deploy/slurm/run_pipeline.py`` with ``deploy/slurm/jobqueue.yaml`` (cores, memory and queue
 lowered for this machine): two worker jobs through ``sbatch``, then ``sftl ingest`` of the session's small
