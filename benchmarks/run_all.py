@@ -76,6 +76,21 @@ def run(names: list[str], *, full: bool, log: Callable[[str], None] = print) -> 
     return done
 
 
+#: The table's rows: benchmark, figure, path into its JSON, format, target (``"<= key"`` reads it from the JSON).
+TABLE: list[tuple[str, str, tuple[Any, ...], str, str]] = [
+    ("simulate", "simulation table wall time (s)", ("simulate_wall_s",), ".0f", "<= simulate_target_s"),
+    ("testbed", "testbed wall time (s)", ("testbed_wall_s",), ".0f", "<= testbed_target_s"),
+    ("ingest", "ingest / baseline decode", ("ratio_ingest_to_baseline",), ".2f", "<= ratio_target"),
+    ("ingest", "peak RSS growth, 4N vs N scenes", ("peak_rss_growth_4n_vs_n",), ".2f", "<= memory_tolerance"),
+    ("retrieve", "DNN on Dask / best in-process", ("ratio_dask_to_in_process",), ".2f", ">= dask_target"),
+    ("retrieve", "DNN cube Mpx/s", ("dnn_dask_mpx_s",), ".2f", ">= prototype_mpx_s"),
+    ("retrieve", "split-window / I/O floor", ("ratio_split_window_to_floor",), ".2f", "<= floor_target"),
+    ("timeseries", "point series, copy vs original at 40 steps",
+     ("by_steps", 40, "copies", "64", "ratio_xarray_read"), ".1f", ">= 20"),
+    ("experiment", "grid wall time (s)", ("full_grid", "wall_s"), ".0f", ""),
+]
+
+
 def _get(d: Any, *keys: Any) -> Any:
     for k in keys:
         if isinstance(d, dict) and k in d:
@@ -97,30 +112,14 @@ def table(results: Path = RESULTS) -> str:
         p = results / f"{name}.json"
         return json.loads(p.read_text()) if p.is_file() else {}
 
-    sim, tb, ing, ret, ts, exp = (load(n) for n in ("simulate", "testbed", "ingest", "retrieve", "timeseries",
-                                                     "experiment"))
-    ts_rows = {r.get("steps"): r for r in (ts.get("rows") or []) if isinstance(r, dict)}
-    rows = [
-        ("simulate", "simulation table wall time (s)", _fmt(sim.get("simulate_wall_s"), ".0f"),
-         f"<= {sim.get('simulate_target_s', '-')}", "python -m benchmarks.bench_simulate"),
-        ("testbed", "testbed wall time (s)", _fmt(tb.get("testbed_wall_s"), ".0f"),
-         f"<= {tb.get('testbed_target_s', '-')}", "python -m benchmarks.bench_testbed"),
-        ("ingest", "ingest / baseline decode", _fmt(ing.get("ratio_ingest_to_baseline"), ".2f"),
-         f"<= {ing.get('ratio_target', '-')}", "python -m benchmarks.bench_ingest"),
-        ("ingest", "peak RSS growth, 4N vs N scenes", _fmt(ing.get("peak_rss_growth_4n_vs_n"), ".2f"),
-         f"<= {ing.get('memory_tolerance', '-')}", "python -m benchmarks.bench_ingest"),
-        ("retrieve", "DNN on Dask / best in-process", _fmt(ret.get("ratio_dask_to_in_process"), ".2f"),
-         f">= {ret.get('dask_target', '-')}", "python -m benchmarks.bench_retrieve"),
-        ("retrieve", "DNN cube Mpx/s", _fmt(ret.get("dnn_dask_mpx_s"), ".2f"),
-         f">= {ret.get('prototype_mpx_s', '-')}", "python -m benchmarks.bench_retrieve"),
-        ("retrieve", "split-window / I/O floor", _fmt(ret.get("ratio_split_window_to_floor"), ".2f"),
-         f"<= {ret.get('floor_target', '-')}", "python -m benchmarks.bench_retrieve"),
-        ("timeseries", "point series, copy vs original at 40 steps",
-         _fmt(_get(ts_rows, 40, "copies", "64", "ratio_xarray_read"), ".1f"), ">= 20",
-         "python -m benchmarks.bench_timeseries"),
-        ("experiment", "grid wall time (s)", _fmt(_get(exp, "full_grid", "wall_s"), ".0f"), "",
-         "python -m benchmarks.bench_experiment"),
-    ]
+    data = {n: load(n) for n in BENCHMARKS}
+    data["timeseries"]["by_steps"] = {r.get("steps"): r for r in (data["timeseries"].get("rows") or [])
+                                      if isinstance(r, dict)}
+    rows = []
+    for bench, figure, path, spec, target in TABLE:
+        d = data[bench]
+        goal = f"{target[:3]}{d.get(target[3:], '-')}" if target[3:].isidentifier() else target  # a JSON key
+        rows.append((bench, figure, _fmt(_get(d, *path), spec), goal, f"python -m benchmarks.bench_{bench}"))
     lines = ["| benchmark | figure | latest | target | command |", "|---|---|---|---|---|"]
     lines += [f"| {b} | {f} | {v} | {t} | `{c}` |" for b, f, v, t, c in rows]
     return "\n".join(lines) + "\n"

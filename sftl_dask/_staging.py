@@ -83,8 +83,8 @@ def _put(tmp: Path, out: Path) -> None:
         os.replace(out, old)
         try:
             os.replace(tmp, out)
-        except BaseException:
-            os.replace(old, out)  # put the old one back: never neither
+        except OSError:  # the rename failed: put the old one back (never neither), then report it
+            os.replace(old, out)
             raise
         _remove(old)
     else:

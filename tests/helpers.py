@@ -261,3 +261,42 @@ def write_station_csv(path: Path, site_id: str, lon: float, lat: float, overpass
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+#: Calibration of the synthetic VIMI products the reader tests write (12 bands: 8 VNIR/SWIR, 4 TIR).
+VIMI_GAINS = [0.05, 0.05, 0.04, 0.03, 0.01, 0.004, 0.002, 0.001, 0.0078, 0.0069, 0.0061, 0.0052]
+VIMI_OFFSETS = [0.0] * 8 + [-0.1, -0.1, -0.12, -0.08]
+VIMI_ESUN = [1970.0, 1843.0, 1555.0, 1047.0, 227.0, 80.7] + [0.0] * 6
+
+
+def vimi_meta(**over: object) -> dict[str, object]:
+    """The XML metadata of a synthetic VIMI product near Huailai (2022-06-12 03:00 UTC), with ``over`` applied."""
+    meta: dict[str, object] = {
+        "StartTime": "2022-06-12 03:00:00.000", "EndTime": "2022-06-12 03:00:08.000",
+        "CenterTime": "2022-06-12 03:00:04.250", "SolarAzimuth": 140.0, "SolarZenith": 30.0,
+        "SatelliteAzimuth": 278.5, "SatelliteZenith": 1.2, "CloudPercent": 3.5,
+        "TopLeftLatitude": 40.4, "TopLeftLongitude": 115.7, "TopRightLatitude": 40.4, "TopRightLongitude": 115.9,
+        "BottomRightLatitude": 40.2, "BottomRightLongitude": 115.9, "BottomLeftLatitude": 40.2,
+        "BottomLeftLongitude": 115.7, "GAINS": VIMI_GAINS, "OFFSETS": VIMI_OFFSETS, "ESUN": VIMI_ESUN,
+        "EarthSunDistance": 1.015,
+    }
+    meta.update(over)
+    return meta
+
+
+def put_pickle_in_program(artifact: Path) -> None:
+    """Replace the example inputs inside an artifact's ``model.pt2`` by a pickle (what a malicious program
+    would carry); the caller rewrites the hashes if it wants only the pickle check to stand in the way."""
+    import io
+    import pickle
+    import zipfile
+
+    src = zipfile.ZipFile(io.BytesIO((artifact / "model.pt2").read_bytes()))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+        for m in src.infolist():
+            data = src.read(m)
+            if m.filename.endswith("sample_inputs/model.pt"):
+                data = pickle.dumps(("not", "weights"))
+            dst.writestr(m, data)
+    (artifact / "model.pt2").write_bytes(buf.getvalue())

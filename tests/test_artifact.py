@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import synthetic_lst
+from helpers import put_pickle_in_program, synthetic_lst
 
 from sftl_dask.features import FEATURE_UNITS, FEATURES
 from sftl_dask.models import build_model
@@ -169,19 +169,9 @@ def test_loading_never_unpickles(dnn_artifact, monkeypatch):
 
 
 def test_export_program_holding_a_pickle_is_refused_before_loading(dnn_artifact, tmp_path, monkeypatch):
-    import io
-    import zipfile
 
     path = _copy(dnn_artifact[0], tmp_path / "p")
-    src = zipfile.ZipFile(io.BytesIO((path / "model.pt2").read_bytes()))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as dst:
-        for m in src.infolist():
-            data = src.read(m)
-            if m.filename.endswith("sample_inputs/model.pt"):
-                data = pickle.dumps(("not", "weights"))  # what a malicious program would carry
-            dst.writestr(m, data)
-    (path / "model.pt2").write_bytes(out.getvalue())
+    put_pickle_in_program(path)
     _rehash(path)
     monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("torch.load used")))
     with pytest.raises(ArtifactError, match=r"model\.pt2: holds pickled example inputs"):

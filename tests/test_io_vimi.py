@@ -15,6 +15,7 @@ import pytest
 import rasterio
 import xarray as xr
 from affine import Affine
+from helpers import VIMI_ESUN, VIMI_GAINS, VIMI_OFFSETS, vimi_meta
 
 from sftl_dask.io.vimi import (
     VimiBackendEntrypoint,
@@ -31,22 +32,11 @@ from sftl_dask.testbed.formats import vimi_product_name, write_vimi_archive
 
 H, W = 32, 48  # TIR grid of the small archives (40 m)
 TRANSFORM = Affine(40.0, 0.0, 400_000.0, 0.0, -40.0, 4_470_000.0)
-GAINS = [0.05, 0.05, 0.04, 0.03, 0.01, 0.004, 0.002, 0.001, 0.0078, 0.0069, 0.0061, 0.0052]
-OFFSETS = [0.0] * 8 + [-0.1, -0.1, -0.12, -0.08]
-ESUN = [1970.0, 1843.0, 1555.0, 1047.0, 227.0, 80.7] + [0.0] * 6
+GAINS, OFFSETS, ESUN = VIMI_GAINS, VIMI_OFFSETS, VIMI_ESUN
 
 
 def _meta(**over: Any) -> dict[str, Any]:
-    meta = {
-        "StartTime": "2022-06-12 03:00:00.000", "EndTime": "2022-06-12 03:00:08.000",
-        "CenterTime": "2022-06-12 03:00:04.250", "SolarAzimuth": 140.0, "SolarZenith": 30.0,
-        "SatelliteAzimuth": 278.5, "SatelliteZenith": 1.2, "CloudPercent": 3.5,
-        "TopLeftLatitude": 40.4, "TopLeftLongitude": 115.7, "TopRightLatitude": 40.4, "TopRightLongitude": 115.9,
-        "BottomRightLatitude": 40.2, "BottomRightLongitude": 115.9, "BottomLeftLatitude": 40.2,
-        "BottomLeftLongitude": 115.7, "GAINS": GAINS, "OFFSETS": OFFSETS, "ESUN": ESUN, "EarthSunDistance": 1.015,
-    }
-    meta.update(over)
-    return meta
+    return vimi_meta(**over)
 
 
 def _dn(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,6 @@ import shutil
 import socket
 import tarfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import pytest
 import yaml
 from affine import Affine
+from helpers import VIMI_GAINS, VIMI_OFFSETS, put_pickle_in_program, vimi_meta
 
 from sftl_dask.cli import main
 from sftl_dask.io.cube import cube_stores, read_slots
@@ -39,17 +39,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 H, W = 32, 48  # the archive's 40 m thermal grid
 CRS = "EPSG:32650"
 TRANSFORM = Affine(40.0, 0.0, 400_000.0, 0.0, -40.0, 4_470_000.0)  # centre 115.83 E, 40.37 N
-GAINS = [0.05, 0.05, 0.04, 0.03, 0.01, 0.004, 0.002, 0.001, 0.0078, 0.0069, 0.0061, 0.0052]
-OFFSETS = [0.0] * 8 + [-0.1, -0.1, -0.12, -0.08]
-ESUN = [1970.0, 1843.0, 1555.0, 1047.0, 227.0, 80.7] + [0.0] * 6
-META: dict[str, Any] = {
-    "StartTime": "2022-06-12 03:00:00.000", "EndTime": "2022-06-12 03:00:08.000",
-    "CenterTime": "2022-06-12 03:00:04.250", "SolarAzimuth": 140.0, "SolarZenith": 30.0,
-    "SatelliteAzimuth": 278.5, "SatelliteZenith": 1.2, "CloudPercent": 3.5,
-    "TopLeftLatitude": 40.4, "TopLeftLongitude": 115.7, "TopRightLatitude": 40.4, "TopRightLongitude": 115.9,
-    "BottomRightLatitude": 40.3, "BottomRightLongitude": 115.9, "BottomLeftLatitude": 40.3,
-    "BottomLeftLongitude": 115.7, "GAINS": GAINS, "OFFSETS": OFFSETS, "ESUN": ESUN, "EarthSunDistance": 1.015,
-}
+GAINS = VIMI_GAINS
+META: dict[str, Any] = vimi_meta(BottomRightLatitude=40.3, BottomLeftLatitude=40.3)
 LST_TIMES = np.array(["2022-06-01T03:30", "2022-06-17T03:30"], dtype="datetime64[ns]")
 SITE_PIXEL = (5, 5)
 TRAIN_BASE: dict[str, Any] = {
@@ -111,7 +102,7 @@ def _dn() -> tuple[np.ndarray, np.ndarray]:
     tir = np.full((6, H, W), 1000, np.uint16)
     for c, bp in enumerate(band_planck()):
         t = 300.0 + 3.0 * np.sin(yy / 5.0) + 0.05 * xx - 0.8 * c
-        tir[2 + c] = np.clip(np.rint((bp.radiance(t) - OFFSETS[8 + c]) / GAINS[8 + c]), 1, 4095)
+        tir[2 + c] = np.clip(np.rint((bp.radiance(t) - VIMI_OFFSETS[8 + c]) / GAINS[8 + c]), 1, 4095)
     rng = np.random.default_rng(0)
     vnir = rng.integers(800, 1200, (6, 2 * H, 2 * W)).astype(np.uint16)
     vnir[3] = rng.integers(2500, 3000, (2 * H, 2 * W))
@@ -492,15 +483,7 @@ def test_retrieve_artifact_with_a_missing_file(retrieval, capsys, tmp_path):
 
 def test_retrieve_artifact_whose_program_holds_a_pickle(retrieval, capsys, tmp_path):
     art = _artifact_copy(retrieval["dnn"], tmp_path / "art")
-    src = zipfile.ZipFile(io.BytesIO((art / "model.pt2").read_bytes()))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as dst:
-        for m in src.infolist():
-            data = src.read(m)
-            if m.filename.endswith("sample_inputs/model.pt"):
-                data = pickle.dumps(("not", "weights"))
-            dst.writestr(m, data)
-    (art / "model.pt2").write_bytes(buf.getvalue())
+    put_pickle_in_program(art)
     _rehash(art)  # the hashes pass: only the pickle check stands in the way
     rc, _, err = _retrieve(retrieval["cube"], art, tmp_path / "lst.zarr", capsys)
     _assert_refused(rc, err, "retrieve", art / "model.pt2", "pickled")
