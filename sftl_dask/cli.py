@@ -176,7 +176,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     update, close = _progress_bar("ingest")
     with _client(args) as client:
         try:
-            summary = ingest(args.inputs, args.cube, era5=args.era5, ged=args.ged, client=client, progress=update)
+            summary = ingest(args.inputs, args.cube, era5=args.era5, ged=args.ged, client=client, progress=update,
+                             tile_px=args.tile_size)
         except IngestError as exc:
             raise BadInput(str(exc)) from None
         finally:
@@ -187,7 +188,10 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         print(f"  failed: {f['scene_id']}: {f.get('reason', '')}")
     if summary["failed"]:
         _note_logs(args)
-    for s in summary["stores"]:
+    stores = summary["stores"]
+    shown = stores if len(stores) <= 8 else [*stores[:4], f"... {len(stores) - 8} more ...", *stores[-4:]]
+    print(f"  {len(stores)} tile store(s) of {summary['tile_px']} px:")
+    for s in shown:
         print(f"  cube: {s}")
     return 1 if summary["failed"] else 0  # some scenes failed: each named above with its reason
 
@@ -404,9 +408,12 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ingest", help="VIMI L1 archives + ERA5 + GED -> scene cubes (Zarr)")
     s.add_argument("inputs", nargs="+", metavar="ARCHIVE_OR_DIR", help="product .tar files or folders of them")
-    s.add_argument("--cube", required=True, help="cube root folder (one Zarr store per grid inside)")
+    s.add_argument("--cube", required=True, help="cube root folder (one Zarr store per tile inside)")
     s.add_argument("--era5", required=True, nargs="+", metavar="F", help="ERA5 tcwv NetCDF/GRIB files")
     s.add_argument("--ged", required=True, help="folder of ASTER GED AG100 tiles")
+    s.add_argument("--tile-size", type=_positive_int, default=None, metavar="PX",
+                   help="tile edge in 40 m pixels of a new cube (default 1024 = 40.96 km); an existing cube "
+                        "keeps its own")
     common(s)
     s.set_defaults(func=_cmd_ingest)
 

@@ -1,16 +1,22 @@
 """Ingest: VIMI L1 archives + ERA5 + ASTER GED -> scene cubes, on Dask.
 
 The driver (this process) only lists products, reads what it must to place them (scene id,
-time, grid: a scan task per new product), decides the grid stores and time slots, and writes
-the cube metadata once. Workers do the heavy work, one task per scene: decode and calibrate
-the archive, interpolate ERA5 water vapour, apply the GED emissivity (sampled once per grid)
-and the Vegetation Cover Method, mask clouds, and fill their own time slot. A failed scene is
-recorded in the ingest log with its reason and never marks its slot complete; re-running
-retries it in the same slot and skips every scene already complete.
+time, footprint: a scan task per new product), finds the fixed tiles each footprint touches
+(:mod:`sftl_dask.io.tiles`: per UTM zone, 40 m pixels, one Zarr store per tile), gives the scene a
+time slot in every one of them, and writes the stores' metadata once. Workers do the heavy work,
+one task per scene: decode and calibrate the archive and mask clouds on the product's own grid,
+then, per tile, interpolate ERA5 water vapour, apply the GED emissivity (sampled once per tile)
+and the Vegetation Cover Method, and write the part of the tile the scene covers. No pixel is
+clipped and no grid ever grows or merges. A scene's slots are marked complete only after all its
+tiles are written; a failed scene is recorded in the ingest log with its reason and re-running
+retries it in the same slots and skips every scene already complete. Slots are appended in
+arrival order (each run sorted by time): readers sort by time (:func:`sftl_dask.io.cube.open_cube`,
+the API), so a later run may bring older scenes without rewriting any store.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -26,11 +32,13 @@ from sftl_dask.io.cube import (
     GridSpec,
     append_slots,
     cube_stores,
+    mark_slot,
     read_slots,
     write_log,
     write_scene,
 )
 from sftl_dask.io.stac import scene_stac_meta, write_scene_stac
+from sftl_dask.io.tiles import DEFAULT_TILE_PX, TileScheme, cube_tiling, utm_epsg
 from sftl_dask.physics.channels import THERMAL_NAMES
 
 __all__ = ["IngestError", "ingest"]
@@ -56,9 +64,15 @@ def _scan(path: str) -> dict[str, Any]:
         prod = VimiProduct(path)
         ds = prod.open(chunks=None)
         tr = ds.rio.transform()
-        grid = GridSpec(ds.rio.crs.to_string(), (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f), ds.sizes["x"], ds.sizes["y"])
+        crs = ds.rio.crs
+        ds_grid = (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f), ds.sizes["x"], ds.sizes["y"]
         meta = prod.metadata
         ds.close()  # releases the GeoTIFF handles
+        try:
+            crs_text = f"EPSG:{utm_epsg(crs)}"
+        except ValueError as exc:
+            return {"ok": False, "path": path, "scene_id": prod.stem, "reason": str(exc), "bad_crs": True}
+        grid = GridSpec(crs_text, *ds_grid)
         return {"ok": True, "path": path, "scene_id": prod.stem, "time": np.datetime64(meta["CenterTime"], "ns"),
                 "grid": grid, "cloud_percent": float(meta.get("CloudPercent", np.nan)), "meta": scene_stac_meta(meta)}
     except (ValueError, OSError) as exc:
@@ -97,21 +111,37 @@ def _open_era5(paths: tuple[str, ...]) -> Any:
     return open_era5_tcwv(list(paths))
 
 
-def _place(arr: np.ndarray, offset: tuple[int, int], shape: tuple[int, int], fill: float) -> np.ndarray:
-    """Put a scene raster onto the cube grid at integer ``offset`` (row, col), clipping what falls outside."""
-    out = np.full(shape, fill, dtype=np.float64)
-    r0, c0 = offset
-    h, w = arr.shape
-    rs, cs = max(0, -r0), max(0, -c0)
-    re, ce = min(h, shape[0] - r0), min(w, shape[1] - c0)
-    if re > rs and ce > cs:
-        out[r0 + rs : r0 + re, c0 + cs : c0 + ce] = arr[rs:re, cs:ce]
-    return out
+def _window(tile: GridSpec, scene: GridSpec) -> tuple[tuple[int, int, int, int], tuple[int, int] | None] | None:
+    """Where a scene falls on a tile: the tile window ``(y0, y1, x0, x1)`` and the scene's (row, col) offset.
+
+    The offset is None when the scene is not on the tile's lattice (it is then resampled onto the window).
+    None when the footprints do not overlap.
+    """
+    off = tile.offset_of(scene)
+    if off is not None:
+        r, c = off
+        y0, y1 = max(0, r), min(tile.height, r + scene.height)
+        x0, x1 = max(0, c), min(tile.width, c + scene.width)
+    else:
+        a, _, tc, _, e, tf = tile.transform
+        left, bottom, right, top = scene.bounds
+        x0, x1 = max(0, int(np.floor((left - tc) / a))), min(tile.width, int(np.ceil((right - tc) / a)))
+        y0, y1 = max(0, int(np.floor((top - tf) / e))), min(tile.height, int(np.ceil((bottom - tf) / e)))
+    if y1 <= y0 or x1 <= x0:
+        return None
+    return (y0, y1, x0, x1), off
 
 
-def _ingest_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths: Sequence[str],
-                  ged: dict[str, Any], cloud_percent: float) -> dict[str, Any]:
-    """Decode one product onto its grid and fill its slot (worker task).
+def _sub(tile: GridSpec, window: tuple[int, int, int, int]) -> GridSpec:
+    """The grid of a window of a tile."""
+    y0, y1, x0, x1 = window
+    a, b, c, d, e, f = tile.transform
+    return GridSpec(tile.crs, (a, b, c + x0 * a, d, e, f + y0 * e), x1 - x0, y1 - y0)
+
+
+def _ingest_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[str]]], geds: list[dict[str, Any]],
+                  cloud_percent: float) -> dict[str, Any]:
+    """Decode one product and write it into every tile it touches (worker task).
 
     Lazy Dask-backed inputs (the ERA5 field) are computed in this task's own thread: inside a distributed
     worker Dask's default scheduler is the cluster itself, and nested per-chunk tasks from every scene
@@ -120,78 +150,97 @@ def _ingest_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths:
     import dask
 
     with dask.config.set(scheduler="synchronous"):
-        return _decode_scene(path, store, index, grid, era5_paths, ged, cloud_percent)
+        return _decode_scene(path, targets, geds, cloud_percent)
 
 
-def _decode_scene(path: str, store: str, index: int, grid: GridSpec, era5_paths: Sequence[str],
-                  ged: dict[str, Any], cloud_percent: float) -> dict[str, Any]:
+def _decode_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[str]]], geds: list[dict[str, Any]],
+                  cloud_percent: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     from sftl_dask.io.era5 import era5_wvc_on_grid
     from sftl_dask.io.ged import vimi_emissivity
     from sftl_dask.io.vimi import VimiProduct, product_checksum
     from sftl_dask.physics.cloud import cloud_mask
 
+    record = {"scene_id": _stem(path), "source": path, "tiles": [t[2] for t in targets],
+              "slots": [[t[0], t[1]] for t in targets]}
     try:
-        if "error" in ged:
-            raise ValueError(f"ASTER GED: {ged['error']}")
+        for g in geds:
+            if "error" in g:
+                raise ValueError(f"ASTER GED: {g['error']}")
         prod = VimiProduct(path)
         ds = prod.open(chunks=None)  # lazily indexed, read whole here; a Dask-chunked one could not be closed
         tr = ds.rio.transform()
-        sgrid = GridSpec(ds.rio.crs.to_string(), (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f), ds.sizes["x"], ds.sizes["y"])
-        shape = (grid.height, grid.width)
-        off = grid.offset_of(sgrid)
+        sgrid = GridSpec(targets[0][3].crs, (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f), ds.sizes["x"], ds.sizes["y"])
         names = [*THERMAL_NAMES, "ndvi", "vza"] + (["red"] if "red" in ds else [])
-        if off is not None:
-            vals = {k: _place(ds[k].values, off, shape, np.nan) for k in names}
-        else:  # another lattice or CRS: resample onto the grid
-            from rasterio.enums import Resampling
-
-            from sftl_dask.io.cube import _affine
-
-            rp = ds[names].rio.reproject(grid.crs, shape=shape, transform=_affine(grid),
-                                         resampling=Resampling.bilinear)
-            vals = {k: rp[k].values.astype(np.float64) for k in names}
+        own = {k: ds[k].values.astype(np.float64) for k in names}
         ds.close()  # else xarray's file cache keeps the product open and its blocks stay in GDAL's cache
-        covered = np.isfinite(vals["bt_10_80"])
-        if not covered.any():
-            raise ValueError("the scene does not overlap its grid")
-        era5 = _open_era5(tuple(era5_paths))
+        valid = np.isfinite(own["bt_10_80"])
+        if not valid.any():
+            raise ValueError("the scene holds no valid pixel")
+        # The cloud mask on the product's own grid: its tests and edge buffer see the whole scene, whatever the tiles.
+        own["cloud"] = cloud_mask(own["bt_10_80"], own["ndvi"], own.get("red"),
+                                  cloud_percent=cloud_percent).astype(np.float64)
+        era5 = _open_era5(tuple(sorted({f for t in targets for f in t[4]})))
         scene_time = np.datetime64(prod.metadata["CenterTime"], "ns")
-        wvc = np.where(covered, era5_wvc_on_grid(era5, scene_time, grid.x, grid.y, grid.crs), np.nan)
-        emis = vimi_emissivity(ged["emissivity"], ged["ndvi"], vals["ndvi"], water=ged.get("water"), converted=True)
-        emis = np.where(covered[None], emis, np.nan)
-        cloud = cloud_mask(vals["bt_10_80"], vals["ndvi"], vals.get("red"), cloud_percent=cloud_percent)
-        missing = covered & (ged["ged_missing"].astype(bool) | ~np.isfinite(wvc))
-        data = {**{k: vals[k] for k in THERMAL_NAMES}, "vza": vals["vza"], "ndvi": vals["ndvi"], "wvc": wvc,
-                **{n.replace("bt_", "emis_"): emis[i] for i, n in enumerate(THERMAL_NAMES)},
-                "cloud": cloud.astype(np.uint8), "ancillary_missing": missing.astype(np.uint8)}
-        write_scene(store, index, {k: data[k] for k in CUBE_VARIABLES}, product_checksum(path))
-        return {"scene_id": prod.stem, "status": "ingested", "store": store, "index": index, "source": path,
-                "seconds": round(time.perf_counter() - t0, 2), "covered_fraction": round(float(covered.mean()), 4),
-                "cloud_fraction": round(float(cloud[covered].mean()), 4)}
+        checksum = product_checksum(path)
+        written, covered_px, cloud_px = [], 0, 0
+        for (store, index, _, tile, _), ged in zip(targets, geds, strict=True):
+            hit = _window(tile, sgrid)
+            if hit is None:
+                continue
+            window, off = hit
+            y0, y1, x0, x1 = window
+            wgrid = _sub(tile, window)
+            if off is not None:
+                r, c = off
+                vals = {k: v[y0 - r : y1 - r, x0 - c : x1 - c] for k, v in own.items()}
+            else:  # another lattice: resample onto the window (bilinear; the cloud mask by nearest)
+                vals = _resample(own, sgrid, wgrid)
+            covered = np.isfinite(vals["bt_10_80"])
+            if not covered.any():
+                continue  # the footprint touches the tile but only no-data pixels of the product fall in it
+            cloud = np.where(covered, vals["cloud"] > 0.5, False)
+            wvc = np.where(covered, era5_wvc_on_grid(era5, scene_time, wgrid.x, wgrid.y, wgrid.crs), np.nan)
+            gw = {k: (v[..., y0:y1, x0:x1] if isinstance(v, np.ndarray) else v) for k, v in ged.items()}
+            emis = vimi_emissivity(gw["emissivity"], gw["ndvi"], vals["ndvi"], water=gw.get("water"), converted=True)
+            emis = np.where(covered[None], emis, np.nan)
+            missing = covered & (gw["ged_missing"].astype(bool) | ~np.isfinite(wvc))
+            data = {**{k: vals[k] for k in THERMAL_NAMES}, "vza": vals["vza"], "ndvi": vals["ndvi"], "wvc": wvc,
+                    **{n.replace("bt_", "emis_"): emis[i] for i, n in enumerate(THERMAL_NAMES)},
+                    "cloud": cloud.astype(np.uint8), "ancillary_missing": missing.astype(np.uint8)}
+            write_scene(store, index, {k: data[k] for k in CUBE_VARIABLES}, checksum, window=window, mark=False)
+            written.append((store, index))
+            covered_px += int(covered.sum())
+            cloud_px += int(cloud.sum())
+        if not covered_px:
+            raise ValueError("the scene does not overlap its tiles")
+        # Only now, with every tile written, do the scene's slots count as complete. Slots of tiles that only
+        # no-data pixels touched are marked too (they hold fill): the scene is complete in every tile.
+        for store, index, *_ in targets:
+            mark_slot(store, index, "ingest_ok", checksum=checksum)
+        return {**record, "status": "ingested", "seconds": round(time.perf_counter() - t0, 2),
+                "covered_px": covered_px, "tiles_written": len(written),
+                "cloud_fraction": round(cloud_px / covered_px, 4)}
     except (ValueError, OSError, KeyError) as exc:
-        return {"scene_id": _stem(path), "status": "failed", "store": store, "index": index, "source": path,
-                "reason": _one_line(exc)}
+        return {**record, "status": "failed", "reason": _one_line(exc)}
 
 
-def _group(scans: list[dict[str, Any]], grids: dict[str, GridSpec]) -> dict[str, GridSpec]:
-    """Assign each scan a grid name: an existing grid it overlaps, else a new grid (union of overlapping scenes)."""
-    new: list[GridSpec] = []
-    for s in scans:
-        g = s["grid"]
-        hit = next((n for n, eg in grids.items() if eg.intersects(g)), None)
-        if hit is None:
-            for i, ng in enumerate(new):
-                if ng.intersects(g) and ng.offset_of(g) is not None:
-                    new[i] = ng.union(g)
-                    break
-            else:
-                new.append(g)
-    for ng in new:  # unions can make new grids overlap: merge until stable
-        grids.setdefault(ng.name, ng)
-    for s in scans:
-        s["grid_name"] = next(n for n, eg in grids.items() if eg.intersects(s["grid"]))
-    return grids
+def _resample(own: dict[str, np.ndarray], sgrid: GridSpec, wgrid: GridSpec) -> dict[str, np.ndarray]:
+    """A product's rasters resampled onto a window grid (bilinear; the cloud mask nearest)."""
+    import xarray as xr
+    from rasterio.enums import Resampling
+
+    from sftl_dask.io.cube import _affine
+
+    src = xr.Dataset({k: (("y", "x"), v) for k, v in own.items()}, coords={"y": sgrid.y, "x": sgrid.x})
+    src = src.rio.write_crs(sgrid.crs).rio.write_transform(_affine(sgrid))
+    shape = (wgrid.height, wgrid.width)
+    out = {}
+    for method, keys in ((Resampling.bilinear, [k for k in own if k != "cloud"]), (Resampling.nearest, ["cloud"])):
+        rp = src[keys].rio.reproject(wgrid.crs, shape=shape, transform=_affine(wgrid), resampling=method,
+                                     nodata=np.nan)
+        out.update({k: rp[k].values.astype(np.float64) for k in keys})
+    return out
 
 
 def ingest(
@@ -202,15 +251,16 @@ def ingest(
     ged: str | os.PathLike[str],
     client: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    tile_px: int | None = None,
 ) -> dict[str, Any]:
-    """Ingest VIMI L1 products into scene cubes under ``cube``; returns a summary.
+    """Ingest VIMI L1 products into the fixed tiles of a scene cube under ``cube``; returns a summary.
 
     Parameters
     ----------
     inputs : sequence of path
         Product archives (``.tar``), extracted product folders, or folders holding them.
     cube : path
-        Cube root folder (one store per grid inside).
+        Cube root folder (one store per tile inside, ``<zone><N|S>_<row>_<col>.zarr``).
     era5 : sequence of path
         ERA5 ``tcwv`` NetCDF (or GRIB) files covering the scenes' times and areas.
     ged : path
@@ -219,6 +269,9 @@ def ingest(
         Runs scans and scenes as tasks; without one, in this process.
     progress : callable, optional
         ``progress(done, total)`` over scene tasks.
+    tile_px : int, optional
+        Tile edge (40 m pixels) of a new cube (default :data:`~sftl_dask.io.tiles.DEFAULT_TILE_PX`); an
+        existing cube keeps its own, and a different value is refused.
 
     Returns
     -------
@@ -228,7 +281,8 @@ def ingest(
     Raises
     ------
     IngestError
-        If no product is found, an ERA5 file or the GED folder is missing or unreadable.
+        If no product is found, an ERA5 file or the GED folder is missing or unreadable, a product's CRS is
+        not a UTM zone, or the cube root holds tiles of another size (or pre-tile grids).
     StoreBusyError
         If another process is writing the cube (holds its write lock).
     """
@@ -244,6 +298,14 @@ def ingest(
         raise IngestError("no ERA5 file given (--era5)")
     if not Path(ged).is_dir():
         raise IngestError(f"{ged}: GED folder not found")
+    try:
+        existing = cube_tiling(root)
+        scheme = TileScheme(tile_px or (existing.tile_px if existing else DEFAULT_TILE_PX))
+    except ValueError as exc:
+        raise IngestError(str(exc)) from None
+    if existing is not None and existing != scheme:
+        raise IngestError(f"{root}: holds tiles of {existing.tile_px} px x {existing.pixel_m:g} m, not "
+                          f"{scheme.tile_px} px (--tile-size): ingest into another cube root")
     era5_index = _era5_index(era5_paths, client)
     for p in inputs:
         if not Path(p).exists():
@@ -253,15 +315,15 @@ def ingest(
         raise IngestError(f"no VIMI L1 products found in {', '.join(str(p) for p in inputs)}")
 
     with write_lock(root, "sftl ingest"):  # one writer per cube: a second run is refused, never interleaved
-        # What is already in the cube.
-        grids: dict[str, GridSpec] = {}
-        done: dict[str, tuple[str, int]] = {}
-        retry: dict[str, tuple[str, int]] = {}
+        # What is already in the cube: each scene's slot in each tile.
+        tiles: dict[str, GridSpec] = {}
+        slots_of: dict[str, dict[str, tuple[str, int, bool]]] = {}
         for name, store in cube_stores(root).items():
             grid, slots = read_slots(store)
-            grids[name] = grid
+            tiles[name] = grid
             for s in slots:
-                (done if s["ingest_ok"] else retry)[s["scene_id"]] = (str(store), s["index"])
+                slots_of.setdefault(s["scene_id"], {})[name] = (str(store), s["index"], s["ingest_ok"])
+        done = {k for k, v in slots_of.items() if all(ok for *_, ok in v.values())}
         log: list[dict[str, Any]] = []
         todo = []
         for p in products:
@@ -272,6 +334,11 @@ def ingest(
                 todo.append(p)
 
         scans = _map(_scan, [(p,) for p in todo], client)
+        off_scheme = [s for s in scans if s.get("bad_crs")]
+        if off_scheme:  # bad input: refused before anything is written
+            s = off_scheme[0]
+            more = f" (and {len(off_scheme) - 1} more)" if len(off_scheme) > 1 else ""
+            raise IngestError(f"{s['path']}: {s['reason']}{more}")
         bad = [s for s in scans if not s["ok"]]
         log += [{"scene_id": s["scene_id"], "status": "failed", "reason": s["reason"], "source": s["path"]}
                 for s in bad]
@@ -286,39 +353,42 @@ def ingest(
             seen.add(s["scene_id"])
             unique.append(s)
         scans = unique
-        grids = _group(scans, grids)
 
-        # Slots: reuse a failed scene's slot, else append.
+        # Slots: a scene retried keeps the slots it has; every other (scene, tile) gets a new one, in time order.
         root.mkdir(parents=True, exist_ok=True)
-        by_store: dict[str, list[dict[str, Any]]] = {}
+        new_slots: dict[str, list[dict[str, Any]]] = {}
         for s in scans:
-            if s["scene_id"] in retry:
-                s["store"], s["index"] = retry[s["scene_id"]]
-            else:
-                s["store"] = str(root / f"{s['grid_name']}.zarr")
-                by_store.setdefault(s["store"], []).append(s)
-        for store, ss in by_store.items():
-            name = Path(store).name[: -len(".zarr")]
-            idx = append_slots(store, grids[name], [{"scene_id": s["scene_id"], "source": s["path"], "time": s["time"]}
-                                                    for s in ss], _CUBE_ATTRS)
+            s["targets"] = {}
+            for name, tile in scheme.tiles_for(s["grid"]).items():
+                tiles.setdefault(name, tile)
+                have = slots_of.get(s["scene_id"], {}).get(name)
+                if have is not None:
+                    s["targets"][name] = (have[0], have[1])
+                else:
+                    new_slots.setdefault(name, []).append(s)
+        attrs = {**_CUBE_ATTRS, "sftl_tiling": json.dumps(scheme.to_attrs())}
+        for name, ss in new_slots.items():
+            store = str(root / f"{name}.zarr")
+            idx = append_slots(store, tiles[name], [{"scene_id": s["scene_id"], "source": s["path"],
+                                                     "time": s["time"]} for s in ss], attrs)
             for s, i in zip(ss, idx, strict=True):
-                s["index"] = i
+                s["targets"][name] = (store, i)
 
-        # GED once per grid, then one task per scene.
-        used = sorted({Path(s["store"]).name[: -len(".zarr")] for s in scans})
-        ged_arrays = dict(zip(used, _map(_ged_for_grid, [(str(ged), grids[n]) for n in used], client, scatter_out=True),
-                              strict=True))
+        # GED once per tile, then one task per scene writing all its tiles.
+        used = sorted({n for s in scans for n in s["targets"]})
+        ged_arrays = dict(zip(used, _map(_ged_for_grid, [(str(ged), tiles[n]) for n in used], client,
+                                         scatter_out=True), strict=True))
         args = []
         for s in scans:
-            gname = Path(s["store"]).name[: -len(".zarr")]
-            era5_files = _era5_for(era5_index, grids[gname], s["time"])
-            args.append((s["path"], s["store"], s["index"], grids[gname], era5_files,
-                         ged_arrays[gname], s["cloud_percent"]))
+            names = sorted(s["targets"])
+            targets = [(*s["targets"][n], n, tiles[n], _era5_for(era5_index, tiles[n], s["time"])) for n in names]
+            args.append((s["path"], targets, [ged_arrays[n] for n in names], s["cloud_percent"]))
         results = _map(_ingest_scene, args, client, progress=progress)
         log += results
         ok = [r for r in results if r["status"] == "ingested"]
         done_ids = {r["scene_id"] for r in ok}
-        write_scene_stac(root, [s for s in scans if s["scene_id"] in done_ids])
+        write_scene_stac(root, [{**s, "store": next(iter(s["targets"].values()))[0]}
+                                for s in scans if s["scene_id"] in done_ids])
         stamp = np.datetime64("now", "s")
         write_log(root, [{"logged_utc": str(stamp), **r} for r in log])
         return {
@@ -326,6 +396,7 @@ def ingest(
             "skipped": sum(r["status"] == "skipped" for r in log),
             "failed": [r for r in log if r["status"] == "failed"],
             "stores": sorted({str(p) for p in cube_stores(root).values()}),
+            "tile_px": scheme.tile_px,
             "seconds": round(time.perf_counter() - t0, 2),
         }
 

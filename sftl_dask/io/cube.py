@@ -330,7 +330,8 @@ def _affine(grid: GridSpec) -> Any:
     return Affine(a, b, c, d, e, f)
 
 
-def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, NDArray], checksum: str) -> None:
+def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, NDArray], checksum: str, *,
+                window: tuple[int, int, int, int] | None = None, mark: bool = True) -> None:
     """Fill time slot ``index`` of a grid store with one scene, then mark it complete.
 
     Parameters
@@ -340,9 +341,15 @@ def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, ND
     index : int
         The slot from :func:`append_slots`.
     data : mapping
-        Every :data:`CUBE_VARIABLES` name to an array of the grid's (height, width).
+        Every :data:`CUBE_VARIABLES` name to an array of the grid's (height, width), or of the window's.
     checksum : str
         sha256 of the source product.
+    window : (int, int, int, int), optional
+        ``(y0, y1, x0, x1)``: the part of the slot the scene covers; the rest stays fill (NaN / 0) and
+        its chunks are never written. Default: the whole grid.
+    mark : bool
+        Mark the slot complete after writing (a scene spread over several tiles marks its slots only
+        once all are written).
 
     Raises
     ------
@@ -352,9 +359,13 @@ def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, ND
     import zarr
 
     group = zarr.open_group(str(store), mode="r+")
-    shape = tuple(group["bt_10_80"].shape[1:])
+    ny, nx = group["bt_10_80"].shape[1:]
     if not 0 <= index < group["bt_10_80"].shape[0]:
         raise ValueError(f"{store}: no time slot {index}")
+    y0, y1, x0, x1 = window if window is not None else (0, ny, 0, nx)
+    if not (0 <= y0 < y1 <= ny and 0 <= x0 < x1 <= nx):
+        raise ValueError(f"{store}: window {window} is outside the grid ({ny}, {nx})")
+    shape = (y1 - y0, x1 - x0)
     missing = [k for k in CUBE_VARIABLES if k not in data]
     if missing:
         raise ValueError(f"{store}: scene data lacks {', '.join(missing)}")
@@ -362,13 +373,14 @@ def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, ND
     for k, spec in CUBE_VARIABLES.items():
         arr = np.asarray(data[k])
         if arr.shape != shape:
-            raise ValueError(f"{store}: {k} has shape {arr.shape}, grid is {shape}")
+            raise ValueError(f"{store}: {k} has shape {arr.shape}, window is {shape}")
         arrays[k] = arr.astype(spec["dtype"])
-    # Whole (1, y, x) slabs: every chunk of this slot is written by this call alone. The slot counts
-    # as ingested only after all of them are.
+    # The slot's chunks (time chunk 1) belong to this scene alone, so partial chunks at the window's
+    # edges are safe to write. The slot counts as ingested only after all of them are.
     for k, arr in arrays.items():
-        group[k][index] = arr
-    mark_slot(store, index, "ingest_ok", checksum=checksum, group=group)
+        group[k][index, y0:y1, x0:x1] = arr
+    if mark:
+        mark_slot(store, index, "ingest_ok", checksum=checksum, group=group)
 
 
 def write_block(store: str | os.PathLike[str] | Mapping[str, Any], index: int, window: tuple[int, int, int, int],
