@@ -6,10 +6,12 @@ Measures, in one run on one LocalCluster (``--workers``, 1 thread each, from ``s
 * (b) a bare baseline on the same archives and cluster, one task per scene: read the B7_B12 and B1_B6 DN
   GeoTIFFs through rioxarray (``/vsitar/``) and write them to Zarr with the cube's chunks (1, 512, 512) and
   codec (Blosc LZ4 + shuffle) -- the floor of I/O + compression. Target: ingest / baseline <= 3;
-* (c) peak worker memory while ingesting N and 4N archives (4N = the N archives plus 3 distinct copies of
-  each: new product id in the name, member names and XML), each into a fresh cube after a worker restart.
+* (c) peak worker memory and wall time per scene while ingesting N and 4N archives (4N = the N archives plus
+  3 distinct copies of each: new product id in the name, member names and XML), each into a fresh cube after
+  a worker restart.
   Sampled as each worker's RSS (``client.run`` + psutil every 0.2 s, in a thread) and as distributed's
-  ``MemorySampler`` (process memory summed over the cluster). Target: peak(4N) within +-20 % of peak(N).
+  ``MemorySampler`` (process memory summed over the cluster). Targets: peak(4N) within +-20 % of peak(N);
+  ingest seconds per scene at 4N within +-15 % of N (the copies land on the same tiles: time axes grow 4x).
 
 Writes ``benchmarks/results/ingest.json`` and ``ingest.png``.
 
@@ -34,10 +36,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sftl_dask.io.tiles import DEFAULT_TILE_PX
+
 RESULTS = Path(__file__).parent / "results"
 CHUNKS = (1, 512, 512)
 RATIO_TARGET = 3.0
 MEMORY_TOLERANCE = 0.20
+PER_SCENE_TOLERANCE = 0.15
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -246,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     best_i = min(runs["ingest"], key=lambda x: x["wall_s"])
     ratio = best_i["wall_s"] / best_b["wall_s"]
     growth = mem_4n["peak_rss_mb"] / mem_n["peak_rss_mb"] - 1
+    per_n, per_4n = mem_n["wall_s"] / mem_n["n_archives"], mem_4n["wall_s"] / mem_4n["n_archives"]
     result = {
         "benchmark": "ingest",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "node": platform.node()},
@@ -266,6 +272,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "memory_n": mem_n, "memory_4n": mem_4n,
         "peak_rss_growth_4n_vs_n": round(growth, 3), "memory_tolerance": MEMORY_TOLERANCE,
         "memory_ok": abs(growth) <= MEMORY_TOLERANCE,
+        # per-scene ingest time as the archive grows 4x onto the same tiles (each into a fresh cube)
+        "per_scene_s_n": round(per_n, 3), "per_scene_s_4n": round(per_4n, 3),
+        "per_scene_change_4n_vs_n": round(per_4n / per_n - 1, 3), "per_scene_tolerance": PER_SCENE_TOLERANCE,
+        "per_scene_ok": abs(per_4n / per_n - 1) <= PER_SCENE_TOLERANCE,
+        "tile_px": DEFAULT_TILE_PX,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ingest.json").write_text(json.dumps(result, indent=1))
@@ -291,6 +302,9 @@ def _table(r: dict[str, Any]) -> None:
          f"idle {n4['idle_rss_mb']:.0f} MB, cluster {n4['cluster_process_peak_mb']:.0f} MB, {n4['wall_s']:.1f} s"),
         ("peak growth 4N vs N", f"{100 * r['peak_rss_growth_4n_vs_n']:+.1f} %",
          f"target +-{100 * r['memory_tolerance']:.0f} %: {'met' if r['memory_ok'] else 'MISSED'}"),
+        ("ingest time per scene, N -> 4N", f"{100 * r['per_scene_change_4n_vs_n']:+.1f} %",
+         f"{r['per_scene_s_n']:.3f} -> {r['per_scene_s_4n']:.3f} s; target +-{100 * r['per_scene_tolerance']:.0f} %: "
+         f"{'met' if r['per_scene_ok'] else 'MISSED'}"),
     ]
     w0 = max(len(a) for a, _, _ in rows)
     print(f"\ningest benchmark, {r['workers']} workers x 1 thread, {r['machine']['cpus']} CPUs")

@@ -70,19 +70,22 @@ def _check_lst(ds: xr.Dataset, where: str) -> None:
 
 
 def open_lst(path: str | os.PathLike[str], grid: str | tuple[float, float] | None = None, *,
-             complete_only: bool = True) -> xr.Dataset:
-    """Open an LST cube lazily: one store, or one grid of an LST root.
+             complete_only: bool = True, zone: str | None = None) -> xr.Dataset:
+    """Open an LST cube lazily: one store, one tile of an LST root, or a zone's tiles as one mosaic.
 
     Parameters
     ----------
     path : path
-        An LST store (``<grid>.zarr``) or an LST root (a folder of them, as ``sftl retrieve`` writes
+        An LST store (``<tile>.zarr``) or an LST root (a folder of them, as ``sftl retrieve`` writes
         for a scene-cube root).
     grid : str or (float, float), optional
-        Which grid of a root: its name, or a ``(lon, lat)`` point (deg E, deg N) the grid must hold.
-        Needed when the root holds several grids.
+        One tile of a root: its name, or a ``(lon, lat)`` point (deg E, deg N) the tile must hold (how a
+        site finds its tile). Default: every tile of the root's zone, mosaicked
+        (:func:`sftl_dask.io.tiles.mosaic`).
     complete_only : bool
         Keep only time steps whose retrieval completed (``retrieve_ok``), sorted by time.
+    zone : str, optional
+        UTM zone (``50N``) whose tiles to mosaic when the root holds several zones.
 
     Returns
     -------
@@ -93,28 +96,41 @@ def open_lst(path: str | os.PathLike[str], grid: str | tuple[float, float] | Non
     Raises
     ------
     ValueError
-        If the path holds no LST store, the grid is unknown or no grid holds the point, several grids
-        and none is named, or a store lacks ``lst``, ``lst_uncertainty`` or ``qc``.
+        If the path holds no LST store, the tile or zone is unknown or no tile holds the point, several
+        zones and none is named, or a store lacks ``lst``, ``lst_uncertainty`` or ``qc``.
     """
     import rioxarray  # noqa: F401  (registers .rio on the result)
+
+    from sftl_dask.io.tiles import mosaic, zone_of_store
 
     p = Path(path)
     stores = lst_stores(p)
     if not stores:
         raise ValueError(f"{p}: no LST store here (expected an LST store or a folder of them)")
     if grid is None:
-        if len(stores) > 1:
-            raise ValueError(f"{p}: holds grids {', '.join(stores)}; name one (grid=) or give a (lon, lat)")
-        store = next(iter(stores.values()))
+        zones: dict[str, dict[str, Path]] = {}
+        for name, st in stores.items():
+            zones.setdefault(zone_of_store(name), {})[name] = st
+        if zone is None and len(zones) > 1:
+            raise ValueError(f"{p}: holds zones {', '.join(zones)}; name one (zone=), a tile (grid=) or give a "
+                             "(lon, lat)")
+        if zone is not None and zone not in zones:
+            raise ValueError(f"{p}: no tile of zone {zone!r} (zones: {', '.join(zones)})")
+        picked = zones[zone] if zone is not None else next(iter(zones.values()))
+        if len(picked) > 1:
+            for st in picked.values():
+                _check_lst(xr.open_zarr(st, consolidated=True), str(st))
+            return mosaic(picked, ok_var=LST_OK_VAR, complete_only=complete_only)
+        store = next(iter(picked.values()))
     elif isinstance(grid, str):
         if grid not in stores:
-            raise ValueError(f"{p}: no grid {grid!r} (grids: {', '.join(stores)})")
+            raise ValueError(f"{p}: no tile {grid!r} (tiles: {', '.join(stores)})")
         store = stores[grid]
     else:
         lon, lat = (float(v) for v in grid)
         hits = [s for s in stores.values() if _holds(_open_store(s), lon, lat)]
         if not hits:
-            raise ValueError(f"{p}: the point lon={lon:g}, lat={lat:g} lies outside every grid "
+            raise ValueError(f"{p}: the point lon={lon:g}, lat={lat:g} lies outside every tile "
                              f"({', '.join(stores)})")
         store = hits[0]
     ds = _open_store(store)

@@ -161,7 +161,10 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     with _client(args) as client:
         try:
             summary = build_testbed(out, scenes=args.scenes, size=args.size, seed=args.seed, client=client,
-                                    progress=update, overwrite=args.overwrite)
+                                    progress=update, overwrite=args.overwrite, shifted=args.shifted,
+                                    max_shift=args.max_shift)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
         finally:
             close()
     print(f"wrote testbed to {out} in {time.perf_counter() - t0:.1f} s: {summary['n_archives']} archives "
@@ -363,6 +366,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from sftl_dask.archive import ArchiveConfigError, load_archive_config, run_archive
+
+    try:
+        load_archive_config(args.config)  # a bad configuration fails before any cluster starts
+    except ArchiveConfigError as exc:
+        raise BadInput(str(exc)) from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"{out}: exists and is not a folder")
+    t0 = time.perf_counter()
+    bars: list[Callable[[], None]] = []
+
+    def progress(step: str) -> Callable[[int, int], None]:
+        update, close = _progress_bar(step)
+        bars.append(close)
+        return update
+
+    with _client(args) as client:
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        try:
+            summary = run_archive(args.config, out, client=client, progress=progress)
+        except ArchiveConfigError as exc:
+            raise BadInput(str(exc)) from None
+        finally:
+            for close in bars:
+                close()
+    print(f"archive pipeline done in {time.perf_counter() - t0:.0f} s -> {out} (steps in {out / 'archive.json'})")
+    for f in summary["failed"]:
+        print(f"  failed: {f['step']}: {f['item']}: {f['reason']}")
+    if summary["failed"]:
+        _note_logs(args)
+    return 1 if summary["failed"] else 0  # some items failed: each named above with its reason
+
+
 # ---------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     from sftl_dask import __version__
@@ -403,6 +441,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=_positive_int, default=640, help="region grid size in 40 m pixels (default 640)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    s.add_argument("--shifted", type=float, default=0.15, metavar="SHARE",
+                   help="share of scenes whose footprint is moved off the region grid, across tile edges "
+                        "(default 0.15; the multi-year archive testbed uses 0.5)")
+    s.add_argument("--max-shift", type=_positive_int, default=160, metavar="PX",
+                   help="largest footprint move along each axis in px (default 160)")
     common(s)
     s.set_defaults(func=_cmd_testbed)
 
@@ -473,6 +516,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
     common(s)
     s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("archive", help="a growing archive: ingest -> retrieve -> validate -> monthly composites, "
+                       "resumable at each step")
+    s.add_argument("--config", default="pipelines/archive.yaml", help="archive pipeline YAML (default "
+                   "pipelines/archive.yaml)")
+    s.add_argument("--out", required=True, help="output directory (re-running into it resumes)")
+    common(s)
+    s.set_defaults(func=_cmd_archive)
     return p
 
 

@@ -151,8 +151,11 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
     comp = out / "composites"
     skipped = cached(comp, lst_key)
     if not skipped:
+        from sftl_dask.io.tiles import zone_of_store
+
         with staged_dir(comp) as tmp:
-            _composites(lst_root, tmp, {st.name[: -len(".zarr")]: r for r, sts in by_region.items() for st in sts})
+            write_monthly_composites(lst_root, tmp, {zone_of_store(st.name[: -len(".zarr")]): r
+                                        for r, sts in by_region.items() for st in sts})
         stamp(comp, lst_key)
     stage("monthly composites", t0, skipped)
 
@@ -180,19 +183,22 @@ def _cube_size(cube: Path) -> tuple[int, int]:
 
 
 def _stores_by_region(cube: Path, sites_csv: Path) -> dict[str, list[Path]]:
-    """The cube's stores by the region of the sites inside their grid."""
-    from sftl_dask.io.cube import cube_stores, pixel_index, read_slots
+    """The cube's tile stores by the region of the nearest site (within 100 km of the tile's centre)."""
+    from pyproj import Transformer
+
+    from sftl_dask.io.cube import cube_stores, read_slots
     from sftl_dask.io.insitu import read_sites
 
     sites = read_sites(sites_csv)
     out: dict[str, list[Path]] = {}
     for store in cube_stores(cube).values():
         grid, _ = read_slots(store)
-        rows, cols = pixel_index(grid.crs, grid.x, grid.y, sites["lon"].to_numpy(), sites["lat"].to_numpy())
-        inside = (rows >= 0) & (rows < grid.height) & (cols >= 0) & (cols < grid.width)
-        regions = sorted(set(sites["region"].to_numpy()[inside]))
-        if len(regions) == 1:
-            out.setdefault(str(regions[0]), []).append(store)
+        sx, sy = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True).transform(
+            sites["lon"].to_numpy(), sites["lat"].to_numpy())
+        left, bottom, right, top = grid.bounds
+        dist = np.hypot(np.asarray(sx) - (left + right) / 2, np.asarray(sy) - (bottom + top) / 2)
+        if dist.min() <= 100e3:
+            out.setdefault(str(sites["region"].to_numpy()[int(dist.argmin())]), []).append(store)
     return out
 
 
@@ -204,25 +210,28 @@ def _lst_steps(lst_root: Path) -> dict[str, int]:
             for name, store in cube_stores(lst_root).items()}
 
 
-def _composites(lst_root: Path, out: Path, regions: Mapping[str, str]) -> None:
-    """Monthly median composites of each LST store: a CF NetCDF file and a figure of the best-covered month."""
+def write_monthly_composites(lst_root: Path, out: Path, regions: Mapping[str, str]) -> None:
+    """Monthly median composites of each zone's LST tiles (one mosaic): a CF NetCDF file and a figure of the
+    best-covered month. ``regions`` maps a zone (``50N``) to its region's name."""
     from sftl_dask.api import open_lst
     from sftl_dask.io.cube import cube_stores
+    from sftl_dask.io.tiles import zone_of_store
     from sftl_dask.report import _plt
 
     plt = _plt()
-    for name in cube_stores(lst_root):
-        ds = open_lst(lst_root, grid=name)
+    for zone in sorted({zone_of_store(n) for n in cube_stores(lst_root)}):
+        name = regions.get(zone, zone)
+        ds = open_lst(lst_root, zone=zone)
         mc = ds.sftl.good().sftl.composite("MS", "median").compute()
-        mc.sftl.to_netcdf(out / f"{name}_monthly.nc")
+        mc.sftl.to_netcdf(out / f"{zone}_monthly.nc")
         best = int(mc["count"].sum(("y", "x")).argmax("time").values)
         fig, ax = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
         mc.sftl.plot_map(best, ax=ax[0])
         month = np.datetime_as_string(mc["time"].values[best], unit="M")
-        ax[0].set_title(f"{regions.get(name, name)}: median LST of good pixels, {month}")
+        ax[0].set_title(f"{name}: median LST of good pixels, {month}")
         mc.sftl.plot_map(best, var="count", ax=ax[1], cmap="Blues")
         ax[1].set_title("good scenes per pixel")
-        fig.savefig(out / f"{regions.get(name, name)}_{name}_monthly.png", dpi=100)
+        fig.savefig(out / f"{name}_{zone}_monthly.png", dpi=100)
         plt.close(fig)
 
 
@@ -232,14 +241,15 @@ def _maps(lst_root: Path, by_region: Mapping[str, list[Path]], out: Path) -> lis
 
     from sftl_dask.api import open_lst
     from sftl_dask.io.lst import QC_FLAGS
+    from sftl_dask.io.tiles import zone_of_store
     from sftl_dask.report import _plt
 
     plt = _plt()
     (out / "maps").mkdir(exist_ok=True)
     figs = []
     for region, stores in sorted(by_region.items()):
-        for store in stores:
-            ds = open_lst(lst_root, grid=store.name[: -len(".zarr")])
+        for zone in sorted({zone_of_store(s.name[: -len(".zarr")]) for s in stores}):  # one mosaic per zone
+            ds = open_lst(lst_root, zone=zone)
             t = int(ds["lst"].notnull().sum(("y", "x")).argmax("time").values)
             step = ds.isel(time=t).compute()
             qc = step["qc"].values.astype(np.int64)

@@ -446,25 +446,35 @@ def write_log(root: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]
             fh.write(json.dumps(dict(r), default=str) + "\n")
 
 
-def open_cube(root_or_store: str | os.PathLike[str], grid: str | None = None, *, complete_only: bool = True
-              ) -> xr.Dataset:
-    """Open a scene cube lazily (a grid store, or the only / named grid of a cube root).
+def open_cube(root_or_store: str | os.PathLike[str], grid: str | None = None, *, complete_only: bool = True,
+              zone: str | None = None) -> xr.Dataset:
+    """Open a scene cube lazily: a tile store, one named tile of a cube root, or a zone's tiles as one mosaic.
 
     Parameters
     ----------
     root_or_store : path
-        A grid store or a cube root.
+        A tile (grid) store or a cube root.
     grid : str, optional
-        Grid name when the root holds several.
+        A tile (store) name: open that store alone.
     complete_only : bool
         Keep only slots whose ingest completed, sorted by time.
+    zone : str, optional
+        UTM zone (``50N``) whose tiles to mosaic when the root holds several zones.
+
+    Returns
+    -------
+    xarray.Dataset
+        One store as written, or (several tiles of a zone) their mosaic over the tiles' bounding rectangle
+        with the union of their time steps (:func:`sftl_dask.io.tiles.mosaic`).
 
     Raises
     ------
     ValueError
-        If the path holds no cube, or several grids and none is named.
+        If the path holds no cube, the named tile or zone is not there, or several zones and none is named.
     """
     import rioxarray  # noqa: F401  (registers .rio on the result)
+
+    from sftl_dask.io.tiles import mosaic, zone_of_store
 
     p = Path(root_or_store)
     if (p / ".zgroup").exists():
@@ -473,9 +483,22 @@ def open_cube(root_or_store: str | os.PathLike[str], grid: str | None = None, *,
         stores = cube_stores(p)
         if not stores:
             raise ValueError(f"{p}: no scene cube here")
-        if grid is None and len(stores) > 1:
-            raise ValueError(f"{p}: holds grids {', '.join(stores)}; name one")
-        store = stores[grid] if grid else next(iter(stores.values()))
+        if grid is not None:
+            if grid not in stores:
+                raise ValueError(f"{p}: no tile {grid!r} (tiles: {', '.join(stores)})")
+            store = stores[grid]
+        else:
+            zones: dict[str, dict[str, Path]] = {}
+            for name, s in stores.items():
+                zones.setdefault(zone_of_store(name), {})[name] = s
+            if zone is None and len(zones) > 1:
+                raise ValueError(f"{p}: holds zones {', '.join(zones)}; name one (zone=) or a tile (grid=)")
+            if zone is not None and zone not in zones:
+                raise ValueError(f"{p}: no tile of zone {zone!r} (zones: {', '.join(zones)})")
+            picked = zones[zone] if zone is not None else next(iter(zones.values()))
+            if len(picked) > 1:
+                return mosaic(picked, ok_var="ingest_ok", complete_only=complete_only)
+            store = next(iter(picked.values()))
     ds = xr.open_zarr(store, consolidated=True, decode_coords="all")
     if complete_only:
         ok = ds["ingest_ok"].values

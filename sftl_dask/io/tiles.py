@@ -40,9 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import xarray as xr
+
 from sftl_dask.io.cube import GridSpec, cube_stores
 
-__all__ = ["DEFAULT_TILE_PX", "TileScheme", "cube_tiling", "utm_epsg"]
+__all__ = ["DEFAULT_TILE_PX", "TileScheme", "cube_tiling", "mosaic", "utm_epsg", "zone_of_store"]
 
 #: Default tile edge (40 m pixels): 2 x 2 chunks of 512 px; see the module's text for the reasoning.
 DEFAULT_TILE_PX = 1024
@@ -189,3 +192,114 @@ def cube_tiling(root: str | os.PathLike[str]) -> TileScheme | None:
         sizes = ", ".join(f"{s.tile_px} px ({n})" for s, n in found.items())
         raise ValueError(f"{root}: holds tiles of different sizes: {sizes}")
     return next(iter(found), None)
+
+
+def zone_of_store(name: str) -> str:
+    """The zone part (``50N``) of a tile store's name; the name itself for a store that is not a tile."""
+    return name.split("_", 1)[0] if _NAME.match(name) else name
+
+
+def mosaic(stores: Mapping[str, Any], *, ok_var: str, complete_only: bool = True,
+           open_store: Any = None) -> xr.Dataset:
+    """Tile stores of one zone opened as one lazy dataset over the tiles' bounding rectangle.
+
+    The time axis is the union of the tiles' time steps (a scene's slots in several tiles become one step);
+    each tile's variables are reindexed onto it lazily where a tile did not see a scene (NaN; QC bits get
+    ``not_covered``; other integers 0), and tiles missing from the rectangle are the same lazy fill.
+    Time-only variables (``scene_id``, ``source``, ``ok_var`` ...) come from the first tile holding each step.
+
+    Parameters
+    ----------
+    stores : mapping of str to path
+        Tile name to store, all of one zone.
+    ok_var : str
+        The completion flag (``ingest_ok`` or ``retrieve_ok``).
+    complete_only : bool
+        Keep only complete steps of each tile.
+    open_store : callable, optional
+        ``open_store(path) -> xr.Dataset`` (default ``xr.open_zarr``).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed, sorted by time, with the CRS and transform of the rectangle and ``sftl_tiles`` listing
+        the tile names.
+
+    Raises
+    ------
+    ValueError
+        If a name is not a tile name, the tiles span several zones, or two scenes share a time stamp.
+    """
+    import pandas as pd
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    from sftl_dask.io.cube import _affine
+
+    opener = open_store or (lambda s: xr.open_zarr(s, consolidated=True, decode_coords="all"))
+    keys = {n: TileScheme.parse(n) for n in stores}
+    if len({k[0] for k in keys.values()}) > 1:
+        raise ValueError(f"tiles of several zones ({', '.join(sorted({zone_of_store(n) for n in stores}))}) "
+                         "cannot be mosaicked: name one zone")
+    parts: dict[tuple[int, int], xr.Dataset] = {}
+    rows = []
+    for name, store in stores.items():
+        ds = opener(store)
+        if complete_only and ok_var in ds:
+            ds = ds.isel(time=np.flatnonzero(ds[ok_var].values))
+        time_vars = [v for v in ds.data_vars if ds[v].dims == ("time",)]
+        rows.append(ds[time_vars].reset_coords(drop=True).to_dataframe().reset_index())
+        parts[keys[name][1:]] = ds.drop_vars([*time_vars, "spatial_ref"], errors="ignore")
+    table = pd.concat(rows).drop_duplicates("time" if "scene_id" not in rows[0] else "scene_id")
+    table = table.sort_values("time")
+    if table["time"].duplicated().any():
+        raise ValueError("two scenes share a time stamp: the tiles cannot be put on one time axis")
+    times = table["time"].to_numpy()
+    first = next(iter(parts.values()))
+    fill = {v: _fill_of(first[v]) for v in first.data_vars}
+    parts = {k: p.reindex(time=times, fill_value=fill) for k, p in parts.items()}
+    r0, r1 = min(r for r, _ in parts), max(r for r, _ in parts)
+    c0, c1 = min(c for _, c in parts), max(c for _, c in parts)
+    epsg = next(iter(keys.values()))[0]
+    scheme = TileScheme.from_attrs(first.attrs["sftl_tiling"]) if "sftl_tiling" in first.attrs else TileScheme(
+        first.sizes["x"])
+    template = parts[next(iter(parts))]
+    grid_rows = []
+    for r in range(r0, r1 + 1):
+        row = []
+        for c in range(c0, c1 + 1):
+            if (r, c) in parts:
+                row.append(parts[(r, c)])
+            else:  # a tile no scene reached inside the rectangle
+                row.append(_blank(template, scheme.tile(epsg, r, c), fill))
+        grid_rows.append(row)
+    out = xr.combine_nested(grid_rows, concat_dim=["y", "x"], combine_attrs="override")
+    for v in table.columns:
+        if v != "time":
+            out[v] = ("time", table[v].to_numpy())
+    union = GridSpec(f"EPSG:{epsg}", (scheme.pixel_m, 0.0, c0 * scheme.tile_m, 0.0, -scheme.pixel_m,
+                                      _Y_ORIGIN - r0 * scheme.tile_m),
+                     (c1 - c0 + 1) * scheme.tile_px, (r1 - r0 + 1) * scheme.tile_px)
+    out = out.rio.write_crs(union.crs).rio.write_transform(_affine(union))
+    out.attrs["sftl_grid"] = json.dumps(union.to_attrs())
+    out.attrs["sftl_tiles"] = json.dumps(sorted(stores))
+    return out
+
+
+def _blank(template: xr.Dataset, grid: GridSpec, fill: Mapping[str, Any]) -> xr.Dataset:
+    """Lazy fill shaped like ``template`` on another tile's coordinates."""
+    import dask.array as da
+
+    data = {v: (template[v].dims, da.full(template[v].shape, fill[v], dtype=template[v].dtype,
+                                          chunks=template[v].data.chunksize), template[v].attrs)
+            for v in template.data_vars}
+    return xr.Dataset(data, coords={"time": template["time"], "y": grid.y, "x": grid.x})
+
+
+def _fill_of(var: xr.DataArray) -> Any:
+    """What a tile that never saw a scene holds: NaN, the ``not_covered`` flag of QC bits, else 0."""
+    if np.issubdtype(var.dtype, np.floating):
+        return np.nan
+    meanings = str(var.attrs.get("flag_meanings", "")).split()
+    if "not_covered" in meanings and "flag_masks" in var.attrs:
+        return int(np.asarray(var.attrs["flag_masks"])[meanings.index("not_covered")])
+    return 0

@@ -39,8 +39,13 @@ _TRUTH_VARS = ("lst", "cloud", "wvc", "vza", "ndvi", *THERMAL_NAMES,
                *(n.replace("bt_", "emis_") for n in THERMAL_NAMES))
 
 
-def scene_schedule(region: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """Dates, times and pointing of ``n`` scenes of ``region`` (revisit of days to weeks, ~10:30-11:00 local)."""
+def scene_schedule(region: str, n: int, seed: int, *, shifted: float = 0.15, max_shift: int = 160
+                   ) -> list[dict[str, Any]]:
+    """Dates, times and pointing of ``n`` scenes of ``region`` (revisit of days to weeks, ~10:30-11:00 local).
+
+    A share ``shifted`` of the scenes only partly covers the region grid: their footprint is moved by 64 to
+    ``max_shift`` px along each axis (either sign), so they reach past the grid and across tile edges.
+    """
     from sftl_dask.testbed.scene import LAUNCH, SceneSpec
 
     r = REGIONS[region]
@@ -59,8 +64,8 @@ def scene_schedule(region: str, n: int, seed: int) -> list[dict[str, Any]]:
         t = d.astype("datetime64[s]") + np.timedelta64(int((local_h - r.utc_offset_h) * 3600), "s")
         cloudy = rng.random() < r.cloud_probability
         shift = (0, 0)
-        if rng.random() < 0.15:  # a scene that only partly covers the region grid
-            shift = tuple(int(v) for v in rng.choice([-1, 1], 2) * rng.integers(64, 160, 2))
+        if rng.random() < shifted:  # a scene that only partly covers the region grid
+            shift = tuple(int(v) for v in rng.choice([-1, 1], 2) * rng.integers(64, max_shift, 2))
         days_since = float((t - LAUNCH).astype(np.float64) / 86400)
         out.append({
             "spec": SceneSpec(region=region, index=i, time_utc=t, orbit=int(100 + days_since * 14.57),
@@ -251,6 +256,8 @@ def build_testbed(
     client: Any = None,
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
+    shifted: float = 0.15,
+    max_shift: int = 160,
 ) -> dict[str, Any]:
     """Write the testbed world under ``out``.
 
@@ -271,6 +278,10 @@ def build_testbed(
         ``progress(done, total)`` over tasks.
     overwrite : bool
         Replace an existing ``out``.
+    shifted : float
+        Share of scenes whose footprint is moved off the region grid (0-1; default 0.15).
+    max_shift : int
+        Largest move (px) of such a footprint along each axis (64 < ``max_shift`` < ``size``; default 160).
 
     Returns
     -------
@@ -289,6 +300,10 @@ def build_testbed(
         raise ValueError(f"scenes must be >= 1, got {scenes}")
     if size < 64:
         raise ValueError(f"size must be >= 64 px, got {size}")
+    if not 0 <= shifted <= 1:
+        raise ValueError(f"shifted must be a share between 0 and 1, got {shifted}")
+    if not 64 < max_shift < size:
+        raise ValueError(f"max_shift must lie between 64 and the grid size ({size} px), got {max_shift}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty (use overwrite)")
     from sftl_dask._staging import staged_dir
@@ -299,7 +314,8 @@ def build_testbed(
         worlds: dict[str, tuple[Landscape, RegionClimate]] = {}
         for name, region in REGIONS.items():
             worlds[name] = (build_landscape(region, size, seed), RegionClimate.make(region, seed))
-        schedules = {name: scene_schedule(name, scenes, seed) for name in REGIONS}
+        schedules = {name: scene_schedule(name, scenes, seed, shifted=shifted, max_shift=max_shift)
+                     for name in REGIONS}
         for name, sched in schedules.items():
             _create_truth_store(tmp / "truth" / f"{name}.zarr", worlds[name][0],
                                 [it["spec"].time_utc for it in sched])
@@ -344,6 +360,7 @@ def build_testbed(
         summary = {
             "sftl_dask_version": __version__, "seed": seed, "size_px": size, "pixel_m": 40.0,
             "scenes_per_region": scenes, "n_archives": len(scene_rows),
+            "shifted": {"share": shifted, "max_px": max_shift},
             "regions": {n: {"epsg": r.epsg, "transform": list(worlds[n][0].transform),
                             "cover_fractions": r.cover_fractions} for n, r in REGIONS.items()},
             "land_covers": {k: asdict(v) for k, v in LAND_COVERS.items()},

@@ -1,0 +1,209 @@
+"""The fixed tile grid of scene cubes: no pixel lost, two runs equal one, tiles mosaicked, bad input refused.
+
+Scenes of the session's small testbed (640 px) are ingested onto 256 px tiles, so every scene straddles tile
+edges and corners (3-4 tiles along each axis).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from sftl_dask.cli import main
+from sftl_dask.ingest import IngestError, ingest
+from sftl_dask.io.cube import GridSpec, cube_stores, open_cube, read_slots
+from sftl_dask.io.tiles import DEFAULT_TILE_PX, TileScheme, cube_tiling, utm_epsg
+from sftl_dask.physics.channels import THERMAL_NAMES
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+TILE = 256
+
+
+def _era5(tb: Path) -> list[Path]:
+    return sorted((tb / "era5").glob("*.nc"))
+
+
+def _archives(tb: Path) -> list[Path]:
+    return sorted((tb / "archives").glob("*.tar"))
+
+
+def _product_bt(path: Path) -> xr.Dataset:
+    ds = xr.open_dataset(path, engine="vimi")
+    out = ds[list(THERMAL_NAMES)].load()
+    ds.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiled(small_testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("tiles") / "cube"
+    return root, ingest([small_testbed / "archives"], root, era5=_era5(small_testbed), ged=small_testbed / "ged",
+                        tile_px=TILE)
+
+
+# --------------------------------------------------------------------------------------------- the scheme
+def test_tile_names_bounds_and_the_tiles_a_footprint_touches():
+    s = TileScheme(1024)
+    assert s.tile_m == 40_960.0
+    g = s.tile(32650, 135, 10)
+    assert g.bounds == (409_600.0, 10_000_000.0 - 136 * 40_960.0, 450_560.0, 10_000_000.0 - 135 * 40_960.0)
+    assert s.name(32650, 135, 10) == "50N_135_010" and s.parse("50N_135_010") == (32650, 135, 10)
+    assert s.name(32733, 2, 7) == "33S_002_007" and s.parse("33S_002_007") == (32733, 2, 7)
+    # a 1500 px scene whose corner sits 100 px inside tile (135, 9): touches 2 x 2 ... 3 x 3 tiles
+    scene = GridSpec("EPSG:32650", (40.0, 0.0, 409_600.0 - 100 * 40, 0.0, -40.0, g.bounds[3] + 100 * 40), 1500, 1500)
+    assert sorted(s.tiles_for(scene)) == [f"50N_{r}_{c:03d}" for r in (134, 135, 136) for c in (9, 10, 11)]
+    # exactly on the edges: no tile beyond
+    assert list(s.tiles_for(g)) == ["50N_135_010"]
+    assert s.tile_at(32650, 409_600.0, g.bounds[3] - 1.0) == "50N_135_010"
+    assert TileScheme.from_attrs(json.dumps(s.to_attrs())) == s and DEFAULT_TILE_PX == 1024
+
+
+@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857", "EPSG:32150"])
+def test_a_crs_outside_the_scheme_is_refused_naming_it(crs):
+    with pytest.raises(ValueError, match=crs.split(":")[1]):
+        utm_epsg(crs)
+    with pytest.raises(ValueError, match="not a tile name"):
+        TileScheme.parse("epsg32650_e384.24_n4480.00")
+    with pytest.raises(ValueError, match=">= 16"):
+        TileScheme(8)
+
+
+# --------------------------------------------------------------------------------------------- no pixel lost
+def test_every_valid_pixel_of_every_scene_is_in_its_tiles_with_its_value(small_testbed, tiled):
+    root, summary = tiled
+    assert summary["ingested"] == 4 and summary["failed"] == [] and summary["tile_px"] == TILE
+    stores = cube_stores(root)
+    per_scene: dict[str, list[tuple[Path, int]]] = {}
+    for store in stores.values():
+        for s in read_slots(store)[1]:
+            assert s["ingest_ok"]
+            per_scene.setdefault(s["scene_id"], []).append((store, s["index"]))
+    for path in _archives(small_testbed):
+        bt = _product_bt(path)
+        valid = np.isfinite(bt["bt_10_80"].values)
+        slots = per_scene[path.stem]
+        assert len(slots) >= 9, (path.stem, len(slots))  # 640 px on 256 px tiles: 3-4 tiles along each axis
+        seen = np.zeros(valid.shape, dtype=np.int64)
+        for store, index in slots:
+            tile = xr.open_zarr(store, decode_coords="all").isel(time=index)
+            xs = np.searchsorted(bt["x"].values, tile["x"].values)
+            ys = np.searchsorted(-bt["y"].values, -tile["y"].values)
+            nx, ny = bt.sizes["x"], bt.sizes["y"]
+            inx = (xs < nx) & np.isclose(bt["x"].values[np.minimum(xs, nx - 1)], tile["x"].values)
+            iny = (ys < ny) & np.isclose(bt["y"].values[np.minimum(ys, ny - 1)], tile["y"].values)
+            assert inx.any() and iny.any(), (path.stem, store.name)
+            for name in THERMAL_NAMES:
+                got = tile[name].values[np.ix_(iny, inx)]
+                want = bt[name].values[np.ix_(ys[iny], xs[inx])].astype(np.float32)
+                np.testing.assert_array_equal(got, want, err_msg=f"{path.stem} {store.name} {name}")
+            outside = np.ones(tile["bt_10_80"].shape, dtype=bool)
+            outside[np.ix_(iny, inx)] = False
+            assert not np.isfinite(tile["bt_10_80"].values[outside]).any(), (path.stem, store.name)
+            seen[np.ix_(ys[iny], xs[inx])] += np.isfinite(tile["bt_10_80"].values[np.ix_(iny, inx)])
+        # every valid pixel exactly once: none lost, none twice
+        assert int(seen[valid].min()) == 1 and int(seen.max()) == 1 and int(seen.sum()) == int(valid.sum())
+
+
+def test_tiles_of_a_zone_open_as_one_mosaic_equal_to_its_tiles(tiled):
+    root, _ = tiled
+    stores = cube_stores(root)
+    zones = sorted({n.split("_")[0] for n in stores})
+    assert zones == ["47N", "50N"]
+    with pytest.raises(ValueError, match="holds zones 47N, 50N"):
+        open_cube(root)
+    for zone in zones:
+        mine = {n: s for n, s in stores.items() if n.startswith(zone)}
+        mos = open_cube(root, zone=zone)
+        assert json.loads(mos.attrs["sftl_tiles"]) == sorted(mine)
+        assert mos.rio.crs.to_epsg() == int(("326" if zone.endswith("N") else "327") + zone[:-1])
+        assert (np.diff(mos["time"].values) > np.timedelta64(0)).all()
+        n_mosaic = int(np.isfinite(mos["bt_10_80"]).sum().compute())
+        n_tiles = sum(int(np.isfinite(open_cube(s)["bt_10_80"]).sum().compute()) for s in mine.values())
+        assert n_mosaic == n_tiles > 0
+        name = next(iter(mine))
+        tile = open_cube(root, grid=name)
+        part = mos.sel(x=tile["x"], y=tile["y"], time=tile["time"])
+        np.testing.assert_array_equal(part["bt_11_95"].values, tile["bt_11_95"].values)
+        assert [str(v) for v in part["scene_id"].values] == [str(v) for v in tile["scene_id"].values]
+
+
+# --------------------------------------------------------------------------------------------- incremental
+def test_an_ingest_split_over_two_runs_by_year_equals_one_run(small_testbed, tiled, tmp_path):
+    one, _ = tiled
+    scenes = pd.read_csv(small_testbed / "truth" / "scenes.csv")
+    years = pd.to_datetime(scenes["time_utc"]).dt.year
+    first = [small_testbed / "archives" / f"{s}.tar" for s in scenes["scene_id"][years == years.min()]]
+    assert 0 < len(first) < len(scenes)
+    root = tmp_path / "cube"
+    a = ingest(first, root, era5=_era5(small_testbed), ged=small_testbed / "ged", tile_px=TILE)
+    b = ingest([small_testbed / "archives"], root, era5=_era5(small_testbed), ged=small_testbed / "ged")
+    assert a["ingested"] == len(first) and b["ingested"] == len(scenes) - len(first)
+    assert b["skipped"] == len(first) and b["tile_px"] == TILE  # the cube's own tile size was kept
+    assert sorted(cube_stores(root)) == sorted(cube_stores(one))
+    for name in cube_stores(one):
+        got, want = open_cube(root, grid=name), open_cube(one, grid=name)
+        assert [str(v) for v in got["scene_id"].values] == [str(v) for v in want["scene_id"].values]
+        for var in ("bt_10_80", "wvc", "emis_11_95", "cloud", "ancillary_missing"):
+            np.testing.assert_array_equal(got[var].values, want[var].values, err_msg=f"{name} {var}")
+
+
+# --------------------------------------------------------------------------------------------- bad input
+def test_another_tile_size_on_an_existing_cube_is_refused_with_exit_2(small_testbed, tiled, tmp_path, capsys):
+    root, _ = tiled
+    copy = tmp_path / "cube"
+    shutil.copytree(root, copy)
+    before = sorted(p.name for p in copy.iterdir())
+    rc = main(["ingest", str(small_testbed / "archives"), "--cube", str(copy), "--era5",
+               *map(str, _era5(small_testbed)), "--ged", str(small_testbed / "ged"), "--tile-size", "1024",
+               "--workers", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "256 px" in err[0] and "1024" in err[0] and str(copy) in err[0], err
+    assert sorted(p.name for p in copy.iterdir()) == before
+    assert cube_tiling(copy) == TileScheme(TILE)
+
+
+def test_a_cube_of_pre_tile_grids_is_refused_naming_the_store(small_testbed, tiled, tmp_path):
+    import zarr
+
+    root, _ = tiled
+    copy = tmp_path / "cube"
+    shutil.copytree(root, copy)
+    store = next(iter(cube_stores(copy).values()))
+    group = zarr.open_group(str(store), mode="r+")
+    del group.attrs["sftl_tiling"]
+    with pytest.raises(IngestError, match=store.name):
+        ingest([small_testbed / "archives"], copy, era5=_era5(small_testbed), ged=small_testbed / "ged")
+
+
+def test_a_product_outside_any_utm_zone_is_refused_before_anything_is_written(small_testbed, tmp_path, capsys):
+    from affine import Affine
+
+    from sftl_dask.io.vimi import VimiProduct
+    from sftl_dask.testbed.formats import write_vimi_archive
+
+    src = _archives(small_testbed)[0]
+    prod = VimiProduct(src)
+    meta = dict(prod.metadata)
+    ds = prod.open(chunks=None)
+    h, w = ds.sizes["y"], ds.sizes["x"]
+    ds.close()
+    rng = np.random.default_rng(0)
+    tir = rng.integers(1500, 2500, (4, h, w)).astype(np.uint16)
+    vnir = rng.integers(100, 900, (6, 2 * h, 2 * w)).astype(np.uint16)
+    geo = write_vimi_archive(tmp_path / "in", src.stem.replace("_0", "_9", 1), vnir, tir, crs="EPSG:4326",
+                             transform=Affine(0.0004, 0, 115.7, 0, -0.0004, 40.5), meta=meta)
+    shutil.copy(_archives(small_testbed)[1], tmp_path / "in")
+    root = tmp_path / "cube"
+    rc = main(["ingest", str(tmp_path / "in"), "--cube", str(root), "--era5", *map(str, _era5(small_testbed)),
+               "--ged", str(small_testbed / "ged"), "--workers", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert geo.name in err[0] and "EPSG:4326" in err[0] and "UTM" in err[0], err
+    assert not cube_stores(root)
