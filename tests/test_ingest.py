@@ -28,7 +28,8 @@ import rasterio
 import xarray as xr
 
 from sftl_dask.ingest import IngestError, ingest
-from sftl_dask.io.cube import cube_stores, open_cube, read_slots
+from sftl_dask.io.cube import GridSpec, cube_stores, open_cube, read_slots
+from sftl_dask.io.tiles import TileScheme
 from sftl_dask.io.vimi import VimiProduct
 from sftl_dask.physics.channels import THERMAL_NAMES
 from sftl_dask.physics.planck import band_planck
@@ -36,6 +37,10 @@ from sftl_dask.physics.planck import band_planck
 EMIS_NAMES = [n.replace("bt_", "emis_") for n in THERMAL_NAMES]
 DESIGN_VARIABLES = [*THERMAL_NAMES, "vza", "wvc", *EMIS_NAMES, "ndvi", "cloud"]
 REGION_EPSG = {"huailai": 32650, "heihe": 32647}
+ZONE = {"huailai": "50N", "heihe": "47N"}
+#: Centre (m) of each region's 640 px testbed grid (sftl_dask.testbed.world._region_grid).
+_REGION_CENTRE = {"huailai": (384_240.0 + 320 * 40, 4_480_000.0 - 320 * 40),
+                  "heihe": (607_080.0 + 320 * 40, 4_316_040.0 - 320 * 40)}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -90,16 +95,22 @@ def _region_of(tb: Path) -> dict[str, str]:
 
 
 def _store_of_region(root: Path, region: str) -> Path:
-    return next(s for s in cube_stores(root).values()
-                if open_cube(s, complete_only=False).rio.crs.to_epsg() == REGION_EPSG[region])
+    """The tile store holding the centre of the region's testbed grid (every scene of the region covers it)."""
+    x, y = _REGION_CENTRE[region]
+    return cube_stores(root)[TileScheme().tile_at(REGION_EPSG[region], x, y)]
+
+
+def _region_cube(root: Path, region: str) -> xr.Dataset:
+    """The mosaic of the region's tiles (its UTM zone)."""
+    return open_cube(root, zone=ZONE[region])
 
 
 def _pairs(tb: Path, root: Path) -> list[tuple[str, xr.Dataset, xr.Dataset]]:
     """(scene_id, cube slot, truth slice) for every complete slot; the cube is aligned on the truth's x/y."""
     region = _region_of(tb)
     out = []
-    for store in cube_stores(root).values():
-        cube = open_cube(store)
+    for zone in ZONE.values():
+        cube = open_cube(root, zone=zone)
         for i in range(cube.sizes["time"]):
             slot = cube.isel(time=i)
             sid = str(slot["scene_id"].values)
@@ -108,6 +119,13 @@ def _pairs(tb: Path, root: Path) -> list[tuple[str, xr.Dataset, xr.Dataset]]:
             slot = slot.reindex(x=truth["x"].values, y=truth["y"].values, method="nearest", tolerance=1.0)
             out.append((sid, slot.load(), truth.load()))
     return out
+
+
+def _valid_px(archive: Path) -> int:
+    ds = xr.open_dataset(archive, engine="vimi")
+    n = int(np.isfinite(ds["bt_10_80"].values).sum())
+    ds.close()
+    return n
 
 
 def _archive(tb: Path, region: str, index: int) -> Path:
@@ -133,23 +151,40 @@ def cube(tb: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
 
 
 # --------------------------------------------------------------------------------------------- the cube
-def test_one_store_per_region_grid_with_design_variables_chunks_crs_and_all_slots_ok(cube):
+def _expected_tiles(tb: Path) -> dict[str, int]:
+    """Tile name -> how many of the testbed's scenes touch it (from each product's own grid)."""
+    counts: dict[str, int] = {}
+    for a in sorted((tb / "archives").glob("*.tar")):
+        ds = xr.open_dataset(a, engine="vimi")
+        t = ds.rio.transform()
+        grid = GridSpec(f"EPSG:{ds.rio.crs.to_epsg()}", (t.a, t.b, t.c, t.d, t.e, t.f), ds.sizes["x"], ds.sizes["y"])
+        ds.close()
+        for name in TileScheme().tiles_for(grid):
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_one_store_per_tile_with_design_variables_chunks_crs_and_all_slots_ok(tb, cube):
     root, summary = cube
     assert summary["ingested"] == 4 and summary["skipped"] == 0 and summary["failed"] == []
     stores = cube_stores(root)
-    assert len(stores) == 2 and sorted(summary["stores"]) == sorted(str(s) for s in stores.values())
+    expected = _expected_tiles(tb)
+    assert sorted(stores) == sorted(expected) and sorted(summary["stores"]) == sorted(str(s) for s in stores.values())
+    assert len(stores) >= 4 and summary["tile_px"] == 1024  # both testbed grids straddle tile edges
     epsgs = set()
-    for store in stores.values():
+    for name, store in stores.items():
         ds = xr.open_zarr(store, decode_coords="all")  # plain xarray + rioxarray, no sftl code
         epsgs.add(ds.rio.crs.to_epsg())
-        assert ds.rio.transform().a == 40.0 and ds.rio.transform().e == -40.0
-        assert ds.sizes["time"] == 2
-        for name in DESIGN_VARIABLES:
-            var = ds[name]
-            assert var.dims == ("time", "y", "x"), name
-            assert var.encoding["chunks"] == (1, 512, 512), name
+        tr = ds.rio.transform()
+        assert tr.a == 40.0 and tr.e == -40.0 and tr.c % 40_960 == 0 and (10_000_000 - tr.f) % 40_960 == 0
+        assert ds.sizes["time"] == expected[name] and (ds.sizes["y"], ds.sizes["x"]) == (1024, 1024)
+        assert json.loads(ds.attrs["sftl_tiling"])["tile_px"] == 1024
+        for var_name in DESIGN_VARIABLES:
+            var = ds[var_name]
+            assert var.dims == ("time", "y", "x"), var_name
+            assert var.encoding["chunks"] == (1, 512, 512), var_name
             comp = var.encoding["compressors"][0]
-            assert (comp.cname, comp.shuffle) == ("lz4", 1), name
+            assert (comp.cname, comp.shuffle) == ("lz4", 1), var_name
         assert ds["cloud"].dtype == np.uint8 and ds["bt_10_80"].attrs["units"] == "K"
         assert ds["wvc"].attrs["units"] == "g cm-2"
         _, slots = read_slots(store)
@@ -362,7 +397,9 @@ def test_a_scene_whose_slot_failed_is_retried_into_the_same_slot(tb, batch):
     assert summary["ingested"] == 1 and summary["failed"] == []
     _, slots = read_slots(store)
     assert len(slots) == 2 and slots[1]["scene_id"] == batch["no_era5_month"].stem and slots[1]["ingest_ok"]
-    assert np.isfinite(open_cube(store)["bt_10_80"].isel(time=1).values).mean() > 0.99
+    mosaic = _region_cube(root, "huailai")
+    step = mosaic.isel(time=[str(v) for v in mosaic["scene_id"].values].index(batch["no_era5_month"].stem))
+    assert int(np.isfinite(step["bt_10_80"]).sum()) == _valid_px(batch["no_era5_month"])  # every pixel, once
 
 
 # --------------------------------------------------------------------------------------------- GED coverage
@@ -398,7 +435,9 @@ def test_ged_tile_missing_for_part_of_the_grid_ingests_the_scene_with_ancillary_
 
     root = partial_ged["root"]
     assert partial_ged["summary"]["ingested"] == 1
-    slot = open_cube(_store_of_region(root, "huailai")).isel(time=0).load()
+    slot = _region_cube(root, "huailai").isel(time=0)
+    covered = slot["bt_10_80"].notnull().compute()
+    slot = slot.isel(x=np.flatnonzero(covered.any("y").values), y=np.flatnonzero(covered.any("x").values)).load()
     lon, _ = Transformer.from_crs("EPSG:32650", "EPSG:4326", always_xy=True).transform(
         *np.meshgrid(slot["x"].values, slot["y"].values))
     missing = slot["ancillary_missing"].values.astype(bool)
@@ -449,7 +488,8 @@ def test_dask_local_cluster_ingest_equals_the_in_process_cube(tb, cube, tmp_path
     assert summary["ingested"] == 4 and summary["failed"] == []
     assert calls[-1] == (4, 4)
     ref_root, _ = cube
-    for region in REGION_EPSG:
-        got = open_cube(_store_of_region(root, region))
-        ref = open_cube(_store_of_region(ref_root, region))
+    assert sorted(cube_stores(root)) == sorted(cube_stores(ref_root))
+    for name in cube_stores(ref_root):
+        got = open_cube(root, grid=name)
+        ref = open_cube(ref_root, grid=name)
         xr.testing.assert_identical(got[DESIGN_VARIABLES].load(), ref[DESIGN_VARIABLES].load())

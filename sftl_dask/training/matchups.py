@@ -207,6 +207,21 @@ def matchup_reasons(covered: ArrayLike, cloud_near: ArrayLike, ancillary_ok: Arr
 # the training matchups
 
 
+def _with_neighbours(name: str, stores: Mapping[str, Path], own: Any) -> Any:
+    """A tile with its (up to 8) neighbouring tiles as one mosaic, restricted to the tile's own time steps."""
+    from sftl_dask.io.tiles import TileScheme, mosaic
+
+    try:
+        epsg, row, col = TileScheme.parse(name)
+    except ValueError:  # a store that is not a tile
+        return own
+    near = {n: stores[n] for n in (TileScheme.name(epsg, row + dr, col + dc) for dr in (-1, 0, 1)
+                                   for dc in (-1, 0, 1)) if n in stores}
+    if len(near) == 1:
+        return own
+    return mosaic(near, ok_var="ingest_ok").sel(time=own["time"].values)
+
+
 def build_matchups(cube_root: str | os.PathLike[str], insitu_dir: str | os.PathLike[str],
                    sites_csv: str | os.PathLike[str], *, window_min: float = WINDOW_MIN) -> pd.DataFrame:
     """Build the matchup table of every site inside every grid of a cube.
@@ -232,45 +247,63 @@ def build_matchups(cube_root: str | os.PathLike[str], insitu_dir: str | os.PathL
     ValueError
         If a site's station file is missing, or no site lies inside any grid.
     """
-    from sftl_dask.io.cube import cube_stores, open_cube
+    from sftl_dask.io.cube import cube_stores, open_cube, pixel_index
     from sftl_dask.io.insitu import read_sites
 
     root = Path(cube_root)
-    stores = [root] if (root / ".zgroup").exists() else list(cube_stores(root).values())
+    stores = {root.name: root} if (root / ".zgroup").exists() else cube_stores(root)
     if not stores:
         raise ValueError(f"{root}: no scene cube here")
     sites = read_sites(sites_csv)
     rows: list[dict[str, Any]] = []
-    for store in stores:
-        ds = open_cube(store)
-        if ds.sizes["time"] == 0:
+    for name, store in stores.items():
+        own = open_cube(store)
+        if own.sizes["time"] == 0:
             continue
-        times = ds["time"].values
-        for _, site in site_pixels(sites, ds.rio.crs, ds["x"].values, ds["y"].values).iterrows():
-            row, col = int(site["row"]), int(site["col"])
-            ins = insitu_at_overpasses(station_lst(insitu_dir, str(site["id"])), times, window_min=window_min)
-            pix = ds[list(_PIXEL_VARS)].isel(y=row, x=col).compute()
-            ys, xs = neighbourhood(row, col)
-            cloud9 = ds["cloud"].isel(y=ys, x=xs).max(("y", "x")).values
-            anc = ds["ancillary_missing"].isel(y=row, x=col).values
-            values = {v: pix[v].values.astype(np.float64) for v in _PIXEL_VARS}
-            inputs_ok = np.logical_and.reduce([np.isfinite(values[k]) for k in _FEATURE_INPUTS])
-            reasons = matchup_reasons(np.isfinite(values["bt_10_80"]), cloud9 != 0, (anc == 0) & inputs_ok,
-                                      ins["insitu_reason"])
-            for t in range(times.size):
-                rows.append({
-                    "site": site["id"], "region": site["region"], "land_cover": site.get("land_cover", ""),
-                    "scene_id": str(ds["scene_id"].values[t]), "time_utc": times[t], "row": row, "col": col,
-                    **{v: float(values[v][t]) for v in _PIXEL_VARS},
-                    "cloud": int(cloud9[t]), "ancillary_missing": int(anc[t]),
-                    "lst_insitu": float(ins["lst_insitu"].iat[t]),
-                    "lst_insitu_std": float(ins["lst_insitu_std"].iat[t]),
-                    "n_insitu": int(ins["n_insitu"].iat[t]), "reason": str(reasons[t]),
-                })
+        # the sites whose pixel lies in this tile, read from the mosaic of the tile and its neighbours (this
+        # tile's scenes only), so that a site at a tile's edge keeps its pixel and its whole cloud neighbourhood
+        r, c = pixel_index(own.rio.crs, own["x"].values, own["y"].values, sites["lon"].to_numpy(),
+                           sites["lat"].to_numpy())
+        here = (r >= 0) & (r < own.sizes["y"]) & (c >= 0) & (c < own.sizes["x"])
+        m = CLOUD_NEIGHBOURHOOD_PX
+        inner = here & (r >= m) & (r < own.sizes["y"] - m) & (c >= m) & (c < own.sizes["x"] - m)
+        if inner.any():
+            rows += _site_rows(own, sites[inner], insitu_dir, window_min)
+        if (here & ~inner).any():  # within the cloud neighbourhood of the tile's edge
+            rows += _site_rows(_with_neighbours(name, stores, own), sites[here & ~inner], insitu_dir, window_min)
     if not rows:
         raise ValueError(f"{root}: no site of {sites_csv} lies inside any grid")
     df = pd.DataFrame(rows).sort_values(["site", "time_utc"]).reset_index(drop=True)
     return validate_matchups(df, source=str(root))
+
+
+def _site_rows(ds: Any, sites: pd.DataFrame, insitu_dir: str | os.PathLike[str], window_min: float
+               ) -> list[dict[str, Any]]:
+    """Matchup rows of the sites inside a cube dataset (one per site and time step)."""
+    rows: list[dict[str, Any]] = []
+    times = ds["time"].values
+    for _, site in site_pixels(sites, ds.rio.crs, ds["x"].values, ds["y"].values).iterrows():
+        row, col = int(site["row"]), int(site["col"])
+        ins = insitu_at_overpasses(station_lst(insitu_dir, str(site["id"])), times, window_min=window_min)
+        pix = ds[list(_PIXEL_VARS)].isel(y=row, x=col).compute()
+        ys, xs = neighbourhood(row, col)
+        cloud9 = ds["cloud"].isel(y=ys, x=xs).max(("y", "x")).values
+        anc = ds["ancillary_missing"].isel(y=row, x=col).values
+        values = {v: pix[v].values.astype(np.float64) for v in _PIXEL_VARS}
+        inputs_ok = np.logical_and.reduce([np.isfinite(values[k]) for k in _FEATURE_INPUTS])
+        reasons = matchup_reasons(np.isfinite(values["bt_10_80"]), cloud9 != 0, (anc == 0) & inputs_ok,
+                                  ins["insitu_reason"])
+        for t in range(times.size):
+            rows.append({
+                "site": site["id"], "region": site["region"], "land_cover": site.get("land_cover", ""),
+                "scene_id": str(ds["scene_id"].values[t]), "time_utc": times[t], "row": row, "col": col,
+                **{v: float(values[v][t]) for v in _PIXEL_VARS},
+                "cloud": int(cloud9[t]), "ancillary_missing": int(anc[t]),
+                "lst_insitu": float(ins["lst_insitu"].iat[t]),
+                "lst_insitu_std": float(ins["lst_insitu_std"].iat[t]),
+                "n_insitu": int(ins["n_insitu"].iat[t]), "reason": str(reasons[t]),
+            })
+    return rows
 
 
 def validate_matchups(df: pd.DataFrame, *, source: str = "matchups", known_sites: Mapping[str, Any] | None = None
