@@ -239,6 +239,9 @@ class _Job:
     inputs: tuple[str, ...]
     run: str  # the run's token: cached store handles never outlive a run (stores grow between runs)
     tile: tuple[int, int] = (CHUNK, CHUNK)  # micro-batches come from tiles equal to the chunks
+    #: neighbouring tiles holding the same scene, whose cloud mask the halo reads across the tile's edge:
+    #: (store, time index, row and column of the neighbour's origin in this tile's pixels)
+    halo: tuple[tuple[str, int, int, int], ...] = ()
 
 
 @lru_cache(maxsize=256)
@@ -297,12 +300,25 @@ def _read_inputs(job: _Job) -> tuple[dict[str, NDArray[Any]], NDArray[Any], tupl
     per-read overhead overlaps)."""
     y0, y1, x0, x1 = job.window
     ny, nx = job.grid_shape
-    ya, xa = max(0, y0 - CLOUD_ADJACENT_PX), max(0, x0 - CLOUD_ADJACENT_PX)
-    halo = (job.t_cube, slice(ya, min(ny, y1 + CLOUD_ADJACENT_PX)), slice(xa, min(nx, x1 + CLOUD_ADJACENT_PX)))
+    m = CLOUD_ADJACENT_PX
+    ya, xa = max(0, y0 - m), max(0, x0 - m)
+    halo = (job.t_cube, slice(ya, min(ny, y1 + m)), slice(xa, min(nx, x1 + m)))
     sel = {k: (job.t_cube, slice(y0, y1), slice(x0, x1)) for k in job.inputs} | {"cloud": halo}
     arrays = _io_pool().map(lambda k: _array(job.cube, k, "r", job.run)[sel[k]], sel)
     data = dict(zip(sel, arrays, strict=True))
-    return data, data.pop("cloud"), (y0 - ya, x0 - xa)
+    cloud = data.pop("cloud")
+    if not job.halo:
+        return data, cloud, (y0 - ya, x0 - xa)
+    # at a tile's edge: the halo continues into the neighbouring tiles that hold the same scene
+    full = np.zeros((y1 - y0 + 2 * m, x1 - x0 + 2 * m), dtype=cloud.dtype)
+    full[ya - (y0 - m): ya - (y0 - m) + cloud.shape[0], xa - (x0 - m): xa - (x0 - m) + cloud.shape[1]] = cloud
+    for store, t, oy, ox in job.halo:  # rows/cols of the halo in the neighbour's own pixels
+        ra, rb = max(y0 - m - oy, 0), min(y1 + m - oy, ny)
+        ca, cb = max(x0 - m - ox, 0), min(x1 + m - ox, nx)
+        if ra < rb and ca < cb:
+            part = _array(store, "cloud", "r", job.run)[t, ra:rb, ca:cb]
+            full[ra + oy - (y0 - m): rb + oy - (y0 - m), ca + ox - (x0 - m): cb + ox - (x0 - m)] = part
+    return data, full, (m, m)
 
 
 def _write_outputs(job: _Job, data: Mapping[str, NDArray[Any]]) -> None:
@@ -524,6 +540,7 @@ def retrieve(
         ref = ModelRef(str(model.resolve()), retriever.digest, route_device, precision)
         jobs: list[_Job] = []
         slot_of: list[tuple[int, int]] = []  # (plan, t_out) per job
+        by_tile = {Path(p["cube"]).name.removesuffix(".zarr"): p for p in plans}
         when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         history = f"{when} {command or 'sftl_dask.retrieve.retrieve'} (sftl-dask {__version__})"
         for i, plan in enumerate(plans):
@@ -536,13 +553,14 @@ def retrieve(
             t_out = plan["slots"] = _lst_slots(dst, plan, retriever, info, ident, history)
             grid: GridSpec = plan["grid"]
             cy, cx = plan["chunks"]
+            around = _neighbours(plan, by_tile)
             for s, t in zip(plan["todo"], t_out, strict=True):
                 for y0 in range(0, grid.height, cy):
                     for x0 in range(0, grid.width, cx):
-                        jobs.append(_Job(str(plan["cube"]), str(dst), int(s["index"]), int(t),
-                                         (y0, min(y0 + cy, grid.height), x0, min(x0 + cx, grid.width)),
+                        window = (y0, min(y0 + cy, grid.height), x0, min(x0 + cx, grid.width))
+                        jobs.append(_Job(str(plan["cube"]), str(dst), int(s["index"]), int(t), window,
                                          (grid.height, grid.width), (*need, "vza", "ancillary_missing"), run,
-                                         (cy, cx)))
+                                         (cy, cx), _halo(window, grid, s["scene_id"], around)))
                         slot_of.append((i, int(t)))
         t_tasks = time.perf_counter()
         results, errors = _execute(ref, jobs, client, route_res, threads, progress)
@@ -590,6 +608,40 @@ def retrieve(
         return summary
 
 
+def _neighbours(plan: Mapping[str, Any], by_tile: Mapping[str, Mapping[str, Any]]
+                ) -> dict[tuple[int, int], Mapping[str, Any]]:
+    """The plans of the (up to 8) tiles around a plan's tile, by (row step, column step); none for a non-tile."""
+    from sftl_dask.io.tiles import TileScheme
+
+    try:
+        epsg, row, col = TileScheme.parse(Path(plan["cube"]).name.removesuffix(".zarr"))
+    except ValueError:
+        return {}
+    out = {}
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            other = by_tile.get(TileScheme.name(epsg, row + dr, col + dc))
+            if (dr or dc) and other is not None and other["grid"].width == plan["grid"].width:
+                out[(dr, dc)] = other
+    return out
+
+
+def _halo(window: tuple[int, int, int, int], grid: GridSpec, scene_id: str,
+          around: Mapping[tuple[int, int], Mapping[str, Any]]) -> tuple[tuple[str, int, int, int], ...]:
+    """Where a chunk's cloud halo reaches into neighbouring tiles holding the same scene."""
+    y0, y1, x0, x1 = window
+    m = CLOUD_ADJACENT_PX
+    out = []
+    for (dr, dc), other in around.items():
+        if (dr < 0 and y0 >= m) or (dr > 0 and y1 <= grid.height - m) or (dc < 0 and x0 >= m) \
+                or (dc > 0 and x1 <= grid.width - m):
+            continue  # the halo does not reach that side
+        t = other["index_of"].get(scene_id)
+        if t is not None:
+            out.append((str(other["cube"]), int(t), dr * grid.height, dc * grid.width))
+    return tuple(out)
+
+
 def check_retrieval(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str | os.PathLike[str], *,
                     precision: str = "fp32", overwrite: bool = False) -> dict[str, Any]:
     """Check a retrieval's inputs without touching anything: what :func:`retrieve` checks before its work.
@@ -632,7 +684,7 @@ def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str 
             done = {s["scene_id"] for s in lst_slots if s[LST_OK_VAR]}
         todo = sorted((s for s in slots if s["scene_id"] not in done), key=lambda s: s["time"])
         plans.append({"cube": src, "out": dst, "grid": grid, "chunks": chunks, "action": action, "todo": todo,
-                      "skipped": len(slots) - len(todo)})
+                      "skipped": len(slots) - len(todo), "index_of": {s["scene_id"]: s["index"] for s in slots}})
     return retriever, plans, ident
 
 

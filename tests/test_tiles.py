@@ -197,7 +197,8 @@ def test_a_product_outside_any_utm_zone_is_refused_before_anything_is_written(sm
     rng = np.random.default_rng(0)
     tir = rng.integers(1500, 2500, (6, h, w)).astype(np.uint16)
     vnir = rng.integers(100, 900, (6, 2 * h, 2 * w)).astype(np.uint16)
-    geo = write_vimi_archive(tmp_path / "in", src.stem.replace("_0", "_9", 1), vnir, tir, crs="EPSG:4326",
+    meta["ProductID"] = 9_990_001  # a distinct product: new id in its name and XML
+    geo = write_vimi_archive(tmp_path / "in", src.stem[:-10] + f"{9_990_001:010d}", vnir, tir, crs="EPSG:4326",
                              transform=Affine(0.0004, 0, 115.7, 0, -0.0004, 40.5), meta=meta)
     shutil.copy(_archives(small_testbed)[1], tmp_path / "in")
     root = tmp_path / "cube"
@@ -207,3 +208,38 @@ def test_a_product_outside_any_utm_zone_is_refused_before_anything_is_written(sm
     assert rc == 2 and len(err) == 1, err
     assert geo.name in err[0] and "EPSG:4326" in err[0] and "UTM" in err[0], err
     assert not cube_stores(root)
+
+
+# --------------------------------------------------------------------------------------------- no seams
+def test_the_tile_size_changes_no_lst_value_or_qc_flag_at_tile_edges(small_testbed, tiled, tmp_path):
+    """LST and QC of 256 px tiles equal those of 1024 px tiles on every pixel: the cloud-adjacency halo reads
+    across tile edges (before, a cloud just across an edge left its neighbours unflagged: a seam)."""
+    from helpers import retrieval_artifact
+
+    from sftl_dask.api import open_lst
+    from sftl_dask.io.lst import QC_FLAGS
+    from sftl_dask.retrieve import retrieve
+
+    small, _ = tiled
+    big = tmp_path / "cube1024"
+    ingest([small_testbed / "archives"], big, era5=_era5(small_testbed), ged=small_testbed / "ged")
+    model = retrieval_artifact(tmp_path / "sw.json", "sw")
+    for cube in (small, big):
+        s = retrieve(cube, model, cube.parent / f"{cube.name}_lst")
+        assert s["failed"] == [] and s["retrieved"] > 0
+    adjacent = QC_FLAGS["cloud_adjacent"][0]
+    n_edge_flags = 0
+    for zone in ("47N", "50N"):
+        a = open_lst(small.parent / f"{small.name}_lst", zone=zone)
+        b = open_lst(big.parent / f"{big.name}_lst", zone=zone)
+        b = b.sel(x=a["x"], y=a["y"], time=a["time"])
+        assert a.sizes["time"] == 2
+        np.testing.assert_array_equal(a["lst"].values, b["lst"].values)
+        qa, qb = a["qc"].values, b["qc"].values
+        np.testing.assert_array_equal(qa, qb)
+        # the comparison bites: cloud-adjacent pixels lie on 256 px tile edges (rows/cols 0-1, 254-255 of a tile)
+        rows = (np.arange(a.sizes["y"]) % TILE)[None, :, None]
+        cols = (np.arange(a.sizes["x"]) % TILE)[None, None, :]
+        edge = np.isin(rows, (0, 1, TILE - 2, TILE - 1)) | np.isin(cols, (0, 1, TILE - 2, TILE - 1))
+        n_edge_flags += int(((qa & adjacent) != 0)[np.broadcast_to(edge, qa.shape)].sum())
+    assert n_edge_flags > 100, n_edge_flags
