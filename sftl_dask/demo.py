@@ -210,6 +210,17 @@ def _lst_steps(lst_root: Path) -> dict[str, int]:
             for name, store in cube_stores(lst_root).items()}
 
 
+def _crop_to_data(ds: Any) -> Any:
+    """The rectangle of a mosaic where any time step has an LST value (tiles reach far past a scene's edge:
+    the rest would only be reduced to NaN)."""
+    seen = ds["lst"].notnull().any("time").compute().values
+    if not seen.any():
+        return ds
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    out = ds.isel(y=slice(rows[0], rows[-1] + 1), x=slice(cols[0], cols[-1] + 1))
+    return out.rio.write_transform(out.rio.transform(recalc=True))  # the mosaic's transform was of the whole
+
+
 def write_monthly_composites(lst_root: Path, out: Path, regions: Mapping[str, str]) -> None:
     """Monthly median composites of each zone's LST tiles (one mosaic): a CF NetCDF file and a figure of the
     best-covered month. ``regions`` maps a zone (``50N``) to its region's name."""
@@ -221,7 +232,7 @@ def write_monthly_composites(lst_root: Path, out: Path, regions: Mapping[str, st
     plt = _plt()
     for zone in sorted({zone_of_store(n) for n in cube_stores(lst_root)}):
         name = regions.get(zone, zone)
-        ds = open_lst(lst_root, zone=zone)
+        ds = _crop_to_data(open_lst(lst_root, zone=zone))
         mc = ds.sftl.good().sftl.composite("MS", "median").compute()
         mc.sftl.to_netcdf(out / f"{zone}_monthly.nc")
         best = int(mc["count"].sum(("y", "x")).argmax("time").values)
