@@ -196,7 +196,7 @@ def _rss_sampler(client: Any, interval: float = 0.2) -> Iterator[list[tuple[floa
 def _memory_run(client: Any, label: str, archives: list[Path], cube: Path, testbed: Path) -> dict[str, Any]:
     from distributed.diagnostics import MemorySampler
 
-    client.restart()
+    client.restart(timeout=600)
     idle = max(client.run(_rss).values())
     ms = MemorySampler()
     with _rss_sampler(client) as samples, ms.sample(label, client=client, measure="process", interval=0.2):
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             mb = sum(a.stat().st_size for a in archives) / 2**20
             print(f"{len(archives)} archives ({mb:.0f} MB), {len(archives4)} for the x4 memory run, "
                   f"{args.workers} workers x 1 thread")
-            client.restart()
+            client.restart(timeout=600)
             client.run(_warm)
             runs: dict[str, list[dict[str, float]]] = {"baseline": [], "ingest": []}
             for r in range(args.repeat):

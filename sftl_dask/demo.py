@@ -242,7 +242,7 @@ def write_monthly_composites(lst_root: Path, out: Path, regions: Mapping[str, st
         ax[0].set_title(f"{name}: median LST of good pixels, {month}")
         mc.sftl.plot_map(best, var="count", ax=ax[1], cmap="Blues")
         ax[1].set_title("good scenes per pixel")
-        fig.savefig(out / f"{name}_{zone}_monthly.png", dpi=100)
+        fig.savefig(out / (f"{name}_{zone}_monthly.png" if name != zone else f"{zone}_monthly.png"), dpi=100)
         plt.close(fig)
 
 
