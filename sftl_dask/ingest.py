@@ -139,8 +139,8 @@ def _sub(tile: GridSpec, window: tuple[int, int, int, int]) -> GridSpec:
     return GridSpec(tile.crs, (a, b, c + x0 * a, d, e, f + y0 * e), x1 - x0, y1 - y0)
 
 
-def _ingest_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[str]]], geds: list[dict[str, Any]],
-                  cloud_percent: float) -> dict[str, Any]:
+def _ingest_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[str], tuple[int, int]]],
+                  geds: list[dict[str, Any]], cloud_percent: float) -> dict[str, Any]:
     """Decode one product and write it into every tile it touches (worker task).
 
     Lazy Dask-backed inputs (the ERA5 field) are computed in this task's own thread: inside a distributed
@@ -153,8 +153,8 @@ def _ingest_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[s
         return _decode_scene(path, targets, geds, cloud_percent)
 
 
-def _decode_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[str]]], geds: list[dict[str, Any]],
-                  cloud_percent: float) -> dict[str, Any]:
+def _decode_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[str], tuple[int, int]]],
+                  geds: list[dict[str, Any]], cloud_percent: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     from sftl_dask.io.era5 import era5_wvc_on_grid
     from sftl_dask.io.ged import vimi_emissivity
@@ -184,7 +184,7 @@ def _decode_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[s
         scene_time = np.datetime64(prod.metadata["CenterTime"], "ns")
         checksum = product_checksum(path)
         written, covered_px, cloud_px = [], 0, 0
-        for (store, index, _, tile, _), ged in zip(targets, geds, strict=True):
+        for (store, index, _, tile, _, (gy, gx)), ged in zip(targets, geds, strict=True):
             hit = _window(tile, sgrid)
             if hit is None:
                 continue
@@ -201,7 +201,9 @@ def _decode_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[s
                 continue  # the footprint touches the tile but only no-data pixels of the product fall in it
             cloud = np.where(covered, vals["cloud"] > 0.5, False)
             wvc = np.where(covered, era5_wvc_on_grid(era5, scene_time, wgrid.x, wgrid.y, wgrid.crs), np.nan)
-            gw = {k: (v[..., y0:y1, x0:x1] if isinstance(v, np.ndarray) else v) for k, v in ged.items()}
+            # the GED arrays start at (gy, gx) of the tile: the part of it this run's scenes cover
+            gw = {k: (v[..., y0 - gy : y1 - gy, x0 - gx : x1 - gx] if isinstance(v, np.ndarray) else v)
+                  for k, v in ged.items()}
             emis = vimi_emissivity(gw["emissivity"], gw["ndvi"], vals["ndvi"], water=gw.get("water"), converted=True)
             emis = np.where(covered[None], emis, np.nan)
             missing = covered & (gw["ged_missing"].astype(bool) | ~np.isfinite(wvc))
@@ -374,14 +376,23 @@ def ingest(
             for s, i in zip(ss, idx, strict=True):
                 s["targets"][name] = (store, i)
 
-        # GED once per tile, then one task per scene writing all its tiles.
-        used = sorted({n for s in scans for n in s["targets"]})
-        ged_arrays = dict(zip(used, _map(_ged_for_grid, [(str(ged), tiles[n]) for n in used], client,
+        # GED once per tile, on the part of it this run's scenes cover; then one task per scene writing all its tiles.
+        reach: dict[str, tuple[int, int, int, int]] = {}
+        for s in scans:
+            for n in s["targets"]:
+                hit = _window(tiles[n], s["grid"])
+                if hit is not None:
+                    w = hit[0]
+                    r = reach.get(n, w)
+                    reach[n] = (min(r[0], w[0]), max(r[1], w[1]), min(r[2], w[2]), max(r[3], w[3]))
+        used = sorted(reach)
+        ged_arrays = dict(zip(used, _map(_ged_for_grid, [(str(ged), _sub(tiles[n], reach[n])) for n in used], client,
                                          scatter_out=True), strict=True))
         args = []
         for s in scans:
-            names = sorted(s["targets"])
-            targets = [(*s["targets"][n], n, tiles[n], _era5_for(era5_index, tiles[n], s["time"])) for n in names]
+            names = sorted(n for n in s["targets"] if n in reach)
+            targets = [(*s["targets"][n], n, tiles[n], _era5_for(era5_index, tiles[n], s["time"]),
+                        (reach[n][0], reach[n][2])) for n in names]
             args.append((s["path"], targets, [ged_arrays[n] for n in names], s["cloud_percent"]))
         results = _map(_ingest_scene, args, client, progress=progress)
         log += results
