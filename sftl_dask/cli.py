@@ -193,7 +193,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         _note_logs(args)
     stores = summary["stores"]
     shown = stores if len(stores) <= 8 else [*stores[:4], f"... {len(stores) - 8} more ...", *stores[-4:]]
-    print(f"  {len(stores)} tile store(s) of {summary['tile_px']} px:")
+    print(f"  {len(stores)} tile store(s)" + (f" of {summary['tile_px']} px" if "tile_px" in summary else "") + ":")
     for s in shown:
         print(f"  cube: {s}")
     return 1 if summary["failed"] else 0  # some scenes failed: each named above with its reason

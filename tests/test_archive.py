@@ -14,11 +14,12 @@ from sftl_dask.cli import main
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def _config(tmp: Path, tb: Path, model: Path, **over: object) -> Path:
+def _config(tmp: Path, tb: Path, model_path: Path, **over: object) -> Path:
     cfg = {"name": "tiny", "data": {"archives": [str(tb / "archives")], "era5": str(tb / "era5" / "*.nc"),
                                     "ged": str(tb / "ged"), "insitu": str(tb / "insitu"),
                                     "sites": str(tb / "sites.csv")},
-           "tiles": {"size": 512}, "model": {"path": str(model)}, **over}
+           "tiles": {"size": 512}, "model": {"path": str(model_path)}}
+    cfg.update(over)
     path = tmp / "archive.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
