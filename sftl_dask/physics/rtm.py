@@ -276,6 +276,16 @@ class ReducedBandModel:
         self.wavenumber_cm1 = nu
         self.wavelength_um = 1e4 / nu
         self._weights = np.stack([c.weights(self.wavelength_um) for c in self.channels], axis=1)  # (nb, nc)
+        self._pair_n: dict[str, NDArray[np.float64]] = {}
+        self._pair_m: dict[str, NDArray[np.float64]] = {}
+        self._pair_k: dict[str, NDArray[np.float64]] = {}
+        for s in BAND_SPECIES:
+            pairs, inv = np.unique(np.stack([self.coefficients.n[s], self.coefficients.m[s]], axis=1), axis=0,
+                                   return_inverse=True)
+            self._pair_n[s], self._pair_m[s] = pairs[:, 0], pairs[:, 1]
+            # (n_pairs, nb): k of each bin in the row of its (n, m) pair, so amounts @ this = k * W per bin
+            self._pair_k[s] = np.where(inv.ravel()[None, :] == np.arange(len(pairs))[:, None],
+                                       self.coefficients.k[s][None, :], 0.0)
         x, w = np.polynomial.legendre.leggauss(n_quadrature)
         mu = 0.5 * (x + 1.0)
         self._mu = mu
@@ -283,12 +293,16 @@ class ReducedBandModel:
 
     # -- spectral core ---------------------------------------------------------------------------
     def _species_amounts(self, la: LayerAmounts) -> dict[str, NDArray[np.float64]]:
-        """Per-layer vertical, pressure/temperature-scaled absorber amounts per species and bin, (n_layers, nb)."""
-        c = self.coefficients
+        """Per-layer vertical, pressure/temperature-scaled absorber amounts, (n_layers, n_exponent_pairs).
+
+        One column per distinct ``(n, m)`` pair of the species; ``self._pair_k[s]`` maps columns to bins
+        (a few pairs per species, so paths are summed a few times, not once per bin).
+        """
         base = {"h2o": la.h2o, "mixed": la.air * la.co2_scale, "trace": la.air, "o3": la.o3}
         lp = np.log(la.p_hpa / P0_HPA)[:, None]
         lt = np.log(T0_K / la.t_k)[:, None]
-        return {s: base[s][:, None] * np.exp(lp * c.n[s][None, :] + lt * c.m[s][None, :]) for s in BAND_SPECIES}
+        return {s: base[s][:, None] * np.exp(lp * self._pair_n[s][None, :] + lt * self._pair_m[s][None, :])
+                for s in BAND_SPECIES}
 
     def _continuum_depth(self, la: LayerAmounts) -> NDArray[np.float64]:
         """Vertical continuum optical depth per layer and bin, (n_layers, nb)."""
@@ -317,8 +331,8 @@ class ReducedBandModel:
             return np.concatenate([np.zeros_like(out[:, :1]), out], axis=1)
 
         for s in BAND_SPECIES:
-            w = cum(amounts[s][None, :, :] * factor[..., None])  # (n_ang, n_lev, nb)
-            kw = c.k[s][None, None, :] * w
+            w = cum(amounts[s][None, :, :] * factor[..., None])  # (n_ang, n_lev, n_pairs)
+            kw = w @ self._pair_k[s]  # k of each bin times the amount of its exponent pair
             log_tau -= np.power(kw, c.a[s][None, None, :])
         log_tau -= cum(cont[None, :, :] * factor[..., None])
         return np.exp(log_tau)
