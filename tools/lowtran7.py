@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -159,33 +159,43 @@ def _zenith_at_top(vza_deg: float, surface_km: float, top_km: float = 100.0) -> 
     return float(np.rad2deg(np.arcsin((r + surface_km) / (r + top_km) * np.sin(np.deg2rad(vza_deg)))))
 
 
-def spectral_terms(run, surface_km: float, vza_deg: float, t_surface_k: float,
-                   ) -> dict[str, NDArray[np.float64]]:
+def spectral_terms(run: Callable[[int, int, float, float, float], dict], surface_km: float,
+                   vza_deg: Sequence[float], t_surface_k: float, *, ground: bool) -> dict[str, NDArray[np.float64]]:
     """Transmittance, upwelling path radiance and hemispheric downwelling radiance, spectrally.
 
     ``run(itype, iemsct, h1, h2, angle)`` is :func:`run_standard` or :func:`run_profile` with its
-    atmosphere bound. The path radiance is LOWTRAN7's radiance seen from 100 km down to the
-    surface (zenith angle at 100 km from straight-ray geometry, so that it is ``vza_deg`` at the
-    surface, as in the band model) minus the surface's own emission: the path meets the ground
-    only for a sea-level surface, where LOWTRAN7 adds a black boundary at the lowest level's
-    temperature ``t_surface_k``; above sea level the path ends in the air and the radiance is
-    path radiance alone. The hemispheric downwelling radiance (irradiance / pi) is an
-    ``N_HEMISPHERE``-node Gauss-Legendre quadrature of LOWTRAN7's sky radiance over cos(zenith).
+    atmosphere bound. The transmittance is that of the path from the surface to space at
+    ``vza_deg``. The path radiance is LOWTRAN7's radiance seen from 100 km down to the surface
+    (zenith angle at 100 km from straight-ray geometry, so that it is ``vza_deg`` at the surface,
+    as in the band model) minus the surface's own emission where the path meets the ground
+    (``ground``): LOWTRAN7 then adds a black boundary at the lowest level's temperature
+    ``t_surface_k``. The ground is the lowest level of a user atmosphere, and sea level in a
+    standard one (there, a path ending higher up ends in the air: path radiance alone). The hemispheric downwelling radiance (irradiance / pi) is an ``N_HEMISPHERE``-node
+    Gauss-Legendre quadrature of LOWTRAN7's sky radiance over cos(zenith).
+
+    Returns
+    -------
+    dict
+        ``wavelength_um`` (nb,), ``transmittance`` and ``upwelling`` (n_angles, nb), ``downwelling`` (nb,);
+        radiances in W m^-2 sr^-1 um^-1.
     """
     from sftl_dask.physics.planck import planck_radiance
 
-    up = run(2, 1, 100.0, surface_km, 180.0 - _zenith_at_top(vza_deg, surface_km))
-    wl = 1e4 / up["wavenumber_cm1"]
-    tau = run(3, 0, surface_km, 0.0, vza_deg)["tx"][:, 8]
-    path = up["radiance"]
-    if surface_km <= 0.0:
-        path = path - up["tx"][:, 8] * planck_radiance(wl, t_surface_k)
+    taus, paths = [], []
+    for vza in vza_deg:
+        up = run(2, 1, 100.0, surface_km, 180.0 - _zenith_at_top(float(vza), surface_km))
+        wl = 1e4 / up["wavenumber_cm1"]
+        taus.append(run(3, 0, surface_km, 0.0, float(vza))["tx"][:, 8])
+        path = up["radiance"]
+        if ground:
+            path = path - up["tx"][:, 8] * planck_radiance(wl, t_surface_k)
+        paths.append(path)
     x, w = np.polynomial.legendre.leggauss(N_HEMISPHERE)
     mu = 0.5 * (x + 1.0)
-    down = np.zeros_like(path)
+    down = np.zeros_like(paths[0])
     for m, wt in zip(mu, w, strict=True):
         down += 0.5 * wt * 2.0 * m * run(3, 1, surface_km, 0.0, float(np.rad2deg(np.arccos(m))))["radiance"]
-    return {"wavelength_um": wl, "transmittance": tau, "upwelling": path, "downwelling": down}
+    return {"wavelength_um": wl, "transmittance": np.array(taus), "upwelling": np.array(paths), "downwelling": down}
 
 
 def channel_terms(spec: dict[str, NDArray[np.float64]]) -> dict[str, NDArray[np.float64]]:

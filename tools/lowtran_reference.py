@@ -43,11 +43,12 @@ def main() -> None:
             def run(itype: int, iemsct: int, h1: float, h2: float, angle: float, mi: int = mi) -> dict:
                 return run_standard(mi, itype, iemsct, h1, h2, angle)
 
-            terms = channel_terms(spectral_terms(run, h, vza, float(prof.temperature_k[0])))
+            terms = channel_terms(spectral_terms(run, h, [vza], float(prof.temperature_k[0]), ground=h <= 0.0))
             held_out = (vza not in ANGLES_DEG) or (h not in ALTITUDES_KM)
             for key, kind in KIND.items():
                 cases.append({"kind": kind, "atmosphere": name, "surface_km": h, "angle_deg": vza,
-                              "held_out": bool(held_out), "values": [round(float(x), 5) for x in terms[key]]})
+                              "held_out": bool(held_out),
+                              "values": [round(float(x), 5) for x in terms[key].reshape(-1, 4)[0]]})
     out = {"source": f"{VERSION}; AFGL 1986 model atmospheres 1-6; band means with the channels' SRF weights; "
                      "radiances W m-2 sr-1 um-1; downwelling hemispheric (irradiance / pi, 8-node Gauss-Legendre "
                      "in cos zenith); tools/lowtran_reference.py",
