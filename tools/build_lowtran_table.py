@@ -45,10 +45,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lowtran7 import N_HEMISPHERE, VERSION, channel_terms, run_profile, spectral_terms  # noqa: E402
+from lowtran7 import N_HEMISPHERE, VERSION, channel_terms, run_profile, spectral_terms
 
-from sftl_dask.physics.channels import thermal_channels  # noqa: E402
-from sftl_dask.physics.profiles import ProfileClimate, generate_profiles  # noqa: E402
+from sftl_dask.physics.channels import thermal_channels
+from sftl_dask.physics.profiles import ProfileClimate, generate_profiles
 
 ELEVATION_KM = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 T_AIR_K = tuple(float(t) for t in np.arange(240.0, 315.1, 5.0))

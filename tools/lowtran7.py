@@ -170,8 +170,9 @@ def spectral_terms(run: Callable[[int, int, float, float, float], dict], surface
     as in the band model) minus the surface's own emission where the path meets the ground
     (``ground``): LOWTRAN7 then adds a black boundary at the lowest level's temperature
     ``t_surface_k``. The ground is the lowest level of a user atmosphere, and sea level in a
-    standard one (there, a path ending higher up ends in the air: path radiance alone). The hemispheric downwelling radiance (irradiance / pi) is an ``N_HEMISPHERE``-node
-    Gauss-Legendre quadrature of LOWTRAN7's sky radiance over cos(zenith).
+    standard one (there, a path ending higher up ends in the air: path radiance alone). The
+    hemispheric downwelling radiance (irradiance / pi) is an ``N_HEMISPHERE``-node Gauss-Legendre
+    quadrature of LOWTRAN7's sky radiance over cos(zenith).
 
     Returns
     -------
