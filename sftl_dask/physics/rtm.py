@@ -3,14 +3,20 @@
 A reduced line-by-layer model in the spirit of LOWTRAN7's band model, on a
 5 cm^-1 grid from 775 to 1280 cm^-1 (7.8-12.9 um):
 
-* **Absorbers.** Water-vapour lines, the water-vapour continuum (self- and
-  foreign-broadened, with the Roberts et al. 1976 temperature factor
-  ``exp[1800 (1/T - 1/296)]`` on the self part), uniformly mixed gases (CO2, N2O,
-  CH4, O2 as one species scaled by the CO2 mixing ratio), trace gases, and ozone.
+* **Absorbers.** Water-vapour lines, the water-vapour continuum, uniformly mixed gases
+  (CO2, N2O, CH4, O2 as one species scaled by the CO2 mixing ratio), trace gases, and ozone.
+* **Continuum.** Self- and foreign-broadened, proportional to the water amount times the
+  water-vapour (self) or dry-air (foreign) density relative to 296 K, as in LOWTRAN7. The
+  self continuum's strong negative temperature dependence is LOWTRAN7's: its coefficient is
+  interpolated linearly in temperature between the 296 K and the 260 K values and held at those
+  values outside 260-296 K. (The Roberts et al. 1976 factor ``exp[1800 (1/T - 1/296)]`` this
+  model used before keeps growing below 260 K - by 30% more at 250 K - and made the cold, dry
+  atmospheres, where nearly all water sits below 260 K, over-absorb at 10.8 and 11.95 um.)
 * **Transmittance.** For each band-model species ``s`` the path transmittance is
   ``exp(-(k_s(nu) W_s)^a_s(nu))`` where ``W_s`` is the absorber amount along the path,
   scaled layer by layer by ``(p/p0)^n_s (T0/T)^m_s`` (the Pierluissi-Maragoudakis form
-  used by LOWTRAN7); the continuum is a plain exponential of its optical depth.
+  used by LOWTRAN7, whose exponents differ from band region to band region: here they are
+  given per spectral bin); the continuum is a plain exponential of its optical depth.
   Paths use spherical-shell geometry, so any view angle and surface elevation works.
 * **Radiance.** Upwelling path radiance at the top of the atmosphere and downwelling
   radiance at the surface are sums of layer Planck emission times transmittance
@@ -57,6 +63,7 @@ __all__ = [
     "RTBackend",
     "ReducedBandModel",
     "TableBackend",
+    "continuum_amounts",
     "layer_amounts",
 ]
 
@@ -66,7 +73,8 @@ BAND_SPECIES: tuple[str, ...] = ("h2o", "mixed", "trace", "o3")
 EARTH_RADIUS_KM = 6371.23
 #: Atmosphere above this altitude (km) is ignored: it holds < 0.01% of the absorbers in 8-13 um.
 TOP_OF_MODEL_KM = 80.0
-_ROBERTS_T_FACTOR_K = 1800.0
+#: LOWTRAN7 tabulates the self continuum at 296 K and 260 K and interpolates linearly between them.
+_SELF_CONTINUUM_T_K = (T0_K, 260.0)
 
 
 @dataclass(frozen=True)
@@ -111,9 +119,10 @@ class _Coefficients:
     wavenumber_cm1: NDArray[np.float64]
     k: dict[str, NDArray[np.float64]]
     a: dict[str, NDArray[np.float64]]
-    n: dict[str, float]
-    m: dict[str, float]
+    n: dict[str, NDArray[np.float64]]
+    m: dict[str, NDArray[np.float64]]
     cont_self: NDArray[np.float64]
+    cont_self_260: NDArray[np.float64]
     cont_foreign: NDArray[np.float64]
     meta: dict[str, object] = field(default_factory=dict)
 
@@ -126,9 +135,10 @@ class _Coefficients:
                 wavenumber_cm1=nu,
                 k={s: np.asarray(sp[s]["k"], dtype=np.float64) for s in BAND_SPECIES},
                 a={s: np.asarray(sp[s]["a"], dtype=np.float64) for s in BAND_SPECIES},
-                n={s: float(sp[s]["n"]) for s in BAND_SPECIES},
-                m={s: float(sp[s]["m"]) for s in BAND_SPECIES},
+                n={s: np.broadcast_to(np.asarray(sp[s]["n"], dtype=np.float64), nu.shape) for s in BAND_SPECIES},
+                m={s: np.broadcast_to(np.asarray(sp[s]["m"], dtype=np.float64), nu.shape) for s in BAND_SPECIES},
                 cont_self=np.asarray(d["continuum"]["self"], dtype=np.float64),
+                cont_self_260=np.asarray(d["continuum"]["self_260"], dtype=np.float64),
                 cont_foreign=np.asarray(d["continuum"]["foreign"], dtype=np.float64),
                 meta=dict(d.get("meta", {})),
             )
@@ -205,6 +215,32 @@ def layer_amounts(profile: AtmosphereProfile) -> LayerAmounts:
     return LayerAmounts(z, p_mean, t_mean, h2o, air, o3, e_mean, profile.co2_ppmv / CO2_PPMV_DEFAULT)
 
 
+def continuum_amounts(la: LayerAmounts) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Water-vapour continuum amounts of each layer, the way LOWTRAN7 forms them.
+
+    The self continuum scales with the water amount times the water-vapour density, the foreign
+    continuum with the water amount times the dry-air density, both relative to 296 K at 1013.25 hPa.
+    The self part is split between its 296 K and 260 K coefficients by the layer temperature
+    (linear weight ``(296 - T) / 36``, clipped to [0, 1]).
+
+    Parameters
+    ----------
+    la : LayerAmounts
+        Layers of a profile.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(u_self_296, u_self_260, u_foreign)`` per layer (g cm^-2, density-scaled), each (n_layers,).
+    """
+    t_hi, t_lo = _SELF_CONTINUUM_T_K
+    density = T0_K / la.t_k  # number density at fixed partial pressure, relative to 296 K
+    u_self = la.h2o * (la.e_hpa / P0_HPA) * density
+    w_260 = np.clip((t_hi - la.t_k) / (t_hi - t_lo), 0.0, 1.0)
+    u_for = la.h2o * ((la.p_hpa - la.e_hpa) / P0_HPA) * density
+    return u_self * (1.0 - w_260), u_self * w_260, u_for
+
+
 def _path_factor(z_km: NDArray[np.float64], zenith_deg: NDArray[np.float64]) -> NDArray[np.float64]:
     """Slant path length / vertical thickness of each layer for rays leaving the surface.
 
@@ -240,6 +276,16 @@ class ReducedBandModel:
         self.wavenumber_cm1 = nu
         self.wavelength_um = 1e4 / nu
         self._weights = np.stack([c.weights(self.wavelength_um) for c in self.channels], axis=1)  # (nb, nc)
+        self._pair_n: dict[str, NDArray[np.float64]] = {}
+        self._pair_m: dict[str, NDArray[np.float64]] = {}
+        self._pair_k: dict[str, NDArray[np.float64]] = {}
+        for s in BAND_SPECIES:
+            pairs, inv = np.unique(np.stack([self.coefficients.n[s], self.coefficients.m[s]], axis=1), axis=0,
+                                   return_inverse=True)
+            self._pair_n[s], self._pair_m[s] = pairs[:, 0], pairs[:, 1]
+            # (n_pairs, nb): k of each bin in the row of its (n, m) pair, so amounts @ this = k * W per bin
+            self._pair_k[s] = np.where(inv.ravel()[None, :] == np.arange(len(pairs))[:, None],
+                                       self.coefficients.k[s][None, :], 0.0)
         x, w = np.polynomial.legendre.leggauss(n_quadrature)
         mu = 0.5 * (x + 1.0)
         self._mu = mu
@@ -247,20 +293,23 @@ class ReducedBandModel:
 
     # -- spectral core ---------------------------------------------------------------------------
     def _species_amounts(self, la: LayerAmounts) -> dict[str, NDArray[np.float64]]:
-        """Per-layer vertical, pressure/temperature-scaled absorber amounts for each species."""
-        c = self.coefficients
+        """Per-layer vertical, pressure/temperature-scaled absorber amounts, (n_layers, n_exponent_pairs).
+
+        One column per distinct ``(n, m)`` pair of the species; ``self._pair_k[s]`` maps columns to bins
+        (a few pairs per species, so paths are summed a few times, not once per bin).
+        """
         base = {"h2o": la.h2o, "mixed": la.air * la.co2_scale, "trace": la.air, "o3": la.o3}
-        return {
-            s: base[s] * (la.p_hpa / P0_HPA) ** c.n[s] * (T0_K / la.t_k) ** c.m[s] for s in BAND_SPECIES
-        }
+        lp = np.log(la.p_hpa / P0_HPA)[:, None]
+        lt = np.log(T0_K / la.t_k)[:, None]
+        return {s: base[s][:, None] * np.exp(lp * self._pair_n[s][None, :] + lt * self._pair_m[s][None, :])
+                for s in BAND_SPECIES}
 
     def _continuum_depth(self, la: LayerAmounts) -> NDArray[np.float64]:
         """Vertical continuum optical depth per layer and bin, (n_layers, nb)."""
         c = self.coefficients
-        tf = np.exp(_ROBERTS_T_FACTOR_K * (1.0 / la.t_k - 1.0 / T0_K))
-        u_self = la.h2o * (la.e_hpa / P0_HPA) * tf
-        u_for = la.h2o * ((la.p_hpa - la.e_hpa) / P0_HPA)
-        return u_self[:, None] * c.cont_self[None, :] + u_for[:, None] * c.cont_foreign[None, :]
+        u_self, u_self_260, u_for = continuum_amounts(la)
+        return (u_self[:, None] * c.cont_self[None, :] + u_self_260[:, None] * c.cont_self_260[None, :]
+                + u_for[:, None] * c.cont_foreign[None, :])
 
     def _transmittance_cumulative(self, amounts: dict[str, NDArray[np.float64]], cont: NDArray[np.float64],
                                   factor: NDArray[np.float64], from_top: bool) -> NDArray[np.float64]:
@@ -282,8 +331,8 @@ class ReducedBandModel:
             return np.concatenate([np.zeros_like(out[:, :1]), out], axis=1)
 
         for s in BAND_SPECIES:
-            w = cum(amounts[s][None, :] * factor)  # (n_ang, n_lev)
-            kw = c.k[s][None, None, :] * w[..., None]
+            w = cum(amounts[s][None, :, :] * factor[..., None])  # (n_ang, n_lev, n_pairs)
+            kw = w @ self._pair_k[s]  # k of each bin times the amount of its exponent pair
             log_tau -= np.power(kw, c.a[s][None, None, :])
         log_tau -= cum(cont[None, :, :] * factor[..., None])
         return np.exp(log_tau)

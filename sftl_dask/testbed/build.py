@@ -355,6 +355,7 @@ def build_testbed(
                       for r in scene_rows for s, v in r["site_lst"].items()]
         pd.DataFrame(site_truth).to_csv(tmp / "truth" / "site_overpass_truth.csv", index=False)
         from sftl_dask.testbed.ancillary import ERROR_BUDGET
+        from sftl_dask.testbed.lowtran_world import lowtran_world_table
         from sftl_dask.testbed.scene import INSTRUMENT
 
         summary = {
@@ -365,6 +366,8 @@ def build_testbed(
                             "cover_fractions": r.cover_fractions} for n, r in REGIONS.items()},
             "land_covers": {k: asdict(v) for k, v in LAND_COVERS.items()},
             "instrument": INSTRUMENT, "ancillary_errors": ERROR_BUDGET,
+            "rt": {"world": lowtran_world_table().description,
+                   "simulation": "the project's band model (sftl_dask.physics.rtm.ReducedBandModel)"},
             "sites": table.to_dict("records"),
         }
         (tmp / "testbed.json").write_text(json.dumps(summary, indent=1, default=str))

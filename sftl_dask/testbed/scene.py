@@ -1,7 +1,8 @@
 """One synthetic VIMI scene: the true surface and atmosphere, then the instrument.
 
-The truth (LST, emissivity, NDVI, water vapour, clouds, view angle) goes through the
-project's radiative transfer to top-of-atmosphere radiance, then through an instrument
+The truth (LST, emissivity, NDVI, water vapour, clouds, view angle) goes through LOWTRAN7's
+radiative transfer (a shipped table, :mod:`sftl_dask.testbed.lowtran_world`; the simulation table
+uses the project's band model instead) to top-of-atmosphere radiance, then through an instrument
 that is *not* the simulation's ideal sensor: per-channel calibration bias and slow
 drift, NEdT noise, 12-bit DN quantisation with the nominal gains of the XML. The sizes
 of these error sources are data in :data:`INSTRUMENT` with their sources.
@@ -20,8 +21,8 @@ from sftl_dask.physics.atmosphere import AtmosphereProfile
 from sftl_dask.physics.channels import THERMAL_NAMES, Channel, thermal_channels
 from sftl_dask.physics.planck import BandPlanck, band_planck
 from sftl_dask.physics.profiles import ProfileClimate, generate_profiles
-from sftl_dask.physics.rtm import ReducedBandModel
 from sftl_dask.physics.solar import earth_sun_distance_au, solar_position
+from sftl_dask.testbed.lowtran_world import lowtran_world_table
 from sftl_dask.testbed.world import LAND_COVERS, Landscape, RegionClimate, _smooth_field
 
 __all__ = ["INSTRUMENT", "SceneSpec", "SceneTruth", "site_lst", "synthesize_scene"]
@@ -85,11 +86,6 @@ class SceneTruth:
     t_air_k: float
     wvc_scene: float
     site_truth: dict[str, float]
-
-
-@lru_cache(maxsize=1)
-def _rtm() -> ReducedBandModel:
-    return ReducedBandModel()
 
 
 @lru_cache(maxsize=1)
@@ -228,26 +224,25 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
     vza_row = np.rad2deg(np.arctan(np.abs(x_km) / SATELLITE_ALTITUDE_KM))
     vza = np.broadcast_to(vza_row[None, :], lsc.shape).astype(np.float32)
 
-    # Atmosphere: one profile at the lowest surface, terms on a small (elevation, water, angle) grid.
+    # Atmosphere: one profile at the lowest surface gives the air temperature and water column at each
+    # elevation node; the terms come from LOWTRAN7 (the shipped table of library profiles), not from the
+    # band model that makes the simulation table, on a small (elevation, water, angle) grid.
     z = lsc.elevation_m / 1000.0
     z_nodes = np.linspace(float(z.min()), float(z.max()) + 1e-3, 3)
     w_nodes = np.array([0.85, 1.0, 1.15])
     v_nodes = np.unique(np.round([float(vza_row.min()), float(np.median(vza_row)), float(vza_row.max())], 4))
     prof = _scene_profile(spec, clim, float(z_nodes[0]))
-    rt = _rtm()
+    world = lowtran_world_table()
     tau = np.zeros((4, 3, 3, v_nodes.size))
     lup = np.zeros_like(tau)
     ldn = np.zeros_like(tau)
     wcol = np.zeros((1, 3, 3, 1))
     for i, zz in enumerate(z_nodes):
         p_z = prof if i == 0 else prof.with_surface_at(float(zz))
-        for j, ws in enumerate(w_nodes):
-            p = p_z.scaled_water(float(ws))
-            terms = rt.terms(p, v_nodes)
-            tau[:, i, j, :] = terms.transmittance.T
-            lup[:, i, j, :] = terms.upwelling.T
-            ldn[:, i, j, :] = terms.downwelling[:, None]
-            wcol[0, i, j, 0] = p.total_column_water()
+        w_z = p_z.total_column_water() * w_nodes
+        tau[:, i], lup[:, i], dn = world.terms(float(zz), p_z.surface_air_temperature_k, w_z, v_nodes)
+        ldn[:, i] = dn[:, :, None]
+        wcol[0, i, :, 0] = w_z
     pts = (z.astype(np.float64), lsc.water_scale.astype(np.float64), vza.astype(np.float64))
     axes = (z_nodes, w_nodes, v_nodes)
     tau_px, lup_px, ldn_px = (_trilinear(a, axes, pts) for a in (tau, lup, ldn))
