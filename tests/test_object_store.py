@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import s3fs
 from helpers import retrieval_artifact
@@ -41,6 +42,7 @@ from sftl_dask.cli import main
 from sftl_dask.ingest import ingest
 from sftl_dask.io.cube import cube_stores, open_cube
 from sftl_dask.retrieve import retrieve
+from sftl_dask.validate import validate
 
 BUCKET = "sftl-test"
 
@@ -180,15 +182,20 @@ def test_second_ingest_and_retrieve_on_s3_skip_everything(runs: dict[str, Any], 
 def test_cli_retrieve_and_validate_on_s3_in_worker_processes(runs: dict[str, Any], model: Path,
                                                              small_testbed: Path, tmp_path: Path,
                                                              s3: dict[str, Any]) -> None:
-    """Spawned Dask workers reach the bucket with the credentials of their environment."""
-    lst = f"s3://{BUCKET}/lst_cli"
-    assert main(["retrieve", "--cube", runs["s3"]["cube"], "--model", str(model), "--out", lst, "--device", "cpu",
+    """Spawned Dask workers reach the bucket with the credentials of their environment (one tile: 16 chunks)."""
+    name, store = next((n, st) for n, st in cube_stores(runs["s3"]["cube"]).items() if n.startswith("50N"))
+    lst = f"s3://{BUCKET}/lst_cli.zarr"
+    assert main(["retrieve", "--cube", str(store), "--model", str(model), "--out", lst, "--device", "cpu",
                  "--workers", "1"]) == 0
-    a, b = open_lst(runs["local"]["lst"], zone="50N"), open_lst(lst, zone="50N")
+    a, b = open_lst(runs["local"]["lst"], grid=name), open_lst(lst)
+    assert b.sizes["time"] == a.sizes["time"] > 0
     np.testing.assert_array_equal(a["lst"].values, b["lst"].values)
-    assert main(["validate", "--lst", lst, "--insitu", str(small_testbed / "insitu"), "--sites",
-                 str(small_testbed / "sites.csv"), "--out", str(tmp_path / "val"), "--workers", "1"]) == 0
-    assert (tmp_path / "val" / "summary.md").is_file()
+    tb = ["--insitu", str(small_testbed / "insitu"), "--sites", str(small_testbed / "sites.csv")]
+    assert main(["validate", "--lst", runs["s3"]["lst"], *tb, "--out", str(tmp_path / "val"), "--workers", "1"]) == 0
+    validate(runs["local"]["lst"], small_testbed / "insitu", small_testbed / "sites.csv", tmp_path / "val_local")
+    got, want = (pd.read_parquet(tmp_path / d / "matchups.parquet") for d in ("val", "val_local"))
+    assert (got["reason"] == "ok").sum() > 10
+    pd.testing.assert_frame_equal(got, want)  # the same matchups, value for value
 
 
 # --------------------------------------------------------------------------------------------- bad input
@@ -250,3 +257,37 @@ def test_url_on_an_option_without_object_store_support_is_refused(s3: dict[str, 
     err = _refused(capsys, ["rechunk", "--lst", runs["s3"]["lst"]])
     assert err == (f"sftl rechunk: error: {runs['s3']['lst']}: --lst of sftl rechunk takes a local or "
                    "shared-file-system path, not an object-store URL (docs/cluster.md, 'Object storage')")
+
+
+# --------------------------------------------------------------------------------------------- the layer itself
+def test_location_functions_give_the_same_answers_for_a_path_and_a_url(tmp_path: Path) -> None:
+    """fsspec's in-memory filesystem stands in for a bucket: no server needed to pin the layer's contract."""
+    from sftl_dask.io.location import (
+        append_text,
+        child_stores,
+        exists,
+        filesystem,
+        is_zarr_store,
+        join,
+        name_of,
+        read_text,
+        remove,
+    )
+
+    answers = []
+    for root in (tmp_path / "root", "memory://sftl-location-test/root/"):
+        fs, p = filesystem(root)
+        for store in ("b.zarr", "a.zarr", "not_a_store.zarr"):
+            fs.makedirs(f"{p}/{store}", exist_ok=True)
+            fs.pipe_file(f"{p}/{store}/{'.zgroup' if store != 'not_a_store.zarr' else '.zattrs'}", b"{}")
+        append_text(join(root, "log.jsonl"), "one\n")
+        append_text(join(root, "log.jsonl"), "two\n")
+        stores = child_stores(root)
+        answers.append((list(stores), [name_of(s) for s in stores.values()], read_text(join(root, "log.jsonl")),
+                        is_zarr_store(stores["a"]), is_zarr_store(join(root, "not_a_store.zarr"))))
+        remove(stores["a"])
+        assert not exists(stores["a"]) and exists(stores["b"])
+        assert child_stores(join(root, "nothing_here")) == {}
+    assert answers[0] == answers[1] == (["a", "b"], ["a.zarr", "b.zarr"], "one\ntwo\n", True, False)
+    assert isinstance(child_stores(tmp_path / "root")["b"], Path)  # local paths stay Paths
+    assert child_stores("memory://sftl-location-test/root")["b"] == "memory://sftl-location-test/root/b.zarr"
