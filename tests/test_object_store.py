@@ -182,7 +182,7 @@ def test_second_ingest_and_retrieve_on_s3_skip_everything(runs: dict[str, Any], 
 def test_cli_retrieve_and_validate_on_s3_in_worker_processes(runs: dict[str, Any], model: Path,
                                                              small_testbed: Path, tmp_path: Path,
                                                              s3: dict[str, Any]) -> None:
-    """Spawned Dask workers reach the bucket with the credentials of their environment (one tile: 16 chunks)."""
+    """Spawned Dask workers reach the bucket with the credentials of their environment (one tile: 8 chunks)."""
     name, store = next((n, st) for n, st in cube_stores(runs["s3"]["cube"]).items() if n.startswith("50N"))
     lst = f"s3://{BUCKET}/lst_cli.zarr"
     assert main(["retrieve", "--cube", str(store), "--model", str(model), "--out", lst, "--device", "cpu",
