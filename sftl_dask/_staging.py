@@ -112,6 +112,12 @@ def write_lock(target: str | os.PathLike[str], holder: str) -> Iterator[None]:
     next writer. ``flock`` works on local file systems and on NFSv4 (Linux maps it onto NFS byte-range locks);
     Lustre needs its ``flock`` mount option.
 
+    An object-store URL (``s3://...``) has no lock: there is no ``flock``, and a lock object would outlive a
+    killed run. There the rule is one writer per cube root or LST output at a time, as the operator's duty;
+    what still holds is that no slot is marked complete before all its chunks are written (``ingest_ok``,
+    ``retrieve_ok``), so a crashed run never leaves a half-written slot that looks complete. Two writers at
+    once are NOT made safe: both would resize the same arrays and could lose or share slots.
+
     Parameters
     ----------
     target : path
@@ -126,6 +132,11 @@ def write_lock(target: str | os.PathLike[str], holder: str) -> Iterator[None]:
     """
     import fcntl
 
+    from sftl_dask.io.location import is_url
+
+    if is_url(target):  # no flock on an object store: the single-writer rule (docs/cluster.md, "Object storage")
+        yield
+        return
     target = Path(target)
     lock = lock_path(target)
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +167,10 @@ def check_unlocked(target: str | os.PathLike[str]) -> None:
     """
     import fcntl
 
+    from sftl_dask.io.location import is_url
+
+    if is_url(target):  # an object store has no lock to check (single-writer rule, see write_lock)
+        return
     lock = lock_path(Path(target))
     try:
         fd = os.open(lock, os.O_RDONLY)

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from sftl_dask.io.location import Location, location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR, lst_stores
 
 __all__ = ["SftlAccessor", "locate", "open_lst"]
@@ -75,9 +76,10 @@ def open_lst(path: str | os.PathLike[str], grid: str | tuple[float, float] | Non
 
     Parameters
     ----------
-    path : path
+    path : path or str
         An LST store (``<tile>.zarr``) or an LST root (a folder of them, as ``sftl retrieve`` writes
-        for a scene-cube root).
+        for a scene-cube root); either may be an fsspec URL (``s3://bucket/lst``, credentials from the
+        environment: :mod:`sftl_dask.io.location`).
     grid : str or (float, float), optional
         One tile of a root: its name, or a ``(lon, lat)`` point (deg E, deg N) the tile must hold (how a
         site finds its tile). Default: every tile of the root's zone, mosaicked
@@ -103,12 +105,12 @@ def open_lst(path: str | os.PathLike[str], grid: str | tuple[float, float] | Non
 
     from sftl_dask.io.tiles import mosaic, zone_of_store
 
-    p = Path(path)
+    p = location(path)
     stores = lst_stores(p)
     if not stores:
         raise ValueError(f"{p}: no LST store here (expected an LST store or a folder of them)")
     if grid is None:
-        zones: dict[str, dict[str, Path]] = {}
+        zones: dict[str, dict[str, Location]] = {}
         for name, st in stores.items():
             zones.setdefault(zone_of_store(name), {})[name] = st
         if zone is None and len(zones) > 1:
@@ -119,7 +121,7 @@ def open_lst(path: str | os.PathLike[str], grid: str | tuple[float, float] | Non
         picked = zones[zone] if zone is not None else next(iter(zones.values()))
         if len(picked) > 1:
             for st in picked.values():
-                _check_lst(xr.open_zarr(st, consolidated=True), str(st))
+                _check_lst(xr.open_zarr(zarr_store(st), consolidated=True), str(st))
             return mosaic(picked, ok_var=LST_OK_VAR, complete_only=complete_only)
         store = next(iter(picked.values()))
     elif isinstance(grid, str):
@@ -141,8 +143,8 @@ def open_lst(path: str | os.PathLike[str], grid: str | tuple[float, float] | Non
     return ds
 
 
-def _open_store(store: Path) -> xr.Dataset:
-    ds = xr.open_zarr(store, consolidated=True, decode_coords="all")
+def _open_store(store: Location) -> xr.Dataset:
+    ds = xr.open_zarr(zarr_store(store), consolidated=True, decode_coords="all")
     _check_lst(ds, str(store))
     return ds
 

@@ -27,6 +27,9 @@ from sftl_dask._staging import StoreBusyError
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2
+#: The options that take an fsspec URL (``s3://bucket/prefix``) besides a local path, per verb; any other option
+#: given a URL is refused (docs/cluster.md, "Object storage").
+URL_OPTIONS = {"ingest": ("cube",), "retrieve": ("cube", "out"), "validate": ("lst",)}
 
 
 class BadInput(Exception):
@@ -451,7 +454,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ingest", help="VIMI L1 archives + ERA5 + GED -> scene cubes (Zarr)")
     s.add_argument("inputs", nargs="+", metavar="ARCHIVE_OR_DIR", help="product .tar files or folders of them")
-    s.add_argument("--cube", required=True, help="cube root folder (one Zarr store per tile inside)")
+    s.add_argument("--cube", required=True, help="cube root folder (one Zarr store per tile inside), or an "
+                   "object-store URL s3://bucket/prefix (credentials from the environment)")
     s.add_argument("--era5", required=True, nargs="+", metavar="F", help="ERA5 tcwv NetCDF/GRIB files")
     s.add_argument("--ged", required=True, help="folder of ASTER GED AG100 tiles")
     s.add_argument("--tile-size", type=_positive_int, default=None, metavar="PX",
@@ -461,10 +465,12 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_ingest)
 
     s = sub.add_parser("retrieve", help="scene cubes -> CF LST cubes (torch, tree or split-window model)")
-    s.add_argument("--cube", required=True, help="scene-cube root (or one grid store) from 'sftl ingest'")
+    s.add_argument("--cube", required=True, help="scene-cube root (or one grid store) from 'sftl ingest'; a "
+                   "path or an s3:// URL")
     s.add_argument("--model", required=True, help="model artifact directory ('sftl train') or split-window JSON "
                    "('sftl fit-sw')")
-    s.add_argument("--out", required=True, help="LST output: a root with one store per cube store (or a store)")
+    s.add_argument("--out", required=True, help="LST output: a root with one store per cube store (or a store); "
+                   "a path or an s3:// URL")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where torch models run: auto = CUDA on workers that have a GPU, else CPU (default auto)")
     s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -475,7 +481,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("validate", help="LST cube against in situ radiometers: metrics, uncertainty calibration, "
                        "scatter and time-series plots")
-    s.add_argument("--lst", required=True, help="LST root (one store per grid) or store from 'sftl retrieve'")
+    s.add_argument("--lst", required=True, help="LST root (one store per grid) or store from 'sftl retrieve'; a "
+                   "path or an s3:// URL")
     s.add_argument("--insitu", required=True, help="folder of station files <site id>.csv")
     s.add_argument("--sites", required=True, help="site table (CSV: id, region, lon, lat, ...)")
     s.add_argument("--out", required=True, help="output folder: summary.md, metrics.parquet, matchups.parquet, "
@@ -569,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.log = _log_path(args.verb)
     try:
+        _check_urls(args)
         return int(args.func(args) or 0)
     except BadInput as exc:
         return _refused(args, exc)
@@ -596,6 +604,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         _log_bug(args)
         raise
+
+
+def _check_urls(args: argparse.Namespace) -> None:
+    """Refuse object-store URLs where a verb takes none, and probe the others before any cluster work.
+
+    Raises
+    ------
+    BadInput
+        A URL given to an option that takes local paths only.
+    ObjectStoreError
+        An object store that cannot be reached or used (one line naming the URL and what is wrong).
+    """
+    from sftl_dask.io.location import is_url, probe
+
+    for key, value in vars(args).items():
+        if key in ("scheduler", "argv", "func", "log", "verb"):  # a scheduler address is a URL of its own kind
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if not (isinstance(v, str) and is_url(v)):
+                continue
+            if key not in URL_OPTIONS.get(args.verb, ()):
+                flag = "ARCHIVE_OR_DIR" if key == "inputs" else f"--{key.replace('_', '-')}"
+                raise BadInput(f"{v}: {flag} of sftl {args.verb} takes a local or shared-file-system path, not an "
+                               "object-store URL (docs/cluster.md, 'Object storage')")
+            probe(v)
 
 
 def _refused(args: argparse.Namespace, exc: BaseException) -> int:

@@ -37,6 +37,7 @@ from sftl_dask.io.cube import (
     write_log,
     write_scene,
 )
+from sftl_dask.io.location import join, location, makedirs
 from sftl_dask.io.stac import scene_stac_meta, write_scene_stac
 from sftl_dask.io.tiles import DEFAULT_TILE_PX, TileScheme, cube_tiling, utm_epsg
 from sftl_dask.physics.channels import THERMAL_NAMES
@@ -261,8 +262,9 @@ def ingest(
     ----------
     inputs : sequence of path
         Product archives (``.tar``), extracted product folders, or folders holding them.
-    cube : path
-        Cube root folder (one store per tile inside, ``<zone><N|S>_<row>_<col>.zarr``).
+    cube : path or str
+        Cube root folder (one store per tile inside, ``<zone><N|S>_<row>_<col>.zarr``), or an fsspec URL
+        (``s3://bucket/prefix``; credentials from the environment, :mod:`sftl_dask.io.location`).
     era5 : sequence of path
         ERA5 ``tcwv`` NetCDF (or GRIB) files covering the scenes' times and areas.
     ged : path
@@ -291,7 +293,7 @@ def ingest(
     from sftl_dask.io.vimi import find_products
 
     t0 = time.perf_counter()
-    root = Path(cube)
+    root = location(cube)
     era5_paths = [str(Path(p)) for p in era5]
     for p in era5_paths:
         if not Path(p).is_file():
@@ -357,7 +359,7 @@ def ingest(
         scans = unique
 
         # Slots: a scene retried keeps the slots it has; every other (scene, tile) gets a new one, in time order.
-        root.mkdir(parents=True, exist_ok=True)
+        makedirs(root)
         new_slots: dict[str, list[dict[str, Any]]] = {}
         for s in scans:
             s["targets"] = {}
@@ -370,7 +372,7 @@ def ingest(
                     new_slots.setdefault(name, []).append(s)
         attrs = {**_CUBE_ATTRS, "sftl_tiling": json.dumps(scheme.to_attrs())}
         for name, ss in new_slots.items():
-            store = str(root / f"{name}.zarr")
+            store = str(join(root, f"{name}.zarr"))
             idx = append_slots(store, tiles[name], [{"scene_id": s["scene_id"], "source": s["path"],
                                                      "time": s["time"]} for s in ss], attrs)
             for s, i in zip(ss, idx, strict=True):

@@ -104,8 +104,13 @@ def timeseries_copy(store: str | os.PathLike[str]) -> Path | None:
     Returns
     -------
     pathlib.Path or None
-        The copy's store, or None (no copy, or a stale one, or the source is not a readable LST store).
+        The copy's store, or None (no copy, or a stale one, or the source is not a readable LST store, or
+        an object-store URL: ``sftl rechunk`` writes to file systems only).
     """
+    from sftl_dask.io.location import is_url
+
+    if is_url(store):
+        return None
     store = Path(store)
     found = [(c, a) for c in _candidates(store) if (a := _layout_of(c)) is not None]
     if not found:

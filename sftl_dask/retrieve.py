@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -44,6 +43,20 @@ from sftl_dask.io.cube import (
     read_slots,
     write_block,
     write_log,
+)
+from sftl_dask.io.location import (
+    Location,
+    absolute,
+    exists,
+    is_empty_folder,
+    is_file,
+    is_url,
+    is_zarr_store,
+    join,
+    location,
+    name_of,
+    remove,
+    zarr_store,
 )
 from sftl_dask.io.lst import (
     CLOUD_ADJACENT_PX,
@@ -249,7 +262,7 @@ def _array(path: str, name: str, mode: str, run: str) -> Any:
     """An array of a store, opened once per process and run (opening reads its metadata: ~2 ms)."""
     import zarr
 
-    return zarr.open_array(f"{path}/{name}", mode=mode)
+    return zarr.open_array(zarr_store(path), path=name, mode=mode)
 
 
 def _pin_torch_threads() -> None:
@@ -351,7 +364,7 @@ def _units_match(expected: str, got: Any) -> bool:
     return str(got) in _UNIT_ALIASES.get(expected, {expected})
 
 
-def _check_cube(store: Path, need: Sequence[str]) -> tuple[GridSpec, list[dict[str, Any]], tuple[int, int]]:
+def _check_cube(store: Location, need: Sequence[str]) -> tuple[GridSpec, list[dict[str, Any]], tuple[int, int]]:
     """The grid, complete slots and chunking of a scene-cube store; refuses one the model cannot use."""
     import zarr
 
@@ -359,7 +372,7 @@ def _check_cube(store: Path, need: Sequence[str]) -> tuple[GridSpec, list[dict[s
         grid, slots = read_slots(store)
     except (KeyError, ValueError, OSError) as exc:
         raise RetrieveError(f"{store}: not a readable scene cube ({type(exc).__name__}: {exc})") from None
-    group = zarr.open_group(str(store), mode="r")
+    group = zarr.open_group(zarr_store(store), mode="r")
     names = set(group.array_keys())
     for v in (*need, "vza", *_MASK_VARS):
         if v not in names:
@@ -372,27 +385,28 @@ def _check_cube(store: Path, need: Sequence[str]) -> tuple[GridSpec, list[dict[s
     return grid, [s for s in slots if s["ingest_ok"]], (cy, cx)
 
 
-def _pairs(cube: Path, out: Path) -> list[tuple[Path, Path]]:
+def _pairs(cube: Location, out: Location) -> list[tuple[Location, Location]]:
     """(scene-cube store, LST store) pairs: a store maps to ``out``, a root's stores to ``out/<name>``."""
-    if (cube / ".zgroup").exists():
+    if is_zarr_store(cube):
         return [(cube, out)]
     stores = cube_stores(cube)
     if not stores:
         raise RetrieveError(f"{cube}: no scene cube here (neither a Zarr store nor a folder of them)")
-    return [(store, out / store.name) for store in stores.values()]
+    return [(store, join(out, name_of(store))) for store in stores.values()]
 
 
-def _check_output(out: Path, source: Path, grid: GridSpec, ident: Mapping[str, str], overwrite: bool) -> str:
+def _check_output(out: Location, source: Location, grid: GridSpec, ident: Mapping[str, str], overwrite: bool
+                  ) -> str:
     """What to do with an existing output store: ``"new"``, ``"append"`` or ``"replace"``; refuse others."""
-    if not out.exists():
+    if not exists(out):
         return "new"
-    if not (out / ".zgroup").exists():
-        if out.is_dir() and not any(out.iterdir()):
+    if not is_zarr_store(out):
+        if is_empty_folder(out):
             return "new"
         raise RetrieveError(f"{out}: exists and is not an LST store; refusing to write there")
     import zarr
 
-    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+    attrs = dict(zarr.open_group(zarr_store(out), mode="r").attrs)
     if attrs.get("sftl_product") != "lst":
         raise RetrieveError(f"{out}: holds a Zarr store that is not an sftl LST cube; refusing to write there")
     if attrs.get("sftl_grid") != json.dumps(grid.to_attrs()) or attrs.get("source_cube") != str(source):
@@ -526,7 +540,8 @@ def retrieve(
     t_start = time.perf_counter()
     if device not in DEVICE_CHOICES:
         raise RetrieveError(f"--device {device!r} unknown; choose from {', '.join(DEVICE_CHOICES)}")
-    with write_lock(Path(out), "sftl retrieve"):  # one writer per output: a second run is refused
+    out = location(out)
+    with write_lock(out, "sftl retrieve"):  # one writer per output: a second run is refused (object stores: none)
         retriever, plans, ident = _plan(cube, model, out, precision=precision, overwrite=overwrite)
         model = Path(model)
         info = retriever.describe()
@@ -546,9 +561,9 @@ def retrieve(
         for i, plan in enumerate(plans):
             if not plan["todo"]:
                 continue
-            dst: Path = plan["out"]
+            dst: Location = plan["out"]
             if plan["action"] == "replace":
-                shutil.rmtree(dst)
+                remove(dst)
                 plan["action"] = "new"
             t_out = plan["slots"] = _lst_slots(dst, plan, retriever, info, ident, history)
             grid: GridSpec = plan["grid"]
@@ -597,11 +612,11 @@ def retrieve(
             "workers": sorted({r["worker"] for r in results}), "devices": sorted({r["device"] for r in results}),
             "resources": route_res or {}, "model": info,
         }
-        if jobs and len(plans) and plans[0]["out"] != Path(out):  # a root of LST stores: one log line per run
+        if jobs and len(plans) and plans[0]["out"] != out:  # a root of LST stores: one log line per run
             write_log(out, [{"time": history.split(" ")[0], "command": command or "", "model_sha256": retriever.digest,
                              **{k: summary[k] for k in ("retrieved", "skipped", "failed", "chunks", "pixels",
                                                         "produced", "seconds")}}], name="retrieve_log.jsonl")
-        if retrieved:
+        if retrieved and not is_url(out):  # no STAC on object stores yet (write_scene_stac says why)
             from sftl_dask.io.stac import write_lst_stac
 
             summary["stac"] = str(write_lst_stac(out))  # <out>/stac for a root; <name>_stac beside a single store
@@ -665,10 +680,10 @@ def check_retrieval(cube: str | os.PathLike[str], model: str | os.PathLike[str],
 def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str | os.PathLike[str], *,
           precision: str, overwrite: bool) -> tuple[Retriever, list[dict[str, Any]], dict[str, str]]:
     """Verify the model, the cubes and the outputs; per store pair, what is to do. Writes nothing."""
-    cube, out, model = Path(cube), Path(out), Path(model)
-    if not cube.exists():
+    cube, out, model = location(cube), location(out), Path(model)
+    if not exists(cube):
         raise RetrieveError(f"{cube}: no such scene cube")
-    if out.exists() and not out.is_dir():
+    if is_file(out):
         raise RetrieveError(f"{out}: is a file, not an LST store or folder")
     retriever = open_retriever(model, device="cpu", precision=precision)  # verifies it before any work
     kind = retriever.describe()["model_kind"]
@@ -677,7 +692,7 @@ def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str 
     plans = []
     for src, dst in _pairs(cube, out):
         grid, slots, chunks = _check_cube(src, need)
-        action = _check_output(dst, src.resolve(), grid, ident, overwrite)
+        action = _check_output(dst, absolute(src), grid, ident, overwrite)
         done: set[str] = set()
         if action == "append":
             _, lst_slots = read_slots(dst, LST_OK_VAR)
@@ -688,7 +703,7 @@ def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str 
     return retriever, plans, ident
 
 
-def _lst_slots(dst: Path, plan: Mapping[str, Any], retriever: Retriever, info: Mapping[str, str],
+def _lst_slots(dst: Location, plan: Mapping[str, Any], retriever: Retriever, info: Mapping[str, str],
                ident: Mapping[str, str], history: str) -> list[int]:
     """Slots of the LST store for the plan's scenes: reuse unfinished ones, append the others."""
     import zarr
@@ -696,14 +711,14 @@ def _lst_slots(dst: Path, plan: Mapping[str, Any], retriever: Retriever, info: M
     todo = plan["todo"]
     scenes = [{"scene_id": s["scene_id"], "source": str(plan["cube"]), "time": s["time"]} for s in todo]
     if plan["action"] == "new":
-        if dst.is_dir():  # an empty folder the user made for it
+        if isinstance(dst, Path) and dst.is_dir():  # an empty folder the user made for it
             dst.rmdir()
         attrs = {
             "title": "sftl-dask land surface temperature", "Conventions": "CF-1.11", "sftl_product": "lst",
             "summary": "Land surface temperature from GF5-02 VIMI thermal bands by a neural network pre-trained on "
                        "radiative-transfer simulations and fine-tuned on in situ LST (SFTL).",
             "references": "Heidarian et al. 2025, Remote Sensing 17:3803", "institution": "sftl-dask",
-            "source": "GF5-02 VIMI L1 through the sftl-dask scene cube", "source_cube": str(plan["cube"].resolve()),
+            "source": "GF5-02 VIMI L1 through the sftl-dask scene cube", "source_cube": str(absolute(plan["cube"])),
             **info, **ident, "pretraining_range": json.dumps(retriever.training_range),
             "qc_range_groups": " ".join(retriever.training_range), "cloud_adjacent_px": CLOUD_ADJACENT_PX,
             "date_created": history.split(" ")[0], "history": history, "software": history.split("(")[-1][:-1],
@@ -715,9 +730,9 @@ def _lst_slots(dst: Path, plan: Mapping[str, Any], retriever: Retriever, info: M
     reuse = [s for s in scenes if s["scene_id"] in waiting]
     fresh = [s for s in scenes if s["scene_id"] not in waiting]
     new_idx = iter(append_slots(dst, plan["grid"], fresh, variables=LST_VARIABLES, ok_var=LST_OK_VAR))
-    group = zarr.open_group(str(dst), mode="r+")
+    group = zarr.open_group(zarr_store(dst), mode="r+")
     group.attrs["history"] = f"{group.attrs.get('history', '')}\n{history}".strip()
-    zarr.consolidate_metadata(str(dst))
+    zarr.consolidate_metadata(zarr_store(dst))
     return [waiting[s["scene_id"]] if s in reuse else next(new_idx) for s in scenes]
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
+from sftl_dask.io.location import Location, exists, is_url, location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR, QC_FLAGS, lst_stores
 from sftl_dask.training.matchups import CLOUD_NEIGHBOURHOOD_PX, WINDOW_MIN
 
@@ -142,17 +143,17 @@ def metrics_table(matchups: pd.DataFrame) -> pd.DataFrame:
 # inputs
 
 
-def _open_store(path: Path) -> Any:
+def _open_store(path: Location) -> Any:
     import rioxarray  # noqa: F401  (registers .rio)
     import xarray as xr
 
     try:
-        return xr.open_zarr(path, decode_coords="all")
+        return xr.open_zarr(zarr_store(path), decode_coords="all")
     except (OSError, KeyError, ValueError) as exc:  # zarr's errors are ValueErrors: the store does not open
         raise ValidateError(f"{path}: not a readable LST store ({type(exc).__name__}: {exc})") from None
 
 
-def _qc_masks(path: Path, qc: Any) -> dict[str, int]:
+def _qc_masks(path: Location, qc: Any) -> dict[str, int]:
     """Bit masks of the flags the rules need, from ``qc``'s CF ``flag_meanings``/``flag_masks`` where present."""
     meanings = str(qc.attrs.get("flag_meanings", "")).split()
     masks = np.atleast_1d(np.asarray(qc.attrs.get("flag_masks", []), dtype=np.int64))
@@ -172,8 +173,9 @@ def check_validation(lst: str | os.PathLike[str], insitu_dir: str | os.PathLike[
 
     Parameters
     ----------
-    lst : path
-        An LST store or an LST root (``<grid>.zarr`` stores, ``sftl retrieve --out``).
+    lst : path or str
+        An LST store or an LST root (``<grid>.zarr`` stores, ``sftl retrieve --out``), or an fsspec URL of
+        either (``s3://bucket/lst``; credentials from the environment).
     insitu_dir : path
         Folder of station files ``<site id>.csv`` (:func:`~sftl_dask.io.insitu.read_insitu_csv`).
     sites_csv : path
@@ -202,8 +204,8 @@ def check_validation(lst: str | os.PathLike[str], insitu_dir: str | os.PathLike[
     from sftl_dask.io.insitu import read_sites
     from sftl_dask.training.matchups import site_pixels
 
-    lst, insitu, sites_path, out = Path(lst), Path(insitu_dir), Path(sites_csv), Path(out_dir)
-    if not lst.exists():
+    lst, insitu, sites_path, out = location(lst), Path(insitu_dir), Path(sites_csv), Path(out_dir)
+    if not exists(lst):
         raise ValidateError(f"{lst}: no such LST store or folder")
     stores = lst_stores(lst)
     if not stores:
@@ -217,7 +219,7 @@ def check_validation(lst: str | os.PathLike[str], insitu_dir: str | os.PathLike[
         sites = read_sites(sites_path)
     except ValueError as exc:
         raise ValidateError(str(exc)) from None
-    _check_out(out, overwrite, inputs=(lst, insitu, sites_path))
+    _check_out(out, overwrite, inputs=(*(() if is_url(lst) else (Path(lst),)), insitu, sites_path))
 
     plan = []
     for name, path in stores.items():
@@ -293,7 +295,7 @@ def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int,
 
     from sftl_dask.training.matchups import neighbourhood
 
-    ds = xr.open_zarr(path, chunks=None)
+    ds = xr.open_zarr(zarr_store(path), chunks=None)
     names = [v for v in ("lst", "lst_uncertainty", "vza") if v in ds.data_vars]
     out = []
     for r, c in pixels:
@@ -346,7 +348,7 @@ def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.
     stores = []  # (store plan, complete time steps in time order, their times and scene ids)
     site_times: dict[str, list[Any]] = {}
     for p in plan:
-        ds = _open_store(Path(p["path"]))
+        ds = _open_store(p["path"])
         ok = ds[LST_OK_VAR].values.astype(bool) if LST_OK_VAR in ds else np.ones(ds.sizes["time"], bool)
         idx = np.flatnonzero(ok)
         order = idx[np.argsort(ds["time"].values[idx], kind="stable")]

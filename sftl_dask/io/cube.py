@@ -23,13 +23,21 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
+from sftl_dask.io.location import (
+    Location,
+    append_text,
+    child_stores,
+    is_zarr_store,
+    join,
+    location,
+    zarr_store,
+)
 from sftl_dask.physics.channels import THERMAL_NAMES, channel_table
 
 __all__ = [
@@ -200,17 +208,14 @@ def pixel_index(crs: Any, x: ArrayLike, y: ArrayLike, lon: ArrayLike, lat: Array
     return np.atleast_1d(rows), np.atleast_1d(cols)
 
 
-def cube_stores(root: str | os.PathLike[str]) -> dict[str, Path]:
-    """The grid stores under a cube root, by grid name."""
-    root = Path(root)
-    if not root.exists():
-        return {}
-    return {p.name[: -len(".zarr")]: p for p in sorted(root.glob("*.zarr")) if (p / ".zgroup").exists()}
+def cube_stores(root: str | os.PathLike[str]) -> dict[str, Location]:
+    """The grid stores under a cube root (a folder or an object-store URL), by grid name."""
+    return child_stores(root)
 
 
 def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tuple[GridSpec, list[dict[str, Any]]]:
     """The grid of a store and its time slots (index, scene_id, source, checksum, ``ok_var``, time)."""
-    ds = xr.open_zarr(store, consolidated=True, chunks=None)  # numpy: no Dask graph for a few small arrays
+    ds = xr.open_zarr(zarr_store(store), consolidated=True, chunks=None)  # numpy: no Dask graph for small arrays
     grid = GridSpec.from_attrs(json.loads(ds.attrs["sftl_grid"]))
     slots = [
         {"index": i, "scene_id": str(s), "source": str(src), "checksum": str(ck), ok_var: bool(ok),
@@ -297,7 +302,7 @@ def append_slots(store: str | os.PathLike[str], grid: GridSpec, scenes: Sequence
     """
     import rioxarray  # noqa: F401  (registers .rio)
 
-    store = Path(store)
+    store = location(store)
     if not scenes:
         return []
     tmpl = _template(grid, scenes, variables, ok_var, chunk)
@@ -305,20 +310,20 @@ def append_slots(store: str | os.PathLike[str], grid: GridSpec, scenes: Sequence
     tmpl = tmpl.rio.write_transform(_affine(grid))
     for name in variables:
         tmpl[name].attrs["grid_mapping"] = "spatial_ref"
-    if not (store / ".zgroup").exists():
+    if not is_zarr_store(store):
         tmpl.attrs = {
             "title": "sftl-dask scene cube", "platform": "GF5-02", "instrument": "VIMI",
             "Conventions": "CF-1.11", "sftl_grid": json.dumps(grid.to_attrs()), **dict(attrs or {}),
         }
-        tmpl.to_zarr(store, mode="w-", compute=False, consolidated=True, zarr_format=2,
+        tmpl.to_zarr(zarr_store(store), mode="w-", compute=False, consolidated=True, zarr_format=2,
                      encoding=_encoding(tmpl, variables, ok_var))
         return list(range(len(scenes)))
     existing, slots = read_slots(store, ok_var)
     if existing != grid:
         raise ValueError(f"{store}: holds grid {existing.to_attrs()}, not {grid.to_attrs()}")
     start = len(slots)
-    tmpl.attrs = dict(xr.open_zarr(store, consolidated=True).attrs)  # appending must not drop them
-    tmpl.drop_vars(["spatial_ref", "x", "y"]).to_zarr(store, mode="a", append_dim="time", compute=False,
+    tmpl.attrs = dict(xr.open_zarr(zarr_store(store), consolidated=True).attrs)  # appending must not drop them
+    tmpl.drop_vars(["spatial_ref", "x", "y"]).to_zarr(zarr_store(store), mode="a", append_dim="time", compute=False,
                                                       consolidated=True)
     return list(range(start, start + len(scenes)))
 
@@ -358,7 +363,7 @@ def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, ND
     """
     import zarr
 
-    group = zarr.open_group(str(store), mode="r+")
+    group = zarr.open_group(zarr_store(store), mode="r+")
     ny, nx = group["bt_10_80"].shape[1:]
     if not 0 <= index < group["bt_10_80"].shape[0]:
         raise ValueError(f"{store}: no time slot {index}")
@@ -404,7 +409,7 @@ def write_block(store: str | os.PathLike[str] | Mapping[str, Any], index: int, w
     """
     import zarr
 
-    group = store if isinstance(store, zarr.Group | Mapping) else zarr.open_group(str(store), mode="r+")
+    group = store if isinstance(store, zarr.Group | Mapping) else zarr.open_group(zarr_store(store), mode="r+")
     y0, y1, x0, x1 = window
     for k, arr in data.items():
         z = group[k]
@@ -426,7 +431,7 @@ def mark_slot(store: str | os.PathLike[str], index: int | Sequence[int], ok_var:
     """
     import zarr
 
-    group = group if group is not None else zarr.open_group(str(store), mode="r+")
+    group = group if group is not None else zarr.open_group(zarr_store(store), mode="r+")
     if not isinstance(index, int | np.integer):
         index = np.asarray(index, dtype=np.int64)
         if not index.size:
@@ -438,12 +443,11 @@ def mark_slot(store: str | os.PathLike[str], index: int | Sequence[int], ok_var:
 
 def write_log(root: str | os.PathLike[str], records: Iterable[Mapping[str, Any]], name: str = "ingest_log.jsonl"
               ) -> None:
-    """Append records (one JSON line each) to ``<root>/<name>`` (ingest's log by default)."""
-    path = Path(root) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        for r in records:
-            fh.write(json.dumps(dict(r), default=str) + "\n")
+    """Append records (one JSON line each) to ``<root>/<name>`` (ingest's log by default).
+
+    On an object store the log is read and written back whole (:func:`~sftl_dask.io.location.append_text`).
+    """
+    append_text(join(root, name), "".join(json.dumps(dict(r), default=str) + "\n" for r in records))
 
 
 def open_cube(root_or_store: str | os.PathLike[str], grid: str | None = None, *, complete_only: bool = True,
@@ -452,8 +456,8 @@ def open_cube(root_or_store: str | os.PathLike[str], grid: str | None = None, *,
 
     Parameters
     ----------
-    root_or_store : path
-        A tile (grid) store or a cube root.
+    root_or_store : path or str
+        A tile (grid) store or a cube root, or an fsspec URL of either (``s3://bucket/cube``).
     grid : str, optional
         A tile (store) name: open that store alone.
     complete_only : bool
@@ -476,8 +480,8 @@ def open_cube(root_or_store: str | os.PathLike[str], grid: str | None = None, *,
 
     from sftl_dask.io.tiles import mosaic, zone_of_store
 
-    p = Path(root_or_store)
-    if (p / ".zgroup").exists():
+    p = location(root_or_store)
+    if is_zarr_store(p):
         store = p
     else:
         stores = cube_stores(p)
@@ -488,7 +492,7 @@ def open_cube(root_or_store: str | os.PathLike[str], grid: str | None = None, *,
                 raise ValueError(f"{p}: no tile {grid!r} (tiles: {', '.join(stores)})")
             store = stores[grid]
         else:
-            zones: dict[str, dict[str, Path]] = {}
+            zones: dict[str, dict[str, Location]] = {}
             for name, s in stores.items():
                 zones.setdefault(zone_of_store(name), {})[name] = s
             if zone is None and len(zones) > 1:
@@ -499,7 +503,7 @@ def open_cube(root_or_store: str | os.PathLike[str], grid: str | None = None, *,
             if len(picked) > 1:
                 return mosaic(picked, ok_var="ingest_ok", complete_only=complete_only)
             store = next(iter(picked.values()))
-    ds = xr.open_zarr(store, consolidated=True, decode_coords="all")
+    ds = xr.open_zarr(zarr_store(store), consolidated=True, decode_coords="all")
     if complete_only:
         ok = ds["ingest_ok"].values
         ds = ds.isel(time=np.flatnonzero(ok)).sortby("time")

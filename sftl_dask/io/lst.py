@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sftl_dask.io.location import Location, child_stores, is_zarr_store, join, location, name_of, read_text
 
 __all__ = [
     "CLOUD_ADJACENT_PX",
@@ -94,24 +95,21 @@ LST_VARIABLES: dict[str, dict[str, Any]] = {
 }
 
 
-def lst_stores(root: str | os.PathLike[str]) -> dict[str, Path]:
+def lst_stores(root: str | os.PathLike[str]) -> dict[str, Location]:
     """The LST stores of an output: the store itself, or ``<root>/<grid>.zarr`` by grid name.
 
-    Time-series copies (``sftl rechunk``; ``sftl_layout: "time-series"``) that sit in a root are not grids
-    of it and are left out.
+    ``root`` may be an object-store URL (:mod:`sftl_dask.io.location`). Time-series copies (``sftl rechunk``;
+    ``sftl_layout: "time-series"``) that sit in a root are not grids of it and are left out.
     """
-    root = Path(root)
-    if (root / ".zgroup").exists():
-        return {root.name.removesuffix(".zarr"): root}
-    if not root.is_dir():
-        return {}
-    return {p.name.removesuffix(".zarr"): p for p in sorted(root.glob("*.zarr"))
-            if (p / ".zgroup").exists() and not _is_timeseries_copy(p)}
+    root = location(root)
+    if is_zarr_store(root):
+        return {name_of(root).removesuffix(".zarr"): root}
+    return {name: p for name, p in child_stores(root).items() if not _is_timeseries_copy(p)}
 
 
-def _is_timeseries_copy(store: Path) -> bool:
+def _is_timeseries_copy(store: Location) -> bool:
     try:
-        attrs = json.loads((store / ".zattrs").read_text())
+        attrs = json.loads(read_text(join(store, ".zattrs")))
     except (OSError, ValueError):
         return False
     return isinstance(attrs, dict) and attrs.get("sftl_layout") == "time-series"

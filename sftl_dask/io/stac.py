@@ -86,11 +86,15 @@ def write_scene_stac(root: str | os.PathLike[str], scenes: Sequence[Mapping[str,
     Returns
     -------
     Path or None
-        The root ``catalog.json``; None when there is no scene to add (nothing is written).
+        The root ``catalog.json``; None when there is no scene to add, or when ``root`` is an object-store URL
+        (nothing is written: the catalog's relative links and its staged replacement are written for file
+        systems only; see docs/cluster.md, "Object storage").
     """
-    root = Path(root)
-    if not scenes:
+    from sftl_dask.io.location import is_url
+
+    if not scenes or is_url(root):
         return None
+    root = Path(root)
     stac_dir = root / "stac"
     kept = {i.id: _upgrade(i) for i in _read_items(stac_dir)}
     stores: dict[str, tuple[GridSpec, list[dict[str, Any]]]] = {}

@@ -37,7 +37,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -181,11 +180,13 @@ def cube_tiling(root: str | os.PathLike[str]) -> TileScheme | None:
     """
     import zarr
 
+    from sftl_dask.io.location import zarr_store
+
     found: dict[TileScheme, str] = {}
     for name, store in cube_stores(root).items():
-        text = zarr.open_group(str(store), mode="r").attrs.get("sftl_tiling")
+        text = zarr.open_group(zarr_store(store), mode="r").attrs.get("sftl_tiling")
         if text is None:
-            raise ValueError(f"{Path(store)}: written without a tile scheme (a per-scene grid of an older "
+            raise ValueError(f"{store}: written without a tile scheme (a per-scene grid of an older "
                              "sftl-dask): ingest into a new cube root")
         found.setdefault(TileScheme.from_attrs(text), name)
     if len(found) > 1:
@@ -234,8 +235,9 @@ def mosaic(stores: Mapping[str, Any], *, ok_var: str, complete_only: bool = True
     import rioxarray  # noqa: F401  (registers .rio)
 
     from sftl_dask.io.cube import _affine
+    from sftl_dask.io.location import zarr_store
 
-    opener = open_store or (lambda s: xr.open_zarr(s, consolidated=True, decode_coords="all"))
+    opener = open_store or (lambda s: xr.open_zarr(zarr_store(s), consolidated=True, decode_coords="all"))
     keys = {n: TileScheme.parse(n) for n in stores}
     if len({k[0] for k in keys.values()}) > 1:
         raise ValueError(f"tiles of several zones ({', '.join(sorted({zone_of_store(n) for n in stores}))}) "
