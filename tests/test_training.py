@@ -218,7 +218,7 @@ def test_feature_ablation_trains_and_exports_without_the_feature(trained, tmp_pa
     cfg_d = dict(BASE, model={"name": "dnn", "params": {"hidden": [16]}, "drop_features": ["wvc_dbt"]},
                  data={"testbed": {"path": str(out / "work" / "testbed")},
                        "simulation": {"path": str(out / "work" / "sim.parquet")}},
-                 transfer={"k": [5], "repeats": 1, "strategy": "head", "epochs": 5})
+                 transfer={"k": [5], "repeats": 1, "method": "head"})
     (tmp_path / "abl.yaml").write_text(yaml.safe_dump(cfg_d))
     cfg = load_config(tmp_path / "abl.yaml")
     assert model_features(cfg) == tuple(f for f in FEATURES if f != "wvc_dbt")

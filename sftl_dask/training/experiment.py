@@ -125,6 +125,7 @@ def _cell_task(cfg: TrainConfig, data: dict[str, Any], pretrained: tuple[Any, di
         row[f"few_shot_k{f['k']}_rmse_k"] = f["rmse_k_mean"]
         row[f"few_shot_k{f['k']}_draws_rmse_k"] = json.dumps([d["rmse_k"] for d in f["draws"]])
         row[f"few_shot_k{f['k']}_zero_shot_rmse_k"] = f["zero_shot_rmse_k_mean"]
+        row[f"few_shot_k{f['k']}_zero_shot_draws_rmse_k"] = json.dumps([d["zero_shot_rmse_k"] for d in f["draws"]])
     tuning = s3["direct_tuning"]
     row["direct_search"] = json.dumps(tuning["search"])
     row["direct_chosen"] = json.dumps(tuning["chosen"], default=str)
