@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from sftl_dask.metrics import rmse
+
 __all__ = ["FOREST_FORMAT", "LGBM", "RF", "ForestPredictor"]
 
 #: Format tag of the RF JSON export.
@@ -56,11 +58,6 @@ def _as_xy(name: str, X: ArrayLike, y: ArrayLike, n_features: int) -> tuple[NDAr
     if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
         raise ValueError(f"{name}: non-finite values in X or y")
     return xa, ya
-
-
-def _rmse(pred: ArrayLike, y: ArrayLike) -> float:
-    d = np.asarray(pred, dtype=np.float64) - np.asarray(y, dtype=np.float64)
-    return float(np.sqrt(np.mean(d**2)))
 
 
 # --- distributed LightGBM on a simulation table (LGBM.fit_dask) -------------------------------------------
@@ -222,9 +219,9 @@ class RF:
     def _history(self, t0: float, x: np.ndarray, y: np.ndarray, val: tuple[ArrayLike, ArrayLike] | None,
                  added: int) -> dict[str, Any]:
         hist = {"n_trees": self.n_trees, "added_trees": added, "n_train": int(y.size),
-                "train_rmse_k": _rmse(self.predict(x), y), "val_rmse_k": None}
+                "train_rmse_k": rmse(self.predict(x), y), "val_rmse_k": None}
         if val is not None:
-            hist["val_rmse_k"] = _rmse(self.predict(val[0]), val[1])
+            hist["val_rmse_k"] = rmse(self.predict(val[0]), val[1])
         hist["seconds"] = round(time.perf_counter() - t0, 3)
         return hist
 
@@ -358,9 +355,9 @@ class LGBM:
             booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
         self.booster = booster
         hist = {"n_trees": self.n_trees, "added_trees": self.n_trees - (before if init_model is not None else 0),
-                "n_train": int(yy.size), "train_rmse_k": _rmse(self.predict(x), yy), "val_rmse_k": None}
+                "n_train": int(yy.size), "train_rmse_k": rmse(self.predict(x), yy), "val_rmse_k": None}
         if val is not None:
-            hist["val_rmse_k"] = _rmse(self.predict(val[0]), val[1])
+            hist["val_rmse_k"] = rmse(self.predict(val[0]), val[1])
         hist["seconds"] = round(time.perf_counter() - t0, 3)
         return hist
 
@@ -511,7 +508,7 @@ class LGBM:
             "n_trees": self.n_trees, "added_trees": self.n_trees, "n_train": n_train,
             "train_rmse_k": float(np.sqrt(sum(e for e, _ in errs) / n_train)),
             "n_val": 0 if y_val is None else int(y_val.size),
-            "val_rmse_k": None if x_val is None else _rmse(self.predict(x_val), y_val),
+            "val_rmse_k": None if x_val is None else rmse(self.predict(x_val), y_val),
             "n_workers": int(machines.group(1)) if machines else 1, "n_partitions": len(train),
             "rows_per_worker": rows_per_worker,
         }

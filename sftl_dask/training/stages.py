@@ -29,6 +29,7 @@ import pandas as pd
 
 from sftl_dask._staging import staged_file
 from sftl_dask.features import FEATURES, feature_matrix
+from sftl_dask.metrics import metrics
 from sftl_dask.training.config import DIRECTIONS, PipelineConfig, load_pipeline
 
 __all__ = ["DIRECTIONS", "TrainConfig", "cache_key", "cached", "load_config", "metrics", "model_features",
@@ -75,19 +76,6 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
         If the file does not exist.
     """
     return TrainConfig.from_pipeline(load_pipeline(path), str(path))
-
-
-def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """RMSE, bias, MAE (K), R^2 and n of predictions against the truth."""
-    pred = np.asarray(pred, dtype=np.float64)
-    truth = np.asarray(truth, dtype=np.float64)
-    e = pred - truth
-    n = int(e.size)
-    if n == 0:
-        return {"n": 0, "rmse_k": float("nan"), "bias_k": float("nan"), "mae_k": float("nan"), "r2": float("nan")}
-    ss = float(np.sum((truth - truth.mean()) ** 2))
-    return {"n": n, "rmse_k": float(np.sqrt(np.mean(e**2))), "bias_k": float(e.mean()),
-            "mae_k": float(np.mean(np.abs(e))), "r2": float(1.0 - np.sum(e**2) / ss) if ss > 0 else float("nan")}
 
 
 def _sha256(path: Path) -> str:
