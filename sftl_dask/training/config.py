@@ -146,7 +146,7 @@ class TransferSection(_Section):
     """Stage 3: zero-shot on the target region, and few-shot adaptation with k target samples."""
 
     k: list[PositiveInt] = []
-    repeats: PositiveInt = 4
+    repeats: PositiveInt = 20
     method: Literal[FEW_SHOT_METHODS] = "head"  # type: ignore[valid-type]
 
 
