@@ -272,7 +272,12 @@ def _sftl_lines(results: dict[str, Any], folder: Path, out: Path, fig_name: str)
               f"| 3 cross-site (target, zero-shot): SFTL | {r(s3['zero_shot'])} |",
               f"| 3 same rows: pre-trained only | {r(s3['pretrained_only'])} |",
               f"| 3 same rows: split-window | {r(s3['split_window'])} |",
-              f"| 3 same rows: direct training on source matchups | {r(s3['direct_training'])} |", ""]
+              f"| 3 same rows: direct training on source matchups (tuned by cross-validation there) | "
+              f"{r(s3['direct_training'])} |", ""]
+    if "direct_tuning" in s3:
+        dt = s3["direct_tuning"]
+        lines += [f"Direct baseline: search space `{json.dumps(dt['search'])}`, chosen `{json.dumps(dt['chosen'])}` "
+                  f"by {dt['folds']}-fold cross-validation over source scenes (RMSE {dt['cv_rmse_k']:.2f} K).", ""]
     if "against_pixel_truth" in s3:
         t = s3["against_pixel_truth"]
         lines += ["Scored against the testbed's true pixel LST instead of the radiometers (only a synthetic world "
@@ -284,8 +289,10 @@ def _sftl_lines(results: dict[str, Any], folder: Path, out: Path, fig_name: str)
                   f"| the radiometers themselves | {r(t['radiometer'])} |", ""]
     if s3["few_shot"]:
         lines += ["Few-shot adaptation on k target samples (RMSE on the remaining target rows, mean ± sd over "
-                  "draws):", "", "| k | RMSE (K) |", "|---|---|"]
-        lines += [f"| {f['k']} | {f['rmse_k_mean']:.2f} ± {f['rmse_k_sd']:.2f} |" for f in s3["few_shot"]]
+                  "draws), next to the zero-shot model on the same rows:", "",
+                  "| k | few-shot RMSE (K) | zero-shot, same rows (K) | draws |", "|---|---|---|---|"]
+        lines += [f"| {f['k']} | {f['rmse_k_mean']:.2f} ± {f['rmse_k_sd']:.2f} | "
+                  f"{f.get('zero_shot_rmse_k_mean', float('nan')):.2f} | {f['repeats']} |" for f in s3["few_shot"]]
     fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
     names = ["split-window", "direct", "pre-trained", "SFTL"]
     vals = [s3["split_window"]["rmse_k"], s3["direct_training"]["rmse_k"], s3["pretrained_only"]["rmse_k"],
