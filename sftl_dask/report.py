@@ -414,10 +414,12 @@ def experiment_report(table: pd.DataFrame, predictions: pd.DataFrame, out_dir: s
                       ) -> Path:
     """Write the grid's ``summary.md`` with ``grid.png``, ``scatter.png`` and ``fewshot.png``.
 
-    Sections: the targets (best SFTL against the split-window and every direct-training model, per
-    direction; on a testbed also against the true pixel LST and the radiometers' own error), the
-    results table (mean ± sd over seeds), pre-training, the feature ablation, and the recommendation
-    of model × strategy by the number of target samples, with its evidence.
+    Sections: the targets (per direction, the SFTL configuration chosen on the source region's held-out
+    scenes, :func:`select_on_source`, beside the oracle chosen on the target, :func:`select_oracle`, the
+    split-window and the tuned direct baseline chosen by its source cross-validation; on a testbed also
+    against the true pixel LST and the radiometers' own error), the results table (mean ± sd over seeds),
+    pre-training, the feature ablation, the recommendation of model × strategy by the number of target
+    samples (chosen on some few-shot draws, scored on the others), and few-shot against zero-shot.
 
     Parameters
     ----------
