@@ -479,7 +479,10 @@ def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None =
     log(f"stage 1: pre-training {name} on {n_train:,} simulated samples")
     if distributed and name == "lgbm":  # the workers read the training rows; trees take no statistics
         model = _new_model(cfg, xte, yte)
-        model.fit_dask(data["sim"], client=client, holdout_profiles=sorted(held))
+        from sftl_dask.training.distributed import read_simulation_on_workers
+
+        model.fit_dask(read_simulation_on_workers(data["sim"], client=client, holdout_profiles=sorted(held)),
+                       client=client)
     elif distributed:  # torch: the ranks reduce the normalisation statistics
         from sftl_dask.training.distributed import pretrain_distributed
 
