@@ -445,3 +445,13 @@ def test_the_registry_names_every_strategy_class_once():
     from sftl_dask.models.finetune import STRATEGIES
 
     assert tuple(STRATEGIES) == STRATEGY_NAMES
+
+
+def test_matchups_verb_refuses_a_missing_cube_with_one_line(tmp_path, capsys):
+    from sftl_dask.cli import main
+
+    rc = main(["matchups", "--cube", str(tmp_path / "nope.zarr"), "--insitu", str(tmp_path), "--sites",
+               str(tmp_path / "s.csv"), "--out", str(tmp_path / "m.parquet")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "nope.zarr" in err[0] and "--cube" in err[0]
+    assert not (tmp_path / "m.parquet").exists()
