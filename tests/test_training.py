@@ -20,6 +20,8 @@ BASE = {
     "finetune": {"strategy": "gradual", "params": {"epochs_per_group": 2}, "epochs": 6, "lr": 0.001,
                  "split": "chronological", "test_fraction": 0.3},
     "transfer": {"k": [5], "repeats": 2},
+    # one candidate per model keeps the tuned direct baseline cheap here (3 fits: 2 folds and the refit)
+    "direct": {"folds": 2, "search": {"dnn": {"epochs": [30], "batch_size": [64]}, "lgbm": {"n_estimators": [50]}}},
 }
 
 
@@ -335,6 +337,10 @@ def test_train_from_a_cube_station_records_and_a_site_table_builds_no_testbed(tr
     assert res["stage2_finetune"]["model"]["rmse_k"] == pytest.approx(res_tb["stage2_finetune"]["model"]["rmse_k"])
     # no truth was named: nothing is scored against the pixel truth
     assert "against_pixel_truth" not in res["stage3_transfer"]
+    # the direct baseline says what it was given and what cross-validation chose
+    tuning = res["stage3_transfer"]["direct_tuning"]
+    assert tuning["search"] == {"batch_size": [64], "epochs": [30]} and tuning["folds"] == 2
+    assert tuning["chosen"] == {"batch_size": 64, "epochs": 30} and tuning["cv_rmse_k"] > 0
     assert load_artifact(tmp_path / "o" / "model").card["training_tables"]["matchups"]["path"].endswith(
         "matchups.parquet")
 

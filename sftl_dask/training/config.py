@@ -154,8 +154,9 @@ class DirectSection(_Section):
     """The direct-training baseline: hyper-parameters tuned by cross-validation on the source matchups."""
 
     folds: int = Field(default=3, ge=2)
-    #: Search space: setting -> candidate values (null: the model's default space, see ``training.direct``).
-    search: dict[str, list[Any]] | None = None
+    #: Search spaces by model name: setting -> candidate values (a model not named: its default space,
+    #: :func:`sftl_dask.training.direct.default_search`).
+    search: dict[Literal[MODELS], dict[str, list[Any]]] = {}  # type: ignore[valid-type]
 
 
 class Ablation(_Section):

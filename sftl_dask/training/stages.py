@@ -52,7 +52,7 @@ class TrainConfig:
     finetune: dict[str, Any]
     transfer: dict[str, Any]
     source: str = field(default="config")
-    direct: dict[str, Any] = field(default_factory=lambda: {"folds": 3, "search": None})
+    direct: dict[str, Any] = field(default_factory=lambda: {"folds": 3, "search": {}})
 
     @classmethod
     def from_pipeline(cls, p: PipelineConfig, source: str) -> TrainConfig:
@@ -524,7 +524,7 @@ def direct_baseline(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int |
                     ) -> tuple[Any, dict[str, Any]]:
     """The direct-training baseline: the configuration's model trained on the source fine-tuning rows only,
     its settings tuned by cross-validation over whole scenes (:func:`~sftl_dask.training.direct.tune_direct`;
-    search space ``direct.search``, else :func:`~sftl_dask.training.direct.default_search`).
+    search space ``direct.search.<model>``, else :func:`~sftl_dask.training.direct.default_search`).
 
     Returns the refitted model and the tuning record (``search``, ``candidates``, ``chosen``, ``cv_rmse_k``).
     """
@@ -549,7 +549,7 @@ def direct_baseline(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int |
             fit_torch(m, xf, yf, seed=cfg.seed, threads=threads, patience=None, **fit_kw)
         return m
 
-    search = cfg.direct["search"] or default_search(str(cfg.model["name"]))
+    search = cfg.direct["search"].get(str(cfg.model["name"])) or default_search(str(cfg.model["name"]))
     return tune_direct(fit, _predict, x, y, train["scene_id"].to_numpy(), search=search,
                        n_folds=cfg.direct["folds"])
 
