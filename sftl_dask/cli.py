@@ -324,8 +324,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if (Path(args.out) / "model").exists() and not args.overwrite:
         raise BadInput(f"{Path(args.out) / 'model'}: an artifact already exists (pass --overwrite to replace it)")
     t0 = time.perf_counter()
-    _, _, out = _train(args, "simulation, testbed, ingest and matchups")
+    _, _, out = _train(args, "simulation, split-window and matchups")
     print(f"wrote {out / 'model'} and {out / 'results.json'} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _cmd_matchups(args: argparse.Namespace) -> int:
+    from sftl_dask._staging import staged_file
+    from sftl_dask.training.matchups import build_matchups
+
+    for flag, path in (("--cube", args.cube), ("--insitu", args.insitu), ("--sites", args.sites)):
+        if not Path(path).exists():
+            raise BadInput(f"{path}: not found ({flag})")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise BadInput(f"{out}: exists (pass --overwrite to replace it)")
+    with _client(args):  # the cube's chunks are read on the cluster
+        frame = build_matchups(args.cube, args.insitu, args.sites)
+    with staged_file(out, replace=True) as tmp:
+        frame.to_parquet(tmp)
+    usable = frame["reason"] == "ok"
+    per_region = ", ".join(f"{r} {n}" for r, n in frame[usable].groupby("region").size().items())
+    print(f"wrote {out}: {len(frame)} matchups, {int(usable.sum())} usable ({per_region or 'none'})")
     return 0
 
 
@@ -510,6 +530,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     common(s)
     s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("matchups", help="the matchup table (in situ LST at each site's pixel) of a scene cube")
+    s.add_argument("--cube", required=True, help="scene-cube root (or one store) from 'sftl ingest'")
+    s.add_argument("--insitu", required=True, help="folder of station files <site id>.csv")
+    s.add_argument("--sites", required=True, help="site table (CSV: id, region, lon, lat, ...)")
+    s.add_argument("--out", required=True, help="output Parquet table (data.matchups of a pipeline)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing table")
+    common(s)
+    s.set_defaults(func=_cmd_matchups)
 
     s = sub.add_parser("experiment", help="the grid (models x strategies x directions x seeds) as one Dask job")
     s.add_argument("--config", required=True, help="pipeline YAML with a 'grid' section")

@@ -80,7 +80,7 @@ def lst_metrics(retrieved_k: ArrayLike, insitu_k: ArrayLike, sigma_k: ArrayLike 
     -------
     dict
         ``n``; ``rmse_k``, ``bias_k`` (mean of retrieved - in situ), ``mae_k`` (K); ``r2`` (``1 - SSE/SST``,
-        SST about the in situ mean: the training's definition, :func:`sftl_dask.training.stages.metrics`);
+        SST about the in situ mean: the training's definition, :func:`sftl_dask.metrics.metrics`);
         ``ubrmse_k`` (K, ``sqrt(RMSE^2 - bias^2)``); and with ``sigma_k``, ``within_1sigma``,
         ``within_2sigma`` (fractions of the residuals) and ``rms_sigma_k`` (K). NaN where n is 0.
 
@@ -89,8 +89,8 @@ def lst_metrics(retrieved_k: ArrayLike, insitu_k: ArrayLike, sigma_k: ArrayLike 
     ValueError
         If the arrays' lengths differ.
     """
+    from sftl_dask.metrics import metrics
     from sftl_dask.models.error_model import coverage
-    from sftl_dask.training.stages import metrics
 
     pred = np.asarray(retrieved_k, dtype=np.float64).ravel()
     truth = np.asarray(insitu_k, dtype=np.float64).ravel()

@@ -13,6 +13,12 @@ from helpers import simulation_xy, small_simulation
 from sftl_dask.models.artifact import export_artifact, load_artifact
 from sftl_dask.models.trees import LGBM, _early_stopping_iteration
 from sftl_dask.simulate import SimulationConfig, write_simulation
+from sftl_dask.training.distributed import read_simulation_on_workers
+
+
+def _fit_dask(model: LGBM, sim: Path, client, **kw) -> dict:
+    """The table read on the workers (training/), then boosted there (models/)."""
+    return model.fit_dask(read_simulation_on_workers(sim, client=client, **kw), client=client)
 
 N_PROFILES = 60
 HELD = tuple(range(0, N_PROFILES, 5))  # every fifth profile is held out
@@ -35,7 +41,7 @@ def table(sim) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def fitted(sim, client) -> tuple[LGBM, dict]:
     model = LGBM(12, **PARAMS)
-    hist = model.fit_dask(sim, client=client, holdout_profiles=HELD)
+    hist = _fit_dask(model, sim, client, holdout_profiles=HELD)
     return model, hist
 
 
@@ -72,10 +78,10 @@ def test_a_single_file_is_split_into_row_ranges_so_every_worker_trains(tmp_path,
     write_simulation(path, SimulationConfig(n_profiles=6, n_spectra=5, seed=1))
     assert len(list(path.glob("part-*.parquet"))) == 1
     model = LGBM(12, n_estimators=5, min_child_samples=5)
-    hist = model.fit_dask(path, client=client)
+    hist = _fit_dask(model, path, client)
     assert hist["n_partitions"] == 2 and hist["n_workers"] == 2 and hist["n_train"] == 6 * 5 * 3 * 2
     assert hist["val_rmse_k"] is None and hist["n_val"] == 0
-    assert model.fit_dask(path, client=client, partitions=5)["n_partitions"] == 5
+    assert _fit_dask(model, path, client, partitions=5)["n_partitions"] == 5
 
 
 def test_dask_model_fine_tunes_and_exports_like_an_in_memory_one(fitted, table, sim, tmp_path):
@@ -107,7 +113,7 @@ def test_early_stopping_cuts_where_lightgbm_would(table, sim, client):
     # the replay used after distributed training agrees with lightgbm's own callback
     assert _early_stopping_iteration(full.booster, table["xte"], table["yte"], 10) == stopped.n_trees
     model = LGBM(12, early_stopping_rounds=10, **fast)
-    hist = model.fit_dask(sim, client=client, holdout_profiles=HELD)
+    hist = _fit_dask(model, sim, client, holdout_profiles=HELD)
     assert hist["n_trees"] == model.n_trees < 400
 
 
@@ -133,19 +139,19 @@ def _nan_bt(t):
 def test_bad_tables_raise_value_errors_naming_path_and_column(sim, tmp_path, client):
     model = LGBM(12, n_estimators=5)
     with pytest.raises(ValueError, match=r"nowhere.*no such simulation table"):
-        model.fit_dask(tmp_path / "nowhere", client=client)
+        _fit_dask(model, tmp_path / "nowhere", client)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"empty.*no Parquet files"):
-        model.fit_dask(tmp_path / "empty", client=client)
+        _fit_dask(model, tmp_path / "empty", client)
     no_wvc = _copy_table(sim, tmp_path / "no_wvc", _drop_wvc)
     with pytest.raises(ValueError, match=r"no_wvc.*missing column\(s\) wvc"):
-        model.fit_dask(no_wvc, client=client)
+        _fit_dask(model, no_wvc, client)
     nan = _copy_table(sim, tmp_path / "nan", _nan_bt)
     with pytest.raises(ValueError, match=r"nan/part-\d+\.parquet.*bt_10_80.*non-finite"):
-        model.fit_dask(nan, client=client)
+        _fit_dask(model, nan, client)
     with pytest.raises(ValueError, match=r"sim.*no training rows left after holding out 60 profile"):
-        model.fit_dask(sim, client=client, holdout_profiles=range(N_PROFILES))
+        _fit_dask(model, sim, client, holdout_profiles=range(N_PROFILES))
     with pytest.raises(ValueError, match="partitions must be >= 1"):
-        model.fit_dask(sim, client=client, partitions=0)
+        _fit_dask(model, sim, client, partitions=0)
     with pytest.raises(ValueError, match="all 12 features"):
-        LGBM(11).fit_dask(sim, client=client)
+        _fit_dask(LGBM(11), sim, client)

@@ -20,6 +20,8 @@ BASE = {
     "finetune": {"strategy": "gradual", "params": {"epochs_per_group": 2}, "epochs": 6, "lr": 0.001,
                  "split": "chronological", "test_fraction": 0.3},
     "transfer": {"k": [5], "repeats": 2},
+    # one candidate per model keeps the tuned direct baseline cheap here (3 fits: 2 folds and the refit)
+    "direct": {"folds": 2, "search": {"dnn": {"epochs": [30], "batch_size": [64]}, "lgbm": {"n_estimators": [50]}}},
 }
 
 
@@ -218,7 +220,7 @@ def test_feature_ablation_trains_and_exports_without_the_feature(trained, tmp_pa
     cfg_d = dict(BASE, model={"name": "dnn", "params": {"hidden": [16]}, "drop_features": ["wvc_dbt"]},
                  data={"testbed": {"path": str(out / "work" / "testbed")},
                        "simulation": {"path": str(out / "work" / "sim.parquet")}},
-                 transfer={"k": [5], "repeats": 1, "strategy": "head", "epochs": 5})
+                 transfer={"k": [5], "repeats": 1, "method": "head"})
     (tmp_path / "abl.yaml").write_text(yaml.safe_dump(cfg_d))
     cfg = load_config(tmp_path / "abl.yaml")
     assert model_features(cfg) == tuple(f for f in FEATURES if f != "wvc_dbt")
@@ -305,3 +307,157 @@ def test_a_cell_gives_the_same_figures_whatever_the_process_drew_before(trained)
             if isinstance(v, dict) and "rmse_k" in v:
                 assert b[stage][k]["rmse_k"] == v["rmse_k"], (stage, k)
     assert a["stage3_transfer"]["direct_training"]["rmse_k"] == b["stage3_transfer"]["direct_training"]["rmse_k"]
+
+
+# ---------------------------------------------------------------------------------------------
+# training on a user's own data: a cube, station records and a site table (no testbed key)
+
+
+def _user_data(out: Path) -> dict:
+    w = out / "work"
+    return {"cube": str(w / "cube"), "insitu": str(w / "testbed" / "insitu"), "sites": str(w / "testbed" / "sites.csv"),
+            "simulation": {"path": str(w / "sim.parquet")}}
+
+
+def test_train_from_a_cube_station_records_and_a_site_table_builds_no_testbed(trained, tmp_path):
+    import pandas as pd
+
+    from sftl_dask.cli import main
+    from sftl_dask.models.artifact import load_artifact
+
+    out, res_tb = trained
+    (tmp_path / "user.yaml").write_text(yaml.safe_dump(dict(BASE, data=_user_data(out))))
+    assert main(["train", "--config", str(tmp_path / "user.yaml"), "--out", str(tmp_path / "o"), "--workers", "1"]) == 0
+    assert (tmp_path / "o" / "model" / "model.pt").is_file() and not (tmp_path / "o" / "work" / "testbed").exists()
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    # the same matchups as the testbed's route: the same rows, the same stage-2 figures
+    mine = pd.read_parquet(tmp_path / "o" / "work" / "matchups.parquet")
+    theirs = pd.read_parquet(out / "work" / "matchups.parquet")
+    assert len(mine) == len(theirs) and (mine["reason"] == "ok").sum() == (theirs["reason"] == "ok").sum()
+    assert res["stage2_finetune"]["model"]["rmse_k"] == pytest.approx(res_tb["stage2_finetune"]["model"]["rmse_k"])
+    # no truth was named: nothing is scored against the pixel truth
+    assert "against_pixel_truth" not in res["stage3_transfer"]
+    # the direct baseline says what it was given and what cross-validation chose
+    tuning = res["stage3_transfer"]["direct_tuning"]
+    assert tuning["search"] == {"batch_size": [64], "epochs": [30]} and tuning["folds"] == 2
+    assert tuning["chosen"] == {"batch_size": 64, "epochs": 30} and tuning["cv_rmse_k"] > 0
+    assert load_artifact(tmp_path / "o" / "model").card["training_tables"]["matchups"]["path"].endswith(
+        "matchups.parquet")
+
+
+def test_matchups_verb_writes_the_table_training_reads(trained, tmp_path):
+    import pandas as pd
+
+    from sftl_dask.cli import main
+    from sftl_dask.training.stages import load_config, prepare_data
+
+    out, _ = trained
+    d = _user_data(out)
+    m = tmp_path / "m.parquet"
+    assert main(["matchups", "--cube", d["cube"], "--insitu", d["insitu"], "--sites", d["sites"], "--out", str(m),
+                 "--workers", "1"]) == 0
+    table = pd.read_parquet(m)
+    assert len(table) == len(pd.read_parquet(out / "work" / "matchups.parquet"))
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(dict(BASE, data={"matchups": str(m),
+                                                                      "simulation": d["simulation"]})))
+    data = prepare_data(load_config(tmp_path / "m.yaml"), tmp_path / "work")
+    assert data["matchups_path"] == m and data["testbed"] is None and len(data["matchups"]) == len(table)
+    assert main(["matchups", "--cube", d["cube"], "--insitu", d["insitu"], "--sites", d["sites"], "--out", str(m)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [({"finetune": {**BASE["finetune"], "strategy_typo": "gradual"}}, r"finetune\.strategy_typo: unknown key"),
+     ({"pretrain": {**BASE["pretrain"], "epochs": "3"}}, r"pretrain\.epochs: .*integer"),
+     ({"transfer": {"k": [5, 0]}}, r"transfer\.k\[1\]"),
+     ({"data": {"cube": "c.zarr", "insitu": "i"}}, r"data\.sites missing"),
+     ({"data": {"matchups": "m.parquet", "testbed": {}}}, r"exactly one data source"),
+     ({"data": {"simulation": {"path": "s"}}}, r"exactly one data source: .*\(got none\)"),
+     ({"dataa": {}}, r"dataa: unknown key")],
+)
+def test_config_errors_name_the_key_path_and_the_file(tmp_path, change, match):
+    from sftl_dask.training.config import ConfigError
+
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "data": {"matchups": "m.parquet"}, **change}))
+    with pytest.raises(ConfigError, match=match) as err:
+        load_config(p)
+    assert str(err.value).startswith(str(p)) and "\n" not in str(err.value)
+
+
+def test_unknown_key_through_the_cli_exits_2_naming_it(tmp_path, capsys):
+    from sftl_dask.cli import main
+
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "data": {"matchups": "m.parquet"},
+                                 "finetune": {**BASE["finetune"], "strategy_typo": "gradual"}}))
+    assert main(["train", "--config", str(p), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "finetune.strategy_typo" in err[0] and "bad.yaml" in err[0]
+
+
+def _bad_data(tmp_path: Path, out: Path, what: str) -> dict:
+    import pandas as pd
+
+    d = _user_data(out)
+    if what == "missing cube":
+        d["cube"] = str(tmp_path / "nope.zarr")
+    elif what == "sites without the stations":
+        sites = pd.read_csv(d["sites"])
+        sites[sites["id"] != sites["id"].iloc[0]].to_csv(tmp_path / "sites.csv", index=False)
+        d["sites"] = str(tmp_path / "sites.csv")
+    elif what == "matchups missing columns":
+        pd.read_parquet(out / "work" / "matchups.parquet").drop(columns=["wvc"]).to_parquet(tmp_path / "m.parquet")
+        d = {"matchups": str(tmp_path / "m.parquet"), "simulation": d["simulation"]}
+    elif what == "matchups without the target region":
+        m = pd.read_parquet(out / "work" / "matchups.parquet")
+        m[m["region"] != "heihe"].to_parquet(tmp_path / "m.parquet")
+        d = {"matchups": str(tmp_path / "m.parquet"), "simulation": d["simulation"]}
+    return d
+
+
+@pytest.mark.parametrize(
+    ("what", "match"),
+    [("missing cube", r"data\.cube: .*nope\.zarr does not exist"),
+     ("sites without the stations", r"sites\.csv: the site table lacks site\(s\) \w+ of the station records"),
+     ("matchups missing columns", r"m\.parquet: missing column\(s\) wvc"),
+     ("matchups without the target region", r"m\.parquet: no matchup of the target region heihe")],
+)
+def test_bad_user_data_exits_2_with_one_line_naming_the_key_or_file_before_any_work(trained, tmp_path, capsys,
+                                                                                    what, match):
+    import re
+
+    from sftl_dask.cli import main
+
+    out, _ = trained
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(dict(BASE, data=_bad_data(tmp_path, out, what))))
+    assert main(["train", "--config", str(p), "--out", str(tmp_path / "o"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(match, err[0]), err
+    assert not (tmp_path / "o" / "work" / "sw.json").exists()  # refused before the split-window fit
+
+
+def test_the_pipeline_schema_in_docs_is_the_one_the_code_checks(tmp_path):
+    from sftl_dask.training.config import write_schema
+
+    here = json.loads((Path(__file__).parents[1] / "docs" / "pipeline.schema.json").read_text())
+    assert here == json.loads(write_schema(tmp_path / "s.json").read_text())
+    assert here["additionalProperties"] is False and {"data", "model", "finetune"} <= set(here["required"])
+
+
+def test_the_registry_names_every_strategy_class_once():
+    from sftl_dask.models import STRATEGY_NAMES
+    from sftl_dask.models.finetune import STRATEGIES
+
+    assert tuple(STRATEGIES) == STRATEGY_NAMES
+
+
+def test_matchups_verb_refuses_a_missing_cube_with_one_line(tmp_path, capsys):
+    from sftl_dask.cli import main
+
+    rc = main(["matchups", "--cube", str(tmp_path / "nope.zarr"), "--insitu", str(tmp_path), "--sites",
+               str(tmp_path / "s.csv"), "--out", str(tmp_path / "m.parquet")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "nope.zarr" in err[0] and "--cube" in err[0]
+    assert not (tmp_path / "m.parquet").exists()

@@ -18,7 +18,7 @@ from typing import Any
 
 from numpy.typing import ArrayLike
 
-__all__ = ["MODELS", "TORCH_MODELS", "TREE_MODELS", "build_model"]
+__all__ = ["MODELS", "STRATEGY_NAMES", "TORCH_MODELS", "TREE_MODELS", "build_model"]
 
 #: Torch models: name → (module, class).
 TORCH_MODELS: dict[str, tuple[str, str]] = {
@@ -33,6 +33,9 @@ TREE_MODELS: dict[str, tuple[str, str]] = {
 }
 #: Every model name, in the paper's order.
 MODELS: tuple[str, ...] = (*TORCH_MODELS, *TREE_MODELS)
+#: Fine-tuning strategy names (classes in :data:`sftl_dask.models.finetune.STRATEGIES`, same order); trees take
+#: none of them (continued boosting / added trees).
+STRATEGY_NAMES: tuple[str, ...] = ("full", "head", "gradual", "adapter", "lora")
 
 
 def build_model(name: str, n_features: int, norm_mean: ArrayLike | None = None, norm_std: ArrayLike | None = None,

@@ -22,6 +22,7 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 from torch import nn
 
+from sftl_dask.metrics import rmse
 from sftl_dask.models.finetune import Strategy, trainable_parameters
 
 __all__ = ["SCHEDULES", "fit_torch", "predict_torch"]
@@ -87,11 +88,6 @@ def _train_step(model: nn.Module, crit: nn.Module, opt: torch.optim.Optimizer,
     opt.step()
     sched.step()
     return pred.detach()
-
-
-def _rmse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    pred = predict_torch(model, x.numpy(), batch_size=batch_size)
-    return float(np.sqrt(np.mean((pred.astype(np.float64) - y.numpy()) ** 2)))
 
 
 def fit_torch(
@@ -225,7 +221,7 @@ def _fit_loop(model: nn.Module, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Te
         log: dict[str, Any] = {"epoch": epoch, "train_rmse_k": math.sqrt(sq_sum / n),
                                "lr": opt.param_groups[-1]["lr"]}
         if xv is not None and yv is not None:
-            log["val_rmse_k"] = _rmse(model, xv, yv, max(batch_size, 8192))
+            log["val_rmse_k"] = rmse(predict_torch(model, xv.numpy(), batch_size=max(batch_size, 8192)), yv.numpy())
             if log["val_rmse_k"] < best_val:
                 best_val, best_epoch, bad = log["val_rmse_k"], epoch, 0
                 best_state = copy.deepcopy(model.state_dict())

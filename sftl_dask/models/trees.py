@@ -24,16 +24,16 @@ Export without pickle: LGBM as LightGBM's text model; RF as a JSON of arrays per
 from __future__ import annotations
 
 import operator
-import os
 import re
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from sftl_dask.metrics import rmse
 
 __all__ = ["FOREST_FORMAT", "LGBM", "RF", "ForestPredictor"]
 
@@ -58,11 +58,6 @@ def _as_xy(name: str, X: ArrayLike, y: ArrayLike, n_features: int) -> tuple[NDAr
     return xa, ya
 
 
-def _rmse(pred: ArrayLike, y: ArrayLike) -> float:
-    d = np.asarray(pred, dtype=np.float64) - np.asarray(y, dtype=np.float64)
-    return float(np.sqrt(np.mean(d**2)))
-
-
 # --- distributed LightGBM on a simulation table (LGBM.fit_dask) -------------------------------------------
 
 #: ``LGBM.params`` keys and the scikit-learn names ``lightgbm.dask`` takes them under.
@@ -70,10 +65,6 @@ _SKLEARN_NAMES = {"objective": "objective", "learning_rate": "learning_rate", "n
                   "min_child_samples": "min_child_samples", "bagging_fraction": "subsample",
                   "bagging_freq": "subsample_freq", "feature_fraction": "colsample_bytree",
                   "lambda_l2": "reg_lambda", "seed": "random_state"}
-
-
-def _sizes(part: tuple[np.ndarray, ...]) -> tuple[int, int]:
-    return int(part[1].size), int(part[3].size)
 
 
 def _squared_error(model_str: str, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
@@ -222,9 +213,9 @@ class RF:
     def _history(self, t0: float, x: np.ndarray, y: np.ndarray, val: tuple[ArrayLike, ArrayLike] | None,
                  added: int) -> dict[str, Any]:
         hist = {"n_trees": self.n_trees, "added_trees": added, "n_train": int(y.size),
-                "train_rmse_k": _rmse(self.predict(x), y), "val_rmse_k": None}
+                "train_rmse_k": rmse(self.predict(x), y), "val_rmse_k": None}
         if val is not None:
-            hist["val_rmse_k"] = _rmse(self.predict(val[0]), val[1])
+            hist["val_rmse_k"] = rmse(self.predict(val[0]), val[1])
         hist["seconds"] = round(time.perf_counter() - t0, 3)
         return hist
 
@@ -285,6 +276,15 @@ class RF:
                           "value": t.value.reshape(t.node_count, -1)[:, 0].tolist()})
         return {"format": FOREST_FORMAT, "n_features": self.n_features, "aggregation": "mean", "target": "lst",
                 "unit": "K", "n_trees": len(trees), "trees": trees}
+
+
+class RowsOnWorkers(Protocol):
+    """Training rows held by Dask workers (:func:`sftl_dask.training.distributed.read_simulation_on_workers`)."""
+
+    parts: list[Any]  # futures of (x, y, x_val, y_val): raw features, LST (K); held-out rows in the val part
+    workers: list[str]  # the worker holding each part
+    sizes: list[tuple[int, int]]  # (training rows, held-out rows) of each part
+    label: str  # what they were read from, for messages
 
 
 class LGBM:
@@ -358,9 +358,9 @@ class LGBM:
             booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
         self.booster = booster
         hist = {"n_trees": self.n_trees, "added_trees": self.n_trees - (before if init_model is not None else 0),
-                "n_train": int(yy.size), "train_rmse_k": _rmse(self.predict(x), yy), "val_rmse_k": None}
+                "n_train": int(yy.size), "train_rmse_k": rmse(self.predict(x), yy), "val_rmse_k": None}
         if val is not None:
-            hist["val_rmse_k"] = _rmse(self.predict(val[0]), val[1])
+            hist["val_rmse_k"] = rmse(self.predict(val[0]), val[1])
         hist["seconds"] = round(time.perf_counter() - t0, 3)
         return hist
 
@@ -369,49 +369,39 @@ class LGBM:
         self.booster = None
         return self._train("LGBM.fit", X, y, self.n_estimators, self.params, val, None)
 
-    def fit_dask(self, sim_path: str | os.PathLike[str], *, client: Any, holdout_profiles: Iterable[int] = (),
-                 partitions: int | None = None) -> dict[str, Any]:
-        """Boost a fresh model with ``lightgbm.dask`` on a simulation table read by the Dask workers.
+    def fit_dask(self, rows: RowsOnWorkers, *, client: Any) -> dict[str, Any]:
+        """Boost a fresh model with ``lightgbm.dask`` on training rows the Dask workers already hold.
 
-        Each worker reads its share of the Parquet files (row ranges, pinned to it), computes the
-        features with :func:`sftl_dask.features.feature_matrix` and keeps them; LightGBM then trains
-        data-parallel with one machine per worker that holds training rows (ports picked on the
-        workers, ``num_threads`` = the worker's thread count). The settings are those of
-        :attr:`params`. Only the held-out rows (and a few counts) come back to this process. The
-        result is a plain ``Booster`` in :attr:`booster`, so :meth:`predict`, :meth:`finetune`,
-        :meth:`model_to_string` and the artifact export work as after :meth:`fit`.
+        The rows are read by the training layer
+        (:func:`sftl_dask.training.distributed.read_simulation_on_workers`: each worker reads its share of
+        the table, computes the features and keeps them); LightGBM then trains data-parallel with one
+        machine per worker that holds training rows (ports picked on the workers, ``num_threads`` = the
+        worker's thread count). The settings are those of :attr:`params`. Only the held-out rows (and a few
+        counts) come back to this process. The result is a plain ``Booster`` in :attr:`booster`, so
+        :meth:`predict`, :meth:`finetune`, :meth:`model_to_string` and the artifact export work as after
+        :meth:`fit`.
 
         Parameters
         ----------
-        sim_path : path
-            The simulation table: a Parquet dataset directory (``part-*.parquet``) written by
-            :func:`sftl_dask.simulate.write_simulation`, or one Parquet file, with the columns
-            :data:`~sftl_dask.features.REQUIRED_INPUTS`, ``lst`` (K) and ``profile_id``.
+        rows : RowsOnWorkers
+            Futures of ``(x, y, x_val, y_val)`` (raw features, LST in K; the validation part holds the
+            held-out rows), the worker holding each, their row counts and a label for messages.
         client : distributed.Client
             The cluster to train on. Call from the client side, not from inside a task: training
             takes a thread on every worker that holds data.
-        holdout_profiles : iterable of int
-            ``profile_id`` values left out of training; their rows are the validation set
-            (``val_rmse_k``) and, with ``early_stopping_rounds``, choose where the model is cut.
-        partitions : int, optional
-            Row partitions to read (default: one per worker), at least one per file; files are split
-            into row ranges when there are fewer files than partitions
-            (:func:`sftl_dask.simulate.plan_row_ranges`).
 
         Returns
         -------
         dict
             ``n_trees``, ``added_trees``, ``n_train``, ``train_rmse_k`` (K, computed on the
-            workers), ``n_val``, ``val_rmse_k`` (K on the held-out profiles, None without them),
+            workers), ``n_val``, ``val_rmse_k`` (K on the held-out rows, None without them),
             ``seconds``, ``n_workers`` (LightGBM machines), ``n_partitions`` and ``rows_per_worker``
             (training rows per worker address).
 
         Raises
         ------
         ValueError
-            If the table is missing, lacks a column, has a non-finite or out-of-range input (the
-            message names the file and column) or fewer rows than partitions, no training rows remain
-            after the holdout, the model does not take all features or ``partitions < 1``.
+            If the model does not take all features, or no part holds training rows.
 
         Notes
         -----
@@ -421,45 +411,17 @@ class LGBM:
         """
         import dask.array as da
         import lightgbm as lgb
-        from distributed import wait
         from lightgbm.dask import DaskLGBMRegressor
 
         from sftl_dask.features import FEATURES
-        from sftl_dask.simulate import RowRange, plan_row_ranges, read_training_rows, simulation_parts
 
         t0 = time.perf_counter()
         if self.n_features != len(FEATURES):
             raise ValueError(f"LGBM.fit_dask: the model must take all {len(FEATURES)} features, not {self.n_features}")
-        if partitions is not None and partitions < 1:
-            raise ValueError(f"LGBM.fit_dask: partitions must be >= 1, got {partitions}")
-        path = Path(sim_path)
-        workers = sorted(client.scheduler_info()["workers"])
-        nthreads = client.nthreads()
-        try:  # at least one partition per file
-            plan = plan_row_ranges(path, max(partitions or len(workers), len(simulation_parts(path))))
-        except ValueError as exc:
-            raise ValueError(f"LGBM.fit_dask: {exc}") from None
         self.booster = None
-        holdout = np.unique(np.asarray(list(holdout_profiles), dtype=np.int64))
-        # pin partitions to workers, balancing rows (largest first onto the least loaded worker)
-        load = dict.fromkeys(workers, 0)
-        placed: list[tuple[list[RowRange], str]] = []
-        for ranges in sorted(plan, key=lambda rs: -sum(r.stop - r.start for r in rs)):  # most rows first
-            w = min(workers, key=lambda a: load[a])
-            load[w] += sum(r.stop - r.start for r in ranges)
-            placed.append((ranges, w))
-        parts = [client.submit(read_training_rows, ranges, holdout, workers=[w], allow_other_workers=False,
-                               pure=False)
-                 for ranges, w in placed]
-        wait(parts)
-        for fut in parts:
-            if fut.status == "error":
-                try:
-                    fut.result()  # raises the worker's error here
-                except ValueError as exc:
-                    raise ValueError(f"LGBM.fit_dask: {exc}") from None
-        sizes = client.gather([client.submit(_sizes, f, workers=[w], pure=False)
-                               for f, (_, w) in zip(parts, placed, strict=True)])
+        parts, sizes = rows.parts, rows.sizes
+        placed = list(zip(parts, rows.workers, strict=True))
+        nthreads = client.nthreads()
 
         def piece(i: int, j: int) -> Any:
             return client.submit(operator.itemgetter(j), parts[i], workers=[placed[i][1]], allow_other_workers=False,
@@ -467,8 +429,7 @@ class LGBM:
 
         train = [i for i, (n, _) in enumerate(sizes) if n]
         if not train:
-            raise ValueError(f"LGBM.fit_dask: {path}: no training rows left after holding out {holdout.size} "
-                             f"profile(s)")
+            raise ValueError(f"LGBM.fit_dask: {rows.label}: no training rows")
         xs = {i: piece(i, 0) for i in train}
         ys = {i: piece(i, 1) for i in train}
         X = da.concatenate([da.from_delayed(xs[i], shape=(sizes[i][0], len(FEATURES)), dtype=np.float32)
@@ -511,7 +472,7 @@ class LGBM:
             "n_trees": self.n_trees, "added_trees": self.n_trees, "n_train": n_train,
             "train_rmse_k": float(np.sqrt(sum(e for e, _ in errs) / n_train)),
             "n_val": 0 if y_val is None else int(y_val.size),
-            "val_rmse_k": None if x_val is None else _rmse(self.predict(x_val), y_val),
+            "val_rmse_k": None if x_val is None else rmse(self.predict(x_val), y_val),
             "n_workers": int(machines.group(1)) if machines else 1, "n_partitions": len(train),
             "rows_per_worker": rows_per_worker,
         }

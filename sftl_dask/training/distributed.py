@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 
 from sftl_dask.simulate import RowRange, plan_row_ranges, read_training_rows
 
-__all__ = ["BACKENDS", "pretrain_distributed"]
+__all__ = ["BACKENDS", "WorkerRows", "pretrain_distributed", "read_simulation_on_workers"]
 
 #: Process-group backends: ``auto`` is NCCL when every rank has a GPU of its own, else gloo.
 BACKENDS = ("auto", "gloo", "nccl")
@@ -528,3 +528,84 @@ def pretrain_distributed(
                 device="cuda" if chosen == "nccl" else "cpu", workers=list(workers), param_checksums=sums,
                 wall_seconds=round(time.perf_counter() - t_start, 3))
     return model, hist
+
+
+# ------------------------------------------------------------------------- trees: rows read on the workers
+@dataclass
+class WorkerRows:
+    """Training rows of a simulation table held by Dask workers (:func:`read_simulation_on_workers`)."""
+
+    parts: list[Any]  # futures of (x, y, x_val, y_val) feature arrays; held-out profiles in the val part
+    workers: list[str]  # the worker holding each part
+    sizes: list[tuple[int, int]]  # (training rows, held-out rows) of each part
+    label: str  # the table, for messages
+
+
+def read_simulation_on_workers(sim_path: str | Path, *, client: Any, holdout_profiles: Iterable[int] = (),
+                               partitions: int | None = None) -> WorkerRows:
+    """Have the workers read a simulation table as features, each its share, and keep it.
+
+    Parameters
+    ----------
+    sim_path : path
+        A Parquet dataset directory (``part-*.parquet``) written by :func:`sftl_dask.simulate.write_simulation`,
+        or one Parquet file, with :data:`~sftl_dask.features.REQUIRED_INPUTS`, ``lst`` (K) and ``profile_id``.
+    client : distributed.Client
+        The cluster whose workers read and hold the rows.
+    holdout_profiles : iterable of int
+        ``profile_id`` values kept apart as validation rows.
+    partitions : int, optional
+        Row partitions (default: one per worker), at least one per file; files are split into row ranges
+        when there are fewer files than partitions (:func:`sftl_dask.simulate.plan_row_ranges`). Partitions
+        are pinned to workers balancing rows (largest first onto the least loaded worker).
+
+    Returns
+    -------
+    WorkerRows
+        What :meth:`sftl_dask.models.trees.LGBM.fit_dask` trains on.
+
+    Raises
+    ------
+    ValueError
+        If the table is missing, lacks a column, has a non-finite or out-of-range input (the message names
+        the file and column) or fewer rows than partitions, no training rows remain after the holdout, or
+        ``partitions < 1``.
+    """
+    from distributed import wait
+
+    from sftl_dask.simulate import simulation_parts
+
+    if partitions is not None and partitions < 1:
+        raise ValueError(f"read_simulation_on_workers: partitions must be >= 1, got {partitions}")
+    path = Path(sim_path)
+    workers = sorted(client.scheduler_info()["workers"])
+    try:  # at least one partition per file
+        plan = plan_row_ranges(path, max(partitions or len(workers), len(simulation_parts(path))))
+    except ValueError as exc:
+        raise ValueError(f"read_simulation_on_workers: {exc}") from None
+    holdout = np.unique(np.asarray(list(holdout_profiles), dtype=np.int64))
+    load = dict.fromkeys(workers, 0)
+    placed: list[tuple[list[RowRange], str]] = []
+    for ranges in sorted(plan, key=lambda rs: -sum(r.stop - r.start for r in rs)):  # most rows first
+        w = min(workers, key=lambda a: load[a])
+        load[w] += sum(r.stop - r.start for r in ranges)
+        placed.append((list(ranges), w))
+    parts = [client.submit(read_training_rows, ranges, holdout, workers=[w], allow_other_workers=False, pure=False)
+             for ranges, w in placed]
+    wait(parts)
+    for fut in parts:
+        if fut.status == "error":
+            try:
+                fut.result()  # raises the worker's error here
+            except ValueError as exc:
+                raise ValueError(f"read_simulation_on_workers: {exc}") from None
+    sizes = client.gather([client.submit(_part_sizes, f, workers=[w], pure=False)
+                           for f, (_, w) in zip(parts, placed, strict=True)])
+    if not any(n for n, _ in sizes):
+        raise ValueError(f"read_simulation_on_workers: {path}: no training rows left after holding out {holdout.size} "
+                         f"profile(s)")
+    return WorkerRows(parts, [w for _, w in placed], [(int(a), int(b)) for a, b in sizes], str(path))
+
+
+def _part_sizes(part: tuple[np.ndarray, ...]) -> tuple[int, int]:
+    return int(part[1].shape[0]), int(part[3].shape[0])

@@ -14,6 +14,7 @@ cross-site predictions), ``summary.md`` and figures (see :func:`sftl_dask.report
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -22,106 +23,55 @@ from typing import Any
 
 import pandas as pd
 
-from sftl_dask.features import FEATURES
-from sftl_dask.models.trainer import SCHEDULES
-from sftl_dask.training.stages import TrainConfig, load_config, prepare_data, pretrain, run_stages
+from sftl_dask.models import MODELS, TREE_MODELS
+from sftl_dask.training.config import DIRECTIONS
+from sftl_dask.training.stages import TrainConfig, direct_baseline, prepare_data, pretrain, run_stages
 
 __all__ = ["load_grid", "run_experiment"]
 
-_TREES = ("rf", "lgbm")
-_MODELS = ("dnn", "trf", "cnn", "rf", "lgbm")
-_GRID_KEYS = ("models", "strategies", "directions", "seeds", "ablation", "lgbm_dask")
-
 
 def load_grid(path: str | os.PathLike[str]) -> tuple[TrainConfig, dict[str, Any]]:
-    """The base configuration and its ``grid`` section.
+    """The base configuration and its ``grid`` section (:class:`~sftl_dask.training.config.GridSection`).
 
     ``grid`` keys: ``models``, ``strategies``, ``directions``, ``seeds`` (lists); ``params_<model>``
-    (model parameters); ``pretrain_<model>`` (overrides of the ``pretrain`` section for that model);
-    ``ablation`` (``{drop_features: [...], models: [...]}``: those models' cells again without the
-    features; default drops ``wvc_dbt`` for the first torch model); ``lgbm_dask`` (pre-train LGBM with
-    ``lightgbm.dask``, default true).
+    (model parameters); ``pretrain_<model>`` (overrides of the ``pretrain`` section for that model, only
+    the keys given); ``ablation`` (``{drop_features: [...], models: [...]}``: those models' cells again
+    without the features; default drops ``wvc_dbt`` for the first torch model); ``lgbm_dask``.
 
     Raises
     ------
-    ValueError
-        Naming the file and key when the grid is missing, is not a mapping, holds an unknown key or a
-        value of the wrong type, or names an unknown model, strategy, direction or feature.
+    ConfigError
+        A ``ValueError`` naming the file and key when the grid is missing or holds an unknown key, a value
+        of the wrong type, or an unknown model, strategy, direction or feature.
     """
-    import yaml
+    from sftl_dask.training.config import ConfigError, load_pipeline
 
-    cfg = load_config(path)
-    raw = yaml.safe_load(Path(path).read_text()).get("grid")
-    if raw is None:
-        raise ValueError(f"{path}: no 'grid' section (models, strategies, directions, seeds)")
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: grid must be a mapping (models, strategies, directions, seeds), "
-                         f"got {type(raw).__name__}")
-    known = _GRID_KEYS + tuple(f"{prefix}_{m}" for prefix in ("params", "pretrain") for m in _MODELS)
-    unknown = [str(k) for k in raw if k not in known]
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join('grid.' + k for k in unknown)}; grid takes "
-                         f"{', '.join(_GRID_KEYS)}, params_<model>, pretrain_<model>")
-    for key in ("models", "strategies", "directions", "seeds"):
-        if not isinstance(raw.get(key) or [], list):
-            raise ValueError(f"{path}: grid.{key} must be a list, got {raw[key]!r}")
-    if not isinstance(raw.get("lgbm_dask", True), bool):
-        raise ValueError(f"{path}: grid.lgbm_dask must be true or false, got {raw['lgbm_dask']!r}")
-    grid: dict[str, Any] = {k: list(raw.get(k) or []) for k in ("models", "strategies", "directions", "seeds")}
-    for key, valid in (("models", _MODELS),
-                       ("strategies", ("full", "head", "gradual", "adapter", "lora")),
-                       ("directions", ("SiHuHe", "SiHeHu"))):
-        bad = [v for v in grid[key] if str(v) not in valid]
-        if not grid[key] or bad:
-            raise ValueError(f"{path}: grid.{key} must list some of {', '.join(valid)} (got {grid[key]})")
-    if not grid["seeds"] or not all(isinstance(s, int) and not isinstance(s, bool) for s in grid["seeds"]):
-        raise ValueError(f"{path}: grid.seeds must be a non-empty list of integers")
-    for model in _MODELS:
-        for prefix in ("params", "pretrain"):
-            val = raw.get(f"{prefix}_{model}", {}) or {}
-            if not isinstance(val, dict):
-                raise ValueError(f"{path}: grid.{prefix}_{model} must be a mapping")
-            grid[f"{prefix}_{model}"] = dict(val)
-        for key in ("epochs", "lr", "batch_size"):
-            v = grid[f"pretrain_{model}"].get(key)
-            if v is not None and not (isinstance(v, int | float) and v > 0):
-                raise ValueError(f"{path}: grid.pretrain_{model}.{key} must be a positive number")
-        sched = grid[f"pretrain_{model}"].get("schedule")
-        if sched is not None and sched not in SCHEDULES:
-            raise ValueError(f"{path}: grid.pretrain_{model}.schedule must be one of {', '.join(SCHEDULES)}")
-    torch_models = [m for m in grid["models"] if m not in _TREES]
-    abl = raw.get("ablation", {"drop_features": ["wvc_dbt"], "models": torch_models[:1]})
-    if abl in (None, False):
-        abl = {"drop_features": [], "models": []}
-    if not isinstance(abl, dict):
-        raise ValueError(f"{path}: grid.ablation must be a mapping (drop_features, models) or false")
-    drop, amodels = list(abl.get("drop_features") or []), list(abl.get("models") or [])
-    if [f for f in drop if f not in FEATURES]:
-        raise ValueError(f"{path}: grid.ablation.drop_features must name features from {', '.join(FEATURES)} "
-                         f"(got {drop})")
-    if [m for m in amodels if m not in grid["models"]]:
-        raise ValueError(f"{path}: grid.ablation.models must be among grid.models (got {amodels})")
-    grid["ablation"] = {"drop_features": drop, "models": amodels if drop else []}
-    grid["lgbm_dask"] = bool(raw.get("lgbm_dask", True))
-    return cfg, grid
+    pipeline = load_pipeline(path)
+    if pipeline.grid is None:
+        raise ConfigError(f"{path}: grid: missing (models, strategies, directions, seeds)")
+    g = pipeline.grid
+    grid: dict[str, Any] = {"models": list(g.models), "strategies": list(g.strategies),
+                            "directions": list(g.directions), "seeds": list(g.seeds),
+                            "ablation": g.resolved_ablation(), "lgbm_dask": g.lgbm_dask}
+    for model in MODELS:
+        grid[f"params_{model}"] = dict(getattr(g, f"params_{model}"))
+        grid[f"pretrain_{model}"] = getattr(g, f"pretrain_{model}").model_dump(exclude_none=True)
+    return TrainConfig.from_pipeline(pipeline, str(path)), grid
 
 
 def _variant(cfg: TrainConfig, grid: dict[str, Any], model: str, strategy: str | None, direction: str, seed: int,
              drop: tuple[str, ...] = ()) -> TrainConfig:
-    src, tgt = ("huailai", "heihe") if direction == "SiHuHe" else ("heihe", "huailai")
+    src, tgt = DIRECTIONS[direction]
     ft = dict(cfg.finetune)
-    if strategy is not None and strategy != str(ft.get("strategy")).lower():
+    if strategy is not None and strategy != ft["strategy"]:
         # the base strategy's settings (e.g. Gradual's epochs_per_group) mean nothing to another strategy
         ft.update(strategy=strategy, params={})
-    params = dict(cfg.model.get("params") or {}) if model == cfg.model["name"] else {}
-    params.update(grid.get(f"params_{model}") or {})
-    mdl: dict[str, Any] = {"name": model, "params": params}
-    if cfg.model.get("features"):
-        mdl["features"] = list(cfg.model["features"])
-    if drop:
-        mdl["drop_features"] = list(drop)
+    params = dict(cfg.model["params"]) if model == cfg.model["name"] else {}
+    params.update(grid[f"params_{model}"])
+    mdl: dict[str, Any] = {"name": model, "params": params, "features": cfg.model["features"],
+                           "drop_features": list(drop) or None}
     v = dataclasses.replace(cfg, direction=direction, source_region=src, target_region=tgt, seed=seed, model=mdl,
-                            pretrain={**cfg.pretrain, **(grid.get(f"pretrain_{model}") or {})}, finetune=ft)
+                            pretrain={**cfg.pretrain, **grid[f"pretrain_{model}"]}, finetune=ft)
     return dataclasses.replace(v, name=f"{model}-{strategy or 'trees'}-{direction}-s{seed}-{_features_label(v)}")
 
 
@@ -129,22 +79,32 @@ def _pretrain_task(cfg: TrainConfig, data: dict[str, Any]) -> tuple[Any, dict[st
     return pretrain(cfg, data, threads=1, log=lambda *_: None)
 
 
+def _direct_task(cfg: TrainConfig, data: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+    t0 = time.perf_counter()
+    try:
+        model, info = direct_baseline(cfg, data, threads=1)
+    except Exception:
+        return None
+    return model, {**info, "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def _features_label(cfg: TrainConfig) -> str:
-    drop = cfg.model.get("drop_features") or []
+    drop = cfg.model["drop_features"] or []
     return "all" if not drop else "-" + "-".join(drop)
 
 
-def _cell_task(cfg: TrainConfig, data: dict[str, Any], pretrained: tuple[Any, dict[str, Any]]) -> dict[str, Any]:
+def _cell_task(cfg: TrainConfig, data: dict[str, Any], pretrained: tuple[Any, dict[str, Any]],
+               direct: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     key = {"cell": cfg.name, "model": cfg.model["name"], "direction": cfg.direction, "seed": cfg.seed,
            "features": _features_label(cfg)}
     try:
-        res = run_stages(cfg, data, None, threads=1, log=lambda *_: None, pretrained=pretrained)
+        res = run_stages(cfg, data, None, threads=1, log=lambda *_: None, pretrained=pretrained, direct=direct)
     except Exception as exc:  # a failed cell is a row with its error and traceback, not the end of the grid
         import traceback
 
         msg = str(exc).splitlines()[0] if str(exc) else ""
-        return {"row": {**key, "strategy": cfg.finetune.get("strategy"), "error": f"{type(exc).__name__}: {msg}",
+        return {"row": {**key, "strategy": cfg.finetune["strategy"], "error": f"{type(exc).__name__}: {msg}",
                         "traceback": traceback.format_exc()}, "predictions": None}
     s1, s2, s3 = res["stage1_pretrain"], res["stage2_finetune"], res["stage3_transfer"]
     row = {**key, "strategy": res["strategy"], "trainable_parameters": s2["trainable_parameters"],
@@ -160,8 +120,16 @@ def _cell_task(cfg: TrainConfig, data: dict[str, Any], pretrained: tuple[Any, di
     for stage, m in stages:
         for k in ("rmse_k", "bias_k", "mae_k", "r2", "n"):
             row[f"{stage}_{k}"] = m[k]
+    # per draw, so that a few-shot recommendation can be chosen on some draws and scored on others
     for f in s3["few_shot"]:
         row[f"few_shot_k{f['k']}_rmse_k"] = f["rmse_k_mean"]
+        row[f"few_shot_k{f['k']}_draws_rmse_k"] = json.dumps([d["rmse_k"] for d in f["draws"]])
+        row[f"few_shot_k{f['k']}_zero_shot_rmse_k"] = f["zero_shot_rmse_k_mean"]
+        row[f"few_shot_k{f['k']}_zero_shot_draws_rmse_k"] = json.dumps([d["zero_shot_rmse_k"] for d in f["draws"]])
+    tuning = s3["direct_tuning"]
+    row["direct_search"] = json.dumps(tuning["search"])
+    row["direct_chosen"] = json.dumps(tuning["chosen"], default=str)
+    row["direct_cv_rmse_k"] = tuning["cv_rmse_k"]
     pred = res["cross_site_predictions"].assign(cell=cfg.name)
     return {"row": row, "predictions": pred}
 
@@ -199,7 +167,7 @@ def run_experiment(config: str | os.PathLike[str], out: str | os.PathLike[str], 
                 continue
             for seed in grid["seeds"]:
                 base = _variant(cfg, grid, model, None, grid["directions"][0], seed, drop)
-                strategies = [None] if model in _TREES else grid["strategies"]
+                strategies = [None] if model in TREE_MODELS else grid["strategies"]
                 cells = [_variant(cfg, grid, model, s, d, seed, drop) for d in grid["directions"] for s in strategies]
                 plan.append((base, cells))
     pre: dict[str, Any] = {}
@@ -211,7 +179,16 @@ def run_experiment(config: str | os.PathLike[str], out: str | os.PathLike[str], 
     for base, _ in plan:
         if base.name not in pre:
             pre[base.name] = client.submit(_pretrain_task, base, data_f, pure=False)
-    futures = [client.submit(_cell_task, v, data_f, pre[base.name], pure=False) for base, cells in plan for v in cells]
+    # one tuned direct baseline per (model, direction, seed, features): it does not depend on the strategy
+    direct: dict[str, Any] = {}
+    for _, cells in plan:
+        for v in cells:
+            dkey = f"{v.model['name']}-{v.direction}-s{v.seed}-{_features_label(v)}"
+            if dkey not in direct:
+                direct[dkey] = client.submit(_direct_task, v, data_f, pure=False)
+    futures = [client.submit(_cell_task, v, data_f, pre[base.name],
+                             direct[f"{v.model['name']}-{v.direction}-s{v.seed}-{_features_label(v)}"], pure=False)
+               for base, cells in plan for v in cells]
     rows, preds = [], []
     for done, fut in enumerate(as_completed(futures), start=1):
         res = fut.result()

@@ -22,27 +22,24 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from sftl_dask._staging import staged_file
 from sftl_dask.features import FEATURES, feature_matrix
+from sftl_dask.metrics import metrics
+from sftl_dask.training.config import DIRECTIONS, PipelineConfig, load_pipeline
 
 __all__ = ["DIRECTIONS", "TrainConfig", "cache_key", "cached", "load_config", "metrics", "model_features",
            "prepare_data", "pretrain", "run_stages", "stamp"]
 
-_MODELS = ("dnn", "trf", "cnn", "rf", "lgbm")
-_STRATEGIES = ("full", "head", "gradual", "adapter", "lora")
-_DIRECTIONS = {"SiHuHe": ("huailai", "heihe"), "SiHeHu": ("heihe", "huailai")}
-#: Direction name -> (source region, target region).
-DIRECTIONS = _DIRECTIONS
-
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A parsed pipeline configuration (see ``pipelines/*.yaml``)."""
+    """A checked pipeline configuration (:class:`~sftl_dask.training.config.PipelineConfig`), sections as dicts
+    with every default filled in (:mod:`sftl_dask.training.config` holds the defaults, once)."""
 
     name: str
     direction: str
@@ -55,168 +52,30 @@ class TrainConfig:
     finetune: dict[str, Any]
     transfer: dict[str, Any]
     source: str = field(default="config")
+    direct: dict[str, Any] = field(default_factory=lambda: {"folds": 3, "search": {}})
 
-
-#: The keys of a pipeline YAML, per section, and what each holds (checked by :func:`load_config`). ``grid`` is
-#: the experiment's (:func:`sftl_dask.training.experiment.load_grid` checks it); model and strategy ``params``
-#: are free mappings, checked by the model that takes them.
-_TOP_KEYS = ("name", "direction", "source_region", "target_region", "seed", "data", "model", "pretrain",
-             "finetune", "transfer", "grid")
-_SECTION_KEYS: dict[str, dict[str, str]] = {
-    "data": {"simulation": "mapping", "testbed": "mapping"},
-    "data.simulation": {"path": "path", "profiles": "count", "seed": "int"},
-    "data.testbed": {"path": "path", "scenes": "count", "size": "count", "seed": "int"},
-    "model": {"name": "str", "params": "mapping", "features": "list", "drop_features": "list"},
-    "pretrain": {"epochs": "positive", "batch_size": "count", "lr": "positive", "holdout_fraction": "fraction",
-                 "distributed": "bool", "schedule": "str"},
-    "finetune": {"strategy": "str", "params": "mapping", "epochs": "positive", "lr": "positive", "split": "str",
-                 "test_fraction": "fraction", "n_more": "count", "batch_size": "count"},
-    "transfer": {"k": "counts", "repeats": "count", "strategy": "str", "epochs": "positive", "lr": "positive",
-                 "n_more": "count"},
-}
-_KIND_TEXT = {"mapping": "a mapping", "path": "a path or null", "count": "a positive integer", "int": "an integer",
-              "str": "a string", "list": "a list", "positive": "a positive number", "bool": "true or false",
-              "fraction": "a number between 0 and 1 (exclusive)", "counts": "a list of positive integers"}
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
-
-
-def _fits(value: Any, kind: str) -> bool:
-    """Whether a config value is of ``kind`` (see :data:`_KIND_TEXT`); null is allowed where it means "default"."""
-    checks = {
-        "mapping": lambda v: v is None or isinstance(v, dict),
-        "path": lambda v: v is None or isinstance(v, str),
-        "count": lambda v: _is_int(v) and v > 0,
-        "int": _is_int,
-        "str": lambda v: isinstance(v, str),
-        "list": lambda v: v is None or isinstance(v, list),
-        "positive": lambda v: _is_number(v) and v > 0,
-        "bool": lambda v: isinstance(v, bool),
-        "fraction": lambda v: _is_number(v) and 0 < v < 1,
-        "counts": lambda v: isinstance(v, list) and all(_is_int(k) and k > 0 for k in v),
-    }
-    return bool(checks[kind](value))
-
-
-def _check_keys(path: Path, where: str, section: dict[str, Any], known: tuple[str, ...] | dict[str, str]) -> None:
-    """Refuse keys of a section that no stage reads (a typo would otherwise be silently ignored)."""
-    unknown = [str(k) for k in section if k not in known]
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ValueError(f"{path}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
-                         f"{where or 'the top level'} takes {', '.join(known)}")
-
-
-def _section(path: Path, where: str, value: Any) -> dict[str, Any]:
-    """A config section as a dict (null: empty), its keys and the types of its values checked."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: {where} must be a mapping, got {type(value).__name__} {value!r}")
-    spec = _SECTION_KEYS[where]
-    _check_keys(path, where, value, spec)
-    for key, kind in spec.items():
-        if key in value and not _fits(value[key], kind):
-            raise ValueError(f"{path}: {where}.{key} must be {_KIND_TEXT[kind]}, got {value[key]!r}")
-    return dict(value)
+    @classmethod
+    def from_pipeline(cls, p: PipelineConfig, source: str) -> TrainConfig:
+        """The configuration of a checked pipeline read from ``source`` (its path)."""
+        d = p.model_dump()
+        return cls(name=p.name, direction=p.direction, source_region=str(p.source_region),
+                   target_region=str(p.target_region), seed=p.seed, data=d["data"], model=d["model"],
+                   pretrain=d["pretrain"], finetune=d["finetune"], transfer=d["transfer"], source=source,
+                   direct=d["direct"])
 
 
 def load_config(path: str | os.PathLike[str]) -> TrainConfig:
-    """Read and validate a pipeline YAML.
+    """Read and check a pipeline YAML (:func:`~sftl_dask.training.config.load_pipeline`).
 
     Raises
     ------
-    ValueError
-        Naming the file and the key: missing or unknown keys, a value of the wrong type (a section that is
-        not a mapping, a seed that is not an integer, ...), unknown model, strategy or direction, bad values.
+    ConfigError
+        A ``ValueError`` naming the file and the key path: unknown or missing keys, values of the wrong type,
+        unknown model, strategy, direction or feature, no or several data sources.
     FileNotFoundError
         If the file does not exist.
     """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    need = ("name", "direction", "model", "pretrain", "finetune")
-    missing = [k for k in need if k not in raw]
-    if missing:
-        raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
-    _check_keys(path, "", raw, _TOP_KEYS)
-    for key in ("name", "direction", "source_region", "target_region"):
-        if key in raw and not isinstance(raw[key], str):
-            raise ValueError(f"{path}: {key} must be a string, got {raw[key]!r}")
-    if "seed" in raw and not _is_int(raw["seed"]):
-        raise ValueError(f"{path}: seed must be an integer, got {raw['seed']!r}")
-    data = _section(path, "data", raw.get("data"))
-    for key in ("simulation", "testbed"):
-        data[key] = _section(path, f"data.{key}", data.get(key))
-    direction = str(raw["direction"])
-    if direction not in _DIRECTIONS:
-        raise ValueError(f"{path}: direction {direction!r} unknown; choose from {', '.join(_DIRECTIONS)}")
-    model = _section(path, "model", raw["model"])
-    if str(model.get("name", "")).lower() not in _MODELS:
-        raise ValueError(f"{path}: model.name {model.get('name')!r} unknown; choose from {', '.join(_MODELS)}")
-    for key in ("features", "drop_features"):
-        names = model.get(key)
-        if names is not None and (not isinstance(names, list) or [f for f in names if f not in FEATURES]):
-            raise ValueError(f"{path}: model.{key} must be a list of features from {', '.join(FEATURES)} "
-                             f"(got {names!r})")
-    ft = _section(path, "finetune", raw["finetune"])
-    if str(ft.get("strategy", "")).lower() not in _STRATEGIES:
-        raise ValueError(f"{path}: finetune.strategy {ft.get('strategy')!r} unknown; choose from "
-                         f"{', '.join(_STRATEGIES)}")
-    if ft.get("split", "chronological") not in ("chronological", "site"):
-        raise ValueError(f"{path}: finetune.split must be 'chronological' or 'site'")
-    tr = _section(path, "transfer", raw.get("transfer"))
-    if "strategy" in tr and str(tr["strategy"]).lower() not in _STRATEGIES:
-        raise ValueError(f"{path}: transfer.strategy {tr['strategy']!r} unknown; choose from {', '.join(_STRATEGIES)}")
-    for key in ("epochs", "lr"):
-        if key in tr and not (isinstance(tr[key], int | float) and tr[key] > 0):
-            raise ValueError(f"{path}: transfer.{key} must be a positive number")
-    src, tgt = _DIRECTIONS[direction]
-    if raw.get("source_region", src) != src or raw.get("target_region", tgt) != tgt:
-        raise ValueError(f"{path}: direction {direction} means source {src} and target {tgt}")
-    from sftl_dask.models.trainer import SCHEDULES
-
-    pt = _section(path, "pretrain", raw["pretrain"])
-    if not isinstance(pt.get("distributed", False), bool):
-        raise ValueError(f"{path}: pretrain.distributed must be true or false")
-    if str(pt.get("schedule", "cosine")) not in SCHEDULES:
-        raise ValueError(f"{path}: pretrain.schedule must be one of {', '.join(SCHEDULES)}")
-    for sect, values in (("pretrain", pt), ("finetune", ft)):
-        for key in ("epochs", "lr"):
-            if key in values and not (isinstance(values[key], int | float) and values[key] > 0):
-                raise ValueError(f"{path}: {sect}.{key} must be a positive number")
-    return TrainConfig(
-        name=str(raw["name"]), direction=direction, source_region=src, target_region=tgt,
-        seed=int(raw.get("seed", 0)), data=data, model=model, pretrain=pt, finetune=ft,
-        transfer=tr or {"k": [], "repeats": 1}, source=str(path),
-    )
-
-
-def metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """RMSE, bias, MAE (K), R^2 and n of predictions against the truth."""
-    pred = np.asarray(pred, dtype=np.float64)
-    truth = np.asarray(truth, dtype=np.float64)
-    e = pred - truth
-    n = int(e.size)
-    if n == 0:
-        return {"n": 0, "rmse_k": float("nan"), "bias_k": float("nan"), "mae_k": float("nan"), "r2": float("nan")}
-    ss = float(np.sum((truth - truth.mean()) ** 2))
-    return {"n": n, "rmse_k": float(np.sqrt(np.mean(e**2))), "bias_k": float(e.mean()),
-            "mae_k": float(np.mean(np.abs(e))), "r2": float(1.0 - np.sum(e**2) / ss) if ss > 0 else float("nan")}
+    return TrainConfig.from_pipeline(load_pipeline(path), str(path))
 
 
 def _sha256(path: Path) -> str:
@@ -230,49 +89,50 @@ def _sha256(path: Path) -> str:
 
 
 def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, Any]:
-    """Make (or reuse) the simulation table, the split-window fit and the matchups.
+    """Make (or reuse) the simulation table, the split-window fit and the matchups of ``cfg.data``.
+
+    The matchups come from the configuration's one data source: a scene cube with station records and a
+    site table (built here, as ``sftl matchups`` does), a matchup table, or the testbed (built under
+    ``work`` only when ``data.testbed`` asks for it). The source and target regions' rows are told apart
+    by the site table's ``region`` column. A pixel-truth table is joined only where one is named
+    (``data.truth``) or the testbed brings its own.
 
     Returns
     -------
     dict
-        ``sim`` (path), ``sw`` (coefficients dict), ``matchups`` (DataFrame), ``testbed`` (path), ``key`` (the
-        cache key of all of them, for products made from them).
+        ``sim`` (path), ``sw`` (coefficients dict), ``matchups`` (DataFrame), ``matchups_path``, ``testbed``
+        (path, or None without one), ``table`` (the simulation's columns), ``key`` (the cache key of all of
+        them, for products made from them).
 
     Raises
     ------
     ValueError
-        If a data path of the configuration does not exist, or a file stands where ``work`` or one of its
-        parent folders should be (named); nothing is written then.
+        Before anything is written: a data path of the configuration that does not exist (its key named), a
+        site table without the sites of the station records, a matchup table with missing columns or
+        without rows of the source or target region, or a file standing where ``work`` or one of its parent
+        folders should be (named).
     """
-    from sftl_dask.ingest import ingest
-    from sftl_dask.simulate import (
-        SimulationConfig,
-        fit_split_window_on_simulation,
-        split_window_document,
-        write_simulation,
-    )
-    from sftl_dask.testbed.build import build_testbed
-    from sftl_dask.training.matchups import build_matchups, validate_matchups
+    from sftl_dask.simulate import fit_split_window_on_simulation, split_window_document
 
+    d = cfg.data
+    for key in ("cube", "insitu", "sites", "matchups", "truth"):
+        _need_path(cfg, key, d[key])
+    _need_path(cfg, "simulation.path", d["simulation"]["path"])
+    if d["testbed"] is not None:
+        _need_path(cfg, "testbed.path", d["testbed"]["path"])
+    if d["cube"] is not None:
+        _check_sites(cfg, Path(d["sites"]), Path(d["insitu"]))
     for folder in (*reversed(work.parents), work):
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{folder}: exists and is not a folder (the work folder {work} goes there)")
-    work.mkdir(parents=True, exist_ok=True)
     from sftl_dask import __version__
 
-    sim_cfg = dict(cfg.data.get("simulation") or {})
-    sim = Path(sim_cfg["path"]) if sim_cfg.get("path") else work / "sim.parquet"
-    if sim_cfg.get("path"):
-        if not sim.exists():
-            raise ValueError(f"{cfg.source}: data.simulation.path {sim} does not exist")
-        sim_key = cache_key({"user_file": _file_identity(sim)})
-    else:
-        sim_cfg = {"profiles": int(sim_cfg.get("profiles", 946)), "seed": int(sim_cfg.get("seed", 0))}
-        sim_key = cache_key({"simulation": sim_cfg, "version": __version__})
-        if not cached(sim, sim_key):
-            write_simulation(sim, SimulationConfig(n_profiles=sim_cfg["profiles"], seed=sim_cfg["seed"]),
-                             client=client)
-            stamp(sim, sim_key)
+    if d["matchups"] is not None:  # a user's table: checked before the simulation is made
+        mu_path = Path(d["matchups"])
+        mu_key = cache_key({"user_file": _file_identity(mu_path)})
+        _check_matchup_regions(cfg, _read_matchups(mu_path), mu_path)
+    work.mkdir(parents=True, exist_ok=True)
+    sim, sim_key = _simulation(cfg, work, client)
     sw_path = work / "sw.json"
     table = _read_sim(sim)
     sw_key = cache_key({"simulation": sim_key, "seed": cfg.seed, "version": __version__})
@@ -281,21 +141,129 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, 
         with staged_file(sw_path, replace=True) as tmp:
             tmp.write_text(json.dumps(doc))
         stamp(sw_path, sw_key)
-    tb_cfg = dict(cfg.data.get("testbed") or {})
+    tb: Path | None = None
+    truth_csv = Path(d["truth"]) if d["truth"] else None
+    if d["cube"] is not None:
+        mu_path, mu_key = _cube_matchups(Path(d["cube"]), Path(d["insitu"]), Path(d["sites"]), work)
+    elif d["testbed"] is not None:
+        tb, mu_path, mu_key = _testbed_matchups(cfg, work, client)
+        own = tb / "truth" / "site_overpass_truth.csv"
+        truth_csv = truth_csv or (own if own.is_file() else None)
+    matchups = _read_matchups(mu_path)
+    _check_matchup_regions(cfg, matchups, mu_path)
+    if truth_csv is not None:
+        matchups = _with_pixel_truth(matchups, truth_csv)
+    return {"sim": sim, "sw": json.loads(sw_path.read_text()), "matchups": matchups, "testbed": tb,
+            "matchups_path": mu_path, "table": table, "key": cache_key({"sw": sw_key, "matchups": mu_key})}
+
+
+def _need_path(cfg: TrainConfig, key: str, path: str | None) -> None:
+    """Refuse a ``data.<key>`` path that does not exist (null: not used)."""
+    if path is not None and not Path(path).exists():
+        raise ValueError(f"{cfg.source}: data.{key}: {path} does not exist")
+
+
+def _check_sites(cfg: TrainConfig, sites_csv: Path, insitu: Path) -> None:
+    """The site table must hold every station of the records, and both regions of the direction."""
+    from sftl_dask.io.insitu import read_sites
+
+    if not insitu.is_dir():
+        raise ValueError(f"{cfg.source}: data.insitu: {insitu} is not a folder of station records")
+    stations = sorted(p.stem for p in insitu.glob("*.csv"))
+    if not stations:
+        raise ValueError(f"{insitu}: no station records (<site id>.csv) here (data.insitu)")
+    sites = read_sites(sites_csv)
+    missing = sorted(set(stations) - set(sites["id"]))
+    if missing:
+        raise ValueError(f"{sites_csv}: the site table lacks site(s) {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''} of the station records in {insitu} (data.sites)")
+    for role, region in (("source", cfg.source_region), ("target", cfg.target_region)):
+        if region not in set(sites["region"]):
+            raise ValueError(f"{sites_csv}: no site of the {role} region {region} (column region holds "
+                             f"{', '.join(sorted(set(sites['region'])))})")
+
+
+def _read_matchups(path: Path) -> pd.DataFrame:
+    """A matchup table (Parquet) checked against the schema (:func:`~sftl_dask.training.matchups.validate_matchups`)."""
+    from sftl_dask.training.matchups import validate_matchups
+
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable Parquet matchup table ({str(exc).splitlines()[0]})") from None
+    return validate_matchups(frame, source=str(path))
+
+
+def _check_matchup_regions(cfg: TrainConfig, matchups: pd.DataFrame, path: Path) -> None:
+    regions = set(matchups["region"])
+    for role, region in (("source", cfg.source_region), ("target", cfg.target_region)):
+        if region not in regions:
+            raise ValueError(f"{path}: no matchup of the {role} region {region} (column region holds "
+                             f"{', '.join(sorted(regions)) or 'nothing'})")
+
+
+def _simulation(cfg: TrainConfig, work: Path, client: Any) -> tuple[Path, str]:
+    """The simulation table (the user's, or made under ``work``) and its cache key."""
+    from sftl_dask import __version__
+    from sftl_dask.simulate import SimulationConfig, write_simulation
+
+    sim_cfg = cfg.data["simulation"]
+    if sim_cfg["path"]:
+        sim = Path(sim_cfg["path"])
+        return sim, cache_key({"user_file": _file_identity(sim)})
+    sim = work / "sim.parquet"
+    what = {"profiles": sim_cfg["profiles"], "seed": sim_cfg["seed"]}
+    key = cache_key({"simulation": what, "version": __version__})
+    if not cached(sim, key):
+        write_simulation(sim, SimulationConfig(n_profiles=what["profiles"], seed=what["seed"]), client=client)
+        stamp(sim, key)
+    return sim, key
+
+
+def _folder_identity(path: Path, pattern: str = "*") -> list[dict[str, Any]]:
+    """A user's folder as a cache input: its entries' names, sizes and modification times (one level)."""
+    return [{"name": p.name, "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+            for p in sorted(path.glob(pattern))]
+
+
+def _cube_matchups(cube: Path, insitu: Path, sites: Path, work: Path) -> tuple[Path, str]:
+    """The matchups of a user's cube (made under ``work``, reused while cube, records and sites are unchanged)."""
+    from sftl_dask import __version__
+    from sftl_dask.training.matchups import build_matchups
+
+    log = cube / "ingest_log.jsonl"  # a cube changes with its ingest log; else its entries' times say it
+    key = cache_key({"cube": _file_identity(log) if log.is_file() else _folder_identity(cube),
+                     "insitu": _folder_identity(insitu, "*.csv"), "sites": _file_identity(sites),
+                     "version": __version__})
     mu_path = work / "matchups.parquet"
-    tb = Path(tb_cfg["path"]) if tb_cfg.get("path") else work / "testbed"
-    if tb_cfg.get("path"):
-        if not tb.exists():
-            raise ValueError(f"{cfg.source}: data.testbed.path {tb} does not exist")
+    if not cached(mu_path, key):
+        frame = build_matchups(cube, insitu, sites)
+        with staged_file(mu_path, replace=True) as tmp:
+            frame.to_parquet(tmp)
+        stamp(mu_path, key)
+    return mu_path, key
+
+
+def _testbed_matchups(cfg: TrainConfig, work: Path, client: Any) -> tuple[Path, Path, str]:
+    """The testbed (built under ``work`` when ``data.testbed.path`` is null), its cube and its matchups."""
+    from sftl_dask import __version__
+    from sftl_dask.ingest import ingest
+    from sftl_dask.testbed.build import build_testbed
+    from sftl_dask.training.matchups import build_matchups
+
+    tb_cfg = cfg.data["testbed"]
+    if tb_cfg["path"]:
+        tb = Path(tb_cfg["path"])
         tb_key = cache_key({"user_folder": _file_identity(tb / "testbed.json" if (tb / "testbed.json").exists()
                                                           else tb)})
     else:
-        tb_cfg = {"scenes": int(tb_cfg.get("scenes", 20)), "size": int(tb_cfg.get("size", 640)),
-                  "seed": int(tb_cfg.get("seed", 11))}
-        tb_key = cache_key({"testbed": tb_cfg, "version": __version__})
+        tb = work / "testbed"
+        what = {k: tb_cfg[k] for k in ("scenes", "size", "seed")}
+        tb_key = cache_key({"testbed": what, "version": __version__})
         if not cached(tb, tb_key):
-            build_testbed(tb, **tb_cfg, client=client)
+            build_testbed(tb, **what, client=client)
             stamp(tb, tb_key)
+    mu_path = work / "matchups.parquet"
     mu_key = cache_key({"testbed": tb_key, "version": __version__})
     if not cached(mu_path, mu_key):
         cube = work / "cube"
@@ -312,12 +280,7 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, 
         with staged_file(mu_path, replace=True) as tmp:
             frame.to_parquet(tmp)
         stamp(mu_path, mu_key)
-    matchups = validate_matchups(pd.read_parquet(mu_path), source=str(mu_path))
-    truth_csv = tb / "truth" / "site_overpass_truth.csv"
-    if truth_csv.is_file():
-        matchups = _with_pixel_truth(matchups, truth_csv)
-    return {"sim": sim, "sw": json.loads(sw_path.read_text()), "matchups": matchups, "testbed": tb,
-            "matchups_path": mu_path, "table": table, "key": cache_key({"sw": sw_key, "matchups": mu_key})}
+    return tb, mu_path, mu_key
 
 
 def cache_key(what: Mapping[str, Any]) -> str:
@@ -407,8 +370,8 @@ def model_features(cfg: TrainConfig) -> tuple[str, ...]:
 
     ``model.features`` lists them (default: all); ``model.drop_features`` removes some (the ablation).
     """
-    names = tuple(cfg.model.get("features") or FEATURES)
-    drop = set(cfg.model.get("drop_features") or ())
+    names = tuple(cfg.model["features"] or FEATURES)
+    drop = set(cfg.model["drop_features"] or ())
     return tuple(f for f in FEATURES if f in names and f not in drop)
 
 
@@ -419,29 +382,46 @@ def _features(cfg: TrainConfig, frame: Mapping[str, Any]) -> np.ndarray:
     return x if names == FEATURES else np.ascontiguousarray(x[:, [FEATURES.index(f) for f in names]])
 
 
-def _new_model(cfg: TrainConfig, x: np.ndarray, y: np.ndarray) -> Any:
-    """A fresh model of the configuration (torch models carry the normalisation of ``x`` and ``y``)."""
+def _is_tree(cfg: TrainConfig) -> bool:
+    from sftl_dask.models import TREE_MODELS
+
+    return str(cfg.model["name"]) in TREE_MODELS
+
+
+def _new_model(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, params: Mapping[str, Any] | None = None) -> Any:
+    """A fresh model of the configuration (torch models carry the normalisation of ``x`` and ``y``);
+    ``params`` override the configuration's model settings."""
     from sftl_dask.models import build_model
 
-    name = str(cfg.model["name"]).lower()
-    params = dict(cfg.model.get("params") or {})
-    if name in ("rf", "lgbm"):
-        return build_model(name, x.shape[1], **params)
+    name = str(cfg.model["name"])
+    kw = {**cfg.model["params"], **(params or {})}
+    if _is_tree(cfg):
+        return build_model(name, x.shape[1], **kw)
     return build_model(name, x.shape[1], x.mean(axis=0), x.std(axis=0) + 1e-6,
-                       target_mean=float(y.mean()), target_std=float(y.std()), **params)
+                       target_mean=float(y.mean()), target_std=float(y.std()), **kw)
 
 
-def _predict(model: Any, x: np.ndarray) -> np.ndarray:
+class Regressor(Protocol):
+    """What training needs of a non-torch model (trees, a few-shot offset): predictions in K."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+def _predict(model: Regressor | Any, x: np.ndarray) -> np.ndarray:
+    """LST (K) of any model: a torch module through :func:`~sftl_dask.models.trainer.predict_torch`, else
+    its ``predict``."""
+    from torch import nn
+
     from sftl_dask.models.trainer import predict_torch
 
-    return model.predict(x) if hasattr(model, "n_trees") else predict_torch(model, x)
+    return predict_torch(model, x) if isinstance(model, nn.Module) else model.predict(x)
 
 
 def _sim_holdout(cfg: TrainConfig, table: Mapping[str, np.ndarray]) -> tuple[set[int], np.ndarray]:
     """The held-out simulated profiles (whole profiles, drawn with the configuration's seed) and their rows."""
     rng = np.random.default_rng(cfg.seed)
     prof = np.unique(table["profile_id"])
-    held = set(rng.choice(prof, size=max(1, int(cfg.pretrain.get("holdout_fraction", 0.1) * prof.size)),
+    held = set(rng.choice(prof, size=max(1, int(cfg.pretrain["holdout_fraction"] * prof.size)),
                           replace=False).tolist())
     return held, np.isin(table["profile_id"], list(held))
 
@@ -463,9 +443,8 @@ def _error_model(cfg: TrainConfig, table: Mapping[str, np.ndarray], pretrained: 
     held_rows = {k: v[is_held] for k, v in table.items()}
     r_sim = _predict(pretrained, _features(cfg, held_rows)) - np.asarray(held_rows["lst"], dtype=np.float64)
     r_obs = _predict(tuned, x_test) - y_test
-    split = cfg.finetune.get("split", "chronological")
     return fit_error_model(compute_features(held_rows, names=names), r_sim, compute_features(test, names=names),
-                           r_obs, obs_source=f"{cfg.source_region} held-out matchups ({split} split)")
+                           r_obs, obs_source=f"{cfg.source_region} held-out matchups ({cfg.finetune['split']} split)")
 
 
 def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None = None, log: Any = print,
@@ -484,14 +463,15 @@ def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None =
     torch.manual_seed(cfg.seed)
     if threads:
         torch.set_num_threads(threads)
+    pt = cfg.pretrain
     table = data["table"]
     y_sim = np.asarray(table["lst"], dtype=np.float32)
     held, is_held = _sim_holdout(cfg, table)
     held_rows = {k: v[is_held] for k, v in table.items()}
     xte, yte = _features(cfg, held_rows), y_sim[is_held]
     n_train = int((~is_held).sum())
-    name = str(cfg.model["name"]).lower()
-    distributed = client is not None and (name == "lgbm" or bool(cfg.pretrain.get("distributed", False)))
+    name = str(cfg.model["name"])
+    distributed = client is not None and (name == "lgbm" or bool(pt["distributed"]))
     if distributed and model_features(cfg) != FEATURES:
         raise ValueError(f"{cfg.source}: distributed pre-training takes all features; drop pretrain.distributed "
                          "for a feature ablation")
@@ -499,26 +479,26 @@ def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None =
     log(f"stage 1: pre-training {name} on {n_train:,} simulated samples")
     if distributed and name == "lgbm":  # the workers read the training rows; trees take no statistics
         model = _new_model(cfg, xte, yte)
-        model.fit_dask(data["sim"], client=client, holdout_profiles=sorted(held))
-    elif distributed and name in ("dnn", "trf", "cnn"):  # the ranks reduce the normalisation statistics
+        from sftl_dask.training.distributed import read_simulation_on_workers
+
+        model.fit_dask(read_simulation_on_workers(data["sim"], client=client, holdout_profiles=sorted(held)),
+                       client=client)
+    elif distributed:  # torch: the ranks reduce the normalisation statistics
         from sftl_dask.training.distributed import pretrain_distributed
 
         model, _ = pretrain_distributed(
-            name, data["sim"], client=client, model_params=dict(cfg.model.get("params") or {}),
-            epochs=int(cfg.pretrain.get("epochs", 10)), batch_size=int(cfg.pretrain.get("batch_size", 8192)),
-            lr=float(cfg.pretrain.get("lr", 2e-3)), holdout_profiles=sorted(held), seed=cfg.seed,
-            schedule=str(cfg.pretrain.get("schedule", "cosine")))
+            name, data["sim"], client=client, model_params=dict(cfg.model["params"]), epochs=pt["epochs"],
+            batch_size=pt["batch_size"], lr=pt["lr"], holdout_profiles=sorted(held), seed=cfg.seed,
+            schedule=pt["schedule"])
     else:
         train_rows = {k: v[~is_held] for k, v in table.items()}
         xtr, ytr = _features(cfg, train_rows), y_sim[~is_held]
         model = _new_model(cfg, xtr, ytr)
-        if hasattr(model, "n_trees"):
+        if _is_tree(cfg):
             model.fit(xtr, ytr, val=(xte, yte))
         else:
-            fit_torch(model, xtr, ytr, epochs=int(cfg.pretrain.get("epochs", 10)),
-                      batch_size=int(cfg.pretrain.get("batch_size", 8192)), lr=float(cfg.pretrain.get("lr", 2e-3)),
-                      val=(xte, yte), seed=cfg.seed, threads=threads,
-                      schedule=str(cfg.pretrain.get("schedule", "cosine")))
+            fit_torch(model, xtr, ytr, epochs=pt["epochs"], batch_size=pt["batch_size"], lr=pt["lr"],
+                      val=(xte, yte), seed=cfg.seed, threads=threads, schedule=pt["schedule"])
     stage1 = {"model": metrics(_predict(model, xte), yte),
               "split_window": metrics(_sw_predict(data["sw"], held_rows), yte),
               "seconds": round(time.perf_counter() - t0, 1), "n_train": n_train}
@@ -527,38 +507,105 @@ def pretrain(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None =
     return model, stage1
 
 
-def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, threads: int | None = None,
-               log: Any = print, pretrained: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Run the three stages and the baselines; export the stage-2 artifact to ``out/model`` unless ``out`` is None.
-
-    ``pretrained`` (a :func:`pretrain` result) skips stage 1, so one pre-training serves many strategies.
-    """
-    import torch
-
-    from sftl_dask.models.artifact import export_artifact
-    from sftl_dask.models.finetune import make_strategy
-    from sftl_dask.models.trainer import fit_torch
-
-    t_start = time.perf_counter()
-    if threads:
-        torch.set_num_threads(threads)
-    model, stage1 = pretrained if pretrained is not None else pretrain(cfg, data, threads=threads, log=log)
-    # new weights below (adapters, LoRA factors, the direct baseline) come from this seed, not from whatever the
-    # process drew before: a cell gives the same figures on any worker, first or after others, or rerun
-    torch.manual_seed(cfg.seed)
-    name = str(cfg.model["name"]).lower()
-    tree = name in ("rf", "lgbm")
-    predict = _predict
-
+def _regions(cfg: TrainConfig, data: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The source region's fine-tuning and held-out rows, and the target region's rows (usable matchups)."""
     mu = data["matchups"]
     ok = mu[mu["reason"] == "ok"]
     src = ok[ok["region"] == cfg.source_region]
     tgt = ok[ok["region"] == cfg.target_region]
     if len(src) < 10 or len(tgt) < 5:
-        raise ValueError(f"{data.get('matchups_path', 'matchups')}: too few usable matchups "
-                         f"(source {len(src)}, target {len(tgt)})")
-    train, test = _split(src, cfg.finetune.get("split", "chronological"),
-                         float(cfg.finetune.get("test_fraction", 0.3)), cfg.seed)
+        raise ValueError(f"{data['matchups_path']}: too few usable matchups (source {cfg.source_region} "
+                         f"{len(src)}, target {cfg.target_region} {len(tgt)}; need 10 and 5)")
+    train, test = _split(src, cfg.finetune["split"], cfg.finetune["test_fraction"], cfg.seed)
+    return train, test, tgt
+
+
+def direct_baseline(cfg: TrainConfig, data: Mapping[str, Any], *, threads: int | None = None
+                    ) -> tuple[Any, dict[str, Any]]:
+    """The direct-training baseline: the configuration's model trained on the source fine-tuning rows only,
+    its settings tuned by cross-validation over whole scenes (:func:`~sftl_dask.training.direct.tune_direct`;
+    search space ``direct.search.<model>``, else :func:`~sftl_dask.training.direct.default_search`).
+
+    Returns the refitted model and the tuning record (``search``, ``candidates``, ``chosen``, ``cv_rmse_k``).
+    """
+    import torch
+
+    from sftl_dask.models.trainer import fit_torch
+    from sftl_dask.training.direct import FIT_SETTINGS, default_search, tune_direct
+
+    train, _, _ = _regions(cfg, data)
+    x, y = _features(cfg, train), train["lst_insitu"].to_numpy(np.float32)
+    tree = _is_tree(cfg)
+
+    def fit(settings: Mapping[str, Any], xf: np.ndarray, yf: np.ndarray) -> Any:
+        fit_kw = {k: v for k, v in settings.items() if k in FIT_SETTINGS and not tree}
+        params = {k: v for k, v in settings.items() if k not in fit_kw}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            m = _new_model(cfg, xf, yf, params)
+        if tree:
+            m.fit(xf, yf)
+        else:
+            fit_torch(m, xf, yf, seed=cfg.seed, threads=threads, patience=None, **fit_kw)
+        return m
+
+    search = cfg.direct["search"].get(str(cfg.model["name"])) or default_search(str(cfg.model["name"]))
+    return tune_direct(fit, _predict, x, y, train["scene_id"].to_numpy(), search=search,
+                       n_folds=cfg.direct["folds"])
+
+
+def _few_shot(cfg: TrainConfig, tuned: Any, x_tg: np.ndarray, y_tg: np.ndarray, p_zero: np.ndarray
+              ) -> list[dict[str, Any]]:
+    """Few-shot adaptation (:func:`~sftl_dask.models.fewshot.adapt_few_shot`) on k target samples per draw,
+    scored on the other target rows next to the zero-shot model on the same rows."""
+    from sftl_dask.models.fewshot import adapt_few_shot
+
+    out = []
+    for k in cfg.transfer["k"]:
+        if k >= len(y_tg) - 3:  # too few rows left to score on
+            continue
+        draws: list[dict[str, Any]] = []
+        for r in range(cfg.transfer["repeats"]):
+            idx = np.random.default_rng([cfg.seed, k, r]).permutation(len(y_tg))
+            few, rest = idx[:k], idx[k:]
+            adapted, info = adapt_few_shot(tuned, _predict, x_tg[few], y_tg[few], method=cfg.transfer["method"])
+            draws.append({"rmse_k": metrics(_predict(adapted, x_tg[rest]), y_tg[rest])["rmse_k"],
+                          "zero_shot_rmse_k": metrics(p_zero[rest], y_tg[rest])["rmse_k"],
+                          "update": info["update"], "penalty": info["penalty"]})
+        runs = [d["rmse_k"] for d in draws]
+        out.append({"k": k, "rmse_k_mean": float(np.mean(runs)), "rmse_k_sd": float(np.std(runs)),
+                    "zero_shot_rmse_k_mean": float(np.mean([d["zero_shot_rmse_k"] for d in draws])),
+                    "repeats": len(runs), "method": cfg.transfer["method"], "draws": draws})
+    return out
+
+
+def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, threads: int | None = None,
+               log: Any = print, pretrained: tuple[Any, dict[str, Any]] | None = None,
+               direct: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run the three stages and the baselines; export the stage-2 artifact to ``out/model`` unless ``out`` is None.
+
+    The steps, in order: split the source region's matchups (fine-tuning rows, held-out rows) and take the
+    target region's; stage 1 (``pretrained``, else :func:`pretrain`); the baselines (split-window from the
+    simulation, the tuned direct model :func:`direct_baseline`, unless ``direct`` gives it); stage 2 (the
+    strategy on the fine-tuning rows, scored on the held-out rows); stage 3 (zero-shot on the target, and
+    few-shot :func:`_few_shot`); the error model; the artifact. ``pretrained`` and ``direct`` let one
+    pre-training or baseline serve many strategies (the experiment grid).
+    """
+    import torch
+
+    from sftl_dask.models.artifact import export_artifact
+    from sftl_dask.models.finetune import make_strategy, trainable_parameters
+    from sftl_dask.models.trainer import fit_torch
+
+    t_start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    train, test, tgt = _regions(cfg, data)
+    model, stage1 = pretrained if pretrained is not None else pretrain(cfg, data, threads=threads, log=log)
+    # new weights below (adapters, LoRA factors, the direct baseline) come from this seed, not from whatever the
+    # process drew before: a cell gives the same figures on any worker, first or after others, or rerun
+    torch.manual_seed(cfg.seed)
+    name, ft, tree = str(cfg.model["name"]), cfg.finetune, _is_tree(cfg)
 
     def xy(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         return _features(cfg, frame), frame["lst_insitu"].to_numpy(np.float32)
@@ -567,34 +614,20 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
     x_in, y_in = xy(test)
     x_tg, y_tg = xy(tgt)
     # trees are "fine-tuned" by continued boosting (LGBM) or added trees (RF) whatever the strategy name
-    strat_name = ("continued_boosting" if name == "lgbm" else "added_trees") if tree else \
-        str(cfg.finetune["strategy"]).lower()
-    ft_kw = dict(epochs=int(cfg.finetune.get("epochs", 30)), batch_size=int(cfg.finetune.get("batch_size", 256)),
-                 lr=float(cfg.finetune.get("lr", 5e-4)), seed=cfg.seed, threads=threads)
-
-    def finetune(base: Any, x: np.ndarray, y: np.ndarray, few_shot: bool = False) -> tuple[Any, Any]:
-        m = copy.deepcopy(base)
-        if tree:
-            m.finetune(x, y, n_more=int(cfg.transfer.get("n_more", cfg.finetune.get("n_more", 100)) if few_shot
-                                        else cfg.finetune.get("n_more", 100)))
-            return m, None
-        name, kw = strat_name, ft_kw
-        if few_shot:  # transfer.strategy / epochs / lr override the stage-2 settings for the k target samples
-            name = str(cfg.transfer.get("strategy", strat_name)).lower()
-            kw = {**ft_kw, **{k: type(ft_kw[k])(cfg.transfer[k]) for k in ("epochs", "lr") if k in cfg.transfer}}
-        params = dict(cfg.finetune.get("params") or {}) if name == strat_name else {}
-        strategy = make_strategy(name, **params)
-        m = strategy.apply(m)
-        fit_torch(m, x, y, strategy=strategy, **kw)
-        return m, strategy
+    strat_name = ("continued_boosting" if name == "lgbm" else "added_trees") if tree else str(ft["strategy"])
 
     t0 = time.perf_counter()
     log(f"stage 2: fine-tuning on {len(y_ft)} {cfg.source_region} matchups with {strat_name}")
-    tuned, strategy = finetune(model, x_ft, y_ft)
-    from sftl_dask.models.finetune import trainable_parameters
-
-    stage2 = {"model": metrics(predict(tuned, x_in), y_in),
-              "pretrained_only": metrics(predict(model, x_in), y_in),
+    tuned, strategy = copy.deepcopy(model), None
+    if tree:
+        tuned.finetune(x_ft, y_ft, n_more=ft["n_more"])
+    else:
+        strategy = make_strategy(strat_name, **ft["params"])
+        tuned = strategy.apply(tuned)
+        fit_torch(tuned, x_ft, y_ft, strategy=strategy, epochs=ft["epochs"], batch_size=ft["batch_size"],
+                  lr=ft["lr"], seed=cfg.seed, threads=threads)
+    stage2 = {"model": metrics(_predict(tuned, x_in), y_in),
+              "pretrained_only": metrics(_predict(model, x_in), y_in),
               "split_window": metrics(_sw_predict(data["sw"], test), y_in),
               "n_train": len(y_ft), "n_test": len(y_in),
               "trainable_parameters": tuned.n_trees if tree else trainable_parameters(tuned),
@@ -602,39 +635,29 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
     log(f"  in-domain RMSE {stage2['model']['rmse_k']:.2f} K (pre-trained only "
         f"{stage2['pretrained_only']['rmse_k']:.2f}, split-window {stage2['split_window']['rmse_k']:.2f})")
 
-    # direct-training baseline: the same architecture trained on the source matchups only
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        direct = _new_model(cfg, x_ft, y_ft)
-    if tree:
-        direct.fit(x_ft, y_ft)
-    else:
-        fit_torch(direct, x_ft, y_ft, epochs=max(60, ft_kw["epochs"]), batch_size=ft_kw["batch_size"],
-                  lr=2e-3, seed=cfg.seed, threads=threads)
+    if direct is None:
+        t0 = time.perf_counter()
+        log(f"direct baseline: {name} on the {cfg.source_region} matchups only, settings by cross-validation")
+        direct = direct_baseline(cfg, data, threads=threads)
+        direct[1]["seconds"] = round(time.perf_counter() - t0, 1)
+    direct_model, direct_info = direct
+    log(f"  chosen {direct_info['chosen']} (cross-validated RMSE {direct_info['cv_rmse_k']:.2f} K)")
 
     log(f"stage 3: transfer to {cfg.target_region} ({len(y_tg)} matchups)")
     # each method's target predictions once: scored against the radiometers, the pixel truth, and written out
-    p_sftl, p_sw, p_direct = predict(tuned, x_tg), _sw_predict(data["sw"], tgt), predict(direct, x_tg)
+    p_sftl, p_sw, p_direct = _predict(tuned, x_tg), _sw_predict(data["sw"], tgt), _predict(direct_model, x_tg)
     stage3: dict[str, Any] = {
         "zero_shot": metrics(p_sftl, y_tg),
-        "pretrained_only": metrics(predict(model, x_tg), y_tg),
+        "pretrained_only": metrics(_predict(model, x_tg), y_tg),
         "split_window": metrics(p_sw, y_tg),
         "direct_training": metrics(p_direct, y_tg),
-        "few_shot": [],
+        "direct_tuning": direct_info,
+        "few_shot": _few_shot(cfg, tuned, x_tg, y_tg, p_sftl),
     }
-    for k in [int(k) for k in cfg.transfer.get("k", [])]:
-        if k >= len(y_tg) - 3:
-            continue
-        runs = []
-        for r in range(int(cfg.transfer.get("repeats", 3))):
-            idx = np.random.default_rng([cfg.seed, k, r]).permutation(len(y_tg))
-            few, rest = idx[:k], idx[k:]
-            adapted, _ = finetune(tuned, x_tg[few], y_tg[few], few_shot=True)
-            runs.append(metrics(predict(adapted, x_tg[rest]), y_tg[rest])["rmse_k"])
-        stage3["few_shot"].append({"k": k, "rmse_k_mean": float(np.mean(runs)), "rmse_k_sd": float(np.std(runs)),
-                                   "repeats": len(runs)})
-    if "lst_pixel_truth" in tgt and tgt["lst_pixel_truth"].notna().all():
-        # testbed only: the same retrievals scored against the true pixel LST, and the radiometers' own error
+    has_truth = "lst_pixel_truth" in tgt and tgt["lst_pixel_truth"].notna().all()
+    if has_truth:
+        # a named truth (the testbed's): the same retrievals scored against the true pixel LST, and the
+        # radiometers' own error
         truth = tgt["lst_pixel_truth"].to_numpy(np.float64)
         stage3["against_pixel_truth"] = {
             "zero_shot": metrics(p_sftl, truth),
@@ -643,7 +666,10 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
             "radiometer": metrics(y_tg, truth),
         }
     log(f"  cross-site RMSE {stage3['zero_shot']['rmse_k']:.2f} K (split-window "
-        f"{stage3['split_window']['rmse_k']:.2f}, direct training {stage3['direct_training']['rmse_k']:.2f})")
+        f"{stage3['split_window']['rmse_k']:.2f}, tuned direct training {stage3['direct_training']['rmse_k']:.2f})")
+    for f in stage3["few_shot"]:
+        log(f"  few-shot k={f['k']}: {f['rmse_k_mean']:.2f} K over {f['repeats']} draws (zero-shot on the same rows "
+            f"{f['zero_shot_rmse_k_mean']:.2f} K)")
 
     # the per-pixel uncertainty the LST cube will carry, and its calibration on the target region
     from sftl_dask.features import compute_features, input_range
@@ -653,7 +679,7 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
     sigma_tg = apply_error_model(error_model, compute_features(tgt, names=("wvc", "emis_mean", "sec_vza")))
     calibration = {"target_insitu": coverage(p_sftl - y_tg, sigma_tg),
                    "sigma_scene_k": error_model["sigma_scene_k"], "n_scene": error_model["n_scene"]}
-    if "lst_pixel_truth" in tgt and tgt["lst_pixel_truth"].notna().all():
+    if has_truth:
         calibration["target_pixel_truth"] = coverage(p_sftl - tgt["lst_pixel_truth"].to_numpy(np.float64), sigma_tg)
     stage3["uncertainty_calibration"] = calibration
     c = calibration["target_insitu"]

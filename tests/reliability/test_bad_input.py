@@ -45,6 +45,7 @@ LST_TIMES = np.array(["2022-06-01T03:30", "2022-06-17T03:30"], dtype="datetime64
 SITE_PIXEL = (5, 5)
 TRAIN_BASE: dict[str, Any] = {
     "name": "tiny", "direction": "SiHuHe", "seed": 0,
+    "data": {"testbed": {"path": None}},  # the synthetic world, built under the work folder (named: never implied)
     "model": {"name": "dnn", "params": {"hidden": [8]}},
     "pretrain": {"epochs": 1, "batch_size": 1024, "lr": 0.003, "holdout_fraction": 0.2},
     "finetune": {"strategy": "full", "epochs": 1, "lr": 0.001, "split": "chronological", "test_fraction": 0.3},
