@@ -304,12 +304,12 @@ def ingest(
         raise IngestError(f"{ged}: GED folder not found")
     try:
         existing = cube_tiling(root)
-        scheme = TileScheme(tile_px or (existing.tile_px if existing else DEFAULT_TILE_PX))
+        scheme = existing if existing is not None else TileScheme(tile_px or DEFAULT_TILE_PX)
     except ValueError as exc:
         raise IngestError(str(exc)) from None
-    if existing is not None and existing != scheme:
+    if existing is not None and tile_px is not None and tile_px != existing.tile_px:
         raise IngestError(f"{root}: holds tiles of {existing.tile_px} px x {existing.pixel_m:g} m, not "
-                          f"{scheme.tile_px} px (--tile-size): ingest into another cube root")
+                          f"{tile_px} px (--tile-size): ingest into another cube root")
     era5_index = _era5_index(era5_paths, client)
     for p in inputs:
         if not Path(p).exists():
@@ -357,6 +357,15 @@ def ingest(
             seen.add(s["scene_id"])
             unique.append(s)
         scans = unique
+
+        # A zone new to the cube gets its tile edges through the upper-left corner of this run's scenes there
+        # (on the pixel lattice): fixed from then on, recorded in every store.
+        pm = scheme.pixel_m
+        for epsg in sorted({utm_epsg(s["grid"].crs) for s in scans}):
+            if not scheme.has_zone(epsg):
+                zone = [s["grid"].bounds for s in scans if utm_epsg(s["grid"].crs) == epsg]
+                scheme = scheme.anchored(epsg, np.floor(min(b[0] for b in zone) / pm) * pm,
+                                         np.ceil(max(b[3] for b in zone) / pm) * pm)
 
         # Slots: a scene retried keeps the slots it has; every other (scene, tile) gets a new one, in time order.
         makedirs(root)

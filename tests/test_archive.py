@@ -93,4 +93,4 @@ def test_the_shipped_archive_pipeline_is_a_valid_config_of_160_scenes_across_til
     cfg = load_archive_config(Path(__file__).parents[1] / "pipelines" / "archive.yaml")
     tb = cfg["testbed"]
     assert 2 * tb["scenes"] >= 150 and tb["shifted"] >= 0.5 and tb["max_shift"] >= 256
-    assert cfg["steps"] == ["ingest", "retrieve", "validate", "composites"] and cfg["tile_px"] == 1024
+    assert cfg["steps"] == ["ingest", "retrieve", "validate", "composites"] and cfg["tile_px"] == 512

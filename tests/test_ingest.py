@@ -29,7 +29,7 @@ import xarray as xr
 
 from sftl_dask.ingest import IngestError, ingest
 from sftl_dask.io.cube import GridSpec, cube_stores, open_cube, read_slots
-from sftl_dask.io.tiles import TileScheme
+from sftl_dask.io.tiles import TileScheme, cube_tiling
 from sftl_dask.io.vimi import VimiProduct
 from sftl_dask.physics.channels import THERMAL_NAMES
 from sftl_dask.physics.planck import band_planck
@@ -97,7 +97,7 @@ def _region_of(tb: Path) -> dict[str, str]:
 def _store_of_region(root: Path, region: str) -> Path:
     """The tile store holding the centre of the region's testbed grid (every scene of the region covers it)."""
     x, y = _REGION_CENTRE[region]
-    return cube_stores(root)[TileScheme().tile_at(REGION_EPSG[region], x, y)]
+    return cube_stores(root)[cube_tiling(root).tile_at(REGION_EPSG[region], x, y)]
 
 
 def _region_cube(root: Path, region: str) -> xr.Dataset:
@@ -151,7 +151,7 @@ def cube(tb: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
 
 
 # --------------------------------------------------------------------------------------------- the cube
-def _expected_tiles(tb: Path) -> dict[str, int]:
+def _expected_tiles(tb: Path, scheme: TileScheme) -> dict[str, int]:
     """Tile name -> how many of the testbed's scenes touch it (from each product's own grid)."""
     counts: dict[str, int] = {}
     for a in sorted((tb / "archives").glob("*.tar")):
@@ -159,7 +159,7 @@ def _expected_tiles(tb: Path) -> dict[str, int]:
         t = ds.rio.transform()
         grid = GridSpec(f"EPSG:{ds.rio.crs.to_epsg()}", (t.a, t.b, t.c, t.d, t.e, t.f), ds.sizes["x"], ds.sizes["y"])
         ds.close()
-        for name in TileScheme().tiles_for(grid):
+        for name in scheme.tiles_for(grid):
             counts[name] = counts.get(name, 0) + 1
     return counts
 
@@ -168,15 +168,19 @@ def test_one_store_per_tile_with_design_variables_chunks_crs_and_all_slots_ok(tb
     root, summary = cube
     assert summary["ingested"] == 4 and summary["skipped"] == 0 and summary["failed"] == []
     stores = cube_stores(root)
-    expected = _expected_tiles(tb)
+    scheme = cube_tiling(root)
+    expected = _expected_tiles(tb, scheme)
     assert sorted(stores) == sorted(expected) and sorted(summary["stores"]) == sorted(str(s) for s in stores.values())
-    assert len(stores) >= 4 and summary["tile_px"] == 1024  # both testbed grids straddle tile edges
+    # each zone's tile edges pass through the upper-left corner of its scenes (first ingest): a 640 px region
+    # with footprints moved by up to 160 px fits one 1024 px tile
+    assert len(stores) == 2 and summary["tile_px"] == 1024 and sorted(e for e, _, _ in scheme.offsets) == [32647, 32650]
     epsgs = set()
     for name, store in stores.items():
         ds = xr.open_zarr(store, decode_coords="all")  # plain xarray + rioxarray, no sftl code
         epsgs.add(ds.rio.crs.to_epsg())
         tr = ds.rio.transform()
-        assert tr.a == 40.0 and tr.e == -40.0 and tr.c % 40_960 == 0 and (10_000_000 - tr.f) % 40_960 == 0
+        ox, oy = scheme.offset(ds.rio.crs.to_epsg())
+        assert tr.a == 40.0 and tr.e == -40.0 and (tr.c - ox) % 40_960 == 0 and (10_000_000 - oy - tr.f) % 40_960 == 0
         assert ds.sizes["time"] == expected[name] and (ds.sizes["y"], ds.sizes["x"]) == (1024, 1024)
         assert json.loads(ds.attrs["sftl_tiling"])["tile_px"] == 1024
         for var_name in DESIGN_VARIABLES:

@@ -4,14 +4,21 @@ Archive systems (Landsat ARD, Open Data Cube's ``GridSpec``) cut every scene ont
 of tiles, so that a scene written in year 1 and one written in year 3 land on the same pixels and
 no grid ever has to grow or merge. Here a tile is named ``<zone><N|S>_<row>_<col>``:
 
-* columns count eastwards from easting 0: tile ``col`` spans ``[col, col + 1) * tile_px * pixel_m``;
+* columns count eastwards: tile ``col`` spans eastings ``[x_off + col T, x_off + (col + 1) T)``;
 * rows count southwards from northing 10,000,000 m (the southern zones' false northing, so that
   rows of both hemispheres are non-negative): tile ``row`` spans northings
-  ``(1e7 - (row + 1) * T, 1e7 - row * T]`` with ``T = tile_px * pixel_m``.
+  ``(1e7 - y_off - (row + 1) T, 1e7 - y_off - row T]``, with ``T = tile_px * pixel_m``.
 
-Pixels of every tile sit on the zone's 40 m lattice anchored at (0, 0), the lattice of GF5-02
-VIMI L1 products, so a product is placed by integer offsets (no resampling); a product on another
-lattice is resampled (bilinear) onto the tiles it touches.
+**The zone's offsets** ``(x_off, y_off)``, each less than one tile (ODC's ``GridSpec`` origin), are fixed
+when a cube first receives scenes of the zone: the tile edges then pass through the upper-left corner of
+those scenes (on the 40 m lattice), so a region's first batch starts at a tile corner rather than being cut
+into slivers wherever a global grid happens to fall. They are recorded in every store (``sftl_tiling``) and
+never change: later scenes, in any year, land on the same tiles. A scheme without recorded offsets (a
+zone not yet in any cube) uses (0, 0).
+
+Pixels of every tile sit on the zone's 40 m lattice, the lattice of GF5-02 VIMI L1 products (the
+offsets are whole pixels), so a product is placed by integer offsets (no resampling); a product on
+another lattice is resampled (bilinear) onto the tiles it touches.
 
 **Zone edges.** A scene goes into the tiles of its own product's UTM zone, never reprojected into a
 neighbour's: tiles of adjacent zones overlap on the ground (each zone's tiles extend past its
@@ -99,22 +106,44 @@ class TileScheme:
 
     tile_px: int = DEFAULT_TILE_PX
     pixel_m: float = 40.0
+    #: Per zone, (EPSG, x offset, y offset) in metres, each in [0, tile edge): the zone's tile edges lie at
+    #: eastings ``x_off + k T`` and northings ``1e7 - y_off - k T``. A zone not listed has offsets (0, 0).
+    offsets: tuple[tuple[int, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if int(self.tile_px) != self.tile_px or self.tile_px < 16:
             raise ValueError(f"tile size must be an integer >= 16 px, got {self.tile_px}")
         if not self.pixel_m > 0:
             raise ValueError(f"pixel size must be positive, got {self.pixel_m}")
+        for epsg, ox, oy in self.offsets:
+            if not (0 <= ox < self.tile_m and 0 <= oy < self.tile_m):
+                raise ValueError(f"zone EPSG:{epsg}: tile offsets ({ox}, {oy}) m must lie in [0, {self.tile_m:g})")
 
     @property
     def tile_m(self) -> float:
         """Tile edge (m)."""
         return self.tile_px * self.pixel_m
 
+    def offset(self, epsg: int) -> tuple[float, float]:
+        """(x, y) offset (m) of zone ``epsg``'s tile edges."""
+        return next(((ox, oy) for e, ox, oy in self.offsets if e == epsg), (0.0, 0.0))
+
+    def has_zone(self, epsg: int) -> bool:
+        """Whether the zone's offsets are fixed in this scheme."""
+        return any(e == epsg for e, _, _ in self.offsets)
+
+    def anchored(self, epsg: int, left: float, top: float) -> TileScheme:
+        """This scheme with zone ``epsg``'s tile edges through (``left``, ``top``) (m): how a cube fixes a zone's
+        grid at its first ingest, so that the first scenes start at a tile corner."""
+        t = self.tile_m
+        ox, oy = left % t, (_Y_ORIGIN - top) % t
+        return TileScheme(self.tile_px, self.pixel_m, tuple(sorted({*self.offsets, (int(epsg), ox, oy)})))
+
     def tile(self, epsg: int, row: int, col: int) -> GridSpec:
         """The grid of tile (``row``, ``col``) of zone ``epsg``."""
         t = self.tile_m
-        return GridSpec(f"EPSG:{epsg}", (self.pixel_m, 0.0, col * t, 0.0, -self.pixel_m, _Y_ORIGIN - row * t),
+        ox, oy = self.offset(epsg)
+        return GridSpec(f"EPSG:{epsg}", (self.pixel_m, 0.0, ox + col * t, 0.0, -self.pixel_m, _Y_ORIGIN - oy - row * t),
                         self.tile_px, self.tile_px)
 
     @staticmethod
@@ -148,26 +177,34 @@ class TileScheme:
         """
         epsg = utm_epsg(grid.crs)
         t = self.tile_m
+        ox, oy = self.offset(epsg)
         left, bottom, right, top = grid.bounds
         eps = 1e-6 * self.pixel_m
-        c0, c1 = math.floor(left / t), math.floor((right - eps) / t)
-        r0, r1 = math.floor((_Y_ORIGIN - top) / t), math.floor((_Y_ORIGIN - bottom - eps) / t)
+        c0, c1 = math.floor((left - ox) / t), math.floor((right - ox - eps) / t)
+        r0, r1 = math.floor((_Y_ORIGIN - oy - top) / t), math.floor((_Y_ORIGIN - oy - bottom - eps) / t)
         return {self.name(epsg, r, c): self.tile(epsg, r, c) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)}
 
     def tile_at(self, epsg: int, x: float, y: float) -> str:
         """Name of the tile of zone ``epsg`` holding point (``x``, ``y``) (m, zone coordinates)."""
-        return self.name(epsg, math.floor((_Y_ORIGIN - y) / self.tile_m), math.floor(x / self.tile_m))
+        ox, oy = self.offset(epsg)
+        return self.name(epsg, math.floor((_Y_ORIGIN - oy - y) / self.tile_m), math.floor((x - ox) / self.tile_m))
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-able description kept in every tile store (``sftl_tiling``)."""
         return {"scheme": "utm-fixed-tiles", "tile_px": int(self.tile_px), "pixel_m": float(self.pixel_m),
-                "x_origin_m": 0.0, "y_origin_m": _Y_ORIGIN}
+                "x_origin_m": 0.0, "y_origin_m": _Y_ORIGIN,
+                "zone_offsets_m": {str(e): [ox, oy] for e, ox, oy in self.offsets}}
 
     @classmethod
     def from_attrs(cls, d: Mapping[str, Any] | str) -> TileScheme:
         """The inverse of :meth:`to_attrs` (a mapping or its JSON text)."""
         d = json.loads(d) if isinstance(d, str) else d
-        return cls(int(d["tile_px"]), float(d["pixel_m"]))
+        offs = tuple(sorted((int(e), float(v[0]), float(v[1])) for e, v in d.get("zone_offsets_m", {}).items()))
+        return cls(int(d["tile_px"]), float(d["pixel_m"]), offs)
+
+    def same_size(self, other: TileScheme) -> bool:
+        """Whether two schemes cut tiles of the same size and pixel."""
+        return (self.tile_px, self.pixel_m) == (other.tile_px, other.pixel_m)
 
 
 def cube_tiling(root: str | os.PathLike[str]) -> TileScheme | None:
@@ -182,17 +219,26 @@ def cube_tiling(root: str | os.PathLike[str]) -> TileScheme | None:
 
     from sftl_dask.io.location import zarr_store
 
-    found: dict[TileScheme, str] = {}
+    found: dict[tuple[int, float], str] = {}
+    zones: dict[int, tuple[float, float, str]] = {}
+    scheme = None
     for name, store in cube_stores(root).items():
         text = zarr.open_group(zarr_store(store), mode="r").attrs.get("sftl_tiling")
         if text is None:
             raise ValueError(f"{store}: written without a tile scheme (a per-scene grid of an older "
                              "sftl-dask): ingest into a new cube root")
-        found.setdefault(TileScheme.from_attrs(text), name)
+        scheme = TileScheme.from_attrs(text)
+        found.setdefault((scheme.tile_px, scheme.pixel_m), name)
+        for e, ox, oy in scheme.offsets:  # a store records the offsets of the zones known when it was made
+            if zones.setdefault(e, (ox, oy, name))[:2] != (ox, oy):
+                raise ValueError(f"{root}: tiles {zones[e][2]} and {name} put zone EPSG:{e}'s tile edges at "
+                                 "different offsets")
     if len(found) > 1:
-        sizes = ", ".join(f"{s.tile_px} px ({n})" for s, n in found.items())
+        sizes = ", ".join(f"{px} px ({n})" for (px, _), n in found.items())
         raise ValueError(f"{root}: holds tiles of different sizes: {sizes}")
-    return next(iter(found), None)
+    if scheme is None:
+        return None
+    return TileScheme(scheme.tile_px, scheme.pixel_m, tuple(sorted((e, ox, oy) for e, (ox, oy, _) in zones.items())))
 
 
 def zone_of_store(name: str) -> str:
@@ -262,9 +308,17 @@ def mosaic(stores: Mapping[str, Any], *, ok_var: str, complete_only: bool = True
     r0, r1 = min(r for r, _ in parts), max(r for r, _ in parts)
     c0, c1 = min(c for _, c in parts), max(c for _, c in parts)
     epsg = next(iter(keys.values()))[0]
-    scheme = TileScheme.from_attrs(first.attrs["sftl_tiling"]) if "sftl_tiling" in first.attrs else TileScheme(
-        first.sizes["x"])
-    template = parts[next(iter(parts))]
+    # the tiles' lattice from one tile's own coordinates (LST stores do not carry the scheme)
+    (rk, ck), ref = next(iter(parts.items()))
+    pm = float(ref["x"].values[1] - ref["x"].values[0])
+    n = ref.sizes["x"]
+    t = n * pm
+    left_k, top_k = float(ref["x"].values[0]) - pm / 2, float(ref["y"].values[0]) + pm / 2
+
+    def grid_of(r: int, c: int, rows: int = 1, cols: int = 1) -> GridSpec:
+        return GridSpec(f"EPSG:{epsg}", (pm, 0.0, left_k + (c - ck) * t, 0.0, -pm, top_k - (r - rk) * t),
+                        cols * n, rows * n)
+
     grid_rows = []
     for r in range(r0, r1 + 1):
         row = []
@@ -272,15 +326,13 @@ def mosaic(stores: Mapping[str, Any], *, ok_var: str, complete_only: bool = True
             if (r, c) in parts:
                 row.append(parts[(r, c)])
             else:  # a tile no scene reached inside the rectangle
-                row.append(_blank(template, scheme.tile(epsg, r, c), fill))
+                row.append(_blank(ref, grid_of(r, c), fill))
         grid_rows.append(row)
     out = xr.combine_nested(grid_rows, concat_dim=["y", "x"], combine_attrs="override")
     for v in table.columns:
         if v != "time":
             out[v] = ("time", table[v].to_numpy())
-    union = GridSpec(f"EPSG:{epsg}", (scheme.pixel_m, 0.0, c0 * scheme.tile_m, 0.0, -scheme.pixel_m,
-                                      _Y_ORIGIN - r0 * scheme.tile_m),
-                     (c1 - c0 + 1) * scheme.tile_px, (r1 - r0 + 1) * scheme.tile_px)
+    union = grid_of(r0, c0, r1 - r0 + 1, c1 - c0 + 1)
     out = out.rio.write_crs(union.crs).rio.write_transform(_affine(union))
     out.attrs["sftl_grid"] = json.dumps(union.to_attrs())
     out.attrs["sftl_tiles"] = json.dumps(sorted(stores))
