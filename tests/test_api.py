@@ -62,7 +62,7 @@ def test_open_lst_lazy_complete_sorted_with_crs(lst_root: Path, ds: xr.Dataset) 
 def test_open_lst_bad_input(lst_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path}: no LST store")):
         open_lst(tmp_path)
-    with pytest.raises(ValueError, match="no grid 'nope'"):
+    with pytest.raises(ValueError, match="no tile 'nope'"):
         open_lst(lst_root, grid="nope")
     with pytest.raises(ValueError, match="outside every grid"):
         open_lst(lst_root, grid=(10.0, 10.0))
