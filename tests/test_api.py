@@ -64,12 +64,12 @@ def test_open_lst_bad_input(lst_root: Path, tmp_path: Path) -> None:
         open_lst(tmp_path)
     with pytest.raises(ValueError, match="no tile 'nope'"):
         open_lst(lst_root, grid="nope")
-    with pytest.raises(ValueError, match="outside every grid"):
+    with pytest.raises(ValueError, match="outside every tile"):
         open_lst(lst_root, grid=(10.0, 10.0))
     two = tmp_path / "two"
     shutil.copytree(lst_root, two)
     shutil.copytree(two / "g1.zarr", two / "g2.zarr")
-    with pytest.raises(ValueError, match="holds grids g1, g2; name one"):
+    with pytest.raises(ValueError, match="holds zones g1, g2; name one"):
         open_lst(two)
     # an LST store without qc
     import zarr

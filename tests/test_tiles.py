@@ -178,7 +178,7 @@ def test_another_tile_size_on_an_existing_cube_is_refused_with_exit_2(small_test
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "256 px" in err[0] and "1024" in err[0] and str(copy) in err[0], err
     assert sorted(p.name for p in copy.iterdir()) == before
-    assert cube_tiling(copy) == TileScheme(TILE)
+    assert cube_tiling(copy).tile_px == TILE and len(cube_tiling(copy).offsets) == 2  # both zones anchored
 
 
 def test_a_cube_of_pre_tile_grids_is_refused_naming_the_store(small_testbed, tiled, tmp_path):
