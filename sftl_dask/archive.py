@@ -196,7 +196,9 @@ def run_archive(config: str | os.PathLike[str], out: str | os.PathLike[str], *, 
                    for f in s["failed"]]
         done("retrieve", t0, s["retrieved"] == 0, steps=s["retrieved"], pixels=s["pixels"],
              failed=len(s["failed"]))
-    lst_key = cache_key({"model": _model_hash(model), "steps": _lst_steps(lst) if lst.exists() else {},
+    from sftl_dask.models.retriever import model_digest
+
+    lst_key = cache_key({"model": model_digest(model), "steps": _lst_steps(lst) if lst.exists() else {},
                          "version": __version__})
     if "validate" in cfg["steps"]:
         from sftl_dask.validate import validate
@@ -269,13 +271,3 @@ def _model(cfg: Mapping[str, Any], work: Path, client: Any) -> tuple[Path, bool]
     with staged_file(sw) as tmp:
         Path(tmp).write_text(json.dumps(doc, indent=1))
     return sw, False
-
-
-def _model_hash(model: Path) -> str:
-    """What identifies the model: the artifact's recorded sha256, else the file's own."""
-    import hashlib
-
-    if model.is_dir():
-        sha = model / "sha256"
-        return sha.read_text().strip() if sha.is_file() else str(model.resolve())
-    return hashlib.sha256(model.read_bytes()).hexdigest()

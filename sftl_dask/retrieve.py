@@ -629,16 +629,11 @@ def _neighbours(plan: Mapping[str, Any], by_tile: Mapping[str, Mapping[str, Any]
     from sftl_dask.io.tiles import TileScheme
 
     try:
-        epsg, row, col = TileScheme.parse(Path(plan["cube"]).name.removesuffix(".zarr"))
+        around = TileScheme.neighbours(Path(plan["cube"]).name.removesuffix(".zarr"))
     except ValueError:
         return {}
-    out = {}
-    for dr in (-1, 0, 1):
-        for dc in (-1, 0, 1):
-            other = by_tile.get(TileScheme.name(epsg, row + dr, col + dc))
-            if (dr or dc) and other is not None and other["grid"].width == plan["grid"].width:
-                out[(dr, dc)] = other
-    return out
+    return {step: by_tile[n] for step, n in around.items()
+            if n in by_tile and by_tile[n]["grid"].width == plan["grid"].width}
 
 
 def _halo(window: tuple[int, int, int, int], grid: GridSpec, scene_id: str,

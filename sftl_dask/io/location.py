@@ -280,11 +280,31 @@ def probe(url: str, *, timeout_s: float = 5.0) -> None:
     except PermissionError as exc:
         raise ObjectStoreError(f"{loc}: access refused by {endpoint} ({_reason(exc)}); check the credentials in "
                                "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)") from None
-    except Exception as exc:  # botocore / aiohttp connection and credential errors have no common base
+    except _store_errors() as exc:  # connection, endpoint and credential errors of the backend
         if type(exc).__name__ == "NoCredentialsError":
             raise ObjectStoreError(f"{loc}: no credentials for {endpoint} in the environment (set "
                                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
         raise ObjectStoreError(f"{loc}: cannot use the object store at {endpoint}: {_reason(exc)}") from None
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """The errors an object store's client raises for an unusable endpoint or credentials: OSError (aiohttp's
+    connection errors are OSErrors too), botocore's own and aiohttp's client errors where installed. Anything
+    else (a bug) keeps its traceback."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    try:
+        from aiohttp import ClientError as HttpError
+
+        errors.append(HttpError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def _reason(exc: BaseException) -> str:

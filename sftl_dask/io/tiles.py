@@ -202,6 +202,13 @@ class TileScheme:
         offs = tuple(sorted((int(e), float(v[0]), float(v[1])) for e, v in d.get("zone_offsets_m", {}).items()))
         return cls(int(d["tile_px"]), float(d["pixel_m"]), offs)
 
+    @staticmethod
+    def neighbours(name: str) -> dict[tuple[int, int], str]:
+        """The names of the 8 tiles around tile ``name``, by (row step, column step)."""
+        epsg, row, col = TileScheme.parse(name)
+        return {(dr, dc): TileScheme.name(epsg, row + dr, col + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+                if dr or dc}
+
     def same_size(self, other: TileScheme) -> bool:
         """Whether two schemes cut tiles of the same size and pixel."""
         return (self.tile_px, self.pixel_m) == (other.tile_px, other.pixel_m)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -83,7 +84,9 @@ def _direct_task(cfg: TrainConfig, data: dict[str, Any]) -> tuple[Any, dict[str,
     t0 = time.perf_counter()
     try:
         model, info = direct_baseline(cfg, data, threads=1)
-    except Exception:
+    except Exception as exc:  # each cell then tunes its own baseline, and a cell that fails records why
+        logging.getLogger(__name__).warning("shared direct baseline for %s failed, cells retry it: %s: %s",
+                                            cfg.name, type(exc).__name__, exc)
         return None
     return model, {**info, "seconds": round(time.perf_counter() - t0, 1)}
 

@@ -212,11 +212,10 @@ def _with_neighbours(name: str, stores: Mapping[str, Path], own: Any) -> Any:
     from sftl_dask.io.tiles import TileScheme, mosaic
 
     try:
-        epsg, row, col = TileScheme.parse(name)
+        around = TileScheme.neighbours(name)
     except ValueError:  # a store that is not a tile
         return own
-    near = {n: stores[n] for n in (TileScheme.name(epsg, row + dr, col + dc) for dr in (-1, 0, 1)
-                                   for dc in (-1, 0, 1)) if n in stores}
+    near = {n: stores[n] for n in [name, *around.values()] if n in stores}
     if len(near) == 1:
         return own
     return mosaic(near, ok_var="ingest_ok").sel(time=own["time"].values)
