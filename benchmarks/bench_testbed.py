@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     import xarray as xr
     from pyproj import Transformer
 
+    from sftl_dask.matchups import build_matchups
     from sftl_dask.physics.splitwindow import SplitWindowCoefficients, apply_split_window
-    from sftl_dask.training.matchups import build_matchups
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)

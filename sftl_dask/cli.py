@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sftl_dask._staging import StoreBusyError
+from sftl_dask.staging import StoreBusyError
 
 __all__ = ["main"]
 
@@ -93,7 +93,7 @@ def _note_logs(args: argparse.Namespace) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    from sftl_dask._staging import staged_file
+    from sftl_dask.staging import staged_file
 
     with staged_file(path, replace=True) as tmp:  # the one atomic writer: a reader never sees half a file
         tmp.write_text(text)
@@ -330,8 +330,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_matchups(args: argparse.Namespace) -> int:
-    from sftl_dask._staging import staged_file
-    from sftl_dask.training.matchups import build_matchups
+    from sftl_dask.matchups import build_matchups
+    from sftl_dask.staging import staged_file
 
     for flag, path in (("--cube", args.cube), ("--insitu", args.insitu), ("--sites", args.sites)):
         if not Path(path).exists():
@@ -372,7 +372,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sftl_dask.demo import run_demo
+    from sftl_dask.pipelines.demo import run_demo
     from sftl_dask.training.stages import load_config
 
     load_config(args.config)  # a bad configuration fails before any cluster starts
@@ -390,7 +390,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_archive(args: argparse.Namespace) -> int:
-    from sftl_dask.archive import ArchiveConfigError, load_archive_config, run_archive
+    from sftl_dask.pipelines.archive import ArchiveConfigError, load_archive_config, run_archive
 
     try:
         load_archive_config(args.config)  # a bad configuration fails before any cluster starts

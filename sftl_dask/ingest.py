@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from sftl_dask._staging import write_lock
 from sftl_dask.io.cube import (
     CUBE_VARIABLES,
     GridSpec,
@@ -41,6 +40,7 @@ from sftl_dask.io.location import join, location, makedirs
 from sftl_dask.io.stac import scene_stac_meta, write_scene_stac
 from sftl_dask.io.tiles import DEFAULT_TILE_PX, TileScheme, cube_tiling, utm_epsg
 from sftl_dask.physics.channels import THERMAL_NAMES
+from sftl_dask.staging import write_lock
 
 __all__ = ["IngestError", "ingest"]
 

@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from sftl_dask._staging import staged_dir
 from sftl_dask.io.lst import LST_OK_VAR, lst_stores
+from sftl_dask.staging import staged_dir
 
 __all__ = ["MAX_MEM", "TILE", "RechunkError", "StaleCopyWarning", "check_rechunk", "rechunk", "timeseries_copy"]
 

@@ -178,7 +178,7 @@ def demo_report(data: dict[str, Any], results: dict[str, dict[str, Any]], out_di
     (pathlib.Path, pathlib.Path)
         ``report.md`` and ``report.html``.
     """
-    from sftl_dask._staging import staged_file
+    from sftl_dask.staging import staged_file
 
     out = Path(out_dir)
     sw_json = out / "work" / "sw.json"

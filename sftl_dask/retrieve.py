@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sftl_dask._staging import check_unlocked, write_lock
 from sftl_dask.features import RANGE_GROUPS, REQUIRED_INPUTS, compute_features, inputs_for
 from sftl_dask.io.cube import (
     CHUNK,
@@ -68,6 +67,7 @@ from sftl_dask.io.lst import (
 )
 from sftl_dask.models.error_model import UNCERTAINTY_CLASS_EDGES_K
 from sftl_dask.models.retriever import ModelRef, Retriever, cached_retriever, open_retriever
+from sftl_dask.staging import check_unlocked, write_lock
 
 __all__ = ["DEVICE_CHOICES", "GPU_ROUTED", "RetrieveError", "check_retrieval", "retrieve", "retrieve_block"]
 

@@ -269,8 +269,8 @@ def write_simulation(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (use overwrite)")
-    from sftl_dask._staging import staged_dir
     from sftl_dask.cluster import run_tasks
+    from sftl_dask.staging import staged_dir
 
     with staged_dir(out) as tmp:
         profiles = generate_profiles(config.n_profiles, seed=config.seed)

@@ -1,10 +1,10 @@
 """Validation of LST cubes against in situ radiometers (``sftl validate``).
 
 Matchups are made from the LST cube with the training's rules, the one implementation in
-:mod:`sftl_dask.training.matchups`: the pixel that holds a site (:func:`~sftl_dask.training.matchups.site_pixels`),
+:mod:`sftl_dask.matchups`: the pixel that holds a site (:func:`~sftl_dask.matchups.site_pixels`),
 the station's in situ LST averaged around the overpass with its stability rules
-(:func:`~sftl_dask.training.matchups.insitu_at_overpasses`), and the reason a matchup cannot be used
-(:func:`~sftl_dask.training.matchups.matchup_reasons`). The LST cube's ``qc`` flags carry what the scene cube
+(:func:`~sftl_dask.matchups.insitu_at_overpasses`), and the reason a matchup cannot be used
+(:func:`~sftl_dask.matchups.matchup_reasons`). The LST cube's ``qc`` flags carry what the scene cube
 said: ``not_covered`` is "no coverage", ``cloud`` at the pixel or one of its 8 neighbours is "cloud",
 ``missing_ancillary`` is "ancillary missing". So the same model on the same scenes gives the same rows, and the
 same figures, as the training's stage 3. Only time steps whose retrieval completed (``retrieve_ok``) count.
@@ -35,7 +35,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask.io.location import Location, exists, is_url, location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR, QC_FLAGS, lst_stores
-from sftl_dask.training.matchups import CLOUD_NEIGHBOURHOOD_PX, WINDOW_MIN
+from sftl_dask.matchups import CLOUD_NEIGHBOURHOOD_PX, WINDOW_MIN
 
 __all__ = ["METRIC_COLUMNS", "VALIDATION_COLUMNS", "ValidateError", "check_validation", "lst_metrics",
            "metrics_table", "validate", "validation_matchups"]
@@ -202,7 +202,7 @@ def check_validation(lst: str | os.PathLike[str], insitu_dir: str | os.PathLike[
         (without ``overwrite``), is a file, or holds an input.
     """
     from sftl_dask.io.insitu import read_sites
-    from sftl_dask.training.matchups import site_pixels
+    from sftl_dask.matchups import site_pixels
 
     lst, insitu, sites_path, out = location(lst), Path(insitu_dir), Path(sites_csv), Path(out_dir)
     if not exists(lst):
@@ -267,11 +267,11 @@ def _station_task(insitu_dir: str, site: str, times: Sequence[Any], window_min: 
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One station (a task): its in situ LST at the overpasses, and its series for the plot.
 
-    Returns the :func:`~sftl_dask.training.matchups.insitu_at_overpasses` table of ``times`` and the usable
+    Returns the :func:`~sftl_dask.matchups.insitu_at_overpasses` table of ``times`` and the usable
     records' LST (``time_utc``, ``lst_k`` K; NaN where not usable) from a day before the first overpass to a
     day after the last, every k-th record, at most :data:`_LINE_POINTS` of them (< 0.5 MB; the file may be GB).
     """
-    from sftl_dask.training.matchups import insitu_at_overpasses, station_lst
+    from sftl_dask.matchups import insitu_at_overpasses, station_lst
 
     frame = station_lst(insitu_dir, site)
     overpasses = insitu_at_overpasses(frame, times, window_min=window_min)
@@ -293,7 +293,7 @@ def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int,
     indexed (CF-decoded, no Dask): a selection reads only the chunks it needs."""
     import xarray as xr
 
-    from sftl_dask.training.matchups import neighbourhood
+    from sftl_dask.matchups import neighbourhood
 
     ds = xr.open_zarr(zarr_store(path), chunks=None)
     names = [v for v in ("lst", "lst_uncertainty", "vza") if v in ds.data_vars]
@@ -332,7 +332,7 @@ def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.
     -------
     matchups : pandas.DataFrame
         Columns :data:`VALIDATION_COLUMNS`, sorted by site and time; ``residual_k`` is ``lst - lst_insitu``
-        (K); ``reason`` as the training matchups' (:func:`~sftl_dask.training.matchups.matchup_reasons`), plus
+        (K); ``reason`` as the training matchups' (:func:`~sftl_dask.matchups.matchup_reasons`), plus
         ``"not produced"`` where the rules allow a matchup but the store has no LST there.
     series : dict
         Per site, its radiometer's usable LST around the overpasses (``time_utc``, ``lst_k`` K) for the plot.
@@ -343,7 +343,7 @@ def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.
         If a station file does not read (naming it and the line).
     """
     from sftl_dask.cluster import run_tasks
-    from sftl_dask.training.matchups import matchup_reasons
+    from sftl_dask.matchups import matchup_reasons
 
     stores = []  # (store plan, complete time steps in time order, their times and scene ids)
     site_times: dict[str, list[Any]] = {}
@@ -607,8 +607,8 @@ def validate(
     ValueError
         A station file that does not read (naming it and the line); nothing is written.
     """
-    from sftl_dask._staging import staged_dir
-    from sftl_dask.training.matchups import MAX_STD_K, MIN_SAMPLES
+    from sftl_dask.matchups import MAX_STD_K, MIN_SAMPLES
+    from sftl_dask.staging import staged_dir
 
     t0 = time.perf_counter()
     plan = check_validation(lst, insitu_dir, sites_csv, out_dir, overwrite=overwrite)

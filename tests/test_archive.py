@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftl_dask.archive import ArchiveConfigError, load_archive_config, run_archive
 from sftl_dask.cli import main
+from sftl_dask.pipelines.archive import ArchiveConfigError, load_archive_config, run_archive
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sftl_dask.training.matchups import MATCHUP_COLUMNS, validate_matchups
+from sftl_dask.matchups import MATCHUP_COLUMNS, validate_matchups
 
 
 def _table(n: int = 3) -> pd.DataFrame:

@@ -277,10 +277,10 @@ def test_validation_has_the_training_matchups_rows_and_their_scoring_on_a_small_
     from helpers import retrieval_artifact, synthetic_cube
 
     from sftl_dask.features import compute_features, feature_matrix
+    from sftl_dask.matchups import build_matchups
     from sftl_dask.models.artifact import load_artifact
     from sftl_dask.models.error_model import apply_error_model, coverage
     from sftl_dask.retrieve import retrieve
-    from sftl_dask.training.matchups import build_matchups
     from sftl_dask.training.stages import metrics
 
     cube = tmp_path / "cube" / "g.zarr"
@@ -350,8 +350,8 @@ def stage3(tmp_path_factory) -> tuple[dict, pd.DataFrame, Path]:
     """Train a small model (the three stages), retrieve the target region's cube with it, validate that."""
     from sftl_dask.io.cube import cube_stores, open_cube
     from sftl_dask.io.insitu import read_sites
+    from sftl_dask.matchups import site_pixels
     from sftl_dask.retrieve import retrieve
-    from sftl_dask.training.matchups import site_pixels
     from sftl_dask.training.stages import load_config, prepare_data, run_stages
 
     root = tmp_path_factory.mktemp("stage3")

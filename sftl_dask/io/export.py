@@ -98,7 +98,7 @@ def to_netcdf(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     Memory: one chunk per Dask thread (at most 1 x 512 x 512 px per variable); the raster variables are
     re-chunked to the file's chunks so each HDF5 chunk is written once.
     """
-    from sftl_dask._staging import staged_file
+    from sftl_dask.staging import staged_file
 
     path = Path(path)
     _refuse_existing(path)
@@ -283,7 +283,7 @@ def to_cog(da_or_ds: xr.DataArray | xr.Dataset, path: str | os.PathLike[str], ti
     """
     import rioxarray  # noqa: F401  (registers .rio)
 
-    from sftl_dask._staging import staged_file
+    from sftl_dask.staging import staged_file
 
     path = Path(path)
     _refuse_existing(path)

@@ -17,7 +17,7 @@ environment (another endpoint, other keys) gets a new filesystem instead of fssp
 **No rename, no append, no lock on an object store.** A single PUT is atomic (a reader sees the old object or
 the new one), so small files (the ingest log, ``.zattrs``) are written whole: :func:`append_text` reads the log
 and writes it back (one writer per cube root: the run's own ingest log, a few kB). Stores cannot be locked with
-``flock``: see :func:`sftl_dask._staging.write_lock` for the single-writer rule that replaces it.
+``flock``: see :func:`sftl_dask.staging.write_lock` for the single-writer rule that replaces it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Both catalogs have the same shape, a root ``catalog.json`` holding one Collection and its Items
 (``<stac>/<collection>/<item>/<item>.json``), written as a whole into a hidden folder that replaces the
-previous catalog only once complete (:func:`sftl_dask._staging.staged_dir`). What every Item carries:
+previous catalog only once complete (:func:`sftl_dask.staging.staged_dir`). What every Item carries:
 
 * every prefixed field's extension declared in ``stac_extensions`` with the schema URI of pystac's
   extension class (projection, raster, file, grid, eo, view), or :data:`PROCESSING_SCHEMA_URI`
@@ -389,7 +389,7 @@ def _save(stac_dir: Path, items: Iterable[Any], *, collection_id: str, title: st
     """
     import pystac
 
-    from sftl_dask._staging import staged_dir
+    from sftl_dask.staging import staged_dir
 
     items = sorted(items, key=lambda i: (i.datetime, i.id))
     with staged_dir(stac_dir) as tmp:

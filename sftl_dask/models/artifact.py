@@ -392,7 +392,7 @@ def export_artifact(model: Any, out_dir: str | Path, card: Mapping[str, Any], *,
 
 
 def _write_atomically(out: Path, files: Mapping[str, bytes]) -> None:
-    from sftl_dask._staging import staged_dir
+    from sftl_dask.staging import staged_dir
 
     if out.exists() and not _replaceable(out):
         raise ArtifactError(f"{out}: exists and is not an artifact directory; refusing to replace it")

@@ -306,7 +306,7 @@ def build_testbed(
         raise ValueError(f"max_shift must lie between 64 and the grid size ({size} px), got {max_shift}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty (use overwrite)")
-    from sftl_dask._staging import staged_dir
+    from sftl_dask.staging import staged_dir
 
     with staged_dir(out) as tmp:
         for sub in ("archives", "era5", "ged", "insitu", "truth"):

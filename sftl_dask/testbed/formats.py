@@ -75,7 +75,7 @@ def _vimi_format() -> dict[str, Any]:
 
 def _atomic(final: Path) -> contextlib.AbstractContextManager[Path]:
     """A hidden temporary path beside ``final`` that replaces it on success (the package's one atomic writer)."""
-    from sftl_dask._staging import staged_file
+    from sftl_dask.staging import staged_file
 
     return staged_file(final, replace=True)
 

@@ -149,8 +149,8 @@ def run_experiment(config: str | os.PathLike[str], out: str | os.PathLike[str], 
     """
     from distributed import as_completed
 
-    from sftl_dask._staging import staged_file
     from sftl_dask.report import experiment_report
+    from sftl_dask.staging import staged_file
 
     t_start = time.perf_counter()
     cfg, grid = load_grid(config)

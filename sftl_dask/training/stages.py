@@ -27,9 +27,9 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from sftl_dask._staging import staged_file
 from sftl_dask.features import FEATURES, feature_matrix
 from sftl_dask.metrics import metrics
+from sftl_dask.staging import staged_file
 from sftl_dask.training.config import DIRECTIONS, PipelineConfig, load_pipeline
 
 __all__ = ["DIRECTIONS", "TrainConfig", "cache_key", "cached", "load_config", "metrics", "model_features",
@@ -184,8 +184,8 @@ def _check_sites(cfg: TrainConfig, sites_csv: Path, insitu: Path) -> None:
 
 
 def _read_matchups(path: Path) -> pd.DataFrame:
-    """A matchup table (Parquet) checked against the schema (:func:`~sftl_dask.training.matchups.validate_matchups`)."""
-    from sftl_dask.training.matchups import validate_matchups
+    """A matchup table (Parquet) checked against the schema (:func:`~sftl_dask.matchups.validate_matchups`)."""
+    from sftl_dask.matchups import validate_matchups
 
     try:
         frame = pd.read_parquet(path)
@@ -229,7 +229,7 @@ def _folder_identity(path: Path, pattern: str = "*") -> list[dict[str, Any]]:
 def _cube_matchups(cube: Path, insitu: Path, sites: Path, work: Path) -> tuple[Path, str]:
     """The matchups of a user's cube (made under ``work``, reused while cube, records and sites are unchanged)."""
     from sftl_dask import __version__
-    from sftl_dask.training.matchups import build_matchups
+    from sftl_dask.matchups import build_matchups
 
     log = cube / "ingest_log.jsonl"  # a cube changes with its ingest log; else its entries' times say it
     key = cache_key({"cube": _file_identity(log) if log.is_file() else _folder_identity(cube),
@@ -248,8 +248,8 @@ def _testbed_matchups(cfg: TrainConfig, work: Path, client: Any) -> tuple[Path, 
     """The testbed (built under ``work`` when ``data.testbed.path`` is null), its cube and its matchups."""
     from sftl_dask import __version__
     from sftl_dask.ingest import ingest
+    from sftl_dask.matchups import build_matchups
     from sftl_dask.testbed.build import build_testbed
-    from sftl_dask.training.matchups import build_matchups
 
     tb_cfg = cfg.data["testbed"]
     if tb_cfg["path"]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sftl_dask._staging import staged_file
+from sftl_dask.staging import staged_file
 
 
 def test_replace_swaps_the_whole_file_in_and_a_failure_leaves_the_old_one(tmp_path: Path) -> None:
@@ -31,7 +31,7 @@ def test_without_replace_an_existing_file_is_never_overwritten(tmp_path: Path) -
 
 
 def test_cli_writes_its_json_through_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sftl_dask._staging as staging
+    import sftl_dask.staging as staging
     from sftl_dask.cli import _atomic_write_text
 
     used: list[Path] = []
@@ -47,7 +47,7 @@ def test_cli_writes_its_json_through_it(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_the_package_has_one_atomic_writer() -> None:
-    """Renames into place happen in ``sftl_dask/_staging.py`` only (there were four writers: the CLI's, the
+    """Renames into place happen in ``sftl_dask/staging.py`` only (there were four writers: the CLI's, the
     artifact's, the testbed formats' and the GED coefficients')."""
     import re
 
@@ -55,13 +55,13 @@ def test_the_package_has_one_atomic_writer() -> None:
 
     root = Path(sftl_dask.__file__).parent
     pattern = re.compile(r"os\.replace\(|os\.rename\(|\b(tmp|old|out|final|target)\.rename\(")
-    hits = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py")) if p.name != "_staging.py"
+    hits = [f"{p.relative_to(root)}:{i}" for p in sorted(root.rglob("*.py")) if p.name != "staging.py"
             for i, line in enumerate(p.read_text().splitlines(), start=1) if pattern.search(line)]
     assert hits == []
 
 
 def test_a_folder_is_replaced_whole_and_a_failed_replacement_keeps_the_old_one(tmp_path: Path) -> None:
-    from sftl_dask._staging import staged_dir
+    from sftl_dask.staging import staged_dir
 
     out = tmp_path / "artifact"
     with staged_dir(out) as tmp:

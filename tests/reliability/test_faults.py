@@ -28,9 +28,9 @@ import pytest
 import xarray as xr
 from helpers import retrieval_artifact, synthetic_cube
 
-from sftl_dask._staging import StoreBusyError, check_unlocked, lock_path, write_lock
 from sftl_dask.ingest import ingest
 from sftl_dask.io.cube import cube_stores, open_cube, read_slots
+from sftl_dask.staging import StoreBusyError, check_unlocked, lock_path, write_lock
 
 BIN = Path(sys.executable).parent
 SFTL = str(BIN / "sftl")
@@ -345,7 +345,7 @@ def test_two_retrieves_into_one_store_at_once_the_second_is_refused(retrieval_in
 # --------------------------------------------------------------------------------------------- the lock itself
 def test_the_write_lock_names_its_holder_and_frees_itself_when_the_holder_is_killed(tmp_path: Path) -> None:
     store = tmp_path / "c.zarr"
-    code = ("import sys, time; from sftl_dask._staging import write_lock\n"
+    code = ("import sys, time; from sftl_dask.staging import write_lock\n"
             f"with write_lock({str(store)!r}, 'sftl ingest'):\n    print('held', flush=True); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

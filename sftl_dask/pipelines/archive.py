@@ -153,8 +153,8 @@ def run_archive(config: str | os.PathLike[str], out: str | os.PathLike[str], *, 
         A bad configuration.
     """
     from sftl_dask import __version__
-    from sftl_dask._staging import staged_dir, staged_file
-    from sftl_dask.demo import _lst_steps, write_monthly_composites
+    from sftl_dask.pipelines.demo import _lst_steps, write_monthly_composites
+    from sftl_dask.staging import staged_dir, staged_file
     from sftl_dask.training.stages import cache_key, cached, stamp
 
     cfg = load_archive_config(config)
@@ -250,7 +250,6 @@ def _model(cfg: Mapping[str, Any], work: Path, client: Any) -> tuple[Path, bool]
     """The model artifact: the configured one, else a split-window fitted on a simulation table (once)."""
     if cfg["model"] is not None:
         return Path(cfg["model"]), True
-    from sftl_dask._staging import staged_file
     from sftl_dask.simulate import (
         SW_COLUMNS,
         SimulationConfig,
@@ -259,6 +258,7 @@ def _model(cfg: Mapping[str, Any], work: Path, client: Any) -> tuple[Path, bool]
         split_window_document,
         write_simulation,
     )
+    from sftl_dask.staging import staged_file
 
     sw = work / "split_window.json"
     if sw.is_file():

@@ -52,7 +52,7 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
         A configuration without a testbed, or bad input met on the way (named).
     """
     from sftl_dask import __version__
-    from sftl_dask._staging import staged_dir
+    from sftl_dask.staging import staged_dir
     from sftl_dask.training.stages import (
         DIRECTIONS,
         cache_key,
