@@ -53,7 +53,6 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
     ValueError
         A configuration without a testbed, or bad input met on the way (named).
     """
-    from sftl_dask import __version__
     from sftl_dask.staging import staged_dir
     from sftl_dask.training.stages import (
         DIRECTIONS,
@@ -65,6 +64,7 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
         run_stages,
         stamp,
     )
+    from sftl_dask.version import __version__
 
     cfg = load_config(config)
     if cfg.data.get("testbed") is None:
