@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from sftl_dask import plotting
+from sftl_dask.simulate import read_simulation_metadata
 
 __all__ = ["run_demo"]
 
@@ -164,7 +165,6 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
     t0 = time.perf_counter()
     figs = _maps(lst_root, by_region, out)
     from sftl_dask.report import demo_report
-    from sftl_dask.simulate import read_simulation_metadata
 
     report, html = demo_report(data, results, out, stages=stages, maps=figs, validation=val, composites=comp,
                                lst_root=lst_root, simulation_meta=read_simulation_metadata(data["sim"]))
