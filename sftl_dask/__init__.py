@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 # the ``.sftl`` accessor is registered on import, as ``import rioxarray`` registers ``.rio``
 from sftl_dask.api import open_lst
+from sftl_dask.version import __version__
 
 __all__ = ["__version__", "open_lst"]

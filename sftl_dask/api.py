@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from sftl_dask import plotting
 from sftl_dask.io.location import Location, location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR, lst_stores
 
@@ -576,9 +577,6 @@ class SftlAccessor:
         -------
         matplotlib.axes.Axes
         """
-        from sftl_dask.report import _plt
-
-        plt = _plt()
         ds = self._ds
         if var not in ds:
             raise ValueError(f"no variable {var!r} (variables: {', '.join(map(str, ds.data_vars))})")
@@ -587,17 +585,7 @@ class SftlAccessor:
             if time is None:
                 time = int(da.notnull().sum(("y", "x")).argmax("time").values)
             da = _pick_time(da, time)
-        x, y = ds["x"].values, ds["y"].values
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6.5, 5.5), constrained_layout=True)
-        extent = (x[0] / 1e3, x[-1] / 1e3, y[-1] / 1e3, y[0] / 1e3)
-        img = ax.imshow(np.asarray(da.values, dtype=np.float64), extent=extent, origin="upper",
-                        cmap=kwargs.pop("cmap", "inferno" if var == "lst" else "viridis"), **kwargs)
-        label = f"{var} ({da.attrs.get('units', '')})"
-        ax.figure.colorbar(img, ax=ax, label=label, shrink=0.85)
-        when = np.datetime_as_string(da["time"].values, unit="m") if "time" in da.coords else ""
-        ax.set(xlabel="easting (km)", ylabel="northing (km)", title=f"{var} {when}".strip())
-        return ax
+        return plotting.lst_map(da, var=var, ax=ax, **kwargs)
 
     def plot_series(self, lon: float, lat: float, *, window: int = 1, how: str = "nearest",
                     ax: Any = None, label: str | None = None) -> Any:
@@ -607,17 +595,8 @@ class SftlAccessor:
         -------
         matplotlib.axes.Axes
         """
-        from sftl_dask.report import _plt
-
-        plt = _plt()
         df = self.at(lon, lat, window=window, how=how).dropna(subset=["lst"])
-        if ax is None:
-            _, ax = plt.subplots(figsize=(8, 3.5), constrained_layout=True)
-        ax.errorbar(df.index, df["lst"], yerr=df["lst_uncertainty"], fmt="o", ms=3, capsize=2,
-                    label=label or f"{lon:.4f} E, {lat:.4f} N")
-        ax.set(xlabel="time (UTC)", ylabel="LST (K)", title="LST series (+-1 sigma)")
-        ax.legend(loc="best", fontsize=8)
-        return ax
+        return plotting.point_series(df, label=label or f"{lon:.4f} E, {lat:.4f} N", ax=ax)
 
 
 def _site_table(sites: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:

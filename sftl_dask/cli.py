@@ -426,7 +426,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    from sftl_dask import __version__
+    from sftl_dask.version import __version__
 
     p = argparse.ArgumentParser(prog="sftl", description="LST from GF5-02 VIMI by strategic fine-tuning "
                                 "transfer learning, on Dask.")

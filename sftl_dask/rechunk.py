@@ -515,7 +515,7 @@ def rechunk(
         Zarr v2, or already a copy; ``out`` inside the source, existing (without ``overwrite``) or not a
         copy; a ``max_mem`` below one chunk of the copy.
     """
-    from sftl_dask import __version__
+    from sftl_dask.version import __version__
 
     t_start = time.perf_counter()
     out_p, plans = _plan(lst, out, tile=tile, max_mem=max_mem, overwrite=overwrite)

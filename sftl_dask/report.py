@@ -1,47 +1,61 @@
-"""Reports people read: Markdown with PNG figures.
+"""Reports people read: Markdown with PNG figures, and the same as one self-contained HTML page.
 
-:func:`foundation_report` summarises a simulation table and its split-window fit: the
-table's coverage (WVC, LST - air temperature, view angles, emissivity classes), the
-per-window fit quality on held-out rows, and a scatter of split-window LST against the
-simulated truth.
+This module assembles text: the figures are drawn by :mod:`sftl_dask.plotting`, the figures of merit come
+from :mod:`sftl_dask.metrics`, and the callers pass in what they know (the simulation table's metadata, a run's
+results, the folders of its products). It imports no module above it.
+
+:func:`foundation_report` summarises a simulation table and its split-window fit: the table's coverage (WVC,
+LST - air temperature, view angles, emissivity classes), the per-window fit quality on held-out rows, and a
+scatter of split-window LST against the simulated truth. :func:`demo_report` is the demo's report,
+:func:`experiment_report` the experiment grid's summary, and :func:`markdown_to_html` turns a report into one
+HTML page with its figures embedded.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import os
+import xml.etree.ElementTree as etree
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import markdown
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
+from markdown.extensions import Extension
+from markdown.treeprocessors import Treeprocessor
 
-__all__ = ["demo_report", "foundation_report", "markdown_to_html"]
+from sftl_dask import plotting
+from sftl_dask.metrics import metrics
+from sftl_dask.physics.splitwindow import SplitWindowCoefficients, apply_split_window
+from sftl_dask.staging import staged_file
 
+__all__ = ["demo_report", "experiment_report", "foundation_report", "markdown_to_html"]
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+#: Columns of the simulation table drawn in the foundation report.
+_SAMPLE_COLUMNS = ("lst", "t_air", "wvc", "vza", "bt_10_80", "bt_11_95", "emis_10_80", "emis_11_95", "category")
 
 
 def foundation_report(sim: str | os.PathLike[str], sw_json: str | os.PathLike[str],
-                      out_dir: str | os.PathLike[str], *, sample: int = 200_000, seed: int = 0) -> Path:
+                      out_dir: str | os.PathLike[str], *, simulation_meta: Mapping[str, Any],
+                      sample: int = 200_000, seed: int = 0) -> Path:
     """Write ``report.md`` (and its figures) for a simulation table and its split-window fit; see
     :func:`_foundation_lines`."""
     path = Path(out_dir) / "report.md"
-    path.write_text("\n".join(["# sftl-dask foundation report", "", *_foundation_lines(sim, sw_json, out_dir,
-                                                                                     sample=sample, seed=seed)]))
+    path.write_text("\n".join(["# sftl-dask foundation report", "",
+                               *_foundation_lines(sim, sw_json, out_dir, simulation_meta=simulation_meta,
+                                                  sample=sample, seed=seed)]))
     return path
 
 
 def _foundation_lines(sim: str | os.PathLike[str], sw_json: str | os.PathLike[str],
-                      out_dir: str | os.PathLike[str], *, sample: int = 200_000, seed: int = 0) -> list[str]:
-    """Write ``report.md`` and figures for a simulation table and its split-window fit.
+                      out_dir: str | os.PathLike[str], *, simulation_meta: Mapping[str, Any],
+                      sample: int = 200_000, seed: int = 0) -> list[str]:
+    """The report's sections on a simulation table and its split-window fit; writes their figures.
 
     Parameters
     ----------
@@ -50,7 +64,10 @@ def _foundation_lines(sim: str | os.PathLike[str], sw_json: str | os.PathLike[st
     sw_json : path
         Coefficients from ``sftl fit-sw``.
     out_dir : path
-        Where ``report.md``, ``sim_coverage.png`` and ``sw_fit.png`` go.
+        Where ``sim_coverage.png`` and ``sw_fit.png`` go.
+    simulation_meta : mapping
+        The table's metadata (:func:`sftl_dask.simulate.read_simulation_metadata`): ``config`` (``n_profiles``,
+        ``vza_deg``, ``draws_per_combination``), ``spectra``, ``rt_model``.
     sample : int, optional
         Rows drawn (without replacement) for the figures and the scatter statistics.
     seed : int, optional
@@ -58,67 +75,25 @@ def _foundation_lines(sim: str | os.PathLike[str], sw_json: str | os.PathLike[st
 
     Returns
     -------
-    pathlib.Path
-        The report's path.
+    list of str
+        Markdown lines.
     """
-    from sftl_dask.physics.splitwindow import SplitWindowCoefficients, apply_split_window
-    from sftl_dask.simulate import read_simulation_metadata
-
-    plt = _plt()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = ds.dataset(sim, format="parquet").to_table()
-    n_rows = table.num_rows
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(n_rows, size=min(sample, n_rows), replace=False))
-    cols = ["lst", "t_air", "wvc", "vza", "bt_10_80", "bt_11_95", "emis_10_80", "emis_11_95", "category"]
-    d = {c: table.column(c).take(idx).to_numpy(zero_copy_only=False) for c in cols}
-    meta = read_simulation_metadata(sim)
+    n_rows, d = _simulation_sample(sim, sample, seed)
     coeffs = SplitWindowCoefficients.from_dict(json.loads(Path(sw_json).read_text()))
     lst_sw = apply_split_window(coeffs, d["bt_10_80"], d["bt_11_95"], d["emis_10_80"], d["emis_11_95"],
                                 d["wvc"], d["vza"])
-    err = lst_sw - d["lst"]
-
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-    ax[0].hist(d["wvc"], bins=50, color="#3b75af")
-    ax[0].set_xlabel("WVC (g cm$^{-2}$)")
-    ax[0].set_ylabel("samples")
-    ax[1].hist(d["lst"] - d["t_air"], bins=50, color="#e1812c")
-    ax[1].set_xlabel("LST − bottom air temperature (K)")
-    cats, counts = np.unique(d["category"].astype(str), return_counts=True)
-    ax[2].barh(cats, counts, color="#3a923a")
-    ax[2].set_xlabel("samples")
-    ax[2].set_title("emissivity classes")
-    fig.suptitle(f"simulation table: {n_rows:,} rows")
-    fig.tight_layout()
-    fig.savefig(out / "sim_coverage.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax[0].scatter(d["lst"], lst_sw, s=1, alpha=0.2, color="#3b75af")
-    lim = [float(np.min(d["lst"])), float(np.max(d["lst"]))]
-    ax[0].plot(lim, lim, "k--", lw=0.8)
-    ax[0].set_xlabel("simulated LST (K)")
-    ax[0].set_ylabel("split-window LST (K)")
-    ax[0].set_title(f"RMSE {np.sqrt(np.mean(err**2)):.2f} K, bias {np.mean(err):+.2f} K")
-    edges = np.arange(0.0, 7.01, 0.5)
-    which = np.digitize(d["wvc"], edges) - 1
-    rmse = [np.sqrt(np.mean(err[which == i] ** 2)) if np.any(which == i) else np.nan for i in range(len(edges) - 1)]
-    ax[1].bar(edges[:-1] + 0.25, rmse, width=0.45, color="#e1812c")
-    ax[1].axhline(1.0, color="k", ls=":", lw=0.8)
-    ax[1].set_xlabel("WVC (g cm$^{-2}$)")
-    ax[1].set_ylabel("split-window RMSE (K)")
-    fig.tight_layout()
-    fig.savefig(out / "sw_fit.png", dpi=110)
-    plt.close(fig)
-
-    lines = [
+    plotting.foundation_figures(d, lst_sw, n_rows, out)
+    fit = metrics(lst_sw, d["lst"])
+    cfg = simulation_meta["config"]
+    return [
         "## The simulation table",
         "",
-        f"Simulation table `{sim}`: **{n_rows:,} rows** from {meta['config']['n_profiles']} profiles, "
-        f"{len(meta['spectra'])} emissivity spectra, view angles {meta['config']['vza_deg']} deg, "
-        f"{meta['config']['draws_per_combination']} LST draws per combination; radiative transfer: "
-        f"{meta['rt_model']}.",
+        f"Simulation table `{sim}`: **{n_rows:,} rows** from {cfg['n_profiles']} profiles, "
+        f"{len(simulation_meta['spectra'])} emissivity spectra, view angles {cfg['vza_deg']} deg, "
+        f"{cfg['draws_per_combination']} LST draws per combination; radiative transfer: "
+        f"{simulation_meta['rt_model']}.",
         "",
         "![coverage](sim_coverage.png)",
         "",
@@ -128,29 +103,40 @@ def _foundation_lines(sim: str | os.PathLike[str], sw_json: str | os.PathLike[st
         "",
         "| WVC (g cm⁻²) | VZA (deg) | n train | RMSE train (K) | n held out | RMSE held out (K) | bias (K) |",
         "|---|---|---|---|---|---|---|",
-    ]
-    for w in coeffs.to_dict()["windows"]:
-        def f(v: object, fmt: str) -> str:
-            return format(v, fmt) if isinstance(v, int | float) and v == v else "–"
-        lines.append(
-            f"| {w['wvc_min']:.1f}–{w['wvc_max']:.1f} | {w['vza_min']:.0f}–{w['vza_max']:.0f} | "
-            f"{f(w.get('n_train'), 'd')} | {f(w.get('rmse_train_k'), '.3f')} | {f(w.get('n_holdout'), 'd')} | "
-            f"{f(w.get('rmse_holdout_k'), '.3f')} | {f(w.get('bias_holdout_k'), '+.3f')} |"
-        )
-    lines += [
+        *_window_lines(coeffs),
         "",
-        f"Applied with window blending to a {len(idx):,}-row sample: RMSE {np.sqrt(np.mean(err**2)):.3f} K, "
-        f"bias {np.mean(err):+.3f} K (this sample includes rows used in the fit).",
+        f"Applied with window blending to a {len(d['lst']):,}-row sample: RMSE {fit['rmse_k']:.3f} K, "
+        f"bias {fit['bias_k']:+.3f} K (this sample includes rows used in the fit).",
         "",
         "![split-window](sw_fit.png)",
         "",
     ]
-    return lines
+
+
+def _simulation_sample(sim: str | os.PathLike[str], sample: int, seed: int) -> tuple[int, dict[str, np.ndarray]]:
+    """The table's row count and a sorted random draw of ``sample`` rows of :data:`_SAMPLE_COLUMNS`."""
+    table = ds.dataset(sim, format="parquet").to_table()
+    n_rows = table.num_rows
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n_rows, size=min(sample, n_rows), replace=False))
+    return n_rows, {c: table.column(c).take(idx).to_numpy(zero_copy_only=False) for c in _SAMPLE_COLUMNS}
+
+
+def _window_lines(coeffs: SplitWindowCoefficients) -> list[str]:
+    """One table row per split-window window: its range and fit statistics ('–' where absent)."""
+    def f(v: object, fmt: str) -> str:
+        return format(v, fmt) if isinstance(v, int | float) and v == v else "–"
+
+    return [f"| {w['wvc_min']:.1f}–{w['wvc_max']:.1f} | {w['vza_min']:.0f}–{w['vza_max']:.0f} | "
+            f"{f(w.get('n_train'), 'd')} | {f(w.get('rmse_train_k'), '.3f')} | {f(w.get('n_holdout'), 'd')} | "
+            f"{f(w.get('rmse_holdout_k'), '.3f')} | {f(w.get('bias_holdout_k'), '+.3f')} |"
+            for w in coeffs.to_dict()["windows"]]
 
 
 def demo_report(data: dict[str, Any], results: dict[str, dict[str, Any]], out_dir: str | os.PathLike[str], *,
                 stages: list[dict[str, Any]], maps: list[tuple[str, str]], validation: str | os.PathLike[str],
-                composites: str | os.PathLike[str], lst_root: str | os.PathLike[str]) -> tuple[Path, Path]:
+                composites: str | os.PathLike[str], lst_root: str | os.PathLike[str],
+                simulation_meta: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write the demo's ``report.md`` and a self-contained ``report.html`` (figures embedded).
 
     Sections: simulation and split-window, the testbed's matchups, the three SFTL stages against the baselines
@@ -172,14 +158,14 @@ def demo_report(data: dict[str, Any], results: dict[str, dict[str, Any]], out_di
         Title and PNG path (relative to ``out_dir``) of each LST map.
     validation, composites, lst_root : path
         The ``sftl validate`` folder, the composites folder and the LST root.
+    simulation_meta : mapping
+        The simulation table's metadata (:func:`sftl_dask.simulate.read_simulation_metadata` of ``data["sim"]``).
 
     Returns
     -------
     (pathlib.Path, pathlib.Path)
         ``report.md`` and ``report.html``.
     """
-    from sftl_dask.staging import staged_file
-
     out = Path(out_dir)
     sw_json = out / "work" / "sw.json"
     lines = ["# sftl-dask demo report", "",
@@ -188,7 +174,7 @@ def demo_report(data: dict[str, Any], results: dict[str, dict[str, Any]], out_di
              "directions; `sftl retrieve` of each region by the model transferred to it; `sftl validate`; monthly "
              "composites. **These are testbed figures, not the paper's real-data numbers.**", ""]
     lines += _stage_lines(stages)
-    lines += _foundation_lines(data["sim"], sw_json, out)
+    lines += _foundation_lines(data["sim"], sw_json, out, simulation_meta=simulation_meta)
     mu = data["matchups"]
     counts = mu.groupby(["region", "reason"]).size().unstack(fill_value=0)
     lines += ["## Matchups (site x scene)", "", "| region | " + " | ".join(counts.columns) + " |",
@@ -255,7 +241,6 @@ def _validation_lines(val: Path, out: Path) -> list[str]:
 
 def _sftl_lines(results: dict[str, Any], folder: Path, out: Path, fig_name: str) -> list[str]:
     """One direction's three stages against the baselines, and its figure."""
-    plt = _plt()
     lines: list[str] = []
     s1, s2, s3 = results["stage1_pretrain"], results["stage2_finetune"], results["stage3_transfer"]
 
@@ -293,38 +278,9 @@ def _sftl_lines(results: dict[str, Any], folder: Path, out: Path, fig_name: str)
                   "| k | few-shot RMSE (K) | zero-shot, same rows (K) | draws |", "|---|---|---|---|"]
         lines += [f"| {f['k']} | {f['rmse_k_mean']:.2f} ± {f['rmse_k_sd']:.2f} | "
                   f"{f.get('zero_shot_rmse_k_mean', float('nan')):.2f} | {f['repeats']} |" for f in s3["few_shot"]]
-    fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
-    names = ["split-window", "direct", "pre-trained", "SFTL"]
-    vals = [s3["split_window"]["rmse_k"], s3["direct_training"]["rmse_k"], s3["pretrained_only"]["rmse_k"],
-            s3["zero_shot"]["rmse_k"]]
-    ax[0].bar(names, vals, color=["#999999", "#e1812c", "#3b75af", "#3a923a"])
-    ax[0].set_ylabel("cross-site RMSE (K)")
-    ax[0].set_title(f"transfer to the target region ({results['direction']})")
-    if s3["few_shot"]:
-        ks = [0] + [f["k"] for f in s3["few_shot"]]
-        ys = [s3["zero_shot"]["rmse_k"]] + [f["rmse_k_mean"] for f in s3["few_shot"]]
-        es = [0.0] + [f["rmse_k_sd"] for f in s3["few_shot"]]
-        ax[1].errorbar(ks, ys, yerr=es, marker="o")
-        ax[1].axhline(s3["split_window"]["rmse_k"], color="#999999", ls="--", label="split-window")
-        ax[1].set_xlabel("target samples k")
-        ax[1].set_ylabel("RMSE (K)")
-        ax[1].legend()
     pred_path = folder / "cross_site_predictions.parquet"
-    if pred_path.is_file():
-        p = pd.read_parquet(pred_path)
-        lo, hi = float(p["lst_insitu"].min()) - 3, float(p["lst_insitu"].max()) + 3
-        ax[2].scatter(p["lst_insitu"], p["lst_split_window"], s=9, c="#999999", label="split-window")
-        ax[2].scatter(p["lst_insitu"], p["lst_sftl"], s=9, c="#3a923a", label="SFTL")
-        ax[2].plot([lo, hi], [lo, hi], "k-", lw=0.8)
-        ax[2].set_xlim(lo, hi)
-        ax[2].set_ylim(lo, hi)
-        ax[2].set_xlabel("in situ LST (K)")
-        ax[2].set_ylabel("retrieved LST (K)")
-        ax[2].set_title("target region, zero-shot")
-        ax[2].legend()
-    fig.tight_layout()
-    fig.savefig(out / fig_name, dpi=110)
-    plt.close(fig)
+    predictions = pd.read_parquet(pred_path) if pred_path.is_file() else None
+    plotting.sftl_figure(s3, results["direction"], predictions, out / fig_name)
     lines += ["", f"![sftl {results['direction']}]({fig_name})", "",
               f"Artifact: `{(folder / 'model').relative_to(out)}` (TorchScript + torch.export + card.json + sha256).",
               ""]
@@ -332,73 +288,64 @@ def _sftl_lines(results: dict[str, Any], folder: Path, out: Path, fig_name: str)
 
 
 def markdown_to_html(text: str, base: str | os.PathLike[str], *, title: str = "") -> str:
-    """The report's Markdown as one self-contained HTML page: headings, paragraphs, lists, pipe tables,
-    ``code``, **bold**, and images embedded as data URIs (read from paths relative to ``base``)."""
-    import base64
-    import html
-    import re
+    """The report's Markdown as one self-contained HTML page, with its images embedded.
 
-    base = Path(base)
+    Python-Markdown with the ``tables`` and ``fenced_code`` extensions; each image becomes a ``<figure>`` whose
+    PNG is embedded as a data URI (read from its path relative to ``base``; empty when the file is missing),
+    so the page needs nothing beside it.
 
-    def inline(t: str) -> str:
-        t = html.escape(t, quote=False)
-        t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
-        return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
+    Parameters
+    ----------
+    text : str
+        The Markdown.
+    base : path
+        The folder the images' paths are relative to.
+    title : str, optional
+        The page's title.
 
-    def image(alt: str, src: str) -> str:
-        path = base / src
-        data = base64.b64encode(path.read_bytes()).decode() if path.is_file() else ""
-        return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
-
-    body: list[str] = []
-    para: list[str] = []
-    table: list[list[str]] = []
-    items: list[str] = []
-
-    def flush() -> None:
-        if para:
-            body.append(f"<p>{inline(' '.join(para))}</p>")
-            para.clear()
-        if table:
-            head, rows = table[0], [r for r in table[1:] if not all(set(c) <= set("-: ") for c in r)]
-            body.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>"
-                        + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows)
-                        + "</tbody></table>")
-            table.clear()
-        if items:
-            body.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in items) + "</ul>")
-            items.clear()
-
-    for line in text.splitlines():
-        m_img = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", line.strip())
-        m_h = re.match(r"(#{1,6}) (.*)", line)
-        if not line.strip():
-            flush()
-        elif m_img:
-            flush()
-            body.append(image(m_img.group(1), m_img.group(2)))
-        elif m_h:
-            flush()
-            n = len(m_h.group(1))
-            body.append(f"<h{n}>{inline(m_h.group(2))}</h{n}>")
-        elif line.lstrip().startswith("|"):
-            if para or items:
-                flush()
-            table.append([c.strip() for c in line.strip().strip("|").split("|")])
-        elif line.lstrip().startswith(("- ", "* ")):
-            if para or table:
-                flush()
-            items.append(line.lstrip()[2:])
-        else:
-            if table or items:
-                flush()
-            para.append(line.strip())
-    flush()
+    Returns
+    -------
+    str
+        The HTML page.
+    """
+    md = markdown.Markdown(extensions=["tables", "fenced_code", _EmbedImages(Path(base))], output_format="html")
+    body = md.convert(text)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
              "text-align:left}th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:0 3px}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{style}</style></head><body>\n" + body + "\n</body></html>\n")
+
+
+class _EmbedImages(Extension):
+    """Images as ``<figure>`` with the PNG inline (a data URI); one block per line of HTML, none inside a table."""
+
+    def __init__(self, base: Path) -> None:
+        super().__init__()
+        self.base = base
+
+    def extendMarkdown(self, md: markdown.Markdown) -> None:  # Python-Markdown's hook
+        md.treeprocessors.deregister("prettify")  # it breaks lines between table cells and list items
+        md.treeprocessors.register(_EmbedImagesProcessor(md, self.base), "sftl_embed_images", 0)
+
+
+class _EmbedImagesProcessor(Treeprocessor):
+    """See :class:`_EmbedImages`."""
+
+    def __init__(self, md: markdown.Markdown, base: Path) -> None:
+        super().__init__(md)
+        self.base = base
+
+    def run(self, root: etree.Element) -> None:
+        for img in root.iter("img"):
+            path = self.base / img.get("src", "")
+            data = base64.b64encode(path.read_bytes()).decode() if path.is_file() else ""
+            img.set("src", f"data:image/png;base64,{data}")
+        for block in root:
+            if block.tag == "p" and len(block) == 1 and block[0].tag == "img" and not (block.text or "").strip() \
+                    and not (block[0].tail or "").strip():
+                block.tag = "figure"
+            block.tail = "\n"
 
 
 #: The paper's best-SFTL / split-window cross-site RMSE ratios (Heidarian et al. 2025): the targets.
@@ -461,7 +408,7 @@ def experiment_report(table: pd.DataFrame, predictions: pd.DataFrame, out_dir: s
         lines += _pretrain_lines(full)
         lines += _ablation_lines(ok)
         lines += _recommendation_lines(full)
-        _grid_figures(agg, full, predictions, out)
+        plotting.grid_figures(agg, full, predictions, out)
         lines += ["", "![grid](grid.png)", "", "![scatter](scatter.png)", "", "![few-shot](fewshot.png)"]
     if not failed.empty:
         lines += ["", "## Failed cells", ""] + [f"- {r['cell']}: {r['error']}" for _, r in failed.iterrows()]
@@ -605,12 +552,6 @@ def _ablation_lines(ok: pd.DataFrame) -> list[str]:
     return [*lines, ""]
 
 
-def _learning_columns(ok: pd.DataFrame) -> list[tuple[str, str]]:
-    """(label, column) of target sample sizes: zero-shot, each few-shot k, then in-domain (many samples)."""
-    ks = sorted({int(c.split("_k")[1].split("_")[0]) for c in ok.columns if c.startswith("few_shot_k")})
-    return [("0 (zero-shot)", "cross_site_rmse_k"), *[(str(k), f"few_shot_k{k}_rmse_k") for k in ks]]
-
-
 def _draws(ok: pd.DataFrame, col: str, part: slice) -> pd.Series:
     """Per cell: the mean over some of its few-shot draws (a JSON list column), NaN where absent."""
     return ok[col].map(lambda t: float(np.mean(json.loads(t)[part])) if isinstance(t, str) and json.loads(t)[part]
@@ -636,7 +577,7 @@ def _recommendation_lines(ok: pd.DataFrame) -> list[str]:
              "| target samples | recommended (chosen on) | score | oracle (best on the scored data) | score |",
              "|---" * 5 + "|"]
     sw_t, sw_s = ok["cross_site_sw_rmse_k"], ok["in_domain_sw_rmse_k"]
-    cols = [*_learning_columns(ok),
+    cols = [*plotting.learning_columns(ok),
             (f"source region, ~{ok['in_domain_n'].mean():.0f} held-out rows (in-domain)", "in_domain_rmse_k")]
     for label, col in cols:
         if col not in ok or not ok[col].notna().any():
@@ -673,7 +614,7 @@ def _recommendation_lines(ok: pd.DataFrame) -> list[str]:
 def _few_shot_lines(ok: pd.DataFrame) -> list[str]:
     """Few-shot against zero-shot on the same scoring rows, per direction and model (mean over draws, seeds and
     strategies): adaptation should never hurt in expectation."""
-    ks = [int(lab) for lab, _ in _learning_columns(ok)[1:]]
+    ks = [int(lab) for lab, _ in plotting.learning_columns(ok)[1:]]
     ks = [k for k in ks if f"few_shot_k{k}_zero_shot_rmse_k" in ok]
     if not ks:
         return []
@@ -689,77 +630,3 @@ def _few_shot_lines(ok: pd.DataFrame) -> list[str]:
             fine = fine and f <= z + 1e-9
         lines.append(f"| {direction} | {model} | " + " | ".join(cells) + f" | {'yes' if fine else '**no**'} |")
     return lines
-
-
-def _grid_figures(agg: pd.DataFrame, ok: pd.DataFrame, predictions: pd.DataFrame, out: Path) -> None:
-    plt = _plt()
-    dirs = sorted(agg["direction"].unique())
-    fig, axes = plt.subplots(1, len(dirs), figsize=(max(6.0, 0.45 * len(agg) / len(dirs) + 2) * len(dirs), 4.2),
-                             squeeze=False)
-    colors = {"dnn": "#3b75af", "trf": "#e1812c", "cnn": "#3a923a", "rf": "#c03d3e", "lgbm": "#9372b2"}
-    for ax, direction in zip(axes[0], dirs, strict=True):
-        sub = agg[agg["direction"] == direction].sort_values(["model", "strategy"])
-        short = {"continued_boosting": "boost", "added_trees": "+trees"}
-        labels = [f"{m}\n{short.get(s, s)}" for m, s in zip(sub["model"], sub["strategy"], strict=True)]
-        ax.bar(labels, sub["cross_site_rmse_k"], yerr=np.nan_to_num(sub["cross_site_rmse_k_sd"]),
-               color=[colors.get(m, "#777777") for m in sub["model"]])
-        sw = float(sub["cross_site_sw_rmse_k"].mean())
-        ax.axhline(sw, color="#555555", ls="--", label="split-window")
-        ax.set_ylim(0, 1.12 * max(sw, float((sub["cross_site_rmse_k"] + sub["cross_site_rmse_k_sd"].fillna(0)).max())))
-        if "truth_radiometer_rmse_k" in sub and sub["truth_radiometer_rmse_k"].notna().any():
-            ax.axhline(float(sub["truth_radiometer_rmse_k"].mean()), color="#aa3333", ls=":",
-                       label="radiometer vs pixel (floor)")
-        ax.set_ylabel("zero-shot cross-site RMSE (K)")
-        ax.set_title(direction)
-        ax.tick_params(axis="x", labelsize=7)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "grid.png", dpi=110)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, len(dirs), figsize=(5.2 * len(dirs), 4.8), squeeze=False)
-    for ax, direction in zip(axes[0], dirs, strict=True):
-        sub = agg[agg["direction"] == direction]
-        best = sub.loc[sub["cross_site_rmse_k"].idxmin()]
-        cells = ok[(ok["direction"] == direction) & (ok["model"] == best["model"])
-                   & (ok["strategy"] == best["strategy"])]["cell"]
-        p = predictions[predictions["cell"].isin(cells)] if "cell" in predictions else predictions.iloc[:0]
-        if p.empty:
-            continue
-        p = p[p["cell"] == p["cell"].iloc[0]]  # one seed: the rows are the same target matchups
-        lo, hi = float(p["lst_insitu"].min()) - 3, float(p["lst_insitu"].max()) + 3
-        for col, c, lab in (("lst_split_window", "#999999", "split-window"), ("lst_direct", "#e1812c", "direct"),
-                            ("lst_sftl", "#3a923a", f"SFTL {best['model']}+{best['strategy']}")):
-            e = p[col] - p["lst_insitu"]
-            ax.scatter(p["lst_insitu"], p[col], s=10, c=c, alpha=0.8,
-                       label=f"{lab}: RMSE {np.sqrt(np.mean(e**2)):.2f}, bias {e.mean():+.2f}")
-        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        ax.set_xlabel("in situ LST (K)")
-        ax.set_ylabel("retrieved LST (K)")
-        ax.set_title(f"{direction}: target region, zero-shot (n={len(p)})")
-        ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(out / "scatter.png", dpi=110)
-    plt.close(fig)
-
-    cols = _learning_columns(ok)
-    ks = [0] + [int(lab) for lab, _ in cols[1:]]
-    fig, axes = plt.subplots(1, len(dirs), figsize=(5.5 * len(dirs), 4), squeeze=False)
-    for ax, direction in zip(axes[0], dirs, strict=True):
-        sub = ok[ok["direction"] == direction]
-        for (model, strategy), g in sub.groupby(["model", "strategy"]):
-            ys = [g[c].mean() for _, c in cols]
-            ax.plot(ks, ys, marker="o", lw=1, color=colors.get(str(model), "#777777"),
-                    ls={"full": "-", "head": "--", "gradual": "-.", "adapter": ":", "lora": (0, (5, 1))}.get(
-                        str(strategy), "-"), label=f"{model}+{strategy}")
-        ax.axhline(float(sub["cross_site_sw_rmse_k"].mean()), color="#555555", ls="--", lw=2, label="split-window")
-        ax.set_xlabel("target samples k")
-        ax.set_ylabel("RMSE on the other target rows (K)")
-        ax.set_title(direction)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=6)
-    fig.tight_layout(rect=(0, 0, 0.85, 1))
-    fig.savefig(out / "fewshot.png", dpi=110)
-    plt.close(fig)

@@ -535,7 +535,7 @@ def retrieve(
     StoreBusyError
         If another process is writing ``out`` (holds its write lock).
     """
-    from sftl_dask import __version__
+    from sftl_dask.version import __version__
 
     t_start = time.perf_counter()
     if device not in DEVICE_CHOICES:

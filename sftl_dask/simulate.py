@@ -29,7 +29,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from sftl_dask import __version__
 from sftl_dask.features import REQUIRED_INPUTS, feature_matrix
 from sftl_dask.physics.atmosphere import AtmosphereProfile
 from sftl_dask.physics.channels import THERMAL_NAMES, thermal_channels
@@ -37,6 +36,7 @@ from sftl_dask.physics.emissivity import band_emissivity, default_library
 from sftl_dask.physics.planck import band_planck
 from sftl_dask.physics.profiles import generate_profiles
 from sftl_dask.physics.rtm import ReducedBandModel, RTBackend
+from sftl_dask.version import __version__
 
 __all__ = [
     "COLUMN_UNITS", "TRAINING_COLUMNS", "RowRange", "SimulationConfig", "plan_row_ranges", "read_simulation_metadata",

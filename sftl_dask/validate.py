@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
+from sftl_dask import plotting
 from sftl_dask.io.location import Location, exists, is_url, location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR, QC_FLAGS, lst_stores
 from sftl_dask.matchups import CLOUD_NEIGHBOURHOOD_PX, WINDOW_MIN
@@ -50,9 +51,7 @@ METRIC_COLUMNS = ("level", "name", "region", "n", "rmse_k", "bias_k", "mae_k", "
 _NEEDED_VARS = {"lst": "the retrieved LST", "lst_uncertainty": "its standard uncertainty",
                 "qc": "the QC bit flags"}
 _NEEDED_FLAGS = ("cloud", "not_covered", "missing_ancillary")
-_MAX_PANELS = 24  # time-series panels: the sites with the most usable matchups
 _GAUSS_1, _GAUSS_2 = 0.683, 0.954
-_GAP = np.timedelta64(3, "h")  # the radiometer line breaks across gaps in its record longer than this
 _LINE_POINTS = 20_000  # most radiometer records drawn per panel
 
 
@@ -405,95 +404,7 @@ def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.
 
 
 # ---------------------------------------------------------------------------------------------
-# figures and summary
-
-
-def _scatter(matchups: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
-    """Retrieved against in situ LST, +-1 sigma error bars, the 1:1 line, each region's figures in the legend."""
-    from sftl_dask.report import _plt
-
-    plt = _plt()
-    ok = matchups[matchups["reason"] == "ok"]
-    fig, ax = plt.subplots(figsize=(6.4, 6.0))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    regions = table[table["level"] == "region"]
-    for i, (_, m) in enumerate(regions.iterrows()):
-        sub = ok[ok["region"] == m["name"]]
-        if sub.empty:
-            continue
-        ax.errorbar(sub["lst_insitu"], sub["lst"], yerr=sub["lst_uncertainty"], xerr=sub["lst_insitu_std"],
-                    fmt="o", ms=3.5, lw=0.6, capsize=0, alpha=0.8, color=colors[i % len(colors)],
-                    label=f"{m['name']}: n={m['n']}, RMSE {m['rmse_k']:.2f} K, bias {m['bias_k']:+.2f} K, "
-                          f"R² {m['r2']:.2f}, ±1σ {m['within_1sigma']:.0%}")
-    if ok.empty:
-        ax.text(0.5, 0.5, "no usable matchups", ha="center", va="center", transform=ax.transAxes)
-    else:
-        both = np.concatenate([ok["lst_insitu"].to_numpy(), ok["lst"].to_numpy()])
-        lo, hi = float(np.nanmin(both)) - 3.0, float(np.nanmax(both)) + 3.0
-        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="1:1")
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        a = table[table["level"] == "all"].iloc[0]
-        ax.set_title(f"all: n={a['n']}, RMSE {a['rmse_k']:.2f} K, bias {a['bias_k']:+.2f} K, "
-                     f"ubRMSE {a['ubrmse_k']:.2f} K", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
-    ax.set_aspect("equal")
-    ax.set_xlabel("in situ LST (K)")
-    ax.set_ylabel("retrieved LST (K), bars ±1σ")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _timeseries(matchups: pd.DataFrame, series: Mapping[str, pd.DataFrame], table: pd.DataFrame,
-                path: Path) -> list[str]:
-    """One panel per site: the radiometer's LST as a line, the retrieved LST at the usable matchups with +-1 sigma
-    bars; returns the sites shown (those with the most usable matchups, at most :data:`_MAX_PANELS`)."""
-    from sftl_dask.report import _plt
-
-    plt = _plt()
-    import matplotlib.dates as mdates
-
-    ok = matchups[matchups["reason"] == "ok"]
-    sites = table[(table["level"] == "site") & (table["n"] > 0)].sort_values(["n", "name"], ascending=[False, True])
-    shown = sorted(sites["name"].astype(str).head(_MAX_PANELS))
-    ncol = min(3, max(1, len(shown)))
-    nrow = max(1, -(-len(shown) // ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.0 * ncol, 2.6 * nrow), squeeze=False)
-    for ax in axes.ravel()[len(shown):]:
-        ax.set_visible(False)
-    if not shown:
-        axes[0, 0].set_visible(True)
-        axes[0, 0].text(0.5, 0.5, "no usable matchups", ha="center", va="center", transform=axes[0, 0].transAxes)
-    for ax, site in zip(axes.ravel(), shown, strict=False):
-        rows = matchups[matchups["site"] == site]
-        pts = ok[ok["site"] == site]
-        t0, t1 = rows["time_utc"].min() - pd.Timedelta(days=1), rows["time_utc"].max() + pd.Timedelta(days=1)
-        st = series.get(site)
-        if st is not None:
-            st = st[(st["time_utc"] >= t0) & (st["time_utc"] <= t1)]
-            when = st["time_utc"].to_numpy("datetime64[ns]")
-            good = st["lst_k"].to_numpy(np.float64)
-            gap = np.flatnonzero(np.diff(when) > _GAP) + 1  # no line across a gap in the record
-            ax.plot(np.insert(when, gap, when[gap - 1] + _GAP // 2), np.insert(good, gap, np.nan), "-", lw=0.5,
-                    color="0.65", label="radiometer", rasterized=True, zorder=1)
-        ax.errorbar(pts["time_utc"], pts["lst"], yerr=pts["lst_uncertainty"], fmt="o", ms=3.5, lw=0.8, capsize=2,
-                    color="C3", label="retrieved ±1σ")
-        ax.plot(pts["time_utc"], pts["lst_insitu"], "k+", ms=6, label=f"in situ ±{WINDOW_MIN:g} min")
-        m = table[(table["level"] == "site") & (table["name"] == site)].iloc[0]
-        ax.set_title(f"{site} ({m['region']}): n={m['n']}, RMSE {m['rmse_k']:.2f} K, bias {m['bias_k']:+.2f} K",
-                     fontsize=8)
-        ax.set_ylabel("LST (K)", fontsize=8)
-        locator = mdates.AutoDateLocator(maxticks=6)
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-        ax.tick_params(labelsize=7)
-    if shown:
-        axes.ravel()[0].legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return shown
+# the summary (its figures: sftl_dask.plotting)
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -626,8 +537,8 @@ def validate(
     with staged_dir(out) as tmp:
         matchups.to_parquet(tmp / "matchups.parquet", index=False)
         table.to_parquet(tmp / "metrics.parquet", index=False)
-        _scatter(matchups, table, tmp / "scatter.png")
-        shown = _timeseries(matchups, series, table, tmp / "timeseries.png")
+        plotting.validation_scatter(matchups, table, tmp / "scatter.png")
+        shown = plotting.validation_timeseries(matchups, series, table, tmp / "timeseries.png", window_min=WINDOW_MIN)
         (tmp / "summary.md").write_text(_summary(inputs, matchups, table, shown, seconds))
     head = table[table["level"] != "site"]
     return {"out": out, "files": [out / f for f in files], "n_matchups": len(matchups),

@@ -30,9 +30,9 @@ def main() -> None:
     import sftl_dask
     from sftl_dask.io.insitu import read_sites
     from sftl_dask.io.lst import lst_stores
-    from sftl_dask.report import _plt
+    from sftl_dask.plotting import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     sites = read_sites(a.sites)
     print(f"LST root {a.lst}: grids {', '.join(lst_stores(a.lst))}")
     site = sites.iloc[0]

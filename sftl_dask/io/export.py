@@ -112,7 +112,7 @@ def _cf_dataset(ds: xr.Dataset, *, history: str) -> xr.Dataset:
     """A copy of ``ds`` laid out the CF-1.11 way, with empty encodings (see the module docstring)."""
     import rioxarray  # noqa: F401  (registers .rio)
 
-    from sftl_dask import __version__
+    from sftl_dask.version import __version__
 
     if "x" not in ds.dims or "y" not in ds.dims:
         raise ExportError(f"dataset has dims {tuple(ds.dims)}, not (time, y, x)")

@@ -329,7 +329,7 @@ def _set_bands(asset: Any, variables: Mapping[str, Mapping[str, Any]], grid: Gri
 
 
 def _set_processing(item: Any, *, lineage: str, level: str | None = None) -> None:
-    from sftl_dask import __version__
+    from sftl_dask.version import __version__
 
     props: dict[str, Any] = {"processing:software": {"sftl-dask": __version__}, "processing:lineage": lineage}
     if level:

@@ -140,9 +140,9 @@ def _training_tables(tables: Any) -> dict[str, Any]:
 
 
 def _versions(kind: str) -> dict[str, str]:
-    import sftl_dask
+    from sftl_dask.version import __version__
 
-    v = {"sftl_dask": sftl_dask.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    v = {"sftl_dask": __version__, "numpy": np.__version__, "python": platform.python_version()}
     if kind == "torchscript":
         import torch
 

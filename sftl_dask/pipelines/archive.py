@@ -152,10 +152,10 @@ def run_archive(config: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     ArchiveConfigError
         A bad configuration.
     """
-    from sftl_dask import __version__
     from sftl_dask.pipelines.demo import _lst_steps, write_monthly_composites
     from sftl_dask.staging import staged_dir, staged_file
     from sftl_dask.training.stages import cache_key, cached, stamp
+    from sftl_dask.version import __version__
 
     cfg = load_archive_config(config)
     out = Path(out)

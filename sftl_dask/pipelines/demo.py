@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from sftl_dask import plotting
+from sftl_dask.simulate import read_simulation_metadata
+
 __all__ = ["run_demo"]
 
 
@@ -51,7 +54,6 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
     ValueError
         A configuration without a testbed, or bad input met on the way (named).
     """
-    from sftl_dask import __version__
     from sftl_dask.staging import staged_dir
     from sftl_dask.training.stages import (
         DIRECTIONS,
@@ -63,6 +65,7 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
         run_stages,
         stamp,
     )
+    from sftl_dask.version import __version__
 
     cfg = load_config(config)
     if cfg.data.get("testbed") is None:
@@ -164,7 +167,7 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
     from sftl_dask.report import demo_report
 
     report, html = demo_report(data, results, out, stages=stages, maps=figs, validation=val, composites=comp,
-                               lst_root=lst_root)
+                               lst_root=lst_root, simulation_meta=read_simulation_metadata(data["sim"]))
     stage("report", t0, False)
     return {"report": report, "html": html, "stages": stages, "results": results}
 
@@ -227,35 +230,23 @@ def write_monthly_composites(lst_root: Path, out: Path, regions: Mapping[str, st
     from sftl_dask.api import open_lst
     from sftl_dask.io.cube import cube_stores
     from sftl_dask.io.tiles import zone_of_store
-    from sftl_dask.report import _plt
 
-    plt = _plt()
     for zone in sorted({zone_of_store(n) for n in cube_stores(lst_root)}):
         name = regions.get(zone, zone)
         ds = _crop_to_data(open_lst(lst_root, zone=zone))
         mc = ds.sftl.good().sftl.composite("MS", "median").compute()
         mc.sftl.to_netcdf(out / f"{zone}_monthly.nc")
         best = int(mc["count"].sum(("y", "x")).argmax("time").values)
-        fig, ax = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
-        mc.sftl.plot_map(best, ax=ax[0])
-        month = np.datetime_as_string(mc["time"].values[best], unit="M")
-        ax[0].set_title(f"{name}: median LST of good pixels, {month}")
-        mc.sftl.plot_map(best, var="count", ax=ax[1], cmap="Blues")
-        ax[1].set_title("good scenes per pixel")
-        fig.savefig(out / (f"{name}_{zone}_monthly.png" if name != zone else f"{zone}_monthly.png"), dpi=100)
-        plt.close(fig)
+        plotting.composite_figure(mc, best, name,
+                                  out / (f"{name}_{zone}_monthly.png" if name != zone else f"{zone}_monthly.png"))
 
 
 def _maps(lst_root: Path, by_region: Mapping[str, list[Path]], out: Path) -> list[tuple[str, str]]:
     """Per region: the LST map of its best-covered scene beside its QC mask; (title, png relative to out)."""
-    from matplotlib.colors import ListedColormap
-
     from sftl_dask.api import open_lst
     from sftl_dask.io.lst import QC_FLAGS
     from sftl_dask.io.tiles import zone_of_store
-    from sftl_dask.report import _plt
 
-    plt = _plt()
     (out / "maps").mkdir(exist_ok=True)
     figs = []
     for region, stores in sorted(by_region.items()):
@@ -264,27 +255,13 @@ def _maps(lst_root: Path, by_region: Mapping[str, list[Path]], out: Path) -> lis
             t = int(ds["lst"].notnull().sum(("y", "x")).argmax("time").values)
             step = ds.isel(time=t).compute()
             qc = step["qc"].values.astype(np.int64)
-            classes = np.zeros(qc.shape, dtype=np.int8)  # 0 good
+            classes = np.zeros(qc.shape, dtype=np.int8)  # 0 good; plotting.QC_CLASS_NAMES
             classes[(qc & QC_FLAGS["cloud_adjacent"][0]) != 0] = 1
             classes[(qc & (8 | 16 | 32 | 64)) != 0] = 2  # outside the pre-training range
             classes[(qc & QC_FLAGS["missing_ancillary"][0]) != 0] = 3
             classes[(qc & QC_FLAGS["cloud"][0]) != 0] = 4
             classes[(qc & QC_FLAGS["not_covered"][0]) != 0] = 5
-            fig, ax = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
-            step.sftl.plot_map(ax=ax[0])
-            when = np.datetime_as_string(step["time"].values, unit="m")
-            ax[0].set_title(f"{region}: LST {when} UTC")
-            x, y = step["x"].values / 1e3, step["y"].values / 1e3
-            names = ["good", "cloud adjacent", "outside pre-training range", "missing ancillary", "cloud",
-                     "not covered"]
-            cmap = ListedColormap(["#3a923a", "#f2c14e", "#e1812c", "#8c564b", "#dddddd", "#ffffff"])
-            img = ax[1].imshow(classes, extent=(x[0], x[-1], y[-1], y[0]), cmap=cmap, vmin=-0.5, vmax=5.5,
-                               interpolation="nearest")
-            bar = fig.colorbar(img, ax=ax[1], ticks=range(6), shrink=0.85)
-            bar.ax.set_yticklabels(names)
-            ax[1].set(title="QC mask", xlabel="easting (km)", ylabel="northing (km)")
             path = out / "maps" / f"{region}_lst_map.png"
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
+            plotting.lst_qc_figure(step, classes, region, path)
             figs.append((f"{region}: LST map and QC mask", str(path.relative_to(out))))
     return figs

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sftl_dask import __version__
 from sftl_dask.physics.channels import THERMAL_NAMES
 from sftl_dask.testbed.world import (
     LAND_COVERS,
@@ -27,6 +26,7 @@ from sftl_dask.testbed.world import (
     build_landscape,
     sites_table,
 )
+from sftl_dask.version import __version__
 
 __all__ = ["DEFAULT_SCENES", "DEFAULT_SIZE", "build_testbed", "scene_schedule"]
 

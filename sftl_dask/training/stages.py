@@ -125,7 +125,7 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> dict[str, 
     for folder in (*reversed(work.parents), work):
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{folder}: exists and is not a folder (the work folder {work} goes there)")
-    from sftl_dask import __version__
+    from sftl_dask.version import __version__
 
     if d["matchups"] is not None:  # a user's table: checked before the simulation is made
         mu_path = Path(d["matchups"])
@@ -204,8 +204,8 @@ def _check_matchup_regions(cfg: TrainConfig, matchups: pd.DataFrame, path: Path)
 
 def _simulation(cfg: TrainConfig, work: Path, client: Any) -> tuple[Path, str]:
     """The simulation table (the user's, or made under ``work``) and its cache key."""
-    from sftl_dask import __version__
     from sftl_dask.simulate import SimulationConfig, write_simulation
+    from sftl_dask.version import __version__
 
     sim_cfg = cfg.data["simulation"]
     if sim_cfg["path"]:
@@ -228,8 +228,8 @@ def _folder_identity(path: Path, pattern: str = "*") -> list[dict[str, Any]]:
 
 def _cube_matchups(cube: Path, insitu: Path, sites: Path, work: Path) -> tuple[Path, str]:
     """The matchups of a user's cube (made under ``work``, reused while cube, records and sites are unchanged)."""
-    from sftl_dask import __version__
     from sftl_dask.matchups import build_matchups
+    from sftl_dask.version import __version__
 
     log = cube / "ingest_log.jsonl"  # a cube changes with its ingest log; else its entries' times say it
     key = cache_key({"cube": _file_identity(log) if log.is_file() else _folder_identity(cube),
@@ -246,10 +246,10 @@ def _cube_matchups(cube: Path, insitu: Path, sites: Path, work: Path) -> tuple[P
 
 def _testbed_matchups(cfg: TrainConfig, work: Path, client: Any) -> tuple[Path, Path, str]:
     """The testbed (built under ``work`` when ``data.testbed.path`` is null), its cube and its matchups."""
-    from sftl_dask import __version__
     from sftl_dask.ingest import ingest
     from sftl_dask.matchups import build_matchups
     from sftl_dask.testbed.build import build_testbed
+    from sftl_dask.version import __version__
 
     tb_cfg = cfg.data["testbed"]
     if tb_cfg["path"]:
