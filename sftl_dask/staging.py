@@ -19,6 +19,15 @@ class StoreBusyError(RuntimeError):
     """Another process is writing the store (it holds its write lock)."""
 
 
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an fsspec URL (``s3://...``, ``gs://...``, ``memory://...``), not a local path.
+
+    ``file://`` URLs count as local.
+    """
+    text = os.fspath(path)
+    return isinstance(text, str) and "://" in text and not text.startswith("file://")
+
+
 @contextlib.contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
     """Yield a hidden temporary folder beside ``out``; on success it replaces ``out``, on error it is removed.
@@ -132,8 +141,6 @@ def write_lock(target: str | os.PathLike[str], holder: str) -> Iterator[None]:
     """
     import fcntl
 
-    from sftl_dask.io.location import is_url
-
     if is_url(target):  # no flock on an object store: the single-writer rule (docs/cluster.md, "Object storage")
         yield
         return
@@ -166,8 +173,6 @@ def check_unlocked(target: str | os.PathLike[str]) -> None:
         As :func:`write_lock`.
     """
     import fcntl
-
-    from sftl_dask.io.location import is_url
 
     if is_url(target):  # an object store has no lock to check (single-writer rule, see write_lock)
         return

@@ -27,6 +27,8 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
+from sftl_dask.staging import is_url
+
 __all__ = ["Location", "ObjectStoreError", "absolute", "append_text", "child_stores", "exists", "filesystem",
            "is_empty_folder", "is_file", "is_url", "is_zarr_store", "join", "location", "makedirs", "name_of", "probe",
            "read_text", "remove", "zarr_store"]
@@ -37,15 +39,6 @@ Location = Path | str
 
 class ObjectStoreError(ConnectionError):
     """An object store that cannot be used: unreachable, credentials refused, or no such bucket (one line)."""
-
-
-def is_url(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is an fsspec URL (``s3://...``, ``gs://...``, ``memory://...``), not a local path.
-
-    ``file://`` URLs count as local.
-    """
-    text = os.fspath(path)
-    return isinstance(text, str) and "://" in text and not text.startswith("file://")
 
 
 def location(path: str | os.PathLike[str]) -> Location:
