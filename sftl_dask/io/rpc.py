@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 import rasterio
 from numpy.typing import ArrayLike, NDArray
 from pyproj import Transformer
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.rpc import RPC
 
 __all__ = ["RIDGE_GRID", "RPC00B_TERMS", "Rpc", "RpcFit", "RpcFitError", "RpcFormatError", "fit_rpc", "format_rpb",
@@ -78,7 +80,8 @@ class Rpc:
     """An RPC00B model: offsets, scales and the four 20-term polynomials (see the module docstring).
 
     Offsets and scales are in pixels (line, sample), degrees (lat, long) and metres (height). ``err_bias`` and
-    ``err_rand`` (metres, optional) are the product's stated RMS bias and random error per horizontal axis.
+    ``err_rand`` (metres, optional) are the product's stated RMS bias and random error per horizontal axis
+    (a negative value, GDAL's "unknown" in TIFF tags, reads as None).
     """
 
     line_off: float
@@ -144,13 +147,13 @@ class Rpc:
         h_n = (h_a - self.height_off) / self.height_scale
         done = np.zeros(line_t.shape, dtype=bool)
         for _ in range(max_iter):
-            (line_m, samp_m), jac = self._project_with_jacobian(lon_n, lat_n, h_n)
-            d_line, d_samp = line_t - line_m, samp_t - samp_m
-            done = np.isfinite(d_line) & (np.abs(d_line) < tol_px) & (np.abs(d_samp) < tol_px)
-            if done.all():
-                break
-            det = jac[0, 0] * jac[1, 1] - jac[0, 1] * jac[1, 0]
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(all="ignore"):  # points outside the domain may diverge: they end as NaN
+                (line_m, samp_m), jac = self._project_with_jacobian(lon_n, lat_n, h_n)
+                d_line, d_samp = line_t - line_m, samp_t - samp_m
+                done = np.isfinite(d_line) & (np.abs(d_line) < tol_px) & (np.abs(d_samp) < tol_px)
+                if done.all():
+                    break
+                det = jac[0, 0] * jac[1, 1] - jac[0, 1] * jac[1, 0]
                 lon_n = lon_n + np.where(done, 0.0, (jac[1, 1] * d_line - jac[0, 1] * d_samp) / det)
                 lat_n = lat_n + np.where(done, 0.0, (jac[0, 0] * d_samp - jac[1, 0] * d_line) / det)
         lon = np.where(done, lon_n * self.long_scale + self.long_off, np.nan)
@@ -214,13 +217,17 @@ def _build(values: dict[str, str], source: str, scalar_key: Callable[[tuple[str,
         if key not in values:
             raise RpcFormatError(f"{source}: missing key {key}")
         kwargs[spec[0]] = _number(values[key].split()[0] if values[key].split() else "", source, key)
+        if spec[0].endswith("_scale") and kwargs[spec[0]] == 0:
+            raise RpcFormatError(f"{source}: {key} is 0 (a scale must be non-zero)")
     for name, txt_key, rpb_key in _POLYS:
         items = poly_values(name, txt_key, rpb_key)
         kwargs[name] = tuple(_number(v, source, key) for key, v in items)  # type: ignore[misc]
     for spec in _OPTIONAL:
         key = optional_key(spec)
         if key in values and values[key].split():
-            kwargs[spec[0]] = _number(values[key].split()[0], source, key)
+            value = _number(values[key].split()[0], source, key)
+            # GDAL writes -1 in a TIFF's RPC tag where the error is unknown
+            kwargs[spec[0]] = value if value >= 0 else None
     try:
         return Rpc(**kwargs)  # type: ignore[arg-type]
     except RpcFormatError as err:
@@ -270,7 +277,7 @@ def parse_rpb(text: str, source: str = "<rpb text>") -> Rpc:
         zero scale; the message names ``source`` and the key.
     """
     values = {m.group(1).lower(): m.group(2).strip()
-              for m in re.finditer(r"(\w+)\s*=\s*(\([^)]*\)|[^;]*);", text)}
+              for m in re.finditer(r"(\w+)[ \t]*=[ \t]*(\([^)]*\)|[^;\n]*)", text)}
     by_lower = {spec[2].lower(): spec[2] for spec in (*_SCALARS, *_OPTIONAL)}
 
     def poly(name: str, txt_key: str, rpb_key: str) -> list[tuple[str, str]]:
@@ -384,8 +391,10 @@ def read_rpc(path: str | Path) -> Rpc:
         return parse_rpb(Path(path).read_text(encoding="ascii", errors="replace"), str(path))
     if name.endswith("_rpc.txt"):
         return parse_rpc_txt(Path(path).read_text(encoding="ascii", errors="replace"), str(path))
-    with rasterio.open(path) as src:
-        tags = src.tags(ns="RPC")
+    with warnings.catch_warnings():  # a raster in sensor geometry has no geotransform: that is expected here
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            tags = src.tags(ns="RPC")
     if not tags:
         raise RpcFormatError(f"{path}: no RPC tags (and no .rpb or _rpc.txt sidecar GDAL recognises)")
     return from_rasterio(tags, str(path))
