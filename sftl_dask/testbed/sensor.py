@@ -98,8 +98,12 @@ class PushbroomSensor:
         radius = r_surface + self.altitude_m
         mean_motion = math.sqrt(_GM / radius ** 3)
         node = math.radians(self.centre_lon) - math.atan2(math.sin(u0) * math.cos(inc), math.cos(u0))
-        ground_speed = mean_motion * r_surface  # nadir ground speed, inertial (m s^-1)
         object.__setattr__(self, "_orbit", (radius, mean_motion, u0, node, inc))
+        object.__setattr__(self, "line_period_s", 1.0)
+        # one nadir ground pixel per line, at the Earth-fixed ground speed at the centre (Earth rotation included)
+        dt = 1e-3
+        span = self.state(np.array([(self.lines - 1) / 2 - dt / 2, (self.lines - 1) / 2 + dt / 2]))[0]
+        ground_speed = float(np.linalg.norm(span[:, 1] - span[:, 0])) / dt * r_surface / radius
         object.__setattr__(self, "line_period_s", self.gsd_m / ground_speed)
         object.__setattr__(self, "ifov_rad", self.gsd_m / self.altitude_m)
 
@@ -152,12 +156,12 @@ class PushbroomSensor:
         if np.any(disc < 0):
             raise ValueError("PushbroomSensor.localize: a line of sight misses the Earth (look angle too large)")
         dist = (-qb - np.sqrt(disc)) / (2 * qa)
-        for _ in range(4):
+        for _ in range(3):
             point = pos + dist * ray
             lon, lat, height = _TO_GEODETIC.transform(point[0], point[1], point[2])
             lon_r, lat_r = np.radians(lon), np.radians(lat)
             up = np.stack([np.cos(lat_r) * np.cos(lon_r), np.cos(lat_r) * np.sin(lon_r), np.sin(lat_r)])
-            dist = dist + (height - h_a) / np.sum(ray * up, axis=0)
+            dist = dist - (height - h_a) / np.sum(ray * up, axis=0)
         point = pos + dist * ray
         lon, lat, _ = _TO_GEODETIC.transform(point[0], point[1], point[2])
         return np.asarray(lon, np.float64), np.asarray(lat, np.float64)
