@@ -182,8 +182,13 @@ def test_forward_and_inverse_round_trip(rpc: Rpc, points: tuple[np.ndarray, ...]
     assert np.abs(line_back - line).max() < 1e-6 and np.abs(sample_back - sample).max() < 1e-6
     lon_back, lat_back = rpc.localize(line_back, sample_back, h)
     assert np.abs(lon_back - lon).max() < 1e-10 and np.abs(lat_back - lat).max() < 1e-10
-    grid_line, grid_sample = np.meshgrid(np.arange(0, 1500, 100.0), np.arange(0, 1500, 100.0))
-    assert rpc.localize(grid_line, grid_sample, 1000.0)[0].shape == (15, 15)
+    # a scene-sized grid runs in blocks and gives what each point gives alone
+    grid_line, grid_sample = np.meshgrid(np.arange(0, 1500, 7.5), np.arange(0, 1500, 7.5), indexing="ij")
+    grid_lon, grid_lat = rpc.localize(grid_line, grid_sample, 1000.0)
+    assert grid_lon.shape == (200, 200) and np.isfinite(grid_lon).all()
+    alone = rpc.localize(float(grid_line[150, 170]), float(grid_sample[150, 170]), 1000.0)
+    assert (float(alone[0]), float(alone[1])) == (grid_lon[150, 170], grid_lat[150, 170])
+    assert np.abs(rpc.project(grid_lon, grid_lat, 1000.0)[1] - grid_sample).max() < 1e-6
     far = rpc.localize(np.array([1e9]), np.array([0.0]), 0.0)
     assert np.isnan(far[0]).all() and np.isnan(far[1]).all()
 

@@ -123,13 +123,10 @@ class Rpc:
     def project(self, lon: ArrayLike, lat: ArrayLike, h: ArrayLike = 0.0) -> tuple[FloatArray, FloatArray]:
         """Forward model: ground (lon, lat in degrees, h in metres above WGS 84) -> image (line, sample) in pixels.
 
-        Vectorised: the inputs broadcast against each other. Pixel centres are at integer (line, sample).
+        Vectorised: the inputs broadcast against each other (worked in blocks of :data:`_BLOCK` points, so a
+        whole scene costs no more memory than a block). Pixel centres are at integer (line, sample).
         """
-        lon_n, lat_n, h_n = np.broadcast_arrays(*self.normalise(lon, lat, h))
-        terms = _terms(lon_n, lat_n, h_n)
-        poly = np.einsum("kt,t...->k...", self._coef, terms)
-        return (poly[0] / poly[1] * self.line_scale + self.line_off,
-                poly[2] / poly[3] * self.samp_scale + self.samp_off)
+        return _blockwise(self._project_flat, lon, lat, h)
 
     def localize(self, line: ArrayLike, sample: ArrayLike, h: ArrayLike = 0.0, *, tol_px: float = 1e-8,
                  max_iter: int = 30) -> tuple[FloatArray, FloatArray]:
@@ -137,28 +134,35 @@ class Rpc:
 
         Newton iteration on the analytic Jacobian of :meth:`project`, started from the model's centre, until
         every point reproduces its (line, sample) to ``tol_px`` pixels (default 1e-8 px, far below the 1e-6 px
-        this model promises). Vectorised. Points that do not converge in ``max_iter`` steps (far outside the
-        model's domain) come back as NaN.
+        this model promises). Vectorised like :meth:`project`. Points that do not converge in ``max_iter``
+        steps (far outside the model's domain) come back as NaN.
         """
-        line_t, samp_t, h_a = (a.astype(np.float64) for a in np.broadcast_arrays(
-            np.asarray(line, np.float64), np.asarray(sample, np.float64), np.asarray(h, np.float64)))
-        lon_n = np.zeros_like(line_t)
-        lat_n = np.zeros_like(line_t)
-        h_n = (h_a - self.height_off) / self.height_scale
-        done = np.zeros(line_t.shape, dtype=bool)
+        return _blockwise(lambda *a: self._localize_flat(*a, tol_px=tol_px, max_iter=max_iter), line, sample, h)
+
+    def _project_flat(self, lon: FloatArray, lat: FloatArray, h: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """:meth:`project` on 1-D arrays of one length."""
+        poly = np.einsum("kt,tn->kn", self._coef, _terms(*self.normalise(lon, lat, h)))
+        return (poly[0] / poly[1] * self.line_scale + self.line_off,
+                poly[2] / poly[3] * self.samp_scale + self.samp_off)
+
+    def _localize_flat(self, line: FloatArray, sample: FloatArray, h: FloatArray, *, tol_px: float,
+                       max_iter: int) -> tuple[FloatArray, FloatArray]:
+        """:meth:`localize` on 1-D arrays of one length."""
+        lon_n, lat_n = np.zeros_like(line), np.zeros_like(line)
+        h_n = (h - self.height_off) / self.height_scale
+        done = np.zeros(line.shape, dtype=bool)
         for _ in range(max_iter):
             with np.errstate(all="ignore"):  # points outside the domain may diverge: they end as NaN
                 (line_m, samp_m), jac = self._project_with_jacobian(lon_n, lat_n, h_n)
-                d_line, d_samp = line_t - line_m, samp_t - samp_m
+                d_line, d_samp = line - line_m, sample - samp_m
                 done = np.isfinite(d_line) & (np.abs(d_line) < tol_px) & (np.abs(d_samp) < tol_px)
                 if done.all():
                     break
                 det = jac[0, 0] * jac[1, 1] - jac[0, 1] * jac[1, 0]
                 lon_n = lon_n + np.where(done, 0.0, (jac[1, 1] * d_line - jac[0, 1] * d_samp) / det)
                 lat_n = lat_n + np.where(done, 0.0, (jac[0, 0] * d_samp - jac[1, 0] * d_line) / det)
-        lon = np.where(done, lon_n * self.long_scale + self.long_off, np.nan)
-        lat = np.where(done, lat_n * self.lat_scale + self.lat_off, np.nan)
-        return lon, lat
+        return (np.where(done, lon_n * self.long_scale + self.long_off, np.nan),
+                np.where(done, lat_n * self.lat_scale + self.lat_off, np.nan))
 
     def _project_with_jacobian(self, lon_n: FloatArray, lat_n: FloatArray,
                                h_n: FloatArray) -> tuple[tuple[FloatArray, FloatArray], FloatArray]:
@@ -174,6 +178,23 @@ class Rpc:
             for col, dv in enumerate((dv_lon, dv_lat)):
                 jac[row, col] = (dv[num] * val[den] - val[num] * dv[den]) / val[den] ** 2 * scale
         return (out[0], out[1]), jac
+
+
+#: Points per block in :meth:`Rpc.project` / :meth:`Rpc.localize`: the 20-term stacks stay in cache.
+_BLOCK = 16_384
+
+
+def _blockwise(func: Callable[[FloatArray, FloatArray, FloatArray], tuple[FloatArray, FloatArray]],
+               a: ArrayLike, b: ArrayLike, c: ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """``func`` over the broadcast, flattened inputs in blocks of :data:`_BLOCK`, reshaped back."""
+    arrays = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (a, b, c)))
+    shape = arrays[0].shape
+    flat = [np.ascontiguousarray(v).ravel() for v in arrays]
+    out = np.empty((2, flat[0].size))
+    for start in range(0, flat[0].size, _BLOCK):
+        part = slice(start, start + _BLOCK)
+        out[0, part], out[1, part] = func(flat[0][part], flat[1][part], flat[2][part])
+    return out[0].reshape(shape), out[1].reshape(shape)
 
 
 def _terms(lon_n: FloatArray, lat_n: FloatArray, h_n: FloatArray) -> FloatArray:
