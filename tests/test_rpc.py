@@ -241,3 +241,11 @@ def test_view_zenith_from_two_heights(rpc: Rpc) -> None:
     # swath edges: 750 px × 40 m / 705 km off nadir, grown by Earth curvature: ~2.7 deg
     assert vza[:, [0, -1]].min() > 2.6 and vza.max() == pytest.approx(2.754, abs=0.005)
     assert view_zenith(rpc, line, sample, heights=(0.0, 10_000.0)) == pytest.approx(vza, abs=1e-3)
+
+
+def test_model_built_in_code_checks_its_coefficients(rpc: Rpc) -> None:
+    with pytest.raises(RpcFormatError, match="Rpc: samp_den has 19 coefficients"):
+        dataclasses.replace(rpc, samp_den=rpc.samp_den[:19])
+    with pytest.raises(RpcFormatError, match="Rpc: long_scale is 0"):
+        dataclasses.replace(rpc, long_scale=0.0)
+    assert "_coef" not in dataclasses.asdict(rpc) and hash(rpc) == hash(dataclasses.replace(rpc))

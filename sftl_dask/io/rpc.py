@@ -25,7 +25,8 @@ import math
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +101,6 @@ class Rpc:
     samp_den: tuple[float, ...]
     err_bias: float | None = None
     err_rand: float | None = None
-    _coef: FloatArray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, *_ in _POLYS:
@@ -112,7 +112,11 @@ class Rpc:
             object.__setattr__(self, name, float(getattr(self, name)))
             if name.endswith("_scale") and not getattr(self, name):
                 raise RpcFormatError(f"Rpc: {name} is 0 (a scale must be non-zero)")
-        object.__setattr__(self, "_coef", np.array([getattr(self, n) for n, *_ in _POLYS], dtype=np.float64))
+
+    @cached_property
+    def _coef(self) -> FloatArray:
+        """The four polynomials as one (4, 20) array: line num, line den, sample num, sample den."""
+        return np.array([getattr(self, n) for n, *_ in _POLYS], dtype=np.float64)
 
     def normalise(self, lon: ArrayLike, lat: ArrayLike, h: ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
         """(L, P, H): longitude, latitude (deg) and height (m) normalised by the model's offsets and scales."""
@@ -228,31 +232,28 @@ def _number(text: str, source: str, key: str) -> float:
     return value
 
 
-def _build(values: dict[str, str], source: str, scalar_key: Callable[[tuple[str, str, str, str]], str],
-           poly_values: Callable[[str, str, str], list[str]], optional_key: Callable[[tuple[str, str, str]], str]
-           ) -> Rpc:
-    """An :class:`Rpc` from raw text values; the key functions say how each form names the fields."""
+def _build(values: dict[str, str], source: str, column: int,
+           poly_values: Callable[[str, str], list[tuple[str, str]]]) -> Rpc:
+    """An :class:`Rpc` from raw text values keyed as column ``column`` of :data:`_SCALARS` names them (1: the
+    GDAL / ``_rpc.txt`` keys, 2: the ``.rpb`` keys); ``poly_values(txt_key, rpb_key)`` gives each polynomial's
+    20 (key, text) pairs."""
     kwargs: dict[str, object] = {}
     for spec in _SCALARS:
-        key = scalar_key(spec)
+        key = spec[column]
         if key not in values:
             raise RpcFormatError(f"{source}: missing key {key}")
         kwargs[spec[0]] = _number(values[key].split()[0] if values[key].split() else "", source, key)
         if spec[0].endswith("_scale") and kwargs[spec[0]] == 0:
             raise RpcFormatError(f"{source}: {key} is 0 (a scale must be non-zero)")
     for name, txt_key, rpb_key in _POLYS:
-        items = poly_values(name, txt_key, rpb_key)
-        kwargs[name] = tuple(_number(v, source, key) for key, v in items)  # type: ignore[misc]
+        kwargs[name] = tuple(_number(text, source, key) for key, text in poly_values(txt_key, rpb_key))
     for spec in _OPTIONAL:
-        key = optional_key(spec)
+        key = spec[column]
         if key in values and values[key].split():
             value = _number(values[key].split()[0], source, key)
             # GDAL writes -1 in a TIFF's RPC tag where the error is unknown
             kwargs[spec[0]] = value if value >= 0 else None
-    try:
-        return Rpc(**kwargs)  # type: ignore[arg-type]
-    except RpcFormatError as err:
-        raise RpcFormatError(f"{source}: {str(err).removeprefix('Rpc: ')}") from None
+    return Rpc(**kwargs)  # type: ignore[arg-type]
 
 
 def parse_rpc_txt(text: str, source: str = "<rpc text>") -> Rpc:
@@ -272,7 +273,7 @@ def parse_rpc_txt(text: str, source: str = "<rpc text>") -> Rpc:
         if sep and key.strip():
             values[key.strip().upper()] = value.strip()
 
-    def poly(name: str, stem: str, rpb_key: str) -> list[tuple[str, str]]:
+    def poly(stem: str, rpb_key: str) -> list[tuple[str, str]]:
         found = {int(m.group(1)) for k in values if (m := re.fullmatch(rf"{stem}_(\d+)", k))}
         if found - set(range(1, 21)):
             raise RpcFormatError(f"{source}: {stem} has {max(found)} coefficients, RPC00B needs 20")
@@ -282,7 +283,7 @@ def parse_rpc_txt(text: str, source: str = "<rpc text>") -> Rpc:
         return [(f"{stem}_{i}", values[f"{stem}_{i}"].split()[0] if values[f"{stem}_{i}"].split() else "")
                 for i in range(1, 21)]
 
-    return _build(values, source, lambda spec: spec[1], poly, lambda spec: spec[1])
+    return _build(values, source, 1, poly)
 
 
 def parse_rpb(text: str, source: str = "<rpb text>") -> Rpc:
@@ -301,7 +302,7 @@ def parse_rpb(text: str, source: str = "<rpb text>") -> Rpc:
               for m in re.finditer(r"(\w+)[ \t]*=[ \t]*(\([^)]*\)|[^;\n]*)", text)}
     by_lower = {spec[2].lower(): spec[2] for spec in (*_SCALARS, *_OPTIONAL)}
 
-    def poly(name: str, txt_key: str, rpb_key: str) -> list[tuple[str, str]]:
+    def poly(txt_key: str, rpb_key: str) -> list[tuple[str, str]]:
         raw = values.get(rpb_key.lower())
         if raw is None:
             raise RpcFormatError(f"{source}: missing key {rpb_key}")
@@ -313,7 +314,7 @@ def parse_rpb(text: str, source: str = "<rpb text>") -> Rpc:
         return [(rpb_key, v) for v in items]
 
     named = {by_lower.get(k, k): v.strip('"') for k, v in values.items()}
-    return _build(named, source, lambda spec: spec[2], poly, lambda spec: spec[2])
+    return _build(named, source, 2, poly)
 
 
 def from_rasterio(rpcs: RPC | dict[str, str], source: str = "<RPC tags>") -> Rpc:
@@ -332,7 +333,7 @@ def from_rasterio(rpcs: RPC | dict[str, str], source: str = "<RPC tags>") -> Rpc
         rpcs = rpcs.to_gdal()
     values = {str(k).upper(): str(v) for k, v in rpcs.items()}
 
-    def poly(name: str, key: str, rpb_key: str) -> list[tuple[str, str]]:
+    def poly(key: str, rpb_key: str) -> list[tuple[str, str]]:
         if key not in values:
             raise RpcFormatError(f"{source}: missing key {key}")
         items = values[key].split()
@@ -340,7 +341,7 @@ def from_rasterio(rpcs: RPC | dict[str, str], source: str = "<RPC tags>") -> Rpc
             raise RpcFormatError(f"{source}: {key} has {len(items)} coefficients, RPC00B needs 20")
         return [(key, v) for v in items]
 
-    return _build(values, source, lambda spec: spec[1], poly, lambda spec: spec[1])
+    return _build(values, source, 1, poly)
 
 
 def to_rasterio(rpc: Rpc) -> RPC:
