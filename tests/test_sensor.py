@@ -104,3 +104,20 @@ def test_bad_sensor_parameters_are_refused() -> None:
         PushbroomSensor(100.0, 85.0)
     with pytest.raises(ValueError, match="bad size 1x1500 px"):
         PushbroomSensor(100.0, 40.0, lines=1)
+
+
+def test_line_of_sight_meets_the_terrain(sensor: PushbroomSensor) -> None:
+    def hill(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        """A 3 km Gaussian hill on a 1.5 km plain, 10 km wide, centred east of the scene centre."""
+        return 1500.0 + 3000.0 * np.exp(-(((lon - 100.5) * 86.7) ** 2 + ((lat - 38.9) * 111.0) ** 2) / 2 / 5.0 ** 2)
+
+    line, sample = np.meshgrid(np.linspace(0, 1499, 9), np.linspace(0, 1499, 9), indexing="ij")
+    lon, lat, height = sensor.localize_on_terrain(line, sample, hill)
+    assert np.abs(height - hill(lon, lat)).max() < 1e-3 and height.max() > 3000
+    line_back, sample_back = sensor.project(lon, lat, height)
+    assert np.abs(line_back - line).max() < 1e-4 and np.abs(sample_back - sample).max() < 1e-4
+    # the hill leans away from nadir: east of the centre, the ground seen is displaced toward the sensor
+    flat_lon, _ = sensor.localize(line, sample, 1500.0)
+    assert (lon - flat_lon)[4, 6] < 0
+    with pytest.raises(ValueError, match="no convergence"):
+        sensor.localize_on_terrain(line, sample, lambda lo, la: 1e7 * (lo - 100.4), max_iter=5)
