@@ -611,6 +611,11 @@ def _calibration_rows(text: str, where: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _packaged_table_text(name: str) -> str:
+    """The text of the calibration table shipped in ``sftl_dask/data``."""
+    return resources.files("sftl_dask.data").joinpath(name).read_text()
+
+
 def _norm_id(text: str | None) -> str:
     """Satellite or sensor id compared without case, '-', '_' or spaces (GF5B = GF-5B = gf5b)."""
     return re.sub(r"[\s_\-]", "", (text or "").upper())
@@ -878,7 +883,7 @@ class VimiProduct:
                                       f"({_one_line(exc)})") from None
             tables.append((f"user:{self._calibration_file}", str(self._calibration_file), text))
         name = _format()["calibration"]["table"]
-        tables.append((f"table:{name}", name, resources.files("sftl_dask.data").joinpath(name).read_text()))
+        tables.append((f"table:{name}", name, _packaged_table_text(name)))
         for source, label, text in tables:
             rows = _calibration_rows(text, f"{self._where}: calibration table {label}")
             entry = _table_entry(rows, str(meta.get("SatelliteID", "")), str(meta.get("SensorID", "")), year)
@@ -950,8 +955,10 @@ class VimiProduct:
         t = raster.rio.transform()
         if raster.rio.crs is None and t == Affine.identity():
             if ftype not in self._rpc:
-                with rasterio.open(self._gdal_path(ftype)) as src:
-                    has_tags = src.rpcs is not None
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                    with rasterio.open(self._gdal_path(ftype)) as src:
+                        has_tags = src.rpcs is not None
                 if not has_tags:
                     raise VimiFormatError(f"{self._where}: member {member} has no CRS or geotransform (in sensor "
                                           "geometry) and has no RPCs (no .rpb or _rpc.txt member, no RPC tags)")
