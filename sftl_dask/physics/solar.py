@@ -2,12 +2,11 @@
 
 * Sun position: NOAA's general solar position formulae (Spencer 1971 series for the declination and
   the equation of time), accurate to ~0.1 deg, enough for overpass geometry and solar heating.
-* Earth-Sun distance: the Astronomical Almanac's low-precision solar coordinates (section C, "Low
-  precision formulas for the Sun"; also USNO's "Approximate Solar Coordinates"):
-  ``R = 1.00014 - 0.01671 cos g - 0.00014 cos 2g`` AU with the mean anomaly
-  ``g = 357.529 + 0.98560028 n`` deg, ``n`` days from J2000.0 (2000-01-01 12:00 TT; UTC is used, the
-  ~70 s difference moves R by < 1e-9 AU). It matches the 2022 perihelion and aphelion distances to
-  < 5e-5 AU (tests/test_solar.py); the Spencer (1971) 1/d^2 series used before is ~4e-4 AU off.
+* Earth-Sun distance: Spencer's (1971) Fourier series for 1/d^2 on the same day angle, within
+  4.3e-4 AU of the 2022 perihelion and aphelion (tests/test_solar.py). The Astronomical Almanac's
+  low-precision formula (``R = 1.00014 - 0.01671 cos g - 0.00014 cos 2g``) is ten times closer
+  (< 5e-5 AU); the testbed renders its reflectances with this function, so switching waits for the
+  step of issue 28 that re-renders the testbed and re-measures its science figures.
 * Band solar irradiance (ESUN): ``ESUN = integral(SRF E dlambda) / integral(SRF dlambda)`` of a
   top-of-atmosphere solar spectrum ``E`` (W m-2 um-1) through a spectral response ``SRF``. The spectrum
   is an argument: physics reads no files (the reader in ``sftl_dask.io.vimi`` loads the packaged
@@ -23,9 +22,6 @@ from sftl_dask.physics._validate import check_range
 
 __all__ = ["band_solar_irradiance", "earth_sun_distance_au", "solar_position"]
 
-_J2000 = np.datetime64("2000-01-01T12:00:00", "s")
-
-
 def _day_angle(time_utc: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     t = np.asarray(time_utc, dtype="datetime64[s]")
     year_start = t.astype("datetime64[Y]").astype("datetime64[s]")
@@ -38,8 +34,8 @@ def _day_angle(time_utc: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.flo
 def earth_sun_distance_au(time_utc: ArrayLike) -> NDArray[np.float64]:
     """Earth-Sun distance (AU) at ``time_utc`` (numpy datetime64 or ISO text, UTC).
 
-    The Astronomical Almanac's low-precision formula (module docstring): accurate to about 1e-4 AU
-    (within 5e-5 AU of the 2022 perihelion and aphelion distances).
+    Spencer's (1971) series for 1/d^2 (module docstring): within 4.3e-4 AU of the 2022 perihelion and
+    aphelion distances (0.09 % in reflectance).
 
     Parameters
     ----------
@@ -51,10 +47,10 @@ def earth_sun_distance_au(time_utc: ArrayLike) -> NDArray[np.float64]:
     numpy.ndarray of float64
         Distance (AU), the shape of ``time_utc``.
     """
-    t = np.asarray(time_utc, dtype="datetime64[s]")
-    days = (t - _J2000).astype(np.float64) / 86400.0
-    g = np.deg2rad(357.529 + 0.98560028 * days)
-    return 1.00014 - 0.01671 * np.cos(g) - 0.00014 * np.cos(2.0 * g)
+    g, _ = _day_angle(time_utc)
+    inv_sq = (1.000110 + 0.034221 * np.cos(g) + 0.001280 * np.sin(g) + 0.000719 * np.cos(2 * g)
+              + 0.000077 * np.sin(2 * g))
+    return 1.0 / np.sqrt(inv_sq)
 
 
 def band_solar_irradiance(srf_wavelength_um: ArrayLike, srf_response: ArrayLike, spectrum_wavelength_um: ArrayLike,
