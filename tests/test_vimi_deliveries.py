@@ -226,7 +226,7 @@ def test_delivered_field_set_gives_midpoint_time_computed_esun_and_distance(memb
     assert got == pytest.approx([1590.1, 1107.3], abs=0.1)
     d = float(earth_sun_distance_au(np.datetime64("2022-06-12T03:00:04.250")))
     assert ds["ndvi"].attrs["earth_sun_distance_au"] == pytest.approx(d, abs=1e-12)
-    assert d == pytest.approx(1.01586, abs=1e-5)  # mid-June, 3 weeks before aphelion: Spencer (1971), see physics/solar.py
+    assert d == pytest.approx(1.01586, abs=1e-5)  # mid-June, 3 weeks before aphelion (Spencer 1971)
     _, vnir = _dn()
     k = np.pi * d**2 / np.cos(np.deg2rad(30.0))
     red = (VIMI_GAINS[2] * vnir[2]) * k / got[0]
