@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from sftl_dask.physics._validate import check_range
+from sftl_dask.physics.checks import check_range
 
 __all__ = [
     "COEFFICIENT_NAMES",

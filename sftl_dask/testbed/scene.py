@@ -23,7 +23,7 @@ from sftl_dask.physics.planck import BandPlanck, band_planck
 from sftl_dask.physics.profiles import ProfileClimate, generate_profiles
 from sftl_dask.physics.solar import earth_sun_distance_au, solar_position
 from sftl_dask.testbed.lowtran_world import lowtran_world_table
-from sftl_dask.testbed.world import LAND_COVERS, Landscape, RegionClimate, _smooth_field
+from sftl_dask.testbed.world import LAND_COVERS, Landscape, RegionClimate, smooth_field
 
 __all__ = ["INSTRUMENT", "SceneSpec", "SceneTruth", "site_lst", "synthesize_scene"]
 
@@ -213,7 +213,7 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
     dry = float(clim.day_value("dryness", t[None])[0])
     heat = _heating(lsc, np.s_[:, :], fv, np.cos(np.deg2rad(sza_lag)), np.cos(np.deg2rad(sza)), dry)
     # Scene-specific texture, held to zero at the sites so the site model is the pixel truth.
-    tex = 0.7 * _smooth_field(rng, lsc.shape, 3.0)
+    tex = 0.7 * smooth_field(rng, lsc.shape, 3.0)
     rr, cc = np.mgrid[0:h, 0:w]
     for r0, c0 in lsc.site_pixels.values():
         tex *= 1.0 - np.exp(-((rr - r0) ** 2 + (cc - c0) ** 2) / (2 * 2.0**2))
@@ -260,7 +260,7 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
     if spec.cloud_fraction > 0:
         from scipy.ndimage import binary_dilation
 
-        f = _smooth_field(rng, lsc.shape, 12.0)
+        f = smooth_field(rng, lsc.shape, 12.0)
         cloud_core = f > np.quantile(f, 1.0 - spec.cloud_fraction)
         ring = binary_dilation(cloud_core, iterations=2) & ~cloud_core
         cloud = cloud_core | ring

@@ -24,8 +24,10 @@ __all__ = [
     "Landscape",
     "Region",
     "RegionClimate",
+    "ar1",
     "build_landscape",
     "sites_table",
+    "smooth_field",
 ]
 
 PIXEL_M = 40.0
@@ -84,7 +86,6 @@ LAND_COVERS: dict[str, LandCover] = {
                   0.10, 0.25, 205, 60, 12.0, 3.2, 1.5, 0.14),
     )
 }
-_CODE_TO_COVER = {lc.code: lc for lc in LAND_COVERS.values()}
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,8 @@ class RegionClimate:
         rng = np.random.default_rng([seed, 101, _region_index(region)])
         days = np.arange(START.astype("datetime64[D]"), END.astype("datetime64[D]"))
         n = days.size
-        t = _ar1(rng, n, 0.75, 3.0)
-        w = 0.6 * _ar1(rng, n, 0.7, 0.28) + 0.4 * (t / 3.0) * 0.28
+        t = ar1(rng, n, 0.75, 3.0)
+        w = 0.6 * ar1(rng, n, 0.7, 0.28) + 0.4 * (t / 3.0) * 0.28
         rain = rng.random(n) < np.interp(_month(days), np.arange(1, 13), _rain_probability(region))
         moisture = np.zeros(n)
         for i in range(1, n):
@@ -260,7 +261,9 @@ def _region_index(region: Region) -> int:
     return list(REGIONS).index(region.name)
 
 
-def _ar1(rng: np.random.Generator, n: int, phi: float, sigma: float) -> NDArray[np.float64]:
+def ar1(rng: np.random.Generator, n: int, phi: float, sigma: float) -> NDArray[np.float64]:
+    """A stationary AR(1) series of ``n`` steps: lag-1 correlation ``phi``, standard deviation ``sigma`` (the
+    unit of ``sigma``), zero mean. Draws ``n`` normals, then one (the call order the testbed's seeds rely on)."""
     x = np.zeros(n)
     e = rng.standard_normal(n) * sigma * np.sqrt(1 - phi**2)
     x[0] = rng.standard_normal() * sigma
@@ -425,7 +428,7 @@ def _phenology(cover: NDArray, offset: NDArray, day: NDArray | float) -> NDArray
     return np.clip(out, -0.2, 0.95).astype(np.float32)
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> NDArray[np.float64]:
+def smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> NDArray[np.float64]:
     """Gaussian random field with correlation length ~``scale_px``, zero mean, unit variance."""
     h, w = shape
     noise = rng.standard_normal((h, w))
@@ -464,7 +467,7 @@ def build_landscape(region: Region, size: int, seed: int) -> Landscape:
     shape = (size, size)
     # Land cover: thresholds of a smooth field per class (largest field wins), patch size ~ 400 m-1 km.
     names = list(region.cover_fractions)
-    fields = np.stack([_smooth_field(rng, shape, 10.0 + 8.0 * rng.random()) for _ in names])
+    fields = np.stack([smooth_field(rng, shape, 10.0 + 8.0 * rng.random()) for _ in names])
     weights = np.array([region.cover_fractions[n] for n in names])
     # bias each field so that the argmax reproduces the target fractions (a few fixed-point steps)
     bias = np.log(weights)
@@ -495,14 +498,14 @@ def build_landscape(region: Region, size: int, seed: int) -> Landscape:
 
     # Terrain: a regional slope plus hills, relief in metres.
     yy = np.linspace(-0.5, 0.5, size)[:, None]  # north (row 0) to south
-    elev = region.base_elevation_m + region.south_rise_m * yy + region.relief_m * _smooth_field(rng, shape, 40.0)
+    elev = region.base_elevation_m + region.south_rise_m * yy + region.relief_m * smooth_field(rng, shape, 40.0)
     elev = elev.astype(np.float32)
 
     # End-member emissivities: per pixel a mixture of the cover's soils, the cover's canopy.
     lib = _library_band_emissivity()
     soil = np.zeros((9, size, size), dtype=np.float32)
     veg = np.zeros((9, size, size), dtype=np.float32)
-    mix = 0.5 + 0.5 * np.tanh(_smooth_field(rng, shape, 6.0))
+    mix = 0.5 + 0.5 * np.tanh(smooth_field(rng, shape, 6.0))
     for lc in LAND_COVERS.values():
         m = cover == lc.code
         if not m.any():
@@ -512,7 +515,7 @@ def build_landscape(region: Region, size: int, seed: int) -> Landscape:
         w = mix[m][None, :]
         if len(lc.soils) == 3:  # three-member soils: blend the middle one by a second field
             c = lib[lc.soils[1]][:, None]
-            w2 = (0.5 + 0.5 * np.tanh(_smooth_field(rng, shape, 4.0)))[m][None, :]
+            w2 = (0.5 + 0.5 * np.tanh(smooth_field(rng, shape, 4.0)))[m][None, :]
             soil[:, m] = (1 - w) * ((1 - w2) * a + w2 * c) + w * b
         else:
             soil[:, m] = (1 - w) * a + w * b
@@ -520,14 +523,10 @@ def build_landscape(region: Region, size: int, seed: int) -> Landscape:
     return Landscape(
         region=region, x=x, y=y, transform=transform, cover=cover, elevation_m=elev,
         soil_emis=soil, veg_emis=veg,
-        ndvi_offset=(0.05 * _smooth_field(rng, shape, 3.0)).astype(np.float32),
-        heating_scale=np.clip(1.0 + 0.15 * _smooth_field(rng, shape, 5.0), 0.5, 1.5).astype(np.float32),
-        water_scale=(1.0 + 0.06 * _smooth_field(rng, shape, 150.0)).astype(np.float32),
-        lst_texture=(0.8 * _smooth_field(rng, shape, 2.0)).astype(np.float32),
+        ndvi_offset=(0.05 * smooth_field(rng, shape, 3.0)).astype(np.float32),
+        heating_scale=np.clip(1.0 + 0.15 * smooth_field(rng, shape, 5.0), 0.5, 1.5).astype(np.float32),
+        water_scale=(1.0 + 0.06 * smooth_field(rng, shape, 150.0)).astype(np.float32),
+        lst_texture=(0.8 * smooth_field(rng, shape, 2.0)).astype(np.float32),
         site_pixels=site_pixels,
     )
 
-
-def cover_of(code: int) -> LandCover:
-    """The land cover of a code."""
-    return _CODE_TO_COVER[int(code)]
