@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
+from pyproj import Transformer
 
 from sftl_dask.physics.constants import STEFAN_BOLTZMANN
 from sftl_dask.physics.emissivity import broadband_emissivity
+from sftl_dask.testbed.scene import site_lst
 from sftl_dask.testbed.world import LAND_COVERS, SITES, Landscape, RegionClimate, Site, ar1
 
 __all__ = ["ERROR_BUDGET", "era5_fields", "ged_arrays", "insitu_series", "mean_state_emissivity"]
@@ -86,8 +88,6 @@ def ged_arrays(lsc: Landscape, lat0: int, lon0: int, seed: int, n: int = 1000) -
     Pixels inside the region grid take the landscape's mean state (block-averaged to ~120 m) plus the
     GED error; outside, a background with the region's mean emissivity.
     """
-    from pyproj import Transformer
-
     rng = np.random.default_rng([seed, 505, lat0 * 1000 + lon0])
     step = 1.0 / n
     lat = (lat0 + 1) - (np.arange(n) + 0.5) * step
@@ -157,8 +157,6 @@ def insitu_series(lsc: Landscape, clim: RegionClimate, site: Site, seed: int) ->
         2 bad), ``lst_footprint`` (K, the footprint truth) and ``lst_pixel`` (K, the 40 m pixel truth),
         ``broadband_emissivity`` (the stated, mean-state value).
     """
-    from sftl_dask.testbed.scene import site_lst
-
     rng = np.random.default_rng([seed, 606, SITES.index(site)])
     t = np.arange(np.datetime64("2021-01-01T00:00", "s"), np.datetime64("2024-01-01T00:00", "s"),
                   np.timedelta64(600, "s"))

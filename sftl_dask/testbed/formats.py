@@ -40,6 +40,8 @@ from affine import Affine
 from numpy.typing import ArrayLike, NDArray
 from rasterio.crs import CRS
 
+from sftl_dask.staging import staged_file
+
 __all__ = [
     "SITE_COLUMNS",
     "ged_tile_name",
@@ -75,8 +77,6 @@ def _vimi_format() -> dict[str, Any]:
 
 def _atomic(final: Path) -> contextlib.AbstractContextManager[Path]:
     """A hidden temporary path beside ``final`` that replaces it on success (the package's one atomic writer)."""
-    from sftl_dask.staging import staged_file
-
     return staged_file(final, replace=True)
 
 

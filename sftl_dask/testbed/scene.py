@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pyproj import Transformer
+from scipy.ndimage import binary_dilation
 
 from sftl_dask.physics.atmosphere import AtmosphereProfile
 from sftl_dask.physics.channels import THERMAL_NAMES, Channel, thermal_channels
@@ -136,8 +138,6 @@ def site_lst(lsc: Landscape, clim: RegionClimate, row: int, col: int, time_utc: 
 
 
 def _pixel_lonlat(lsc: Landscape, row: int, col: int) -> tuple[float, float]:
-    from pyproj import Transformer
-
     tr = Transformer.from_crs(lsc.crs, "EPSG:4326", always_xy=True)
     lon, lat = tr.transform(lsc.x[col], lsc.y[row])
     return float(lon), float(lat)
@@ -258,8 +258,6 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
     frac = np.zeros(lsc.shape)
     t_cloud = float(np.mean(t_air)) - rng.uniform(15.0, 40.0)
     if spec.cloud_fraction > 0:
-        from scipy.ndimage import binary_dilation
-
         f = smooth_field(rng, lsc.shape, 12.0)
         cloud_core = f > np.quantile(f, 1.0 - spec.cloud_fraction)
         ring = binary_dilation(cloud_core, iterations=2) & ~cloud_core

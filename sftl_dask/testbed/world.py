@@ -13,6 +13,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from pyproj import Transformer
 
 from sftl_dask.physics.emissivity import aster_tir_channels, band_emissivity, default_library
 
@@ -372,8 +373,6 @@ class Landscape:
 
     def lonlat(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Longitude / latitude (deg) of every pixel centre, (H, W) each."""
-        from pyproj import Transformer
-
         tr = Transformer.from_crs(self.crs, "EPSG:4326", always_xy=True)
         xx, yy = np.meshgrid(self.x, self.y)
         return tr.transform(xx, yy)
@@ -441,8 +440,6 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: flo
 
 
 def _region_grid(region: Region, size: int) -> tuple[NDArray, NDArray, tuple]:
-    from pyproj import Transformer
-
     tr = Transformer.from_crs("EPSG:4326", f"EPSG:{region.epsg}", always_xy=True)
     cx, cy = tr.transform(region.centre_lon, region.centre_lat)
     x0 = np.floor((cx - size * PIXEL_M / 2) / PIXEL_M) * PIXEL_M
@@ -460,8 +457,6 @@ def build_landscape(region: Region, size: int, seed: int) -> Landscape:
     ValueError
         If the grid is too small to hold the region's sites.
     """
-    from pyproj import Transformer
-
     rng = np.random.default_rng([seed, 202, _region_index(region)])
     x, y, transform = _region_grid(region, size)
     shape = (size, size)
