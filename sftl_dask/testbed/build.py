@@ -287,14 +287,7 @@ def build_testbed(
         On a bad ``scenes`` / ``size``.
     """
     out = Path(out)
-    if scenes < 1:
-        raise ValueError(f"scenes must be >= 1, got {scenes}")
-    if size < 64:
-        raise ValueError(f"size must be >= 64 px, got {size}")
-    if not 0 <= shifted <= 1:
-        raise ValueError(f"shifted must be a share between 0 and 1, got {shifted}")
-    if not 64 < max_shift < size:
-        raise ValueError(f"max_shift must lie between 64 and the grid size ({size} px), got {max_shift}")
+    _check_layout(scenes, size, shifted, max_shift)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty (use overwrite)")
     with staged_dir(out) as tmp:
@@ -308,39 +301,11 @@ def build_testbed(
         for name, sched in schedules.items():
             _create_truth_store(tmp / "truth" / f"{name}.zarr", worlds[name][0],
                                 [it["spec"].time_utc for it in sched])
-
-        jobs: list[tuple[Callable[..., Any], tuple[Any, ...], str]] = []
-        for name, sched in schedules.items():
-            lsc, clim = worlds[name]
-            for i, item in enumerate(sched):
-                jobs.append((_scene_task, (item, lsc, clim, str(tmp), i), "scene"))
-        for si, site in enumerate(SITES):
-            lsc, clim = worlds[site.region]
-            jobs.append((_insitu_task, (si, lsc, clim, str(tmp), seed), "site"))
-        for name, sched in schedules.items():
-            lsc, clim = worlds[name]
-            months = sorted({str(it["spec"].time_utc.astype("datetime64[M]")) for it in sched})
-            for m in months:
-                jobs.append((_era5_task, (name, m, clim, str(tmp), seed), "era5"))
-            lon, lat = lsc.lonlat()
-            for lat0 in range(int(np.floor(lat.min())), int(np.floor(lat.max())) + 1):
-                for lon0 in range(int(np.floor(lon.min())), int(np.floor(lon.max())) + 1):
-                    jobs.append((_ged_task, (name, lat0, lon0, lsc, str(tmp), seed), "ged"))
-
+        jobs = _jobs(worlds, schedules, tmp, seed)
         results = _run(jobs, client, progress)
         scene_rows = [r for r, (_, _, kind) in zip(results, jobs, strict=True) if kind == "scene"]
         site_rows = [r for r, (_, _, kind) in zip(results, jobs, strict=True) if kind == "site"]
-
-        table = sites_table()
-        eb = {r["site"]: r["broadband_emissivity"] for r in site_rows}
-        table["broadband_emissivity"] = table["id"].map(eb)
-        write_sites_csv(tmp / "sites.csv", table.to_dict("records"))
-        flat = [{k: v for k, v in r.items() if k not in ("site_lst", "site_cloud")} for r in scene_rows]
-        pd.DataFrame(flat).to_csv(tmp / "truth" / "scenes.csv", index=False)
-        site_truth = [{"scene_id": r["scene_id"], "region": r["region"], "time_utc": r["time_utc"], "site": s,
-                       "lst_pixel_k": v, "cloud": r["site_cloud"][s]}
-                      for r in scene_rows for s, v in r["site_lst"].items()]
-        pd.DataFrame(site_truth).to_csv(tmp / "truth" / "site_overpass_truth.csv", index=False)
+        table = _write_tables(tmp, scene_rows, site_rows)
         summary = {
             "sftl_dask_version": __version__, "seed": seed, "size_px": size, "pixel_m": 40.0,
             "scenes_per_region": scenes, "n_archives": len(scene_rows),
@@ -355,6 +320,57 @@ def build_testbed(
         }
         (tmp / "testbed.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def _check_layout(scenes: int, size: int, shifted: float, max_shift: int) -> None:
+    """Refuse a bad number of scenes, grid size (px), shifted share or largest shift (px): ``ValueError``."""
+    if scenes < 1:
+        raise ValueError(f"scenes must be >= 1, got {scenes}")
+    if size < 64:
+        raise ValueError(f"size must be >= 64 px, got {size}")
+    if not 0 <= shifted <= 1:
+        raise ValueError(f"shifted must be a share between 0 and 1, got {shifted}")
+    if not 64 < max_shift < size:
+        raise ValueError(f"max_shift must lie between 64 and the grid size ({size} px), got {max_shift}")
+
+
+def _jobs(worlds: dict[str, tuple[Landscape, RegionClimate]], schedules: dict[str, list[dict[str, Any]]],
+          tmp: Path, seed: int) -> list[tuple[Callable[..., Any], tuple[Any, ...], str]]:
+    """The testbed's tasks, in order: (function, arguments, kind) for each scene, site, ERA5 month and GED tile."""
+    jobs: list[tuple[Callable[..., Any], tuple[Any, ...], str]] = []
+    for name, sched in schedules.items():
+        lsc, clim = worlds[name]
+        for i, item in enumerate(sched):
+            jobs.append((_scene_task, (item, lsc, clim, str(tmp), i), "scene"))
+    for si, site in enumerate(SITES):
+        lsc, clim = worlds[site.region]
+        jobs.append((_insitu_task, (si, lsc, clim, str(tmp), seed), "site"))
+    for name, sched in schedules.items():
+        lsc, clim = worlds[name]
+        months = sorted({str(it["spec"].time_utc.astype("datetime64[M]")) for it in sched})
+        for m in months:
+            jobs.append((_era5_task, (name, m, clim, str(tmp), seed), "era5"))
+        lon, lat = lsc.lonlat()
+        for lat0 in range(int(np.floor(lat.min())), int(np.floor(lat.max())) + 1):
+            for lon0 in range(int(np.floor(lon.min())), int(np.floor(lon.max())) + 1):
+                jobs.append((_ged_task, (name, lat0, lon0, lsc, str(tmp), seed), "ged"))
+    return jobs
+
+
+def _write_tables(tmp: Path, scene_rows: list[dict[str, Any]], site_rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Write ``sites.csv`` (with each site's stated broadband emissivity), ``truth/scenes.csv`` and
+    ``truth/site_overpass_truth.csv``; returns the site table."""
+    table = sites_table()
+    eb = {r["site"]: r["broadband_emissivity"] for r in site_rows}
+    table["broadband_emissivity"] = table["id"].map(eb)
+    write_sites_csv(tmp / "sites.csv", table.to_dict("records"))
+    flat = [{k: v for k, v in r.items() if k not in ("site_lst", "site_cloud")} for r in scene_rows]
+    pd.DataFrame(flat).to_csv(tmp / "truth" / "scenes.csv", index=False)
+    site_truth = [{"scene_id": r["scene_id"], "region": r["region"], "time_utc": r["time_utc"], "site": s,
+                   "lst_pixel_k": v, "cloud": r["site_cloud"][s]}
+                  for r in scene_rows for s, v in r["site_lst"].items()]
+    pd.DataFrame(site_truth).to_csv(tmp / "truth" / "site_overpass_truth.csv", index=False)
+    return table
 
 
 def _run(jobs: list[tuple[Callable[..., Any], tuple[Any, ...], str]], client: Any,
