@@ -18,11 +18,17 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sftl_dask.staging import StoreBusyError
+from sftl_dask.progress import Progress
+from sftl_dask.staging import StoreBusyError, staged_file
+from sftl_dask.version import __version__
+
+# Each verb imports its implementation in its handler, not here: importing every verb's module costs 3.4-4.1 s
+# against 1.7-1.9 s for this module alone (measured on 2 loaded cores), which `sftl --help`, a bad-input exit and
+# every verb would pay for the others'.
 
 __all__ = ["main"]
 
@@ -36,22 +42,13 @@ class BadInput(Exception):
     """A user error: reported as one line, exit code 2."""
 
 
-def _progress_bar(desc: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    from tqdm.auto import tqdm
-
-    bar: dict[str, Any] = {}
-
-    def update(done: int, total: int) -> None:
-        if "b" not in bar:
-            bar["b"] = tqdm(total=total, desc=desc, unit="task", file=sys.stderr, leave=True)
-        bar["b"].n = done
-        bar["b"].refresh()
-
-    def close() -> None:
-        if "b" in bar:
-            bar["b"].close()
-
-    return update, close
+@contextlib.contextmanager
+def _refusing(*errors: type[Exception]) -> Iterator[None]:
+    """Turn the library's bad-input errors ``errors`` into :class:`BadInput` (one line, exit code 2)."""
+    try:
+        yield
+    except errors as exc:
+        raise BadInput(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -93,8 +90,6 @@ def _note_logs(args: argparse.Namespace) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    from sftl_dask.staging import staged_file
-
     with staged_file(path, replace=True) as tmp:  # the one atomic writer: a reader never sees half a file
         tmp.write_text(text)
 
@@ -108,12 +103,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise BadInput(f"{out}: already exists (pass --overwrite to replace it)")
     t0 = time.perf_counter()
-    update, close = _progress_bar("simulate")
-    with _client(args) as client:
-        try:
-            rows = write_simulation(out, cfg, client=client, progress=update, overwrite=args.overwrite)
-        finally:
-            close()
+    with _client(args) as client, Progress("simulate") as update:
+        rows = write_simulation(out, cfg, client=client, progress=update, overwrite=args.overwrite)
     print(f"wrote {rows:,} rows to {out} in {time.perf_counter() - t0:.1f} s "
           f"({cfg.n_profiles} profiles, angles {list(cfg.vza_deg)} deg, {cfg.draws_per_combination} LST draws)")
     return 0
@@ -160,16 +151,10 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise BadInput(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
     t0 = time.perf_counter()
-    update, close = _progress_bar("testbed")
-    with _client(args) as client:
-        try:
-            summary = build_testbed(out, scenes=args.scenes, size=args.size, seed=args.seed, client=client,
-                                    progress=update, overwrite=args.overwrite, shifted=args.shifted,
-                                    max_shift=args.max_shift)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
-        finally:
-            close()
+    with _client(args) as client, Progress("testbed") as update, _refusing(ValueError):
+        summary = build_testbed(out, scenes=args.scenes, size=args.size, seed=args.seed, client=client,
+                                progress=update, overwrite=args.overwrite, shifted=args.shifted,
+                                max_shift=args.max_shift)
     print(f"wrote testbed to {out} in {time.perf_counter() - t0:.1f} s: {summary['n_archives']} archives "
           f"({args.scenes} scenes x {len(summary['regions'])} regions, {args.size} x {args.size} px of 40 m), "
           f"{len(summary['sites'])} sites")
@@ -179,15 +164,9 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from sftl_dask.ingest import IngestError, ingest
 
-    update, close = _progress_bar("ingest")
-    with _client(args) as client:
-        try:
-            summary = ingest(args.inputs, args.cube, era5=args.era5, ged=args.ged, client=client, progress=update,
-                             tile_px=args.tile_size)
-        except IngestError as exc:
-            raise BadInput(str(exc)) from None
-        finally:
-            close()
+    with _client(args) as client, Progress("ingest") as update, _refusing(IngestError):
+        summary = ingest(args.inputs, args.cube, era5=args.era5, ged=args.ged, client=client, progress=update,
+                         tile_px=args.tile_size)
     print(f"ingested {summary['ingested']} scene(s), skipped {summary['skipped']}, failed {len(summary['failed'])} "
           f"in {summary['seconds']:.1f} s -> {args.cube}")
     for f in summary["failed"]:
@@ -207,20 +186,13 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     from sftl_dask.retrieve import RetrieveError, check_retrieval, retrieve
 
     command = " ".join(["sftl", *(args.argv or [])])
-    try:  # the model, cubes and outputs are checked before a cluster starts
+    with _refusing(RetrieveError, ArtifactError):  # the model, cubes and outputs are checked before a cluster starts
         check_retrieval(args.cube, args.model, args.out, precision=args.precision, overwrite=args.overwrite)
-    except (RetrieveError, ArtifactError) as exc:
-        raise BadInput(str(exc)) from None
-    update, close = _progress_bar("retrieve")
     with _client(args, gpu=_wants_gpu(args.device, args.model)) as client:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
-        try:
+        with Progress("retrieve") as update, _refusing(RetrieveError, ArtifactError):
             summary = retrieve(args.cube, args.model, args.out, client=client, device=args.device,
                                precision=args.precision, overwrite=args.overwrite, progress=update, command=command)
-        except (RetrieveError, ArtifactError) as exc:
-            raise BadInput(str(exc)) from None
-        finally:
-            close()
     m = summary["model"]
     print(f"retrieved {summary['retrieved']} time step(s), skipped {summary['skipped']} already done, failed "
           f"{len(summary['failed'])} in {summary['seconds']:.1f} s ({summary['chunks']} chunks, "
@@ -249,19 +221,11 @@ def _wants_gpu(device: str, model: str) -> bool:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from sftl_dask.validate import ValidateError, check_validation, validate
 
-    try:  # the LST stores, site table, in situ folder and output are checked before a cluster starts
+    with _refusing(ValidateError):  # the LST stores, site table, in situ folder and output: before a cluster starts
         check_validation(args.lst, args.insitu, args.sites, args.out, overwrite=args.overwrite)
-    except ValidateError as exc:
-        raise BadInput(str(exc)) from None
-    update, close = _progress_bar("validate")
-    with _client(args) as client:
-        try:
-            summary = validate(args.lst, args.insitu, args.sites, args.out, overwrite=args.overwrite, client=client,
-                               progress=update)
-        except ValidateError as exc:
-            raise BadInput(str(exc)) from None
-        finally:
-            close()
+    with _client(args) as client, Progress("validate") as update, _refusing(ValidateError):
+        summary = validate(args.lst, args.insitu, args.sites, args.out, overwrite=args.overwrite, client=client,
+                           progress=update)
     print(f"validated {summary['n_usable']} usable matchups of {summary['n_matchups']} in {summary['seconds']:.1f} s "
           f"-> {summary['out'] / 'summary.md'}")
     for m in summary["metrics"]:
@@ -276,18 +240,10 @@ def _cmd_rechunk(args: argparse.Namespace) -> int:
     command = " ".join(["sftl", *(args.argv or [])])
     kw: dict[str, Any] = {"overwrite": args.overwrite}
     kw.update({k: v for k, v in (("tile", args.tile), ("max_mem", args.max_mem)) if v is not None})
-    try:  # the LST stores, the output and the memory bound are checked before a cluster starts
+    with _refusing(RechunkError):  # the LST stores, the output and the memory bound: before a cluster starts
         check_rechunk(args.lst, args.out, **kw)
-    except RechunkError as exc:
-        raise BadInput(str(exc)) from None
-    update, close = _progress_bar("rechunk")
-    with _client(args) as client:
-        try:
-            summary = rechunk(args.lst, args.out, client=client, progress=update, command=command, **kw)
-        except RechunkError as exc:
-            raise BadInput(str(exc)) from None
-        finally:
-            close()
+    with _client(args) as client, Progress("rechunk") as update, _refusing(RechunkError):
+        summary = rechunk(args.lst, args.out, client=client, progress=update, command=command, **kw)
     print(f"copied {summary['steps']} time step(s) of {len(summary['stores'])} store(s) in {summary['seconds']:.1f} s "
           f"({summary['bytes'] / 1e6:.0f} MB, {summary['tasks']} tasks, {summary['stages']} stage(s)) -> "
           f"{summary['out']}")
@@ -331,7 +287,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_matchups(args: argparse.Namespace) -> int:
     from sftl_dask.matchups import build_matchups
-    from sftl_dask.staging import staged_file
 
     for flag, path in (("--cube", args.cube), ("--insitu", args.insitu), ("--sites", args.sites)):
         if not Path(path).exists():
@@ -354,12 +309,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
     load_grid(args.config)  # bad configurations fail before any cluster starts
     t0 = time.perf_counter()
-    update, close = _progress_bar("experiment")
-    with _client(args) as client:
-        try:
-            table = run_experiment(args.config, args.out, client=client, progress=update)
-        finally:
-            close()
+    with _client(args) as client, Progress("experiment") as update:
+        table = run_experiment(args.config, args.out, client=client, progress=update)
     failed = int((table["error"] != "").sum()) if "error" in table else 0
     print(f"{len(table)} runs ({failed} failed) in {time.perf_counter() - t0:.0f} s -> {args.out}/summary.md")
     if failed:
@@ -392,30 +343,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_archive(args: argparse.Namespace) -> int:
     from sftl_dask.pipelines.archive import ArchiveConfigError, load_archive_config, run_archive
 
-    try:
+    with _refusing(ArchiveConfigError):
         load_archive_config(args.config)  # a bad configuration fails before any cluster starts
-    except ArchiveConfigError as exc:
-        raise BadInput(str(exc)) from None
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise BadInput(f"{out}: exists and is not a folder")
     t0 = time.perf_counter()
-    bars: list[Callable[[], None]] = []
-
-    def progress(step: str) -> Callable[[int, int], None]:
-        update, close = _progress_bar(step)
-        bars.append(close)
-        return update
-
     with _client(args) as client:
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
-        try:
-            summary = run_archive(args.config, out, client=client, progress=progress)
-        except ArchiveConfigError as exc:
-            raise BadInput(str(exc)) from None
-        finally:
-            for close in bars:
-                close()
+        with contextlib.ExitStack() as bars, _refusing(ArchiveConfigError):
+            summary = run_archive(args.config, out, client=client,
+                                  progress=lambda step: bars.enter_context(Progress(step)))
     print(f"archive pipeline done in {time.perf_counter() - t0:.0f} s -> {out} (steps in {out / 'archive.json'})")
     for f in summary["failed"]:
         print(f"  failed: {f['step']}: {f['item']}: {f['reason']}")
@@ -426,37 +364,43 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    from sftl_dask.version import __version__
-
+    """The ``sftl`` command line: one sub-command per verb, grouped as in DESIGN.md's CLI table."""
     p = argparse.ArgumentParser(prog="sftl", description="LST from GF5-02 VIMI by strategic fine-tuning "
                                 "transfer learning, on Dask.")
     p.add_argument("--version", action="version", version=f"sftl-dask {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for add in (_add_data_verbs, _add_cube_verbs, _add_training_verbs, _add_pipeline_verbs):
+        add(sub)
+    return p
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--scheduler", default=None, help="Dask scheduler address (default: "
-                        "$DASK_SCHEDULER_ADDRESS, else an embedded LocalCluster)")
-        sp.add_argument("--workers", type=_positive_int, default=None, help="workers of the embedded cluster "
-                        "(default: CPUs available)")
-        sp.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error too")
-        sp.add_argument("--report", default=None, metavar="HTML", help="write Dask's performance report of the "
-                        "run (task stream, worker profiles, bandwidth) to this HTML file")
 
+def _common(sp: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int]) -> None:
+    """The options every verb takes (after its own, as ``--help`` lists them), and the verb's handler."""
+    sp.add_argument("--scheduler", default=None, help="Dask scheduler address (default: "
+                    "$DASK_SCHEDULER_ADDRESS, else an embedded LocalCluster)")
+    sp.add_argument("--workers", type=_positive_int, default=None, help="workers of the embedded cluster "
+                    "(default: CPUs available)")
+    sp.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error too")
+    sp.add_argument("--report", default=None, metavar="HTML", help="write Dask's performance report of the "
+                    "run (task stream, worker profiles, bandwidth) to this HTML file")
+    sp.set_defaults(func=func)
+
+
+def _add_data_verbs(sub: Any) -> None:
+    """The verbs of simulation, split-window and the testbed."""
     s = sub.add_parser("simulate", help="the simulation table (Parquet)")
     s.add_argument("--out", required=True, help="output Parquet dataset directory")
     s.add_argument("--profiles", type=_positive_int, default=946, help="clear-sky profiles (default 946)")
     s.add_argument("--spectra", type=_positive_int, default=None, help="emissivity spectra (default: all)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    common(s)
-    s.set_defaults(func=_cmd_simulate)
+    _common(s, _cmd_simulate)
 
     s = sub.add_parser("fit-sw", help="split-window coefficients per WVC / view-angle window")
     s.add_argument("--sim", required=True, help="simulation table from 'sftl simulate'")
     s.add_argument("--out", required=True, help="output JSON")
     s.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
-    common(s)
-    s.set_defaults(func=_cmd_fit_sw)
+    _common(s, _cmd_fit_sw)
 
     s = sub.add_parser("testbed", help="the synthetic world in the real file formats")
     s.add_argument("--out", required=True, help="output folder")
@@ -469,9 +413,11 @@ def _parser() -> argparse.ArgumentParser:
                         "(default 0.15; the multi-year archive testbed uses 0.5)")
     s.add_argument("--max-shift", type=_positive_int, default=160, metavar="PX",
                    help="largest footprint move along each axis in px (default 160)")
-    common(s)
-    s.set_defaults(func=_cmd_testbed)
+    _common(s, _cmd_testbed)
 
+
+def _add_cube_verbs(sub: Any) -> None:
+    """The verbs of scene cubes and LST cubes."""
     s = sub.add_parser("ingest", help="VIMI L1 archives + ERA5 + GED -> scene cubes (Zarr)")
     s.add_argument("inputs", nargs="+", metavar="ARCHIVE_OR_DIR", help="product .tar files or folders of them")
     s.add_argument("--cube", required=True, help="cube root folder (one Zarr store per tile inside), or an "
@@ -481,8 +427,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tile-size", type=_positive_int, default=None, metavar="PX",
                    help="tile edge in 40 m pixels of a new cube (default 1024 = 40.96 km); an existing cube "
                         "keeps its own")
-    common(s)
-    s.set_defaults(func=_cmd_ingest)
+    _common(s, _cmd_ingest)
 
     s = sub.add_parser("retrieve", help="scene cubes -> CF LST cubes (torch, tree or split-window model)")
     s.add_argument("--cube", required=True, help="scene-cube root (or one grid store) from 'sftl ingest'; a "
@@ -496,8 +441,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="torch arithmetic: fp32, or bf16 matrix products (default fp32)")
     s.add_argument("--overwrite", action="store_true", help="replace LST made from another cube or model")
-    common(s)
-    s.set_defaults(func=_cmd_retrieve)
+    _common(s, _cmd_retrieve)
 
     s = sub.add_parser("validate", help="LST cube against in situ radiometers: metrics, uncertainty calibration, "
                        "scatter and time-series plots")
@@ -508,8 +452,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder: summary.md, metrics.parquet, matchups.parquet, "
                    "scatter.png, timeseries.png")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    common(s)
-    s.set_defaults(func=_cmd_validate)
+    _common(s, _cmd_validate)
 
     s = sub.add_parser("rechunk", help="a time-contiguous copy of an LST cube, for point series")
     s.add_argument("--lst", required=True, help="LST root (one store per grid) or store from 'sftl retrieve'")
@@ -520,16 +463,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-mem", default=None, help="largest array one task holds, e.g. 256MB (default: "
                    "sftl_dask.rechunk.MAX_MEM); longer series go through an intermediate store")
     s.add_argument("--overwrite", action="store_true", help="replace an existing time-series copy")
-    common(s)
-    s.set_defaults(func=_cmd_rechunk)
+    _common(s, _cmd_rechunk)
 
+
+def _add_training_verbs(sub: Any) -> None:
+    """The verbs of training and matchups."""
     s = sub.add_parser("train", help="the three SFTL stages for one configuration -> model artifact")
     s.add_argument("--config", required=True, help="pipeline YAML (pipelines/*.yaml)")
     s.add_argument("--out", required=True, help="output folder: model/ (artifact), results.json, work/")
     s.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
-    common(s)
-    s.set_defaults(func=_cmd_train)
+    _common(s, _cmd_train)
 
     s = sub.add_parser("matchups", help="the matchup table (in situ LST at each site's pixel) of a scene cube")
     s.add_argument("--cube", required=True, help="scene-cube root (or one store) from 'sftl ingest'")
@@ -537,30 +481,28 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sites", required=True, help="site table (CSV: id, region, lon, lat, ...)")
     s.add_argument("--out", required=True, help="output Parquet table (data.matchups of a pipeline)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing table")
-    common(s)
-    s.set_defaults(func=_cmd_matchups)
+    _common(s, _cmd_matchups)
 
     s = sub.add_parser("experiment", help="the grid (models x strategies x directions x seeds) as one Dask job")
     s.add_argument("--config", required=True, help="pipeline YAML with a 'grid' section")
     s.add_argument("--out", required=True, help="output folder: results.parquet, summary.md, grid.png, work/")
-    common(s)
-    s.set_defaults(func=_cmd_experiment)
+    _common(s, _cmd_experiment)
 
+
+def _add_pipeline_verbs(sub: Any) -> None:
+    """The verbs of the pipelines."""
     s = sub.add_parser("demo", help="the main job end to end on the testbed, with a report")
     s.add_argument("--out", required=True, help="output directory (work/ inside is reused on re-runs)")
     s.add_argument("--config", default="pipelines/demo.yaml", help="pipeline YAML (default pipelines/demo.yaml)")
     s.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
-    common(s)
-    s.set_defaults(func=_cmd_demo)
+    _common(s, _cmd_demo)
 
     s = sub.add_parser("archive", help="a growing archive: ingest -> retrieve -> validate -> monthly composites, "
                        "resumable at each step")
     s.add_argument("--config", default="pipelines/archive.yaml", help="archive pipeline YAML (default "
                    "pipelines/archive.yaml)")
     s.add_argument("--out", required=True, help="output directory (re-running into it resumes)")
-    common(s)
-    s.set_defaults(func=_cmd_archive)
-    return p
+    _common(s, _cmd_archive)
 
 
 def _positive_int(text: str) -> int:

@@ -10,12 +10,16 @@ torch inference with glibc malloc; see shared/reference/PERF.md).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import dask
-from distributed import Client, LocalCluster, WorkerPlugin
+from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
 __all__ = ["default_workers", "get_client"]
 
@@ -77,46 +81,17 @@ def get_client(
     """
     address = address or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     if address:
-        _probe(address)
-        try:
-            client = Client(address, timeout="10s")
-        except (OSError, TimeoutError) as exc:
-            raise ConnectionError(f"cannot reach Dask scheduler {address}: {exc}") from None
-        except TypeError as exc:  # distributed: "TLS expects a `ssl_context` argument of type ssl.SSLContext"
-            if not address.startswith("tls://"):
-                raise
-            raise ConnectionError(f"Dask scheduler {address} speaks TLS but no TLS settings are configured: point "
-                                  "DASK_CONFIG at a file like deploy/tls/dask-tls.yaml (CA, certificate, key)"
-                                  ) from exc
+        client = _connect(address)
         try:
             yield client
         finally:
             client.close()
         return
-
     n = n_workers or default_workers()
     if n < 1 or threads_per_worker < 1:
         raise ValueError(f"workers must be >= 1 (got n_workers={n}, threads_per_worker={threads_per_worker})")
-    env = {v: str(threads_per_worker) for v in _THREAD_VARS}
-    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in workers and leaves it in os.environ.
-    pre_spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    pre_spawn.pop("MALLOC_TRIM_THRESHOLD_", None)
-    pre_spawn.update(_MALLOC_ENV)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn,
-                          "distributed.nanny.environ": env}):
-        cuda_cluster = _cuda_cluster_class() if gpu else None
-        if cuda_cluster is not None:  # one worker per GPU, one thread each (dask-cuda's layout)
-            cluster = cuda_cluster(threads_per_worker=1, memory_limit=memory_limit, dashboard_address="127.0.0.1:0",
-                                   resources={"GPU": 1})
-        else:
-            cluster = LocalCluster(
-                n_workers=n,
-                threads_per_worker=threads_per_worker,
-                processes=True,
-                memory_limit=memory_limit,
-                host="127.0.0.1",  # scheduler and dashboard on loopback only: nothing on the network reaches them
-                dashboard_address="127.0.0.1:0",  # a free port: never collides with another cluster on 8787
-            )
+    with _worker_environment(threads_per_worker):
+        cluster = _embedded_cluster(n, threads_per_worker, memory_limit, gpu)
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
         client = Client(cluster)
         if worker_log is not None:
@@ -129,12 +104,57 @@ def get_client(
         os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
 
 
+def _connect(address: str) -> Client:
+    """A client of the scheduler at ``address``, which is probed first.
+
+    Raises
+    ------
+    ConnectionError
+        If the scheduler cannot be reached, or speaks TLS with no TLS settings configured.
+    """
+    _probe(address)
+    try:
+        return Client(address, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise ConnectionError(f"cannot reach Dask scheduler {address}: {exc}") from None
+    except TypeError as exc:  # distributed: "TLS expects a `ssl_context` argument of type ssl.SSLContext"
+        if not address.startswith("tls://"):
+            raise
+        raise ConnectionError(f"Dask scheduler {address} speaks TLS but no TLS settings are configured: point "
+                              "DASK_CONFIG at a file like deploy/tls/dask-tls.yaml (CA, certificate, key)"
+                              ) from exc
+
+
+def _worker_environment(threads_per_worker: int) -> Any:
+    """The Dask configuration under which embedded workers start: torch/BLAS threads pinned to
+    ``threads_per_worker``, glibc malloc tuned (:data:`_MALLOC_ENV`); a context manager."""
+    env = {v: str(threads_per_worker) for v in _THREAD_VARS}
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in workers and leaves it in os.environ.
+    pre_spawn = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    pre_spawn.pop("MALLOC_TRIM_THRESHOLD_", None)
+    pre_spawn.update(_MALLOC_ENV)
+    return dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn, "distributed.nanny.environ": env})
+
+
+def _embedded_cluster(n: int, threads_per_worker: int, memory_limit: str | float | None, gpu: bool) -> Any:
+    """A local cluster of ``n`` worker processes, or with ``gpu`` and dask-cuda one per GPU."""
+    cuda_cluster = _cuda_cluster_class() if gpu else None
+    if cuda_cluster is not None:  # one worker per GPU, one thread each (dask-cuda's layout)
+        return cuda_cluster(threads_per_worker=1, memory_limit=memory_limit, dashboard_address="127.0.0.1:0",
+                            resources={"GPU": 1})
+    return LocalCluster(
+        n_workers=n,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        memory_limit=memory_limit,
+        host="127.0.0.1",  # scheduler and dashboard on loopback only: nothing on the network reaches them
+        dashboard_address="127.0.0.1:0",  # a free port: never collides with another cluster on 8787
+    )
+
+
 def _probe(address: str, timeout_s: float = 3.0) -> None:
     """Fail at once when nothing listens at a ``tcp://`` or ``tls://`` scheduler address (Dask's own connect
     retries for its whole timeout); other schemes are left to Dask."""
-    import socket
-    from urllib.parse import urlsplit
-
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
     if parts.scheme not in ("tcp", "tls") or parts.hostname is None:
         return
@@ -161,9 +181,6 @@ class _WorkerLogFile(WorkerPlugin):
         self.path, self.keep_stderr = path, keep_stderr
 
     def setup(self, worker: Any) -> None:
-        import logging
-        import sys
-
         handler = logging.FileHandler(self.path, delay=True)
         handler.setFormatter(logging.Formatter(f"%(asctime)s {worker.name} %(name)s %(levelname)s %(message)s"))
         for logger in [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]:
@@ -178,7 +195,8 @@ class _WorkerLogFile(WorkerPlugin):
 
 
 def _cuda_cluster_class() -> Any:
-    """dask-cuda's ``LocalCUDACluster`` where it is installed (the optional ``gpu`` extra), else None."""
+    """dask-cuda's ``LocalCUDACluster`` where it is installed (the optional ``gpu`` extra), else None (imported
+    here because it is optional)."""
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:
@@ -222,8 +240,6 @@ def run_tasks(
             if progress:
                 progress(i, len(calls))
         return out
-    from distributed import as_completed
-
     shared: dict[int, Any] = {}
     for _, args in calls:
         for a in args:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sftl_dask.physics._validate import check_range
+from sftl_dask.physics.checks import check_range
 
 __all__ = [
     "FEATURES",

@@ -16,6 +16,7 @@ reads a part on a worker as features and LST, with the held-out profiles split o
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,16 +27,19 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from sftl_dask.features import REQUIRED_INPUTS, feature_matrix
+from sftl_dask.features import REQUIRED_INPUTS, feature_matrix, input_range
 from sftl_dask.physics.atmosphere import AtmosphereProfile
 from sftl_dask.physics.channels import THERMAL_NAMES, thermal_channels
 from sftl_dask.physics.emissivity import band_emissivity, default_library
 from sftl_dask.physics.planck import band_planck
 from sftl_dask.physics.profiles import generate_profiles
 from sftl_dask.physics.rtm import ReducedBandModel, RTBackend
+from sftl_dask.physics.splitwindow import fit_split_window
+from sftl_dask.staging import staged_dir
 from sftl_dask.version import __version__
 
 __all__ = [
@@ -269,8 +273,9 @@ def write_simulation(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (use overwrite)")
+    # distributed (through cluster) costs 2-5 s of import on 2 loaded cores; `import sftl_dask` reaches this
+    # module through report, so only a simulation that runs pays it
     from sftl_dask.cluster import run_tasks
-    from sftl_dask.staging import staged_dir
 
     with staged_dir(out) as tmp:
         profiles = generate_profiles(config.n_profiles, seed=config.seed)
@@ -321,8 +326,6 @@ def read_simulation_columns(path: str | os.PathLike[str], columns: Sequence[str]
     FileNotFoundError
         If ``path`` does not exist.
     """
-    import pyarrow.dataset as pads
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
@@ -563,10 +566,6 @@ def fit_split_window_on_simulation(table: Mapping[str, NDArray], *, seed: int = 
     -------
     sftl_dask.physics.splitwindow.SplitWindowCoefficients
     """
-    import itertools
-
-    from sftl_dask.physics.splitwindow import fit_split_window
-
     angles = np.unique(np.round(np.asarray(table["vza"], dtype=np.float64), 3))
     cuts = [0.0, *((angles[:-1] + angles[1:]) / 2).tolist(), float(max(angles[-1], 1.0))]
     return fit_split_window(table, seed=seed, holdout_group="profile_id", vza_windows=tuple(itertools.pairwise(cuts)))
@@ -578,6 +577,4 @@ def split_window_document(coeffs: Any, table: Mapping[str, NDArray]) -> dict[str
     ``pretraining_range`` (``[min, max]`` of the BT pair (K), WVC (g cm-2), VZA (deg) and the pair's
     emissivities) lets retrieval flag pixels outside what the coefficients were fitted on.
     """
-    from sftl_dask.features import input_range
-
     return {**coeffs.to_dict(), "pretraining_range": input_range(table)}

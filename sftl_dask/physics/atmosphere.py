@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask.physics.constants import AVOGADRO, BOLTZMANN_K, MOLAR_MASS_H2O
 
-__all__ = ["AFGL_NAMES", "AtmosphereProfile", "afgl", "afgl_all"]
+__all__ = ["AFGL_NAMES", "AtmosphereProfile", "afgl", "afgl_all", "loglinear_layer_integral"]
 
 #: The six AFGL 1986 atmospheres, in the order of joseki's tables 1a-1f.
 AFGL_NAMES: tuple[str, ...] = (
@@ -137,7 +137,7 @@ class AtmosphereProfile:
         """
         rho = self.water_vapour_density_g_cm3()
         dz_cm = np.diff(self.altitude_km) * 1e5
-        return float(np.sum(_loglinear_layer_integral(rho[:-1], rho[1:], dz_cm)))
+        return float(np.sum(loglinear_layer_integral(rho[:-1], rho[1:], dz_cm)))
 
     def with_surface_at(self, altitude_km: float) -> AtmosphereProfile:
         """The profile cut at ``altitude_km`` (km): a new surface level is interpolated there.
@@ -171,8 +171,22 @@ class AtmosphereProfile:
         return replace(self, h2o_ppmv=self.h2o_ppmv * factor)
 
 
-def _loglinear_layer_integral(a: ArrayLike, b: ArrayLike, dz: ArrayLike) -> NDArray[np.float64]:
-    """Integral over a layer of thickness ``dz`` of a quantity varying exponentially from ``a`` to ``b``."""
+def loglinear_layer_integral(a: ArrayLike, b: ArrayLike, dz: ArrayLike) -> NDArray[np.float64]:
+    """Integral over a layer of thickness ``dz`` of a quantity varying exponentially from ``a`` to ``b``.
+
+    Parameters
+    ----------
+    a, b : array_like
+        The quantity at the layer's bottom and top (any unit, per unit length).
+    dz : array_like
+        The layer's thickness (the length unit of ``a`` and ``b``).
+
+    Returns
+    -------
+    ndarray
+        The integral (unit of ``a`` times length); the trapezoid where ``a`` and ``b`` are nearly equal or not both
+        positive.
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     dz = np.asarray(dz, dtype=np.float64)

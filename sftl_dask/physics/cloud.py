@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.ndimage import binary_dilation
 
 __all__ = ["cloud_mask"]
 
@@ -70,7 +71,5 @@ def cloud_mask(bt_10_80: NDArray, ndvi: NDArray, red: NDArray | None = None, *, 
     cold = valid & (bt < ref - thresh)
     mask = cold | bright
     if dilate_px > 0 and mask.any():
-        from scipy.ndimage import binary_dilation
-
         mask = binary_dilation(mask, iterations=dilate_px) & valid
     return mask

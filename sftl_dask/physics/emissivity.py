@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from sftl_dask.physics._validate import check_range
 from sftl_dask.physics.channels import Channel, thermal_channels
+from sftl_dask.physics.checks import check_range
 
 __all__ = [
     "CATEGORIES",

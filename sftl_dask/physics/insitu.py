@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from sftl_dask.physics._validate import check_range
+from sftl_dask.physics.checks import check_range
 from sftl_dask.physics.constants import STEFAN_BOLTZMANN
 
 __all__ = ["radiometer_lst", "upwelling_longwave"]

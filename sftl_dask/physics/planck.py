@@ -14,8 +14,8 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from sftl_dask.physics._validate import check_range
 from sftl_dask.physics.channels import Channel, thermal_channels
+from sftl_dask.physics.checks import check_range
 from sftl_dask.physics.constants import C1_RADIANCE, C2_UM_K
 
 __all__ = [

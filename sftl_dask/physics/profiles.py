@@ -43,13 +43,13 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from sftl_dask.physics._validate import check_range
 from sftl_dask.physics.atmosphere import (
     CO2_PPMV_DEFAULT,
     AtmosphereProfile,
-    _loglinear_layer_integral,
     afgl,
+    loglinear_layer_integral,
 )
+from sftl_dask.physics.checks import check_range
 from sftl_dask.physics.constants import AVOGADRO, BOLTZMANN_K, GRAVITY, MOLAR_MASS_DRY_AIR, MOLAR_MASS_H2O
 from sftl_dask.physics.rtm import EARTH_RADIUS_KM
 
@@ -462,7 +462,7 @@ def _draw_surface(n: int, clim: ProfileClimate, rng: np.random.Generator) -> tup
 def _column_water(e_hpa: NDArray[np.float64], t_k: NDArray[np.float64], dz_cm: NDArray[np.float64]) -> NDArray:
     """Precipitable water (g cm^-2) of vapour pressures ``e_hpa`` (n, L), as AtmosphereProfile integrates it."""
     rho = e_hpa * 100.0 / (_R_VAPOUR * t_k) * 1e-3  # g cm^-3
-    return _loglinear_layer_integral(rho[:, :-1], rho[:, 1:], dz_cm).sum(axis=1)
+    return loglinear_layer_integral(rho[:, :-1], rho[:, 1:], dz_cm).sum(axis=1)
 
 
 def _hydrostatic_pressure_hpa(z_km: NDArray[np.float64], tv_k: NDArray[np.float64],
@@ -484,7 +484,12 @@ def _hydrostatic_pressure_hpa(z_km: NDArray[np.float64], tv_k: NDArray[np.float6
 
 
 def _generate_columns(n: int, clim: ProfileClimate, rng: np.random.Generator) -> dict[str, NDArray[np.float64]]:
-    """All level arrays (n, L) of a population. Every random draw happens for every profile, in a fixed order."""
+    """All level arrays (n, L) of a population. Every random draw happens for every profile, in a fixed order.
+
+    One function on purpose: its ~20 draws interleave with the physics that consumes them (inversion,
+    tropopause, blend, pressure, water vapour), and that order fixes every simulation table of a seed; split into
+    steps, each would pass on most of the intermediates and hide the order.
+    """
     t_s, z_s = _draw_surface(n, clim, rng)
 
     # --- low inversion: more frequent and stronger over cold surfaces (winter, night)

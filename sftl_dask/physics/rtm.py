@@ -44,9 +44,9 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
-from sftl_dask.physics._validate import check_range
-from sftl_dask.physics.atmosphere import CO2_PPMV_DEFAULT, AtmosphereProfile, _loglinear_layer_integral
+from sftl_dask.physics.atmosphere import CO2_PPMV_DEFAULT, AtmosphereProfile, loglinear_layer_integral
 from sftl_dask.physics.channels import Channel, thermal_channels
+from sftl_dask.physics.checks import check_range
 from sftl_dask.physics.constants import (
     AVOGADRO,
     BOLTZMANN_K,
@@ -205,11 +205,11 @@ def layer_amounts(profile: AtmosphereProfile) -> LayerAmounts:
     vmr_o = profile.o3_ppmv[keep] * 1e-6
     rho_w = n_air * vmr_w * MOLAR_MASS_H2O / AVOGADRO  # g cm^-3
     dz = np.diff(z) * 1e5  # cm
-    air = _loglinear_layer_integral(n_air[:-1], n_air[1:], dz) / LOSCHMIDT
-    h2o = _loglinear_layer_integral(rho_w[:-1], rho_w[1:], dz)
-    o3 = _loglinear_layer_integral((n_air * vmr_o)[:-1], (n_air * vmr_o)[1:], dz) / LOSCHMIDT
+    air = loglinear_layer_integral(n_air[:-1], n_air[1:], dz) / LOSCHMIDT
+    h2o = loglinear_layer_integral(rho_w[:-1], rho_w[1:], dz)
+    o3 = loglinear_layer_integral((n_air * vmr_o)[:-1], (n_air * vmr_o)[1:], dz) / LOSCHMIDT
     # Layer mean pressure/temperature weighted by air mass (log-linear p, linear t).
-    p_mean = _loglinear_layer_integral(p[:-1], p[1:], dz) / dz
+    p_mean = loglinear_layer_integral(p[:-1], p[1:], dz) / dz
     t_mean = 0.5 * (t[:-1] + t[1:])
     e_mean = p_mean * np.maximum(h2o, 0) / np.maximum(air * LOSCHMIDT * MOLAR_MASS_H2O / AVOGADRO, 1e-30)
     return LayerAmounts(z, p_mean, t_mean, h2o, air, o3, e_mean, profile.co2_ppmv / CO2_PPMV_DEFAULT)

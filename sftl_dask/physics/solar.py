@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from sftl_dask.physics._validate import check_range
+from sftl_dask.physics.checks import check_range
 
 __all__ = ["band_solar_irradiance", "earth_sun_distance_au", "solar_position"]
 

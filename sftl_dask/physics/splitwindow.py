@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from sftl_dask.physics._validate import check_range
+from sftl_dask.physics.checks import check_range
 
 __all__ = [
     "COEFFICIENT_NAMES",
@@ -347,6 +347,40 @@ def design_matrix(bt_i: ArrayLike, bt_j: ArrayLike, emis_i: ArrayLike, emis_j: A
     return np.column_stack([np.ones_like(s), s, s * r, s * q, h, h * r, h * q, dt2])
 
 
+def _fit_columns(table: Mapping[str, ArrayLike], names: tuple[str, str, str, str, str]) -> dict[str, NDArray]:
+    """The columns a fit reads, checked for range and length: the channel pair (K), their emissivities, ``wvc``
+    (g cm^-2), ``vza`` (deg) and the target (K); ``names`` is (channel_i, channel_j, emis_i, emis_j, target)."""
+    channel_i, channel_j, emis_i, emis_j, target = names
+    cols = {}
+    for name, bounds, unit in (
+        (channel_i, _BT_RANGE_K, "K"), (channel_j, _BT_RANGE_K, "K"),
+        (emis_i, _EMIS_RANGE, ""), (emis_j, _EMIS_RANGE, ""),
+        ("wvc", _WVC_RANGE_G_CM2, "g cm-2"), ("vza", _VZA_RANGE_DEG, "deg"), (target, _BT_RANGE_K, "K"),
+    ):
+        cols[name] = check_range(name, _column(table, name), *bounds, unit=unit).reshape(-1)
+    n = cols[channel_i].size
+    for name, values in cols.items():
+        if values.size != n:
+            raise ValueError(f"{name}: {values.size} rows, but {channel_i} has {n}")
+    if n == 0:
+        raise ValueError(f"table: no rows in {channel_i}")
+    return cols
+
+
+def _fit_windows(x: NDArray, y: NDArray, wvc: NDArray, vza: NDArray, wvc_w: Sequence[tuple[float, float]],
+                 vza_w: Sequence[tuple[float, float]], held: NDArray, min_rows: int) -> list[SplitWindowWindow]:
+    """One least-squares fit per (VZA band, WVC window) cell, trained on the rows not ``held`` out."""
+    band = np.searchsorted(np.array([hi for _, hi in vza_w[:-1]]), vza, side="right")
+    windows = []
+    for b, (vlo, vhi) in enumerate(vza_w):
+        in_band = band == b
+        for k, (wlo, whi) in enumerate(wvc_w):
+            upper = wvc <= whi if k == len(wvc_w) - 1 else wvc < whi
+            cell = in_band & (wvc >= wlo) & upper
+            windows.append(_fit_window(x, y, cell & ~held, cell & held, (wlo, whi, vlo, vhi), min_rows))
+    return windows
+
+
 def fit_split_window(
     table: Mapping[str, ArrayLike],
     *,
@@ -407,19 +441,8 @@ def fit_split_window(
         raise ValueError(f"holdout_fraction: {holdout_fraction!r} is outside [0, 1)")
     if min_rows < len(COEFFICIENT_NAMES):
         raise ValueError(f"min_rows: {min_rows} is below the {len(COEFFICIENT_NAMES)} coefficients")
-    cols = {}
-    for name, bounds, unit in (
-        (channel_i, _BT_RANGE_K, "K"), (channel_j, _BT_RANGE_K, "K"),
-        (emis_i, _EMIS_RANGE, ""), (emis_j, _EMIS_RANGE, ""),
-        ("wvc", _WVC_RANGE_G_CM2, "g cm-2"), ("vza", _VZA_RANGE_DEG, "deg"), (target, _BT_RANGE_K, "K"),
-    ):
-        cols[name] = check_range(name, _column(table, name), *bounds, unit=unit).reshape(-1)
+    cols = _fit_columns(table, (channel_i, channel_j, emis_i, emis_j, target))
     n = cols[channel_i].size
-    for name, values in cols.items():
-        if values.size != n:
-            raise ValueError(f"{name}: {values.size} rows, but {channel_i} has {n}")
-    if n == 0:
-        raise ValueError(f"table: no rows in {channel_i}")
     wvc, vza, y = cols["wvc"], cols["vza"], cols[target]
     wvc_w = _normalise_windows("wvc_windows", wvc_windows, float(wvc.max()), overlapping=True)
     vza_w = _normalise_windows("vza_windows", vza_windows, float(vza.max()), overlapping=False)
@@ -429,15 +452,7 @@ def fit_split_window(
     held = _holdout_mask(n, holdout_fraction, seed, groups)
 
     x = design_matrix(cols[channel_i], cols[channel_j], cols[emis_i], cols[emis_j])
-    band = np.searchsorted(np.array([hi for _, hi in vza_w[:-1]]), vza, side="right")
-    windows = []
-    for b, (vlo, vhi) in enumerate(vza_w):
-        in_band = band == b
-        for k, (wlo, whi) in enumerate(wvc_w):
-            upper = wvc <= whi if k == len(wvc_w) - 1 else wvc < whi
-            cell = in_band & (wvc >= wlo) & upper
-            windows.append(_fit_window(x, y, cell & ~held, cell & held, (wlo, whi, vlo, vhi), min_rows))
-
+    windows = _fit_windows(x, y, wvc, vza, wvc_w, vza_w, held, min_rows)
     coeffs = SplitWindowCoefficients(
         channel_i=channel_i, channel_j=channel_j, windows=tuple(windows), target=target,
         holdout_fraction=float(holdout_fraction), seed=int(seed), holdout_group=holdout_group,

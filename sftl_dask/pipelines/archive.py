@@ -5,8 +5,9 @@ An operator keeping a growing multi-year archive re-runs the same configuration 
 * **ingest** appends the new scenes to the fixed tiles of the scene cube and skips those already in
   (:func:`sftl_dask.ingest.ingest`);
 * **retrieve** fills only the LST time steps that are missing (:func:`sftl_dask.retrieve.retrieve`);
-* **validate** and **composites** are keyed by the LST they read (the model's hash and each tile's complete
-  steps): unchanged, they are reused; changed, they are rebuilt whole.
+* **validate** and **composites** are keyed by the LST they read (the model's digest and each tile's complete
+  steps): unchanged, they are reused; changed, they are rebuilt whole (the steps shared with the demo,
+  :mod:`sftl_dask.pipelines.steps`).
 
 So a run killed at any step resumes where it stopped, and a run with nothing new costs only the checks. The
 inputs come from ``data`` (archives, ERA5, GED, radiometers, site table) or, for trying it out, from a testbed
@@ -26,6 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from sftl_dask.ingest import ingest
+from sftl_dask.pipelines.steps import composites_step, lst_key, validate_step
+from sftl_dask.retrieve import retrieve
+from sftl_dask.simulate import (
+    SW_COLUMNS,
+    SimulationConfig,
+    fit_split_window_on_simulation,
+    read_simulation_columns,
+    split_window_document,
+    write_simulation,
+)
+from sftl_dask.staging import staged_file
+from sftl_dask.testbed.build import build_testbed
+from sftl_dask.version import __version__
 
 __all__ = ["ArchiveConfigError", "load_archive_config", "run_archive"]
 
@@ -48,6 +64,34 @@ def load_archive_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         Unknown or missing keys, wrong types, or input paths that do not exist (named with the file).
     """
     path = Path(path)
+    cfg = _read_yaml(path)
+    bad = _Refusal(path)
+    for k in cfg:
+        if k not in _TOP_KEYS:
+            raise bad(k, f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+    out: dict[str, Any] = {"name": str(cfg.get("name", path.stem)), "source": str(path)}
+    out |= _data_section(cfg.get("data"), path.parent, bad)
+    out["tile_px"] = _tile_size(cfg.get("tiles") or {}, bad)
+    out["model"] = _model_path(cfg.get("model") or {}, path.parent, bad)
+    steps = cfg.get("steps", list(STEPS))
+    if not isinstance(steps, list) or any(s not in STEPS for s in steps):
+        raise bad("steps", f"a list drawn from {', '.join(STEPS)} is expected, got {steps!r}")
+    out["steps"] = [s for s in STEPS if s in steps]
+    return out
+
+
+class _Refusal:
+    """Makes the error that refuses key ``key`` of the configuration at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, key: str, what: str) -> ArchiveConfigError:
+        return ArchiveConfigError(f"{self.path}: {key}: {what}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The configuration's top-level mapping."""
     try:
         cfg = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -56,21 +100,17 @@ def load_archive_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ArchiveConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(cfg, dict):
         raise ArchiveConfigError(f"{path}: expected a mapping at the top")
+    return cfg
 
-    def bad(key: str, what: str) -> ArchiveConfigError:
-        return ArchiveConfigError(f"{path}: {key}: {what}")
 
-    for k in cfg:
-        if k not in _TOP_KEYS:
-            raise bad(k, f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
-    data = cfg.get("data")
+def _data_section(data: Any, base: Path, bad: _Refusal) -> dict[str, Any]:
+    """``data``: a testbed to build (``testbed``), or the input paths, checked to exist."""
     if not isinstance(data, dict):
         raise bad("data", "a mapping is required")
     for k in data:
         if k not in _DATA_KEYS:
             raise bad(f"data.{k}", f"unknown key (known: {', '.join(sorted(_DATA_KEYS))})")
-    base = path.parent
-    out: dict[str, Any] = {"name": str(cfg.get("name", path.stem)), "source": str(path)}
+    out: dict[str, Any] = {}
     if data.get("testbed") is not None:
         tb = data["testbed"]
         if not isinstance(tb, dict):
@@ -84,43 +124,44 @@ def load_archive_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         others = sorted(_DATA_KEYS - {"testbed"} & set(data))
         if others:
             raise bad(f"data.{others[0]}", "give either data.testbed or the input paths, not both")
-    else:
-        missing = sorted((_DATA_KEYS - {"testbed"}) - set(data))
-        if missing:
-            raise bad(f"data.{missing[0]}", "missing (or give data.testbed)")
-        for k in ("ged", "insitu", "sites"):
-            p = base / str(data[k])
-            if not p.exists():
-                raise bad(f"data.{k}", f"{p} does not exist")
-            out[k] = p
-        for k in ("archives", "era5"):
-            items = data[k] if isinstance(data[k], list) else [data[k]]
-            found = sorted({m for it in items for m in glob.glob(str(base / str(it)))})
-            if not found:
-                raise bad(f"data.{k}", f"no file matches {items}")
-            out[k] = [Path(f) for f in found]
-    tiles = cfg.get("tiles") or {}
+        return out
+    missing = sorted((_DATA_KEYS - {"testbed"}) - set(data))
+    if missing:
+        raise bad(f"data.{missing[0]}", "missing (or give data.testbed)")
+    for k in ("ged", "insitu", "sites"):
+        p = base / str(data[k])
+        if not p.exists():
+            raise bad(f"data.{k}", f"{p} does not exist")
+        out[k] = p
+    for k in ("archives", "era5"):
+        items = data[k] if isinstance(data[k], list) else [data[k]]
+        found = sorted({m for it in items for m in glob.glob(str(base / str(it)))})
+        if not found:
+            raise bad(f"data.{k}", f"no file matches {items}")
+        out[k] = [Path(f) for f in found]
+    return out
+
+
+def _tile_size(tiles: Any, bad: _Refusal) -> int | None:
+    """``tiles.size``: the tile edge of a new cube (px), or None for the default."""
     if not isinstance(tiles, dict) or set(tiles) - {"size"}:
         raise bad("tiles", "a mapping with only 'size' (px) is expected")
     size = tiles.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 16):
         raise bad("tiles.size", f"an integer >= 16 (px) is required, got {size!r}")
-    out["tile_px"] = size
-    model = cfg.get("model") or {}
+    return size
+
+
+def _model_path(model: Any, base: Path, bad: _Refusal) -> Path | None:
+    """``model.path``: the model artifact or split-window JSON, checked to exist; None to fit a split-window."""
     if not isinstance(model, dict) or set(model) - {"path"}:
         raise bad("model", "a mapping with only 'path' is expected")
-    if model.get("path") is not None:
-        p = base / str(model["path"])
-        if not p.exists():
-            raise bad("model.path", f"{p} does not exist")
-        out["model"] = p
-    else:
-        out["model"] = None
-    steps = cfg.get("steps", list(STEPS))
-    if not isinstance(steps, list) or any(s not in STEPS for s in steps):
-        raise bad("steps", f"a list drawn from {', '.join(STEPS)} is expected, got {steps!r}")
-    out["steps"] = [s for s in STEPS if s in steps]
-    return out
+    if model.get("path") is None:
+        return None
+    p = base / str(model["path"])
+    if not p.exists():
+        raise bad("model.path", f"{p} does not exist")
+    return p
 
 
 def run_archive(config: str | os.PathLike[str], out: str | os.PathLike[str], *, client: Any,
@@ -152,86 +193,77 @@ def run_archive(config: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     ArchiveConfigError
         A bad configuration.
     """
-    from sftl_dask.pipelines.demo import _lst_steps, write_monthly_composites
-    from sftl_dask.staging import staged_dir, staged_file
-    from sftl_dask.training.stages import cache_key, cached, stamp
-    from sftl_dask.version import __version__
-
     cfg = load_archive_config(config)
     out = Path(out)
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    bar = progress or (lambda step: None)
-    steps: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
-
-    def done(step: str, t0: float, reused: bool, **counts: Any) -> None:
-        steps.append({"step": step, "seconds": round(time.perf_counter() - t0, 1), "reused": reused, **counts})
-        log(f"  {step}: {'reused' if reused else 'done'} in {steps[-1]['seconds']:.1f} s"
-            + "".join(f", {k} {v}" for k, v in counts.items()))
-
+    (out / "work").mkdir(parents=True, exist_ok=True)
+    run = _Run(log, progress or (lambda step: None))
     t0 = time.perf_counter()
-    inputs = _inputs(cfg, work, client, bar("testbed"))
-    done("inputs", t0, inputs.pop("reused"))
+    inputs = _inputs(cfg, out / "work", client, run.bar("testbed"))
+    run.done("inputs", t0, inputs.pop("reused"))
     t0 = time.perf_counter()
-    model, reused = _model(cfg, work, client)
-    done("model", t0, reused, model=str(model))
+    model, reused = _model(cfg, out / "work", client)
+    run.done("model", t0, reused, model=str(model))
 
     cube, lst = out / "cube", out / "lst"
     if "ingest" in cfg["steps"]:
-        from sftl_dask.ingest import ingest
-
-        t0 = time.perf_counter()
-        s = ingest(inputs["archives"], cube, era5=inputs["era5"], ged=inputs["ged"], client=client,
-                   progress=bar("ingest"), tile_px=cfg["tile_px"])
-        failed += [{"step": "ingest", "item": f["scene_id"], "reason": f.get("reason", "")} for f in s["failed"]]
-        done("ingest", t0, s["ingested"] == 0, ingested=s["ingested"], skipped=s["skipped"],
-             failed=len(s["failed"]), tiles=len(s["stores"]))
+        _ingest(run, cfg, inputs, cube, client=client)
     if "retrieve" in cfg["steps"]:
-        from sftl_dask.retrieve import retrieve
-
-        t0 = time.perf_counter()
-        s = retrieve(cube, model, lst, client=client, progress=bar("retrieve"), command=f"sftl archive {config}")
-        failed += [{"step": "retrieve", "item": f"{Path(f['store']).name} {f['scene_id']}", "reason": f["reason"]}
-                   for f in s["failed"]]
-        done("retrieve", t0, s["retrieved"] == 0, steps=s["retrieved"], pixels=s["pixels"],
-             failed=len(s["failed"]))
-    from sftl_dask.models.retriever import model_digest
-
-    lst_key = cache_key({"model": model_digest(model), "steps": _lst_steps(lst) if lst.exists() else {},
-                         "version": __version__})
+        _retrieve(run, cube, model, lst, client=client, command=f"sftl archive {config}")
+    key = lst_key({"model": model}, lst)
     if "validate" in cfg["steps"]:
-        from sftl_dask.validate import validate
-
         t0 = time.perf_counter()
-        val = out / "validation"
-        reused = cached(val, lst_key)
-        if not reused:
-            validate(lst, inputs["insitu"], inputs["sites"], val, client=client, overwrite=True,
-                     progress=bar("validate"))
-            stamp(val, lst_key)
-        done("validate", t0, reused)
+        reused = validate_step(lst, inputs["insitu"], inputs["sites"], out / "validation", key, client=client,
+                               progress=run.bar("validate"))
+        run.done("validate", t0, reused)
     if "composites" in cfg["steps"]:
         t0 = time.perf_counter()
-        comp = out / "composites"
-        reused = cached(comp, lst_key)
-        if not reused:
-            with staged_dir(comp) as tmp:
-                write_monthly_composites(lst, tmp, {})
-            stamp(comp, lst_key)
-        done("composites", t0, reused)
-    summary = {"config": cfg["source"], "version": __version__, "steps": steps, "failed": failed}
+        run.done("composites", t0, composites_step(lst, out / "composites", key, {}))
+    summary = {"config": cfg["source"], "version": __version__, "steps": run.steps, "failed": run.failed}
     with staged_file(out / "archive.json", replace=True) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+class _Run:
+    """One run's record: each step's seconds, whether it was reused and its counts, and what failed."""
+
+    def __init__(self, log: Callable[[str], None],
+                 bar: Callable[[str], Callable[[int, int], None] | None]) -> None:
+        self.log, self.bar = log, bar
+        self.steps: list[dict[str, Any]] = []
+        self.failed: list[dict[str, Any]] = []
+
+    def done(self, step: str, t0: float, reused: bool, **counts: Any) -> None:
+        """Record ``step`` begun at ``t0`` (``time.perf_counter``) with its counts, and log it."""
+        self.steps.append({"step": step, "seconds": round(time.perf_counter() - t0, 1), "reused": reused, **counts})
+        self.log(f"  {step}: {'reused' if reused else 'done'} in {self.steps[-1]['seconds']:.1f} s"
+                 + "".join(f", {k} {v}" for k, v in counts.items()))
+
+
+def _ingest(run: _Run, cfg: Mapping[str, Any], inputs: Mapping[str, Any], cube: Path, *, client: Any) -> None:
+    """The ingest step: new scenes onto the cube's tiles (those already in are skipped)."""
+    t0 = time.perf_counter()
+    s = ingest(inputs["archives"], cube, era5=inputs["era5"], ged=inputs["ged"], client=client,
+               progress=run.bar("ingest"), tile_px=cfg["tile_px"])
+    run.failed += [{"step": "ingest", "item": f["scene_id"], "reason": f.get("reason", "")} for f in s["failed"]]
+    run.done("ingest", t0, s["ingested"] == 0, ingested=s["ingested"], skipped=s["skipped"],
+             failed=len(s["failed"]), tiles=len(s["stores"]))
+
+
+def _retrieve(run: _Run, cube: Path, model: Path, lst: Path, *, client: Any, command: str) -> None:
+    """The retrieve step: the LST time steps that are missing."""
+    t0 = time.perf_counter()
+    s = retrieve(cube, model, lst, client=client, progress=run.bar("retrieve"), command=command)
+    run.failed += [{"step": "retrieve", "item": f"{Path(f['store']).name} {f['scene_id']}", "reason": f["reason"]}
+                   for f in s["failed"]]
+    run.done("retrieve", t0, s["retrieved"] == 0, steps=s["retrieved"], pixels=s["pixels"],
+             failed=len(s["failed"]))
 
 
 def _inputs(cfg: Mapping[str, Any], work: Path, client: Any, progress: Any) -> dict[str, Any]:
     """The pipeline's input paths: the configured ones, or those of the testbed (built once under ``work``)."""
     if "testbed" not in cfg:
         return {k: cfg[k] for k in ("archives", "era5", "ged", "insitu", "sites")} | {"reused": True}
-    from sftl_dask.testbed.build import build_testbed
-
     tb = work / "testbed"
     reused = (tb / "testbed.json").is_file()
     if reused:
@@ -250,16 +282,6 @@ def _model(cfg: Mapping[str, Any], work: Path, client: Any) -> tuple[Path, bool]
     """The model artifact: the configured one, else a split-window fitted on a simulation table (once)."""
     if cfg["model"] is not None:
         return Path(cfg["model"]), True
-    from sftl_dask.simulate import (
-        SW_COLUMNS,
-        SimulationConfig,
-        fit_split_window_on_simulation,
-        read_simulation_columns,
-        split_window_document,
-        write_simulation,
-    )
-    from sftl_dask.staging import staged_file
-
     sw = work / "split_window.json"
     if sw.is_file():
         return sw, True

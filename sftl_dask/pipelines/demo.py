@@ -2,7 +2,8 @@
 directions (one pre-training shared); retrieval of each region's LST by the model transferred to it; validation
 against the radiometers; monthly composites; a report (``report.md`` and a self-contained ``report.html``).
 
-Every product is keyed by what made it (:func:`sftl_dask.training.stages.cache_key`) and stamped only once
+Every product is keyed by what made it (:func:`sftl_dask.training.stages.cache_key`; the
+validation and composites are the shared steps of :mod:`sftl_dask.pipelines.steps`) and stamped only once
 complete, so a re-run into the same folder skips what is done and an interrupted run leaves nothing that looks
 complete: the training folders and validation are staged and renamed into place, the LST stores mark each time
 step complete only when all its chunks are written, and the report is written last, atomically.
@@ -14,16 +15,52 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pyproj import Transformer
 
 from sftl_dask import plotting
+from sftl_dask.api import open_lst
+from sftl_dask.io.cube import cube_stores, read_slots
+from sftl_dask.io.insitu import read_sites
+from sftl_dask.io.lst import QC_FLAGS
+from sftl_dask.io.tiles import zone_of_store
+from sftl_dask.pipelines.steps import composites_step, lst_key, validate_step
+from sftl_dask.report import demo_report
+from sftl_dask.retrieve import retrieve
 from sftl_dask.simulate import read_simulation_metadata
+from sftl_dask.staging import staged_dir
+from sftl_dask.training.stages import (
+    DIRECTIONS,
+    TrainConfig,
+    cache_key,
+    cached,
+    load_config,
+    prepare_data,
+    pretrain,
+    run_stages,
+    stamp,
+)
+from sftl_dask.version import __version__
 
 __all__ = ["run_demo"]
+
+
+class _Stages:
+    """The demo's stages as they complete: name, seconds, whether reused, and their scenes and pixels."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log, self.rows = log, []
+
+    def done(self, name: str, t0: float, skipped: bool, scenes: int = 0, pixels: int = 0) -> None:
+        """Record stage ``name`` begun at ``t0`` (``time.perf_counter``), and log it."""
+        s = {"stage": name, "seconds": round(time.perf_counter() - t0, 1), "skipped": skipped, "scenes": scenes,
+             "pixels": pixels}
+        self.rows.append(s)
+        self.log(f"  {name}: {'reused' if skipped else 'done'} in {s['seconds']:.1f} s")
 
 
 def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, client: Any,
@@ -54,44 +91,59 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
     ValueError
         A configuration without a testbed, or bad input met on the way (named).
     """
-    from sftl_dask.staging import staged_dir
-    from sftl_dask.training.stages import (
-        DIRECTIONS,
-        cache_key,
-        cached,
-        load_config,
-        prepare_data,
-        pretrain,
-        run_stages,
-        stamp,
-    )
-    from sftl_dask.version import __version__
-
     cfg = load_config(config)
     if cfg.data.get("testbed") is None:
         raise ValueError(f"{config}: the demo needs a data.testbed section (it retrieves the testbed's cube)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stages: list[dict[str, Any]] = []
-
-    def stage(name: str, t0: float, skipped: bool, scenes: int = 0, pixels: int = 0) -> None:
-        s = {"stage": name, "seconds": round(time.perf_counter() - t0, 1), "skipped": skipped, "scenes": scenes,
-             "pixels": pixels}
-        stages.append(s)
-        log(f"  {name}: {'reused' if skipped else 'done'} in {s['seconds']:.1f} s")
+    stages = _Stages(log)
 
     t0 = time.perf_counter()
     log(f"demo: data under {out / 'work'} (reused where made by the same configuration and version)")
     data = prepare_data(cfg, out / "work", client=client)
     cube = out / "work" / "cube"
     n_scenes, n_px = _cube_size(cube)
-    stage("simulation, split-window, testbed, ingest, matchups", t0, False, n_scenes, n_px)
+    stages.done("simulation, split-window, testbed, ingest, matchups", t0, False, n_scenes, n_px)
 
     # SFTL for both directions: one pre-training (stage 1 does not depend on the direction), the configuration's
     # model and strategy in both. The paper's best for Heihe -> Huailai is TrF + Head, but the TrF costs ~27x the
     # DNN per pixel on CPU, beyond a 15-minute demo on 2 cores; and with the DNN, Head transfers worse here than
     # Gradual (measured on the demo's testbed: 3.56 K against 2.90 K cross-site RMSE).
     directions = [cfg.direction, *[d for d in DIRECTIONS if d != cfg.direction]]
+    results = _train_directions(cfg, directions, data, out, threads=threads, log=log, stages=stages)
+
+    # each region's LST from the model transferred to it (the region without ground data of its own)
+    t0 = time.perf_counter()
+    lst_root = out / "lst"
+    by_region = _stores_by_region(cube, data["testbed"] / "sites.csv")
+    retrieved = _retrieve_regions(directions, by_region, out, lst_root, client=client)
+    stages.done("retrieve (LST of each region by the model transferred to it)", t0, retrieved["retrieved"] == 0,
+                retrieved["retrieved"], retrieved["pixels"])
+
+    # validation and composites, keyed by the LST they read
+    key = lst_key({d: out / d / "model" for d in directions}, lst_root)
+    t0 = time.perf_counter()
+    val = out / "validation"
+    skipped = validate_step(lst_root, data["testbed"] / "insitu", data["testbed"] / "sites.csv", val, key,
+                            client=client)
+    stages.done("validate against the radiometers", t0, skipped)
+    t0 = time.perf_counter()
+    comp = out / "composites"
+    regions = {zone_of_store(st.name[: -len(".zarr")]): r for r, sts in by_region.items() for st in sts}
+    stages.done("monthly composites", t0, composites_step(lst_root, comp, key, regions))
+
+    t0 = time.perf_counter()
+    figs = _maps(lst_root, by_region, out)
+    report, html = demo_report(data, results, out, stages=stages.rows, maps=figs, validation=val, composites=comp,
+                               lst_root=lst_root, simulation_meta=read_simulation_metadata(data["sim"]))
+    stages.done("report", t0, False)
+    return {"report": report, "html": html, "stages": stages.rows, "results": results}
+
+
+def _train_directions(cfg: TrainConfig, directions: Sequence[str], data: Mapping[str, Any], out: Path, *,
+                      threads: int | None, log: Callable[[str], None], stages: _Stages) -> dict[str, dict[str, Any]]:
+    """SFTL for each direction into ``out/<direction>`` (reused where made by the same configuration, data and
+    version), with one pre-training shared by all that are not; returns each direction's ``results.json``."""
     results: dict[str, dict[str, Any]] = {}
     pre = None
     for d in directions:
@@ -111,71 +163,36 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
                 (tmp / "results.json").write_text(json.dumps(res, indent=1, default=float))
             stamp(dout, key)
         results[d] = json.loads((dout / "results.json").read_text())
-        stage(f"SFTL training {d} ({src} -> {tgt})", t0, skipped)
+        stages.done(f"SFTL training {d} ({src} -> {tgt})", t0, skipped)
+    return results
 
-    # each region's LST from the model transferred to it (the region without ground data of its own)
-    t0 = time.perf_counter()
-    lst_root = out / "lst"
-    by_region = _stores_by_region(cube, data["testbed"] / "sites.csv")
-    retrieved = {"pixels": 0, "retrieved": 0, "skipped": 0, "failed": []}
-    from sftl_dask.retrieve import retrieve
 
+def _retrieve_regions(directions: Sequence[str], by_region: Mapping[str, list[Path]], out: Path, lst_root: Path, *,
+                      client: Any) -> dict[str, Any]:
+    """Each direction's target region retrieved by that direction's model into ``lst_root``; the summed counts.
+
+    Raises
+    ------
+    RuntimeError
+        If any time step failed (the first one is named with its reason).
+    """
+    retrieved: dict[str, Any] = {"pixels": 0, "retrieved": 0, "skipped": 0, "failed": []}
     for d in directions:
         tgt = DIRECTIONS[d][1]
         for store in by_region.get(tgt, []):
             s = retrieve(store, out / d / "model", lst_root / store.name, client=client, overwrite=True,
                          command=f"sftl demo ({d} model on {tgt})")
-            retrieved["pixels"] += s["pixels"]
-            retrieved["retrieved"] += s["retrieved"]
-            retrieved["skipped"] += s["skipped"]
-            retrieved["failed"] += s["failed"]
+            for k in ("pixels", "retrieved", "skipped", "failed"):
+                retrieved[k] += s[k]
     if retrieved["failed"]:
         f = retrieved["failed"][0]
         raise RuntimeError(f"retrieval failed for {len(retrieved['failed'])} time step(s), e.g. {f['store']} "
                            f"{f['scene_id']}: {f['reason']}")
-    stage("retrieve (LST of each region by the model transferred to it)", t0, retrieved["retrieved"] == 0,
-          retrieved["retrieved"], retrieved["pixels"])
-
-    # validation and composites, keyed by the LST they read
-    lst_key = cache_key({"models": {d: (out / d / "model" / "sha256").read_text() for d in directions},
-                         "steps": _lst_steps(lst_root), "version": __version__})
-    t0 = time.perf_counter()
-    val = out / "validation"
-    skipped = cached(val, lst_key)
-    if not skipped:
-        from sftl_dask.validate import validate
-
-        validate(lst_root, data["testbed"] / "insitu", data["testbed"] / "sites.csv", val, client=client,
-                 overwrite=True)
-        stamp(val, lst_key)
-    stage("validate against the radiometers", t0, skipped)
-
-    t0 = time.perf_counter()
-    comp = out / "composites"
-    skipped = cached(comp, lst_key)
-    if not skipped:
-        from sftl_dask.io.tiles import zone_of_store
-
-        with staged_dir(comp) as tmp:
-            write_monthly_composites(lst_root, tmp, {zone_of_store(st.name[: -len(".zarr")]): r
-                                        for r, sts in by_region.items() for st in sts})
-        stamp(comp, lst_key)
-    stage("monthly composites", t0, skipped)
-
-    t0 = time.perf_counter()
-    figs = _maps(lst_root, by_region, out)
-    from sftl_dask.report import demo_report
-
-    report, html = demo_report(data, results, out, stages=stages, maps=figs, validation=val, composites=comp,
-                               lst_root=lst_root, simulation_meta=read_simulation_metadata(data["sim"]))
-    stage("report", t0, False)
-    return {"report": report, "html": html, "stages": stages, "results": results}
+    return retrieved
 
 
 def _cube_size(cube: Path) -> tuple[int, int]:
     """Complete scenes and their pixels (time steps x grid pixels) in a cube root."""
-    from sftl_dask.io.cube import cube_stores, read_slots
-
     scenes = pixels = 0
     for store in cube_stores(cube).values():
         grid, slots = read_slots(store)
@@ -187,11 +204,6 @@ def _cube_size(cube: Path) -> tuple[int, int]:
 
 def _stores_by_region(cube: Path, sites_csv: Path) -> dict[str, list[Path]]:
     """The cube's tile stores by the region of the nearest site (within 100 km of the tile's centre)."""
-    from pyproj import Transformer
-
-    from sftl_dask.io.cube import cube_stores, read_slots
-    from sftl_dask.io.insitu import read_sites
-
     sites = read_sites(sites_csv)
     out: dict[str, list[Path]] = {}
     for store in cube_stores(cube).values():
@@ -205,48 +217,8 @@ def _stores_by_region(cube: Path, sites_csv: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _lst_steps(lst_root: Path) -> dict[str, int]:
-    """Complete time steps per LST store."""
-    from sftl_dask.io.cube import cube_stores, read_slots
-
-    return {name: sum(s["retrieve_ok"] for s in read_slots(store, "retrieve_ok")[1])
-            for name, store in cube_stores(lst_root).items()}
-
-
-def _crop_to_data(ds: Any) -> Any:
-    """The rectangle of a mosaic where any time step has an LST value (tiles reach far past a scene's edge:
-    the rest would only be reduced to NaN)."""
-    seen = ds["lst"].notnull().any("time").compute().values
-    if not seen.any():
-        return ds
-    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
-    out = ds.isel(y=slice(rows[0], rows[-1] + 1), x=slice(cols[0], cols[-1] + 1))
-    return out.rio.write_transform(out.rio.transform(recalc=True))  # the mosaic's transform was of the whole
-
-
-def write_monthly_composites(lst_root: Path, out: Path, regions: Mapping[str, str]) -> None:
-    """Monthly median composites of each zone's LST tiles (one mosaic): a CF NetCDF file and a figure of the
-    best-covered month. ``regions`` maps a zone (``50N``) to its region's name."""
-    from sftl_dask.api import open_lst
-    from sftl_dask.io.cube import cube_stores
-    from sftl_dask.io.tiles import zone_of_store
-
-    for zone in sorted({zone_of_store(n) for n in cube_stores(lst_root)}):
-        name = regions.get(zone, zone)
-        ds = _crop_to_data(open_lst(lst_root, zone=zone))
-        mc = ds.sftl.good().sftl.composite("MS", "median").compute()
-        mc.sftl.to_netcdf(out / f"{zone}_monthly.nc")
-        best = int(mc["count"].sum(("y", "x")).argmax("time").values)
-        plotting.composite_figure(mc, best, name,
-                                  out / (f"{name}_{zone}_monthly.png" if name != zone else f"{zone}_monthly.png"))
-
-
 def _maps(lst_root: Path, by_region: Mapping[str, list[Path]], out: Path) -> list[tuple[str, str]]:
     """Per region: the LST map of its best-covered scene beside its QC mask; (title, png relative to out)."""
-    from sftl_dask.api import open_lst
-    from sftl_dask.io.lst import QC_FLAGS
-    from sftl_dask.io.tiles import zone_of_store
-
     (out / "maps").mkdir(exist_ok=True)
     figs = []
     for region, stores in sorted(by_region.items()):

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
+from pyproj import Transformer
 
 from sftl_dask.physics.constants import STEFAN_BOLTZMANN
 from sftl_dask.physics.emissivity import broadband_emissivity
-from sftl_dask.testbed.world import LAND_COVERS, SITES, Landscape, RegionClimate, Site, _ar1
+from sftl_dask.testbed.scene import site_lst
+from sftl_dask.testbed.world import LAND_COVERS, SITES, Landscape, RegionClimate, Site, ar1
 
 __all__ = ["ERROR_BUDGET", "era5_fields", "ged_arrays", "insitu_series", "mean_state_emissivity"]
 
@@ -67,7 +69,7 @@ def era5_fields(clim: RegionClimate, times: NDArray[np.datetime64], seed: int,
     pattern = 1.0 + 0.05 * (glat - r.centre_lat) - 0.03 * (glon - r.centre_lon)
     n_t, n_cell = times.size, glat.size
     phi = np.exp(-1.0 / ERROR_BUDGET["era5_correlation_h"])
-    noise = np.stack([_ar1(rng, n_t, phi, ERROR_BUDGET["era5_random_fraction"]) for _ in range(n_cell)], axis=1)
+    noise = np.stack([ar1(rng, n_t, phi, ERROR_BUDGET["era5_random_fraction"]) for _ in range(n_cell)], axis=1)
     noise = noise.reshape(n_t, *glat.shape)
     tcwv = base[:, None, None] * pattern[None] * (1.0 + r.era5_wvc_bias) * np.exp(noise) * 10.0
     return tcwv.astype(np.float32), lats, lons
@@ -86,8 +88,6 @@ def ged_arrays(lsc: Landscape, lat0: int, lon0: int, seed: int, n: int = 1000) -
     Pixels inside the region grid take the landscape's mean state (block-averaged to ~120 m) plus the
     GED error; outside, a background with the region's mean emissivity.
     """
-    from pyproj import Transformer
-
     rng = np.random.default_rng([seed, 505, lat0 * 1000 + lon0])
     step = 1.0 / n
     lat = (lat0 + 1) - (np.arange(n) + 0.5) * step
@@ -157,8 +157,6 @@ def insitu_series(lsc: Landscape, clim: RegionClimate, site: Site, seed: int) ->
         2 bad), ``lst_footprint`` (K, the footprint truth) and ``lst_pixel`` (K, the 40 m pixel truth),
         ``broadband_emissivity`` (the stated, mean-state value).
     """
-    from sftl_dask.testbed.scene import site_lst
-
     rng = np.random.default_rng([seed, 606, SITES.index(site)])
     t = np.arange(np.datetime64("2021-01-01T00:00", "s"), np.datetime64("2024-01-01T00:00", "s"),
                   np.timedelta64(600, "s"))
@@ -172,7 +170,7 @@ def insitu_series(lsc: Landscape, clim: RegionClimate, site: Site, seed: int) ->
     contrast = 0.6 + 0.4 * np.clip(lst_px - t_air, 0.0, 25.0) / 10.0
     # structural, slowly varying (3 h correlation): it survives a +-15 min stability check, as in reality
     sigma = lc.rep_sigma_k * clim.region.footprint_heterogeneity
-    rep = offset + contrast * _ar1(rng, t.size, np.exp(-1.0 / 18.0), sigma)
+    rep = offset + contrast * ar1(rng, t.size, np.exp(-1.0 / 18.0), sigma)
     lst_fp = lst_px + rep
     # true broadband emissivity of the footprint on each day (vegetation and soil moisture change it)
     days = np.unique(t.astype("datetime64[D]")).astype("datetime64[s]")

@@ -13,10 +13,29 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import pandas as pd
+import rioxarray  # noqa: F401  (registers .rio)
+import xarray as xr
+from affine import Affine
+from pyproj import Transformer
 
-from sftl_dask.physics.channels import THERMAL_NAMES
+from sftl_dask.cluster import run_tasks
+from sftl_dask.physics.channels import THERMAL_NAMES, reflective_bands
+from sftl_dask.physics.solar import earth_sun_distance_au
+from sftl_dask.staging import staged_dir
+from sftl_dask.testbed.ancillary import ERROR_BUDGET, era5_fields, ged_arrays, insitu_series
+from sftl_dask.testbed.formats import (
+    vimi_product_name,
+    write_era5_tcwv,
+    write_ged_tile,
+    write_insitu_csv,
+    write_sites_csv,
+    write_vimi_archive,
+)
+from sftl_dask.testbed.lowtran_world import lowtran_world_table
+from sftl_dask.testbed.scene import INSTRUMENT, LAUNCH, SATELLITE_ALTITUDE_KM, SceneSpec, synthesize_scene
 from sftl_dask.testbed.world import (
     LAND_COVERS,
     REGIONS,
@@ -46,8 +65,6 @@ def scene_schedule(region: str, n: int, seed: int, *, shifted: float = 0.15, max
     A share ``shifted`` of the scenes only partly covers the region grid: their footprint is moved by 64 to
     ``max_shift`` px along each axis (either sign), so they reach past the grid and across tile edges.
     """
-    from sftl_dask.testbed.scene import LAUNCH, SceneSpec
-
     r = REGIONS[region]
     ri = list(REGIONS).index(region)
     rng = np.random.default_rng([seed, 707, ri])
@@ -77,10 +94,6 @@ def scene_schedule(region: str, n: int, seed: int, *, shifted: float = 0.15, max
 
 
 def _xml_meta(truth: Any, lsc: Landscape, shift: tuple[int, int]) -> dict[str, Any]:
-    from sftl_dask.physics.channels import reflective_bands
-    from sftl_dask.physics.solar import earth_sun_distance_au
-    from sftl_dask.testbed.scene import INSTRUMENT, SATELLITE_ALTITUDE_KM
-
     spec = truth.spec
     lon, lat = _corner_lonlat(lsc, shift)
     t = spec.time_utc
@@ -117,8 +130,6 @@ def _xml_meta(truth: Any, lsc: Landscape, shift: tuple[int, int]) -> dict[str, A
 
 
 def _corner_lonlat(lsc: Landscape, shift: tuple[int, int]) -> tuple[list[float], list[float]]:
-    from pyproj import Transformer
-
     a, _, c, _, e, f = lsc.transform
     h, w = lsc.shape
     x0, y0 = c + shift[1] * a, f + shift[0] * e
@@ -151,11 +162,6 @@ def _covered(shape: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
 
 def _scene_task(item: dict[str, Any], lsc: Landscape, clim: RegionClimate, tmp: str, t_index: int) -> dict[str, Any]:
     """Synthesize one scene, write its archive and its truth slice; return a small record."""
-    from affine import Affine
-
-    from sftl_dask.testbed.formats import vimi_product_name, write_vimi_archive
-    from sftl_dask.testbed.scene import synthesize_scene
-
     spec, shift = item["spec"], item["shift_px"]
     truth = synthesize_scene(spec, lsc, clim)
     lon_c, lat_c = (float(v) for v in np.mean(_corner_lonlat(lsc, shift), axis=1))
@@ -173,8 +179,6 @@ def _scene_task(item: dict[str, Any], lsc: Landscape, clim: RegionClimate, tmp: 
     for ci, name in enumerate(THERMAL_NAMES):
         data[name] = truth.bt_sensor[ci]
         data[name.replace("bt_", "emis_")] = truth.emis[ci]
-    import xarray as xr
-
     ds = xr.Dataset({k: (("time", "y", "x"), np.where(cov, v, np.nan)[None].astype(np.float32))
                      for k, v in data.items()})
     ds.to_zarr(Path(tmp) / "truth" / f"{spec.region}.zarr", region={"time": slice(t_index, t_index + 1),
@@ -190,10 +194,6 @@ def _scene_task(item: dict[str, Any], lsc: Landscape, clim: RegionClimate, tmp: 
 
 
 def _create_truth_store(path: Path, lsc: Landscape, times: list[np.datetime64]) -> None:
-    import dask.array as da
-    import rioxarray  # noqa: F401  (registers .rio)
-    import xarray as xr
-
     h, w = lsc.shape
     coords = {"time": np.array(times, dtype="datetime64[ns]"), "y": lsc.y, "x": lsc.x}
     ds = xr.Dataset(
@@ -211,9 +211,6 @@ def _create_truth_store(path: Path, lsc: Landscape, times: list[np.datetime64]) 
 
 
 def _insitu_task(site_index: int, lsc: Landscape, clim: RegionClimate, tmp: str, seed: int) -> dict[str, Any]:
-    from sftl_dask.testbed.ancillary import insitu_series
-    from sftl_dask.testbed.formats import write_insitu_csv
-
     site = SITES[site_index]
     s = insitu_series(lsc, clim, site, seed)
     meta = {**site.__dict__, "sensor_id": f"{site.instrument}-{1000 + site_index}",
@@ -225,9 +222,6 @@ def _insitu_task(site_index: int, lsc: Landscape, clim: RegionClimate, tmp: str,
 
 
 def _era5_task(region: str, month: str, clim: RegionClimate, tmp: str, seed: int) -> str:
-    from sftl_dask.testbed.ancillary import era5_fields
-    from sftl_dask.testbed.formats import write_era5_tcwv
-
     start = np.datetime64(month, "M").astype("datetime64[s]")
     end = (np.datetime64(month, "M") + 1).astype("datetime64[s]")
     times = np.arange(start, end, np.timedelta64(3600, "s"))
@@ -239,9 +233,6 @@ def _era5_task(region: str, month: str, clim: RegionClimate, tmp: str, seed: int
 
 
 def _ged_task(region: str, lat0: int, lon0: int, lsc: Landscape, tmp: str, seed: int) -> str:
-    from sftl_dask.testbed.ancillary import ged_arrays
-    from sftl_dask.testbed.formats import write_ged_tile
-
     g = ged_arrays(lsc, lat0, lon0, seed)
     return write_ged_tile(Path(tmp) / "ged", lat0 + 1, lon0, g["emis_mean"], g["emis_sdev"], g["ndvi_mean"],
                           g["ndvi_sdev"], g["land_water"], g["lat"], g["lon"], g["elevation_m"]).name
@@ -296,18 +287,9 @@ def build_testbed(
         On a bad ``scenes`` / ``size``.
     """
     out = Path(out)
-    if scenes < 1:
-        raise ValueError(f"scenes must be >= 1, got {scenes}")
-    if size < 64:
-        raise ValueError(f"size must be >= 64 px, got {size}")
-    if not 0 <= shifted <= 1:
-        raise ValueError(f"shifted must be a share between 0 and 1, got {shifted}")
-    if not 64 < max_shift < size:
-        raise ValueError(f"max_shift must lie between 64 and the grid size ({size} px), got {max_shift}")
+    _check_layout(scenes, size, shifted, max_shift)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty (use overwrite)")
-    from sftl_dask.staging import staged_dir
-
     with staged_dir(out) as tmp:
         for sub in ("archives", "era5", "ged", "insitu", "truth"):
             (tmp / sub).mkdir(parents=True)
@@ -319,45 +301,11 @@ def build_testbed(
         for name, sched in schedules.items():
             _create_truth_store(tmp / "truth" / f"{name}.zarr", worlds[name][0],
                                 [it["spec"].time_utc for it in sched])
-
-        jobs: list[tuple[Callable[..., Any], tuple[Any, ...], str]] = []
-        for name, sched in schedules.items():
-            lsc, clim = worlds[name]
-            for i, item in enumerate(sched):
-                jobs.append((_scene_task, (item, lsc, clim, str(tmp), i), "scene"))
-        for si, site in enumerate(SITES):
-            lsc, clim = worlds[site.region]
-            jobs.append((_insitu_task, (si, lsc, clim, str(tmp), seed), "site"))
-        for name, sched in schedules.items():
-            lsc, clim = worlds[name]
-            months = sorted({str(it["spec"].time_utc.astype("datetime64[M]")) for it in sched})
-            for m in months:
-                jobs.append((_era5_task, (name, m, clim, str(tmp), seed), "era5"))
-            lon, lat = lsc.lonlat()
-            for lat0 in range(int(np.floor(lat.min())), int(np.floor(lat.max())) + 1):
-                for lon0 in range(int(np.floor(lon.min())), int(np.floor(lon.max())) + 1):
-                    jobs.append((_ged_task, (name, lat0, lon0, lsc, str(tmp), seed), "ged"))
-
+        jobs = _jobs(worlds, schedules, tmp, seed)
         results = _run(jobs, client, progress)
         scene_rows = [r for r, (_, _, kind) in zip(results, jobs, strict=True) if kind == "scene"]
         site_rows = [r for r, (_, _, kind) in zip(results, jobs, strict=True) if kind == "site"]
-
-        table = sites_table()
-        eb = {r["site"]: r["broadband_emissivity"] for r in site_rows}
-        table["broadband_emissivity"] = table["id"].map(eb)
-        from sftl_dask.testbed.formats import write_sites_csv
-
-        write_sites_csv(tmp / "sites.csv", table.to_dict("records"))
-        flat = [{k: v for k, v in r.items() if k not in ("site_lst", "site_cloud")} for r in scene_rows]
-        pd.DataFrame(flat).to_csv(tmp / "truth" / "scenes.csv", index=False)
-        site_truth = [{"scene_id": r["scene_id"], "region": r["region"], "time_utc": r["time_utc"], "site": s,
-                       "lst_pixel_k": v, "cloud": r["site_cloud"][s]}
-                      for r in scene_rows for s, v in r["site_lst"].items()]
-        pd.DataFrame(site_truth).to_csv(tmp / "truth" / "site_overpass_truth.csv", index=False)
-        from sftl_dask.testbed.ancillary import ERROR_BUDGET
-        from sftl_dask.testbed.lowtran_world import lowtran_world_table
-        from sftl_dask.testbed.scene import INSTRUMENT
-
+        table = _write_tables(tmp, scene_rows, site_rows)
         summary = {
             "sftl_dask_version": __version__, "seed": seed, "size_px": size, "pixel_m": 40.0,
             "scenes_per_region": scenes, "n_archives": len(scene_rows),
@@ -374,10 +322,59 @@ def build_testbed(
     return summary
 
 
+def _check_layout(scenes: int, size: int, shifted: float, max_shift: int) -> None:
+    """Refuse a bad number of scenes, grid size (px), shifted share or largest shift (px): ``ValueError``."""
+    if scenes < 1:
+        raise ValueError(f"scenes must be >= 1, got {scenes}")
+    if size < 64:
+        raise ValueError(f"size must be >= 64 px, got {size}")
+    if not 0 <= shifted <= 1:
+        raise ValueError(f"shifted must be a share between 0 and 1, got {shifted}")
+    if not 64 < max_shift < size:
+        raise ValueError(f"max_shift must lie between 64 and the grid size ({size} px), got {max_shift}")
+
+
+def _jobs(worlds: dict[str, tuple[Landscape, RegionClimate]], schedules: dict[str, list[dict[str, Any]]],
+          tmp: Path, seed: int) -> list[tuple[Callable[..., Any], tuple[Any, ...], str]]:
+    """The testbed's tasks, in order: (function, arguments, kind) for each scene, site, ERA5 month and GED tile."""
+    jobs: list[tuple[Callable[..., Any], tuple[Any, ...], str]] = []
+    for name, sched in schedules.items():
+        lsc, clim = worlds[name]
+        for i, item in enumerate(sched):
+            jobs.append((_scene_task, (item, lsc, clim, str(tmp), i), "scene"))
+    for si, site in enumerate(SITES):
+        lsc, clim = worlds[site.region]
+        jobs.append((_insitu_task, (si, lsc, clim, str(tmp), seed), "site"))
+    for name, sched in schedules.items():
+        lsc, clim = worlds[name]
+        months = sorted({str(it["spec"].time_utc.astype("datetime64[M]")) for it in sched})
+        for m in months:
+            jobs.append((_era5_task, (name, m, clim, str(tmp), seed), "era5"))
+        lon, lat = lsc.lonlat()
+        for lat0 in range(int(np.floor(lat.min())), int(np.floor(lat.max())) + 1):
+            for lon0 in range(int(np.floor(lon.min())), int(np.floor(lon.max())) + 1):
+                jobs.append((_ged_task, (name, lat0, lon0, lsc, str(tmp), seed), "ged"))
+    return jobs
+
+
+def _write_tables(tmp: Path, scene_rows: list[dict[str, Any]], site_rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Write ``sites.csv`` (with each site's stated broadband emissivity), ``truth/scenes.csv`` and
+    ``truth/site_overpass_truth.csv``; returns the site table."""
+    table = sites_table()
+    eb = {r["site"]: r["broadband_emissivity"] for r in site_rows}
+    table["broadband_emissivity"] = table["id"].map(eb)
+    write_sites_csv(tmp / "sites.csv", table.to_dict("records"))
+    flat = [{k: v for k, v in r.items() if k not in ("site_lst", "site_cloud")} for r in scene_rows]
+    pd.DataFrame(flat).to_csv(tmp / "truth" / "scenes.csv", index=False)
+    site_truth = [{"scene_id": r["scene_id"], "region": r["region"], "time_utc": r["time_utc"], "site": s,
+                   "lst_pixel_k": v, "cloud": r["site_cloud"][s]}
+                  for r in scene_rows for s, v in r["site_lst"].items()]
+    pd.DataFrame(site_truth).to_csv(tmp / "truth" / "site_overpass_truth.csv", index=False)
+    return table
+
+
 def _run(jobs: list[tuple[Callable[..., Any], tuple[Any, ...], str]], client: Any,
          progress: Callable[[int, int], None] | None) -> list[Any]:
     """Run jobs through the one task runner; landscapes and climates go to each worker once."""
-    from sftl_dask.cluster import run_tasks
-
     return run_tasks([(fn, args) for fn, args, _ in jobs], client, progress=progress,
                      broadcast=(Landscape, RegionClimate))

@@ -24,7 +24,7 @@ import re
 import tarfile
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
 from functools import lru_cache
 from importlib import resources
@@ -39,6 +39,9 @@ import xarray as xr
 from affine import Affine
 from numpy.typing import ArrayLike, NDArray
 from rasterio.crs import CRS
+from rasterio.errors import CRSError
+
+from sftl_dask.staging import staged_file
 
 __all__ = [
     "SITE_COLUMNS",
@@ -75,8 +78,6 @@ def _vimi_format() -> dict[str, Any]:
 
 def _atomic(final: Path) -> contextlib.AbstractContextManager[Path]:
     """A hidden temporary path beside ``final`` that replaces it on success (the package's one atomic writer)."""
-    from sftl_dask.staging import staged_file
-
     return staged_file(final, replace=True)
 
 
@@ -338,6 +339,44 @@ def write_vimi_archive(
     fmt = _vimi_format()
     if not isinstance(stem, str) or not re.match(fmt["archive"]["stem_regex"], stem):
         raise ValueError(f"stem {stem!r} does not match the product naming {fmt['archive']['stem_regex']}")
+    vnir, tir = _vimi_dn(dn_b1_b6, dn_b7_b12)
+    values = _xml_values(meta, stem)
+    dn_max = 2 ** int(values["DNBits"]) - 1
+    for name, arr in (("dn_b1_b6", vnir), ("dn_b7_b12", tir)):
+        if int(arr.max()) > dn_max:
+            raise ValueError(f"{name} holds DN {int(arr.max())} above {dn_max} (DNBits {values['DNBits']})")
+    nodata = _integer(nodata, "nodata", 0, dn_max)
+    crs_obj = _north_up_georeference(crs, transform)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / f"{stem}.tar"
+    members, bands = _vimi_members(fmt, stem)
+    normalise = _tar_member_normaliser(int(pd.Timestamp(values["CenterTime"]).timestamp()))
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".{stem}.") as work:
+        w = Path(work)
+        _write_geotiff(w / members["B1_B6"], vnir, crs_obj, transform @ Affine.scale(0.5), nodata, bands["B1_B6"])
+        _write_geotiff(w / members["B7_B12"], tir, crs_obj, transform, nodata, bands["B7_B12"])
+        _write_xml(w / members["metadata"], values)
+        with _atomic(final) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for member in members.values():
+                tar.add(w / member, arcname=member, recursive=False, filter=normalise)
+    return final
+
+
+def _vimi_members(fmt: Mapping[str, Any], stem: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The archive's member names (``B1_B6``, ``B7_B12``, ``metadata``) and the band names of each GeoTIFF."""
+    members = {
+        "B1_B6": fmt["file_types"]["B1_B6"]["member"].format(stem=stem, ext=".tif"),
+        "B7_B12": fmt["file_types"]["B7_B12"]["member"].format(stem=stem, ext=".tif"),
+        "metadata": fmt["file_types"]["metadata"]["member"].format(stem=stem, ext=".xml"),
+    }
+    bands = {ft: [b["name"] for b in fmt["bands"] if b["file_type"] == ft] for ft in ("B1_B6", "B7_B12")}
+    return members, bands
+
+
+def _vimi_dn(dn_b1_b6: NDArray[np.uint16], dn_b7_b12: NDArray[np.uint16]) -> tuple[NDArray, NDArray]:
+    """The two DN stacks, checked: 6 bands each, uint16, not empty, the 20 m grid twice the 40 m one."""
     tir = _array(dn_b7_b12, "dn_b7_b12", ndim=3, kind="u", shape=(6, None, None))
     height, width = tir.shape[1:]
     vnir = _array(dn_b1_b6, "dn_b1_b6", ndim=3, kind="u", shape=(6, 2 * height, 2 * width))
@@ -346,48 +385,32 @@ def write_vimi_archive(
             raise ValueError(f"{name} must be uint16 DN, got {arr.dtype}")
         if arr.size == 0:
             raise ValueError(f"{name} is empty")
-    values = _xml_values(meta, stem)
-    dn_max = 2 ** int(values["DNBits"]) - 1
-    for name, arr in (("dn_b1_b6", vnir), ("dn_b7_b12", tir)):
-        if int(arr.max()) > dn_max:
-            raise ValueError(f"{name} holds DN {int(arr.max())} above {dn_max} (DNBits {values['DNBits']})")
-    nodata = _integer(nodata, "nodata", 0, dn_max)
+    return vnir, tir
+
+
+def _north_up_georeference(crs: str | CRS, transform: Affine) -> CRS:
+    """The CRS of ``crs``, with ``transform`` checked to be a north-up affine without rotation (``ValueError``)."""
     try:
         crs_obj = CRS.from_user_input(crs)
-    except Exception as exc:  # rasterio raises CRSError (not a ValueError) on unknown input
+    except CRSError as exc:  # rasterio raises CRSError (not a ValueError) on unknown input
         raise ValueError(f"crs {crs!r} is not a usable CRS: {exc}") from None
     if not isinstance(transform, Affine):
         raise ValueError(f"transform must be an affine.Affine, got {type(transform).__name__}")
     if transform.b != 0 or transform.d != 0 or not transform.a > 0 or not transform.e < 0:
         raise ValueError(f"transform must be north-up without rotation (a > 0, e < 0, b = d = 0), got {transform!r}")
+    return crs_obj
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    final = out / f"{stem}.tar"
-    members = {
-        "B1_B6": fmt["file_types"]["B1_B6"]["member"].format(stem=stem, ext=".tif"),
-        "B7_B12": fmt["file_types"]["B7_B12"]["member"].format(stem=stem, ext=".tif"),
-        "metadata": fmt["file_types"]["metadata"]["member"].format(stem=stem, ext=".xml"),
-    }
-    bands = {ft: [b["name"] for b in fmt["bands"] if b["file_type"] == ft] for ft in ("B1_B6", "B7_B12")}
-    mtime = int(pd.Timestamp(values["CenterTime"]).timestamp())  # deterministic member times
 
-    def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+def _tar_member_normaliser(mtime: int) -> Callable[[tarfile.TarInfo], tarfile.TarInfo]:
+    """A ``tarfile`` filter giving every member the same owner, mode and time (s): archives are deterministic."""
+    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
         info.uname = info.gname = ""
         info.mode = 0o644
         info.mtime = mtime
         return info
 
-    with tempfile.TemporaryDirectory(dir=out, prefix=f".{stem}.") as work:
-        w = Path(work)
-        _write_geotiff(w / members["B1_B6"], vnir, crs_obj, transform @ Affine.scale(0.5), nodata, bands["B1_B6"])
-        _write_geotiff(w / members["B7_B12"], tir, crs_obj, transform, nodata, bands["B7_B12"])
-        _write_xml(w / members["metadata"], values)
-        with _atomic(final) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for member in members.values():
-                tar.add(w / member, arcname=member, recursive=False, filter=_normalise)
-    return final
+    return normalise
 
 
 # --------------------------------------------------------------------------------------------- ERA5 (CDS NetCDF)
@@ -639,6 +662,15 @@ def write_ged_tile(
     ns = _array(ndvi_sdev, "ndvi_sdev", ndim=2, kind="fiu", shape=(n_y, n_x))
     lw = _array(land_water, "land_water", ndim=2, kind="iub", shape=(n_y, n_x))
     el = _array(elevation_m, "elevation_m", ndim=2, kind="fiu", shape=(n_y, n_x))
+    _check_ged_extent(lat_a, lon_a, lw, lat0, lon0)
+    stored = _ged_scaled(em, es, nm, ns, el)
+    final = Path(path_dir) / name
+    _write_ged_h5(final, stored, lat_a, lon_a, lw)
+    return final
+
+
+def _check_ged_extent(lat_a: NDArray, lon_a: NDArray, lw: NDArray, lat0: int, lon0: int) -> None:
+    """Refuse geolocation (deg) outside the tile named by its NW corner, or land/water codes outside 0-255."""
     tol = 1e-9
     if not np.all(np.isfinite(lat_a)) or lat_a.min() < lat0 - 1 - tol or lat_a.max() > lat0 + tol:
         raise ValueError(f"lat must be finite and within the tile [{lat0 - 1}, {lat0}] (named by its NW corner)")
@@ -646,7 +678,12 @@ def write_ged_tile(
         raise ValueError(f"lon must be finite and within the tile [{lon0}, {lon0 + 1}] (named by its NW corner)")
     if lw.size and (lw.min() < 0 or lw.max() > 255):
         raise ValueError("land_water must hold codes 0-255")
-    stored = {
+
+
+def _ged_scaled(em: NDArray, es: NDArray, nm: NDArray, ns: NDArray,
+                el: NDArray) -> dict[tuple[str, str], tuple[NDArray, float, str, str]]:
+    """The tile's scaled int16 datasets: (group, name) -> (data, scale, units, long name)."""
+    return {
         ("Emissivity", "Mean"): (_scaled_int16(em, 0.001, "emis_mean"), 0.001, "1",
                                  "mean emissivity, ASTER bands 10-14"),
         ("Emissivity", "SDev"): (_scaled_int16(es, 0.001, "emis_sdev"), 0.001, "1",
@@ -655,7 +692,12 @@ def write_ged_tile(
         ("NDVI", "SDev"): (_scaled_int16(ns, 0.01, "ndvi_sdev"), 0.01, "1", "standard deviation of NDVI"),
         ("ASTER GDEM", "ASTGDEM"): (_scaled_int16(el, 1.0, "elevation_m"), 1.0, "m", "ASTER GDEM elevation"),
     }
-    final = Path(path_dir) / name
+
+
+def _write_ged_h5(final: Path, stored: Mapping[tuple[str, str], tuple[NDArray, float, str, str]],
+                  lat_a: NDArray, lon_a: NDArray, lw: NDArray) -> None:
+    """Write a GED tile's HDF5 file atomically: the scaled datasets ``stored`` ((group, name) -> (int16 data,
+    scale, units, long name)), the geolocation (deg) and the land/water map."""
     comp = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
     with _atomic(final) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs["history"] = "written by sftl_dask.testbed.formats in the layout of ASTER GED v3 (AG100)"
@@ -672,7 +714,6 @@ def write_ged_tile(
             ds.attrs.update({"units": units, "long_name": f"pixel-centre {ds_name.lower()}"})
         ds = h5.require_group("Land Water Map").create_dataset("LWmap", data=lw.astype(np.uint8), **comp)
         ds.attrs.update({"units": "1", "long_name": "land water map"})
-    return final
 
 
 # --------------------------------------------------------------------------------------------- in situ
@@ -689,6 +730,21 @@ def _site_value(site: Mapping[str, Any], key: str, where: str) -> Any:
     if key == "broadband_emissivity":
         return _finite(value, f"{where}[{key!r}]", 0.5, 1.0)
     return _text(value, f"{where}[{key!r}]")
+
+
+def _insitu_radiation(lw_up_w_m2: ArrayLike, lw_down_w_m2: ArrayLike, flags: ArrayLike,
+                      n: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray]:
+    """The ``n`` rows of upwelling and downwelling longwave (W m-2) and their flags, checked (``ValueError``)."""
+    up = _array(lw_up_w_m2, "lw_up_w_m2", ndim=1, kind="fiu", shape=(n,)).astype(np.float64)
+    down = _array(lw_down_w_m2, "lw_down_w_m2", ndim=1, kind="fiu", shape=(n,)).astype(np.float64)
+    qc = _array(flags, "flags", ndim=1, kind="iu", shape=(n,))
+    if not np.isin(qc, (0, 1, 2)).all():
+        raise ValueError("flags must be 0 (good), 1 (suspect) or 2 (bad)")
+    for name, arr in (("lw_up_w_m2", up), ("lw_down_w_m2", down)):
+        # rows flagged bad may hold what loggers write there (-999, 0, spikes); others must be physical
+        if np.isinf(arr).any() or np.any((arr < 0) & (qc != 2)):
+            raise ValueError(f"{name} must be finite and >= 0 W m-2, or NaN (gap); negative only on rows flagged 2")
+    return up, down, qc
 
 
 def write_insitu_csv(
@@ -745,15 +801,7 @@ def write_insitu_csv(
     header = {k: _site_value(site, k, "site") for k in _INSITU_SITE_KEYS}
     t = _times(times_beijing, "times_beijing")
     n = t.size
-    up = _array(lw_up_w_m2, "lw_up_w_m2", ndim=1, kind="fiu", shape=(n,)).astype(np.float64)
-    down = _array(lw_down_w_m2, "lw_down_w_m2", ndim=1, kind="fiu", shape=(n,)).astype(np.float64)
-    qc = _array(flags, "flags", ndim=1, kind="iu", shape=(n,))
-    if not np.isin(qc, (0, 1, 2)).all():
-        raise ValueError("flags must be 0 (good), 1 (suspect) or 2 (bad)")
-    for name, arr in (("lw_up_w_m2", up), ("lw_down_w_m2", down)):
-        # rows flagged bad may hold what loggers write there (-999, 0, spikes); others must be physical
-        if np.isinf(arr).any() or np.any((arr < 0) & (qc != 2)):
-            raise ValueError(f"{name} must be finite and >= 0 W m-2, or NaN (gap); negative only on rows flagged 2")
+    up, down, qc = _insitu_radiation(lw_up_w_m2, lw_down_w_m2, flags, n)
     if np.any(t != t.astype("datetime64[s]")):
         raise ValueError("times_beijing must be whole seconds")
     if sensor_ids is None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pyproj import Transformer
+from scipy.ndimage import binary_dilation
 
 from sftl_dask.physics.atmosphere import AtmosphereProfile
 from sftl_dask.physics.channels import THERMAL_NAMES, Channel, thermal_channels
@@ -23,7 +25,7 @@ from sftl_dask.physics.planck import BandPlanck, band_planck
 from sftl_dask.physics.profiles import ProfileClimate, generate_profiles
 from sftl_dask.physics.solar import earth_sun_distance_au, solar_position
 from sftl_dask.testbed.lowtran_world import lowtran_world_table
-from sftl_dask.testbed.world import LAND_COVERS, Landscape, RegionClimate, _smooth_field
+from sftl_dask.testbed.world import LAND_COVERS, Landscape, RegionClimate, smooth_field
 
 __all__ = ["INSTRUMENT", "SceneSpec", "SceneTruth", "site_lst", "synthesize_scene"]
 
@@ -136,8 +138,6 @@ def site_lst(lsc: Landscape, clim: RegionClimate, row: int, col: int, time_utc: 
 
 
 def _pixel_lonlat(lsc: Landscape, row: int, col: int) -> tuple[float, float]:
-    from pyproj import Transformer
-
     tr = Transformer.from_crs(lsc.crs, "EPSG:4326", always_xy=True)
     lon, lat = tr.transform(lsc.x[col], lsc.y[row])
     return float(lon), float(lat)
@@ -183,6 +183,9 @@ def _trilinear(values: NDArray, axes: tuple[NDArray, ...], points: tuple[NDArray
 def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> SceneTruth:
     """Build the truth and the sensor data of one scene.
 
+    The steps draw from one generator, seeded by the scene, in a fixed order (surface texture, cloud
+    temperature, cloud pattern, thermal noise, reflective noise): the same seed writes the same scene.
+
     Parameters
     ----------
     spec : SceneSpec
@@ -204,7 +207,37 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
     sza_lag, _ = solar_position(t - np.timedelta64(3600, "s"), lat_c, lon_c)
     sza, saa, sza_lag = float(sza), float(saa), float(sza_lag)
 
-    # Surface state.
+    ndvi, emis, t_air, lst = _surface(lsc, clim, t, sza, sza_lag, rng)
+    # View geometry: the scene is a window of the 60 km swath, across-track = columns.
+    x_km = (np.arange(w) - (w - 1) / 2) * 0.04 + spec.nadir_offset_km
+    vza_row = np.rad2deg(np.arctan(np.abs(x_km) / SATELLITE_ALTITUDE_KM))
+    vza = np.broadcast_to(vza_row[None, :], lsc.shape).astype(np.float32)
+    prof, (tau_px, lup_px, ldn_px), wvc = _atmosphere(spec, lsc, clim, vza_row, vza)
+
+    # Top-of-atmosphere radiance, clear and cloudy.
+    planck = band_planck()
+    l_toa = np.stack([
+        tau_px[c] * (emis[c] * planck[c].radiance(lst) + (1 - emis[c]) * ldn_px[c]) + lup_px[c] for c in range(4)
+    ])
+    cloud_core, cloud, frac, t_cloud = _clouds(spec, lsc, t_air, planck, l_toa, rng)
+    bt_sensor, dn_tir, gains, offsets = _thermal_instrument(t, lsc, planck, l_toa, rng)
+    dn_vnir, dn_mwir, vg, vo = _reflective_bands(t, lsc, ndvi, sza, frac, lst, t_cloud, rng)
+    dn_b7_b12 = np.concatenate([dn_mwir, dn_tir]).astype(np.uint16)
+
+    site_truth = {sid: float(lst[r, c]) for sid, (r, c) in lsc.site_pixels.items()}
+    return SceneTruth(
+        spec=spec, lst=lst, emis=emis, ndvi=ndvi, wvc=wvc, vza=vza, cloud=cloud, cloud_core=cloud_core,
+        cloud_cover=np.asarray(frac, dtype=np.float32) * np.ones(lsc.shape, dtype=np.float32),
+        bt_sensor=bt_sensor, dn_b1_b6=dn_vnir.astype(np.uint16), dn_b7_b12=dn_b7_b12,
+        gains=tuple(vg[:8]) + gains, offsets=tuple(vo[:8]) + offsets, solar_zenith=sza, solar_azimuth=saa,
+        t_air_k=float(np.mean(t_air)), wvc_scene=float(prof.total_column_water()), site_truth=site_truth,
+    )
+
+
+def _surface(lsc: Landscape, clim: RegionClimate, t: np.datetime64, sza: float, sza_lag: float,
+             rng: np.random.Generator) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+    """The surface state at ``t``: NDVI, band emissivities, air temperature (K) and LST (K, float32)."""
+    h, w = lsc.shape
     ndvi = lsc.ndvi(t)
     fv = lsc.vegetation_fraction(ndvi)
     moisture = float(clim.day_value("moisture", t[None])[0])
@@ -213,20 +246,22 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
     dry = float(clim.day_value("dryness", t[None])[0])
     heat = _heating(lsc, np.s_[:, :], fv, np.cos(np.deg2rad(sza_lag)), np.cos(np.deg2rad(sza)), dry)
     # Scene-specific texture, held to zero at the sites so the site model is the pixel truth.
-    tex = 0.7 * _smooth_field(rng, lsc.shape, 3.0)
+    tex = 0.7 * smooth_field(rng, lsc.shape, 3.0)
     rr, cc = np.mgrid[0:h, 0:w]
     for r0, c0 in lsc.site_pixels.values():
         tex *= 1.0 - np.exp(-((rr - r0) ** 2 + (cc - c0) ** 2) / (2 * 2.0**2))
     lst = (t_air + heat + lsc.lst_texture + tex).astype(np.float32)
+    return ndvi, emis, t_air, lst
 
-    # View geometry: the scene is a window of the 60 km swath, across-track = columns.
-    x_km = (np.arange(w) - (w - 1) / 2) * 0.04 + spec.nadir_offset_km
-    vza_row = np.rad2deg(np.arctan(np.abs(x_km) / SATELLITE_ALTITUDE_KM))
-    vza = np.broadcast_to(vza_row[None, :], lsc.shape).astype(np.float32)
 
-    # Atmosphere: one profile at the lowest surface gives the air temperature and water column at each
-    # elevation node; the terms come from LOWTRAN7 (the shipped table of library profiles), not from the
-    # band model that makes the simulation table, on a small (elevation, water, angle) grid.
+def _atmosphere(spec: SceneSpec, lsc: Landscape, clim: RegionClimate, vza_row: NDArray,
+                vza: NDArray) -> tuple[AtmosphereProfile, tuple[NDArray, NDArray, NDArray], NDArray]:
+    """The scene's profile, and per pixel its transmittance, upwelling and downwelling radiance and water column.
+
+    One profile at the lowest surface gives the air temperature and water column at each elevation node; the
+    terms come from LOWTRAN7 (the shipped table of library profiles), not from the band model that makes the
+    simulation table, on a small (elevation, water, angle) grid.
+    """
     z = lsc.elevation_m / 1000.0
     z_nodes = np.linspace(float(z.min()), float(z.max()) + 1e-3, 3)
     w_nodes = np.array([0.85, 1.0, 1.15])
@@ -247,28 +282,33 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
     axes = (z_nodes, w_nodes, v_nodes)
     tau_px, lup_px, ldn_px = (_trilinear(a, axes, pts) for a in (tau, lup, ldn))
     wvc = _trilinear(wcol, (z_nodes, w_nodes, np.zeros(1)), pts)[0].astype(np.float32)
+    return prof, (tau_px, lup_px, ldn_px), wvc
 
-    # Top-of-atmosphere radiance, clear and cloudy.
-    planck = band_planck()
-    l_toa = np.stack([
-        tau_px[c] * (emis[c] * planck[c].radiance(lst) + (1 - emis[c]) * ldn_px[c]) + lup_px[c] for c in range(4)
-    ])
+
+def _clouds(spec: SceneSpec, lsc: Landscape, t_air: NDArray, planck: Any, l_toa: NDArray,
+            rng: np.random.Generator) -> tuple[NDArray, NDArray, NDArray, float]:
+    """Clouds over ``spec.cloud_fraction`` of the scene, mixed into ``l_toa`` in place: the cloud core, the cloud
+    with its thin ring, the cloud fraction per pixel and the cloud top temperature (K)."""
     cloud_core = np.zeros(lsc.shape, dtype=bool)
     cloud = np.zeros(lsc.shape, dtype=bool)
     frac = np.zeros(lsc.shape)
     t_cloud = float(np.mean(t_air)) - rng.uniform(15.0, 40.0)
     if spec.cloud_fraction > 0:
-        from scipy.ndimage import binary_dilation
-
-        f = _smooth_field(rng, lsc.shape, 12.0)
+        f = smooth_field(rng, lsc.shape, 12.0)
         cloud_core = f > np.quantile(f, 1.0 - spec.cloud_fraction)
         ring = binary_dilation(cloud_core, iterations=2) & ~cloud_core
         cloud = cloud_core | ring
         frac = np.where(cloud_core, 1.0, 0.0) + np.where(ring, rng.uniform(0.05, 0.4, lsc.shape), 0.0)
         for c in range(4):
             l_toa[c] = (1 - frac) * l_toa[c] + frac * planck[c].radiance(np.full(lsc.shape, t_cloud))
+    return cloud_core, cloud, frac, t_cloud
 
-    # The instrument: calibration bias + drift (as BT offsets at 300 K), NEdT noise, 12-bit DN.
+
+def _thermal_instrument(t: np.datetime64, lsc: Landscape, planck: Any, l_toa: NDArray,
+                        rng: np.random.Generator) -> tuple[NDArray, NDArray, tuple[float, ...], tuple[float, ...]]:
+    """The instrument on the thermal bands: calibration bias + drift (as BT offsets at 300 K), NEdT noise, 12-bit
+    DN. Returns the sensor's brightness temperatures (K), the DNs, and the bands' gains and offsets."""
+    h, w = lsc.shape
     years = float((t - LAUNCH).astype(np.float64) / (365.25 * 86400))
     gains, offsets = tir_gains()
     dn_tir = np.zeros((4, h, w), dtype=np.uint16)
@@ -281,8 +321,13 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
         l_meas = l_toa[c] * (1.0 + INSTRUMENT["gain_error"][name]) + bias * dldt + noise
         bt_sensor[c] = bp.brightness_temperature(np.clip(l_meas, bp.radiance_table[0], bp.radiance_table[-1]))
         dn_tir[c] = np.clip(np.rint((l_meas - offsets[c]) / gains[c]), 1, DN_MAX).astype(np.uint16)
+    return bt_sensor, dn_tir, gains, offsets
 
-    # Reflective and mid-infrared bands (TOA, no atmosphere): from cover, NDVI and clouds.
+
+def _reflective_bands(t: np.datetime64, lsc: Landscape, ndvi: NDArray, sza: float, frac: NDArray, lst: NDArray,
+                      t_cloud: float, rng: np.random.Generator) -> tuple[NDArray, NDArray, Any, Any]:
+    """Reflective and mid-infrared bands (TOA, no atmosphere) from cover, NDVI and clouds: the six 20 m
+    reflective DNs, the two mid-infrared DNs, and the VNIR gains and offsets."""
     vg, vo = vnir_gains()
     d_au = float(earth_sun_distance_au(t))
     mu_s = max(np.cos(np.deg2rad(sza)), 0.05)
@@ -306,16 +351,7 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
         lt = 0.8 * (0.92 * bp.radiance(np.clip(lst, 200, 399)) + sun)
         lt = (1 - frac) * lt + frac * (bp.radiance(np.full(lsc.shape, t_cloud)) + 0.5 * sun)
         mw.append(np.clip(np.rint(lt / vg[k]), 1, DN_MAX))
-    dn_b7_b12 = np.concatenate([np.stack(mw), dn_tir]).astype(np.uint16)
-
-    site_truth = {sid: float(lst[r, c]) for sid, (r, c) in lsc.site_pixels.items()}
-    return SceneTruth(
-        spec=spec, lst=lst, emis=emis, ndvi=ndvi, wvc=wvc, vza=vza, cloud=cloud, cloud_core=cloud_core,
-        cloud_cover=np.asarray(frac, dtype=np.float32) * np.ones(lsc.shape, dtype=np.float32),
-        bt_sensor=bt_sensor, dn_b1_b6=dn_vnir.astype(np.uint16), dn_b7_b12=dn_b7_b12,
-        gains=tuple(vg[:8]) + gains, offsets=tuple(vo[:8]) + offsets, solar_zenith=sza, solar_azimuth=saa,
-        t_air_k=float(np.mean(t_air)), wvc_scene=float(prof.total_column_water()), site_truth=site_truth,
-    )
+    return dn_vnir, np.stack(mw), vg, vo
 
 
 __all__ += ["tir_gains", "vnir_gains"]

@@ -13,6 +13,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from pyproj import Transformer
 
 from sftl_dask.physics.emissivity import aster_tir_channels, band_emissivity, default_library
 
@@ -24,8 +25,10 @@ __all__ = [
     "Landscape",
     "Region",
     "RegionClimate",
+    "ar1",
     "build_landscape",
     "sites_table",
+    "smooth_field",
 ]
 
 PIXEL_M = 40.0
@@ -84,7 +87,6 @@ LAND_COVERS: dict[str, LandCover] = {
                   0.10, 0.25, 205, 60, 12.0, 3.2, 1.5, 0.14),
     )
 }
-_CODE_TO_COVER = {lc.code: lc for lc in LAND_COVERS.values()}
 
 
 @dataclass(frozen=True)
@@ -218,8 +220,8 @@ class RegionClimate:
         rng = np.random.default_rng([seed, 101, _region_index(region)])
         days = np.arange(START.astype("datetime64[D]"), END.astype("datetime64[D]"))
         n = days.size
-        t = _ar1(rng, n, 0.75, 3.0)
-        w = 0.6 * _ar1(rng, n, 0.7, 0.28) + 0.4 * (t / 3.0) * 0.28
+        t = ar1(rng, n, 0.75, 3.0)
+        w = 0.6 * ar1(rng, n, 0.7, 0.28) + 0.4 * (t / 3.0) * 0.28
         rain = rng.random(n) < np.interp(_month(days), np.arange(1, 13), _rain_probability(region))
         moisture = np.zeros(n)
         for i in range(1, n):
@@ -260,7 +262,9 @@ def _region_index(region: Region) -> int:
     return list(REGIONS).index(region.name)
 
 
-def _ar1(rng: np.random.Generator, n: int, phi: float, sigma: float) -> NDArray[np.float64]:
+def ar1(rng: np.random.Generator, n: int, phi: float, sigma: float) -> NDArray[np.float64]:
+    """A stationary AR(1) series of ``n`` steps: lag-1 correlation ``phi``, standard deviation ``sigma`` (the
+    unit of ``sigma``), zero mean. Draws ``n`` normals, then one (the call order the testbed's seeds rely on)."""
     x = np.zeros(n)
     e = rng.standard_normal(n) * sigma * np.sqrt(1 - phi**2)
     x[0] = rng.standard_normal() * sigma
@@ -369,8 +373,6 @@ class Landscape:
 
     def lonlat(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Longitude / latitude (deg) of every pixel centre, (H, W) each."""
-        from pyproj import Transformer
-
         tr = Transformer.from_crs(self.crs, "EPSG:4326", always_xy=True)
         xx, yy = np.meshgrid(self.x, self.y)
         return tr.transform(xx, yy)
@@ -425,7 +427,7 @@ def _phenology(cover: NDArray, offset: NDArray, day: NDArray | float) -> NDArray
     return np.clip(out, -0.2, 0.95).astype(np.float32)
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> NDArray[np.float64]:
+def smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: float) -> NDArray[np.float64]:
     """Gaussian random field with correlation length ~``scale_px``, zero mean, unit variance."""
     h, w = shape
     noise = rng.standard_normal((h, w))
@@ -438,8 +440,6 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale_px: fl
 
 
 def _region_grid(region: Region, size: int) -> tuple[NDArray, NDArray, tuple]:
-    from pyproj import Transformer
-
     tr = Transformer.from_crs("EPSG:4326", f"EPSG:{region.epsg}", always_xy=True)
     cx, cy = tr.transform(region.centre_lon, region.centre_lat)
     x0 = np.floor((cx - size * PIXEL_M / 2) / PIXEL_M) * PIXEL_M
@@ -457,14 +457,12 @@ def build_landscape(region: Region, size: int, seed: int) -> Landscape:
     ValueError
         If the grid is too small to hold the region's sites.
     """
-    from pyproj import Transformer
-
     rng = np.random.default_rng([seed, 202, _region_index(region)])
     x, y, transform = _region_grid(region, size)
     shape = (size, size)
     # Land cover: thresholds of a smooth field per class (largest field wins), patch size ~ 400 m-1 km.
     names = list(region.cover_fractions)
-    fields = np.stack([_smooth_field(rng, shape, 10.0 + 8.0 * rng.random()) for _ in names])
+    fields = np.stack([smooth_field(rng, shape, 10.0 + 8.0 * rng.random()) for _ in names])
     weights = np.array([region.cover_fractions[n] for n in names])
     # bias each field so that the argmax reproduces the target fractions (a few fixed-point steps)
     bias = np.log(weights)
@@ -495,14 +493,14 @@ def build_landscape(region: Region, size: int, seed: int) -> Landscape:
 
     # Terrain: a regional slope plus hills, relief in metres.
     yy = np.linspace(-0.5, 0.5, size)[:, None]  # north (row 0) to south
-    elev = region.base_elevation_m + region.south_rise_m * yy + region.relief_m * _smooth_field(rng, shape, 40.0)
+    elev = region.base_elevation_m + region.south_rise_m * yy + region.relief_m * smooth_field(rng, shape, 40.0)
     elev = elev.astype(np.float32)
 
     # End-member emissivities: per pixel a mixture of the cover's soils, the cover's canopy.
     lib = _library_band_emissivity()
     soil = np.zeros((9, size, size), dtype=np.float32)
     veg = np.zeros((9, size, size), dtype=np.float32)
-    mix = 0.5 + 0.5 * np.tanh(_smooth_field(rng, shape, 6.0))
+    mix = 0.5 + 0.5 * np.tanh(smooth_field(rng, shape, 6.0))
     for lc in LAND_COVERS.values():
         m = cover == lc.code
         if not m.any():
@@ -512,7 +510,7 @@ def build_landscape(region: Region, size: int, seed: int) -> Landscape:
         w = mix[m][None, :]
         if len(lc.soils) == 3:  # three-member soils: blend the middle one by a second field
             c = lib[lc.soils[1]][:, None]
-            w2 = (0.5 + 0.5 * np.tanh(_smooth_field(rng, shape, 4.0)))[m][None, :]
+            w2 = (0.5 + 0.5 * np.tanh(smooth_field(rng, shape, 4.0)))[m][None, :]
             soil[:, m] = (1 - w) * ((1 - w2) * a + w2 * c) + w * b
         else:
             soil[:, m] = (1 - w) * a + w * b
@@ -520,14 +518,10 @@ def build_landscape(region: Region, size: int, seed: int) -> Landscape:
     return Landscape(
         region=region, x=x, y=y, transform=transform, cover=cover, elevation_m=elev,
         soil_emis=soil, veg_emis=veg,
-        ndvi_offset=(0.05 * _smooth_field(rng, shape, 3.0)).astype(np.float32),
-        heating_scale=np.clip(1.0 + 0.15 * _smooth_field(rng, shape, 5.0), 0.5, 1.5).astype(np.float32),
-        water_scale=(1.0 + 0.06 * _smooth_field(rng, shape, 150.0)).astype(np.float32),
-        lst_texture=(0.8 * _smooth_field(rng, shape, 2.0)).astype(np.float32),
+        ndvi_offset=(0.05 * smooth_field(rng, shape, 3.0)).astype(np.float32),
+        heating_scale=np.clip(1.0 + 0.15 * smooth_field(rng, shape, 5.0), 0.5, 1.5).astype(np.float32),
+        water_scale=(1.0 + 0.06 * smooth_field(rng, shape, 150.0)).astype(np.float32),
+        lst_texture=(0.8 * smooth_field(rng, shape, 2.0)).astype(np.float32),
         site_pixels=site_pixels,
     )
 
-
-def cover_of(code: int) -> LandCover:
-    """The land cover of a code."""
-    return _CODE_TO_COVER[int(code)]

@@ -1,0 +1,106 @@
+"""The cached steps the pipelines share (``demo``, ``archive``): validation and monthly composites of an LST root.
+
+Both are keyed by the LST they read (:func:`lst_key`: each model's digest, each store's complete time steps and the
+package version). Unchanged, a product is reused; changed, it is made again whole, and only stamped complete once
+it is (:func:`sftl_dask.training.stages.stamp`), so an interrupted run never leaves a product that looks complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sftl_dask import plotting
+from sftl_dask.api import open_lst
+from sftl_dask.io.cube import cube_stores, read_slots
+from sftl_dask.io.tiles import zone_of_store
+from sftl_dask.models.retriever import model_digest
+from sftl_dask.staging import staged_dir
+from sftl_dask.training.stages import cache_key, cached, stamp
+from sftl_dask.validate import validate
+from sftl_dask.version import __version__
+
+__all__ = ["composites_step", "lst_key", "lst_steps", "validate_step", "write_monthly_composites"]
+
+
+def lst_steps(lst_root: Path) -> dict[str, int]:
+    """Complete time steps per LST store of ``lst_root`` (none where the root does not exist yet)."""
+    if not lst_root.exists():
+        return {}
+    return {name: sum(s["retrieve_ok"] for s in read_slots(store, "retrieve_ok")[1])
+            for name, store in cube_stores(lst_root).items()}
+
+
+def lst_key(models: Mapping[str, Path], lst_root: Path) -> str:
+    """The cache key of a product read from ``lst_root``: what made its LST and how much of it there is.
+
+    Parameters
+    ----------
+    models : mapping of str to path
+        The models that made the LST, by a name (a direction, ``model``): an artifact or a split-window JSON,
+        pinned by :func:`sftl_dask.models.retriever.model_digest`.
+    lst_root : path
+        The LST root: each store's complete time steps enter the key (:func:`lst_steps`).
+    """
+    return cache_key({"models": {name: model_digest(path) for name, path in models.items()},
+                      "steps": lst_steps(lst_root), "version": __version__})
+
+
+def validate_step(lst_root: Path, insitu: Path, sites: Path, out: Path, key: str, *, client: Any,
+                  progress: Callable[[int, int], None] | None = None) -> bool:
+    """Validate ``lst_root`` against the radiometers into ``out``, unless made from ``key`` already.
+
+    Returns
+    -------
+    bool
+        Whether the validation was reused.
+    """
+    if cached(out, key):
+        return True
+    validate(lst_root, insitu, sites, out, client=client, overwrite=True, progress=progress)
+    stamp(out, key)
+    return False
+
+
+def composites_step(lst_root: Path, out: Path, key: str, regions: Mapping[str, str]) -> bool:
+    """The monthly composites of ``lst_root`` into ``out`` (:func:`write_monthly_composites`), unless made from
+    ``key`` already; ``regions`` maps a zone to its region's name (for the file names and titles).
+
+    Returns
+    -------
+    bool
+        Whether the composites were reused.
+    """
+    if cached(out, key):
+        return True
+    with staged_dir(out) as tmp:
+        write_monthly_composites(lst_root, tmp, regions)
+    stamp(out, key)
+    return False
+
+
+def _crop_to_data(ds: Any) -> Any:
+    """The rectangle of a mosaic where any time step has an LST value (tiles reach far past a scene's edge:
+    the rest would only be reduced to NaN)."""
+    seen = ds["lst"].notnull().any("time").compute().values
+    if not seen.any():
+        return ds
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    out = ds.isel(y=slice(rows[0], rows[-1] + 1), x=slice(cols[0], cols[-1] + 1))
+    return out.rio.write_transform(out.rio.transform(recalc=True))  # the mosaic's transform was of the whole
+
+
+def write_monthly_composites(lst_root: Path, out: Path, regions: Mapping[str, str]) -> None:
+    """Monthly median composites of each zone's LST tiles (one mosaic): a CF NetCDF file and a figure of the
+    best-covered month. ``regions`` maps a zone (``50N``) to its region's name."""
+    for zone in sorted({zone_of_store(n) for n in cube_stores(lst_root)}):
+        name = regions.get(zone, zone)
+        ds = _crop_to_data(open_lst(lst_root, zone=zone))
+        mc = ds.sftl.good().sftl.composite("MS", "median").compute()
+        mc.sftl.to_netcdf(out / f"{zone}_monthly.nc")
+        best = int(mc["count"].sum(("y", "x")).argmax("time").values)
+        plotting.composite_figure(mc, best, name,
+                                  out / (f"{name}_{zone}_monthly.png" if name != zone else f"{zone}_monthly.png"))
