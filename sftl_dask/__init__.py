@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from sftl_dask.version import __version__  # first: modules imported below read it
 
+# isort: split
 # the ``.sftl`` accessor is registered on import, as ``import rioxarray`` registers ``.rio``
 from sftl_dask.api import open_lst
 
