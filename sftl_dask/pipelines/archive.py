@@ -154,8 +154,7 @@ def run_archive(config: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     """
     from sftl_dask import __version__
     from sftl_dask.pipelines.demo import _lst_steps, write_monthly_composites
-    from sftl_dask.staging import staged_dir, staged_file
-    from sftl_dask.training.stages import cache_key, cached, stamp
+    from sftl_dask.staging import cache_key, reuse_or_remove, staged_dir, staged_file, stamp
 
     cfg = load_archive_config(config)
     out = Path(out)
@@ -205,7 +204,7 @@ def run_archive(config: str | os.PathLike[str], out: str | os.PathLike[str], *, 
 
         t0 = time.perf_counter()
         val = out / "validation"
-        reused = cached(val, lst_key)
+        reused = reuse_or_remove(val, lst_key)
         if not reused:
             validate(lst, inputs["insitu"], inputs["sites"], val, client=client, overwrite=True,
                      progress=bar("validate"))
@@ -214,7 +213,7 @@ def run_archive(config: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     if "composites" in cfg["steps"]:
         t0 = time.perf_counter()
         comp = out / "composites"
-        reused = cached(comp, lst_key)
+        reused = reuse_or_remove(comp, lst_key)
         if not reused:
             with staged_dir(comp) as tmp:
                 write_monthly_composites(lst, tmp, {})

@@ -2,7 +2,7 @@
 directions (one pre-training shared); retrieval of each region's LST by the model transferred to it; validation
 against the radiometers; monthly composites; a report (``report.md`` and a self-contained ``report.html``).
 
-Every product is keyed by what made it (:func:`sftl_dask.training.stages.cache_key`) and stamped only once
+Every product is keyed by what made it (:func:`sftl_dask.staging.cache_key`) and stamped only once
 complete, so a re-run into the same folder skips what is done and an interrupted run leaves nothing that looks
 complete: the training folders and validation are staged and renamed into place, the LST stores mark each time
 step complete only when all its chunks are written, and the report is written last, atomically.
@@ -52,17 +52,9 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
         A configuration without a testbed, or bad input met on the way (named).
     """
     from sftl_dask import __version__
-    from sftl_dask.staging import staged_dir
-    from sftl_dask.training.stages import (
-        DIRECTIONS,
-        cache_key,
-        cached,
-        load_config,
-        prepare_data,
-        pretrain,
-        run_stages,
-        stamp,
-    )
+    from sftl_dask.pipelines.data import prepare_data
+    from sftl_dask.staging import cache_key, reuse_or_remove, staged_dir, stamp
+    from sftl_dask.training.stages import DIRECTIONS, load_config, pretrain, run_stages
 
     cfg = load_config(config)
     if cfg.data.get("testbed") is None:
@@ -98,7 +90,7 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
         dout = out / d
         key = cache_key({"config": {k: v for k, v in dataclasses.asdict(cfg_d).items() if k != "source"},
                          "data": data["key"], "version": __version__})
-        skipped = cached(dout, key)
+        skipped = reuse_or_remove(dout, key)
         if not skipped:
             if pre is None:
                 pre = pretrain(cfg, data, threads=threads, log=log)
@@ -138,7 +130,7 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
                          "steps": _lst_steps(lst_root), "version": __version__})
     t0 = time.perf_counter()
     val = out / "validation"
-    skipped = cached(val, lst_key)
+    skipped = reuse_or_remove(val, lst_key)
     if not skipped:
         from sftl_dask.validate import validate
 
@@ -149,7 +141,7 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
 
     t0 = time.perf_counter()
     comp = out / "composites"
-    skipped = cached(comp, lst_key)
+    skipped = reuse_or_remove(comp, lst_key)
     if not skipped:
         from sftl_dask.io.tiles import zone_of_store
 
