@@ -62,7 +62,8 @@ def _grid(config: Path, out: Path, workers: int, work: Path) -> tuple[float, pd.
 def _prepare(work: Path, workers: int) -> float:
     """Simulation, testbed, ingest and matchups once (``sftl train``'s preparation), reused by every grid."""
     from sftl_dask.cluster import get_client
-    from sftl_dask.training.stages import load_config, prepare_data
+    from sftl_dask.pipelines.data import prepare_data
+    from sftl_dask.training.stages import load_config
 
     t0 = time.perf_counter()
     cfg = load_config(ROOT / "pipelines" / "experiment.yaml")
@@ -77,11 +78,12 @@ def _ddp(work: Path, epochs: int) -> list[dict]:
 
     from sftl_dask.cluster import get_client
     from sftl_dask.features import feature_matrix
+    from sftl_dask.metrics import metrics
     from sftl_dask.models.trainer import predict_torch
-    from sftl_dask.training.distributed import pretrain_distributed
-    from sftl_dask.training.stages import _read_sim, metrics
+    from sftl_dask.pipelines.data import read_simulation_table
+    from sftl_dask.training.distributed import DistributedSettings, pretrain_distributed
 
-    table = _read_sim(work / "sim.parquet")
+    table = read_simulation_table(work / "sim.parquet")
     prof = np.unique(table["profile_id"])
     held = np.random.default_rng(0).choice(prof, size=int(0.1 * prof.size), replace=False)
     is_held = np.isin(table["profile_id"], held)
@@ -91,9 +93,9 @@ def _ddp(work: Path, epochs: int) -> list[dict]:
     for n in (1, 2):
         with get_client(n_workers=n) as client:
             t0 = time.perf_counter()
-            model, hist = pretrain_distributed("dnn", work / "sim.parquet", client=client,
-                                               model_params={"hidden": [128, 64, 32]}, epochs=epochs,
-                                               batch_size=8192, lr=0.003, holdout_profiles=sorted(held.tolist()))
+            settings = DistributedSettings("dnn", model_params={"hidden": [128, 64, 32]}, epochs=epochs,
+                                           batch_size=8192, lr=0.003, holdout_profiles=sorted(held.tolist()))
+            model, hist = pretrain_distributed(settings, work / "sim.parquet", client=client)
             wall = time.perf_counter() - t0
         rows.append({"workers": n, "epochs": epochs, "wall_s": round(wall, 1),
                      "holdout_rmse_k": round(metrics(predict_torch(model, x_te), y_te)["rmse_k"], 3),

@@ -260,7 +260,8 @@ def _train(args: argparse.Namespace, what: str) -> tuple[dict[str, Any], dict[st
 
     The artifact replaces an existing one only once the new one is complete.
     """
-    from sftl_dask.training.stages import load_config, prepare_data, pretrain, run_stages
+    from sftl_dask.pipelines.data import prepare_data
+    from sftl_dask.training.stages import load_config, pretrain, run_stages
 
     cfg = load_config(args.config)
     out = Path(args.out)
@@ -305,7 +306,7 @@ def _cmd_matchups(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from sftl_dask.training.experiment import load_grid, run_experiment
+    from sftl_dask.pipelines.experiment import load_grid, run_experiment
 
     load_grid(args.config)  # bad configurations fail before any cluster starts
     t0 = time.perf_counter()

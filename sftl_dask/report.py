@@ -146,7 +146,7 @@ def demo_report(data: dict[str, Any], results: dict[str, dict[str, Any]], out_di
     Parameters
     ----------
     data : dict
-        From :func:`sftl_dask.training.stages.prepare_data`.
+        From :func:`sftl_dask.pipelines.data.prepare_data`.
     results : dict
         Direction name -> :func:`sftl_dask.training.stages.run_stages` result (its folder ``out/<direction>``
         holds ``model/`` and ``cross_site_predictions.parquet``).
@@ -371,7 +371,7 @@ def experiment_report(table: pd.DataFrame, predictions: pd.DataFrame, out_dir: s
     Parameters
     ----------
     table : pandas.DataFrame
-        One row per cell (:func:`sftl_dask.training.experiment.run_experiment`).
+        One row per cell (:func:`sftl_dask.training.experiment.run_grid`).
     predictions : pandas.DataFrame
         Cross-site predictions of every cell (``cell``, ``lst_insitu``, ``lst_sftl``, ...; K).
     out_dir : path

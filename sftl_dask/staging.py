@@ -1,18 +1,37 @@
-"""Write a folder or a file completely or not at all; one writer per store at a time."""
+"""Write a folder or a file completely or not at all; one writer per store at a time; the product cache.
+
+A product (a simulation table, a testbed, a training folder) is keyed by what made it (:func:`cache_key`) and
+stamped only once complete (:func:`stamp`); :func:`reuse_or_remove` reuses a stamped product of the same key
+and removes anything else standing at its path.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["StoreBusyError", "check_unlocked", "lock_path", "staged_dir", "staged_file", "write_lock"]
+__all__ = [
+    "StoreBusyError",
+    "cache_key",
+    "check_unlocked",
+    "content_sha256",
+    "file_identity",
+    "lock_path",
+    "reuse_or_remove",
+    "staged_dir",
+    "staged_file",
+    "stamp",
+    "write_lock",
+]
 
 
 class StoreBusyError(RuntimeError):
@@ -201,3 +220,59 @@ def _holder(lock: Path) -> str:
         return f"{who['holder']} (pid {who['pid']} on {who['host']}, since {who['since']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
+
+
+# ------------------------------------------------------------------------------------------ product cache
+def cache_key(what: Mapping[str, Any]) -> str:
+    """The key of a cached product: sha256 of what made it (configuration, inputs' keys, package version)."""
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _key_file(path: Path) -> Path:
+    return path.with_name(f".{path.name}.key")
+
+
+def reuse_or_remove(path: Path, key: str) -> bool:
+    """Whether ``path`` was made from ``key`` (its key file says so); if not, whatever stands there is removed.
+
+    The key file is written only once the product is complete (:func:`stamp`), so a product an interrupted
+    run left half-made, or one made by another configuration or version, is made again, never reused.
+
+    Returns
+    -------
+    bool
+        True: reuse ``path`` as it is. False: nothing stands at ``path`` any more (a file or folder there, and
+        its key file, were deleted); make the product and :func:`stamp` it.
+    """
+    kf = _key_file(path)
+    if path.exists() and kf.is_file() and kf.read_text().strip() == key:
+        return True
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    kf.unlink(missing_ok=True)
+    return False
+
+
+def stamp(path: Path, key: str) -> None:
+    """Record that ``path`` is complete and was made from ``key`` (atomically)."""
+    with staged_file(_key_file(path), replace=True) as tmp:
+        tmp.write_text(key + "\n")
+
+
+def file_identity(path: Path) -> dict[str, Any]:
+    """A user's input file as a cache input: its path, size (bytes) and modification time (ns); not read whole."""
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def content_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes, or of a folder's files' bytes in sorted path order (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        with f.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

@@ -13,7 +13,7 @@ from helpers import simulation_xy, small_simulation
 
 from sftl_dask.features import REQUIRED_INPUTS
 from sftl_dask.simulate import SimulationConfig, plan_row_ranges, write_simulation
-from sftl_dask.training.distributed import _devices, _shard_labels, pretrain_distributed
+from sftl_dask.training.distributed import DistributedSettings, _devices, _shard_labels, pretrain_distributed
 
 N_PROFILES = 80
 HELD = list(range(0, N_PROFILES, 5))  # 16 held-out profiles, spread over every part file
@@ -46,8 +46,9 @@ def test_two_ranks_average_gradients_and_learn_as_well_as_one_process(sim, data,
     from sftl_dask.models.trainer import fit_torch
 
     logs: list[dict] = []
-    model, hist = pretrain_distributed("dnn", sim, client=client, model_params=PARAMS, holdout_profiles=HELD,
-                                       progress=logs.append, timeout_s=60, **FIT)
+    model, hist = pretrain_distributed(DistributedSettings("dnn", model_params=PARAMS, holdout_profiles=HELD,
+                                                           timeout_s=60, **FIT), sim, client=client,
+                                       progress=logs.append)
     x, y, held = data["x"], data["y"], data["held"]
     # every rank ends with bit-identical parameters although the shards differ: gradients were averaged
     assert hist["world_size"] == 2 and hist["backend"] == "gloo"
@@ -75,8 +76,9 @@ def test_two_ranks_average_gradients_and_learn_as_well_as_one_process(sim, data,
 
 
 def test_world_size_one(sim, data, client):
-    model, hist = pretrain_distributed("dnn", sim, client=client, model_params=PARAMS, holdout_profiles=HELD,
-                                       n_workers=1, epochs=3, batch_size=1024, lr=3e-3, timeout_s=60)
+    model, hist = pretrain_distributed(DistributedSettings("dnn", model_params=PARAMS, holdout_profiles=HELD,
+                                                           n_workers=1, epochs=3, batch_size=1024, lr=3e-3,
+                                                           timeout_s=60), sim, client=client)
     assert hist["world_size"] == 1 and len(hist["param_checksums"]) == 1 and hist["rows_per_rank"] == [7680]
     x, y, held = data["x"], data["y"], data["held"]
     assert _rmse(model, x[held], y[held]) < float(y.std())
@@ -84,8 +86,9 @@ def test_world_size_one(sim, data, client):
 
 def test_cnn_with_a_structurally_unused_parameter_trains(sim, client):
     # CNN's empty CLS token gets no gradient: DDP would wait for it forever; it stays as initialised
-    model, hist = pretrain_distributed("cnn", sim, client=client, model_params={"channels": 8, "n_blocks": 1},
-                                       epochs=1, batch_size=2048, holdout_profiles=HELD, timeout_s=60)
+    model, hist = pretrain_distributed(DistributedSettings("cnn", model_params={"channels": 8, "n_blocks": 1},
+                                                           epochs=1, batch_size=2048, holdout_profiles=HELD,
+                                                           timeout_s=60), sim, client=client)
     assert len(set(hist["param_checksums"])) == 1 and np.isfinite(hist["best_val_rmse_k"])
     assert model.stem.cls.numel() == 0
 
@@ -97,8 +100,9 @@ def test_fewer_part_files_than_workers_shards_by_rows(tmp_path, client):
     plan = plan_row_ranges(path, 2)
     assert plan == [[(part, 0, 300)], [(part, 300, 600)]]
     assert _shard_labels(str(path), plan)[1] == f"{path} (rank 1: part-00000.parquet rows 300-600)"
-    _, hist = pretrain_distributed("dnn", path, client=client, model_params={"hidden": [16]}, epochs=2,
-                                   batch_size=128, holdout_profiles=[9], timeout_s=60)
+    _, hist = pretrain_distributed(DistributedSettings("dnn", model_params={"hidden": [16]}, epochs=2,
+                                                       batch_size=128, holdout_profiles=[9], timeout_s=60),
+                                   path, client=client)
     assert hist["rows_per_rank"] == [300, 240] and len(set(hist["param_checksums"])) == 1
     assert hist["steps_per_epoch"] == 4  # the smaller shard's: every rank takes the same steps
 
@@ -157,7 +161,8 @@ def _table_without_lst(path: Path) -> Path:
      ("tree_model", r"'lgbm' is not a torch model")],
 )
 def test_bad_inputs_name_the_path_or_column(sim, client, tmp_path, case, match):
-    kw: dict[str, Any] = {"client": client, "epochs": 1, "timeout_s": 30}
+    kw: dict[str, Any] = {"epochs": 1, "timeout_s": 30}
+    run = client
     path: Path = sim
     name = "dnn"
     if case == "missing_dir":
@@ -173,8 +178,8 @@ def test_bad_inputs_name_the_path_or_column(sim, client, tmp_path, case, match):
     elif case == "too_many":
         kw["n_workers"] = 3
     elif case == "no_workers":
-        kw["client"] = _NoWorkers()
+        run = _NoWorkers()
     else:
         name = "lgbm"
     with pytest.raises(ValueError, match=match):
-        pretrain_distributed(name, path, **kw)
+        pretrain_distributed(DistributedSettings(name, **kw), path, client=run)

@@ -147,7 +147,7 @@ def test_lgbm_runs_the_same_stages_with_continued_boosting(trained, tmp_path):
 
 def test_experiment_grid_runs_as_one_dask_job_and_records_failures(trained, tmp_path):
     from sftl_dask.cluster import get_client
-    from sftl_dask.training.experiment import run_experiment
+    from sftl_dask.pipelines.experiment import run_experiment
 
     out, _ = trained
     cfg = dict(BASE, data={"testbed": {"path": str(out / "work" / "testbed")},
@@ -214,7 +214,8 @@ def test_bad_feature_and_transfer_settings_name_the_key(tmp_path, change, match)
 def test_feature_ablation_trains_and_exports_without_the_feature(trained, tmp_path):
     from sftl_dask.features import FEATURES
     from sftl_dask.models.artifact import load_artifact
-    from sftl_dask.training.stages import model_features, prepare_data, run_stages
+    from sftl_dask.pipelines.data import prepare_data
+    from sftl_dask.training.stages import model_features, run_stages
 
     out, _ = trained
     cfg_d = dict(BASE, model={"name": "dnn", "params": {"hidden": [16]}, "drop_features": ["wvc_dbt"]},
@@ -249,7 +250,8 @@ def test_experiment_grid_refuses_unknown_model_naming_the_key(tmp_path):
 
 def test_distributed_pretraining_through_the_stage_matches_single_process(trained, tmp_path):
     from sftl_dask.cluster import get_client
-    from sftl_dask.training.stages import prepare_data, pretrain
+    from sftl_dask.pipelines.data import prepare_data
+    from sftl_dask.training.stages import pretrain
 
     out, _ = trained
     base = dict(BASE, data={"testbed": {"path": str(out / "work" / "testbed")},
@@ -291,7 +293,8 @@ def test_a_cell_gives_the_same_figures_whatever_the_process_drew_before(trained)
 
     import torch
 
-    from sftl_dask.training.stages import prepare_data, pretrain, run_stages
+    from sftl_dask.pipelines.data import prepare_data
+    from sftl_dask.training.stages import pretrain, run_stages
 
     out, _ = trained
     cfg = load_config(out.parent / "tiny.yaml")
@@ -349,7 +352,8 @@ def test_matchups_verb_writes_the_table_training_reads(trained, tmp_path):
     import pandas as pd
 
     from sftl_dask.cli import main
-    from sftl_dask.training.stages import load_config, prepare_data
+    from sftl_dask.pipelines.data import prepare_data
+    from sftl_dask.training.stages import load_config
 
     out, _ = trained
     d = _user_data(out)

@@ -351,8 +351,9 @@ def stage3(tmp_path_factory) -> tuple[dict, pd.DataFrame, Path]:
     from sftl_dask.io.cube import cube_stores, open_cube
     from sftl_dask.io.insitu import read_sites
     from sftl_dask.matchups import site_pixels
+    from sftl_dask.pipelines.data import prepare_data
     from sftl_dask.retrieve import retrieve
-    from sftl_dask.training.stages import load_config, prepare_data, run_stages
+    from sftl_dask.training.stages import load_config, run_stages
 
     root = tmp_path_factory.mktemp("stage3")
     (root / "cfg.yaml").write_text(yaml.safe_dump(STAGE3))

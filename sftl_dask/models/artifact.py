@@ -34,6 +34,7 @@ import math
 import platform
 import re
 import warnings
+import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -44,6 +45,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask.features import FEATURE_UNITS, FEATURES
+from sftl_dask.models.error_model import check_error_model
+from sftl_dask.models.trees import LGBM, RF, ForestPredictor
+from sftl_dask.staging import staged_dir
+from sftl_dask.version import __version__
 
 __all__ = [
     "ARTIFACT_FORMAT",
@@ -140,8 +145,6 @@ def _training_tables(tables: Any) -> dict[str, Any]:
 
 
 def _versions(kind: str) -> dict[str, str]:
-    from sftl_dask.version import __version__
-
     v = {"sftl_dask": __version__, "numpy": np.__version__, "python": platform.python_version()}
     if kind == "torchscript":
         import torch
@@ -170,12 +173,12 @@ def _max_diff(a: ArrayLike, b: ArrayLike) -> float:
 def _export_torch(model: Any, seed: int) -> tuple[bytes, dict[str, Any], bytes]:
     import torch
 
-    from sftl_dask.models.finetune import LoRAConv1d, LoRALinear, _Adapter, merge_and_unload
+    from sftl_dask.models.finetune import AdapterModule, LoRAConv1d, LoRALinear, merge_and_unload
     from sftl_dask.models.trainer import predict_torch
 
     reference = copy.deepcopy(model).cpu().eval()
     n_lora = sum(isinstance(m, LoRALinear | LoRAConv1d) for m in reference.modules())
-    n_adapters = sum(isinstance(m, _Adapter) for m in reference.modules())
+    n_adapters = sum(isinstance(m, AdapterModule) for m in reference.modules())
     export = merge_and_unload(copy.deepcopy(reference)).eval()
     buf = io.BytesIO()
     with _quiet_jit():
@@ -218,8 +221,6 @@ def _export_program(model: Any) -> bytes:
 
 def _check_pt2(data: bytes, where: Path) -> None:
     """Refuse a ``torch.export`` archive holding anything but JSON and raw tensor bytes (nothing to unpickle)."""
-    import zipfile
-
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         members = zf.infolist()
@@ -253,8 +254,6 @@ def _load_program(data: bytes, where: Path, device: str = "cpu") -> Any:
 
 
 def _export_rf(model: Any, seed: int) -> tuple[bytes, dict[str, Any]]:
-    from sftl_dask.models.trees import ForestPredictor
-
     doc = model.to_json_dict()
     data = json.dumps(doc, separators=(",", ":")).encode()
     # inputs spanning every split threshold of the forest
@@ -292,8 +291,6 @@ def _export_lgbm(model: Any, seed: int) -> tuple[bytes, dict[str, Any]]:
 
 
 def _kind(model: Any) -> str:
-    from sftl_dask.models.trees import LGBM, RF
-
     if isinstance(model, RF):
         return "forest-json"
     if isinstance(model, LGBM):
@@ -392,8 +389,6 @@ def export_artifact(model: Any, out_dir: str | Path, card: Mapping[str, Any], *,
 
 
 def _write_atomically(out: Path, files: Mapping[str, bytes]) -> None:
-    from sftl_dask.staging import staged_dir
-
     if out.exists() and not _replaceable(out):
         raise ArtifactError(f"{out}: exists and is not an artifact directory; refusing to replace it")
     with staged_dir(out) as tmp:
@@ -490,9 +485,48 @@ def _check_range_card(value: Any, where: str) -> None:
 
 
 def _check_uncertainty(value: Any, where: str) -> None:
-    from sftl_dask.models.error_model import check_error_model
-
     check_error_model(value, where)
+
+
+#: What the readers raise on a model file that is not what its card says (corrupt, truncated, another format):
+#: torch's loaders raise RuntimeError (a bad zip archive, a bad TorchScript or export program) or ValueError,
+#: zipfile's BadZipFile, a forest document ValueError (bad JSON too) or KeyError (a missing field). Anything else
+#: is a bug and keeps its traceback.
+_BAD_MODEL_FILE = (RuntimeError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def _load_model(kind: str, name: str, data: bytes, where: Path, device: str) -> Any:
+    """The model of a verified artifact's file ``name`` (bytes ``data``, at ``where``), loaded onto ``device``.
+
+    Raises
+    ------
+    ArtifactError
+        If the file cannot be loaded as its kind (its reader's error named).
+    """
+    try:
+        if name == _EXPORT_FILE:
+            return _load_program(data, where, device)
+        if kind == "torchscript":
+            import torch  # lazy: a tree artifact loads without importing torch (~1 s)
+
+            with _quiet_jit():
+                model = torch.jit.load(io.BytesIO(data), map_location=device)
+            model.eval()
+            return model
+        if kind == "lightgbm-text":
+            import lightgbm as lgb  # lazy, as torch above
+
+            try:
+                return lgb.Booster(model_str=data.decode())
+            except lgb.basic.LightGBMError as exc:
+                raise _cannot_load(where, exc) from None
+        return ForestPredictor(json.loads(data))
+    except _BAD_MODEL_FILE as exc:
+        raise _cannot_load(where, exc) from None
+
+
+def _cannot_load(where: Path, exc: Exception) -> ArtifactError:
+    return ArtifactError(f"{where}: cannot be loaded ({type(exc).__name__}: {exc})")
 
 
 def artifact_digest(path: str | Path) -> str:
@@ -606,27 +640,5 @@ def load_artifact(path: str | Path, *, device: str = "cpu", program: str = "torc
     name = _EXPORT_FILE if kind == "torchscript" and program == "export" else _MODEL_FILES[kind]
     if name not in files:
         raise ArtifactError(f"{root / name}: missing; this artifact carries no torch.export program")
-    data = files[name]
-    where = root / name
-    try:
-        if name == _EXPORT_FILE:
-            model: Any = _load_program(data, where, device)
-        elif kind == "torchscript":
-            import torch
-
-            with _quiet_jit():
-                model = torch.jit.load(io.BytesIO(data), map_location=device)
-            model.eval()
-        elif kind == "lightgbm-text":
-            import lightgbm as lgb
-
-            model = lgb.Booster(model_str=data.decode())
-        else:
-            from sftl_dask.models.trees import ForestPredictor
-
-            model = ForestPredictor(json.loads(data))
-    except ArtifactError:
-        raise
-    except Exception as exc:  # any parser failure is a malformed artifact
-        raise ArtifactError(f"{where}: cannot be loaded ({type(exc).__name__}: {exc})") from None
+    model = _load_model(kind, name, files[name], root / name, device)
     return LoadedModel(root, card, kind, model, program=program if kind == "torchscript" else kind)

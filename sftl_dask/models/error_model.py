@@ -118,27 +118,8 @@ def fit_error_model(
     r = np.asarray(sim_residual_k, dtype=np.float64).ravel()
     if r.size == 0 or not np.isfinite(r).all():
         raise ValueError("fit_error_model: simulated residuals must be finite and not empty")
-    flat, sizes = _bin_index(edges, sim_features)
-    if flat.shape != r.shape:
-        raise ValueError(f"fit_error_model: {flat.size} feature rows for {r.size} residuals")
-    n_cells = int(np.prod(sizes))
-    count = np.bincount(flat, minlength=n_cells)
-    sq = np.bincount(flat, weights=r**2, minlength=n_cells)
-    sigma = np.full(n_cells, np.nan)
-    own = count >= min_count
-    sigma[own] = np.sqrt(sq[own] / count[own])
+    sigma, count, filled, sizes = _binned_sigma(edges, sim_features, r, min_count)
     floor = 1e-3  # K: a bin of a perfect fit still has a positive uncertainty
-    filled = np.zeros(n_cells, dtype=np.int64)  # 0 own, 1 from the WVC slice, 2 global
-    wvc_idx = np.arange(n_cells) // (sizes[1] * sizes[2])
-    count_w = np.bincount(wvc_idx, weights=count, minlength=sizes[0])
-    sq_w = np.bincount(wvc_idx, weights=sq, minlength=sizes[0])
-    global_rms = float(np.sqrt(np.mean(r**2)))
-    for c in np.flatnonzero(~own):
-        w = wvc_idx[c]
-        if count_w[w] >= min_count:
-            sigma[c], filled[c] = math.sqrt(sq_w[w] / count_w[w]), 1
-        else:
-            sigma[c], filled[c] = global_rms, 2
     model: dict[str, Any] = {
         "format": ERROR_MODEL_FORMAT,
         "method": "sigma^2 = sigma_model(wvc, emis_mean, sec_vza bin)^2 + sigma_scene^2",
@@ -151,15 +132,60 @@ def fit_error_model(
         "scene_source": "",
     }
     if obs_features is not None and obs_residual_k is not None:
-        ro = np.asarray(obs_residual_k, dtype=np.float64).ravel()
-        if ro.size and not np.isfinite(ro).all():
-            raise ValueError("fit_error_model: matchup residuals must be finite")
-        if ro.size:
-            sm = _sigma_model(model, obs_features)
-            extra = float(np.mean(ro**2) - np.mean(sm.astype(np.float64) ** 2))
-            model.update(sigma_scene_k=round(math.sqrt(max(extra, 0.0)), 4), n_scene=int(ro.size),
-                         scene_source=obs_source, scene_bias_k=round(float(ro.mean()), 4))
+        _add_scene_part(model, obs_features, obs_residual_k, obs_source)
     return model
+
+
+def _binned_sigma(edges: Mapping[str, tuple[float, ...]], sim_features: Mapping[str, ArrayLike], r: NDArray[Any],
+                  min_count: int) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64], tuple[int, ...]]:
+    """Per bin: the RMS of the simulated residuals ``r`` (K), the row count and where the RMS came from (0 the
+    bin's own rows, 1 its WVC slice, 2 all rows: bins with fewer than ``min_count`` rows); the bins' shape.
+
+    Raises
+    ------
+    ValueError
+        If there are not as many feature rows as residuals.
+    """
+    flat, sizes = _bin_index(edges, sim_features)
+    if flat.shape != r.shape:
+        raise ValueError(f"fit_error_model: {flat.size} feature rows for {r.size} residuals")
+    n_cells = int(np.prod(sizes))
+    count = np.bincount(flat, minlength=n_cells)
+    sq = np.bincount(flat, weights=r**2, minlength=n_cells)
+    sigma = np.full(n_cells, np.nan)
+    own = count >= min_count
+    sigma[own] = np.sqrt(sq[own] / count[own])
+    filled = np.zeros(n_cells, dtype=np.int64)  # 0 own, 1 from the WVC slice, 2 global
+    wvc_idx = np.arange(n_cells) // (sizes[1] * sizes[2])
+    count_w = np.bincount(wvc_idx, weights=count, minlength=sizes[0])
+    sq_w = np.bincount(wvc_idx, weights=sq, minlength=sizes[0])
+    global_rms = float(np.sqrt(np.mean(r**2)))
+    for c in np.flatnonzero(~own):
+        w = wvc_idx[c]
+        if count_w[w] >= min_count:
+            sigma[c], filled[c] = math.sqrt(sq_w[w] / count_w[w]), 1
+        else:
+            sigma[c], filled[c] = global_rms, 2
+    return sigma, count, filled, sizes
+
+
+def _add_scene_part(model: dict[str, Any], obs_features: Mapping[str, ArrayLike], obs_residual_k: ArrayLike,
+                    obs_source: str) -> None:
+    """Set ``sigma_scene_k`` (K): what the matchup residuals hold beyond the binned simulated error (in place).
+
+    Raises
+    ------
+    ValueError
+        If a matchup residual is not finite.
+    """
+    ro = np.asarray(obs_residual_k, dtype=np.float64).ravel()
+    if ro.size and not np.isfinite(ro).all():
+        raise ValueError("fit_error_model: matchup residuals must be finite")
+    if ro.size:
+        sm = _sigma_model(model, obs_features)
+        extra = float(np.mean(ro**2) - np.mean(sm.astype(np.float64) ** 2))
+        model.update(sigma_scene_k=round(math.sqrt(max(extra, 0.0)), 4), n_scene=int(ro.size),
+                     scene_source=obs_source, scene_bias_k=round(float(ro.mean()), 4))
 
 
 def check_error_model(model: Any, where: str = "uncertainty") -> dict[str, Any]:

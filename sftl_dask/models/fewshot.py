@@ -76,7 +76,7 @@ def _last_linear(model: Any) -> Any:
 
 def _head_inputs(model: Any, x: NDArray[np.float32]) -> NDArray[np.float64]:
     """What the final linear layer of ``model.head`` receives for ``x`` (n, width)."""
-    import torch
+    import torch  # lazy: a tree model adapts (an offset) without importing torch
 
     seen: list[Any] = []
     hook = _last_linear(model).register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach()))

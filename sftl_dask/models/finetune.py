@@ -31,6 +31,7 @@ from sftl_dask.models.torch_models import Block
 __all__ = [
     "STRATEGIES",
     "Adapter",
+    "AdapterModule",
     "Full",
     "Gradual",
     "Head",
@@ -202,8 +203,12 @@ class Gradual(Strategy):
         return {"name": self.name, "epochs_per_group": self.epochs_per_group, "lr_decay": self.lr_decay}
 
 
-class _Adapter(nn.Module):
-    """Bottleneck adapter ``x + up(act(down(x)))`` along ``feature_dim``; ``up`` starts at zero (identity)."""
+class AdapterModule(nn.Module):
+    """Bottleneck adapter ``x + up(act(down(x)))`` along ``feature_dim``; ``up`` starts at zero (identity).
+
+    The module :class:`Adapter` inserts after each block; public so that an exported model can be checked for
+    adapters (:mod:`sftl_dask.models.artifact`).
+    """
 
     def __init__(self, dim: int, bottleneck: int, feature_dim: int) -> None:
         super().__init__()
@@ -222,7 +227,7 @@ class _Adapter(nn.Module):
 class _AdaptedBlock(nn.Module):
     """A backbone block followed by its adapter."""
 
-    def __init__(self, block: Block, adapter: _Adapter) -> None:
+    def __init__(self, block: Block, adapter: AdapterModule) -> None:
         super().__init__()
         self.block = block
         self.adapter = adapter
@@ -263,11 +268,11 @@ class Adapter(Strategy):
             parent, child = _parent(model, name)
             if isinstance(parent, _AdaptedBlock):
                 continue  # adapters already there
-            setattr(parent, child, _AdaptedBlock(block, _Adapter(block.out_features, self.bottleneck,
+            setattr(parent, child, _AdaptedBlock(block, AdapterModule(block.out_features, self.bottleneck,
                                                                  block.feature_dim)))
         _set_trainable(model.parameters(), False)
         for m in model.modules():
-            if isinstance(m, _Adapter):
+            if isinstance(m, AdapterModule):
                 _set_trainable(m.parameters(), True)
         if self.train_head:
             _require(model, "head")

@@ -29,7 +29,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from sftl_dask.models.error_model import apply_error_model, check_error_model
+from sftl_dask.models.artifact import ArtifactError, artifact_digest, load_artifact, verify_artifact
+from sftl_dask.models.error_model import ERROR_MODEL_FORMAT, apply_error_model, check_error_model
+from sftl_dask.physics.splitwindow import SplitWindowCoefficients, apply_split_window
 
 __all__ = [
     "DEVICES",
@@ -100,8 +102,6 @@ class _ArtifactRetriever:
     """Shared part of the artifact retrievers: features, error model, description."""
 
     def __init__(self, loaded: Any, digest: str) -> None:
-        from sftl_dask.models.artifact import ArtifactError
-
         card = loaded.card
         if "uncertainty" not in card:
             raise ArtifactError(f"{loaded.path / 'card.json'}: has no per-pixel error model ('uncertainty'); "
@@ -153,7 +153,7 @@ class TorchRetriever(_ArtifactRetriever):
 
     def __init__(self, loaded: Any, digest: str, *, device: str = "cpu", precision: str = "fp32") -> None:
         super().__init__(loaded, digest)
-        import torch
+        import torch  # lazy here and below: a worker retrieving with a tree or split-window model never imports torch
 
         self.device = torch.device(device)
         self.precision = precision
@@ -197,8 +197,6 @@ class SplitWindowRetriever:
     device = "cpu"
 
     def __init__(self, doc: Mapping[str, Any], path: Path, digest: str) -> None:
-        from sftl_dask.physics.splitwindow import SplitWindowCoefficients
-
         self.coeffs = SplitWindowCoefficients.from_dict(doc)
         if (self.coeffs.channel_i, self.coeffs.channel_j) != ("bt_10_80", "bt_11_95"):
             raise ValueError(f"{path}: split-window pair {self.coeffs.channel_i}/{self.coeffs.channel_j}; "
@@ -213,8 +211,6 @@ class SplitWindowRetriever:
         self.training_range = rng
 
     def predict(self, features: Mapping[str, NDArray[np.float32]]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        from sftl_dask.physics.splitwindow import apply_split_window
-
         e = features["emis_mean"]
         half = features["emis_diff"] * np.float32(0.5)
         # back from the features to the channel emissivities and the angle (only its band matters);
@@ -239,8 +235,6 @@ class SplitWindowRetriever:
 
 def _split_window_error_model(coeffs: Any) -> dict[str, Any]:
     """The split-window's windows as an error model: sigma = held-out RMSE of the pixel's window."""
-    from sftl_dask.models.error_model import ERROR_MODEL_FORMAT
-
     bands: dict[tuple[float, float], list[Any]] = {}
     for w in coeffs.windows:
         bands.setdefault((w.vza_min, w.vza_max), []).append(w)
@@ -272,11 +266,7 @@ def model_digest(path: str | Path) -> str:
     """
     p = Path(path)
     if p.is_dir():
-        from sftl_dask.models.artifact import artifact_digest
-
         if not (p / "sha256").is_file():
-            from sftl_dask.models.artifact import ArtifactError
-
             raise ArtifactError(f"{p / 'sha256'}: missing; the artifact cannot be verified")
         return artifact_digest(p)
     if not p.is_file():
@@ -308,8 +298,6 @@ def open_retriever(path: str | Path, *, device: str = "cpu", precision: str = "f
     FileNotFoundError
         If nothing is at ``path``.
     """
-    from sftl_dask.models.artifact import load_artifact, verify_artifact
-
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} unknown; choose from {', '.join(PRECISIONS)}")
     if device.split(":")[0] not in DEVICES:
@@ -365,8 +353,6 @@ def cached_retriever(ref: ModelRef) -> Retriever:
             return hit
         retriever = open_retriever(ref.path, device=ref.device, precision=ref.precision, program=ref.program)
         if retriever.digest != ref.digest:
-            from sftl_dask.models.artifact import ArtifactError
-
             raise ArtifactError(f"{ref.path}: changed since the run was planned (sha256 {retriever.digest[:12]}..., "
                                 f"expected {ref.digest[:12]}...)")
         _CACHE[ref] = retriever

@@ -11,10 +11,11 @@ CPU cache are ~3× slower, see ``reference/PERF.md``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from torch import nn
 from sftl_dask.metrics import rmse
 from sftl_dask.models.finetune import Strategy, trainable_parameters
 
-__all__ = ["SCHEDULES", "fit_torch", "predict_torch"]
+__all__ = ["SCHEDULES", "as_xy", "fit_torch", "lr_factor", "predict_torch", "torch_threads", "train_step"]
 
 #: Learning-rate schedules (per optimiser step).
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -35,7 +36,12 @@ _ONECYCLE_START = 0.04  # start and floor of one-cycle, as a fraction of the pea
 _COSINE_FLOOR = 0.01  # end of the cosine schedule, as a fraction of the initial lr
 
 
-def _lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
+def lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor of optimiser step ``step`` (0-based) under ``schedule`` over ``total_steps`` steps.
+
+    For ``torch.optim.lr_scheduler.LambdaLR``: ``cosine`` decays from 1 to 0.01, ``onecycle`` warms up from
+    0.04 to 1 over the first 30 % of the steps then decays to 0.001, ``constant`` stays at 1.
+    """
     def cosine(step: int) -> float:
         t = min(step / max(total_steps, 1), 1.0)
         return _COSINE_FLOOR + (1.0 - _COSINE_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t))
@@ -50,7 +56,14 @@ def _lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
     return {"cosine": cosine, "onecycle": onecycle, "constant": lambda step: 1.0}[schedule]
 
 
-def _as_xy(name: str, x: ArrayLike, y: ArrayLike, n_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+def as_xy(name: str, x: ArrayLike, y: ArrayLike, n_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (n, ``n_features``) and LST (K) as float32 tensors, checked.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``: a shape mismatch, no rows, or non-finite features or targets (counted).
+    """
     xa = np.ascontiguousarray(x, dtype=np.float32)
     ya = np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
     if xa.ndim != 2 or xa.shape[1] != n_features:
@@ -72,7 +85,7 @@ def _n_features(model: nn.Module) -> int:
     return int(n)
 
 
-def _train_step(model: nn.Module, crit: nn.Module, opt: torch.optim.Optimizer,
+def train_step(model: nn.Module, crit: nn.Module, opt: torch.optim.Optimizer,
                 sched: torch.optim.lr_scheduler.LRScheduler, xb: torch.Tensor, yb: torch.Tensor,
                 y_scale: float) -> torch.Tensor:
     """One optimiser and schedule step on a batch, the loss on the standardised target.
@@ -113,23 +126,16 @@ def fit_torch(
     Parameters
     ----------
     model : torch.nn.Module
-        An LST model (``Normalize → core → de-normalise``); with a fine-tuning ``strategy`` it
-        must already have been ``strategy.apply``-ed.
-    X : array-like of shape (n, n_features)
-        Raw features (:func:`~sftl_dask.features.feature_matrix`, feature units), float32.
-    y : array-like of shape (n,)
-        Target LST (K).
+        An LST model (``Normalize → core → de-normalise``), ``strategy.apply``-ed if a ``strategy`` is given.
+    X, y : array-like of shape (n, n_features) and (n,)
+        Raw features (:func:`~sftl_dask.features.feature_matrix`, feature units, float32); target LST (K).
     strategy : Strategy, optional
         Gives the parameter groups (discriminative learning rates) and the per-epoch ``step``
         (Gradual). Without one, every parameter with ``requires_grad`` trains at ``lr``.
-    epochs : int
-        Maximum epochs.
-    batch_size : int
-        Rows per optimiser step.
-    lr : float
-        Peak learning rate (the head's, for Gradual).
-    weight_decay : float
-        AdamW decoupled weight decay.
+    epochs, batch_size : int
+        Maximum epochs; rows per optimiser step.
+    lr, weight_decay : float
+        Peak learning rate (the head's, for Gradual); AdamW decoupled weight decay.
     val : (X_val, y_val), optional
         Validation set: its RMSE (K) is computed every epoch; training stops after ``patience``
         epochs without improvement and the best state is restored.
@@ -162,9 +168,37 @@ def fit_torch(
 
     Notes
     -----
-    Memory: ``X`` is copied once to a float32 tensor (``n × n_features × 4`` bytes); batches are
-    gathered from it.
+    Memory: ``X`` is copied once to a float32 tensor (``n × n_features × 4`` bytes); batches are gathered from it.
     """
+    _check_fit_settings(schedule, loss, epochs, batch_size, lr, weight_decay)
+    n_feat = _n_features(model)
+    xt, yt = as_xy("fit_torch", X, y, n_feat)
+    xv, yv = as_xy("fit_torch val", val[0], val[1], n_feat) if val is not None else (None, None)
+    y_scale = float(model.norm.y_std) if hasattr(model, "norm") else 1.0
+
+    t0 = time.perf_counter()
+    with torch_threads(threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _fit_loop(model, xt, yt, xv, yv, strategy=strategy, epochs=epochs, batch_size=batch_size,
+                         lr=lr, weight_decay=weight_decay, seed=seed, progress=progress, schedule=schedule,
+                         patience=patience, loss=loss, y_scale=y_scale, t0=t0)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` inside the block (unchanged when None or 0), restored afterwards."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _check_fit_settings(schedule: str, loss: str, epochs: int, batch_size: int, lr: float,
+                        weight_decay: float) -> None:
+    """Refuse an unknown schedule or loss, or a setting out of range (:func:`fit_torch`'s ``ValueError``)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"fit_torch: schedule {schedule!r} unknown; choose from {', '.join(SCHEDULES)}")
     if loss not in ("mse", "huber"):
@@ -172,23 +206,6 @@ def fit_torch(
     if epochs < 1 or batch_size < 1 or not lr > 0 or weight_decay < 0:
         raise ValueError(f"fit_torch: need epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0; got "
                          f"{epochs}, {batch_size}, {lr}, {weight_decay}")
-    n_feat = _n_features(model)
-    xt, yt = _as_xy("fit_torch", X, y, n_feat)
-    xv, yv = _as_xy("fit_torch val", val[0], val[1], n_feat) if val is not None else (None, None)
-    y_scale = float(model.norm.y_std) if hasattr(model, "norm") else 1.0
-
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    t0 = time.perf_counter()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return _fit_loop(model, xt, yt, xv, yv, strategy=strategy, epochs=epochs, batch_size=batch_size,
-                             lr=lr, weight_decay=weight_decay, seed=seed, progress=progress, schedule=schedule,
-                             patience=patience, loss=loss, y_scale=y_scale, t0=t0)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _fit_loop(model: nn.Module, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor | None,
@@ -202,7 +219,7 @@ def _fit_loop(model: nn.Module, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Te
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     n = xt.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(schedule, epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule, epochs * steps_per_epoch))
     gen = torch.Generator().manual_seed(seed)
     crit = nn.MSELoss() if loss == "mse" else nn.HuberLoss(delta=1.0)
 
@@ -216,7 +233,7 @@ def _fit_loop(model: nn.Module, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Te
         sq_sum = 0.0
         for idx in torch.randperm(n, generator=gen).split(batch_size):
             xb, yb = xt[idx].to(device), yt[idx].to(device)
-            pred = _train_step(model, crit, opt, sched, xb, yb, y_scale)
+            pred = train_step(model, crit, opt, sched, xb, yb, y_scale)
             sq_sum += float(((pred - yb) ** 2).sum())
         log: dict[str, Any] = {"epoch": epoch, "train_rmse_k": math.sqrt(sq_sum / n),
                                "lr": opt.param_groups[-1]["lr"]}

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from sftl_dask.features import FEATURES
 from sftl_dask.metrics import rmse
 
 __all__ = ["FOREST_FORMAT", "LGBM", "RF", "ForestPredictor"]
@@ -81,6 +82,35 @@ def _squared_error(model_str: str, xs: Sequence[np.ndarray], ys: Sequence[np.nda
     return sse, n
 
 
+def _piece(client: Any, rows: RowsOnWorkers, i: int, j: int) -> Any:
+    """Item ``j`` of part ``i`` (0 x, 1 y, 2 x_val, 3 y_val), kept on the worker holding the part."""
+    return client.submit(operator.itemgetter(j), rows.parts[i], workers=[rows.workers[i]], allow_other_workers=False,
+                         pure=False)
+
+
+def _held_out_rows(client: Any, rows: RowsOnWorkers) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The held-out rows of every part, gathered here (features, LST in K); None without any."""
+    held = [i for i, (_, n) in enumerate(rows.sizes) if n]
+    if not held:
+        return None, None
+    got = client.gather([[_piece(client, rows, i, 2), _piece(client, rows, i, 3)] for i in held])
+    return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+
+
+def _train_squared_error(client: Any, text: str, rows: RowsOnWorkers, train: Sequence[int], xs: Mapping[int, Any],
+                         ys: Mapping[int, Any]) -> tuple[float, int]:
+    """Sum of squared errors (K^2) of the model ``text`` over the training parts and their row count, each worker
+    scoring its own parts with its threads."""
+    nthreads = client.nthreads()
+    by_worker: dict[str, list[int]] = {}
+    for i in train:
+        by_worker.setdefault(rows.workers[i], []).append(i)
+    errs = client.gather([client.submit(_squared_error, text, [xs[i] for i in idx], [ys[i] for i in idx],
+                                        int(nthreads.get(w, 1)), workers=[w], pure=False)
+                          for w, idx in by_worker.items()])
+    return sum(e for e, _ in errs), sum(n for _, n in errs)
+
+
 def _early_stopping_iteration(booster: Any, x: np.ndarray, y: np.ndarray, rounds: int) -> int:
     """The iteration ``lightgbm.early_stopping(rounds)`` would keep, replayed on ``(x, y)`` after training.
 
@@ -92,9 +122,9 @@ def _early_stopping_iteration(booster: Any, x: np.ndarray, y: np.ndarray, rounds
     best, best_rmse = 0, np.inf
     for k in range(int(booster.current_iteration())):
         pred += booster.predict(x, start_iteration=k, num_iteration=1)
-        rmse = float(np.sqrt(np.mean((pred - yy) ** 2)))
-        if rmse < best_rmse:
-            best, best_rmse = k + 1, rmse
+        err = rmse(pred, yy)
+        if err < best_rmse:
+            best, best_rmse = k + 1, err
         elif k + 1 - best >= rounds:
             break
     return best
@@ -409,51 +439,19 @@ class LGBM:
         at the iteration :func:`lightgbm.early_stopping` would keep on the held-out rows (stopping
         inside distributed training could end the machines at different rounds).
         """
-        import dask.array as da
-        import lightgbm as lgb
-        from lightgbm.dask import DaskLGBMRegressor
-
-        from sftl_dask.features import FEATURES
+        import lightgbm as lgb  # lazy: importing the models costs no LightGBM (~0.5 s) until one trains
 
         t0 = time.perf_counter()
         if self.n_features != len(FEATURES):
             raise ValueError(f"LGBM.fit_dask: the model must take all {len(FEATURES)} features, not {self.n_features}")
         self.booster = None
-        parts, sizes = rows.parts, rows.sizes
-        placed = list(zip(parts, rows.workers, strict=True))
-        nthreads = client.nthreads()
-
-        def piece(i: int, j: int) -> Any:
-            return client.submit(operator.itemgetter(j), parts[i], workers=[placed[i][1]], allow_other_workers=False,
-                                 pure=False)
-
-        train = [i for i, (n, _) in enumerate(sizes) if n]
+        train = [i for i, (n, _) in enumerate(rows.sizes) if n]
         if not train:
             raise ValueError(f"LGBM.fit_dask: {rows.label}: no training rows")
-        xs = {i: piece(i, 0) for i in train}
-        ys = {i: piece(i, 1) for i in train}
-        X = da.concatenate([da.from_delayed(xs[i], shape=(sizes[i][0], len(FEATURES)), dtype=np.float32)
-                            for i in train])
-        y = da.concatenate([da.from_delayed(ys[i], shape=(sizes[i][0],), dtype=np.float32) for i in train])
-        rows_per_worker: dict[str, int] = {}
-        for i in train:
-            rows_per_worker[placed[i][1]] = rows_per_worker.get(placed[i][1], 0) + sizes[i][0]
-
-        kwargs = {_SKLEARN_NAMES.get(k, k): v for k, v in self.params.items() if k not in ("num_threads", "n_jobs")}
-        est = DaskLGBMRegressor(client=client, n_estimators=self.n_estimators, **kwargs)
-        with warnings.catch_warnings():
-            # lightgbm.dask sets num_threads to each worker's thread count and says so about n_jobs
-            warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
-            est.fit(X, y)
-        text = est.booster_.model_to_string()
-        del est, X, y
-
-        held = [i for i, (_, n) in enumerate(sizes) if n]
-        x_val = y_val = None
-        if held:
-            got = client.gather([[piece(i, 2), piece(i, 3)] for i in held])
-            x_val = np.concatenate([g[0] for g in got])
-            y_val = np.concatenate([g[1] for g in got])
+        xs = {i: _piece(client, rows, i, 0) for i in train}
+        ys = {i: _piece(client, rows, i, 1) for i in train}
+        text = self._boost_on_workers(client, rows, train, xs, ys)
+        x_val, y_val = _held_out_rows(client, rows)
         booster = lgb.Booster(model_str=text)
         if self.early_stopping_rounds and x_val is not None:
             best = _early_stopping_iteration(booster, x_val, y_val, int(self.early_stopping_rounds))
@@ -461,16 +459,15 @@ class LGBM:
                 text = booster.model_to_string(num_iteration=best)
                 booster = lgb.Booster(model_str=text)
         self.booster = booster
-
-        by_worker = {w: [i for i in train if placed[i][1] == w] for w in rows_per_worker}
-        errs = client.gather([client.submit(_squared_error, text, [xs[i] for i in idx], [ys[i] for i in idx],
-                                            int(nthreads.get(w, 1)), workers=[w], pure=False)
-                              for w, idx in by_worker.items()])
-        n_train = sum(n for _, n in errs)
+        rows_per_worker: dict[str, int] = {}
+        for i in train:
+            rows_per_worker[rows.workers[i]] = rows_per_worker.get(rows.workers[i], 0) + rows.sizes[i][0]
+        sse, n_train = _train_squared_error(client, text, rows, train, xs, ys)
         machines = re.search(r"^\[num_machines: (\d+)\]$", text, flags=re.MULTILINE)
         hist: dict[str, Any] = {
             "n_trees": self.n_trees, "added_trees": self.n_trees, "n_train": n_train,
-            "train_rmse_k": float(np.sqrt(sum(e for e, _ in errs) / n_train)),
+            # the workers' summed squared errors: the training rows never come to this process
+            "train_rmse_k": float(np.sqrt(sse / n_train)),
             "n_val": 0 if y_val is None else int(y_val.size),
             "val_rmse_k": None if x_val is None else rmse(self.predict(x_val), y_val),
             "n_workers": int(machines.group(1)) if machines else 1, "n_partitions": len(train),
@@ -478,6 +475,23 @@ class LGBM:
         }
         hist["seconds"] = round(time.perf_counter() - t0, 3)
         return hist
+
+    def _boost_on_workers(self, client: Any, rows: RowsOnWorkers, train: Sequence[int], xs: Mapping[int, Any],
+                          ys: Mapping[int, Any]) -> str:
+        """Boost :attr:`n_estimators` rounds with ``lightgbm.dask`` on the workers' training parts; the model text."""
+        import dask.array as da  # lazy, as lightgbm
+        from lightgbm.dask import DaskLGBMRegressor
+
+        X = da.concatenate([da.from_delayed(xs[i], shape=(rows.sizes[i][0], len(FEATURES)), dtype=np.float32)
+                            for i in train])
+        y = da.concatenate([da.from_delayed(ys[i], shape=(rows.sizes[i][0],), dtype=np.float32) for i in train])
+        kwargs = {_SKLEARN_NAMES.get(k, k): v for k, v in self.params.items() if k not in ("num_threads", "n_jobs")}
+        est = DaskLGBMRegressor(client=client, n_estimators=self.n_estimators, **kwargs)
+        with warnings.catch_warnings():
+            # lightgbm.dask sets num_threads to each worker's thread count and says so about n_jobs
+            warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+            est.fit(X, y)
+        return str(est.booster_.model_to_string())
 
     def finetune(self, X: ArrayLike, y: ArrayLike, *, n_more: int = 100,
                  val: tuple[ArrayLike, ArrayLike] | None = None, **params: Any) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 directions (one pre-training shared); retrieval of each region's LST by the model transferred to it; validation
 against the radiometers; monthly composites; a report (``report.md`` and a self-contained ``report.html``).
 
-Every product is keyed by what made it (:func:`sftl_dask.training.stages.cache_key`; the
+Every product is keyed by what made it (:func:`sftl_dask.staging.cache_key`; the
 validation and composites are the shared steps of :mod:`sftl_dask.pipelines.steps`) and stamped only once
 complete, so a re-run into the same folder skips what is done and an interrupted run leaves nothing that looks
 complete: the training folders and validation are staged and renamed into place, the LST stores mark each time
@@ -28,22 +28,13 @@ from sftl_dask.io.cube import cube_stores, read_slots
 from sftl_dask.io.insitu import read_sites
 from sftl_dask.io.lst import QC_FLAGS
 from sftl_dask.io.tiles import zone_of_store
+from sftl_dask.pipelines.data import prepare_data
 from sftl_dask.pipelines.steps import composites_step, lst_key, validate_step
 from sftl_dask.report import demo_report
 from sftl_dask.retrieve import retrieve
 from sftl_dask.simulate import read_simulation_metadata
-from sftl_dask.staging import staged_dir
-from sftl_dask.training.stages import (
-    DIRECTIONS,
-    TrainConfig,
-    cache_key,
-    cached,
-    load_config,
-    prepare_data,
-    pretrain,
-    run_stages,
-    stamp,
-)
+from sftl_dask.staging import cache_key, reuse_or_remove, staged_dir, stamp
+from sftl_dask.training.stages import DIRECTIONS, TrainConfig, load_config, pretrain, run_stages
 from sftl_dask.version import __version__
 
 __all__ = ["run_demo"]
@@ -153,7 +144,7 @@ def _train_directions(cfg: TrainConfig, directions: Sequence[str], data: Mapping
         dout = out / d
         key = cache_key({"config": {k: v for k, v in dataclasses.asdict(cfg_d).items() if k != "source"},
                          "data": data["key"], "version": __version__})
-        skipped = cached(dout, key)
+        skipped = reuse_or_remove(dout, key)
         if not skipped:
             if pre is None:
                 pre = pretrain(cfg, data, threads=threads, log=log)

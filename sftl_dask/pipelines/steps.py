@@ -18,8 +18,7 @@ from sftl_dask.api import open_lst
 from sftl_dask.io.cube import cube_stores, read_slots
 from sftl_dask.io.tiles import zone_of_store
 from sftl_dask.models.retriever import model_digest
-from sftl_dask.staging import staged_dir
-from sftl_dask.training.stages import cache_key, cached, stamp
+from sftl_dask.staging import cache_key, reuse_or_remove, staged_dir, stamp
 from sftl_dask.validate import validate
 from sftl_dask.version import __version__
 
@@ -58,7 +57,7 @@ def validate_step(lst_root: Path, insitu: Path, sites: Path, out: Path, key: str
     bool
         Whether the validation was reused.
     """
-    if cached(out, key):
+    if reuse_or_remove(out, key):
         return True
     validate(lst_root, insitu, sites, out, client=client, overwrite=True, progress=progress)
     stamp(out, key)
@@ -74,7 +73,7 @@ def composites_step(lst_root: Path, out: Path, key: str, regions: Mapping[str, s
     bool
         Whether the composites were reused.
     """
-    if cached(out, key):
+    if reuse_or_remove(out, key):
         return True
     with staged_dir(out) as tmp:
         write_monthly_composites(lst_root, tmp, regions)

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from sftl_dask.features import FEATURES
@@ -31,7 +33,7 @@ from sftl_dask.models import MODELS, STRATEGY_NAMES, TREE_MODELS
 
 __all__ = ["DIRECTIONS", "MODELS", "SCHEDULES", "STRATEGY_NAMES", "TREE_MODELS", "ConfigError", "DataSection",
            "DirectSection", "FinetuneSection", "GridSection", "ModelSection", "PipelineConfig", "PretrainSection",
-           "TransferSection", "load_pipeline", "write_schema"]
+           "TrainConfig", "TransferSection", "load_config", "load_pipeline", "model_features", "write_schema"]
 
 #: Direction name -> (source region, target region): Si = simulation, Hu = Huailai, He = Heihe.
 DIRECTIONS: dict[str, tuple[str, str]] = {"SiHuHe": ("huailai", "heihe"), "SiHeHu": ("heihe", "huailai")}
@@ -287,8 +289,6 @@ def load_pipeline(path: str | os.PathLike[str]) -> PipelineConfig:
         missing key, a value of the wrong type or out of range, an unknown model, strategy, direction or
         feature, no or several data sources.
     """
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
@@ -309,6 +309,58 @@ def write_schema(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.write_text(json.dumps(PipelineConfig.model_json_schema(), indent=1, sort_keys=True) + "\n")
     return path
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A checked pipeline configuration (:class:`PipelineConfig`), sections as dicts with every default filled in
+    (the defaults live in the sections above, once)."""
+
+    name: str
+    direction: str
+    source_region: str
+    target_region: str
+    seed: int
+    data: dict[str, Any]
+    model: dict[str, Any]
+    pretrain: dict[str, Any]
+    finetune: dict[str, Any]
+    transfer: dict[str, Any]
+    source: str = field(default="config")
+    direct: dict[str, Any] = field(default_factory=lambda: {"folds": 3, "search": {}})
+
+    @classmethod
+    def from_pipeline(cls, p: PipelineConfig, source: str) -> TrainConfig:
+        """The configuration of a checked pipeline read from ``source`` (its path)."""
+        d = p.model_dump()
+        return cls(name=p.name, direction=p.direction, source_region=str(p.source_region),
+                   target_region=str(p.target_region), seed=p.seed, data=d["data"], model=d["model"],
+                   pretrain=d["pretrain"], finetune=d["finetune"], transfer=d["transfer"], source=source,
+                   direct=d["direct"])
+
+
+def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Read and check a pipeline YAML (:func:`load_pipeline`).
+
+    Raises
+    ------
+    ConfigError
+        A ``ValueError`` naming the file and the key path: unknown or missing keys, values of the wrong type,
+        unknown model, strategy, direction or feature, no or several data sources.
+    FileNotFoundError
+        If the file does not exist.
+    """
+    return TrainConfig.from_pipeline(load_pipeline(path), str(path))
+
+
+def model_features(cfg: TrainConfig) -> tuple[str, ...]:
+    """The features the configuration's model takes, in :data:`~sftl_dask.features.FEATURES` order.
+
+    ``model.features`` lists them (default: all); ``model.drop_features`` removes some (the ablation).
+    """
+    names = tuple(cfg.model["features"] or FEATURES)
+    drop = set(cfg.model["drop_features"] or ())
+    return tuple(f for f in FEATURES if f in names and f not in drop)
 
 
 if __name__ == "__main__":  # pragma: no cover - regenerates the schema in docs/

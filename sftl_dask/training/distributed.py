@@ -28,24 +28,35 @@ import datetime
 import hashlib
 import inspect
 import math
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
+from distributed import get_worker, wait
+from distributed.comm import get_address_host
 from numpy.typing import NDArray
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from sftl_dask.simulate import RowRange, plan_row_ranges, read_training_rows
+from sftl_dask.models import TORCH_MODELS, build_model
+from sftl_dask.models.finetune import trainable_parameters
+from sftl_dask.models.trainer import SCHEDULES, as_xy, lr_factor, predict_torch, torch_threads, train_step
+from sftl_dask.simulate import RowRange, plan_row_ranges, read_training_rows, simulation_parts
 
-__all__ = ["BACKENDS", "WorkerRows", "pretrain_distributed", "read_simulation_on_workers"]
+__all__ = ["BACKENDS", "DistributedSettings", "WorkerRows", "pretrain_distributed", "read_simulation_on_workers"]
 
 #: Process-group backends: ``auto`` is NCCL when every rank has a GPU of its own, else gloo.
 BACKENDS = ("auto", "gloo", "nccl")
 
-_STD_EPS = 1e-6  # added to feature standard deviations, as stages._new_model does
+_STD_EPS = 1e-6  # added to feature standard deviations, as tasks.TorchTask.configure_model does
 _POLL_S = 0.5  # driver polling interval while the ranks train (s)
 
 
@@ -106,11 +117,6 @@ def _combine_stats(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- cluster probes
 def _probe() -> dict[str, Any]:
     """Process, host and GPU identity of a worker (runs there through ``client.run``)."""
-    import os
-    import socket
-
-    import torch
-
     info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "n_gpu": 0, "gpu0": None}
     if torch.cuda.is_available():
         info["n_gpu"] = torch.cuda.device_count()
@@ -120,8 +126,6 @@ def _probe() -> dict[str, Any]:
 
 def _free_port() -> int:
     """A TCP port free on this worker's host (bound to port 0 and released)."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
         return int(s.getsockname()[1])
@@ -179,18 +183,14 @@ def _param_checksum(model: Any) -> str:
 def _train_rank(shard: _Shard, model: Any, rank: int, world_size: int, init_method: str, backend: str,
                 cuda_index: int | None, cfg: Mapping[str, Any], topic: str | None) -> dict[str, Any]:
     """One rank of the data-parallel training (a Dask task pinned to its worker)."""
-    import torch
-    import torch.distributed as dist
 
     if dist.is_initialized():
         raise RuntimeError(f"rank {rank}: this worker is already in a torch.distributed process group "
                            "(another distributed training running on it?)")
     try:
-        from distributed import get_worker
-
         worker: Any = get_worker()
         threads = int(getattr(worker.state, "nthreads", 0) or getattr(worker, "nthreads", 0) or 0)
-    except (ImportError, ValueError):
+    except ValueError:  # not on a worker
         worker, threads = None, 0
     device = torch.device("cuda", cuda_index) if cuda_index is not None else torch.device("cpu")
     if device.type == "cuda":
@@ -200,10 +200,7 @@ def _train_rank(shard: _Shard, model: Any, rank: int, world_size: int, init_meth
         if rank == 0 and worker is not None and topic is not None:
             worker.log_event(topic, entry)
 
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=float(cfg["timeout_s"])))
         try:
@@ -212,16 +209,12 @@ def _train_rank(shard: _Shard, model: Any, rank: int, world_size: int, init_meth
                 return _ddp_loop(shard, model, rank, world_size, device, cfg, log)
         finally:
             dist.destroy_process_group()
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _ddp_loop(shard: _Shard, model: Any, rank: int, world_size: int, device: Any, cfg: Mapping[str, Any],
               log: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    from sftl_dask.models.trainer import _as_xy
-
     t0 = time.perf_counter()
-    xt, yt = _as_xy(f"{shard.label} train", shard.x, shard.y, int(model.n_features))
+    xt, yt = as_xy(f"{shard.label} train", shard.x, shard.y, int(model.n_features))
     model = model.to(device)
     # parameters the forward never uses (e.g. CNN's empty CLS token) would stall DDP's gradient
     # reduction; fit_torch leaves them untouched (no gradient), so freeze them for the run
@@ -250,14 +243,6 @@ def _unused_parameters(model: Any, xb: Any) -> list[Any]:
 
 def _ddp_epochs(shard: _Shard, model: Any, rank: int, world_size: int, device: Any, cfg: Mapping[str, Any],
                 log: Callable[[dict[str, Any]], None], xt: Any, yt: Any, t0: float) -> dict[str, Any]:
-    import torch
-    import torch.distributed as dist
-    from torch import nn
-    from torch.nn.parallel import DistributedDataParallel
-
-    from sftl_dask.models.finetune import trainable_parameters
-    from sftl_dask.models.trainer import _lr_factor, _train_step, predict_torch
-
     has_val = shard.y_val.shape[0] > 0
     xv = np.ascontiguousarray(shard.x_val, dtype=np.float32)
     yv = shard.y_val.astype(np.float64)
@@ -275,7 +260,7 @@ def _ddp_epochs(shard: _Shard, model: Any, rank: int, world_size: int, device: A
     steps = int(steps_t.item())
     setup_s = time.perf_counter() - t0  # DDP construction (parameter broadcast) and the first collective
     epochs = int(cfg["epochs"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(str(cfg["schedule"]), epochs * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(str(cfg["schedule"]), epochs * steps))
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([int(cfg["seed"]), rank, 1]).generate_state(1)[0]))
     crit = nn.MSELoss() if cfg["loss"] == "mse" else nn.HuberLoss(delta=1.0)
     patience = cfg["patience"]
@@ -289,7 +274,7 @@ def _ddp_epochs(shard: _Shard, model: Any, rank: int, world_size: int, device: A
         seen = 0
         for idx in torch.randperm(n, generator=gen)[: steps * batch].split(batch):
             xb, yb = xt[idx].to(device), yt[idx].to(device)
-            pred = _train_step(ddp, crit, opt, sched, xb, yb, y_scale)
+            pred = train_step(ddp, crit, opt, sched, xb, yb, y_scale)
             sq += ((pred - yb) ** 2).sum().double()
             seen += int(idx.numel())
         val_sse = 0.0
@@ -333,8 +318,6 @@ def _ddp_epochs(shard: _Shard, model: Any, rank: int, world_size: int, device: A
 def _wait(client: Any, futures: Sequence[Any], workers: Sequence[str], topic: str,
           progress: Callable[[dict[str, Any]], None] | None) -> list[Any]:
     """Gather the rank results, failing fast on the first error or a lost worker, relaying progress."""
-    from distributed import wait
-
     delivered = 0
 
     def relay() -> None:
@@ -366,49 +349,23 @@ def _wait(client: Any, futures: Sequence[Any], workers: Sequence[str], topic: st
     return client.gather(list(futures))
 
 
-def pretrain_distributed(
-    model_name: str,
-    sim_path: str | Path,
-    *,
-    client: Any,
-    model_params: Mapping[str, Any] | None = None,
-    epochs: int = 10,
-    batch_size: int = 8192,
-    lr: float = 2e-3,
-    weight_decay: float = 1e-4,
-    holdout_profiles: Iterable[int] = (),
-    seed: int = 0,
-    n_workers: int | None = None,
-    backend: str = "auto",
-    schedule: str = "cosine",
-    patience: int | None = 10,
-    loss: str = "mse",
-    timeout_s: float = 600.0,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """Pre-train a torch LST model data-parallel on the simulation table, one rank per Dask worker.
+@dataclass(frozen=True)
+class DistributedSettings:
+    """What :func:`pretrain_distributed` trains and how; checked once, when made.
 
     Parameters
     ----------
     model_name : {"dnn", "trf", "cnn"}
         The torch model (:data:`sftl_dask.models.TORCH_MODELS`).
-    sim_path : path
-        Simulation table: a Parquet dataset directory (``part-*.parquet``) written by
-        :func:`sftl_dask.simulate.write_simulation`, or one Parquet file, readable by every worker
-        at this path.
-    client : distributed.Client
-        Its workers run the ranks; each must be a process of its own.
-    model_params : mapping, optional
+    model_params : mapping
         Model settings for :func:`sftl_dask.models.build_model` (e.g. ``hidden`` for DNN).
     epochs : int
         Maximum epochs.
     batch_size : int
         Global rows per optimiser step; each rank takes ``batch_size // world_size``.
-    lr : float
-        Peak learning rate.
-    weight_decay : float
-        AdamW decoupled weight decay.
-    holdout_profiles : iterable of int
+    lr, weight_decay : float
+        Peak learning rate; AdamW decoupled weight decay.
+    holdout_profiles : sequence of int
         ``profile_id`` values held out as the validation set (RMSE in K every epoch, early stopping,
         best state restored); empty: no validation, the last state is kept.
     seed : int
@@ -427,6 +384,69 @@ def pretrain_distributed(
     timeout_s : float
         Process-group timeout (s): rendezvous and collectives fail after it instead of hanging on a
         dead or missing peer.
+
+    Raises
+    ------
+    ValueError
+        An unknown model, backend, schedule or loss, or a setting out of range (named).
+    """
+
+    model_name: str
+    model_params: Mapping[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 8192
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    holdout_profiles: Sequence[int] = ()
+    seed: int = 0
+    n_workers: int | None = None
+    backend: str = "auto"
+    schedule: str = "cosine"
+    patience: int | None = 10
+    loss: str = "mse"
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        name = str(self.model_name).lower()
+        if name not in TORCH_MODELS:
+            raise ValueError(f"pretrain_distributed: model {self.model_name!r} is not a torch model; choose from "
+                             f"{', '.join(TORCH_MODELS)}")
+        object.__setattr__(self, "model_name", name)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"pretrain_distributed: backend {self.backend!r} unknown; choose from "
+                             f"{', '.join(BACKENDS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"pretrain_distributed: schedule {self.schedule!r} unknown; choose from "
+                             f"{', '.join(SCHEDULES)}")
+        if self.loss not in ("mse", "huber"):
+            raise ValueError(f"pretrain_distributed: loss {self.loss!r} unknown; choose from mse, huber")
+        if (self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.weight_decay < 0
+                or not self.timeout_s > 0):
+            raise ValueError("pretrain_distributed: need epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0, "
+                             f"timeout_s > 0; got {self.epochs}, {self.batch_size}, {self.lr}, {self.weight_decay}, "
+                             f"{self.timeout_s}")
+
+    def loop(self) -> dict[str, Any]:
+        """The settings each rank's training loop reads (plain values, sent with the task)."""
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                "weight_decay": self.weight_decay, "seed": self.seed, "schedule": self.schedule,
+                "patience": self.patience, "loss": self.loss, "timeout_s": self.timeout_s}
+
+
+def pretrain_distributed(settings: DistributedSettings, sim_path: str | Path, *, client: Any,
+                         progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Pre-train a torch LST model data-parallel on the simulation table, one rank per Dask worker.
+
+    Parameters
+    ----------
+    settings : DistributedSettings
+        The model, its training settings, the held-out profiles, the ranks and the backend.
+    sim_path : path
+        Simulation table: a Parquet dataset directory (``part-*.parquet``) written by
+        :func:`sftl_dask.simulate.write_simulation`, or one Parquet file, readable by every worker
+        at this path.
+    client : distributed.Client
+        Its workers run the ranks; each must be a process of its own.
     progress : callable, optional
         Called on the driver with each epoch's log (``epoch``, ``train_rmse_k``, ``val_rmse_k``, ``lr``),
         relayed from rank 0 while training runs.
@@ -450,73 +470,71 @@ def pretrain_distributed(
     ValueError
         Naming the path, file or column: table not found, no part files, a missing column, more
         ranks than rows, an empty shard (every row of a shard held out), invalid feature inputs;
-        a client without workers, ``n_workers`` larger than the cluster, an unknown model, backend,
-        schedule or loss, bad settings, or workers sharing a process.
+        a client without workers, ``n_workers`` larger than the cluster, ``batch_size`` smaller than
+        the ranks, or workers sharing a process.
     RuntimeError
         If a worker leaves the cluster during training or the ranks end with different parameters.
     """
-    from distributed.comm import get_address_host
-
-    from sftl_dask.models import TORCH_MODELS, build_model
-    from sftl_dask.models.trainer import SCHEDULES
-
     t_start = time.perf_counter()
-    name = str(model_name).lower()
-    if name not in TORCH_MODELS:
-        raise ValueError(f"pretrain_distributed: model {model_name!r} is not a torch model; choose from "
-                         f"{', '.join(TORCH_MODELS)}")
-    if backend not in BACKENDS:
-        raise ValueError(f"pretrain_distributed: backend {backend!r} unknown; choose from {', '.join(BACKENDS)}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"pretrain_distributed: schedule {schedule!r} unknown; choose from {', '.join(SCHEDULES)}")
-    if loss not in ("mse", "huber"):
-        raise ValueError(f"pretrain_distributed: loss {loss!r} unknown; choose from mse, huber")
-    if epochs < 1 or batch_size < 1 or not lr > 0 or weight_decay < 0 or not timeout_s > 0:
-        raise ValueError("pretrain_distributed: need epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0, "
-                         f"timeout_s > 0; got {epochs}, {batch_size}, {lr}, {weight_decay}, {timeout_s}")
     if client is None:
         raise ValueError("pretrain_distributed: a Dask client is required")
-    workers = _select_workers(client, n_workers)
-    world_size = len(workers)
-    if batch_size < world_size:
-        raise ValueError(f"pretrain_distributed: batch_size {batch_size} is smaller than world_size {world_size}")
-    infos_by_addr = client.run(_probe, workers=list(workers))
-    infos = [infos_by_addr[w] for w in workers]
-    if len({(i["host"], i["pid"]) for i in infos}) < world_size:
-        raise ValueError("pretrain_distributed: workers share a process; torch.distributed needs one worker "
-                         "process per rank (LocalCluster(processes=True))")
-    chosen, cuda_idx = _devices(infos, backend)
-
-    pin = {"allow_other_workers": False, "pure": False}
+    workers = _select_workers(client, settings.n_workers)
+    if settings.batch_size < len(workers):
+        raise ValueError(f"pretrain_distributed: batch_size {settings.batch_size} is smaller than world_size "
+                         f"{len(workers)}")
+    backend, cuda_idx = _devices(_worker_infos(client, workers), settings.backend)
     sim = str(Path(sim_path))
-    plan = client.submit(plan_row_ranges, sim, world_size, workers=[workers[0]], **pin).result()
-    holdout = np.unique(np.asarray(list(holdout_profiles), dtype=np.int64))
+    pin = {"allow_other_workers": False, "pure": False}
+    plan = client.submit(plan_row_ranges, sim, len(workers), workers=[workers[0]], **pin).result()
+    holdout = np.unique(np.asarray(list(settings.holdout_profiles), dtype=np.int64))
     shards = [client.submit(_load_shard, label, ranges, holdout, workers=[w], **pin)
               for label, ranges, w in zip(_shard_labels(sim, plan), plan, workers, strict=True)]
     futures: list[Any] = list(shards)
     try:
-        stats = _combine_stats(client.gather([client.submit(_shard_stats, s, workers=[w], **pin)
-                                              for s, w in zip(shards, workers, strict=True)]))
-        import torch
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = build_model(name, int(stats["x_mean"].shape[0]), stats["x_mean"], stats["x_std"] + _STD_EPS,
-                                target_mean=float(stats["y_mean"]), target_std=float(stats["y_std"]),
-                                **dict(model_params or {}))
-        host = get_address_host(workers[0])
-        port = client.run(_free_port, workers=[workers[0]])[workers[0]]
-        init_method = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
-        cfg = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-               "schedule": schedule, "patience": patience, "loss": loss, "timeout_s": timeout_s}
+        model = _initial_model(settings, client.gather([client.submit(_shard_stats, s, workers=[w], **pin)
+                                                        for s, w in zip(shards, workers, strict=True)]))
+        init_method = _init_method(client, workers[0])
         topic = f"sftl-pretrain-distributed-{uuid.uuid4().hex}"
-        runs = [client.submit(_train_rank, s, model, rank, world_size, init_method, chosen, cuda_idx[rank], cfg,
-                              topic, workers=[w], **pin)
+        runs = [client.submit(_train_rank, s, model, rank, len(workers), init_method, backend, cuda_idx[rank],
+                              settings.loop(), topic, workers=[w], **pin)
                 for rank, (s, w) in enumerate(zip(shards, workers, strict=True))]
         futures += runs
         results = _wait(client, runs, workers, topic, progress)
     finally:
         client.cancel(futures)
+    return model, _gathered(model, results, workers, backend, t_start)
+
+
+def _worker_infos(client: Any, workers: Sequence[str]) -> list[dict[str, Any]]:
+    """Each worker's process, host and GPUs (:func:`_probe`), refusing workers that share a process."""
+    by_addr = client.run(_probe, workers=list(workers))
+    infos = [by_addr[w] for w in workers]
+    if len({(i["host"], i["pid"]) for i in infos}) < len(workers):
+        raise ValueError("pretrain_distributed: workers share a process; torch.distributed needs one worker "
+                         "process per rank (LocalCluster(processes=True))")
+    return infos
+
+
+def _initial_model(settings: DistributedSettings, parts: Sequence[Mapping[str, Any]]) -> Any:
+    """The model to train, seeded, normalised with the global statistics of the shards' training rows."""
+    stats = _combine_stats(parts)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        return build_model(settings.model_name, int(stats["x_mean"].shape[0]), stats["x_mean"],
+                           stats["x_std"] + _STD_EPS, target_mean=float(stats["y_mean"]),
+                           target_std=float(stats["y_std"]), **dict(settings.model_params))
+
+
+def _init_method(client: Any, first: str) -> str:
+    """The rendezvous address of the process group: a free port on the first worker's host."""
+    host = get_address_host(first)
+    port = client.run(_free_port, workers=[first])[first]
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def _gathered(model: Any, results: Sequence[Mapping[str, Any]], workers: Sequence[str], backend: str,
+              t_start: float) -> dict[str, Any]:
+    """Load rank 0's best state into ``model`` (the ranks must agree) and return the run's history."""
     sums = [r["checksum"] for r in results]
     if len(set(sums)) != 1:
         raise RuntimeError(f"pretrain_distributed: ranks ended with different parameters ({sums})")
@@ -524,10 +542,10 @@ def pretrain_distributed(
     model.eval()
     hist = dict(results[0]["history"])
     hist.update(n_train=sum(r["n_train"] for r in results), n_val=sum(r["n_val"] for r in results),
-                rows_per_rank=[r["n_train"] for r in results], world_size=world_size, backend=chosen,
-                device="cuda" if chosen == "nccl" else "cpu", workers=list(workers), param_checksums=sums,
+                rows_per_rank=[r["n_train"] for r in results], world_size=len(workers), backend=backend,
+                device="cuda" if backend == "nccl" else "cpu", workers=list(workers), param_checksums=sums,
                 wall_seconds=round(time.perf_counter() - t_start, 3))
-    return model, hist
+    return hist
 
 
 # ------------------------------------------------------------------------- trees: rows read on the workers
@@ -571,10 +589,6 @@ def read_simulation_on_workers(sim_path: str | Path, *, client: Any, holdout_pro
         the file and column) or fewer rows than partitions, no training rows remain after the holdout, or
         ``partitions < 1``.
     """
-    from distributed import wait
-
-    from sftl_dask.simulate import simulation_parts
-
     if partitions is not None and partitions < 1:
         raise ValueError(f"read_simulation_on_workers: partitions must be >= 1, got {partitions}")
     path = Path(sim_path)

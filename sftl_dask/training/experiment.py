@@ -5,7 +5,11 @@ without chosen features). Each (model, seed, feature set) is pre-trained once: L
 ``lightgbm.dask`` across the cluster's workers (on the driver, before the grid, since it needs every
 worker at once), the others as one task each. Every (model, strategy, direction, seed, feature set)
 cell is a task that depends on its pre-training future, fine-tunes and transfers. Results are
-gathered as they finish; a failed cell is recorded with its error, never fatal.
+gathered as they finish; a cell that fails for an expected reason (:data:`CELL_FAILURES`: bad data or
+settings, a numerical or memory failure) is recorded with its error, never fatal; a bug raises.
+
+:func:`run_grid` runs on prepared data; :func:`sftl_dask.pipelines.experiment.run_experiment` (``sftl
+experiment``) prepares it first.
 
 Outputs under ``out``: ``results.parquet`` (one row per cell), ``predictions.parquet`` (every cell's
 cross-site predictions), ``summary.md`` and figures (see :func:`sftl_dask.report.experiment_report`).
@@ -18,17 +22,26 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from distributed import as_completed
 
 from sftl_dask.models import MODELS, TREE_MODELS
-from sftl_dask.training.config import DIRECTIONS
-from sftl_dask.training.stages import TrainConfig, direct_baseline, prepare_data, pretrain, run_stages
+from sftl_dask.report import experiment_report
+from sftl_dask.staging import staged_file
+from sftl_dask.training.config import DIRECTIONS, ConfigError, TrainConfig, load_pipeline
+from sftl_dask.training.stages import direct_baseline, pretrain, run_stages
 
-__all__ = ["load_grid", "run_experiment"]
+__all__ = ["CELL_FAILURES", "load_grid", "run_grid"]
+
+#: What a cell (or a shared direct baseline) may fail with and be recorded, not raised: bad data or settings
+#: (ValueError), torch's runtime and memory errors (RuntimeError, MemoryError: a too-large model, a NaN
+#: loss), a numerical failure (ArithmeticError). Anything else is a bug: it raises, with its traceback.
+CELL_FAILURES: tuple[type[BaseException], ...] = (ValueError, RuntimeError, MemoryError, ArithmeticError)
 
 
 def load_grid(path: str | os.PathLike[str]) -> tuple[TrainConfig, dict[str, Any]]:
@@ -45,8 +58,6 @@ def load_grid(path: str | os.PathLike[str]) -> tuple[TrainConfig, dict[str, Any]
         A ``ValueError`` naming the file and key when the grid is missing or holds an unknown key, a value
         of the wrong type, or an unknown model, strategy, direction or feature.
     """
-    from sftl_dask.training.config import ConfigError, load_pipeline
-
     pipeline = load_pipeline(path)
     if pipeline.grid is None:
         raise ConfigError(f"{path}: grid: missing (models, strategies, directions, seeds)")
@@ -60,7 +71,7 @@ def load_grid(path: str | os.PathLike[str]) -> tuple[TrainConfig, dict[str, Any]
     return TrainConfig.from_pipeline(pipeline, str(path)), grid
 
 
-def _variant(cfg: TrainConfig, grid: dict[str, Any], model: str, strategy: str | None, direction: str, seed: int,
+def _variant(cfg: TrainConfig, grid: Mapping[str, Any], model: str, strategy: str | None, direction: str, seed: int,
              drop: tuple[str, ...] = ()) -> TrainConfig:
     src, tgt = DIRECTIONS[direction]
     ft = dict(cfg.finetune)
@@ -84,7 +95,7 @@ def _direct_task(cfg: TrainConfig, data: dict[str, Any]) -> tuple[Any, dict[str,
     t0 = time.perf_counter()
     try:
         model, info = direct_baseline(cfg, data, threads=1)
-    except Exception as exc:  # each cell then tunes its own baseline, and a cell that fails records why
+    except CELL_FAILURES as exc:  # each cell then tunes its own baseline, and a cell that fails records why
         logging.getLogger(__name__).warning("shared direct baseline for %s failed, cells retry it: %s: %s",
                                             cfg.name, type(exc).__name__, exc)
         return None
@@ -103,9 +114,7 @@ def _cell_task(cfg: TrainConfig, data: dict[str, Any], pretrained: tuple[Any, di
            "features": _features_label(cfg)}
     try:
         res = run_stages(cfg, data, None, threads=1, log=lambda *_: None, pretrained=pretrained, direct=direct)
-    except Exception as exc:  # a failed cell is a row with its error and traceback, not the end of the grid
-        import traceback
-
+    except CELL_FAILURES as exc:  # a failed cell is a row with its error and traceback, not the end of the grid
         msg = str(exc).splitlines()[0] if str(exc) else ""
         return {"row": {**key, "strategy": cfg.finetune["strategy"], "error": f"{type(exc).__name__}: {msg}",
                         "traceback": traceback.format_exc()}, "predictions": None}
@@ -137,42 +146,21 @@ def _cell_task(cfg: TrainConfig, data: dict[str, Any], pretrained: tuple[Any, di
     return {"row": row, "predictions": pred}
 
 
-def run_experiment(config: str | os.PathLike[str], out: str | os.PathLike[str], *, client: Any,
-                   progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print
-                   ) -> pd.DataFrame:
-    """Run the grid of ``config`` on ``client``; write results under ``out``; return the per-cell table.
+def run_grid(cfg: TrainConfig, grid: Mapping[str, Any], data: Mapping[str, Any], out: str | os.PathLike[str], *,
+             client: Any, progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print,
+             prep_s: float = 0.0) -> pd.DataFrame:
+    """Run the grid (:func:`load_grid`) on prepared ``data`` on ``client``; write results under ``out``; return
+    the per-cell table.
 
-    Raises
-    ------
-    ValueError
-        On a bad configuration (see :func:`load_grid`).
+    ``data`` is :func:`sftl_dask.pipelines.data.prepare_data`'s; ``prep_s`` the seconds its preparation took
+    (reported). Outputs: ``results.parquet``, ``predictions.parquet``, ``summary.md`` and figures.
     """
-    from distributed import as_completed
-
-    from sftl_dask.report import experiment_report
-    from sftl_dask.staging import staged_file
-
-    t_start = time.perf_counter()
-    cfg, grid = load_grid(config)
+    t_start = time.perf_counter() - prep_s
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(cfg, out / "work", client=client)
-    prep_s = time.perf_counter() - t_start
     shared = {k: data[k] for k in ("table", "matchups", "sw", "sim", "matchups_path", "testbed")}
     data_f = client.scatter(shared, broadcast=True)
-    feature_sets: list[tuple[str, ...]] = [()]
-    if grid["ablation"]["drop_features"]:
-        feature_sets.append(tuple(grid["ablation"]["drop_features"]))
-    plan = []  # (pretraining variant, its cells)
-    for model in grid["models"]:
-        for drop in feature_sets:
-            if drop and model not in grid["ablation"]["models"]:
-                continue
-            for seed in grid["seeds"]:
-                base = _variant(cfg, grid, model, None, grid["directions"][0], seed, drop)
-                strategies = [None] if model in TREE_MODELS else grid["strategies"]
-                cells = [_variant(cfg, grid, model, s, d, seed, drop) for d in grid["directions"] for s in strategies]
-                plan.append((base, cells))
+    plan = _plan(cfg, grid)
     pre: dict[str, Any] = {}
     # lightgbm.dask needs every worker at once: run those pre-trainings first, on the driver
     for base, _ in plan:
@@ -186,11 +174,9 @@ def run_experiment(config: str | os.PathLike[str], out: str | os.PathLike[str], 
     direct: dict[str, Any] = {}
     for _, cells in plan:
         for v in cells:
-            dkey = f"{v.model['name']}-{v.direction}-s{v.seed}-{_features_label(v)}"
-            if dkey not in direct:
-                direct[dkey] = client.submit(_direct_task, v, data_f, pure=False)
-    futures = [client.submit(_cell_task, v, data_f, pre[base.name],
-                             direct[f"{v.model['name']}-{v.direction}-s{v.seed}-{_features_label(v)}"], pure=False)
+            if _direct_key(v) not in direct:
+                direct[_direct_key(v)] = client.submit(_direct_task, v, data_f, pure=False)
+    futures = [client.submit(_cell_task, v, data_f, pre[base.name], direct[_direct_key(v)], pure=False)
                for base, cells in plan for v in cells]
     rows, preds = [], []
     for done, fut in enumerate(as_completed(futures), start=1):
@@ -209,3 +195,26 @@ def run_experiment(config: str | os.PathLike[str], out: str | os.PathLike[str], 
     experiment_report(table, predictions, out, wall_s=wall, prep_s=prep_s,
                       n_workers=len(client.scheduler_info()["workers"]))
     return table
+
+
+def _plan(cfg: TrainConfig, grid: Mapping[str, Any]) -> list[tuple[TrainConfig, list[TrainConfig]]]:
+    """Each pre-training variant (model, features, seed) with its cells (strategies x directions)."""
+    feature_sets: list[tuple[str, ...]] = [()]
+    if grid["ablation"]["drop_features"]:
+        feature_sets.append(tuple(grid["ablation"]["drop_features"]))
+    plan = []
+    for model in grid["models"]:
+        for drop in feature_sets:
+            if drop and model not in grid["ablation"]["models"]:
+                continue
+            for seed in grid["seeds"]:
+                base = _variant(cfg, grid, model, None, grid["directions"][0], seed, drop)
+                strategies = [None] if model in TREE_MODELS else grid["strategies"]
+                cells = [_variant(cfg, grid, model, s, d, seed, drop) for d in grid["directions"] for s in strategies]
+                plan.append((base, cells))
+    return plan
+
+
+def _direct_key(v: TrainConfig) -> str:
+    """The direct baseline a cell shares: one per (model, direction, seed, features)."""
+    return f"{v.model['name']}-{v.direction}-s{v.seed}-{_features_label(v)}"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sftl_dask.training.stages import load_config, prepare_data
+from sftl_dask.pipelines.data import prepare_data
+from sftl_dask.training.stages import load_config
 
 
 def _config(path: Path, testbed: Path, profiles: int) -> Path:

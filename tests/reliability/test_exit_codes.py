@@ -72,7 +72,7 @@ def test_experiment_with_failed_cells_exits_1_naming_each(tmp_path: Path, monkey
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     import pandas as pd
 
-    import sftl_dask.training.experiment as experiment
+    import sftl_dask.pipelines.experiment as experiment
 
     table = pd.DataFrame({"model": ["dnn", "trf"], "strategy": ["full", "lora"], "direction": ["SiHuHe"] * 2,
                           "seed": [0, 1], "error": ["", "RuntimeError: out of memory\n  at ..."]})
