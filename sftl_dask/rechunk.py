@@ -52,7 +52,9 @@ from typing import Any
 
 import numpy as np
 
-from sftl_dask.io.lst import LST_OK_VAR, lst_stores
+from sftl_dask.io.cube import read_slots
+from sftl_dask.io.lst import LST_OK_VAR
+from sftl_dask.io.stores import CubeRoot, is_timeseries_copy, timeseries_attrs, timeseries_marker
 from sftl_dask.staging import staged_dir
 
 __all__ = ["MAX_MEM", "TILE", "RechunkError", "StaleCopyWarning", "check_rechunk", "rechunk", "timeseries_copy"]
@@ -67,8 +69,7 @@ TILE = 64
 #: Default bound on the array data one task holds (bytes, or a string such as ``"256MB"``).
 MAX_MEM = "256MB"
 
-#: The copy's layout attributes.
-_LAYOUT = "time-series"
+#: Suffix of a copy's default name.
 _SUFFIX = "_ts"
 
 
@@ -112,7 +113,7 @@ def timeseries_copy(store: str | os.PathLike[str]) -> Path | None:
     if is_url(store):
         return None
     store = Path(store)
-    found = [(c, a) for c in _candidates(store) if (a := _layout_of(c)) is not None]
+    found = [(c, a) for c in _candidates(store) if (a := timeseries_attrs(c)) is not None]
     if not found:
         return None
     try:
@@ -137,24 +138,13 @@ def _candidates(store: Path) -> list[Path]:
 
 def _default_copy_path(lst: Path) -> Path:
     """Where ``sftl rechunk`` puts the copy of ``lst`` by default: ``<root>_ts`` or ``<name>_ts.zarr``."""
-    if (lst / ".zgroup").exists():
+    if CubeRoot(lst).is_store:
         return lst.with_name(lst.name.removesuffix(".zarr") + _SUFFIX + ".zarr")
     return lst.with_name(lst.name + _SUFFIX)
 
 
-def _layout_of(path: Path) -> dict[str, Any] | None:
-    """The global attributes of a time-series copy, or None when ``path`` is not one."""
-    try:
-        attrs = json.loads((path / ".zattrs").read_text())
-    except (OSError, ValueError):
-        return None
-    return attrs if isinstance(attrs, dict) and attrs.get("sftl_layout") == _LAYOUT else None
-
-
 def _completed(store: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The completed time steps of an LST store, sorted by time, and its global attributes."""
-    from sftl_dask.io.cube import read_slots
-
     _, slots = read_slots(store, LST_OK_VAR)
     attrs = json.loads((store / ".zattrs").read_text())
     done = sorted((s for s in slots if s[LST_OK_VAR]), key=lambda s: (s["time"], s["index"]))
@@ -220,14 +210,12 @@ def _pairs(lst: Path, out: Path) -> list[tuple[Path, Path]]:
     """(LST store, copy store) pairs: a store maps to ``out``, a root's stores to ``out/<name>``."""
     if not lst.exists():
         raise RechunkError(f"{lst}: no such LST store or folder")
-    stores = lst_stores(lst)  # leaves time-series copies out
-    if not stores:
-        if _layout_of(lst) is not None or (lst.is_dir() and any(_layout_of(p) for p in lst.glob("*.zarr"))):
+    root = CubeRoot(lst, skip_copies=True)  # leaves time-series copies out
+    if not root.stores():
+        if timeseries_attrs(lst) is not None or (lst.is_dir() and any(timeseries_attrs(p) for p in lst.glob("*.zarr"))):
             raise RechunkError(f"{lst}: is already a time-series copy; rechunk its source LST store")
         raise RechunkError(f"{lst}: no LST store here (neither a Zarr store nor a folder of them)")
-    if (lst / ".zgroup").exists():
-        return [(lst, out)]
-    return [(s, out / s.name) for s in stores.values()]
+    return root.pairs(out)
 
 
 def _check_out(out: Path, lst: Path, overwrite: bool) -> None:
@@ -242,9 +230,9 @@ def _check_out(out: Path, lst: Path, overwrite: bool) -> None:
         raise RechunkError(f"{out}: is a file; refusing to write a copy there")
     if out.is_dir() and not any(out.iterdir()):  # an empty folder made for it
         return
-    is_copy = _layout_of(out) is not None
+    is_copy = timeseries_attrs(out) is not None
     is_root = not is_copy and out.is_dir() and all(
-        _layout_of(p) is not None for p in out.iterdir() if not p.name.startswith("."))
+        timeseries_attrs(p) is not None for p in out.iterdir() if not p.name.startswith("."))
     if not overwrite:
         what = "a time-series copy" if is_copy or is_root else "not a time-series copy"
         raise RechunkError(f"{out}: already exists ({what}); pass --overwrite to replace it")
@@ -267,7 +255,7 @@ def _plan_store(src: Path, dst: Path, tile: int, mem: int) -> dict[str, Any]:
     if (src / "zarr.json").exists() or not (src / ".zgroup").exists():
         raise RechunkError(f"{src}: not a Zarr v2 store (the LST cube's format)")
     attrs = json.loads((src / ".zattrs").read_text()) if (src / ".zattrs").is_file() else {}
-    if attrs.get("sftl_layout") == _LAYOUT:
+    if is_timeseries_copy(attrs):
         raise RechunkError(f"{src}: is already a time-series copy")
     if attrs.get("sftl_product") != "lst":
         raise RechunkError(f"{src}: not an sftl LST store (sftl_product is {attrs.get('sftl_product')!r})")
@@ -393,8 +381,7 @@ def _layout_store(plan: Mapping[str, Any], dst: Path, history: str) -> None:
     _write_json(dst / ".zgroup", json.loads((src / ".zgroup").read_text()))
     attrs = dict(plan["attrs"])
     attrs["history"] = f"{attrs.get('history', '')}\n{history}".strip()
-    attrs.update({"sftl_layout": _LAYOUT, "sftl_source_store": str(src.resolve()), "sftl_source_steps": n_t,
-                  "sftl_source_digest": plan["digest"]})
+    attrs.update(timeseries_marker(str(src.resolve()), n_t, plan["digest"]))
     _write_json(dst / ".zattrs", attrs)
     for name, m in plan["meta"].items():
         if name in plan["other"]:  # x, y, spatial_ref: as they are
@@ -521,7 +508,7 @@ def rechunk(
     out_p, plans = _plan(lst, out, tile=tile, max_mem=max_mem, overwrite=overwrite)
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     history = f"{when} {command or 'sftl_dask.rechunk.rechunk'} (sftl-dask {__version__})"
-    single = (Path(lst) / ".zgroup").exists()
+    single = CubeRoot.of(lst).is_store
     scratch = _Scratch(out_p)
     n_bytes, n_tasks, stages = 0, 0, 1
     try:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from numpy.typing import ArrayLike, NDArray
+
+from sftl_dask.geo import pixel_lonlat
 
 __all__ = ["era5_wvc_on_grid", "open_era5_tcwv"]
 
@@ -209,66 +210,6 @@ def open_era5_tcwv(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[st
 
 
 # --------------------------------------------------------------------------------------------- sampling
-@lru_cache(maxsize=16)
-def _to_lonlat(crs_wkt: str) -> Any:
-    from pyproj import Transformer
-
-    return Transformer.from_crs(crs_wkt, "EPSG:4326", always_xy=True)
-
-
-@lru_cache(maxsize=8)
-def _grid_lonlat(x: tuple[float, ...], y: tuple[float, ...], wkt: str
-                 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Longitude/latitude of a 1-D-coordinate grid (cached; read-only arrays)."""
-    xa, ya = np.meshgrid(np.asarray(x), np.asarray(y))
-    lon, lat = _to_lonlat(wkt).transform(xa, ya)
-    lon = np.asarray(lon, dtype=np.float64)
-    lat = np.asarray(lat, dtype=np.float64)
-    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
-        raise ValueError("some pixel centres cannot be transformed to longitude/latitude")
-    lon = (lon + 180.0) % 360.0 - 180.0
-    lon.flags.writeable = False
-    lat.flags.writeable = False
-    return lon, lat
-
-
-def _pixel_lonlat(x: ArrayLike, y: ArrayLike, crs: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Longitude (-180..180) and latitude (deg) of pixel centres, shape (H, W).
-
-    ``x`` (W,) and ``y`` (H,) are the 1-D pixel-centre coordinates of a projected grid in ``crs``
-    (any input pyproj accepts: ``"EPSG:32650"``, WKT, a pyproj or rasterio CRS); 2-D ``x`` and ``y`` of
-    equal shape (H, W) are taken as they are.
-    """
-    from pyproj import CRS
-    from pyproj.exceptions import CRSError
-
-    try:
-        crs_obj = CRS.from_user_input(crs)
-    except CRSError as exc:
-        raise ValueError(f"crs {crs!r} is not a usable CRS: {exc}") from None
-    xa = np.asarray(x, dtype=np.float64)
-    ya = np.asarray(y, dtype=np.float64)
-    if xa.ndim == 1 and ya.ndim == 1 and xa.size and np.isfinite(xa).all() and np.isfinite(ya).all():
-        # every scene of a grid asks for the same pixels: transform them once per process
-        return _grid_lonlat(tuple(xa.tolist()), tuple(ya.tolist()), crs_obj.to_wkt())
-    if xa.ndim == 1 and ya.ndim == 1:
-        xa, ya = np.meshgrid(xa, ya)
-    elif xa.ndim != 2 or xa.shape != ya.shape:
-        raise ValueError(f"x and y must be 1-D pixel-centre coordinates (W,) and (H,), or 2-D of one shape; "
-                         f"got shapes {xa.shape} and {ya.shape}")
-    if xa.size == 0:
-        raise ValueError("x and y describe an empty grid")
-    if not (np.isfinite(xa).all() and np.isfinite(ya).all()):
-        raise ValueError("x and y must be finite")
-    lon, lat = _to_lonlat(crs_obj.to_wkt()).transform(xa, ya)
-    lon = np.asarray(lon, dtype=np.float64)
-    lat = np.asarray(lat, dtype=np.float64)
-    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
-        raise ValueError(f"some pixel centres cannot be transformed from {crs_obj.name} to longitude/latitude")
-    lon = (lon + 180.0) % 360.0 - 180.0
-    return lon, lat
-
-
 def _utc(value: Any, name: str) -> np.datetime64:
     """One instant as naive UTC ``datetime64[ns]`` (tz-aware input converted)."""
     try:
@@ -368,7 +309,7 @@ def era5_wvc_on_grid(
         t_idx = [i_t, i_t + 1]
         w_t = float((t - times[i_t]) / (times[i_t + 1] - times[i_t]))
 
-    lon, lat = _pixel_lonlat(x, y, crs)
+    lon, lat = pixel_lonlat(x, y, crs)
     tol = 1e-9
     if (lon.min() < lon_c[0] - tol or lon.max() > lon_c[-1] + tol
             or lat.min() < lat_c[0] - tol or lat.max() > lat_c[-1] + tol):

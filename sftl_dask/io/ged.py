@@ -50,7 +50,7 @@ import numpy as np
 import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
-from sftl_dask.io.era5 import _pixel_lonlat  # the one pixel-centre -> lon/lat transform of io/
+from sftl_dask.geo import pixel_lonlat
 from sftl_dask.physics.emissivity import aster_to_vimi, fit_aster_to_vimi, vegetation_cover_method
 
 __all__ = [
@@ -291,7 +291,7 @@ def ged_on_grid(
         unusable.
     """
     root = Path(folder)
-    lon, lat = _pixel_lonlat(x, y, crs)
+    lon, lat = pixel_lonlat(x, y, crs)
     shape = lon.shape
     bounds = f"lon {lon.min():.4f}..{lon.max():.4f}, lat {lat.min():.4f}..{lat.max():.4f}"
     used: list[tuple[Path, NDArray[np.float64], NDArray[np.float64]]] = []

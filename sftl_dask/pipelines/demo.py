@@ -151,7 +151,7 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
     comp = out / "composites"
     skipped = cached(comp, lst_key)
     if not skipped:
-        from sftl_dask.io.tiles import zone_of_store
+        from sftl_dask.io.stores import zone_of_store
 
         with staged_dir(comp) as tmp:
             write_monthly_composites(lst_root, tmp, {zone_of_store(st.name[: -len(".zarr")]): r
@@ -226,7 +226,7 @@ def write_monthly_composites(lst_root: Path, out: Path, regions: Mapping[str, st
     best-covered month. ``regions`` maps a zone (``50N``) to its region's name."""
     from sftl_dask.api import open_lst
     from sftl_dask.io.cube import cube_stores
-    from sftl_dask.io.tiles import zone_of_store
+    from sftl_dask.io.stores import zone_of_store
     from sftl_dask.report import _plt
 
     plt = _plt()
@@ -252,7 +252,7 @@ def _maps(lst_root: Path, by_region: Mapping[str, list[Path]], out: Path) -> lis
 
     from sftl_dask.api import open_lst
     from sftl_dask.io.lst import QC_FLAGS
-    from sftl_dask.io.tiles import zone_of_store
+    from sftl_dask.io.stores import zone_of_store
     from sftl_dask.report import _plt
 
     plt = _plt()
