@@ -104,7 +104,7 @@ def retrieve_block(
     cloud: NDArray[Any],
     cloud_offset: tuple[int, int] = (0, 0),
     origin: tuple[int, int] = (0, 0),
-    tile: tuple[int, int] = (CHUNK, CHUNK),
+    batch_region: tuple[int, int] = (CHUNK, CHUNK),
 ) -> dict[str, Any]:
     """LST, its uncertainty and QC flags of one block of one time step.
 
@@ -123,10 +123,10 @@ def retrieve_block(
         Rows and columns of halo above and left of the block in ``cloud``.
     origin : (int, int)
         The block's first row and column in the grid.
-    tile : (int, int)
-        Rows and columns of the tiles, fixed to the grid, that micro-batches are drawn from: the
-        produced pixels of a tile, in raster order, cut into batches of ``retriever.batch_size``. With
-        tiles equal to the chunks (the default), every micro-batch is full but the last of a chunk, and
+    batch_region : (int, int)
+        Rows and columns of the batch regions, fixed to the grid, that micro-batches are drawn from: the
+        produced pixels of a region, in raster order, cut into batches of ``retriever.batch_size``. With
+        regions equal to the chunks (the default), every micro-batch is full but the last of a chunk, and
         a chunked retrieval equals a whole-array one bit for bit.
 
     Returns
@@ -151,20 +151,7 @@ def retrieve_block(
     if any(np.shape(inputs[k]) != shape for k in need) or cloud.shape[0] < oy + shape[0] or \
             cloud.shape[1] < ox + shape[1]:
         raise ValueError(f"retrieve_block: inputs and cloud mask of different shapes (block {shape})")
-
-    def valid(name: str) -> NDArray[np.bool_]:
-        lo, hi, _ = REQUIRED_INPUTS[name]
-        a = inputs[name]
-        return (a >= lo) & (a <= hi)  # False for NaN
-
-    observed = valid("vza")
-    for k in need:
-        if k.startswith("bt_"):
-            observed &= valid(k)
-    ancillary = np.asarray(inputs["ancillary_missing"]) == 0
-    for k in need:
-        if not k.startswith("bt_"):
-            ancillary &= valid(k)
+    observed, ancillary = _observed_and_ancillary(inputs, need)
     cloud = np.asarray(cloud) != 0
     cloudy = observed & cloud[oy:oy + shape[0], ox:ox + shape[1]]
     produce = observed & ~cloudy & ancillary
@@ -174,7 +161,7 @@ def retrieve_block(
     # uncertainty class, bits 8-9: 3 (> 3 K) until a pixel is produced
     qc = np.full(shape, 3 << UNCERTAINTY_CLASS_SHIFT, dtype=np.uint16)
     if produce.any():
-        _predict_tiles(inputs, need, produce, retriever, lst, unc, qc, origin, tile)
+        _predict_batch_regions(inputs, need, produce, retriever, lst, unc, qc, origin, batch_region)
 
     def flag(bit: int, where: NDArray[np.bool_]) -> None:
         np.bitwise_or(qc, np.uint16(bit), out=qc, where=where)
@@ -189,15 +176,34 @@ def retrieve_block(
     return {"lst": lst, "lst_uncertainty": unc, "qc": qc, "vza": vza, "counts": counts}
 
 
-def _predict_tiles(inputs: Mapping[str, NDArray[Any]], need: Sequence[str], produce: NDArray[np.bool_],
-                   retriever: Retriever, lst: NDArray[np.float32], unc: NDArray[np.float32], qc: NDArray[np.uint16],
-                   origin: tuple[int, int], tile: tuple[int, int]) -> None:
-    """Run the model on the produced pixels, tile by tile of the grid, in cache-sized micro-batches.
+def _observed_and_ancillary(inputs: Mapping[str, NDArray[Any]], need: Sequence[str]
+                            ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Where the thermal observation is valid (BTs and view angle in range) and where the ancillary inputs are."""
+    def valid(name: str) -> NDArray[np.bool_]:
+        lo, hi, _ = REQUIRED_INPUTS[name]
+        a = inputs[name]
+        return (a >= lo) & (a <= hi)  # False for NaN
+
+    observed = valid("vza")
+    for k in need:
+        if k.startswith("bt_"):
+            observed &= valid(k)
+    ancillary = np.asarray(inputs["ancillary_missing"]) == 0
+    for k in need:
+        if not k.startswith("bt_"):
+            ancillary &= valid(k)
+    return observed, ancillary
+
+
+def _predict_batch_regions(inputs: Mapping[str, NDArray[Any]], need: Sequence[str], produce: NDArray[np.bool_],
+                           retriever: Retriever, lst: NDArray[np.float32], unc: NDArray[np.float32],
+                           qc: NDArray[np.uint16], origin: tuple[int, int], batch_region: tuple[int, int]) -> None:
+    """Run the model on the produced pixels, batch region by batch region of the grid, in cache-sized micro-batches.
 
     Pixels are gathered by flat index (``take``: 3-4x faster than boolean indexing here) and
     scattered back the same way; the uncertainty class and the range flags go into ``qc``.
     """
-    ty, tx = tile
+    ty, tx = batch_region
     ny, nx = produce.shape
     y0, x0 = origin
     flat_in = {k: np.ravel(inputs[k]) for k in (*need, "vza")}
@@ -211,9 +217,9 @@ def _predict_tiles(inputs: Mapping[str, NDArray[Any]], need: Sequence[str], prod
         for gx in range(x0 - x0 % tx, x0 + nx, tx):
             c0, c1 = max(gx, x0) - x0, min(gx + tx, x0 + nx) - x0
             iy, ix = np.divmod(np.flatnonzero(produce[r0:r1, c0:c1]), c1 - c0)
-            in_tile = (iy + r0) * nx + (ix + c0)
-            for b in range(0, in_tile.size, retriever.batch_size):
-                idx = in_tile[b:b + retriever.batch_size]
+            in_region = (iy + r0) * nx + (ix + c0)
+            for b in range(0, in_region.size, retriever.batch_size):
+                idx = in_region[b:b + retriever.batch_size]
                 sub = {k: v.take(idx) for k, v in flat_in.items()}
                 t, s = retriever.predict(compute_features(sub, names=retriever.features))
                 flat_lst[idx] = t
@@ -256,7 +262,7 @@ class _Job:
     grid_shape: tuple[int, int]
     inputs: tuple[str, ...]
     run: str  # the run's token: cached store handles never outlive a run (stores grow between runs)
-    tile: tuple[int, int] = (CHUNK, CHUNK)  # micro-batches come from tiles equal to the chunks
+    batch_region: tuple[int, int] = (CHUNK, CHUNK)  # micro-batches come from batch regions equal to the chunks
     #: neighbouring tiles holding the same scene, whose cloud mask the halo reads across the tile's edge:
     #: (store, time index, row and column of the neighbour's origin in this tile's pixels)
     halo: tuple[tuple[str, int, int, int], ...] = ()
@@ -301,7 +307,7 @@ def _run_job(ref: ModelRef, job: _Job) -> dict[str, Any]:
     data, cloud, offset = _read_inputs(job)
     t1 = time.perf_counter()
     res = retrieve_block(data, retriever, cloud=cloud, cloud_offset=offset, origin=(job.window[0], job.window[2]),
-                         tile=job.tile)
+                         batch_region=job.batch_region)
     t2 = time.perf_counter()
     _write_outputs(job, {k: res[k] for k in LST_VARIABLES})
     t3 = time.perf_counter()
@@ -559,18 +565,8 @@ def retrieve(
         results, errors = _execute(ref, jobs, client, route_res, threads, progress)
         t_tasks = time.perf_counter() - t_tasks
         failed, retrieved = _mark_complete(plans, jobs, slot_of, errors)
-        counted = ("pixels", "produced", "cloud", "not_covered", "missing_ancillary", "load_s", "read_s", "compute_s",
-                   "write_s")
-        tot = {k: sum(r[k] for r in results) for k in counted}
-        seconds = time.perf_counter() - t_start
-        summary = {
-            "stores": [str(p["out"]) for p in plans], "retrieved": retrieved,
-            "skipped": sum(p["skipped"] for p in plans),
-            "failed": failed, "chunks": len(jobs), "seconds": seconds, "tasks_s": t_tasks,
-            "px_per_s": tot["pixels"] / seconds if jobs else 0.0, **tot,
-            "workers": sorted({r["worker"] for r in results}), "devices": sorted({r["device"] for r in results}),
-            "resources": route_res or {}, "model": info,
-        }
+        summary = _summary(plans, jobs, results, failed, retrieved, time.perf_counter() - t_start, t_tasks,
+                           route_res, info)
         if jobs and len(plans) and plans[0]["out"] != out:  # a root of LST stores: one log line per run
             write_log(out, [{"time": history.split(" ")[0], "command": command or "", "model_sha256": retriever.digest,
                              **{k: summary[k] for k in ("retrieved", "skipped", "failed", "chunks", "pixels",
@@ -578,6 +574,23 @@ def retrieve(
         if retrieved and not is_url(out):  # no STAC on object stores yet (write_scene_stac says why)
             summary["stac"] = str(write_lst_stac(out))  # <out>/stac for a root; <name>_stac beside a single store
         return summary
+
+
+def _summary(plans: Sequence[Mapping[str, Any]], jobs: Sequence[_Job], results: Sequence[Mapping[str, Any]],
+             failed: list[dict[str, Any]], retrieved: int, seconds: float, tasks_s: float,
+             resources: Mapping[str, float] | None, model: Mapping[str, str]) -> dict[str, Any]:
+    """What :func:`retrieve` returns: counts, timings (s) and the tasks' summed counts and timings."""
+    counted = ("pixels", "produced", "cloud", "not_covered", "missing_ancillary", "load_s", "read_s", "compute_s",
+               "write_s")
+    tot = {k: sum(r[k] for r in results) for k in counted}
+    return {
+        "stores": [str(p["out"]) for p in plans], "retrieved": retrieved,
+        "skipped": sum(p["skipped"] for p in plans),
+        "failed": failed, "chunks": len(jobs), "seconds": seconds, "tasks_s": tasks_s,
+        "px_per_s": tot["pixels"] / seconds if jobs else 0.0, **tot,
+        "workers": sorted({r["worker"] for r in results}), "devices": sorted({r["device"] for r in results}),
+        "resources": dict(resources or {}), "model": model,
+    }
 
 
 def _chunk_jobs(plans: list[dict[str, Any]], retriever: Retriever, info: Mapping[str, str],
