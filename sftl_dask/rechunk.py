@@ -510,30 +510,9 @@ def rechunk(
     history = f"{when} {command or 'sftl_dask.rechunk.rechunk'} (sftl-dask {__version__})"
     single = CubeRoot.of(lst).is_store
     scratch = _Scratch(out_p)
-    n_bytes, n_tasks, stages = 0, 0, 1
     try:
         with staged_dir(out_p) as tmp:
-            first: list[_Copy] = []
-            second: list[_Copy] = []
-            for plan in plans:
-                dst = tmp if single else tmp / plan["dst"].name
-                _layout_store(plan, dst, history)
-                need_scratch = any(b < plan["shape"][0] for b in plan["band"].values())
-                a, b = _jobs(plan, dst, scratch.get() if need_scratch else None)
-                first += a
-                second += b
-            total = len(first) + len(second)
-            n_tasks, stages = total, 2 if second else 1
-            for i, jobs in enumerate((first, second)):
-                offset = len(first) if i else 0
-
-                def step(done: int, _: int, offset: int = offset) -> None:
-                    if progress:
-                        progress(offset + done, total)
-
-                n_bytes += _run(jobs, client, step)
-            for plan in plans:
-                _consolidate(tmp if single else tmp / plan["dst"].name)
+            n_bytes, n_tasks, stages = _copy(plans, tmp, single, history, scratch, client, progress)
     finally:
         scratch.remove()
     stores = [{"source": str(p["src"]), "copy": str(p["dst"]), "steps": p["shape"][0],
@@ -541,6 +520,37 @@ def rechunk(
     return {"out": str(out_p), "stores": stores, "steps": sum(s["steps"] for s in stores), "tasks": n_tasks,
             "stages": stages, "bytes": n_bytes, "seconds": time.perf_counter() - t_start,
             "conventional": all(_is_conventional(p["src"], p["dst"]) for p in plans)}
+
+
+def _copy(plans: list[dict[str, Any]], tmp: Path, single: bool, history: str, scratch: _Scratch, client: Any,
+          progress: Callable[[int, int], None] | None) -> tuple[int, int, int]:
+    """Write every planned copy under the staging folder ``tmp``; (bytes copied, tasks, stages).
+
+    The jobs of :func:`_jobs` run in two stages: the first, then (where a store's time band is shorter than its
+    steps, through the scratch store) the second.
+    """
+    first: list[_Copy] = []
+    second: list[_Copy] = []
+    for plan in plans:
+        dst = tmp if single else tmp / plan["dst"].name
+        _layout_store(plan, dst, history)
+        need_scratch = any(b < plan["shape"][0] for b in plan["band"].values())
+        a, b = _jobs(plan, dst, scratch.get() if need_scratch else None)
+        first += a
+        second += b
+    total = len(first) + len(second)
+    n_bytes = 0
+    for i, jobs in enumerate((first, second)):
+        offset = len(first) if i else 0
+
+        def step(done: int, _: int, offset: int = offset) -> None:
+            if progress:
+                progress(offset + done, total)
+
+        n_bytes += _run(jobs, client, step)
+    for plan in plans:
+        _consolidate(tmp if single else tmp / plan["dst"].name)
+    return n_bytes, total, 2 if second else 1
 
 
 def _is_conventional(src: Path, dst: Path) -> bool:

@@ -210,6 +210,29 @@ def open_era5_tcwv(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[st
 
 
 # --------------------------------------------------------------------------------------------- sampling
+def _time_bracket(da: xr.DataArray, times: NDArray[np.datetime64], t: np.datetime64, max_gap_h: float
+                  ) -> tuple[list[int], float]:
+    """The field's time steps around ``t`` (one when ``t`` is on a step) and the weight of the later one.
+
+    Raises
+    ------
+    ValueError
+        If ``t`` is outside the field's span or in a gap longer than ``max_gap_h`` (h).
+    """
+    if t < times[0] or t > times[-1]:
+        raise ValueError(f"ERA5 files {_files(da)} do not cover time {_fmt_time(t)}: they span "
+                         f"{_fmt_time(times[0])} .. {_fmt_time(times[-1])}")
+    i_t = int(np.searchsorted(times, t, side="right") - 1)
+    if times[i_t] == t:
+        return [i_t], 0.0
+    gap_h = (times[i_t + 1] - times[i_t]) / np.timedelta64(1, "h")
+    if gap_h > max_gap_h:
+        raise ValueError(f"ERA5 files {_files(da)} do not cover time {_fmt_time(t)}: it falls in a gap "
+                         f"between {_fmt_time(times[i_t])} and {_fmt_time(times[i_t + 1])} "
+                         f"({gap_h:g} h > max_gap_h = {max_gap_h:g} h)")
+    return [i_t, i_t + 1], float((t - times[i_t]) / (times[i_t + 1] - times[i_t]))
+
+
 def _utc(value: Any, name: str) -> np.datetime64:
     """One instant as naive UTC ``datetime64[ns]`` (tz-aware input converted)."""
     try:
@@ -294,21 +317,7 @@ def era5_wvc_on_grid(
     lon_c = np.asarray(da["longitude"].values, dtype=np.float64)
     if times.size == 0 or lat_c.size == 0 or lon_c.size == 0:
         raise ValueError(f"ERA5 files {_files(da)} hold an empty field")
-    if t < times[0] or t > times[-1]:
-        raise ValueError(f"ERA5 files {_files(da)} do not cover time {_fmt_time(t)}: they span "
-                         f"{_fmt_time(times[0])} .. {_fmt_time(times[-1])}")
-    i_t = int(np.searchsorted(times, t, side="right") - 1)
-    if times[i_t] == t:
-        t_idx, w_t = [i_t], 0.0
-    else:
-        gap_h = (times[i_t + 1] - times[i_t]) / np.timedelta64(1, "h")
-        if gap_h > max_gap_h:
-            raise ValueError(f"ERA5 files {_files(da)} do not cover time {_fmt_time(t)}: it falls in a gap "
-                             f"between {_fmt_time(times[i_t])} and {_fmt_time(times[i_t + 1])} "
-                             f"({gap_h:g} h > max_gap_h = {max_gap_h:g} h)")
-        t_idx = [i_t, i_t + 1]
-        w_t = float((t - times[i_t]) / (times[i_t + 1] - times[i_t]))
-
+    t_idx, w_t = _time_bracket(da, times, t, max_gap_h)
     lon, lat = pixel_lonlat(x, y, crs)
     tol = 1e-9
     if (lon.min() < lon_c[0] - tol or lon.max() > lon_c[-1] + tol
