@@ -51,8 +51,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
+from dask.utils import parse_bytes
+from distributed import as_completed
 
+from sftl_dask.cluster import run_tasks
 from sftl_dask.io.cube import read_slots
+from sftl_dask.io.location import is_url
 from sftl_dask.io.lst import LST_OK_VAR
 from sftl_dask.io.stores import CubeRoot, is_timeseries_copy, timeseries_attrs, timeseries_marker
 from sftl_dask.staging import staged_dir
@@ -108,8 +113,6 @@ def timeseries_copy(store: str | os.PathLike[str]) -> Path | None:
         The copy's store, or None (no copy, or a stale one, or the source is not a readable LST store, or
         an object-store URL: ``sftl rechunk`` writes to file systems only).
     """
-    from sftl_dask.io.location import is_url
-
     if is_url(store):
         return None
     store = Path(store)
@@ -195,8 +198,6 @@ def _tile_edge(chunk: int, tile: int, size: int) -> tuple[int, int]:
 
 
 def _parse_mem(max_mem: int | str) -> int:
-    from dask.utils import parse_bytes
-
     try:
         n = int(parse_bytes(max_mem))
     except (ValueError, TypeError):
@@ -350,8 +351,6 @@ def _copy_block(job: _Copy) -> int:
 
     Returns the bytes copied (uncompressed).
     """
-    import zarr
-
     src = zarr.open_array(job.src, mode="r")
     dst = zarr.open_array(job.dst, mode="r+")
     y0, y1, x0, x1 = job.window
@@ -371,8 +370,6 @@ def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
 
 def _layout_store(plan: Mapping[str, Any], dst: Path, history: str) -> None:
     """Write the copy's metadata (the source's, re-chunked), its per-time and coordinate arrays."""
-    import zarr
-
     src: Path = plan["src"]
     n_t, _, _ = plan["shape"]
     ty, tx = plan["tile"]
@@ -401,8 +398,6 @@ def _layout_store(plan: Mapping[str, Any], dst: Path, history: str) -> None:
 
 def _jobs(plan: Mapping[str, Any], dst: Path, scratch: Path | None) -> tuple[list[_Copy], list[_Copy]]:
     """The tasks of one store: stage 1 (source -> copy, or -> intermediate by time band) and stage 2."""
-    import zarr
-
     src: Path = plan["src"]
     n_t, ny, nx = plan["shape"]
     ty, tx = plan["tile"]
@@ -564,15 +559,11 @@ def _run(jobs: Sequence[_Copy], client: Any, progress: Callable[[int, int], None
     On a cluster every task is waited for before the first error is raised: none may still be writing
     into the staging folder when it is removed.
     """
-    from sftl_dask.cluster import run_tasks
-
     calls = [(_copy_block, (j,)) for j in jobs]
     if not calls:
         return 0
     if client is None:
         return int(sum(run_tasks(calls, None, progress=progress)))
-    from distributed import as_completed
-
     futs = run_tasks(calls, client, gather=False)
     n_bytes, error = 0, None
     try:
@@ -590,7 +581,5 @@ def _run(jobs: Sequence[_Copy], client: Any, progress: Callable[[int, int], None
 
 
 def _consolidate(store: Path) -> None:
-    import zarr
-
     zarr.consolidate_metadata(str(store))
 

@@ -53,6 +53,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask.geo import pixel_lonlat
 from sftl_dask.physics.emissivity import aster_to_vimi, fit_aster_to_vimi, vegetation_cover_method
+from sftl_dask.staging import staged_file
 
 __all__ = [
     "GED_BANDS",
@@ -466,8 +467,6 @@ def write_aster_to_vimi_coefficients(path: str | os.PathLike[str] | None = None)
     target = Path(path) if path is not None else Path(str(resources.files("sftl_dask.data").joinpath(_COEFF_FILE)))
     coeffs = dict(fit_aster_to_vimi())
     coeffs["generated_by"] = "sftl_dask.io.ged.write_aster_to_vimi_coefficients()"
-    from sftl_dask.staging import staged_file
-
     with staged_file(target, replace=True) as tmp:
         tmp.write_text(json.dumps(coeffs, indent=2) + "\n", encoding="utf-8")
     _default_coefficients.cache_clear()

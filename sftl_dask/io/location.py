@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 from pathlib import Path
 from typing import Any
+
+import fsspec
+from zarr.storage import FsspecStore
 
 __all__ = ["Location", "ObjectStoreError", "absolute", "append_text", "child_stores", "exists", "filesystem",
            "is_empty_folder", "is_file", "is_url", "is_zarr_store", "join", "location", "makedirs", "name_of", "probe",
@@ -98,8 +102,6 @@ def filesystem(path: str | os.PathLike[str]) -> tuple[Any, str]:
     ObjectStoreError
         If the URL's scheme has no fsspec implementation installed (e.g. ``s3://`` without ``s3fs``).
     """
-    import fsspec
-
     loc = location(path)
     if isinstance(loc, Path):
         return fsspec.filesystem("file"), str(loc)
@@ -207,8 +209,6 @@ def makedirs(path: str | os.PathLike[str]) -> None:
 
 def remove(path: str | os.PathLike[str]) -> None:
     """Delete a file, folder or prefix (a whole store) and everything under it."""
-    import shutil
-
     loc = location(path)
     if isinstance(loc, Path):
         if loc.is_dir() and not loc.is_symlink():
@@ -235,8 +235,6 @@ def zarr_store(path: str | os.PathLike[str], *, read_only: bool = False) -> Any:
     loc = location(path)
     if isinstance(loc, Path):
         return str(loc)
-    from zarr.storage import FsspecStore
-
     return FsspecStore.from_url(loc, storage_options=_options(_protocol(loc)), read_only=read_only)
 
 
@@ -254,8 +252,6 @@ def probe(url: str, *, timeout_s: float = 5.0) -> None:
     """
     if not is_url(url):
         return
-    import fsspec
-
     loc = str(location(url))
     protocol = _protocol(loc)
     opts = _options(protocol)
