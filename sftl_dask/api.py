@@ -119,7 +119,7 @@ def open_lst(path: str | os.PathLike[str], grid: str | tuple[float, float] | Non
         store = root.tile(grid)
     else:
         lon, lat = (float(v) for v in grid)
-        hits = [s for s in stores.values() if _holds(_open_store(s), lon, lat)]
+        hits = root.holding(lon, lat)
         if not hits:
             raise ValueError(f"{root.path}: the point lon={lon:g}, lat={lat:g} lies outside every tile "
                              f"({', '.join(stores)})")
@@ -136,14 +136,6 @@ def _open_store(store: Location) -> xr.Dataset:
     ds = xr.open_zarr(zarr_store(store), consolidated=True, decode_coords="all")
     _check_lst(ds, str(store))
     return ds
-
-
-def _holds(ds: xr.Dataset, lon: float, lat: float) -> bool:
-    try:
-        locate(ds, [lon], [lat])
-    except ValueError:
-        return False
-    return True
 
 
 def locate(ds: xr.Dataset, lon: Sequence[float] | np.ndarray, lat: Sequence[float] | np.ndarray, *,

@@ -24,7 +24,7 @@ import rioxarray  # noqa: F401  (registers .rio on the results)
 import xarray as xr
 import zarr
 
-from sftl_dask.geo import GeoBox, TileScheme, store_geometry
+from sftl_dask.geo import GeoBox, TileScheme, pixel_index, store_geometry
 from sftl_dask.io.location import (
     Location,
     child_stores,
@@ -170,6 +170,27 @@ class CubeRoot:
         if zone is not None and zone not in zones:
             raise ValueError(f"{self.path}: no tile of zone {zone!r} (zones: {', '.join(zones)})")
         return zones[zone] if zone is not None else next(iter(zones.values()))
+
+    def holding(self, lon: float, lat: float) -> list[Location]:
+        """The stores whose grid holds the point (``lon``, ``lat``; deg E, deg N), in tile order.
+
+        Read from each store's recorded geometry (:func:`~sftl_dask.geo.store_geometry`), not its data.
+
+        Raises
+        ------
+        ValueError
+            If a store records no grid.
+        """
+        hits = []
+        for store in self.stores().values():
+            box, _ = store_geometry(zarr.open_group(zarr_store(store), mode="r").attrs)
+            try:
+                rows, cols = pixel_index(box.crs, box.x, box.y, [lon], [lat])
+            except ValueError:  # a grid too small to locate points on holds none
+                continue
+            if 0 <= rows[0] < box.height and 0 <= cols[0] < box.width:
+                hits.append(store)
+        return hits
 
     def pairs(self, out: str | os.PathLike[str]) -> list[tuple[Location, Location]]:
         """(store, output store) pairs: a store maps to ``out``, a root's stores to ``out/<tile>.zarr``."""
