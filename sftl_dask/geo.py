@@ -71,6 +71,7 @@ __all__ = [
     "GeoBox",
     "TileScheme",
     "Window",
+    "geometry_attrs",
     "pixel_index",
     "pixel_lonlat",
     "store_geometry",
@@ -398,11 +399,23 @@ class TileScheme:
                 if dr or dc}
 
 
+def geometry_attrs(grid: GeoBox | None = None, scheme: TileScheme | None = None) -> dict[str, str]:
+    """The global attributes that record a store's geometry: its GeoBox (``sftl_grid``), its tile scheme
+    (``sftl_tiling``), each as JSON text; what :func:`store_geometry` reads back."""
+    attrs = {}
+    if grid is not None:
+        attrs["sftl_grid"] = json.dumps(grid.to_attrs())
+    if scheme is not None:
+        attrs["sftl_tiling"] = json.dumps(scheme.to_attrs())
+    return attrs
+
+
 def store_geometry(attrs: Mapping[str, Any]) -> tuple[GeoBox, TileScheme | None]:
     """A store's geometry from its global attributes: its GeoBox (``sftl_grid``) and tile scheme.
 
-    The one reader of what :func:`sftl_dask.io.cube.append_slots` and ingest write once. The scheme is None
-    for a store that records none (LST stores, and scene stores of an sftl-dask without tiles).
+    The one reader of what :func:`geometry_attrs` writes (through :func:`sftl_dask.io.cube.append_slots`).
+    The scheme is None for a store that records none (LST stores, and scene stores of an sftl-dask without
+    tiles).
 
     Raises
     ------

@@ -16,7 +16,6 @@ the API), so a later run may bring older scenes without rewriting any store.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from pyproj import Transformer
 from rasterio.enums import Resampling
 
 from sftl_dask.cluster import run_tasks
-from sftl_dask.geo import DEFAULT_TILE_PX, GeoBox, TileScheme, Window, utm_epsg
+from sftl_dask.geo import DEFAULT_TILE_PX, GeoBox, TileScheme, Window, geometry_attrs, utm_epsg
 from sftl_dask.io.cube import CUBE_VARIABLES, append_slots, mark_slot, read_slots, write_log, write_scene
 from sftl_dask.io.era5 import era5_wvc_on_grid, open_era5_tcwv
 from sftl_dask.io.ged import ged_on_grid, ged_vimi_channels, vimi_emissivity
@@ -445,7 +444,7 @@ def _assign_slots(root: Location, scheme: TileScheme, scans: list[dict[str, Any]
                 s["targets"][name] = (have[0], have[1])
             else:
                 new_slots.setdefault(name, []).append(s)
-    attrs = {**_CUBE_ATTRS, "sftl_tiling": json.dumps(scheme.to_attrs())}
+    attrs = {**_CUBE_ATTRS, **geometry_attrs(scheme=scheme)}
     for name, ss in new_slots.items():
         store = str(join(root, f"{name}.zarr"))
         idx = append_slots(store, state.tiles[name], [{"scene_id": s["scene_id"], "source": s["path"],

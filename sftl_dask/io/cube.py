@@ -35,7 +35,7 @@ import zarr
 from numcodecs import Blosc
 from numpy.typing import NDArray
 
-from sftl_dask.geo import GeoBox, store_geometry
+from sftl_dask.geo import GeoBox, geometry_attrs, store_geometry
 from sftl_dask.io.location import append_text, is_zarr_store, join, location, zarr_store
 from sftl_dask.io.stores import cube_stores, open_cube  # re-exported: README names sftl_dask.io.cube.open_cube
 from sftl_dask.physics.channels import THERMAL_NAMES, channel_table
@@ -183,7 +183,7 @@ def append_slots(store: str | os.PathLike[str], grid: GeoBox, scenes: Sequence[M
     if not is_zarr_store(store):
         tmpl.attrs = {
             "title": "sftl-dask scene cube", "platform": "GF5-02", "instrument": "VIMI",
-            "Conventions": "CF-1.11", "sftl_grid": json.dumps(grid.to_attrs()), **dict(attrs or {}),
+            "Conventions": "CF-1.11", **geometry_attrs(grid), **dict(attrs or {}),
         }
         tmpl.to_zarr(zarr_store(store), mode="w-", compute=False, consolidated=True, zarr_format=2,
                      encoding=_encoding(tmpl, variables, ok_var))

@@ -1,7 +1,7 @@
 """Where stores live: a local path, or an fsspec URL (``s3://bucket/prefix``), behind one small layer.
 
 Every option that names a Zarr store or a root of them (``sftl ingest --cube``, ``sftl retrieve --cube/--out``,
-``sftl validate --lst``, :func:`~sftl_dask.io.cube.open_cube`, :func:`~sftl_dask.api.open_lst`) goes through
+``sftl validate --lst``, :func:`~sftl_dask.io.stores.open_cube`, :func:`~sftl_dask.api.open_lst`) goes through
 these functions, so a local path keeps its exact behaviour (a :class:`~pathlib.Path` in, the same calls out) and
 a URL reaches the object store through fsspec.
 

@@ -24,7 +24,7 @@ import rioxarray  # noqa: F401  (registers .rio on the results)
 import xarray as xr
 import zarr
 
-from sftl_dask.geo import GeoBox, TileScheme, pixel_index, store_geometry
+from sftl_dask.geo import GeoBox, TileScheme, geometry_attrs, pixel_index, store_geometry
 from sftl_dask.io.location import (
     Location,
     child_stores,
@@ -211,11 +211,10 @@ def cube_tiling(root: str | os.PathLike[str]) -> TileScheme | None:
     zones: dict[int, tuple[float, float, str]] = {}
     scheme = None
     for name, store in cube_stores(root).items():
-        text = zarr.open_group(zarr_store(store), mode="r").attrs.get("sftl_tiling")
-        if text is None:
+        _, scheme = store_geometry(zarr.open_group(zarr_store(store), mode="r").attrs)
+        if scheme is None:
             raise ValueError(f"{store}: written without a tile scheme (a per-scene grid of an older "
                              "sftl-dask): ingest into a new cube root")
-        scheme = TileScheme.from_attrs(text)
         found.setdefault((scheme.tile_px, scheme.pixel_m), name)
         for e, ox, oy in scheme.offsets:  # a store records the offsets of the zones known when it was made
             if zones.setdefault(e, (ox, oy, name))[:2] != (ox, oy):
@@ -357,7 +356,7 @@ def mosaic(stores: Mapping[str, Location], *, ok_var: str, complete_only: bool =
             out[v] = ("time", table[v].to_numpy())
     union = tile_box(r0, c0, r1 - r0 + 1, c1 - c0 + 1)
     out = out.rio.write_crs(union.crs).rio.write_transform(union.affine)
-    out.attrs["sftl_grid"] = json.dumps(union.to_attrs())
+    out.attrs.update(geometry_attrs(union))
     out.attrs["sftl_tiles"] = json.dumps(sorted(stores))
     return out
 
