@@ -496,14 +496,17 @@ def retrieve(
 ) -> dict[str, Any]:
     """Retrieve LST cubes from scene cubes: one LST store per scene-cube store, new time steps only.
 
+    Over 80 lines only by its signature and this text; its steps are :func:`_plan`, :func:`_chunk_jobs`,
+    :func:`_execute`, :func:`_mark_complete` and :func:`_record_run`.
+
     Parameters
     ----------
     cube : path
-        A scene-cube store, or a cube root holding one store per grid (``sftl ingest --cube``).
+        A scene-cube store, or a cube root holding one store per tile (``sftl ingest --cube``).
     model : path
         A model artifact directory (``sftl train``) or split-window coefficients (``sftl fit-sw``).
     out : path
-        The LST store (for a store) or root (for a cube root: ``out/<grid>.zarr`` per store).
+        The LST store (for a store) or root (for a cube root: ``out/<tile>.zarr`` per store).
     client : distributed.Client, optional
         Where the tasks run; without one they run in this process on ``threads`` threads.
     device : {"auto", "cpu", "cuda"}
@@ -550,29 +553,22 @@ def retrieve(
         retriever, plans, ident = _plan(cube, model, out, precision=precision, overwrite=overwrite)
         model = Path(model)
         info = retriever.describe()
-        kind = info["model_kind"]
         need = inputs_for(retriever.features)
-        route_device, route_res = _route(device, kind, client)
+        route_device, route_res = _route(device, info["model_kind"], client)
         if resources is not None:
             route_res = dict(resources) or None
-
-        run = uuid.uuid4().hex
         ref = ModelRef(str(model.resolve()), retriever.digest, route_device, precision)
         when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         history = f"{when} {command or 'sftl_dask.retrieve.retrieve'} (sftl-dask {__version__})"
-        jobs, slot_of = _chunk_jobs(plans, retriever, info, ident, history, (*need, "vza", "ancillary_missing"), run)
+        jobs, slot_of = _chunk_jobs(plans, retriever, info, ident, history, (*need, "vza", "ancillary_missing"),
+                                    uuid.uuid4().hex)
         t_tasks = time.perf_counter()
         results, errors = _execute(ref, jobs, client, route_res, threads, progress)
         t_tasks = time.perf_counter() - t_tasks
         failed, retrieved = _mark_complete(plans, jobs, slot_of, errors)
         summary = _summary(plans, jobs, results, failed, retrieved, time.perf_counter() - t_start, t_tasks,
                            route_res, info)
-        if jobs and len(plans) and plans[0]["out"] != out:  # a root of LST stores: one log line per run
-            write_log(out, [{"time": history.split(" ")[0], "command": command or "", "model_sha256": retriever.digest,
-                             **{k: summary[k] for k in ("retrieved", "skipped", "failed", "chunks", "pixels",
-                                                        "produced", "seconds")}}], name="retrieve_log.jsonl")
-        if retrieved and not is_url(out):  # no STAC on object stores yet (write_scene_stac says why)
-            summary["stac"] = str(write_lst_stac(out))  # <out>/stac for a root; <name>_stac beside a single store
+        _record_run(out, plans, summary, retriever.digest, history, command)
         return summary
 
 
@@ -591,6 +587,20 @@ def _summary(plans: Sequence[Mapping[str, Any]], jobs: Sequence[_Job], results: 
         "workers": sorted({r["worker"] for r in results}), "devices": sorted({r["device"] for r in results}),
         "resources": dict(resources or {}), "model": model,
     }
+
+
+def _record_run(out: Location, plans: Sequence[Mapping[str, Any]], summary: dict[str, Any], model_sha256: str,
+                history: str, command: str | None) -> None:
+    """After a run: its line in a root's ``retrieve_log.jsonl``, and STAC items of what it retrieved.
+
+    ``summary["stac"]`` is set to the STAC folder where items were written.
+    """
+    if summary["chunks"] and len(plans) and plans[0]["out"] != out:  # a root of LST stores: one log line per run
+        write_log(out, [{"time": history.split(" ")[0], "command": command or "", "model_sha256": model_sha256,
+                         **{k: summary[k] for k in ("retrieved", "skipped", "failed", "chunks", "pixels",
+                                                    "produced", "seconds")}}], name="retrieve_log.jsonl")
+    if summary["retrieved"] and not is_url(out):  # no STAC on object stores yet (write_scene_stac says why)
+        summary["stac"] = str(write_lst_stac(out))  # <out>/stac for a root; <name>_stac beside a single store
 
 
 def _chunk_jobs(plans: list[dict[str, Any]], retriever: Retriever, info: Mapping[str, str],
