@@ -39,10 +39,8 @@ from sftl_dask.io.location import (
 __all__ = [
     "TIMESERIES_LAYOUT",
     "CubeRoot",
-    "blank_like",
     "cube_stores",
     "cube_tiling",
-    "fill_of",
     "is_timeseries_copy",
     "mosaic",
     "open_cube",
@@ -337,7 +335,7 @@ def mosaic(stores: Mapping[str, Location], *, ok_var: str, complete_only: bool =
         parts[rc] = ds.drop_vars([*time_vars, "spatial_ref"], errors="ignore")
     table = _time_table(times)
     first = next(iter(parts.values()))
-    fill = {v: fill_of(first[v]) for v in first.data_vars}
+    fill = {v: _fill_of(first[v]) for v in first.data_vars}
     parts = {k: p.reindex(time=table["time"].to_numpy(), fill_value=fill) for k, p in parts.items()}
     r0, r1 = min(r for r, _ in parts), max(r for r, _ in parts)
     c0, c1 = min(c for _, c in parts), max(c for _, c in parts)
@@ -348,7 +346,7 @@ def mosaic(stores: Mapping[str, Location], *, ok_var: str, complete_only: bool =
         """The GeoBox of ``rows`` x ``cols`` tiles from tile (r, c), on the reference tile's lattice."""
         return box.moved((r - rk) * box.height, (c - ck) * box.width, rows * box.height, cols * box.width)
 
-    grid_rows = [[parts[(r, c)] if (r, c) in parts else blank_like(ref, tile_box(r, c), fill)
+    grid_rows = [[parts[(r, c)] if (r, c) in parts else _blank(ref, tile_box(r, c), fill)
                   for c in range(c0, c1 + 1)] for r in range(r0, r1 + 1)]
     out = xr.combine_nested(grid_rows, concat_dim=["y", "x"], combine_attrs="override")
     for v in table.columns:
@@ -361,7 +359,7 @@ def mosaic(stores: Mapping[str, Location], *, ok_var: str, complete_only: bool =
     return out
 
 
-def blank_like(template: xr.Dataset, grid: GeoBox, fill: Mapping[str, Any]) -> xr.Dataset:
+def _blank(template: xr.Dataset, grid: GeoBox, fill: Mapping[str, Any]) -> xr.Dataset:
     """Lazy fill shaped like ``template`` on another tile's coordinates (a tile no scene reached)."""
     data = {v: (template[v].dims, da.full(template[v].shape, fill[v], dtype=template[v].dtype,
                                           chunks=template[v].data.chunksize), template[v].attrs)
@@ -369,7 +367,7 @@ def blank_like(template: xr.Dataset, grid: GeoBox, fill: Mapping[str, Any]) -> x
     return xr.Dataset(data, coords={"time": template["time"], "y": grid.y, "x": grid.x})
 
 
-def fill_of(var: xr.DataArray) -> Any:
+def _fill_of(var: xr.DataArray) -> Any:
     """What a tile that never saw a scene holds: NaN, the ``not_covered`` flag of QC bits, else 0."""
     if np.issubdtype(var.dtype, np.floating):
         return np.nan
