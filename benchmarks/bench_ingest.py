@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sftl_dask.io.tiles import DEFAULT_TILE_PX
+from sftl_dask.geo import DEFAULT_TILE_PX
 
 RESULTS = Path(__file__).parent / "results"
 CHUNKS = (1, 512, 512)

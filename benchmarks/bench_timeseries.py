@@ -51,14 +51,14 @@ def make_lst_store(store: Path, steps: int, size: int = SIZE, seed: int = 0) -> 
 
     Chunks and codec are the retrieval's (``CHUNK`` px, Blosc LZ4 + shuffle); every step is complete.
     """
-    from sftl_dask.io.cube import CHUNK, GridSpec, append_slots, mark_slot, write_block
+    from sftl_dask.io.cube import CHUNK, GeoBox, append_slots, mark_slot, write_block
     from sftl_dask.io.lst import LST_OK_VAR, LST_VARIABLES, QC_FLAGS, UNCERTAINTY_CLASS_SHIFT
 
     if (store / ".zmetadata").exists():
         return store
     shutil.rmtree(store, ignore_errors=True)
     rng = np.random.default_rng(seed)
-    grid = GridSpec("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_500_000.0), size, size)
+    grid = GeoBox("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_500_000.0), size, size)
     t0 = np.datetime64("2022-01-03T03:30")
     scenes = [{"scene_id": f"GF5B_VIMI_BENCH_{i:04d}", "source": "/cubes/bench.zarr",
                "time": t0 + np.timedelta64(4 * i, "D")} for i in range(steps)]

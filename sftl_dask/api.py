@@ -37,11 +37,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
 from sftl_dask import plotting
-from sftl_dask.io.location import Location, location, zarr_store
-from sftl_dask.io.lst import LST_OK_VAR, lst_stores
+from sftl_dask.geo import pixel_index
+from sftl_dask.io.location import Location, zarr_store
+from sftl_dask.io.lst import LST_OK_VAR
+from sftl_dask.io.stores import CubeRoot, mosaic
 
 __all__ = ["SftlAccessor", "locate", "open_lst"]
 
@@ -84,7 +87,7 @@ def open_lst(path: str | os.PathLike[str], grid: str | tuple[float, float] | Non
     grid : str or (float, float), optional
         One tile of a root: its name, or a ``(lon, lat)`` point (deg E, deg N) the tile must hold (how a
         site finds its tile). Default: every tile of the root's zone, mosaicked
-        (:func:`sftl_dask.io.tiles.mosaic`).
+        (:func:`sftl_dask.io.stores.mosaic`).
     complete_only : bool
         Keep only time steps whose retrieval completed (``retrieve_ok``), sorted by time.
     zone : str, optional
@@ -102,38 +105,24 @@ def open_lst(path: str | os.PathLike[str], grid: str | tuple[float, float] | Non
         If the path holds no LST store, the tile or zone is unknown or no tile holds the point, several
         zones and none is named, or a store lacks ``lst``, ``lst_uncertainty`` or ``qc``.
     """
-    import rioxarray  # noqa: F401  (registers .rio on the result)
-
-    from sftl_dask.io.tiles import mosaic, zone_of_store
-
-    p = location(path)
-    stores = lst_stores(p)
+    root = CubeRoot.of(path, skip_copies=True)
+    stores = root.stores()
     if not stores:
-        raise ValueError(f"{p}: no LST store here (expected an LST store or a folder of them)")
+        raise ValueError(f"{root.path}: no LST store here (expected an LST store or a folder of them)")
     if grid is None:
-        zones: dict[str, dict[str, Location]] = {}
-        for name, st in stores.items():
-            zones.setdefault(zone_of_store(name), {})[name] = st
-        if zone is None and len(zones) > 1:
-            raise ValueError(f"{p}: holds zones {', '.join(zones)}; name one (zone=), a tile (grid=) or give a "
-                             "(lon, lat)")
-        if zone is not None and zone not in zones:
-            raise ValueError(f"{p}: no tile of zone {zone!r} (zones: {', '.join(zones)})")
-        picked = zones[zone] if zone is not None else next(iter(zones.values()))
+        picked = root.zone(zone, ways="name one (zone=), a tile (grid=) or give a (lon, lat)")
         if len(picked) > 1:
             for st in picked.values():
                 _check_lst(xr.open_zarr(zarr_store(st), consolidated=True), str(st))
             return mosaic(picked, ok_var=LST_OK_VAR, complete_only=complete_only)
         store = next(iter(picked.values()))
     elif isinstance(grid, str):
-        if grid not in stores:
-            raise ValueError(f"{p}: no tile {grid!r} (tiles: {', '.join(stores)})")
-        store = stores[grid]
+        store = root.tile(grid)
     else:
         lon, lat = (float(v) for v in grid)
-        hits = [s for s in stores.values() if _holds(_open_store(s), lon, lat)]
+        hits = root.holding(lon, lat)
         if not hits:
-            raise ValueError(f"{p}: the point lon={lon:g}, lat={lat:g} lies outside every tile "
+            raise ValueError(f"{root.path}: the point lon={lon:g}, lat={lat:g} lies outside every tile "
                              f"({', '.join(stores)})")
         store = hits[0]
     ds = _open_store(store)
@@ -148,14 +137,6 @@ def _open_store(store: Location) -> xr.Dataset:
     ds = xr.open_zarr(zarr_store(store), consolidated=True, decode_coords="all")
     _check_lst(ds, str(store))
     return ds
-
-
-def _holds(ds: xr.Dataset, lon: float, lat: float) -> bool:
-    try:
-        locate(ds, [lon], [lat])
-    except ValueError:
-        return False
-    return True
 
 
 def locate(ds: xr.Dataset, lon: Sequence[float] | np.ndarray, lat: Sequence[float] | np.ndarray, *,
@@ -181,8 +162,6 @@ def locate(ds: xr.Dataset, lon: Sequence[float] | np.ndarray, lat: Sequence[floa
     ValueError
         Naming the first point that lies outside the grid (less ``margin``).
     """
-    from sftl_dask.io.cube import pixel_index
-
     crs = ds.rio.crs
     if crs is None:
         raise ValueError("the dataset has no CRS (spatial_ref); open it with sftl_dask.open_lst")

@@ -2,7 +2,7 @@
 
 The driver (this process) only lists products, reads what it must to place them (scene id,
 time, footprint: a scan task per new product), finds the fixed tiles each footprint touches
-(:mod:`sftl_dask.io.tiles`: per UTM zone, 40 m pixels, one Zarr store per tile), gives the scene a
+(:mod:`sftl_dask.geo`: per UTM zone, 40 m pixels, one Zarr store per tile), gives the scene a
 time slot in every one of them, and writes the stores' metadata once. Workers do the heavy work,
 one task per scene: decode and calibrate the archive and mask clouds on the product's own grid,
 then, per tile, interpolate ERA5 water vapour, apply the GED emissivity (sampled once per tile)
@@ -10,36 +10,37 @@ and the Vegetation Cover Method, and write the part of the tile the scene covers
 clipped and no grid ever grows or merges. A scene's slots are marked complete only after all its
 tiles are written; a failed scene is recorded in the ingest log with its reason and re-running
 retries it in the same slots and skips every scene already complete. Slots are appended in
-arrival order (each run sorted by time): readers sort by time (:func:`sftl_dask.io.cube.open_cube`,
+arrival order (each run sorted by time): readers sort by time (:func:`sftl_dask.io.stores.open_cube`,
 the API), so a later run may bring older scenes without rewriting any store.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import dask
 import numpy as np
+import xarray as xr
+from pyproj import Transformer
+from rasterio.enums import Resampling
 
-from sftl_dask.io.cube import (
-    CUBE_VARIABLES,
-    GridSpec,
-    append_slots,
-    cube_stores,
-    mark_slot,
-    read_slots,
-    write_log,
-    write_scene,
-)
-from sftl_dask.io.location import join, location, makedirs
+from sftl_dask.cluster import run_tasks
+from sftl_dask.geo import DEFAULT_TILE_PX, GeoBox, TileScheme, Window, geometry_attrs, utm_epsg
+from sftl_dask.io.cube import CUBE_VARIABLES, append_slots, mark_slot, read_slots, write_log, write_scene
+from sftl_dask.io.era5 import era5_wvc_on_grid, open_era5_tcwv
+from sftl_dask.io.ged import ged_on_grid, ged_vimi_channels, vimi_emissivity
+from sftl_dask.io.location import Location, join, location, makedirs
 from sftl_dask.io.stac import scene_stac_meta, write_scene_stac
-from sftl_dask.io.tiles import DEFAULT_TILE_PX, TileScheme, cube_tiling, utm_epsg
+from sftl_dask.io.stores import cube_stores, cube_tiling
+from sftl_dask.io.vimi import VimiProduct, find_products, product_checksum
 from sftl_dask.physics.channels import THERMAL_NAMES
+from sftl_dask.physics.cloud import cloud_mask
 from sftl_dask.staging import write_lock
 
 __all__ = ["IngestError", "ingest"]
@@ -59,8 +60,6 @@ class IngestError(ValueError):
 
 def _scan(path: str) -> dict[str, Any]:
     """Scene id, time, grid and footprint of one product (worker task)."""
-    from sftl_dask.io.vimi import VimiProduct
-
     try:
         prod = VimiProduct(path)
         ds = prod.open(chunks=None)
@@ -73,7 +72,7 @@ def _scan(path: str) -> dict[str, Any]:
             crs_text = f"EPSG:{utm_epsg(crs)}"
         except ValueError as exc:
             return {"ok": False, "path": path, "scene_id": prod.stem, "reason": str(exc), "bad_crs": True}
-        grid = GridSpec(crs_text, *ds_grid)
+        grid = GeoBox(crs_text, *ds_grid)
         return {"ok": True, "path": path, "scene_id": prod.stem, "time": np.datetime64(meta["CenterTime"], "ns"),
                 "grid": grid, "cloud_percent": float(meta.get("CloudPercent", np.nan)), "meta": scene_stac_meta(meta)}
     except (ValueError, OSError) as exc:
@@ -85,20 +84,16 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def _ged_for_grid(ged_dir: str, grid: GridSpec) -> dict[str, Any]:
+def _ged_for_grid(ged_dir: str, grid: GeoBox) -> dict[str, Any]:
     """GED emissivity, NDVI and coverage sampled on a grid (once per grid, worker task).
 
     When no tile covers the grid (or a covering tile is unreadable) the result is ``{"error": reason}``,
     so that grid's scenes fail with that reason and the other grids' scenes still go in.
     """
-    from sftl_dask.io.ged import ged_on_grid
-
     try:
         g = ged_on_grid(ged_dir, grid.x, grid.y, grid.crs)
     except (ValueError, OSError) as exc:
         return {"error": _one_line(exc).split(": ", 1)[-1]}
-    from sftl_dask.io.ged import ged_vimi_channels
-
     # the ASTER -> VIMI conversion is static: done once per grid; each scene adds only its NDVI (VCM)
     return {"emissivity": ged_vimi_channels(g["emis_aster"].values), "ndvi": g["ndvi_ged"].values,
             "water": g["water"].values, "ged_missing": g["ged_missing"].values}
@@ -107,40 +102,21 @@ def _ged_for_grid(ged_dir: str, grid: GridSpec) -> dict[str, Any]:
 @lru_cache(maxsize=8)
 def _open_era5(paths: tuple[str, ...]) -> Any:
     """ERA5 ``tcwv`` of these files, opened lazily once per worker process (scenes of a month share it)."""
-    from sftl_dask.io.era5 import open_era5_tcwv
-
     return open_era5_tcwv(list(paths))
 
 
-def _window(tile: GridSpec, scene: GridSpec) -> tuple[tuple[int, int, int, int], tuple[int, int] | None] | None:
-    """Where a scene falls on a tile: the tile window ``(y0, y1, x0, x1)`` and the scene's (row, col) offset.
+class TileTarget(NamedTuple):
+    """Where one scene goes in one tile: the tile's store, the scene's slot there, and what its task needs."""
 
-    The offset is None when the scene is not on the tile's lattice (it is then resampled onto the window).
-    None when the footprints do not overlap.
-    """
-    off = tile.offset_of(scene)
-    if off is not None:
-        r, c = off
-        y0, y1 = max(0, r), min(tile.height, r + scene.height)
-        x0, x1 = max(0, c), min(tile.width, c + scene.width)
-    else:
-        a, _, tc, _, e, tf = tile.transform
-        left, bottom, right, top = scene.bounds
-        x0, x1 = max(0, int(np.floor((left - tc) / a))), min(tile.width, int(np.ceil((right - tc) / a)))
-        y0, y1 = max(0, int(np.floor((top - tf) / e))), min(tile.height, int(np.ceil((bottom - tf) / e)))
-    if y1 <= y0 or x1 <= x0:
-        return None
-    return (y0, y1, x0, x1), off
+    store: str
+    index: int
+    tile: str
+    grid: GeoBox
+    era5: list[str]
+    ged_origin: tuple[int, int]  # (row, col) of the tile where its GED arrays (the batch region) start
 
 
-def _sub(tile: GridSpec, window: tuple[int, int, int, int]) -> GridSpec:
-    """The grid of a window of a tile."""
-    y0, y1, x0, x1 = window
-    a, b, c, d, e, f = tile.transform
-    return GridSpec(tile.crs, (a, b, c + x0 * a, d, e, f + y0 * e), x1 - x0, y1 - y0)
-
-
-def _ingest_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[str], tuple[int, int]]],
+def _ingest_scene(path: str, targets: list[TileTarget],
                   geds: list[dict[str, Any]], cloud_percent: float) -> dict[str, Any]:
     """Decode one product and write it into every tile it touches (worker task).
 
@@ -148,22 +124,15 @@ def _ingest_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[s
     worker Dask's default scheduler is the cluster itself, and nested per-chunk tasks from every scene
     would slow the decode (measured 2x), move chunks between workers and hold their memory there.
     """
-    import dask
-
     with dask.config.set(scheduler="synchronous"):
         return _decode_scene(path, targets, geds, cloud_percent)
 
 
-def _decode_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[str], tuple[int, int]]],
-                  geds: list[dict[str, Any]], cloud_percent: float) -> dict[str, Any]:
+def _decode_scene(path: str, targets: list[TileTarget], geds: list[dict[str, Any]], cloud_percent: float
+                  ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    from sftl_dask.io.era5 import era5_wvc_on_grid
-    from sftl_dask.io.ged import vimi_emissivity
-    from sftl_dask.io.vimi import VimiProduct, product_checksum
-    from sftl_dask.physics.cloud import cloud_mask
-
-    record = {"scene_id": _stem(path), "source": path, "tiles": [t[2] for t in targets],
-              "slots": [[t[0], t[1]] for t in targets]}
+    record = {"scene_id": _stem(path), "source": path, "tiles": [t.tile for t in targets],
+              "slots": [[t.store, t.index] for t in targets]}
     try:
         for g in geds:
             if "error" in g:
@@ -171,7 +140,7 @@ def _decode_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[s
         prod = VimiProduct(path)
         ds = prod.open(chunks=None)  # lazily indexed, read whole here; a Dask-chunked one could not be closed
         tr = ds.rio.transform()
-        sgrid = GridSpec(targets[0][3].crs, (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f), ds.sizes["x"], ds.sizes["y"])
+        sgrid = GeoBox(targets[0].grid.crs, (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f), ds.sizes["x"], ds.sizes["y"])
         names = [*THERMAL_NAMES, "ndvi", "vza"] + (["red"] if "red" in ds else [])
         own = {k: ds[k].values.astype(np.float64) for k in names}
         ds.close()  # else xarray's file cache keeps the product open and its blocks stay in GDAL's cache
@@ -181,66 +150,83 @@ def _decode_scene(path: str, targets: list[tuple[str, int, str, GridSpec, list[s
         # The cloud mask on the product's own grid: its tests and edge buffer see the whole scene, whatever the tiles.
         own["cloud"] = cloud_mask(own["bt_10_80"], own["ndvi"], own.get("red"),
                                   cloud_percent=cloud_percent).astype(np.float64)
-        era5 = _open_era5(tuple(sorted({f for t in targets for f in t[4]})))
-        scene_time = np.datetime64(prod.metadata["CenterTime"], "ns")
-        checksum = product_checksum(path)
-        written, covered_px, cloud_px = [], 0, 0
-        for (store, index, _, tile, _, (gy, gx)), ged in zip(targets, geds, strict=True):
-            hit = _window(tile, sgrid)
-            if hit is None:
-                continue
-            window, off = hit
-            y0, y1, x0, x1 = window
-            wgrid = _sub(tile, window)
-            if off is not None:
-                r, c = off
-                vals = {k: v[y0 - r : y1 - r, x0 - c : x1 - c] for k, v in own.items()}
-            else:  # another lattice: resample onto the window (bilinear; the cloud mask by nearest)
-                vals = _resample(own, sgrid, wgrid)
-            covered = np.isfinite(vals["bt_10_80"])
-            if not covered.any():
-                continue  # the footprint touches the tile but only no-data pixels of the product fall in it
-            cloud = np.where(covered, vals["cloud"] > 0.5, False)
-            wvc = np.where(covered, era5_wvc_on_grid(era5, scene_time, wgrid.x, wgrid.y, wgrid.crs), np.nan)
-            # the GED arrays start at (gy, gx) of the tile: the part of it this run's scenes cover
-            gw = {k: (v[..., y0 - gy : y1 - gy, x0 - gx : x1 - gx] if isinstance(v, np.ndarray) else v)
-                  for k, v in ged.items()}
-            emis = vimi_emissivity(gw["emissivity"], gw["ndvi"], vals["ndvi"], water=gw.get("water"), converted=True)
-            emis = np.where(covered[None], emis, np.nan)
-            missing = covered & (gw["ged_missing"].astype(bool) | ~np.isfinite(wvc))
-            data = {**{k: vals[k] for k in THERMAL_NAMES}, "vza": vals["vza"], "ndvi": vals["ndvi"], "wvc": wvc,
-                    **{n.replace("bt_", "emis_"): emis[i] for i, n in enumerate(THERMAL_NAMES)},
-                    "cloud": cloud.astype(np.uint8), "ancillary_missing": missing.astype(np.uint8)}
-            write_scene(store, index, {k: data[k] for k in CUBE_VARIABLES}, checksum, window=window, mark=False)
-            written.append((store, index))
-            covered_px += int(covered.sum())
-            cloud_px += int(cloud.sum())
+        era5 = _open_era5(tuple(sorted({f for t in targets for f in t.era5})))
+        scene = _Scene(own, sgrid, np.datetime64(prod.metadata["CenterTime"], "ns"), product_checksum(path), era5)
+        written, covered_px, cloud_px = 0, 0, 0
+        for target, ged in zip(targets, geds, strict=True):
+            counts = _write_tile_part(scene, target, ged)
+            if counts is not None:
+                written += 1
+                covered_px += counts[0]
+                cloud_px += counts[1]
         if not covered_px:
             raise ValueError("the scene does not overlap its tiles")
         # Only now, with every tile written, do the scene's slots count as complete. Slots of tiles that only
         # no-data pixels touched are marked too (they hold fill): the scene is complete in every tile.
-        for store, index, *_ in targets:
-            mark_slot(store, index, "ingest_ok", checksum=checksum)
+        for t in targets:
+            mark_slot(t.store, t.index, "ingest_ok", checksum=scene.checksum)
         return {**record, "status": "ingested", "seconds": round(time.perf_counter() - t0, 2),
-                "covered_px": covered_px, "tiles_written": len(written),
+                "covered_px": covered_px, "tiles_written": written,
                 "cloud_fraction": round(cloud_px / covered_px, 4)}
     except (ValueError, OSError, KeyError) as exc:
         return {**record, "status": "failed", "reason": _one_line(exc)}
 
 
-def _resample(own: dict[str, np.ndarray], sgrid: GridSpec, wgrid: GridSpec) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class _Scene:
+    """A decoded product on its own grid: rasters, grid, centre time, checksum, and its ERA5 field."""
+
+    own: dict[str, np.ndarray]
+    grid: GeoBox
+    time: np.datetime64
+    checksum: str
+    era5: Any
+
+
+def _write_tile_part(scene: _Scene, target: TileTarget, ged: dict[str, Any]) -> tuple[int, int] | None:
+    """Write the part of one tile a scene covers (slot not marked); its (covered, cloud) pixel counts.
+
+    None when the scene's footprint misses the tile, or only no-data pixels of the product fall in it.
+    """
+    hit = target.grid.overlap(scene.grid)
+    if hit is None:
+        return None
+    window, off = hit
+    y0, y1, x0, x1 = window
+    wgrid = target.grid.window(window)
+    if off is not None:
+        r, c = off
+        vals = {k: v[y0 - r : y1 - r, x0 - c : x1 - c] for k, v in scene.own.items()}
+    else:  # another lattice: resample onto the window (bilinear; the cloud mask by nearest)
+        vals = _resample(scene.own, scene.grid, wgrid)
+    covered = np.isfinite(vals["bt_10_80"])
+    if not covered.any():
+        return None
+    cloud = np.where(covered, vals["cloud"] > 0.5, False)
+    wvc = np.where(covered, era5_wvc_on_grid(scene.era5, scene.time, wgrid.x, wgrid.y, wgrid.crs), np.nan)
+    # the GED arrays start at the tile's ged_origin: the part of it this run's scenes cover (the batch region)
+    gy, gx = target.ged_origin
+    gw = {k: (v[..., y0 - gy : y1 - gy, x0 - gx : x1 - gx] if isinstance(v, np.ndarray) else v)
+          for k, v in ged.items()}
+    emis = vimi_emissivity(gw["emissivity"], gw["ndvi"], vals["ndvi"], water=gw.get("water"), converted=True)
+    emis = np.where(covered[None], emis, np.nan)
+    missing = covered & (gw["ged_missing"].astype(bool) | ~np.isfinite(wvc))
+    data = {**{k: vals[k] for k in THERMAL_NAMES}, "vza": vals["vza"], "ndvi": vals["ndvi"], "wvc": wvc,
+            **{n.replace("bt_", "emis_"): emis[i] for i, n in enumerate(THERMAL_NAMES)},
+            "cloud": cloud.astype(np.uint8), "ancillary_missing": missing.astype(np.uint8)}
+    write_scene(target.store, target.index, {k: data[k] for k in CUBE_VARIABLES}, scene.checksum, window=window,
+                mark=False)
+    return int(covered.sum()), int(cloud.sum())
+
+
+def _resample(own: dict[str, np.ndarray], sgrid: GeoBox, wgrid: GeoBox) -> dict[str, np.ndarray]:
     """A product's rasters resampled onto a window grid (bilinear; the cloud mask nearest)."""
-    import xarray as xr
-    from rasterio.enums import Resampling
-
-    from sftl_dask.io.cube import _affine
-
     src = xr.Dataset({k: (("y", "x"), v) for k, v in own.items()}, coords={"y": sgrid.y, "x": sgrid.x})
-    src = src.rio.write_crs(sgrid.crs).rio.write_transform(_affine(sgrid))
+    src = src.rio.write_crs(sgrid.crs).rio.write_transform(sgrid.affine)
     shape = (wgrid.height, wgrid.width)
     out = {}
     for method, keys in ((Resampling.bilinear, [k for k in own if k != "cloud"]), (Resampling.nearest, ["cloud"])):
-        rp = src[keys].rio.reproject(wgrid.crs, shape=shape, transform=_affine(wgrid), resampling=method,
+        rp = src[keys].rio.reproject(wgrid.crs, shape=shape, transform=wgrid.affine, resampling=method,
                                      nodata=np.nan)
         out.update({k: rp[k].values.astype(np.float64) for k in keys})
     return out
@@ -274,7 +260,7 @@ def ingest(
     progress : callable, optional
         ``progress(done, total)`` over scene tasks.
     tile_px : int, optional
-        Tile edge (40 m pixels) of a new cube (default :data:`~sftl_dask.io.tiles.DEFAULT_TILE_PX`); an
+        Tile edge (40 m pixels) of a new cube (default :data:`~sftl_dask.geo.DEFAULT_TILE_PX`); an
         existing cube keeps its own, and a different value is refused.
 
     Returns
@@ -290,121 +276,26 @@ def ingest(
     StoreBusyError
         If another process is writing the cube (holds its write lock).
     """
-    from sftl_dask.io.vimi import find_products
-
     t0 = time.perf_counter()
     root = location(cube)
     era5_paths = [str(Path(p)) for p in era5]
-    for p in era5_paths:
-        if not Path(p).is_file():
-            raise IngestError(f"{p}: ERA5 file not found")
-    if not era5_paths:
-        raise IngestError("no ERA5 file given (--era5)")
-    if not Path(ged).is_dir():
-        raise IngestError(f"{ged}: GED folder not found")
-    try:
-        existing = cube_tiling(root)
-        scheme = existing if existing is not None else TileScheme(tile_px or DEFAULT_TILE_PX)
-    except ValueError as exc:
-        raise IngestError(str(exc)) from None
-    if existing is not None and tile_px is not None and tile_px != existing.tile_px:
-        raise IngestError(f"{root}: holds tiles of {existing.tile_px} px x {existing.pixel_m:g} m, not "
-                          f"{tile_px} px (--tile-size): ingest into another cube root")
-    era5_index = _era5_index(era5_paths, client)
-    for p in inputs:
-        if not Path(p).exists():
-            raise IngestError(f"{p}: no such file or directory")
-    products = [str(p) for p in find_products([Path(p) for p in inputs])]
-    if not products:
-        raise IngestError(f"no VIMI L1 products found in {', '.join(str(p) for p in inputs)}")
+    scheme, era5_index, products = _check_inputs(inputs, root, era5_paths, ged, tile_px, client)
 
     with write_lock(root, "sftl ingest"):  # one writer per cube: a second run is refused, never interleaved
-        # What is already in the cube: each scene's slot in each tile.
-        tiles: dict[str, GridSpec] = {}
-        slots_of: dict[str, dict[str, tuple[str, int, bool]]] = {}
-        for name, store in cube_stores(root).items():
-            grid, slots = read_slots(store)
-            tiles[name] = grid
-            for s in slots:
-                slots_of.setdefault(s["scene_id"], {})[name] = (str(store), s["index"], s["ingest_ok"])
-        done = {k for k, v in slots_of.items() if all(ok for *_, ok in v.values())}
+        state = _CubeState.read(root)
         log: list[dict[str, Any]] = []
         todo = []
         for p in products:
             stem = _stem(p)
-            if stem in done:
+            if stem in state.done:
                 log.append({"scene_id": stem, "status": "skipped", "reason": "already in the cube", "source": p})
             else:
                 todo.append(p)
-
-        scans = _map(_scan, [(p,) for p in todo], client)
-        off_scheme = [s for s in scans if s.get("bad_crs")]
-        if off_scheme:  # bad input: refused before anything is written
-            s = off_scheme[0]
-            more = f" (and {len(off_scheme) - 1} more)" if len(off_scheme) > 1 else ""
-            raise IngestError(f"{s['path']}: {s['reason']}{more}")
-        bad = [s for s in scans if not s["ok"]]
-        log += [{"scene_id": s["scene_id"], "status": "failed", "reason": s["reason"], "source": s["path"]}
-                for s in bad]
-        scans = [s for s in scans if s["ok"]]
-        seen: set[str] = set()
-        unique = []
-        for s in sorted(scans, key=lambda s: (s["time"], s["scene_id"])):
-            if s["scene_id"] in seen:
-                log.append({"scene_id": s["scene_id"], "status": "skipped", "reason": "duplicate product in the input",
-                            "source": s["path"]})
-                continue
-            seen.add(s["scene_id"])
-            unique.append(s)
-        scans = unique
-
-        # A zone new to the cube gets its tile edges through the upper-left corner of this run's scenes there
-        # (on the pixel lattice): fixed from then on, recorded in every store.
-        pm = scheme.pixel_m
-        for epsg in sorted({utm_epsg(s["grid"].crs) for s in scans}):
-            if not scheme.has_zone(epsg):
-                zone = [s["grid"].bounds for s in scans if utm_epsg(s["grid"].crs) == epsg]
-                scheme = scheme.anchored(epsg, np.floor(min(b[0] for b in zone) / pm) * pm,
-                                         np.ceil(max(b[3] for b in zone) / pm) * pm)
-
-        # Slots: a scene retried keeps the slots it has; every other (scene, tile) gets a new one, in time order.
+        scans = _scan_new(todo, client, log)
+        scheme = _anchor_new_zones(scheme, scans)
         makedirs(root)
-        new_slots: dict[str, list[dict[str, Any]]] = {}
-        for s in scans:
-            s["targets"] = {}
-            for name, tile in scheme.tiles_for(s["grid"]).items():
-                tiles.setdefault(name, tile)
-                have = slots_of.get(s["scene_id"], {}).get(name)
-                if have is not None:
-                    s["targets"][name] = (have[0], have[1])
-                else:
-                    new_slots.setdefault(name, []).append(s)
-        attrs = {**_CUBE_ATTRS, "sftl_tiling": json.dumps(scheme.to_attrs())}
-        for name, ss in new_slots.items():
-            store = str(join(root, f"{name}.zarr"))
-            idx = append_slots(store, tiles[name], [{"scene_id": s["scene_id"], "source": s["path"],
-                                                     "time": s["time"]} for s in ss], attrs)
-            for s, i in zip(ss, idx, strict=True):
-                s["targets"][name] = (store, i)
-
-        # GED once per tile, on the part of it this run's scenes cover; then one task per scene writing all its tiles.
-        reach: dict[str, tuple[int, int, int, int]] = {}
-        for s in scans:
-            for n in s["targets"]:
-                hit = _window(tiles[n], s["grid"])
-                if hit is not None:
-                    w = hit[0]
-                    r = reach.get(n, w)
-                    reach[n] = (min(r[0], w[0]), max(r[1], w[1]), min(r[2], w[2]), max(r[3], w[3]))
-        used = sorted(reach)
-        ged_arrays = dict(zip(used, _map(_ged_for_grid, [(str(ged), _sub(tiles[n], reach[n])) for n in used], client,
-                                         scatter_out=True), strict=True))
-        args = []
-        for s in scans:
-            names = sorted(n for n in s["targets"] if n in reach)
-            targets = [(*s["targets"][n], n, tiles[n], _era5_for(era5_index, tiles[n], s["time"]),
-                        (reach[n][0], reach[n][2])) for n in names]
-            args.append((s["path"], targets, [ged_arrays[n] for n in names], s["cloud_percent"]))
+        _assign_slots(root, scheme, scans, state)
+        args = _scene_tasks(scans, state.tiles, str(ged), era5_index, client)
         results = _map(_ingest_scene, args, client, progress=progress)
         log += results
         ok = [r for r in results if r["status"] == "ingested"]
@@ -423,10 +314,176 @@ def ingest(
         }
 
 
+def _check_inputs(inputs: Sequence[str | os.PathLike[str]], root: Location, era5_paths: list[str],
+                  ged: str | os.PathLike[str], tile_px: int | None, client: Any
+                  ) -> tuple[TileScheme, list[dict[str, Any]], list[str]]:
+    """The cube's tile scheme (or a new one), the ERA5 files' extents and the products to ingest.
+
+    Bad input is refused here, before any work, in this order: ERA5 files, GED folder, the cube's tiles,
+    the ERA5 files' contents, the inputs.
+
+    Raises
+    ------
+    IngestError
+        As :func:`ingest` does.
+    """
+    for p in era5_paths:
+        if not Path(p).is_file():
+            raise IngestError(f"{p}: ERA5 file not found")
+    if not era5_paths:
+        raise IngestError("no ERA5 file given (--era5)")
+    if not Path(ged).is_dir():
+        raise IngestError(f"{ged}: GED folder not found")
+    try:
+        existing = cube_tiling(root)
+        scheme = existing if existing is not None else TileScheme(tile_px or DEFAULT_TILE_PX)
+    except ValueError as exc:
+        raise IngestError(str(exc)) from None
+    if existing is not None and tile_px is not None and tile_px != existing.tile_px:
+        raise IngestError(f"{root}: holds tiles of {existing.tile_px} px x {existing.pixel_m:g} m, not "
+                          f"{tile_px} px (--tile-size): ingest into another cube root")
+    return scheme, _era5_index(era5_paths, client), _products_of(inputs)
+
+
+def _products_of(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The VIMI L1 products in ``inputs`` (archives, product folders, or folders holding them).
+
+    Raises
+    ------
+    IngestError
+        If an input does not exist or no product is found.
+    """
+    for p in inputs:
+        if not Path(p).exists():
+            raise IngestError(f"{p}: no such file or directory")
+    products = [str(p) for p in find_products([Path(p) for p in inputs])]
+    if not products:
+        raise IngestError(f"no VIMI L1 products found in {', '.join(str(p) for p in inputs)}")
+    return products
+
+
+@dataclass
+class _CubeState:
+    """What is already in a cube: each tile's grid, and each scene's slot (store, index, complete) per tile."""
+
+    tiles: dict[str, GeoBox] = field(default_factory=dict)
+    slots_of: dict[str, dict[str, tuple[str, int, bool]]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, root: Location) -> _CubeState:
+        state = cls()
+        for name, store in cube_stores(root).items():
+            grid, slots = read_slots(store)
+            state.tiles[name] = grid
+            for s in slots:
+                state.slots_of.setdefault(s["scene_id"], {})[name] = (str(store), s["index"], s["ingest_ok"])
+        return state
+
+    @property
+    def done(self) -> set[str]:
+        """Scenes complete in every tile they have a slot in."""
+        return {k for k, v in self.slots_of.items() if all(ok for *_, ok in v.values())}
+
+
+def _scan_new(todo: list[str], client: Any, log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scan the products to ingest (worker tasks): the readable ones, sorted by time, each scene once.
+
+    Unreadable products and duplicates are appended to ``log``.
+
+    Raises
+    ------
+    IngestError
+        If a product's CRS is not a UTM zone (refused before anything is written).
+    """
+    scans = _map(_scan, [(p,) for p in todo], client)
+    off_scheme = [s for s in scans if s.get("bad_crs")]
+    if off_scheme:
+        s = off_scheme[0]
+        more = f" (and {len(off_scheme) - 1} more)" if len(off_scheme) > 1 else ""
+        raise IngestError(f"{s['path']}: {s['reason']}{more}")
+    log += [{"scene_id": s["scene_id"], "status": "failed", "reason": s["reason"], "source": s["path"]}
+            for s in scans if not s["ok"]]
+    seen: set[str] = set()
+    unique = []
+    for s in sorted((s for s in scans if s["ok"]), key=lambda s: (s["time"], s["scene_id"])):
+        if s["scene_id"] in seen:
+            log.append({"scene_id": s["scene_id"], "status": "skipped", "reason": "duplicate product in the input",
+                        "source": s["path"]})
+            continue
+        seen.add(s["scene_id"])
+        unique.append(s)
+    return unique
+
+
+def _anchor_new_zones(scheme: TileScheme, scans: list[dict[str, Any]]) -> TileScheme:
+    """The scheme with each zone new to the cube anchored at the upper-left corner of this run's scenes there.
+
+    On the pixel lattice; fixed from then on and recorded in every store.
+    """
+    pm = scheme.pixel_m
+    for epsg in sorted({utm_epsg(s["grid"].crs) for s in scans}):
+        if not scheme.has_zone(epsg):
+            zone = [s["grid"].bounds for s in scans if utm_epsg(s["grid"].crs) == epsg]
+            scheme = scheme.anchored(epsg, np.floor(min(b[0] for b in zone) / pm) * pm,
+                                     np.ceil(max(b[3] for b in zone) / pm) * pm)
+    return scheme
+
+
+def _assign_slots(root: Location, scheme: TileScheme, scans: list[dict[str, Any]], state: _CubeState) -> None:
+    """Give each scan its ``targets`` (tile name -> (store, slot)), appending new slots to the stores.
+
+    A scene retried keeps the slots it has; every other (scene, tile) gets a new one, in time order.
+    """
+    new_slots: dict[str, list[dict[str, Any]]] = {}
+    for s in scans:
+        s["targets"] = {}
+        for name, tile in scheme.tiles_for(s["grid"]).items():
+            state.tiles.setdefault(name, tile)
+            have = state.slots_of.get(s["scene_id"], {}).get(name)
+            if have is not None:
+                s["targets"][name] = (have[0], have[1])
+            else:
+                new_slots.setdefault(name, []).append(s)
+    attrs = {**_CUBE_ATTRS, **geometry_attrs(scheme=scheme)}
+    for name, ss in new_slots.items():
+        store = str(join(root, f"{name}.zarr"))
+        idx = append_slots(store, state.tiles[name], [{"scene_id": s["scene_id"], "source": s["path"],
+                                                       "time": s["time"]} for s in ss], attrs)
+        for s, i in zip(ss, idx, strict=True):
+            s["targets"][name] = (store, i)
+
+
+def _batch_regions(scans: list[dict[str, Any]], tiles: dict[str, GeoBox]) -> dict[str, Window]:
+    """Per tile, the window this run's scenes cover (its batch region): where GED is sampled, once."""
+    reach: dict[str, Window] = {}
+    for s in scans:
+        for n in s["targets"]:
+            hit = tiles[n].overlap(s["grid"])
+            if hit is not None:
+                w = hit[0]
+                r = reach.get(n, w)
+                reach[n] = Window(min(r.y0, w.y0), max(r.y1, w.y1), min(r.x0, w.x0), max(r.x1, w.x1))
+    return reach
+
+
+def _scene_tasks(scans: list[dict[str, Any]], tiles: dict[str, GeoBox], ged: str, era5_index: list[dict[str, Any]],
+                 client: Any) -> list[tuple[Any, ...]]:
+    """GED once per tile (on its batch region, kept on the cluster), then one task's arguments per scene."""
+    reach = _batch_regions(scans, tiles)
+    used = sorted(reach)
+    ged_arrays = dict(zip(used, _map(_ged_for_grid, [(ged, tiles[n].window(reach[n])) for n in used], client,
+                                     scatter_out=True), strict=True))
+    args = []
+    for s in scans:
+        names = sorted(n for n in s["targets"] if n in reach)
+        targets = [TileTarget(*s["targets"][n], n, tiles[n], _era5_for(era5_index, tiles[n], s["time"]),
+                              (reach[n].y0, reach[n].x0)) for n in names]
+        args.append((s["path"], targets, [ged_arrays[n] for n in names], s["cloud_percent"]))
+    return args
+
+
 def _era5_extent(path: str) -> dict[str, Any]:
     """Area and time span of one ERA5 file, or the reason it cannot be read (worker task)."""
-    from sftl_dask.io.era5 import open_era5_tcwv
-
     try:
         da = open_era5_tcwv([path])
     except (ValueError, OSError) as exc:
@@ -451,14 +508,12 @@ def _era5_index(paths: Sequence[str], client: Any = None) -> list[dict[str, Any]
     return index
 
 
-def _era5_for(index: list[dict[str, Any]], grid: GridSpec, when: np.datetime64) -> list[str]:
+def _era5_for(index: list[dict[str, Any]], grid: GeoBox, when: np.datetime64) -> list[str]:
     """The ERA5 files whose area holds the grid and whose hours reach within 6 h of ``when``.
 
     When none does, the files whose area holds the grid are returned (else every file), so the reader
     reports precisely what is not covered (the time, or the area) rather than a grid mismatch between files.
     """
-    from pyproj import Transformer
-
     left, bottom, right, top = grid.bounds
     lon, lat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True).transform(
         [left, right, left, right], [bottom, bottom, top, top])
@@ -480,6 +535,4 @@ def _stem(path: str) -> str:
 def _map(fn: Callable[..., Any], args: list[tuple[Any, ...]], client: Any, *,
          progress: Callable[[int, int], None] | None = None, scatter_out: bool = False) -> list[Any]:
     """``fn`` over argument tuples through the one task runner; ``scatter_out`` keeps results on the cluster."""
-    from sftl_dask.cluster import run_tasks
-
     return run_tasks([(fn, a) for a in args], client, progress=progress, gather=not scatter_out)

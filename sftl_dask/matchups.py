@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
+from sftl_dask.geo import TileScheme, pixel_index
+from sftl_dask.io.stores import CubeRoot, mosaic, open_cube
 from sftl_dask.physics.channels import THERMAL_NAMES
 
 __all__ = [
@@ -92,8 +94,6 @@ def site_pixels(sites: pd.DataFrame, crs: Any, x: ArrayLike, y: ArrayLike) -> pd
         The rows of ``sites`` whose pixel lies at least :data:`CLOUD_NEIGHBOURHOOD_PX` pixels inside the
         grid (so that its neighbourhood is whole), in table order, with ``row`` and ``col`` (int) added.
     """
-    from sftl_dask.io.cube import pixel_index
-
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     out = sites.copy()
     if len(out) == 0 or x.size < 2 or y.size < 2:
@@ -209,8 +209,6 @@ def matchup_reasons(covered: ArrayLike, cloud_near: ArrayLike, ancillary_ok: Arr
 
 def _with_neighbours(name: str, stores: Mapping[str, Path], own: Any) -> Any:
     """A tile with its (up to 8) neighbouring tiles as one mosaic, restricted to the tile's own time steps."""
-    from sftl_dask.io.tiles import TileScheme, mosaic
-
     try:
         around = TileScheme.neighbours(name)
     except ValueError:  # a store that is not a tile
@@ -246,11 +244,10 @@ def build_matchups(cube_root: str | os.PathLike[str], insitu_dir: str | os.PathL
     ValueError
         If a site's station file is missing, or no site lies inside any grid.
     """
-    from sftl_dask.io.cube import cube_stores, open_cube, pixel_index
     from sftl_dask.io.insitu import read_sites
 
     root = Path(cube_root)
-    stores = {root.name: root} if (root / ".zgroup").exists() else cube_stores(root)
+    stores = CubeRoot.of(root).stores()
     if not stores:
         raise ValueError(f"{root}: no scene cube here")
     sites = read_sites(sites_csv)

@@ -51,8 +51,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
+from dask.utils import parse_bytes
+from distributed import as_completed
 
-from sftl_dask.io.lst import LST_OK_VAR, lst_stores
+from sftl_dask.cluster import run_tasks
+from sftl_dask.io.cube import read_slots
+from sftl_dask.io.location import is_url
+from sftl_dask.io.lst import LST_OK_VAR
+from sftl_dask.io.stores import CubeRoot, is_timeseries_copy, timeseries_attrs, timeseries_marker
 from sftl_dask.staging import staged_dir
 
 __all__ = ["MAX_MEM", "TILE", "RechunkError", "StaleCopyWarning", "check_rechunk", "rechunk", "timeseries_copy"]
@@ -67,8 +74,7 @@ TILE = 64
 #: Default bound on the array data one task holds (bytes, or a string such as ``"256MB"``).
 MAX_MEM = "256MB"
 
-#: The copy's layout attributes.
-_LAYOUT = "time-series"
+#: Suffix of a copy's default name.
 _SUFFIX = "_ts"
 
 
@@ -107,12 +113,10 @@ def timeseries_copy(store: str | os.PathLike[str]) -> Path | None:
         The copy's store, or None (no copy, or a stale one, or the source is not a readable LST store, or
         an object-store URL: ``sftl rechunk`` writes to file systems only).
     """
-    from sftl_dask.io.location import is_url
-
     if is_url(store):
         return None
     store = Path(store)
-    found = [(c, a) for c in _candidates(store) if (a := _layout_of(c)) is not None]
+    found = [(c, a) for c in _candidates(store) if (a := timeseries_attrs(c)) is not None]
     if not found:
         return None
     try:
@@ -137,24 +141,13 @@ def _candidates(store: Path) -> list[Path]:
 
 def _default_copy_path(lst: Path) -> Path:
     """Where ``sftl rechunk`` puts the copy of ``lst`` by default: ``<root>_ts`` or ``<name>_ts.zarr``."""
-    if (lst / ".zgroup").exists():
+    if CubeRoot(lst).is_store:
         return lst.with_name(lst.name.removesuffix(".zarr") + _SUFFIX + ".zarr")
     return lst.with_name(lst.name + _SUFFIX)
 
 
-def _layout_of(path: Path) -> dict[str, Any] | None:
-    """The global attributes of a time-series copy, or None when ``path`` is not one."""
-    try:
-        attrs = json.loads((path / ".zattrs").read_text())
-    except (OSError, ValueError):
-        return None
-    return attrs if isinstance(attrs, dict) and attrs.get("sftl_layout") == _LAYOUT else None
-
-
 def _completed(store: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The completed time steps of an LST store, sorted by time, and its global attributes."""
-    from sftl_dask.io.cube import read_slots
-
     _, slots = read_slots(store, LST_OK_VAR)
     attrs = json.loads((store / ".zattrs").read_text())
     done = sorted((s for s in slots if s[LST_OK_VAR]), key=lambda s: (s["time"], s["index"]))
@@ -205,8 +198,6 @@ def _tile_edge(chunk: int, tile: int, size: int) -> tuple[int, int]:
 
 
 def _parse_mem(max_mem: int | str) -> int:
-    from dask.utils import parse_bytes
-
     try:
         n = int(parse_bytes(max_mem))
     except (ValueError, TypeError):
@@ -220,14 +211,12 @@ def _pairs(lst: Path, out: Path) -> list[tuple[Path, Path]]:
     """(LST store, copy store) pairs: a store maps to ``out``, a root's stores to ``out/<name>``."""
     if not lst.exists():
         raise RechunkError(f"{lst}: no such LST store or folder")
-    stores = lst_stores(lst)  # leaves time-series copies out
-    if not stores:
-        if _layout_of(lst) is not None or (lst.is_dir() and any(_layout_of(p) for p in lst.glob("*.zarr"))):
+    root = CubeRoot(lst, skip_copies=True)  # leaves time-series copies out
+    if not root.stores():
+        if timeseries_attrs(lst) is not None or (lst.is_dir() and any(timeseries_attrs(p) for p in lst.glob("*.zarr"))):
             raise RechunkError(f"{lst}: is already a time-series copy; rechunk its source LST store")
         raise RechunkError(f"{lst}: no LST store here (neither a Zarr store nor a folder of them)")
-    if (lst / ".zgroup").exists():
-        return [(lst, out)]
-    return [(s, out / s.name) for s in stores.values()]
+    return root.pairs(out)
 
 
 def _check_out(out: Path, lst: Path, overwrite: bool) -> None:
@@ -242,9 +231,9 @@ def _check_out(out: Path, lst: Path, overwrite: bool) -> None:
         raise RechunkError(f"{out}: is a file; refusing to write a copy there")
     if out.is_dir() and not any(out.iterdir()):  # an empty folder made for it
         return
-    is_copy = _layout_of(out) is not None
+    is_copy = timeseries_attrs(out) is not None
     is_root = not is_copy and out.is_dir() and all(
-        _layout_of(p) is not None for p in out.iterdir() if not p.name.startswith("."))
+        timeseries_attrs(p) is not None for p in out.iterdir() if not p.name.startswith("."))
     if not overwrite:
         what = "a time-series copy" if is_copy or is_root else "not a time-series copy"
         raise RechunkError(f"{out}: already exists ({what}); pass --overwrite to replace it")
@@ -267,7 +256,7 @@ def _plan_store(src: Path, dst: Path, tile: int, mem: int) -> dict[str, Any]:
     if (src / "zarr.json").exists() or not (src / ".zgroup").exists():
         raise RechunkError(f"{src}: not a Zarr v2 store (the LST cube's format)")
     attrs = json.loads((src / ".zattrs").read_text()) if (src / ".zattrs").is_file() else {}
-    if attrs.get("sftl_layout") == _LAYOUT:
+    if is_timeseries_copy(attrs):
         raise RechunkError(f"{src}: is already a time-series copy")
     if attrs.get("sftl_product") != "lst":
         raise RechunkError(f"{src}: not an sftl LST store (sftl_product is {attrs.get('sftl_product')!r})")
@@ -362,8 +351,6 @@ def _copy_block(job: _Copy) -> int:
 
     Returns the bytes copied (uncompressed).
     """
-    import zarr
-
     src = zarr.open_array(job.src, mode="r")
     dst = zarr.open_array(job.dst, mode="r+")
     y0, y1, x0, x1 = job.window
@@ -383,8 +370,6 @@ def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
 
 def _layout_store(plan: Mapping[str, Any], dst: Path, history: str) -> None:
     """Write the copy's metadata (the source's, re-chunked), its per-time and coordinate arrays."""
-    import zarr
-
     src: Path = plan["src"]
     n_t, _, _ = plan["shape"]
     ty, tx = plan["tile"]
@@ -393,8 +378,7 @@ def _layout_store(plan: Mapping[str, Any], dst: Path, history: str) -> None:
     _write_json(dst / ".zgroup", json.loads((src / ".zgroup").read_text()))
     attrs = dict(plan["attrs"])
     attrs["history"] = f"{attrs.get('history', '')}\n{history}".strip()
-    attrs.update({"sftl_layout": _LAYOUT, "sftl_source_store": str(src.resolve()), "sftl_source_steps": n_t,
-                  "sftl_source_digest": plan["digest"]})
+    attrs.update(timeseries_marker(str(src.resolve()), n_t, plan["digest"]))
     _write_json(dst / ".zattrs", attrs)
     for name, m in plan["meta"].items():
         if name in plan["other"]:  # x, y, spatial_ref: as they are
@@ -414,8 +398,6 @@ def _layout_store(plan: Mapping[str, Any], dst: Path, history: str) -> None:
 
 def _jobs(plan: Mapping[str, Any], dst: Path, scratch: Path | None) -> tuple[list[_Copy], list[_Copy]]:
     """The tasks of one store: stage 1 (source -> copy, or -> intermediate by time band) and stage 2."""
-    import zarr
-
     src: Path = plan["src"]
     n_t, ny, nx = plan["shape"]
     ty, tx = plan["tile"]
@@ -521,32 +503,11 @@ def rechunk(
     out_p, plans = _plan(lst, out, tile=tile, max_mem=max_mem, overwrite=overwrite)
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     history = f"{when} {command or 'sftl_dask.rechunk.rechunk'} (sftl-dask {__version__})"
-    single = (Path(lst) / ".zgroup").exists()
+    single = CubeRoot.of(lst).is_store
     scratch = _Scratch(out_p)
-    n_bytes, n_tasks, stages = 0, 0, 1
     try:
         with staged_dir(out_p) as tmp:
-            first: list[_Copy] = []
-            second: list[_Copy] = []
-            for plan in plans:
-                dst = tmp if single else tmp / plan["dst"].name
-                _layout_store(plan, dst, history)
-                need_scratch = any(b < plan["shape"][0] for b in plan["band"].values())
-                a, b = _jobs(plan, dst, scratch.get() if need_scratch else None)
-                first += a
-                second += b
-            total = len(first) + len(second)
-            n_tasks, stages = total, 2 if second else 1
-            for i, jobs in enumerate((first, second)):
-                offset = len(first) if i else 0
-
-                def step(done: int, _: int, offset: int = offset) -> None:
-                    if progress:
-                        progress(offset + done, total)
-
-                n_bytes += _run(jobs, client, step)
-            for plan in plans:
-                _consolidate(tmp if single else tmp / plan["dst"].name)
+            n_bytes, n_tasks, stages = _copy(plans, tmp, single, history, scratch, client, progress)
     finally:
         scratch.remove()
     stores = [{"source": str(p["src"]), "copy": str(p["dst"]), "steps": p["shape"][0],
@@ -554,6 +515,37 @@ def rechunk(
     return {"out": str(out_p), "stores": stores, "steps": sum(s["steps"] for s in stores), "tasks": n_tasks,
             "stages": stages, "bytes": n_bytes, "seconds": time.perf_counter() - t_start,
             "conventional": all(_is_conventional(p["src"], p["dst"]) for p in plans)}
+
+
+def _copy(plans: list[dict[str, Any]], tmp: Path, single: bool, history: str, scratch: _Scratch, client: Any,
+          progress: Callable[[int, int], None] | None) -> tuple[int, int, int]:
+    """Write every planned copy under the staging folder ``tmp``; (bytes copied, tasks, stages).
+
+    The jobs of :func:`_jobs` run in two stages: the first, then (where a store's time band is shorter than its
+    steps, through the scratch store) the second.
+    """
+    first: list[_Copy] = []
+    second: list[_Copy] = []
+    for plan in plans:
+        dst = tmp if single else tmp / plan["dst"].name
+        _layout_store(plan, dst, history)
+        need_scratch = any(b < plan["shape"][0] for b in plan["band"].values())
+        a, b = _jobs(plan, dst, scratch.get() if need_scratch else None)
+        first += a
+        second += b
+    total = len(first) + len(second)
+    n_bytes = 0
+    for i, jobs in enumerate((first, second)):
+        offset = len(first) if i else 0
+
+        def step(done: int, _: int, offset: int = offset) -> None:
+            if progress:
+                progress(offset + done, total)
+
+        n_bytes += _run(jobs, client, step)
+    for plan in plans:
+        _consolidate(tmp if single else tmp / plan["dst"].name)
+    return n_bytes, total, 2 if second else 1
 
 
 def _is_conventional(src: Path, dst: Path) -> bool:
@@ -567,15 +559,11 @@ def _run(jobs: Sequence[_Copy], client: Any, progress: Callable[[int, int], None
     On a cluster every task is waited for before the first error is raised: none may still be writing
     into the staging folder when it is removed.
     """
-    from sftl_dask.cluster import run_tasks
-
     calls = [(_copy_block, (j,)) for j in jobs]
     if not calls:
         return 0
     if client is None:
         return int(sum(run_tasks(calls, None, progress=progress)))
-    from distributed import as_completed
-
     futs = run_tasks(calls, client, gather=False)
     n_bytes, error = 0, None
     try:
@@ -593,7 +581,5 @@ def _run(jobs: Sequence[_Copy], client: Any, progress: Callable[[int, int], None
 
 
 def _consolidate(store: Path) -> None:
-    import zarr
-
     zarr.consolidate_metadata(str(store))
 

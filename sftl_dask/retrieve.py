@@ -10,8 +10,8 @@ steps are complete (``retrieve_ok``).
 
 :func:`retrieve_block` is the whole per-pixel science, a pure function of numpy arrays: the pixels
 that are cloudy, not covered or missing ancillary data never reach the model; the others go through
-THE feature function and the model in micro-batches of cache size (8,192 pixels on CPU), drawn tile by
-tile of a grid fixed to the image (the chunk grid), so that a chunked retrieval and a whole-array one
+THE feature function and the model in micro-batches of cache size (8,192 pixels on CPU), drawn batch region
+by batch region of a grid fixed to the image (the chunk grid), so that a chunked retrieval and a whole-array one
 give the same bits.
 """
 
@@ -24,20 +24,25 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
+import zarr
+from dask.highlevelgraph import HighLevelGraph
+from distributed import as_completed as dist_completed
+from distributed import futures_of, get_worker
 from numpy.typing import NDArray
 
 from sftl_dask.features import RANGE_GROUPS, REQUIRED_INPUTS, compute_features, inputs_for
+from sftl_dask.geo import GeoBox, TileScheme, store_geometry
 from sftl_dask.io.cube import (
     CHUNK,
-    GridSpec,
     append_slots,
-    cube_stores,
     mark_slot,
     read_slots,
     write_block,
@@ -51,9 +56,7 @@ from sftl_dask.io.location import (
     is_file,
     is_url,
     is_zarr_store,
-    join,
     location,
-    name_of,
     remove,
     zarr_store,
 )
@@ -65,6 +68,8 @@ from sftl_dask.io.lst import (
     RANGE_BITS,
     UNCERTAINTY_CLASS_SHIFT,
 )
+from sftl_dask.io.stac import write_lst_stac
+from sftl_dask.io.stores import CubeRoot
 from sftl_dask.models.error_model import UNCERTAINTY_CLASS_EDGES_K
 from sftl_dask.models.retriever import ModelRef, Retriever, cached_retriever, open_retriever
 from sftl_dask.staging import check_unlocked, write_lock
@@ -99,7 +104,7 @@ def retrieve_block(
     cloud: NDArray[Any],
     cloud_offset: tuple[int, int] = (0, 0),
     origin: tuple[int, int] = (0, 0),
-    tile: tuple[int, int] = (CHUNK, CHUNK),
+    batch_region: tuple[int, int] = (CHUNK, CHUNK),
 ) -> dict[str, Any]:
     """LST, its uncertainty and QC flags of one block of one time step.
 
@@ -118,10 +123,10 @@ def retrieve_block(
         Rows and columns of halo above and left of the block in ``cloud``.
     origin : (int, int)
         The block's first row and column in the grid.
-    tile : (int, int)
-        Rows and columns of the tiles, fixed to the grid, that micro-batches are drawn from: the
-        produced pixels of a tile, in raster order, cut into batches of ``retriever.batch_size``. With
-        tiles equal to the chunks (the default), every micro-batch is full but the last of a chunk, and
+    batch_region : (int, int)
+        Rows and columns of the batch regions, fixed to the grid, that micro-batches are drawn from: the
+        produced pixels of a region, in raster order, cut into batches of ``retriever.batch_size``. With
+        regions equal to the chunks (the default), every micro-batch is full but the last of a chunk, and
         a chunked retrieval equals a whole-array one bit for bit.
 
     Returns
@@ -146,20 +151,7 @@ def retrieve_block(
     if any(np.shape(inputs[k]) != shape for k in need) or cloud.shape[0] < oy + shape[0] or \
             cloud.shape[1] < ox + shape[1]:
         raise ValueError(f"retrieve_block: inputs and cloud mask of different shapes (block {shape})")
-
-    def valid(name: str) -> NDArray[np.bool_]:
-        lo, hi, _ = REQUIRED_INPUTS[name]
-        a = inputs[name]
-        return (a >= lo) & (a <= hi)  # False for NaN
-
-    observed = valid("vza")
-    for k in need:
-        if k.startswith("bt_"):
-            observed &= valid(k)
-    ancillary = np.asarray(inputs["ancillary_missing"]) == 0
-    for k in need:
-        if not k.startswith("bt_"):
-            ancillary &= valid(k)
+    observed, ancillary = _observed_and_ancillary(inputs, need)
     cloud = np.asarray(cloud) != 0
     cloudy = observed & cloud[oy:oy + shape[0], ox:ox + shape[1]]
     produce = observed & ~cloudy & ancillary
@@ -169,7 +161,7 @@ def retrieve_block(
     # uncertainty class, bits 8-9: 3 (> 3 K) until a pixel is produced
     qc = np.full(shape, 3 << UNCERTAINTY_CLASS_SHIFT, dtype=np.uint16)
     if produce.any():
-        _predict_tiles(inputs, need, produce, retriever, lst, unc, qc, origin, tile)
+        _predict_batch_regions(inputs, need, produce, retriever, lst, unc, qc, origin, batch_region)
 
     def flag(bit: int, where: NDArray[np.bool_]) -> None:
         np.bitwise_or(qc, np.uint16(bit), out=qc, where=where)
@@ -184,15 +176,34 @@ def retrieve_block(
     return {"lst": lst, "lst_uncertainty": unc, "qc": qc, "vza": vza, "counts": counts}
 
 
-def _predict_tiles(inputs: Mapping[str, NDArray[Any]], need: Sequence[str], produce: NDArray[np.bool_],
-                   retriever: Retriever, lst: NDArray[np.float32], unc: NDArray[np.float32], qc: NDArray[np.uint16],
-                   origin: tuple[int, int], tile: tuple[int, int]) -> None:
-    """Run the model on the produced pixels, tile by tile of the grid, in cache-sized micro-batches.
+def _observed_and_ancillary(inputs: Mapping[str, NDArray[Any]], need: Sequence[str]
+                            ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Where the thermal observation is valid (BTs and view angle in range) and where the ancillary inputs are."""
+    def valid(name: str) -> NDArray[np.bool_]:
+        lo, hi, _ = REQUIRED_INPUTS[name]
+        a = inputs[name]
+        return (a >= lo) & (a <= hi)  # False for NaN
+
+    observed = valid("vza")
+    for k in need:
+        if k.startswith("bt_"):
+            observed &= valid(k)
+    ancillary = np.asarray(inputs["ancillary_missing"]) == 0
+    for k in need:
+        if not k.startswith("bt_"):
+            ancillary &= valid(k)
+    return observed, ancillary
+
+
+def _predict_batch_regions(inputs: Mapping[str, NDArray[Any]], need: Sequence[str], produce: NDArray[np.bool_],
+                           retriever: Retriever, lst: NDArray[np.float32], unc: NDArray[np.float32],
+                           qc: NDArray[np.uint16], origin: tuple[int, int], batch_region: tuple[int, int]) -> None:
+    """Run the model on the produced pixels, batch region by batch region of the grid, in cache-sized micro-batches.
 
     Pixels are gathered by flat index (``take``: 3-4x faster than boolean indexing here) and
     scattered back the same way; the uncertainty class and the range flags go into ``qc``.
     """
-    ty, tx = tile
+    ty, tx = batch_region
     ny, nx = produce.shape
     y0, x0 = origin
     flat_in = {k: np.ravel(inputs[k]) for k in (*need, "vza")}
@@ -206,9 +217,9 @@ def _predict_tiles(inputs: Mapping[str, NDArray[Any]], need: Sequence[str], prod
         for gx in range(x0 - x0 % tx, x0 + nx, tx):
             c0, c1 = max(gx, x0) - x0, min(gx + tx, x0 + nx) - x0
             iy, ix = np.divmod(np.flatnonzero(produce[r0:r1, c0:c1]), c1 - c0)
-            in_tile = (iy + r0) * nx + (ix + c0)
-            for b in range(0, in_tile.size, retriever.batch_size):
-                idx = in_tile[b:b + retriever.batch_size]
+            in_region = (iy + r0) * nx + (ix + c0)
+            for b in range(0, in_region.size, retriever.batch_size):
+                idx = in_region[b:b + retriever.batch_size]
                 sub = {k: v.take(idx) for k, v in flat_in.items()}
                 t, s = retriever.predict(compute_features(sub, names=retriever.features))
                 flat_lst[idx] = t
@@ -251,7 +262,7 @@ class _Job:
     grid_shape: tuple[int, int]
     inputs: tuple[str, ...]
     run: str  # the run's token: cached store handles never outlive a run (stores grow between runs)
-    tile: tuple[int, int] = (CHUNK, CHUNK)  # micro-batches come from tiles equal to the chunks
+    batch_region: tuple[int, int] = (CHUNK, CHUNK)  # micro-batches come from batch regions equal to the chunks
     #: neighbouring tiles holding the same scene, whose cloud mask the halo reads across the tile's edge:
     #: (store, time index, row and column of the neighbour's origin in this tile's pixels)
     halo: tuple[tuple[str, int, int, int], ...] = ()
@@ -260,8 +271,6 @@ class _Job:
 @lru_cache(maxsize=256)
 def _array(path: str, name: str, mode: str, run: str) -> Any:
     """An array of a store, opened once per process and run (opening reads its metadata: ~2 ms)."""
-    import zarr
-
     return zarr.open_array(zarr_store(path), path=name, mode=mode)
 
 
@@ -271,12 +280,10 @@ def _pin_torch_threads() -> None:
     if "torch" not in sys.modules:  # trees and the split-window never load torch
         return
     try:
-        from distributed import get_worker
-
         get_worker()
     except ValueError:  # not in a worker: the caller decided
         return
-    import torch
+    import torch  # lazy: importing it takes ~4 s (measured) and tree or split-window runs never need it
 
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
@@ -285,7 +292,7 @@ def _pin_torch_threads() -> None:
 def _local_device(device: str) -> str:
     if device != "auto":
         return device
-    import torch
+    import torch  # lazy: importing it takes ~4 s (measured) and tree or split-window runs never need it
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -300,7 +307,7 @@ def _run_job(ref: ModelRef, job: _Job) -> dict[str, Any]:
     data, cloud, offset = _read_inputs(job)
     t1 = time.perf_counter()
     res = retrieve_block(data, retriever, cloud=cloud, cloud_offset=offset, origin=(job.window[0], job.window[2]),
-                         tile=job.tile)
+                         batch_region=job.batch_region)
     t2 = time.perf_counter()
     _write_outputs(job, {k: res[k] for k in LST_VARIABLES})
     t3 = time.perf_counter()
@@ -342,15 +349,11 @@ def _write_outputs(job: _Job, data: Mapping[str, NDArray[Any]]) -> None:
 
 @lru_cache(maxsize=1)
 def _io_pool() -> Any:
-    from concurrent.futures import ThreadPoolExecutor
-
     return ThreadPoolExecutor(max_workers=16, thread_name_prefix="sftl-io")
 
 
 def _worker_name() -> str:
     try:
-        from distributed import get_worker
-
         return str(get_worker().address)
     except ValueError:
         return "local"
@@ -364,10 +367,8 @@ def _units_match(expected: str, got: Any) -> bool:
     return str(got) in _UNIT_ALIASES.get(expected, {expected})
 
 
-def _check_cube(store: Location, need: Sequence[str]) -> tuple[GridSpec, list[dict[str, Any]], tuple[int, int]]:
+def _check_cube(store: Location, need: Sequence[str]) -> tuple[GeoBox, list[dict[str, Any]], tuple[int, int]]:
     """The grid, complete slots and chunking of a scene-cube store; refuses one the model cannot use."""
-    import zarr
-
     try:
         grid, slots = read_slots(store)
     except (KeyError, ValueError, OSError) as exc:
@@ -387,15 +388,13 @@ def _check_cube(store: Location, need: Sequence[str]) -> tuple[GridSpec, list[di
 
 def _pairs(cube: Location, out: Location) -> list[tuple[Location, Location]]:
     """(scene-cube store, LST store) pairs: a store maps to ``out``, a root's stores to ``out/<name>``."""
-    if is_zarr_store(cube):
-        return [(cube, out)]
-    stores = cube_stores(cube)
-    if not stores:
+    root = CubeRoot(cube)
+    if not root.is_store and not root.stores():
         raise RetrieveError(f"{cube}: no scene cube here (neither a Zarr store nor a folder of them)")
-    return [(store, join(out, name_of(store))) for store in stores.values()]
+    return root.pairs(out)
 
 
-def _check_output(out: Location, source: Location, grid: GridSpec, ident: Mapping[str, str], overwrite: bool
+def _check_output(out: Location, source: Location, grid: GeoBox, ident: Mapping[str, str], overwrite: bool
                   ) -> str:
     """What to do with an existing output store: ``"new"``, ``"append"`` or ``"replace"``; refuse others."""
     if not exists(out):
@@ -404,12 +403,10 @@ def _check_output(out: Location, source: Location, grid: GridSpec, ident: Mappin
         if is_empty_folder(out):
             return "new"
         raise RetrieveError(f"{out}: exists and is not an LST store; refusing to write there")
-    import zarr
-
     attrs = dict(zarr.open_group(zarr_store(out), mode="r").attrs)
     if attrs.get("sftl_product") != "lst":
         raise RetrieveError(f"{out}: holds a Zarr store that is not an sftl LST cube; refusing to write there")
-    if attrs.get("sftl_grid") != json.dumps(grid.to_attrs()) or attrs.get("source_cube") != str(source):
+    if _grid_of(attrs) != grid or attrs.get("source_cube") != str(source):
         if overwrite:
             return "replace"
         raise RetrieveError(f"{out}: holds the LST of another cube ({attrs.get('source_cube')}); "
@@ -423,11 +420,19 @@ def _check_output(out: Location, source: Location, grid: GridSpec, ident: Mappin
     return "append"  # the same cube and model: only the time steps not yet done (with --overwrite too)
 
 
+def _grid_of(attrs: Mapping[str, Any]) -> GeoBox | None:
+    """The GeoBox an existing store records, or None when it records none (or an incomplete one)."""
+    try:
+        return store_geometry(attrs)[0]
+    except ValueError:
+        return None
+
+
 def _cluster_devices(client: Any) -> dict[str, dict[str, Any]]:
     """Per worker: whether torch sees a CUDA GPU, and the worker's declared resources."""
     def probe() -> bool:
         try:
-            import torch
+            import torch  # lazy: importing it takes ~4 s (measured) and tree or split-window runs never need it
         except ImportError:  # pragma: no cover - torch is a dependency
             return False
         return bool(torch.cuda.is_available())
@@ -449,7 +454,7 @@ def _route(device: str, kind: str, client: Any) -> tuple[str, dict[str, float] |
     if device == "cpu" or not torch_model:
         return "cpu", None
     if client is None:
-        import torch
+        import torch  # lazy: importing it takes ~4 s (measured) and tree or split-window runs never need it
 
         if device == "cuda" and not torch.cuda.is_available():
             raise RetrieveError("--device cuda: this machine has no CUDA GPU that torch can use")
@@ -491,14 +496,17 @@ def retrieve(
 ) -> dict[str, Any]:
     """Retrieve LST cubes from scene cubes: one LST store per scene-cube store, new time steps only.
 
+    Over 80 lines only by its signature and this text; its steps are :func:`_plan`, :func:`_chunk_jobs`,
+    :func:`_execute`, :func:`_mark_complete` and :func:`_record_run`.
+
     Parameters
     ----------
     cube : path
-        A scene-cube store, or a cube root holding one store per grid (``sftl ingest --cube``).
+        A scene-cube store, or a cube root holding one store per tile (``sftl ingest --cube``).
     model : path
         A model artifact directory (``sftl train``) or split-window coefficients (``sftl fit-sw``).
     out : path
-        The LST store (for a store) or root (for a cube root: ``out/<grid>.zarr`` per store).
+        The LST store (for a store) or root (for a cube root: ``out/<tile>.zarr`` per store).
     client : distributed.Client, optional
         Where the tasks run; without one they run in this process on ``threads`` threads.
     device : {"auto", "cpu", "cuda"}
@@ -545,89 +553,115 @@ def retrieve(
         retriever, plans, ident = _plan(cube, model, out, precision=precision, overwrite=overwrite)
         model = Path(model)
         info = retriever.describe()
-        kind = info["model_kind"]
         need = inputs_for(retriever.features)
-        route_device, route_res = _route(device, kind, client)
+        route_device, route_res = _route(device, info["model_kind"], client)
         if resources is not None:
             route_res = dict(resources) or None
-
-        run = uuid.uuid4().hex
         ref = ModelRef(str(model.resolve()), retriever.digest, route_device, precision)
-        jobs: list[_Job] = []
-        slot_of: list[tuple[int, int]] = []  # (plan, t_out) per job
-        by_tile = {Path(p["cube"]).name.removesuffix(".zarr"): p for p in plans}
         when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         history = f"{when} {command or 'sftl_dask.retrieve.retrieve'} (sftl-dask {__version__})"
-        for i, plan in enumerate(plans):
-            if not plan["todo"]:
-                continue
-            dst: Location = plan["out"]
-            if plan["action"] == "replace":
-                remove(dst)
-                plan["action"] = "new"
-            t_out = plan["slots"] = _lst_slots(dst, plan, retriever, info, ident, history)
-            grid: GridSpec = plan["grid"]
-            cy, cx = plan["chunks"]
-            around = _neighbours(plan, by_tile)
-            for s, t in zip(plan["todo"], t_out, strict=True):
-                for y0 in range(0, grid.height, cy):
-                    for x0 in range(0, grid.width, cx):
-                        window = (y0, min(y0 + cy, grid.height), x0, min(x0 + cx, grid.width))
-                        jobs.append(_Job(str(plan["cube"]), str(dst), int(s["index"]), int(t), window,
-                                         (grid.height, grid.width), (*need, "vza", "ancillary_missing"), run,
-                                         (cy, cx), _halo(window, grid, s["scene_id"], around)))
-                        slot_of.append((i, int(t)))
+        jobs, slot_of = _chunk_jobs(plans, retriever, info, ident, history, (*need, "vza", "ancillary_missing"),
+                                    uuid.uuid4().hex)
         t_tasks = time.perf_counter()
         results, errors = _execute(ref, jobs, client, route_res, threads, progress)
         t_tasks = time.perf_counter() - t_tasks
-
-        # a time step is complete when all its chunks are written
-        failed_chunks: dict[tuple[int, int], list[str]] = {}
-        for j, err in errors.items():
-            failed_chunks.setdefault(slot_of[j], []).append(f"chunk {jobs[j].window}: {err}")
-        failed, retrieved = [], 0
-        for i, plan in enumerate(plans):
-            if not plan["todo"]:
-                continue
-            done_t, done_sum = [], []
-            for s, t in zip(plan["todo"], plan["slots"], strict=True):
-                problems = failed_chunks.get((i, t))
-                if problems:
-                    failed.append({"store": str(plan["out"]), "scene_id": s["scene_id"],
-                                   "chunks_failed": len(problems), "reason": problems[0]})
-                else:
-                    done_t.append(t)
-                    done_sum.append(s["checksum"])
-            mark_slot(plan["out"], done_t, LST_OK_VAR, checksum=done_sum)
-            retrieved += len(done_t)
-        counted = ("pixels", "produced", "cloud", "not_covered", "missing_ancillary", "load_s", "read_s", "compute_s",
-                   "write_s")
-        tot = {k: sum(r[k] for r in results) for k in counted}
-        seconds = time.perf_counter() - t_start
-        summary = {
-            "stores": [str(p["out"]) for p in plans], "retrieved": retrieved,
-            "skipped": sum(p["skipped"] for p in plans),
-            "failed": failed, "chunks": len(jobs), "seconds": seconds, "tasks_s": t_tasks,
-            "px_per_s": tot["pixels"] / seconds if jobs else 0.0, **tot,
-            "workers": sorted({r["worker"] for r in results}), "devices": sorted({r["device"] for r in results}),
-            "resources": route_res or {}, "model": info,
-        }
-        if jobs and len(plans) and plans[0]["out"] != out:  # a root of LST stores: one log line per run
-            write_log(out, [{"time": history.split(" ")[0], "command": command or "", "model_sha256": retriever.digest,
-                             **{k: summary[k] for k in ("retrieved", "skipped", "failed", "chunks", "pixels",
-                                                        "produced", "seconds")}}], name="retrieve_log.jsonl")
-        if retrieved and not is_url(out):  # no STAC on object stores yet (write_scene_stac says why)
-            from sftl_dask.io.stac import write_lst_stac
-
-            summary["stac"] = str(write_lst_stac(out))  # <out>/stac for a root; <name>_stac beside a single store
+        failed, retrieved = _mark_complete(plans, jobs, slot_of, errors)
+        summary = _summary(plans, jobs, results, failed, retrieved, time.perf_counter() - t_start, t_tasks,
+                           route_res, info)
+        _record_run(out, plans, summary, retriever.digest, history, command)
         return summary
+
+
+def _summary(plans: Sequence[Mapping[str, Any]], jobs: Sequence[_Job], results: Sequence[Mapping[str, Any]],
+             failed: list[dict[str, Any]], retrieved: int, seconds: float, tasks_s: float,
+             resources: Mapping[str, float] | None, model: Mapping[str, str]) -> dict[str, Any]:
+    """What :func:`retrieve` returns: counts, timings (s) and the tasks' summed counts and timings."""
+    counted = ("pixels", "produced", "cloud", "not_covered", "missing_ancillary", "load_s", "read_s", "compute_s",
+               "write_s")
+    tot = {k: sum(r[k] for r in results) for k in counted}
+    return {
+        "stores": [str(p["out"]) for p in plans], "retrieved": retrieved,
+        "skipped": sum(p["skipped"] for p in plans),
+        "failed": failed, "chunks": len(jobs), "seconds": seconds, "tasks_s": tasks_s,
+        "px_per_s": tot["pixels"] / seconds if jobs else 0.0, **tot,
+        "workers": sorted({r["worker"] for r in results}), "devices": sorted({r["device"] for r in results}),
+        "resources": dict(resources or {}), "model": model,
+    }
+
+
+def _record_run(out: Location, plans: Sequence[Mapping[str, Any]], summary: dict[str, Any], model_sha256: str,
+                history: str, command: str | None) -> None:
+    """After a run: its line in a root's ``retrieve_log.jsonl``, and STAC items of what it retrieved.
+
+    ``summary["stac"]`` is set to the STAC folder where items were written.
+    """
+    if summary["chunks"] and len(plans) and plans[0]["out"] != out:  # a root of LST stores: one log line per run
+        write_log(out, [{"time": history.split(" ")[0], "command": command or "", "model_sha256": model_sha256,
+                         **{k: summary[k] for k in ("retrieved", "skipped", "failed", "chunks", "pixels",
+                                                    "produced", "seconds")}}], name="retrieve_log.jsonl")
+    if summary["retrieved"] and not is_url(out):  # no STAC on object stores yet (write_scene_stac says why)
+        summary["stac"] = str(write_lst_stac(out))  # <out>/stac for a root; <name>_stac beside a single store
+
+
+def _chunk_jobs(plans: list[dict[str, Any]], retriever: Retriever, info: Mapping[str, str],
+                ident: Mapping[str, str], history: str, inputs: tuple[str, ...], run: str
+                ) -> tuple[list[_Job], list[tuple[int, int]]]:
+    """Prepare each plan's LST store (replace, append slots) and list one job per chunk and time step.
+
+    Returns the jobs and, per job, its (plan, LST time slot).
+    """
+    jobs: list[_Job] = []
+    slot_of: list[tuple[int, int]] = []
+    by_tile = {Path(p["cube"]).name.removesuffix(".zarr"): p for p in plans}
+    for i, plan in enumerate(plans):
+        if not plan["todo"]:
+            continue
+        dst: Location = plan["out"]
+        if plan["action"] == "replace":
+            remove(dst)
+            plan["action"] = "new"
+        t_out = plan["slots"] = _lst_slots(dst, plan, retriever, info, ident, history)
+        grid: GeoBox = plan["grid"]
+        cy, cx = plan["chunks"]
+        around = _neighbours(plan, by_tile)
+        for s, t in zip(plan["todo"], t_out, strict=True):
+            for y0 in range(0, grid.height, cy):
+                for x0 in range(0, grid.width, cx):
+                    window = (y0, min(y0 + cy, grid.height), x0, min(x0 + cx, grid.width))
+                    jobs.append(_Job(str(plan["cube"]), str(dst), int(s["index"]), int(t), window,
+                                     (grid.height, grid.width), inputs, run, (cy, cx),
+                                     _halo(window, grid, s["scene_id"], around)))
+                    slot_of.append((i, int(t)))
+    return jobs, slot_of
+
+
+def _mark_complete(plans: list[dict[str, Any]], jobs: Sequence[_Job], slot_of: Sequence[tuple[int, int]],
+                   errors: Mapping[int, str]) -> tuple[list[dict[str, Any]], int]:
+    """Mark the time steps all of whose chunks were written; the failed steps (with a reason) and the count done."""
+    failed_chunks: dict[tuple[int, int], list[str]] = {}
+    for j, err in errors.items():
+        failed_chunks.setdefault(slot_of[j], []).append(f"chunk {jobs[j].window}: {err}")
+    failed, retrieved = [], 0
+    for i, plan in enumerate(plans):
+        if not plan["todo"]:
+            continue
+        done_t, done_sum = [], []
+        for s, t in zip(plan["todo"], plan["slots"], strict=True):
+            problems = failed_chunks.get((i, t))
+            if problems:
+                failed.append({"store": str(plan["out"]), "scene_id": s["scene_id"],
+                               "chunks_failed": len(problems), "reason": problems[0]})
+            else:
+                done_t.append(t)
+                done_sum.append(s["checksum"])
+        mark_slot(plan["out"], done_t, LST_OK_VAR, checksum=done_sum)
+        retrieved += len(done_t)
+    return failed, retrieved
 
 
 def _neighbours(plan: Mapping[str, Any], by_tile: Mapping[str, Mapping[str, Any]]
                 ) -> dict[tuple[int, int], Mapping[str, Any]]:
     """The plans of the (up to 8) tiles around a plan's tile, by (row step, column step); none for a non-tile."""
-    from sftl_dask.io.tiles import TileScheme
-
     try:
         around = TileScheme.neighbours(Path(plan["cube"]).name.removesuffix(".zarr"))
     except ValueError:
@@ -636,7 +670,7 @@ def _neighbours(plan: Mapping[str, Any], by_tile: Mapping[str, Mapping[str, Any]
             if n in by_tile and by_tile[n]["grid"].width == plan["grid"].width}
 
 
-def _halo(window: tuple[int, int, int, int], grid: GridSpec, scene_id: str,
+def _halo(window: tuple[int, int, int, int], grid: GeoBox, scene_id: str,
           around: Mapping[tuple[int, int], Mapping[str, Any]]) -> tuple[tuple[str, int, int, int], ...]:
     """Where a chunk's cloud halo reaches into neighbouring tiles holding the same scene."""
     y0, y1, x0, x1 = window
@@ -701,8 +735,6 @@ def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str 
 def _lst_slots(dst: Location, plan: Mapping[str, Any], retriever: Retriever, info: Mapping[str, str],
                ident: Mapping[str, str], history: str) -> list[int]:
     """Slots of the LST store for the plan's scenes: reuse unfinished ones, append the others."""
-    import zarr
-
     todo = plan["todo"]
     scenes = [{"scene_id": s["scene_id"], "source": str(plan["cube"]), "time": s["time"]} for s in todo]
     if plan["action"] == "new":
@@ -740,9 +772,7 @@ def _execute(ref: ModelRef, jobs: Sequence[_Job], client: Any, resources: Mappin
     if not jobs:
         return results, errors
     if client is None:
-        from concurrent.futures import ThreadPoolExecutor, as_completed
-
-        import torch
+        import torch  # lazy: importing it takes ~4 s (measured) and tree or split-window runs never need it
 
         n = threads or len(os.sched_getaffinity(0))
         before = torch.get_num_threads()
@@ -757,9 +787,6 @@ def _execute(ref: ModelRef, jobs: Sequence[_Job], client: Any, resources: Mappin
         finally:
             torch.set_num_threads(before)
         return results, errors
-    from distributed import as_completed as dist_completed
-    from distributed import futures_of
-
     arr = _graph(ref, jobs)
     # resources given to persist apply to every task of the collection and survive graph optimisation,
     # which drops dask.annotate() annotations of fused layers (pinned by tests/test_retrieve.py)
@@ -793,9 +820,6 @@ def _block(ref: ModelRef, job: _Job) -> NDArray[Any]:
 
 def _graph(ref: ModelRef, jobs: Sequence[_Job]) -> Any:
     """The run as a Dask array of one task per chunk job (object blocks holding each job's counts)."""
-    import dask.array as da
-    from dask.highlevelgraph import HighLevelGraph
-
     name = f"sftl-retrieve-{uuid.uuid4().hex}"
     dsk = {(name, j): (_block, ref, job) for j, job in enumerate(jobs)}
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())

@@ -84,7 +84,7 @@ def synthetic_cube(store: Path, n_times: int = 2, height: int = 150, width: int 
     """A scene-cube store of ``n_times`` synthetic scenes (chunks of ``chunk`` px), or more appended to it."""
     import sftl_dask.io.cube as cube
 
-    grid = cube.GridSpec("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_500_000.0), width, height)
+    grid = cube.GeoBox("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_500_000.0), width, height)
     scenes = [{"scene_id": f"GF5B_VIMI_SYN_{i:03d}", "source": f"/archive/syn_{i:03d}.tar",
                "time": np.datetime64("2022-05-01T03:30") + np.timedelta64(16 * i, "D")}
               for i in range(first, first + n_times)]
@@ -164,7 +164,7 @@ def synthetic_lst_cube(store: Path, n_times: int = 24, height: int = 40, width: 
     from sftl_dask.io.lst import LST_OK_VAR, LST_VARIABLES, QC_FLAGS
 
     rng = np.random.default_rng(seed)
-    grid = cube.GridSpec("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_500_000.0), width, height)
+    grid = cube.GeoBox("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_500_000.0), width, height)
     times = np.datetime64(start) + np.arange(n_times) * np.timedelta64(step_days, "D")
     scenes = [{"scene_id": f"GF5B_VIMI_LST_{i:03d}", "source": "/cubes/syn.zarr", "time": t}
               for i, t in enumerate(times)]
@@ -218,7 +218,7 @@ def lst_store_from_arrays(store: Path, times: np.ndarray, lst: np.ndarray, lst_u
     from sftl_dask.io.lst import LST_OK_VAR, LST_VARIABLES
 
     _, height, width = lst.shape
-    grid = cube.GridSpec("EPSG:32650", (40.0, 0.0, origin[0], 0.0, -40.0, origin[1]), width, height)
+    grid = cube.GeoBox("EPSG:32650", (40.0, 0.0, origin[0], 0.0, -40.0, origin[1]), width, height)
     scenes = [{"scene_id": f"GF5B_VIMI_VAL_{i:03d}", "source": "/cubes/val.zarr", "time": t}
               for i, t in enumerate(np.asarray(times, dtype="datetime64[ns]"))]
     slots = cube.append_slots(store, grid, scenes, {"sftl_product": "lst", "model_kind": "crafted"},

@@ -27,9 +27,10 @@ import pytest
 import rasterio
 import xarray as xr
 
+from sftl_dask.geo import GeoBox, TileScheme
 from sftl_dask.ingest import IngestError, ingest
-from sftl_dask.io.cube import GridSpec, cube_stores, open_cube, read_slots
-from sftl_dask.io.tiles import TileScheme, cube_tiling
+from sftl_dask.io.cube import read_slots
+from sftl_dask.io.stores import cube_stores, cube_tiling, open_cube
 from sftl_dask.io.vimi import VimiProduct
 from sftl_dask.physics.channels import THERMAL_NAMES
 from sftl_dask.physics.planck import band_planck
@@ -157,7 +158,7 @@ def _expected_tiles(tb: Path, scheme: TileScheme) -> dict[str, int]:
     for a in sorted((tb / "archives").glob("*.tar")):
         ds = xr.open_dataset(a, engine="vimi")
         t = ds.rio.transform()
-        grid = GridSpec(f"EPSG:{ds.rio.crs.to_epsg()}", (t.a, t.b, t.c, t.d, t.e, t.f), ds.sizes["x"], ds.sizes["y"])
+        grid = GeoBox(f"EPSG:{ds.rio.crs.to_epsg()}", (t.a, t.b, t.c, t.d, t.e, t.f), ds.sizes["x"], ds.sizes["y"])
         ds.close()
         for name in scheme.tiles_for(grid):
             counts[name] = counts.get(name, 0) + 1

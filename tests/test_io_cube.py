@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from sftl_dask.io.cube import CUBE_VARIABLES, GridSpec, append_slots, cube_stores, open_cube, read_slots, write_scene
+from sftl_dask.geo import GeoBox
+from sftl_dask.io.cube import CUBE_VARIABLES, append_slots, read_slots, write_scene
+from sftl_dask.io.stores import cube_stores, open_cube
 
-GRID = GridSpec("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_470_000.0), 600, 520)
+GRID = GeoBox("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_470_000.0), 600, 520)
 
 
 def _scene(value: float) -> dict[str, np.ndarray]:
@@ -79,7 +81,7 @@ def test_plain_open_zarr_finds_the_crs_and_cf_time_before_and_after_an_append(tm
 def test_wrong_grid_or_shape_refused_with_store_named(tmp_path):
     store = tmp_path / "g.zarr"
     append_slots(store, GRID, _scenes(["a"]))
-    other = GridSpec("EPSG:32650", (40.0, 0.0, 0.0, 0.0, -40.0, 0.0), 10, 10)
+    other = GeoBox("EPSG:32650", (40.0, 0.0, 0.0, 0.0, -40.0, 0.0), 10, 10)
     with pytest.raises(ValueError, match="holds grid"):
         append_slots(store, other, _scenes(["b"]))
     bad = _scene(1.0)
@@ -92,13 +94,10 @@ def test_wrong_grid_or_shape_refused_with_store_named(tmp_path):
     assert not read_slots(store)[1][0]["ingest_ok"]
 
 
-def test_gridspec_lattice_offsets_unions_and_intersections():
-    shifted = GridSpec(GRID.crs, (40.0, 0.0, 400_000.0 + 40 * 100, 0.0, -40.0, 4_470_000.0 + 40 * 64), 600, 520)
+def test_geobox_lattice_offsets():
+    shifted = GeoBox(GRID.crs, (40.0, 0.0, 400_000.0 + 40 * 100, 0.0, -40.0, 4_470_000.0 + 40 * 64), 600, 520)
     assert GRID.offset_of(shifted) == (-64, 100)
-    u = GRID.union(shifted)
-    assert (u.width, u.height) == (700, 584) and u.offset_of(GRID) == (64, 0)
-    assert GRID.intersects(shifted)
-    off_lattice = GridSpec(GRID.crs, (40.0, 0.0, 400_013.0, 0.0, -40.0, 4_470_000.0), 10, 10)
+    off_lattice = GeoBox(GRID.crs, (40.0, 0.0, 400_013.0, 0.0, -40.0, 4_470_000.0), 10, 10)
     assert GRID.offset_of(off_lattice) is None
     with pytest.raises(ValueError, match="north-up"):
-        GridSpec("EPSG:4326", (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), 2, 2)
+        GeoBox("EPSG:4326", (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), 2, 2)

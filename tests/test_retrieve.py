@@ -47,7 +47,7 @@ def _whole(cube: Path, t: int, retriever) -> dict:
     g = zarr.open_group(str(cube), mode="r")
     need = (*inputs_for(retriever.features), "vza", "ancillary_missing")
     data = {k: g[k][t] for k in need}
-    return retrieve_block(data, retriever, cloud=g["cloud"][t], tile=(CHUNK, CHUNK))
+    return retrieve_block(data, retriever, cloud=g["cloud"][t], batch_region=(CHUNK, CHUNK))
 
 
 @pytest.mark.parametrize("kind", KINDS)

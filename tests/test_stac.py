@@ -22,7 +22,8 @@ import pytest
 from helpers import retrieval_artifact, synthetic_scene
 from pyproj import Transformer
 
-from sftl_dask.io.cube import GridSpec, append_slots, write_scene
+from sftl_dask.geo import GeoBox
+from sftl_dask.io.cube import append_slots, write_scene
 from sftl_dask.io.stac import (
     LST_COLLECTION,
     PROCESSING_SCHEMA_URI,
@@ -33,7 +34,7 @@ from sftl_dask.io.stac import (
 from sftl_dask.retrieve import retrieve
 
 SCHEMAS = Path(__file__).parent / "data" / "stac_schemas"
-GRID = GridSpec("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_500_000.0), 140, 150)
+GRID = GeoBox("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_500_000.0), 140, 150)
 
 
 def _extension_uris() -> dict[str, str]:
@@ -61,7 +62,7 @@ def _tar(path: Path, payload: bytes) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _vimi_meta(grid: GridSpec) -> dict[str, float]:
+def _vimi_meta(grid: GeoBox) -> dict[str, float]:
     """Corner lon/lat of a grid as VIMI metadata names them (top-left, top-right, ... : a clockwise walk)."""
     left, bottom, right, top = grid.bounds
     to_ll = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)

@@ -16,9 +16,10 @@ import pytest
 import xarray as xr
 
 from sftl_dask.cli import main
+from sftl_dask.geo import DEFAULT_TILE_PX, GeoBox, TileScheme, utm_epsg
 from sftl_dask.ingest import IngestError, ingest
-from sftl_dask.io.cube import GridSpec, cube_stores, open_cube, read_slots
-from sftl_dask.io.tiles import DEFAULT_TILE_PX, TileScheme, cube_tiling, utm_epsg
+from sftl_dask.io.cube import read_slots
+from sftl_dask.io.stores import cube_stores, cube_tiling, open_cube
 from sftl_dask.physics.channels import THERMAL_NAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -57,7 +58,7 @@ def test_tile_names_bounds_and_the_tiles_a_footprint_touches():
     assert s.name(32650, 135, 10) == "50N_135_010" and s.parse("50N_135_010") == (32650, 135, 10)
     assert s.name(32733, 2, 7) == "33S_002_007" and s.parse("33S_002_007") == (32733, 2, 7)
     # a 1500 px scene whose corner sits 100 px inside tile (135, 9): touches 2 x 2 ... 3 x 3 tiles
-    scene = GridSpec("EPSG:32650", (40.0, 0.0, 409_600.0 - 100 * 40, 0.0, -40.0, g.bounds[3] + 100 * 40), 1500, 1500)
+    scene = GeoBox("EPSG:32650", (40.0, 0.0, 409_600.0 - 100 * 40, 0.0, -40.0, g.bounds[3] + 100 * 40), 1500, 1500)
     assert sorted(s.tiles_for(scene)) == [f"50N_{r}_{c:03d}" for r in (134, 135, 136) for c in (9, 10, 11)]
     # exactly on the edges: no tile beyond
     assert list(s.tiles_for(g)) == ["50N_135_010"]

@@ -13,8 +13,11 @@ Appending follows xarray's pattern: the driver resizes the store and writes meta
 (``to_zarr(compute=False, append_dim="time")``); each worker then fills its own time slice
 with a region write covering whole chunks; ``ingest_ok`` turns true only after a scene's
 data is written, so a failed scene never looks complete, and its slot is reused by the next
-run. A cube root folder holds one store per grid (``<root>/<grid>.zarr``), the ingest log
-(``<root>/ingest_log.jsonl``) and STAC items (``<root>/stac/``).
+run. A cube root folder holds one store per tile (``<root>/<tile>.zarr``), the ingest log
+(``<root>/ingest_log.jsonl``) and STAC items (``<root>/stac/``); :mod:`sftl_dask.io.stores` reads roots
+and their stores (:func:`~sftl_dask.io.stores.open_cube`, re-exported here). A store's geometry
+(:class:`~sftl_dask.geo.GeoBox`) is written once, in ``sftl_grid`` (and, the rioxarray way, in
+``spatial_ref``), and read back by :func:`sftl_dask.geo.store_geometry`.
 """
 
 from __future__ import annotations
@@ -22,28 +25,25 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+import dask.array as da
 import numpy as np
+import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
-from numpy.typing import ArrayLike, NDArray
+import zarr
+from numcodecs import Blosc
+from numpy.typing import NDArray
 
-from sftl_dask.io.location import (
-    Location,
-    append_text,
-    child_stores,
-    is_zarr_store,
-    join,
-    location,
-    zarr_store,
-)
+from sftl_dask.geo import GeoBox, geometry_attrs, store_geometry
+from sftl_dask.io.location import append_text, is_zarr_store, join, location, zarr_store
+from sftl_dask.io.stores import cube_stores, open_cube  # re-exported: README names sftl_dask.io.cube.open_cube
 from sftl_dask.physics.channels import THERMAL_NAMES, channel_table
 
 __all__ = [
     "CHUNK",
     "CUBE_VARIABLES",
-    "GridSpec",
+    "GeoBox",
     "append_slots",
     "cube_stores",
     "mark_slot",
@@ -89,134 +89,10 @@ _TIME_ATTRS = {"standard_name": "time", "axis": "T", "long_name": "scene centre 
                "units_metadata": "leap_seconds: none"}
 
 
-@dataclass(frozen=True)
-class GridSpec:
-    """A north-up raster grid: CRS, affine transform (a, b, c, d, e, f) and size.
-
-    ``x``/``y`` are pixel-centre coordinates in CRS units (m).
-    """
-
-    crs: str
-    transform: tuple[float, float, float, float, float, float]
-    width: int
-    height: int
-
-    def __post_init__(self) -> None:
-        a, b, _, d, e, _ = self.transform
-        if b != 0 or d != 0 or a <= 0 or e >= 0:
-            raise ValueError(f"grid transform {self.transform} is not north-up with square-ish pixels")
-        if self.width < 1 or self.height < 1:
-            raise ValueError(f"grid size {self.width} x {self.height} must be positive")
-
-    @property
-    def x(self) -> NDArray[np.float64]:
-        """Pixel-centre eastings."""
-        a, _, c, *_ = self.transform
-        return c + (np.arange(self.width) + 0.5) * a
-
-    @property
-    def y(self) -> NDArray[np.float64]:
-        """Pixel-centre northings (decreasing)."""
-        *_, e, f = self.transform
-        return f + (np.arange(self.height) + 0.5) * e
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        """(left, bottom, right, top) in CRS units."""
-        a, _, c, _, e, f = self.transform
-        return c, f + self.height * e, c + self.width * a, f
-
-    @property
-    def name(self) -> str:
-        """A stable name: CRS code and upper-left corner (km)."""
-        code = self.crs.split(":")[-1] if ":" in self.crs else "crs"
-        return f"epsg{code}_e{self.transform[2] / 1000:.2f}_n{self.transform[5] / 1000:.2f}"
-
-    def to_attrs(self) -> dict[str, Any]:
-        """JSON-able description stored in the cube's attributes."""
-        return {"crs": self.crs, "transform": list(self.transform), "width": self.width, "height": self.height}
-
-    @classmethod
-    def from_attrs(cls, d: Mapping[str, Any]) -> GridSpec:
-        """The inverse of :meth:`to_attrs`."""
-        try:
-            return cls(str(d["crs"]), tuple(float(v) for v in d["transform"]), int(d["width"]), int(d["height"]))
-        except KeyError as exc:
-            raise ValueError(f"grid description lacks {exc}") from None
-
-    def offset_of(self, other: GridSpec) -> tuple[int, int] | None:
-        """Integer (row, col) of ``other``'s first pixel on this grid, or None if not on the same lattice."""
-        if other.crs != self.crs:
-            return None
-        a, _, c, _, e, f = self.transform
-        oa, _, oc, _, oe, of = other.transform
-        if abs(oa - a) > 1e-6 * a or abs(oe - e) > 1e-6 * abs(e):
-            return None
-        col = (oc - c) / a
-        row = (of - f) / e
-        if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
-            return None
-        return round(row), round(col)
-
-    def union(self, other: GridSpec) -> GridSpec:
-        """The smallest grid on this lattice holding both."""
-        off = self.offset_of(other)
-        if off is None:
-            raise ValueError("grids are not on the same lattice")
-        r0, c0 = min(0, off[0]), min(0, off[1])
-        r1, c1 = max(self.height, off[0] + other.height), max(self.width, off[1] + other.width)
-        a, b, c, d, e, f = self.transform
-        return GridSpec(self.crs, (a, b, c + c0 * a, d, e, f + r0 * e), c1 - c0, r1 - r0)
-
-    def intersects(self, other: GridSpec) -> bool:
-        """Whether the two footprints overlap (same CRS)."""
-        if other.crs != self.crs:
-            return False
-        l1, b1, r1, t1 = self.bounds
-        l2, b2, r2, t2 = other.bounds
-        return l1 < r2 and l2 < r1 and b1 < t2 and b2 < t1
-
-
-def pixel_index(crs: Any, x: ArrayLike, y: ArrayLike, lon: ArrayLike, lat: ArrayLike
-                ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """(row, column) of the pixel whose area holds each point: how a site finds its pixel.
-
-    Parameters
-    ----------
-    crs : pyproj.CRS or str
-        The grid's CRS.
-    x, y : array_like
-        Pixel-centre coordinates (m), evenly spaced; ``y`` decreasing (north up).
-    lon, lat : array_like
-        Points (deg E, deg N, WGS 84).
-
-    Returns
-    -------
-    rows, cols : numpy.ndarray
-        int64; outside ``[0, len(y))`` / ``[0, len(x))`` for points outside the grid.
-    """
-    from pyproj import Transformer
-
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.size < 2 or y.size < 2:
-        raise ValueError(f"the grid ({y.size} x {x.size} px) is too small to locate points on")
-    px, py = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(
-        np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64))
-    dx, dy = abs(x[1] - x[0]), abs(y[1] - y[0])
-    cols = np.floor((np.asarray(px) - (x[0] - dx / 2)) / dx).astype(np.int64)
-    rows = np.floor(((y[0] + dy / 2) - np.asarray(py)) / dy).astype(np.int64)
-    return np.atleast_1d(rows), np.atleast_1d(cols)
-
-
-def cube_stores(root: str | os.PathLike[str]) -> dict[str, Location]:
-    """The grid stores under a cube root (a folder or an object-store URL), by grid name."""
-    return child_stores(root)
-
-
-def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tuple[GridSpec, list[dict[str, Any]]]:
+def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tuple[GeoBox, list[dict[str, Any]]]:
     """The grid of a store and its time slots (index, scene_id, source, checksum, ``ok_var``, time)."""
     ds = xr.open_zarr(zarr_store(store), consolidated=True, chunks=None)  # numpy: no Dask graph for small arrays
-    grid = GridSpec.from_attrs(json.loads(ds.attrs["sftl_grid"]))
+    grid, _ = store_geometry(ds.attrs)
     slots = [
         {"index": i, "scene_id": str(s), "source": str(src), "checksum": str(ck), ok_var: bool(ok),
          "time": t}
@@ -227,10 +103,8 @@ def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tupl
     return grid, slots
 
 
-def _template(grid: GridSpec, scenes: Sequence[Mapping[str, Any]], variables: Mapping[str, Mapping[str, Any]],
+def _template(grid: GeoBox, scenes: Sequence[Mapping[str, Any]], variables: Mapping[str, Mapping[str, Any]],
               ok_var: str, chunk: tuple[int, int] | None) -> xr.Dataset:
-    import dask.array as da
-
     n = len(scenes)
     shape = (n, grid.height, grid.width)
     cy, cx = chunk or (CHUNK, CHUNK)
@@ -259,8 +133,6 @@ def _template(grid: GridSpec, scenes: Sequence[Mapping[str, Any]], variables: Ma
 
 
 def _encoding(ds: xr.Dataset, variables: Mapping[str, Any], ok_var: str) -> dict[str, dict[str, Any]]:
-    from numcodecs import Blosc
-
     comp = (Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),)
     enc: dict[str, dict[str, Any]] = {k: {"compressors": comp} for k in variables}
     enc["time"] = {"units": "seconds since 1970-01-01T00:00:00", "calendar": "proleptic_gregorian",
@@ -272,7 +144,7 @@ def _encoding(ds: xr.Dataset, variables: Mapping[str, Any], ok_var: str) -> dict
     return enc
 
 
-def append_slots(store: str | os.PathLike[str], grid: GridSpec, scenes: Sequence[Mapping[str, Any]],
+def append_slots(store: str | os.PathLike[str], grid: GeoBox, scenes: Sequence[Mapping[str, Any]],
                  attrs: Mapping[str, Any] | None = None, *,
                  variables: Mapping[str, Mapping[str, Any]] = CUBE_VARIABLES, ok_var: str = "ingest_ok",
                  chunk: tuple[int, int] | None = None) -> list[int]:
@@ -282,7 +154,7 @@ def append_slots(store: str | os.PathLike[str], grid: GridSpec, scenes: Sequence
     ----------
     store : path
         The grid's Zarr store (created if missing).
-    grid : GridSpec
+    grid : GeoBox
         The store's grid (must equal the existing one).
     scenes : sequence of mapping
         Each with ``scene_id``, ``source`` and ``time`` (UTC datetime64).
@@ -300,20 +172,18 @@ def append_slots(store: str | os.PathLike[str], grid: GridSpec, scenes: Sequence
     ValueError
         If the store exists on another grid.
     """
-    import rioxarray  # noqa: F401  (registers .rio)
-
     store = location(store)
     if not scenes:
         return []
     tmpl = _template(grid, scenes, variables, ok_var, chunk)
     tmpl = tmpl.rio.write_crs(grid.crs)
-    tmpl = tmpl.rio.write_transform(_affine(grid))
+    tmpl = tmpl.rio.write_transform(grid.affine)
     for name in variables:
         tmpl[name].attrs["grid_mapping"] = "spatial_ref"
     if not is_zarr_store(store):
         tmpl.attrs = {
             "title": "sftl-dask scene cube", "platform": "GF5-02", "instrument": "VIMI",
-            "Conventions": "CF-1.11", "sftl_grid": json.dumps(grid.to_attrs()), **dict(attrs or {}),
+            "Conventions": "CF-1.11", **geometry_attrs(grid), **dict(attrs or {}),
         }
         tmpl.to_zarr(zarr_store(store), mode="w-", compute=False, consolidated=True, zarr_format=2,
                      encoding=_encoding(tmpl, variables, ok_var))
@@ -326,13 +196,6 @@ def append_slots(store: str | os.PathLike[str], grid: GridSpec, scenes: Sequence
     tmpl.drop_vars(["spatial_ref", "x", "y"]).to_zarr(zarr_store(store), mode="a", append_dim="time", compute=False,
                                                       consolidated=True)
     return list(range(start, start + len(scenes)))
-
-
-def _affine(grid: GridSpec) -> Any:
-    from affine import Affine
-
-    a, b, c, d, e, f = grid.transform
-    return Affine(a, b, c, d, e, f)
 
 
 def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, NDArray], checksum: str, *,
@@ -361,8 +224,6 @@ def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, ND
     ValueError
         If a variable is missing or of the wrong shape.
     """
-    import zarr
-
     group = zarr.open_group(zarr_store(store), mode="r+")
     ny, nx = group["bt_10_80"].shape[1:]
     if not 0 <= index < group["bt_10_80"].shape[0]:
@@ -407,8 +268,6 @@ def write_block(store: str | os.PathLike[str] | Mapping[str, Any], index: int, w
     ValueError
         If the window is not aligned to the store's chunks or an array has the wrong shape.
     """
-    import zarr
-
     group = store if isinstance(store, zarr.Group | Mapping) else zarr.open_group(zarr_store(store), mode="r+")
     y0, y1, x0, x1 = window
     for k, arr in data.items():
@@ -429,8 +288,6 @@ def mark_slot(store: str | os.PathLike[str], index: int | Sequence[int], ok_var:
     Call it only after every chunk of the slot is written: a slot is complete only when flagged. Several
     slots are marked in one write per array.
     """
-    import zarr
-
     group = group if group is not None else zarr.open_group(zarr_store(store), mode="r+")
     if not isinstance(index, int | np.integer):
         index = np.asarray(index, dtype=np.int64)
@@ -448,63 +305,3 @@ def write_log(root: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]
     On an object store the log is read and written back whole (:func:`~sftl_dask.io.location.append_text`).
     """
     append_text(join(root, name), "".join(json.dumps(dict(r), default=str) + "\n" for r in records))
-
-
-def open_cube(root_or_store: str | os.PathLike[str], grid: str | None = None, *, complete_only: bool = True,
-              zone: str | None = None) -> xr.Dataset:
-    """Open a scene cube lazily: a tile store, one named tile of a cube root, or a zone's tiles as one mosaic.
-
-    Parameters
-    ----------
-    root_or_store : path or str
-        A tile (grid) store or a cube root, or an fsspec URL of either (``s3://bucket/cube``).
-    grid : str, optional
-        A tile (store) name: open that store alone.
-    complete_only : bool
-        Keep only slots whose ingest completed, sorted by time.
-    zone : str, optional
-        UTM zone (``50N``) whose tiles to mosaic when the root holds several zones.
-
-    Returns
-    -------
-    xarray.Dataset
-        One store as written, or (several tiles of a zone) their mosaic over the tiles' bounding rectangle
-        with the union of their time steps (:func:`sftl_dask.io.tiles.mosaic`).
-
-    Raises
-    ------
-    ValueError
-        If the path holds no cube, the named tile or zone is not there, or several zones and none is named.
-    """
-    import rioxarray  # noqa: F401  (registers .rio on the result)
-
-    from sftl_dask.io.tiles import mosaic, zone_of_store
-
-    p = location(root_or_store)
-    if is_zarr_store(p):
-        store = p
-    else:
-        stores = cube_stores(p)
-        if not stores:
-            raise ValueError(f"{p}: no scene cube here")
-        if grid is not None:
-            if grid not in stores:
-                raise ValueError(f"{p}: no tile {grid!r} (tiles: {', '.join(stores)})")
-            store = stores[grid]
-        else:
-            zones: dict[str, dict[str, Location]] = {}
-            for name, s in stores.items():
-                zones.setdefault(zone_of_store(name), {})[name] = s
-            if zone is None and len(zones) > 1:
-                raise ValueError(f"{p}: holds zones {', '.join(zones)}; name one (zone=) or a tile (grid=)")
-            if zone is not None and zone not in zones:
-                raise ValueError(f"{p}: no tile of zone {zone!r} (zones: {', '.join(zones)})")
-            picked = zones[zone] if zone is not None else next(iter(zones.values()))
-            if len(picked) > 1:
-                return mosaic(picked, ok_var="ingest_ok", complete_only=complete_only)
-            store = next(iter(picked.values()))
-    ds = xr.open_zarr(zarr_store(store), consolidated=True, decode_coords="all")
-    if complete_only:
-        ok = ds["ingest_ok"].values
-        ds = ds.isel(time=np.flatnonzero(ok)).sortby("time")
-    return ds

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from numpy.typing import ArrayLike, NDArray
+
+from sftl_dask.geo import pixel_lonlat
 
 __all__ = ["era5_wvc_on_grid", "open_era5_tcwv"]
 
@@ -209,64 +210,27 @@ def open_era5_tcwv(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[st
 
 
 # --------------------------------------------------------------------------------------------- sampling
-@lru_cache(maxsize=16)
-def _to_lonlat(crs_wkt: str) -> Any:
-    from pyproj import Transformer
+def _time_bracket(da: xr.DataArray, times: NDArray[np.datetime64], t: np.datetime64, max_gap_h: float
+                  ) -> tuple[list[int], float]:
+    """The field's time steps around ``t`` (one when ``t`` is on a step) and the weight of the later one.
 
-    return Transformer.from_crs(crs_wkt, "EPSG:4326", always_xy=True)
-
-
-@lru_cache(maxsize=8)
-def _grid_lonlat(x: tuple[float, ...], y: tuple[float, ...], wkt: str
-                 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Longitude/latitude of a 1-D-coordinate grid (cached; read-only arrays)."""
-    xa, ya = np.meshgrid(np.asarray(x), np.asarray(y))
-    lon, lat = _to_lonlat(wkt).transform(xa, ya)
-    lon = np.asarray(lon, dtype=np.float64)
-    lat = np.asarray(lat, dtype=np.float64)
-    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
-        raise ValueError("some pixel centres cannot be transformed to longitude/latitude")
-    lon = (lon + 180.0) % 360.0 - 180.0
-    lon.flags.writeable = False
-    lat.flags.writeable = False
-    return lon, lat
-
-
-def _pixel_lonlat(x: ArrayLike, y: ArrayLike, crs: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Longitude (-180..180) and latitude (deg) of pixel centres, shape (H, W).
-
-    ``x`` (W,) and ``y`` (H,) are the 1-D pixel-centre coordinates of a projected grid in ``crs``
-    (any input pyproj accepts: ``"EPSG:32650"``, WKT, a pyproj or rasterio CRS); 2-D ``x`` and ``y`` of
-    equal shape (H, W) are taken as they are.
+    Raises
+    ------
+    ValueError
+        If ``t`` is outside the field's span or in a gap longer than ``max_gap_h`` (h).
     """
-    from pyproj import CRS
-    from pyproj.exceptions import CRSError
-
-    try:
-        crs_obj = CRS.from_user_input(crs)
-    except CRSError as exc:
-        raise ValueError(f"crs {crs!r} is not a usable CRS: {exc}") from None
-    xa = np.asarray(x, dtype=np.float64)
-    ya = np.asarray(y, dtype=np.float64)
-    if xa.ndim == 1 and ya.ndim == 1 and xa.size and np.isfinite(xa).all() and np.isfinite(ya).all():
-        # every scene of a grid asks for the same pixels: transform them once per process
-        return _grid_lonlat(tuple(xa.tolist()), tuple(ya.tolist()), crs_obj.to_wkt())
-    if xa.ndim == 1 and ya.ndim == 1:
-        xa, ya = np.meshgrid(xa, ya)
-    elif xa.ndim != 2 or xa.shape != ya.shape:
-        raise ValueError(f"x and y must be 1-D pixel-centre coordinates (W,) and (H,), or 2-D of one shape; "
-                         f"got shapes {xa.shape} and {ya.shape}")
-    if xa.size == 0:
-        raise ValueError("x and y describe an empty grid")
-    if not (np.isfinite(xa).all() and np.isfinite(ya).all()):
-        raise ValueError("x and y must be finite")
-    lon, lat = _to_lonlat(crs_obj.to_wkt()).transform(xa, ya)
-    lon = np.asarray(lon, dtype=np.float64)
-    lat = np.asarray(lat, dtype=np.float64)
-    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
-        raise ValueError(f"some pixel centres cannot be transformed from {crs_obj.name} to longitude/latitude")
-    lon = (lon + 180.0) % 360.0 - 180.0
-    return lon, lat
+    if t < times[0] or t > times[-1]:
+        raise ValueError(f"ERA5 files {_files(da)} do not cover time {_fmt_time(t)}: they span "
+                         f"{_fmt_time(times[0])} .. {_fmt_time(times[-1])}")
+    i_t = int(np.searchsorted(times, t, side="right") - 1)
+    if times[i_t] == t:
+        return [i_t], 0.0
+    gap_h = (times[i_t + 1] - times[i_t]) / np.timedelta64(1, "h")
+    if gap_h > max_gap_h:
+        raise ValueError(f"ERA5 files {_files(da)} do not cover time {_fmt_time(t)}: it falls in a gap "
+                         f"between {_fmt_time(times[i_t])} and {_fmt_time(times[i_t + 1])} "
+                         f"({gap_h:g} h > max_gap_h = {max_gap_h:g} h)")
+    return [i_t, i_t + 1], float((t - times[i_t]) / (times[i_t + 1] - times[i_t]))
 
 
 def _utc(value: Any, name: str) -> np.datetime64:
@@ -353,22 +317,8 @@ def era5_wvc_on_grid(
     lon_c = np.asarray(da["longitude"].values, dtype=np.float64)
     if times.size == 0 or lat_c.size == 0 or lon_c.size == 0:
         raise ValueError(f"ERA5 files {_files(da)} hold an empty field")
-    if t < times[0] or t > times[-1]:
-        raise ValueError(f"ERA5 files {_files(da)} do not cover time {_fmt_time(t)}: they span "
-                         f"{_fmt_time(times[0])} .. {_fmt_time(times[-1])}")
-    i_t = int(np.searchsorted(times, t, side="right") - 1)
-    if times[i_t] == t:
-        t_idx, w_t = [i_t], 0.0
-    else:
-        gap_h = (times[i_t + 1] - times[i_t]) / np.timedelta64(1, "h")
-        if gap_h > max_gap_h:
-            raise ValueError(f"ERA5 files {_files(da)} do not cover time {_fmt_time(t)}: it falls in a gap "
-                             f"between {_fmt_time(times[i_t])} and {_fmt_time(times[i_t + 1])} "
-                             f"({gap_h:g} h > max_gap_h = {max_gap_h:g} h)")
-        t_idx = [i_t, i_t + 1]
-        w_t = float((t - times[i_t]) / (times[i_t + 1] - times[i_t]))
-
-    lon, lat = _pixel_lonlat(x, y, crs)
+    t_idx, w_t = _time_bracket(da, times, t, max_gap_h)
+    lon, lat = pixel_lonlat(x, y, crs)
     tol = 1e-9
     if (lon.min() < lon_c[0] - tol or lon.max() > lon_c[-1] + tol
             or lat.min() < lat_c[0] - tol or lat.max() > lat_c[-1] + tol):

@@ -32,6 +32,7 @@ averaging); ``qc`` (uint16 bit flags: no value can be averaged) goes to a file o
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -39,7 +40,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
+from numpy.typing import NDArray
+
+from sftl_dask.staging import staged_file
 
 __all__ = ["ExportError", "OutputExistsError", "to_cog", "to_netcdf"]
 
@@ -98,8 +103,6 @@ def to_netcdf(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     Memory: one chunk per Dask thread (at most 1 x 512 x 512 px per variable); the raster variables are
     re-chunked to the file's chunks so each HDF5 chunk is written once.
     """
-    from sftl_dask.staging import staged_file
-
     path = Path(path)
     _refuse_existing(path)
     out = _cf_dataset(ds, history=f"sftl_dask.io.export.to_netcdf {path.name}")
@@ -110,8 +113,6 @@ def to_netcdf(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
 
 def _cf_dataset(ds: xr.Dataset, *, history: str) -> xr.Dataset:
     """A copy of ``ds`` laid out the CF-1.11 way, with empty encodings (see the module docstring)."""
-    import rioxarray  # noqa: F401  (registers .rio)
-
     from sftl_dask.version import __version__
 
     if "x" not in ds.dims or "y" not in ds.dims:
@@ -195,8 +196,6 @@ def _typed_attrs(attrs: Mapping[str, Any], dtype: np.dtype[Any]) -> dict[str, An
 
 def _nc_attr(value: Any) -> Any:
     """A value NetCDF can hold as an attribute: bools as 0/1, mappings and ragged lists as JSON text."""
-    import json
-
     if isinstance(value, bool | np.bool_):
         return np.int8(value)
     if isinstance(value, Mapping):
@@ -281,10 +280,6 @@ def to_cog(da_or_ds: xr.DataArray | xr.Dataset, path: str | os.PathLike[str], ti
     -----
     Memory: the time step of every band, loaded whole (GDAL's COG driver writes from a complete image).
     """
-    import rioxarray  # noqa: F401  (registers .rio)
-
-    from sftl_dask.staging import staged_file
-
     path = Path(path)
     _refuse_existing(path)
     layers, crs = _cog_layers(da_or_ds, variables)
@@ -304,33 +299,51 @@ def to_cog(da_or_ds: xr.DataArray | xr.Dataset, path: str | os.PathLike[str], ti
     transform = layers[0].rio.transform()
     data = np.stack([np.asarray(a.transpose("y", "x").values) for a in layers])
     dtype = data.dtype
-    if dtype.kind == "f":
-        nodata: float | int = float("nan")
-    else:
-        fill = layers[0].encoding.get("_FillValue", layers[0].attrs.get("_FillValue"))
-        nodata = int(fill) if fill is not None else int(np.iinfo(dtype).max)
-        if fill is None and (data == nodata).any():
-            raise ExportError(f"{layers[0].name}: nodata value {nodata} occurs in the data")
+    nodata = _nodata(layers[0], data)
     band = xr.DataArray(data, dims=("band", "y", "x"),
                         coords={"band": np.arange(1, len(layers) + 1), "y": layers[0]["y"].values,
                                 "x": layers[0]["x"].values},
                         attrs={"long_name": tuple(str(a.attrs.get("long_name", a.name)) for a in layers)})
     band = band.rio.write_crs(crs).rio.write_transform(transform).rio.write_nodata(nodata, encoded=False)
-    tags = {"band_tags": [_band_tags(a) for a in layers]}
-    if when is not None:
-        tags["time"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
-    if isinstance(da_or_ds, xr.Dataset):
-        for k in ("title", "platform", "instrument", "model_kind", "model_sha256"):
-            if k in da_or_ds.attrs:
-                tags[k] = str(da_or_ds.attrs[k])
-        if when is not None and "scene_id" in da_or_ds and da_or_ds["scene_id"].dims == ("time",):
-            tags["scene_id"] = str(da_or_ds["scene_id"].sel(time=when.to_datetime64()).values)
+    tags = _cog_tags(da_or_ds, layers, when)
     resampling = "AVERAGE" if dtype.kind == "f" else "NEAREST"
     with staged_file(path) as tmp:
         band.rio.to_raster(tmp, driver="COG", tags=tags, BLOCKSIZE=EXPORT_CHUNK, COMPRESS="DEFLATE",
                            PREDICTOR="YES", OVERVIEWS="AUTO" if overviews else "NONE",
                            OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER")
     return path
+
+
+def _nodata(first: xr.DataArray, data: NDArray[Any]) -> float | int:
+    """The COG's nodata value: NaN for floats, else the first band's ``_FillValue`` or its type's maximum.
+
+    Raises
+    ------
+    ExportError
+        If that maximum, taken as nodata, occurs in the data.
+    """
+    if data.dtype.kind == "f":
+        return float("nan")
+    fill = first.encoding.get("_FillValue", first.attrs.get("_FillValue"))
+    nodata = int(fill) if fill is not None else int(np.iinfo(data.dtype).max)
+    if fill is None and (data == nodata).any():
+        raise ExportError(f"{first.name}: nodata value {nodata} occurs in the data")
+    return nodata
+
+
+def _cog_tags(source: xr.DataArray | xr.Dataset, layers: Sequence[xr.DataArray], when: pd.Timestamp | None
+              ) -> dict[str, Any]:
+    """GDAL metadata of a COG: per-band tags, the time step, and the dataset's identity (scene, model)."""
+    tags: dict[str, Any] = {"band_tags": [_band_tags(a) for a in layers]}
+    if when is not None:
+        tags["time"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(source, xr.Dataset):
+        for k in ("title", "platform", "instrument", "model_kind", "model_sha256"):
+            if k in source.attrs:
+                tags[k] = str(source.attrs[k])
+        if when is not None and "scene_id" in source and source["scene_id"].dims == ("time",):
+            tags["scene_id"] = str(source["scene_id"].sel(time=when.to_datetime64()).values)
+    return tags
 
 
 def _cog_layers(obj: xr.DataArray | xr.Dataset, variables: Sequence[str] | None

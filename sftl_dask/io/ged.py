@@ -40,6 +40,7 @@ import json
 import os
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -50,8 +51,9 @@ import numpy as np
 import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
-from sftl_dask.io.era5 import _pixel_lonlat  # the one pixel-centre -> lon/lat transform of io/
+from sftl_dask.geo import pixel_lonlat
 from sftl_dask.physics.emissivity import aster_to_vimi, fit_aster_to_vimi, vegetation_cover_method
+from sftl_dask.staging import staged_file
 
 __all__ = [
     "GED_BANDS",
@@ -291,9 +293,55 @@ def ged_on_grid(
         unusable.
     """
     root = Path(folder)
-    lon, lat = _pixel_lonlat(x, y, crs)
-    shape = lon.shape
+    lon, lat = pixel_lonlat(x, y, crs)
     bounds = f"lon {lon.min():.4f}..{lon.max():.4f}, lat {lat.min():.4f}..{lat.max():.4f}"
+    used = _covering_tiles(root, lon, lat, bounds)
+    window = _read_window(used, lon, lat)
+    emis, ndvi, elev, lw, covered = _sample(window)
+    missing = ~covered | ~np.isfinite(emis).all(axis=0)
+    if missing.all():  # nothing to take an emissivity from: as bad as no tile at all
+        if not covered.any():
+            raise ValueError(f"{root}: no ASTER GED tile covers any part of the grid ({bounds})")
+        raise ValueError(f"{root}: ASTER GED tile(s) {', '.join(window.names)} cover the grid ({bounds}) but hold "
+                         "only fill values there (no emissivity for any pixel)")
+    emis[:, missing] = np.nan
+    ndvi[missing] = np.nan
+    elev[~covered] = np.nan
+    shape = lon.shape
+    dims = ("y", "x")
+    coords: dict[str, Any] = {"band": ("band", list(GED_BANDS), {"wavelength_um": list(_ASTER_CENTRES_UM)})}
+    xa, ya = np.asarray(x), np.asarray(y)
+    if xa.ndim == 1 and ya.ndim == 1:
+        coords.update({"x": ("x", xa), "y": ("y", ya)})
+    return xr.Dataset(
+        {
+            "emis_aster": (("band", *dims), emis.reshape(5, *shape),
+                           {"units": "1", "long_name": "ASTER GED emissivity, bands 10-14"}),
+            "ndvi_ged": (dims, ndvi.reshape(shape), {"units": "1", "long_name": "ASTER GED mean NDVI"}),
+            "elevation_m": (dims, elev.reshape(shape), {"units": "m", "long_name": "ASTER GDEM elevation"}),
+            "land_water": (dims, lw.reshape(shape),
+                           {"units": "1", "long_name": "ASTER GED land/water code",
+                            "flag_values": [0, 1, 2, _LW_MISSING],
+                            "flag_meanings": "water land inland_water no_tile"}),
+            "water": (dims, np.isin(lw, _WATER_CODES).reshape(shape),
+                      {"long_name": "water according to the GED land/water map (code 0 or 2)"}),
+            "ged_missing": (dims, missing.reshape(shape),
+                            {"long_name": "no ASTER GED tile covers the pixel, or the tile holds fill"}),
+        },
+        coords=coords,
+        attrs={"ged_folder": str(root), "ged_tiles": window.names},
+    )
+
+
+def _covering_tiles(root: Path, lon: NDArray[np.float64], lat: NDArray[np.float64], bounds: str
+                    ) -> list[tuple[Path, NDArray[np.float64], NDArray[np.float64]]]:
+    """The GED tiles of ``root`` whose extent reaches the points, with their lat and lon axes (deg).
+
+    Raises
+    ------
+    ValueError
+        If none does (naming the skipped unreadable files).
+    """
     used: list[tuple[Path, NDArray[np.float64], NDArray[np.float64]]] = []
     skipped: list[str] = []
     for p in _tiles_in(root):
@@ -301,7 +349,7 @@ def ged_on_grid(
         try:
             t_lat, t_lon = _tile_axes(str(p), st.st_mtime_ns, st.st_size)
         except ValueError as exc:  # another HDF5 file, a truncated download: say so, use the others
-            warnings.warn(f"skipping {exc}", UserWarning, stacklevel=2)
+            warnings.warn(f"skipping {exc}", UserWarning, stacklevel=3)
             skipped.append(p.name)
             continue
         hr, hc = abs(t_lat[1] - t_lat[0]) / 2, abs(t_lon[1] - t_lon[0]) / 2
@@ -311,8 +359,36 @@ def ged_on_grid(
     if not used:
         extra = f"; skipped unreadable file(s): {', '.join(skipped)}" if skipped else ""
         raise ValueError(f"{root}: no ASTER GED tile covers any part of the grid ({bounds}){extra}")
+    return used
 
-    # the common lattice: origin at the first tile's first pixel centre, rows going south, columns east
+
+@dataclass(frozen=True)
+class _GedWindow:
+    """The GED layers over the window of the common lattice the points need, and the points on it.
+
+    ``layers`` (7, R, C): 5 emissivities, NDVI, elevation (m); ``r``/``c``: fractional window row and column
+    of every point; ``covered``: a tile holds the lattice pixel; ``names``: the tiles read.
+    """
+
+    layers: NDArray[np.float32]
+    land_water: NDArray[np.uint8]
+    covered: NDArray[np.bool_]
+    r: NDArray[np.float64]
+    c: NDArray[np.float64]
+    names: list[str]
+
+
+def _read_window(used: list[tuple[Path, NDArray[np.float64], NDArray[np.float64]]], lon: NDArray[np.float64],
+                 lat: NDArray[np.float64]) -> _GedWindow:
+    """Read the covering tiles over the points' window, placed on their common lattice.
+
+    The lattice's origin is the first tile's first pixel centre, rows going south, columns east.
+
+    Raises
+    ------
+    ValueError
+        If a tile is unreadable or off the common lattice.
+    """
     _, lat_ref_axis, lon_ref_axis = used[0]
     d_lat = abs(float(lat_ref_axis[1] - lat_ref_axis[0]))
     d_lon = abs(float(lon_ref_axis[1] - lon_ref_axis[0]))
@@ -346,55 +422,29 @@ def ged_on_grid(
         land_water[dst] = lw
         covered[dst] = True
         names.append(p.name)
+    return _GedWindow(layers, land_water, covered, r - w_r0, c - w_c0, names)
 
-    emis_out = np.empty((5, r.size), dtype=np.float32)
-    ndvi_out = np.empty(r.size, dtype=np.float32)
-    elev_out = np.empty(r.size, dtype=np.float32)
-    lw_out = np.empty(r.size, dtype=np.uint8)
-    cov_out = np.empty(r.size, dtype=bool)
-    for start in range(0, r.size, _BLOCK_POINTS):
+
+def _sample(w: _GedWindow) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32],
+                                    NDArray[np.uint8], NDArray[np.bool_]]:
+    """Emissivities (5, P), NDVI, elevation (bilinear), land/water and coverage (nearest) at the points."""
+    n = w.r.size
+    n_r, n_c = w.covered.shape
+    emis_out = np.empty((5, n), dtype=np.float32)
+    ndvi_out = np.empty(n, dtype=np.float32)
+    elev_out = np.empty(n, dtype=np.float32)
+    lw_out = np.empty(n, dtype=np.uint8)
+    cov_out = np.empty(n, dtype=bool)
+    for start in range(0, n, _BLOCK_POINTS):
         blk = slice(start, start + _BLOCK_POINTS)
-        rb, cb = r[blk] - w_r0, c[blk] - w_c0
-        vals = _bilinear(layers, rb, cb)
+        rb, cb = w.r[blk], w.c[blk]
+        vals = _bilinear(w.layers, rb, cb)
         emis_out[:, blk], ndvi_out[blk], elev_out[blk] = vals[:5], vals[5], vals[6]
         rn = np.clip(np.rint(rb).astype(np.intp), 0, n_r - 1)
         cn = np.clip(np.rint(cb).astype(np.intp), 0, n_c - 1)
-        cov_out[blk] = covered[rn, cn]  # the nearest GED pixel belongs to a tile
-        lw_out[blk] = np.where(cov_out[blk], land_water[rn, cn], _LW_MISSING)
-    missing = ~cov_out | ~np.isfinite(emis_out).all(axis=0)
-    if missing.all():  # nothing to take an emissivity from: as bad as no tile at all
-        if not cov_out.any():
-            raise ValueError(f"{root}: no ASTER GED tile covers any part of the grid ({bounds})")
-        raise ValueError(f"{root}: ASTER GED tile(s) {', '.join(names)} cover the grid ({bounds}) but hold only "
-                         "fill values there (no emissivity for any pixel)")
-    emis_out[:, missing] = np.nan
-    ndvi_out[missing] = np.nan
-    elev_out[~cov_out] = np.nan
-
-    dims = ("y", "x")
-    coords: dict[str, Any] = {"band": ("band", list(GED_BANDS), {"wavelength_um": list(_ASTER_CENTRES_UM)})}
-    xa, ya = np.asarray(x), np.asarray(y)
-    if xa.ndim == 1 and ya.ndim == 1:
-        coords.update({"x": ("x", xa), "y": ("y", ya)})
-    ds = xr.Dataset(
-        {
-            "emis_aster": (("band", *dims), emis_out.reshape(5, *shape),
-                           {"units": "1", "long_name": "ASTER GED emissivity, bands 10-14"}),
-            "ndvi_ged": (dims, ndvi_out.reshape(shape), {"units": "1", "long_name": "ASTER GED mean NDVI"}),
-            "elevation_m": (dims, elev_out.reshape(shape), {"units": "m", "long_name": "ASTER GDEM elevation"}),
-            "land_water": (dims, lw_out.reshape(shape),
-                           {"units": "1", "long_name": "ASTER GED land/water code",
-                            "flag_values": [0, 1, 2, _LW_MISSING],
-                            "flag_meanings": "water land inland_water no_tile"}),
-            "water": (dims, np.isin(lw_out, _WATER_CODES).reshape(shape),
-                      {"long_name": "water according to the GED land/water map (code 0 or 2)"}),
-            "ged_missing": (dims, missing.reshape(shape),
-                            {"long_name": "no ASTER GED tile covers the pixel, or the tile holds fill"}),
-        },
-        coords=coords,
-        attrs={"ged_folder": str(root), "ged_tiles": names},
-    )
-    return ds
+        cov_out[blk] = w.covered[rn, cn]  # the nearest GED pixel belongs to a tile
+        lw_out[blk] = np.where(cov_out[blk], w.land_water[rn, cn], _LW_MISSING)
+    return emis_out, ndvi_out, elev_out, lw_out, cov_out
 
 
 # --------------------------------------------------------------------------------------------- VIMI emissivity
@@ -417,8 +467,6 @@ def write_aster_to_vimi_coefficients(path: str | os.PathLike[str] | None = None)
     target = Path(path) if path is not None else Path(str(resources.files("sftl_dask.data").joinpath(_COEFF_FILE)))
     coeffs = dict(fit_aster_to_vimi())
     coeffs["generated_by"] = "sftl_dask.io.ged.write_aster_to_vimi_coefficients()"
-    from sftl_dask.staging import staged_file
-
     with staged_file(target, replace=True) as tmp:
         tmp.write_text(json.dumps(coeffs, indent=2) + "\n", encoding="utf-8")
     _default_coefficients.cache_clear()

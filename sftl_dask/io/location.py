@@ -1,7 +1,7 @@
 """Where stores live: a local path, or an fsspec URL (``s3://bucket/prefix``), behind one small layer.
 
 Every option that names a Zarr store or a root of them (``sftl ingest --cube``, ``sftl retrieve --cube/--out``,
-``sftl validate --lst``, :func:`~sftl_dask.io.cube.open_cube`, :func:`~sftl_dask.api.open_lst`) goes through
+``sftl validate --lst``, :func:`~sftl_dask.io.stores.open_cube`, :func:`~sftl_dask.api.open_lst`) goes through
 these functions, so a local path keeps its exact behaviour (a :class:`~pathlib.Path` in, the same calls out) and
 a URL reaches the object store through fsspec.
 
@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 from pathlib import Path
 from typing import Any
+
+import fsspec
+from zarr.storage import FsspecStore
 
 from sftl_dask.staging import is_url
 
@@ -91,8 +95,6 @@ def filesystem(path: str | os.PathLike[str]) -> tuple[Any, str]:
     ObjectStoreError
         If the URL's scheme has no fsspec implementation installed (e.g. ``s3://`` without ``s3fs``).
     """
-    import fsspec
-
     loc = location(path)
     if isinstance(loc, Path):
         return fsspec.filesystem("file"), str(loc)
@@ -200,8 +202,6 @@ def makedirs(path: str | os.PathLike[str]) -> None:
 
 def remove(path: str | os.PathLike[str]) -> None:
     """Delete a file, folder or prefix (a whole store) and everything under it."""
-    import shutil
-
     loc = location(path)
     if isinstance(loc, Path):
         if loc.is_dir() and not loc.is_symlink():
@@ -228,8 +228,6 @@ def zarr_store(path: str | os.PathLike[str], *, read_only: bool = False) -> Any:
     loc = location(path)
     if isinstance(loc, Path):
         return str(loc)
-    from zarr.storage import FsspecStore
-
     return FsspecStore.from_url(loc, storage_options=_options(_protocol(loc)), read_only=read_only)
 
 
@@ -247,8 +245,6 @@ def probe(url: str, *, timeout_s: float = 5.0) -> None:
     """
     if not is_url(url):
         return
-    import fsspec
-
     loc = str(location(url))
     protocol = _protocol(loc)
     opts = _options(protocol)

@@ -29,13 +29,13 @@ bits  meaning                                set where
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 
-from sftl_dask.io.location import Location, child_stores, is_zarr_store, join, location, name_of, read_text
+from sftl_dask.io.location import Location
+from sftl_dask.io.stores import CubeRoot
 
 __all__ = [
     "CLOUD_ADJACENT_PX",
@@ -96,20 +96,9 @@ LST_VARIABLES: dict[str, dict[str, Any]] = {
 
 
 def lst_stores(root: str | os.PathLike[str]) -> dict[str, Location]:
-    """The LST stores of an output: the store itself, or ``<root>/<grid>.zarr`` by grid name.
+    """The LST stores of an output: the store itself, or ``<root>/<tile>.zarr`` by tile name.
 
     ``root`` may be an object-store URL (:mod:`sftl_dask.io.location`). Time-series copies (``sftl rechunk``;
-    ``sftl_layout: "time-series"``) that sit in a root are not grids of it and are left out.
+    :data:`~sftl_dask.io.stores.TIMESERIES_LAYOUT`) that sit in a root are not tiles of it and are left out.
     """
-    root = location(root)
-    if is_zarr_store(root):
-        return {name_of(root).removesuffix(".zarr"): root}
-    return {name: p for name, p in child_stores(root).items() if not _is_timeseries_copy(p)}
-
-
-def _is_timeseries_copy(store: Location) -> bool:
-    try:
-        attrs = json.loads(read_text(join(store, ".zattrs")))
-    except (OSError, ValueError):
-        return False
-    return isinstance(attrs, dict) and attrs.get("sftl_layout") == "time-series"
+    return CubeRoot.of(root, skip_copies=True).stores()

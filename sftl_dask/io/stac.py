@@ -28,7 +28,6 @@ Scene Items (id = product id) add the scene's corner footprint from the product 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
@@ -36,8 +35,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pystac
+import xarray as xr
+from pyproj import Transformer
+from pystac.extensions.eo import EOExtension
+from pystac.extensions.file import FileExtension
+from pystac.extensions.grid import GridExtension
+from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import DataType, NoDataStrings, RasterBand, RasterExtension
+from pystac.extensions.view import ViewExtension
 
-from sftl_dask.io.cube import CUBE_VARIABLES, GridSpec, read_slots
+from sftl_dask.geo import GeoBox, store_geometry
+from sftl_dask.io.cube import CUBE_VARIABLES, read_slots
+from sftl_dask.io.location import is_url
+from sftl_dask.io.lst import LST_OK_VAR, LST_VARIABLES, lst_stores
+from sftl_dask.io.stores import CubeRoot
+from sftl_dask.staging import staged_dir
 
 __all__ = [
     "LST_COLLECTION",
@@ -80,7 +94,7 @@ def write_scene_stac(root: str | os.PathLike[str], scenes: Sequence[Mapping[str,
         The cube root (one store per grid).
     scenes : sequence of mapping
         Per scene: ``scene_id``, ``time`` (UTC datetime64), ``path`` (the product), ``store`` (its grid
-        store), ``grid`` (the product's own :class:`~sftl_dask.io.cube.GridSpec`) and ``meta``
+        store), ``grid`` (the product's own :class:`~sftl_dask.geo.GeoBox`) and ``meta``
         (:func:`scene_stac_meta` of its metadata).
 
     Returns
@@ -90,14 +104,12 @@ def write_scene_stac(root: str | os.PathLike[str], scenes: Sequence[Mapping[str,
         (nothing is written: the catalog's relative links and its staged replacement are written for file
         systems only; see docs/cluster.md, "Object storage").
     """
-    from sftl_dask.io.location import is_url
-
     if not scenes or is_url(root):
         return None
     root = Path(root)
     stac_dir = root / "stac"
     kept = {i.id: _upgrade(i) for i in _read_items(stac_dir)}
-    stores: dict[str, tuple[GridSpec, list[dict[str, Any]]]] = {}
+    stores: dict[str, tuple[GeoBox, list[dict[str, Any]]]] = {}
     for s in scenes:
         store = str(s["store"])
         if store not in stores:
@@ -112,15 +124,12 @@ def write_scene_stac(root: str | os.PathLike[str], scenes: Sequence[Mapping[str,
                              "store per grid)")
 
 
-def _scene_item(s: Mapping[str, Any], grid: GridSpec, checksum: str, stac_dir: Path) -> Any:
-    import pystac
-    from pystac.extensions.eo import EOExtension
-    from pystac.extensions.view import ViewExtension
+def _scene_item(s: Mapping[str, Any], grid: GeoBox, checksum: str, stac_dir: Path) -> Any:
 
     m = s.get("meta") or {}
     corners = [(m.get(f"{c}Longitude"), m.get(f"{c}Latitude"))
                for c in ("TopLeft", "TopRight", "BottomRight", "BottomLeft")]
-    own: GridSpec = s["grid"]
+    own: GeoBox = s["grid"]
     if all(v is not None for pt in corners for v in pt):
         ring = _ccw([(float(x), float(y)) for x, y in corners] + [(float(corners[0][0]), float(corners[0][1]))])
     else:  # no corner metadata: the product's grid footprint
@@ -153,9 +162,6 @@ def _scene_item(s: Mapping[str, Any], grid: GridSpec, checksum: str, stac_dir: P
 
 def _upgrade(item: Any) -> Any:
     """An Item read back from the catalog: hrefs absolute (re-relativised on save), older Items fixed."""
-    from pystac.extensions.eo import EOExtension
-    from pystac.extensions.view import ViewExtension
-
     item.make_asset_hrefs_absolute()
     for key in [k for k in item.properties if k.startswith("sftl:")]:  # undeclared fields of older writers
         del item.properties[key]
@@ -192,21 +198,19 @@ def write_lst_stac(lst_root_or_store: str | os.PathLike[str]) -> Path:
     ValueError
         If the path holds no LST store.
     """
-    import xarray as xr
 
-    from sftl_dask.io.lst import LST_OK_VAR, LST_VARIABLES, lst_stores
 
     root = Path(lst_root_or_store)
     stores = lst_stores(root)
     if not stores:
         raise ValueError(f"{root}: no LST store here")
-    single = (root / ".zgroup").exists()
+    single = CubeRoot(root).is_store
     stac_dir = root.parent / f"{root.name.removesuffix('.zarr')}_stac" if single else root / "stac"
     items = []
     sources: dict[str, dict[str, tuple[str, str]]] = {}
     for store in stores.values():
         ds = xr.open_zarr(store, consolidated=True, chunks=None)  # only the per-time arrays are read
-        grid = GridSpec.from_attrs(json.loads(ds.attrs["sftl_grid"]))
+        grid, _ = store_geometry(ds.attrs)
         variables = {k: {**dict(ds[k].attrs), "dtype": str(ds[k].dtype)} for k in LST_VARIABLES if k in ds}
         ok = np.asarray(ds[LST_OK_VAR].values, dtype=bool)
         for i in np.flatnonzero(ok):
@@ -223,10 +227,9 @@ def write_lst_stac(lst_root_or_store: str | os.PathLike[str]) -> Path:
                              "per tile grid")
 
 
-def _lst_item(attrs: Mapping[str, Any], grid: GridSpec, when: Any, scene_id: str, source: str, checksum: str,
+def _lst_item(attrs: Mapping[str, Any], grid: GeoBox, when: Any, scene_id: str, source: str, checksum: str,
               product: tuple[str, str] | None, store: Path, variables: Mapping[str, Mapping[str, Any]],
               stac_dir: Path) -> Any:
-    import pystac
 
     stamp = np.datetime_as_string(np.datetime64(when, "s"), unit="s").replace("-", "").replace(":", "")
     item = _item(f"{grid.name}_{stamp}Z", _footprint(grid), when)
@@ -263,8 +266,6 @@ def _scene_sources(store: str) -> dict[str, tuple[str, str]]:
 
 # ---------------------------------------------------------------------------------------------------- shared
 def _item(item_id: str, ring: list[tuple[float, float]], when: Any) -> Any:
-    import pandas as pd
-    import pystac
 
     lons, lats = [p[0] for p in ring], [p[1] for p in ring]
     t = pd.Timestamp(when)
@@ -274,10 +275,8 @@ def _item(item_id: str, ring: list[tuple[float, float]], when: Any) -> Any:
                        properties={"platform": _PLATFORM, "instruments": list(_INSTRUMENTS)})
 
 
-def _footprint(grid: GridSpec) -> list[tuple[float, float]]:
+def _footprint(grid: GeoBox) -> list[tuple[float, float]]:
     """The grid's outline in lon/lat (deg), edges densified, closed and counter-clockwise."""
-    from pyproj import Transformer
-
     left, bottom, right, top = grid.bounds
     t = np.linspace(0.0, 1.0, _EDGE_POINTS, endpoint=False)
     xs = np.concatenate([left + t * (right - left), np.full_like(t, right), right - t * (right - left),
@@ -296,8 +295,7 @@ def _ccw(ring: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
     return pts if area2 > 0 else pts[::-1]
 
 
-def _set_projection(obj: Any, grid: GridSpec) -> None:
-    from pystac.extensions.projection import ProjectionExtension
+def _set_projection(obj: Any, grid: GeoBox) -> None:
 
     proj = ProjectionExtension.ext(obj, add_if_missing=True)
     proj.code = grid.crs
@@ -306,14 +304,12 @@ def _set_projection(obj: Any, grid: GridSpec) -> None:
     proj.bbox = [float(v) for v in grid.bounds]
 
 
-def _set_grid_code(item: Any, grid: GridSpec) -> None:
-    from pystac.extensions.grid import GridExtension
+def _set_grid_code(item: Any, grid: GeoBox) -> None:
 
     GridExtension.ext(item, add_if_missing=True).code = f"SFTL-{grid.name}"
 
 
-def _set_bands(asset: Any, variables: Mapping[str, Mapping[str, Any]], grid: GridSpec) -> None:
-    from pystac.extensions.raster import DataType, NoDataStrings, RasterBand, RasterExtension
+def _set_bands(asset: Any, variables: Mapping[str, Mapping[str, Any]], grid: GeoBox) -> None:
 
     bands = []
     for name, spec in variables.items():
@@ -341,9 +337,6 @@ def _set_processing(item: Any, *, lineage: str, level: str | None = None) -> Non
 
 def _add_file_asset(item: Any, key: str, path: Path, checksum: str, item_dir: Path, *, title: str) -> None:
     """Add a source product's asset; a single file gets ``file:checksum`` (sha2-256 multihash) and size."""
-    import pystac
-    from pystac.extensions.file import FileExtension
-
     is_tar = path.suffix.lower() == ".tar"
     asset = pystac.Asset(href=_rel(path, item_dir), media_type="application/x-tar" if is_tar else None,
                          roles=["source"], title=title)
@@ -361,7 +354,6 @@ def _rel(target: Path, item_dir: Path) -> str:
 
 
 def _extent(items: Iterable[Any]) -> Any:
-    import pystac
 
     items = list(items)
     boxes = np.array([i.bbox for i in items], dtype=np.float64)
@@ -374,8 +366,6 @@ def _extent(items: Iterable[Any]) -> Any:
 
 def _read_items(stac_dir: Path) -> list[Any]:
     """The Items of an existing catalog (any layout this module or its predecessors wrote)."""
-    import pystac
-
     cat = stac_dir / "catalog.json"
     if not cat.is_file():
         return []
@@ -387,9 +377,7 @@ def _save(stac_dir: Path, items: Iterable[Any], *, collection_id: str, title: st
 
     Without Items the catalog is written empty (a Collection needs an extent).
     """
-    import pystac
 
-    from sftl_dask.staging import staged_dir
 
     items = sorted(items, key=lambda i: (i.datetime, i.id))
     with staged_dir(stac_dir) as tmp:

@@ -24,10 +24,10 @@ from pyproj import Transformer
 
 from sftl_dask import plotting
 from sftl_dask.api import open_lst
-from sftl_dask.io.cube import cube_stores, read_slots
+from sftl_dask.io.cube import read_slots
 from sftl_dask.io.insitu import read_sites
 from sftl_dask.io.lst import QC_FLAGS
-from sftl_dask.io.tiles import zone_of_store
+from sftl_dask.io.stores import cube_stores, zone_of_store
 from sftl_dask.pipelines.data import prepare_data
 from sftl_dask.pipelines.steps import composites_step, lst_key, validate_step
 from sftl_dask.report import demo_report

@@ -15,8 +15,8 @@ import numpy as np
 
 from sftl_dask import plotting
 from sftl_dask.api import open_lst
-from sftl_dask.io.cube import cube_stores, read_slots
-from sftl_dask.io.tiles import zone_of_store
+from sftl_dask.io.cube import read_slots
+from sftl_dask.io.stores import cube_stores, zone_of_store
 from sftl_dask.models.retriever import model_digest
 from sftl_dask.staging import cache_key, reuse_or_remove, staged_dir, stamp
 from sftl_dask.validate import validate
