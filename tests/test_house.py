@@ -38,3 +38,27 @@ def test_no_private_name_is_imported_across_modules(house) -> None:
 def test_long_functions_say_why_they_are_long(house) -> None:
     # A function over 80 lines carries "Why this is long:" in its docstring.
     assert house.long_functions == []
+
+
+def test_the_checker_finds_each_kind_of_breach(house, tmp_path: pathlib.Path) -> None:
+    # A tiny package with one breach of each rule: the measure must report every one (else the tests above
+    # could not fail).
+    mod = sys.modules["house_tool"]
+    pkg = tmp_path / "sftl_dask"
+    (pkg / "physics").mkdir(parents=True)
+    (pkg / "io").mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "physics" / "__init__.py").write_text("")
+    (pkg / "io" / "__init__.py").write_text("")
+    (pkg / "physics" / "planck.py").write_text("from sftl_dask.geo import box\n")  # physics -> core: up
+    (pkg / "geo.py").write_text("from sftl_dask.physics.planck import _radiance\nbox = 1\n")  # cycle, private
+    (pkg / "io" / "vimi.py").write_text("from sftl_dask.testbed import world\n")  # io -> testbed
+    (pkg / "testbed").mkdir()
+    (pkg / "testbed" / "__init__.py").write_text("")
+    (pkg / "testbed" / "world.py").write_text("def f():\n" + "    x = 1\n" * 90)
+    h = mod.measure(tmp_path)
+    assert h.cycles == [["sftl_dask.geo", "sftl_dask.physics.planck"]]
+    assert h.private_imports == [f"{pkg / 'geo.py'}:1 imports sftl_dask.physics.planck._radiance"]
+    assert any("sftl_dask.io.vimi -> sftl_dask.testbed" in f for f in h.forbidden)
+    assert any("up from layer 'physics' to 'core'" in f for f in h.forbidden)
+    assert h.long_functions == [("sftl_dask.testbed.world.f", 91)]

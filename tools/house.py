@@ -29,6 +29,40 @@ FORBIDDEN: tuple[tuple[str, str], ...] = (
     ("sftl_dask.retrieve", "sftl_dask.testbed"),
     ("sftl_dask.api", "sftl_dask.testbed"),
 )
+# The layers of docs/architecture.md, lowest first: an import never runs from a layer to a higher one. A module
+# belongs to the layer of its longest matching prefix.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("physics", ("sftl_dask.physics",)),
+    ("core", ("sftl_dask.geo", "sftl_dask.staging", "sftl_dask.features", "sftl_dask.metrics",
+              "sftl_dask.version", "sftl_dask.progress", "sftl_dask.data")),
+    ("readers, writers, models, figures", ("sftl_dask.io", "sftl_dask.models", "sftl_dask.plotting",
+                                           "sftl_dask.cluster", "sftl_dask.report")),
+    ("science and the world", ("sftl_dask", "sftl_dask.matchups", "sftl_dask.ingest", "sftl_dask.testbed",
+                               "sftl_dask.simulate", "sftl_dask.retrieve", "sftl_dask.rechunk",
+                               "sftl_dask.validate", "sftl_dask.api", "sftl_dask.training")),
+    ("pipelines", ("sftl_dask.pipelines",)),
+    ("command line", ("sftl_dask.cli",)),
+)
+
+
+def layer_of(mod: str) -> int:
+    """The index in :data:`LAYERS` of ``mod``'s layer (longest matching prefix).
+
+    Raises
+    ------
+    KeyError
+        For a module of no layer (a new top-level module must be placed in LAYERS).
+    """
+    best: tuple[int, int] | None = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (mod == p or mod.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    if best is None:
+        raise KeyError(f"{mod}: in no layer of tools/house.py LAYERS")
+    return best[0]
+
+
 # physics imports nothing else of the package; plotting is a leaf (it may use physics for units only).
 LEAVES: dict[str, tuple[str, ...]] = {
     "sftl_dask.physics": ("sftl_dask.physics",),
@@ -186,6 +220,9 @@ def measure(root: pathlib.Path, max_function_lines: int = 80) -> House:
         house.imports += 1
         house.imports_in_functions += e.in_function
         graph[e.src].add(e.dst)
+        if layer_of(e.dst) > layer_of(e.src):
+            house.forbidden.append(f"{mods[e.src]}:{e.line} imports {e.dst}: up from layer "
+                                   f"'{LAYERS[layer_of(e.src)][0]}' to '{LAYERS[layer_of(e.dst)][0]}'")
         for name in e.names:
             if name.startswith("_") and not name.startswith("__"):
                 house.private_imports.append(f"{mods[e.src]}:{e.line} imports {e.dst}.{name}")
@@ -219,12 +256,42 @@ def measure(root: pathlib.Path, max_function_lines: int = 80) -> House:
     return house
 
 
+def floors(root: pathlib.Path) -> dict[str, int]:
+    """Each module's floor: 0 for a module that imports nothing of the package, else one above the highest
+    module it imports (the longest import path below it). Requires an acyclic graph.
+    """
+    mods = _modules(root)
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for e in _edges(mods):
+        graph[e.src].add(e.dst)
+    # a package's __init__ re-exports: count it as the floor of what it imports, not a room of its own
+    out: dict[str, int] = {}
+
+    def floor(m: str, seen: tuple[str, ...] = ()) -> int:
+        if m not in out:
+            below = [floor(d, (*seen, m)) for d in graph[m] if d not in seen]
+            out[m] = 1 + max(below) if below else 0
+        return out[m]
+
+    for m in mods:
+        floor(m)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=".", help="project root (default: .)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--max-lines", type=int, default=80, help="list functions longer than this (lines)")
+    ap.add_argument("--floors", action="store_true", help="print each module's floor (imports run downwards)")
     args = ap.parse_args(argv)
+    if args.floors:
+        by_floor: dict[int, list[str]] = {}
+        for m, f in floors(pathlib.Path(args.root)).items():
+            by_floor.setdefault(f, []).append(m.removeprefix(PACKAGE + "."))
+        for f in sorted(by_floor, reverse=True):
+            print(f"floor {f:2d}: " + "  ".join(sorted(by_floor[f])))
+        return 0
     house = measure(pathlib.Path(args.root), args.max_lines)
     if args.json:
         print(json.dumps(asdict(house), indent=1))
