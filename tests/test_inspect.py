@@ -28,7 +28,6 @@ from sftl_dask.cli import main
 from sftl_dask.io.inspect import inspect_product, inspect_products, sensor_footprint
 from sftl_dask.io.rpc import format_rpb, format_rpc_txt, to_rasterio
 from sftl_dask.io.vimi import VimiFormatError
-from sftl_dask.testbed.build import build_testbed
 from sftl_dask.testbed.formats import vimi_product_name, write_vimi_archive
 from sftl_dask.testbed.sensor import PushbroomSensor, fit_sensor_rpc
 
@@ -90,40 +89,44 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
 
 
 # --------------------------------------------------------------------------------------------- the testbed
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("tb")
-    return out, build_testbed(out, scenes=1, size=640, seed=3)
+def _member_grid(archive: Path) -> tuple[int, Affine, int, int]:
+    """EPSG, transform and size of an archive's B7_B12 GeoTIFF, read here with tarfile and rasterio alone."""
+    with tarfile.open(archive) as tf:
+        name = next(n for n in tf.getnames() if n.endswith("_B7_B12.tif"))
+        data = tf.extractfile(name).read()
+    with rasterio.io.MemoryFile(data) as mf, mf.open() as src:
+        return src.crs.to_epsg(), src.transform, src.width, src.height
 
 
-def test_the_testbeds_archives_one_line_each_with_pinned_footprints_and_tiles(testbed, capsys):
-    root, summary = testbed
-    rc, out, err = _run(capsys, str(root / "archives"))
+def test_the_testbeds_archives_one_line_each_with_pinned_footprints_and_tiles(small_testbed, capsys):
+    rc, out, err = _run(capsys, str(small_testbed / "archives"))
     assert rc == 0 and err == ""
     lines = out.splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith("GF5B_VIMI_E100.4_N38.9_20220317_002885_L10001001000  tar .tif  "
-                               "2022-03-17T03:49:12.000Z (CenterTime)  map  calibration xml  "
-                               "lon 100.2324..100.5318 lat 38.7527..38.9868  zone 47N  4 tiles of 1024 px: ")
-    assert lines[0].endswith("47N_138_014 47N_138_015 47N_139_014 47N_139_015")
-    assert lines[1].endswith("lon 115.6346..115.9401 lat 40.2320..40.4658  zone 50N  4 tiles of 1024 px: "
+    assert len(lines) == 4
+    assert lines[0] == ("GF5B_VIMI_E100.4_N38.9_20220317_002885_L10001001000  tar .tif  2022-03-17T03:49:12.000Z "
+                        "(CenterTime)  map  calibration xml  lon 100.2324..100.5318 lat 38.7527..38.9868  zone 47N  "
+                        "4 tiles of 1024 px: 47N_138_014 47N_138_015 47N_139_014 47N_139_015")
+    assert lines[3].startswith("GF5B_VIMI_E115.8_N40.3_20220108_001893_L10000001001  tar .tif  "
+                               "2022-01-08T03:01:13.000Z (CenterTime)")
+    assert lines[3].endswith("lon 115.6346..115.9401 lat 40.2320..40.4658  zone 50N  4 tiles of 1024 px: "
                              "50N_134_009 50N_134_010 50N_135_009 50N_135_010")
-    rc, out, _ = _run(capsys, str(root / "archives"), "--json")
-    got = {d["product"]: d for d in json.loads(out)}
-    for region in summary["regions"].values():
-        epsg, t = region["epsg"], Affine(*region["transform"])
-        d = next(d for d in got.values() if d["epsg"] == epsg)
-        # independent: pyproj on the four corners of the region grid (the unshifted scene's)
-        xs, ys = zip(*(t * (c, r) for c, r in ((0, 0), (640, 0), (640, 640), (0, 640))), strict=True)
+    rc, out, _ = _run(capsys, str(small_testbed / "archives"), "--json")
+    docs = json.loads(out)
+    assert rc == 0 and [d["product"] for d in docs] == [line.split()[0] for line in lines]
+    for d in docs:
+        epsg, t, w, h = _member_grid(Path(d["path"]))
+        # independent: pyproj on the four corners of the member's grid
+        xs, ys = zip(*(t * (c, r) for c, r in ((0, 0), (w, 0), (w, h), (0, h))), strict=True)
         lon, lat = Transformer.from_crs(f"EPSG:{epsg}", "EPSG:4326", always_xy=True).transform(xs, ys)
         fp = d["footprint"]
         np.testing.assert_allclose([fp["west"], fp["south"], fp["east"], fp["north"]],
                                    [min(lon), min(lat), max(lon), max(lat)], atol=1e-4)
         # independent: the tile rows and columns the grid's edges fall in (rows southwards from 1e7 m)
-        cols = range(int(t.c // TILE_M), int((t.c + 640 * 40 - 1e-6) // TILE_M) + 1)
-        rows = range(int((1e7 - t.f) // TILE_M), int((1e7 - t.f + 640 * 40 - 1e-6) // TILE_M) + 1)
+        cols = range(int(t.c // TILE_M), int((t.c + w * t.a - 1e-6) // TILE_M) + 1)
+        rows = range(int((1e7 - t.f) // TILE_M), int((1e7 - t.f - h * t.e - 1e-6) // TILE_M) + 1)
         assert d["tiles"] == [f"{epsg % 100}N_{r:03d}_{c:03d}" for r in rows for c in cols]
         assert (d["geometry"], d["rpc_member"], d["delivery"], d["member_ext"]) == ("map", "", "tar", ".tif")
+        assert (d["epsg"], d["calibration_source"], d["time_source"]) == (epsg, "xml", "CenterTime")
 
 
 # ------------------------------------------------------------------------------------------- map products as delivered
