@@ -1,9 +1,9 @@
 """The ``sftl`` command: thin glue over the library.
 
-Every verb takes ``--scheduler ADDRESS`` (else ``DASK_SCHEDULER_ADDRESS``, else an embedded
-LocalCluster sized by ``--workers``). Bad input ends with exit code 2 and one line naming
-the file or value and what is wrong; outputs are written under a temporary name and
-moved into place only when complete.
+Every verb that works on Dask takes ``--scheduler ADDRESS`` (else ``DASK_SCHEDULER_ADDRESS``, else an
+embedded LocalCluster sized by ``--workers``); ``inspect`` reads headers only and starts no cluster. Bad
+input ends with exit code 2 and one line naming the file or value and what is wrong; outputs are written
+under a temporary name and moved into place only when complete.
 """
 
 from __future__ import annotations
@@ -158,6 +158,18 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     print(f"wrote testbed to {out} in {time.perf_counter() - t0:.1f} s: {summary['n_archives']} archives "
           f"({args.scenes} scenes x {len(summary['regions'])} regions, {args.size} x {args.size} px of 40 m), "
           f"{len(summary['sites'])} sites")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from sftl_dask.io.inspect import inspect_products
+
+    summaries = inspect_products(args.inputs, tile_px=args.tile_size, calibration=args.calibration)
+    if args.json:
+        print(json.dumps([s.to_dict() for s in summaries], indent=1))
+    else:
+        for s in summaries:
+            print(s.line())
     return 0
 
 
@@ -415,6 +427,20 @@ def _add_data_verbs(sub: Any) -> None:
     s.add_argument("--max-shift", type=_positive_int, default=160, metavar="PX",
                    help="largest footprint move along each axis in px (default 160)")
     _common(s, _cmd_testbed)
+
+    s = sub.add_parser("inspect", help="what the reader sees in each delivery: layout, time, geometry, calibration "
+                       "source, footprint, UTM zone and tiles (one line per product)")
+    s.add_argument("inputs", nargs="+", metavar="ARCHIVE_OR_DIR", help="products (.tar.gz, .tgz, .tar, product "
+                   "folders) or folders holding them, searched as sftl ingest searches")
+    s.add_argument("--json", action="store_true", help="print a JSON list of objects with the same fields")
+    s.add_argument("--tile-size", type=_positive_int, default=1024, metavar="PX",
+                   help="tile edge in 40 m pixels (default 1024, as sftl ingest); tiles on the unanchored grid "
+                        "(zone offsets 0): a cube that already holds the zone, or a first ingest anchored at "
+                        "its scenes' corner, may name other tiles")
+    s.add_argument("--calibration", default=None, metavar="F", help="a calibration table for products whose XML "
+                   "has no GAINS/OFFSETS (format of sftl_dask/data/vimi_calibration.csv)")
+    s.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error too")
+    s.set_defaults(func=_cmd_inspect)  # reads headers only: no Dask cluster, so none of the cluster options
 
 
 def _add_cube_verbs(sub: Any) -> None:
