@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pandas as pd
 import rioxarray  # noqa: F401  (registers .rio)
@@ -42,9 +43,12 @@ import xarray as xr
 
 from sftl_dask import plotting
 from sftl_dask.geo import pixel_index
+from sftl_dask.io.export import to_cog, to_netcdf
+from sftl_dask.io.insitu import read_sites
 from sftl_dask.io.location import Location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR
 from sftl_dask.io.stores import CubeRoot, mosaic
+from sftl_dask.rechunk import timeseries_copy
 
 __all__ = ["SftlAccessor", "locate", "open_lst"]
 
@@ -403,11 +407,7 @@ class SftlAccessor:
         times = ds["time"].values
         store = ds.attrs.get(_STORE_ATTR)
         if store:
-            try:
-                from sftl_dask.rechunk import timeseries_copy
-            except ImportError:  # the time-series layout is optional
-                timeseries_copy = None  # type: ignore[assignment]
-            copy = timeseries_copy(store) if timeseries_copy is not None else None
+            copy = timeseries_copy(store)
             if copy is not None:
                 if self._ts is None or self._ts[0] != copy:
                     self._ts = (copy, xr.open_zarr(copy, consolidated=True, decode_coords="all"))
@@ -538,14 +538,10 @@ class SftlAccessor:
     # ----------------------------------------------------------------------------------- exports
     def to_netcdf(self, path: str | os.PathLike[str]) -> Path:
         """Write a CF-1.11 NetCDF4 file (:func:`sftl_dask.io.export.to_netcdf`)."""
-        from sftl_dask.io.export import to_netcdf
-
         return to_netcdf(self._ds, path)
 
     def to_cog(self, path: str | os.PathLike[str], time: Any = None, *, overviews: bool = True) -> Path:
         """Write one time step as a Cloud-Optimized GeoTIFF (:func:`sftl_dask.io.export.to_cog`)."""
-        from sftl_dask.io.export import to_cog
-
         return to_cog(self._ds, path, time=time, overviews=overviews)
 
     # ----------------------------------------------------------------------------------- plots
@@ -580,8 +576,6 @@ class SftlAccessor:
 
 def _site_table(sites: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
     if isinstance(sites, str | os.PathLike):
-        from sftl_dask.io.insitu import read_sites
-
         sites = read_sites(sites)
     if not isinstance(sites, pd.DataFrame):
         raise ValueError(f"sites must be a DataFrame or a sites.csv path, not {type(sites).__name__}")
@@ -596,8 +590,6 @@ def _site_table(sites: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
 def _windows(src: xr.Dataset, xs: np.ndarray, ys: np.ndarray, half: int, times: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The (site, time, window, window) blocks of lst, lst_uncertainty and qc, read in one compute."""
-    import dask
-
     ix = np.searchsorted(src["x"].values, xs)
     yv = src["y"].values  # decreasing
     iy = yv.size - 1 - np.searchsorted(yv[::-1], ys)
