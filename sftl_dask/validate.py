@@ -308,6 +308,37 @@ def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int,
     return out
 
 
+def _site_rows(p: Mapping[str, Any], s: pd.Series, times: NDArray[Any], scene_ids: NDArray[Any],
+               pixel: tuple[Any, Any, Any, Any], ins: pd.DataFrame) -> pd.DataFrame:
+    """The matchup rows (:data:`VALIDATION_COLUMNS`, unsorted) of one site in one store.
+
+    ``p`` is the store's plan, ``s`` the site's row of it, ``times`` and ``scene_ids`` the store's complete time
+    steps, ``pixel`` the site's :func:`_read_pixels` series (``lst``, ``lst_uncertainty`` K, ``qc`` window,
+    ``vza`` deg or None) and ``ins`` its station's overpass table at those times.
+    """
+    lst, unc, qc_win, vza_px = pixel
+    masks = p["masks"]
+    qc_win = np.asarray(qc_win, dtype=np.int64)
+    qc_px = qc_win[:, CLOUD_NEIGHBOURHOOD_PX, CLOUD_NEIGHBOURHOOD_PX]  # the centre of its window
+    reason = matchup_reasons(covered=(qc_px & masks["not_covered"]) == 0,
+                             cloud_near=((qc_win & masks["cloud"]) != 0).any(axis=(1, 2)),
+                             ancillary_ok=(qc_px & masks["missing_ancillary"]) == 0,
+                             insitu_reason=ins["insitu_reason"].to_numpy())
+    lst = np.asarray(lst, dtype=np.float64)
+    unc = np.asarray(unc, dtype=np.float64)
+    reason[(reason == "ok") & ~(np.isfinite(lst) & np.isfinite(unc))] = "not produced"
+    return pd.DataFrame({
+        "site": str(s["id"]), "region": str(s["region"]), "land_cover": str(s.get("land_cover", "")),
+        "grid": p["grid"], "scene_id": scene_ids, "time_utc": times,
+        "row": int(s["row"]), "col": int(s["col"]), "lst": lst, "lst_uncertainty": unc,
+        "qc": qc_px, "vza": np.asarray(vza_px, np.float64) if vza_px is not None else np.nan,
+        "cloud_adjacent": (qc_px & masks["cloud_adjacent"]) != 0,
+        "lst_insitu": ins["lst_insitu"].to_numpy(), "lst_insitu_std": ins["lst_insitu_std"].to_numpy(),
+        "n_insitu": ins["n_insitu"].to_numpy(), "residual_k": lst - ins["lst_insitu"].to_numpy(),
+        "reason": reason.astype(str),
+    })
+
+
 def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.PathLike[str], *,
                         client: Any = None, progress: Callable[[int, int], None] | None = None,
                         window_min: float = WINDOW_MIN) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -374,29 +405,10 @@ def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.
     rows: list[pd.DataFrame] = []
     for (i, sites), values in zip(groups, results[len(names):], strict=True):
         p, _, times, scene_ids, _ = stores[i]
-        masks = p["masks"]
-        for (_, s), (lst, unc, qc_win, vza_px) in zip(sites.iterrows(), values, strict=True):
+        for (_, s), pixel in zip(sites.iterrows(), values, strict=True):
             site = str(s["id"])
             ins = stations[site][0].iloc[np.searchsorted(unique[site], times)]  # this store's overpasses
-            qc_win = np.asarray(qc_win, dtype=np.int64)
-            qc_px = qc_win[:, CLOUD_NEIGHBOURHOOD_PX, CLOUD_NEIGHBOURHOOD_PX]  # the centre of its window
-            reason = matchup_reasons(covered=(qc_px & masks["not_covered"]) == 0,
-                                     cloud_near=((qc_win & masks["cloud"]) != 0).any(axis=(1, 2)),
-                                     ancillary_ok=(qc_px & masks["missing_ancillary"]) == 0,
-                                     insitu_reason=ins["insitu_reason"].to_numpy())
-            lst = np.asarray(lst, dtype=np.float64)
-            unc = np.asarray(unc, dtype=np.float64)
-            reason[(reason == "ok") & ~(np.isfinite(lst) & np.isfinite(unc))] = "not produced"
-            rows.append(pd.DataFrame({
-                "site": site, "region": str(s["region"]), "land_cover": str(s.get("land_cover", "")),
-                "grid": p["grid"], "scene_id": scene_ids, "time_utc": times,
-                "row": int(s["row"]), "col": int(s["col"]), "lst": lst, "lst_uncertainty": unc,
-                "qc": qc_px, "vza": np.asarray(vza_px, np.float64) if vza_px is not None else np.nan,
-                "cloud_adjacent": (qc_px & masks["cloud_adjacent"]) != 0,
-                "lst_insitu": ins["lst_insitu"].to_numpy(), "lst_insitu_std": ins["lst_insitu_std"].to_numpy(),
-                "n_insitu": ins["n_insitu"].to_numpy(), "residual_k": lst - ins["lst_insitu"].to_numpy(),
-                "reason": reason.astype(str),
-            }))
+            rows.append(_site_rows(p, s, times, scene_ids, pixel, ins))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(VALIDATION_COLUMNS))
     table = table.sort_values(["site", "time_utc"], kind="stable").reset_index(drop=True)
     return table[list(VALIDATION_COLUMNS)], {site: res[1] for site, res in stations.items()}
