@@ -367,28 +367,8 @@ class SftlAccessor:
         flags = _flag_table(ds["qc"])
         masked = [f for f in str(ds.attrs.get(_MASK_ATTR, "")).split() if f]
         lst, unc = _masked(lst, unc, qc, flags, masked, ds.attrs.get(_MAXUNC_ATTR))
-        valid = np.isfinite(lst)  # (site, time, wy, wx)
-        n_valid = valid.sum(axis=(2, 3))
-        if how == "mean":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                v_lst = np.nanmean(lst, axis=(2, 3))
-                v_unc = np.nanmean(np.where(valid, unc, np.nan), axis=(2, 3))
-            not_prod = _flag_set(qc, flags, [f for f in ("cloud", "not_covered", "missing_ancillary") if f in flags])
-            prod = ~not_prod if not_prod is not None else np.ones(qc.shape, dtype=bool)
-            v_qc = np.bitwise_or.reduce(np.where(prod, qc, 0), axis=(2, 3)).astype(qc.dtype)
-            centre_qc = qc[:, :, half, half]
-            v_qc = np.where(prod.any(axis=(2, 3)), v_qc, centre_qc)
-        else:
-            # the valid pixel nearest the centre: order the window by distance (ties: raster order)
-            wy, wx = np.mgrid[-half:half + 1, -half:half + 1]
-            order = np.argsort((wy ** 2 + wx ** 2).ravel(), kind="stable")
-            flat_valid = valid.reshape(*valid.shape[:2], -1)[..., order]
-            first = np.where(flat_valid.any(-1), flat_valid.argmax(-1), 0)
-            pick = order[first]
-            take = lambda a: np.take_along_axis(a.reshape(*a.shape[:2], -1), pick[..., None], -1)[..., 0]  # noqa: E731
-            v_lst, v_unc = take(lst), take(unc)
-            v_qc = np.where(valid.any(axis=(2, 3)), take(qc), qc[:, :, half, half])
+        n_valid = np.isfinite(lst).sum(axis=(2, 3))  # lst is (site, time, wy, wx)
+        v_lst, v_unc, v_qc = _reduce_windows(lst, unc, qc, flags, half, how)
         n_site, n_time = n_valid.shape
         out = pd.DataFrame({
             "time": np.tile(times, n_site),
@@ -606,6 +586,39 @@ def _windows(src: xr.Dataset, xs: np.ndarray, ys: np.ndarray, half: int, times: 
     unc = np.stack([a[1] for a in loaded]).astype(np.float64)
     qc = np.stack([a[2] for a in loaded])
     return lst, unc, qc
+
+
+def _reduce_windows(lst: np.ndarray, unc: np.ndarray, qc: np.ndarray, flags: Mapping[str, tuple[int, int]],
+                    half: int, how: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One value per (site, time) from (site, time, window, window) blocks (:meth:`SftlAccessor.at`'s ``how``).
+
+    ``lst`` and ``unc`` (K, NaN where masked) and ``qc`` are the blocks, ``flags`` the ``qc`` flag table and
+    ``half`` the window's half-width (px). ``"mean"``: the mean of the valid pixels and the OR of the ``qc`` of
+    the produced ones (the centre's where none is); ``"nearest"``: the valid pixel nearest the centre (ties:
+    raster order), or the centre. Returns ``lst``, ``lst_uncertainty`` (K) and ``qc``, each (site, time).
+    """
+    valid = np.isfinite(lst)
+    if how == "mean":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            v_lst = np.nanmean(lst, axis=(2, 3))
+            v_unc = np.nanmean(np.where(valid, unc, np.nan), axis=(2, 3))
+        not_prod = _flag_set(qc, flags, [f for f in ("cloud", "not_covered", "missing_ancillary") if f in flags])
+        prod = ~not_prod if not_prod is not None else np.ones(qc.shape, dtype=bool)
+        v_qc = np.bitwise_or.reduce(np.where(prod, qc, 0), axis=(2, 3)).astype(qc.dtype)
+        centre_qc = qc[:, :, half, half]
+        v_qc = np.where(prod.any(axis=(2, 3)), v_qc, centre_qc)
+    else:
+        # the valid pixel nearest the centre: order the window by distance (ties: raster order)
+        wy, wx = np.mgrid[-half:half + 1, -half:half + 1]
+        order = np.argsort((wy ** 2 + wx ** 2).ravel(), kind="stable")
+        flat_valid = valid.reshape(*valid.shape[:2], -1)[..., order]
+        first = np.where(flat_valid.any(-1), flat_valid.argmax(-1), 0)
+        pick = order[first]
+        take = lambda a: np.take_along_axis(a.reshape(*a.shape[:2], -1), pick[..., None], -1)[..., 0]  # noqa: E731
+        v_lst, v_unc = take(lst), take(unc)
+        v_qc = np.where(valid.any(axis=(2, 3)), take(qc), qc[:, :, half, half])
+    return v_lst, v_unc, v_qc
 
 
 def _check_freq(freq: str) -> None:
