@@ -497,7 +497,7 @@ def retrieve(
 ) -> dict[str, Any]:
     """Retrieve LST cubes from scene cubes: one LST store per scene-cube store, new time steps only.
 
-    Over 80 lines only by its signature and this text; its steps are :func:`_plan`, :func:`_chunk_jobs`,
+    Why this is long: only its signature and this text; its steps are :func:`_plan`, :func:`_chunk_jobs`,
     :func:`_execute`, :func:`_mark_complete` and :func:`_record_run`.
 
     Parameters
