@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pandas as pd
 import rioxarray  # noqa: F401  (registers .rio)
@@ -42,9 +43,12 @@ import xarray as xr
 
 from sftl_dask import plotting
 from sftl_dask.geo import pixel_index
+from sftl_dask.io.export import to_cog, to_netcdf
+from sftl_dask.io.insitu import read_sites
 from sftl_dask.io.location import Location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR
 from sftl_dask.io.stores import CubeRoot, mosaic
+from sftl_dask.rechunk import timeseries_copy
 
 __all__ = ["SftlAccessor", "locate", "open_lst"]
 
@@ -363,28 +367,8 @@ class SftlAccessor:
         flags = _flag_table(ds["qc"])
         masked = [f for f in str(ds.attrs.get(_MASK_ATTR, "")).split() if f]
         lst, unc = _masked(lst, unc, qc, flags, masked, ds.attrs.get(_MAXUNC_ATTR))
-        valid = np.isfinite(lst)  # (site, time, wy, wx)
-        n_valid = valid.sum(axis=(2, 3))
-        if how == "mean":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                v_lst = np.nanmean(lst, axis=(2, 3))
-                v_unc = np.nanmean(np.where(valid, unc, np.nan), axis=(2, 3))
-            not_prod = _flag_set(qc, flags, [f for f in ("cloud", "not_covered", "missing_ancillary") if f in flags])
-            prod = ~not_prod if not_prod is not None else np.ones(qc.shape, dtype=bool)
-            v_qc = np.bitwise_or.reduce(np.where(prod, qc, 0), axis=(2, 3)).astype(qc.dtype)
-            centre_qc = qc[:, :, half, half]
-            v_qc = np.where(prod.any(axis=(2, 3)), v_qc, centre_qc)
-        else:
-            # the valid pixel nearest the centre: order the window by distance (ties: raster order)
-            wy, wx = np.mgrid[-half:half + 1, -half:half + 1]
-            order = np.argsort((wy ** 2 + wx ** 2).ravel(), kind="stable")
-            flat_valid = valid.reshape(*valid.shape[:2], -1)[..., order]
-            first = np.where(flat_valid.any(-1), flat_valid.argmax(-1), 0)
-            pick = order[first]
-            take = lambda a: np.take_along_axis(a.reshape(*a.shape[:2], -1), pick[..., None], -1)[..., 0]  # noqa: E731
-            v_lst, v_unc = take(lst), take(unc)
-            v_qc = np.where(valid.any(axis=(2, 3)), take(qc), qc[:, :, half, half])
+        n_valid = np.isfinite(lst).sum(axis=(2, 3))  # lst is (site, time, wy, wx)
+        v_lst, v_unc, v_qc = _reduce_windows(lst, unc, qc, flags, half, how)
         n_site, n_time = n_valid.shape
         out = pd.DataFrame({
             "time": np.tile(times, n_site),
@@ -403,11 +387,7 @@ class SftlAccessor:
         times = ds["time"].values
         store = ds.attrs.get(_STORE_ATTR)
         if store:
-            try:
-                from sftl_dask.rechunk import timeseries_copy
-            except ImportError:  # the time-series layout is optional
-                timeseries_copy = None  # type: ignore[assignment]
-            copy = timeseries_copy(store) if timeseries_copy is not None else None
+            copy = timeseries_copy(store)
             if copy is not None:
                 if self._ts is None or self._ts[0] != copy:
                     self._ts = (copy, xr.open_zarr(copy, consolidated=True, decode_coords="all"))
@@ -538,14 +518,10 @@ class SftlAccessor:
     # ----------------------------------------------------------------------------------- exports
     def to_netcdf(self, path: str | os.PathLike[str]) -> Path:
         """Write a CF-1.11 NetCDF4 file (:func:`sftl_dask.io.export.to_netcdf`)."""
-        from sftl_dask.io.export import to_netcdf
-
         return to_netcdf(self._ds, path)
 
     def to_cog(self, path: str | os.PathLike[str], time: Any = None, *, overviews: bool = True) -> Path:
         """Write one time step as a Cloud-Optimized GeoTIFF (:func:`sftl_dask.io.export.to_cog`)."""
-        from sftl_dask.io.export import to_cog
-
         return to_cog(self._ds, path, time=time, overviews=overviews)
 
     # ----------------------------------------------------------------------------------- plots
@@ -580,8 +556,6 @@ class SftlAccessor:
 
 def _site_table(sites: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
     if isinstance(sites, str | os.PathLike):
-        from sftl_dask.io.insitu import read_sites
-
         sites = read_sites(sites)
     if not isinstance(sites, pd.DataFrame):
         raise ValueError(f"sites must be a DataFrame or a sites.csv path, not {type(sites).__name__}")
@@ -596,8 +570,6 @@ def _site_table(sites: pd.DataFrame | str | os.PathLike[str]) -> pd.DataFrame:
 def _windows(src: xr.Dataset, xs: np.ndarray, ys: np.ndarray, half: int, times: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The (site, time, window, window) blocks of lst, lst_uncertainty and qc, read in one compute."""
-    import dask
-
     ix = np.searchsorted(src["x"].values, xs)
     yv = src["y"].values  # decreasing
     iy = yv.size - 1 - np.searchsorted(yv[::-1], ys)
@@ -614,6 +586,39 @@ def _windows(src: xr.Dataset, xs: np.ndarray, ys: np.ndarray, half: int, times: 
     unc = np.stack([a[1] for a in loaded]).astype(np.float64)
     qc = np.stack([a[2] for a in loaded])
     return lst, unc, qc
+
+
+def _reduce_windows(lst: np.ndarray, unc: np.ndarray, qc: np.ndarray, flags: Mapping[str, tuple[int, int]],
+                    half: int, how: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One value per (site, time) from (site, time, window, window) blocks (:meth:`SftlAccessor.at`'s ``how``).
+
+    ``lst`` and ``unc`` (K, NaN where masked) and ``qc`` are the blocks, ``flags`` the ``qc`` flag table and
+    ``half`` the window's half-width (px). ``"mean"``: the mean of the valid pixels and the OR of the ``qc`` of
+    the produced ones (the centre's where none is); ``"nearest"``: the valid pixel nearest the centre (ties:
+    raster order), or the centre. Returns ``lst``, ``lst_uncertainty`` (K) and ``qc``, each (site, time).
+    """
+    valid = np.isfinite(lst)
+    if how == "mean":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            v_lst = np.nanmean(lst, axis=(2, 3))
+            v_unc = np.nanmean(np.where(valid, unc, np.nan), axis=(2, 3))
+        not_prod = _flag_set(qc, flags, [f for f in ("cloud", "not_covered", "missing_ancillary") if f in flags])
+        prod = ~not_prod if not_prod is not None else np.ones(qc.shape, dtype=bool)
+        v_qc = np.bitwise_or.reduce(np.where(prod, qc, 0), axis=(2, 3)).astype(qc.dtype)
+        centre_qc = qc[:, :, half, half]
+        v_qc = np.where(prod.any(axis=(2, 3)), v_qc, centre_qc)
+    else:
+        # the valid pixel nearest the centre: order the window by distance (ties: raster order)
+        wy, wx = np.mgrid[-half:half + 1, -half:half + 1]
+        order = np.argsort((wy ** 2 + wx ** 2).ravel(), kind="stable")
+        flat_valid = valid.reshape(*valid.shape[:2], -1)[..., order]
+        first = np.where(flat_valid.any(-1), flat_valid.argmax(-1), 0)
+        pick = order[first]
+        take = lambda a: np.take_along_axis(a.reshape(*a.shape[:2], -1), pick[..., None], -1)[..., 0]  # noqa: E731
+        v_lst, v_unc = take(lst), take(unc)
+        v_qc = np.where(valid.any(axis=(2, 3)), take(qc), qc[:, :, half, half])
+    return v_lst, v_unc, v_qc
 
 
 def _check_freq(freq: str) -> None:

@@ -29,6 +29,7 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask.geo import TileScheme, pixel_index
+from sftl_dask.io.insitu import insitu_lst, overpass_lst, read_insitu_csv, read_sites
 from sftl_dask.io.stores import CubeRoot, mosaic, open_cube
 from sftl_dask.physics.channels import THERMAL_NAMES
 
@@ -123,8 +124,6 @@ def station_lst(insitu_dir: str | os.PathLike[str], site_id: str) -> pd.DataFram
     ValueError
         If the file is missing (naming it and the site) or does not read (:func:`read_insitu_csv`).
     """
-    from sftl_dask.io.insitu import insitu_lst, read_insitu_csv
-
     path = Path(insitu_dir) / f"{site_id}.csv"
     if not path.exists():
         raise ValueError(f"{path}: station file of site {site_id} not found")
@@ -151,8 +150,6 @@ def insitu_at_overpasses(frame: pd.DataFrame, times: Sequence[Any] | NDArray[Any
         One row per time: ``lst_insitu`` (K, NaN unless usable), ``lst_insitu_std`` (K), ``n_insitu``
         (good records) and ``insitu_reason``.
     """
-    from sftl_dask.io.insitu import overpass_lst
-
     # each overpass sees only the records of its window: cut them out by binary search (a station's years of
     # records are scanned once, not once per overpass); overpass_lst applies the rules to them
     when = pd.DatetimeIndex(pd.to_datetime(np.asarray(times)))
@@ -244,8 +241,6 @@ def build_matchups(cube_root: str | os.PathLike[str], insitu_dir: str | os.PathL
     ValueError
         If a site's station file is missing, or no site lies inside any grid.
     """
-    from sftl_dask.io.insitu import read_sites
-
     root = Path(cube_root)
     stores = CubeRoot.of(root).stores()
     if not stores:

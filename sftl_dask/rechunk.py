@@ -61,6 +61,7 @@ from sftl_dask.io.location import is_url
 from sftl_dask.io.lst import LST_OK_VAR
 from sftl_dask.io.stores import CubeRoot, is_timeseries_copy, timeseries_attrs, timeseries_marker
 from sftl_dask.staging import staged_dir
+from sftl_dask.version import __version__
 
 __all__ = ["MAX_MEM", "TILE", "RechunkError", "StaleCopyWarning", "check_rechunk", "rechunk", "timeseries_copy"]
 
@@ -497,8 +498,6 @@ def rechunk(
         Zarr v2, or already a copy; ``out`` inside the source, existing (without ``overwrite``) or not a
         copy; a ``max_mem`` below one chunk of the copy.
     """
-    from sftl_dask.version import __version__
-
     t_start = time.perf_counter()
     out_p, plans = _plan(lst, out, tile=tile, max_mem=max_mem, overwrite=overwrite)
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -73,6 +73,7 @@ from sftl_dask.io.stores import CubeRoot
 from sftl_dask.models.error_model import UNCERTAINTY_CLASS_EDGES_K
 from sftl_dask.models.retriever import ModelRef, Retriever, cached_retriever, open_retriever
 from sftl_dask.staging import check_unlocked, write_lock
+from sftl_dask.version import __version__
 
 __all__ = ["DEVICE_CHOICES", "GPU_ROUTED", "RetrieveError", "check_retrieval", "retrieve", "retrieve_block"]
 
@@ -496,7 +497,7 @@ def retrieve(
 ) -> dict[str, Any]:
     """Retrieve LST cubes from scene cubes: one LST store per scene-cube store, new time steps only.
 
-    Over 80 lines only by its signature and this text; its steps are :func:`_plan`, :func:`_chunk_jobs`,
+    Why this is long: only its signature and this text; its steps are :func:`_plan`, :func:`_chunk_jobs`,
     :func:`_execute`, :func:`_mark_complete` and :func:`_record_run`.
 
     Parameters
@@ -543,8 +544,6 @@ def retrieve(
     StoreBusyError
         If another process is writing ``out`` (holds its write lock).
     """
-    from sftl_dask.version import __version__
-
     t_start = time.perf_counter()
     if device not in DEVICE_CHOICES:
         raise RetrieveError(f"--device {device!r} unknown; choose from {', '.join(DEVICE_CHOICES)}")

@@ -31,6 +31,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
+from sftl_dask.cluster import run_tasks
 from sftl_dask.features import REQUIRED_INPUTS, feature_matrix, input_range
 from sftl_dask.physics.atmosphere import AtmosphereProfile
 from sftl_dask.physics.channels import THERMAL_NAMES, thermal_channels
@@ -273,10 +274,6 @@ def write_simulation(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (use overwrite)")
-    # distributed (through cluster) costs 2-5 s of import on 2 loaded cores; `import sftl_dask` reaches this
-    # module through report, so only a simulation that runs pays it
-    from sftl_dask.cluster import run_tasks
-
     with staged_dir(out) as tmp:
         profiles = generate_profiles(config.n_profiles, seed=config.seed)
         ids = list(range(len(profiles)))

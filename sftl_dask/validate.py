@@ -31,12 +31,29 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import rioxarray  # noqa: F401  (registers .rio)
+import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask import plotting
+from sftl_dask.cluster import run_tasks
+from sftl_dask.io.insitu import read_sites
 from sftl_dask.io.location import Location, exists, is_url, location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR, QC_FLAGS, lst_stores
-from sftl_dask.matchups import CLOUD_NEIGHBOURHOOD_PX, WINDOW_MIN
+from sftl_dask.matchups import (
+    CLOUD_NEIGHBOURHOOD_PX,
+    MAX_STD_K,
+    MIN_SAMPLES,
+    WINDOW_MIN,
+    insitu_at_overpasses,
+    matchup_reasons,
+    neighbourhood,
+    site_pixels,
+    station_lst,
+)
+from sftl_dask.metrics import metrics
+from sftl_dask.models.error_model import coverage
+from sftl_dask.staging import staged_dir
 
 __all__ = ["METRIC_COLUMNS", "VALIDATION_COLUMNS", "ValidateError", "check_validation", "lst_metrics",
            "metrics_table", "validate", "validation_matchups"]
@@ -88,9 +105,6 @@ def lst_metrics(retrieved_k: ArrayLike, insitu_k: ArrayLike, sigma_k: ArrayLike 
     ValueError
         If the arrays' lengths differ.
     """
-    from sftl_dask.metrics import metrics
-    from sftl_dask.models.error_model import coverage
-
     pred = np.asarray(retrieved_k, dtype=np.float64).ravel()
     truth = np.asarray(insitu_k, dtype=np.float64).ravel()
     if pred.size != truth.size:
@@ -143,9 +157,6 @@ def metrics_table(matchups: pd.DataFrame) -> pd.DataFrame:
 
 
 def _open_store(path: Location) -> Any:
-    import rioxarray  # noqa: F401  (registers .rio)
-    import xarray as xr
-
     try:
         return xr.open_zarr(zarr_store(path), decode_coords="all")
     except (OSError, KeyError, ValueError) as exc:  # zarr's errors are ValueErrors: the store does not open
@@ -200,9 +211,6 @@ def check_validation(lst: str | os.PathLike[str], insitu_dir: str | os.PathLike[
         inside any store, or a station file missing for one; an output that exists and is not empty
         (without ``overwrite``), is a file, or holds an input.
     """
-    from sftl_dask.io.insitu import read_sites
-    from sftl_dask.matchups import site_pixels
-
     lst, insitu, sites_path, out = location(lst), Path(insitu_dir), Path(sites_csv), Path(out_dir)
     if not exists(lst):
         raise ValidateError(f"{lst}: no such LST store or folder")
@@ -270,8 +278,6 @@ def _station_task(insitu_dir: str, site: str, times: Sequence[Any], window_min: 
     records' LST (``time_utc``, ``lst_k`` K; NaN where not usable) from a day before the first overpass to a
     day after the last, every k-th record, at most :data:`_LINE_POINTS` of them (< 0.5 MB; the file may be GB).
     """
-    from sftl_dask.matchups import insitu_at_overpasses, station_lst
-
     frame = station_lst(insitu_dir, site)
     overpasses = insitu_at_overpasses(frame, times, window_min=window_min)
     series = frame.iloc[:0]
@@ -290,10 +296,6 @@ def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int,
     """The series of some pixels of an LST store (a task): ``lst``, ``lst_uncertainty`` (K) and ``vza`` (deg)
     at each pixel and ``qc`` over its neighbourhood, at the time steps ``order``. The store is opened lazily
     indexed (CF-decoded, no Dask): a selection reads only the chunks it needs."""
-    import xarray as xr
-
-    from sftl_dask.matchups import neighbourhood
-
     ds = xr.open_zarr(zarr_store(path), chunks=None)
     names = [v for v in ("lst", "lst_uncertainty", "vza") if v in ds.data_vars]
     out = []
@@ -304,6 +306,37 @@ def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int,
                     px["vza"].values if "vza" in names else None))
     ds.close()
     return out
+
+
+def _site_rows(p: Mapping[str, Any], s: pd.Series, times: NDArray[Any], scene_ids: NDArray[Any],
+               pixel: tuple[Any, Any, Any, Any], ins: pd.DataFrame) -> pd.DataFrame:
+    """The matchup rows (:data:`VALIDATION_COLUMNS`, unsorted) of one site in one store.
+
+    ``p`` is the store's plan, ``s`` the site's row of it, ``times`` and ``scene_ids`` the store's complete time
+    steps, ``pixel`` the site's :func:`_read_pixels` series (``lst``, ``lst_uncertainty`` K, ``qc`` window,
+    ``vza`` deg or None) and ``ins`` its station's overpass table at those times.
+    """
+    lst, unc, qc_win, vza_px = pixel
+    masks = p["masks"]
+    qc_win = np.asarray(qc_win, dtype=np.int64)
+    qc_px = qc_win[:, CLOUD_NEIGHBOURHOOD_PX, CLOUD_NEIGHBOURHOOD_PX]  # the centre of its window
+    reason = matchup_reasons(covered=(qc_px & masks["not_covered"]) == 0,
+                             cloud_near=((qc_win & masks["cloud"]) != 0).any(axis=(1, 2)),
+                             ancillary_ok=(qc_px & masks["missing_ancillary"]) == 0,
+                             insitu_reason=ins["insitu_reason"].to_numpy())
+    lst = np.asarray(lst, dtype=np.float64)
+    unc = np.asarray(unc, dtype=np.float64)
+    reason[(reason == "ok") & ~(np.isfinite(lst) & np.isfinite(unc))] = "not produced"
+    return pd.DataFrame({
+        "site": str(s["id"]), "region": str(s["region"]), "land_cover": str(s.get("land_cover", "")),
+        "grid": p["grid"], "scene_id": scene_ids, "time_utc": times,
+        "row": int(s["row"]), "col": int(s["col"]), "lst": lst, "lst_uncertainty": unc,
+        "qc": qc_px, "vza": np.asarray(vza_px, np.float64) if vza_px is not None else np.nan,
+        "cloud_adjacent": (qc_px & masks["cloud_adjacent"]) != 0,
+        "lst_insitu": ins["lst_insitu"].to_numpy(), "lst_insitu_std": ins["lst_insitu_std"].to_numpy(),
+        "n_insitu": ins["n_insitu"].to_numpy(), "residual_k": lst - ins["lst_insitu"].to_numpy(),
+        "reason": reason.astype(str),
+    })
 
 
 def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.PathLike[str], *,
@@ -341,9 +374,6 @@ def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.
     ValueError
         If a station file does not read (naming it and the line).
     """
-    from sftl_dask.cluster import run_tasks
-    from sftl_dask.matchups import matchup_reasons
-
     stores = []  # (store plan, complete time steps in time order, their times and scene ids)
     site_times: dict[str, list[Any]] = {}
     for p in plan:
@@ -375,29 +405,10 @@ def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.
     rows: list[pd.DataFrame] = []
     for (i, sites), values in zip(groups, results[len(names):], strict=True):
         p, _, times, scene_ids, _ = stores[i]
-        masks = p["masks"]
-        for (_, s), (lst, unc, qc_win, vza_px) in zip(sites.iterrows(), values, strict=True):
+        for (_, s), pixel in zip(sites.iterrows(), values, strict=True):
             site = str(s["id"])
             ins = stations[site][0].iloc[np.searchsorted(unique[site], times)]  # this store's overpasses
-            qc_win = np.asarray(qc_win, dtype=np.int64)
-            qc_px = qc_win[:, CLOUD_NEIGHBOURHOOD_PX, CLOUD_NEIGHBOURHOOD_PX]  # the centre of its window
-            reason = matchup_reasons(covered=(qc_px & masks["not_covered"]) == 0,
-                                     cloud_near=((qc_win & masks["cloud"]) != 0).any(axis=(1, 2)),
-                                     ancillary_ok=(qc_px & masks["missing_ancillary"]) == 0,
-                                     insitu_reason=ins["insitu_reason"].to_numpy())
-            lst = np.asarray(lst, dtype=np.float64)
-            unc = np.asarray(unc, dtype=np.float64)
-            reason[(reason == "ok") & ~(np.isfinite(lst) & np.isfinite(unc))] = "not produced"
-            rows.append(pd.DataFrame({
-                "site": site, "region": str(s["region"]), "land_cover": str(s.get("land_cover", "")),
-                "grid": p["grid"], "scene_id": scene_ids, "time_utc": times,
-                "row": int(s["row"]), "col": int(s["col"]), "lst": lst, "lst_uncertainty": unc,
-                "qc": qc_px, "vza": np.asarray(vza_px, np.float64) if vza_px is not None else np.nan,
-                "cloud_adjacent": (qc_px & masks["cloud_adjacent"]) != 0,
-                "lst_insitu": ins["lst_insitu"].to_numpy(), "lst_insitu_std": ins["lst_insitu_std"].to_numpy(),
-                "n_insitu": ins["n_insitu"].to_numpy(), "residual_k": lst - ins["lst_insitu"].to_numpy(),
-                "reason": reason.astype(str),
-            }))
+            rows.append(_site_rows(p, s, times, scene_ids, pixel, ins))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(VALIDATION_COLUMNS))
     table = table.sort_values(["site", "time_utc"], kind="stable").reset_index(drop=True)
     return table[list(VALIDATION_COLUMNS)], {site: res[1] for site, res in stations.items()}
@@ -518,9 +529,6 @@ def validate(
     ValueError
         A station file that does not read (naming it and the line); nothing is written.
     """
-    from sftl_dask.matchups import MAX_STD_K, MIN_SAMPLES
-    from sftl_dask.staging import staged_dir
-
     t0 = time.perf_counter()
     plan = check_validation(lst, insitu_dir, sites_csv, out_dir, overwrite=overwrite)
     matchups, series = validation_matchups(plan, insitu_dir, client=client, progress=progress)

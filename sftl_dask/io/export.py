@@ -45,6 +45,7 @@ import xarray as xr
 from numpy.typing import NDArray
 
 from sftl_dask.staging import staged_file
+from sftl_dask.version import __version__
 
 __all__ = ["ExportError", "OutputExistsError", "to_cog", "to_netcdf"]
 
@@ -113,8 +114,6 @@ def to_netcdf(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
 
 def _cf_dataset(ds: xr.Dataset, *, history: str) -> xr.Dataset:
     """A copy of ``ds`` laid out the CF-1.11 way, with empty encodings (see the module docstring)."""
-    from sftl_dask.version import __version__
-
     if "x" not in ds.dims or "y" not in ds.dims:
         raise ExportError(f"dataset has dims {tuple(ds.dims)}, not (time, y, x)")
     crs = ds.rio.crs

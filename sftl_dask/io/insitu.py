@@ -30,6 +30,7 @@ import re
 import warnings
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -77,10 +78,8 @@ def _utc_offset(value: str, path: Path) -> tuple[float | None, str | None]:
         return (hours if m.group(1) == "+" else -hours), None
     name = value.split()[0] if value.split() else ""
     try:
-        from zoneinfo import ZoneInfo
-
         ZoneInfo(name)
-    except Exception:  # ZoneInfoNotFoundError, ValueError on malformed keys
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # unknown; malformed key; a folder or too long a name
         raise ValueError(f"{path}: timezone {value!r} is neither 'UTC+H' nor an IANA zone name") from None
     return None, name
 
@@ -130,6 +129,95 @@ def _check_table(raw: pd.DataFrame, required: Any, path: Any, what: str) -> None
         raise ValueError(f"{path}: {what} has no rows")
 
 
+def _header_meta(header: dict[str, str], p: Path) -> tuple[dict[str, Any], float | None, str | None]:
+    """The metadata of :func:`read_insitu_csv` from the header pairs, and the logger clock's zone.
+
+    Returns ``(meta, offset_h, zone)``: ``meta`` with the numeric keys as floats (``lon``, ``lat`` deg,
+    ``elevation_m`` m, ``broadband_emissivity``), ``path`` and ``utc_offset_h``; the fixed offset (h) or None;
+    the IANA zone name or None. Raises ValueError for a non-numeric value or an unknown timezone; warns
+    (UserWarning, attributed to the caller of :func:`read_insitu_csv`) if there is no ``timezone``.
+    """
+    meta: dict[str, Any] = dict(header)
+    for key in _FLOAT_META:
+        if key in meta:
+            try:
+                meta[key] = float(meta[key])
+            except ValueError:
+                raise ValueError(f"{p}: header {key!r} = {header[key]!r} is not a number") from None
+    if "timezone" in header:
+        offset_h, zone = _utc_offset(header["timezone"], p)
+    else:
+        # stacklevel 3: the warning names the line that called read_insitu_csv
+        warnings.warn(f"{p}: no '# timezone:' header; TIMESTAMP taken as UTC+8 (Beijing time)", UserWarning,
+                      stacklevel=3)
+        offset_h, zone = _DEFAULT_UTC_OFFSET_H, None
+    meta["path"] = str(p)
+    meta["utc_offset_h"] = offset_h
+    return meta, offset_h, zone
+
+
+def _record_times(raw: pd.DataFrame, p: Path, first: int, offset_h: float | None, zone: str | None
+                  ) -> tuple[pd.DatetimeIndex, pd.DatetimeIndex]:
+    """The records' (logger clock, naive UTC) times (ns) from ``TIMESTAMP``; ``first`` is row 0's file line.
+
+    Raises ValueError, naming the file and the lines, for unparseable or duplicate stamps, time going
+    backwards, or local times ambiguous or nonexistent in ``zone``.
+    """
+    stamps = raw["TIMESTAMP"].str.strip()
+    local = pd.to_datetime(stamps, format="ISO8601", errors="coerce")
+    bad = np.flatnonzero(local.isna().to_numpy())
+    if bad.size:
+        raise ValueError(f"{p}: column TIMESTAMP: unparseable time stamp(s) at {_lines(bad, first)} "
+                         f"(e.g. {stamps.iloc[bad[0]]!r}; expected 'YYYY-MM-DD HH:MM:SS')")
+    local = pd.DatetimeIndex(local).as_unit("ns")
+    dup = np.flatnonzero(local.duplicated(keep="first"))
+    if dup.size:
+        raise ValueError(f"{p}: column TIMESTAMP: duplicate time stamp(s) at {_lines(dup, first)} "
+                         f"(e.g. {stamps.iloc[dup[0]]!r})")
+    back = np.flatnonzero(np.diff(local.asi8) < 0)
+    if back.size:
+        raise ValueError(f"{p}: column TIMESTAMP: time goes backwards at {_lines(back + 1, first)} "
+                         f"({stamps.iloc[back[0]]!r} then {stamps.iloc[back[0] + 1]!r})")
+    if zone is None:
+        utc = local - pd.Timedelta(hours=offset_h)
+    else:
+        aware = local.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+        bad = np.flatnonzero(aware.isna())
+        if bad.size:
+            raise ValueError(f"{p}: column TIMESTAMP: local time(s) ambiguous or nonexistent in {zone} "
+                             f"at {_lines(bad, first)}")
+        utc = aware.tz_convert("UTC").tz_localize(None)
+    return local, utc
+
+
+def _record_numbers(raw: pd.DataFrame, p: Path, first: int) -> dict[str, NDArray[np.float64]]:
+    """``ULR_Cor``, ``DLR_Cor`` (W m-2) and ``QC_flag`` as float64, NaN where blank.
+
+    Raises ValueError, naming the file, the column and the lines, for non-numeric values, QC codes other
+    than 0/1/2, or infinite longwave.
+    """
+    numbers = {}
+    for col in ("ULR_Cor", "DLR_Cor", "QC_flag"):
+        text = raw[col].str.strip()
+        blank = text.isin(["", "NAN", "NaN", "nan", "NA", "null"])
+        values = pd.to_numeric(text.mask(blank), errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy() & ~blank.to_numpy())
+        if bad.size:
+            raise ValueError(f"{p}: column {col}: non-numeric value(s) at {_lines(bad, first)} "
+                             f"(e.g. {text.iloc[bad[0]]!r})")
+        numbers[col] = values.to_numpy(dtype=np.float64)
+    qc = numbers["QC_flag"]
+    bad = np.flatnonzero(np.isfinite(qc) & ~np.isin(qc, _QC_CODES))
+    if bad.size:
+        raise ValueError(f"{p}: column QC_flag: code(s) other than 0, 1, 2 at {_lines(bad, first)} "
+                         f"(e.g. {raw['QC_flag'].iloc[bad[0]]!r})")
+    for col in ("ULR_Cor", "DLR_Cor"):
+        if np.isinf(numbers[col]).any():
+            bad = np.flatnonzero(np.isinf(numbers[col]))
+            raise ValueError(f"{p}: column {col}: infinite value(s) at {_lines(bad, first)}")
+    return numbers
+
+
 def read_insitu_csv(path: str | os.PathLike[str]) -> tuple[dict[str, Any], pd.DataFrame]:
     """Read one station radiometer CSV.
 
@@ -166,75 +254,17 @@ def read_insitu_csv(path: str | os.PathLike[str]) -> tuple[dict[str, Any], pd.Da
     """
     p = Path(path)
     header, table, header_line = _split(p)
-    meta: dict[str, Any] = dict(header)
-    for key in _FLOAT_META:
-        if key in meta:
-            try:
-                meta[key] = float(meta[key])
-            except ValueError:
-                raise ValueError(f"{p}: header {key!r} = {header[key]!r} is not a number") from None
-    if "timezone" in header:
-        offset_h, zone = _utc_offset(header["timezone"], p)
-    else:
-        warnings.warn(f"{p}: no '# timezone:' header; TIMESTAMP taken as UTC+8 (Beijing time)", UserWarning,
-                      stacklevel=2)
-        offset_h, zone = _DEFAULT_UTC_OFFSET_H, None
-    meta["path"] = str(p)
-    meta["utc_offset_h"] = offset_h
+    meta, offset_h, zone = _header_meta(header, p)
     _check_units(header, p)
-
     try:
         raw = pd.read_csv(io.StringIO(table), dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"{p}: malformed CSV table ({exc})") from None
     _check_table(raw, _REQUIRED_COLUMNS, p, "the table")
     first = header_line + 1  # file line of row 0
-
-    stamps = raw["TIMESTAMP"].str.strip()
-    local = pd.to_datetime(stamps, format="ISO8601", errors="coerce")
-    bad = np.flatnonzero(local.isna().to_numpy())
-    if bad.size:
-        raise ValueError(f"{p}: column TIMESTAMP: unparseable time stamp(s) at {_lines(bad, first)} "
-                         f"(e.g. {stamps.iloc[bad[0]]!r}; expected 'YYYY-MM-DD HH:MM:SS')")
-    local = pd.DatetimeIndex(local).as_unit("ns")
-    dup = np.flatnonzero(local.duplicated(keep="first"))
-    if dup.size:
-        raise ValueError(f"{p}: column TIMESTAMP: duplicate time stamp(s) at {_lines(dup, first)} "
-                         f"(e.g. {stamps.iloc[dup[0]]!r})")
-    back = np.flatnonzero(np.diff(local.asi8) < 0)
-    if back.size:
-        raise ValueError(f"{p}: column TIMESTAMP: time goes backwards at {_lines(back + 1, first)} "
-                         f"({stamps.iloc[back[0]]!r} then {stamps.iloc[back[0] + 1]!r})")
-    if zone is None:
-        utc = local - pd.Timedelta(hours=offset_h)
-    else:
-        aware = local.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
-        bad = np.flatnonzero(aware.isna())
-        if bad.size:
-            raise ValueError(f"{p}: column TIMESTAMP: local time(s) ambiguous or nonexistent in {zone} "
-                             f"at {_lines(bad, first)}")
-        utc = aware.tz_convert("UTC").tz_localize(None)
-
-    numbers = {}
-    for col in ("ULR_Cor", "DLR_Cor", "QC_flag"):
-        text = raw[col].str.strip()
-        blank = text.isin(["", "NAN", "NaN", "nan", "NA", "null"])
-        values = pd.to_numeric(text.mask(blank), errors="coerce")
-        bad = np.flatnonzero(values.isna().to_numpy() & ~blank.to_numpy())
-        if bad.size:
-            raise ValueError(f"{p}: column {col}: non-numeric value(s) at {_lines(bad, first)} "
-                             f"(e.g. {text.iloc[bad[0]]!r})")
-        numbers[col] = values.to_numpy(dtype=np.float64)
+    local, utc = _record_times(raw, p, first, offset_h, zone)
+    numbers = _record_numbers(raw, p, first)
     qc = numbers["QC_flag"]
-    bad = np.flatnonzero(np.isfinite(qc) & ~np.isin(qc, _QC_CODES))
-    if bad.size:
-        raise ValueError(f"{p}: column QC_flag: code(s) other than 0, 1, 2 at {_lines(bad, first)} "
-                         f"(e.g. {raw['QC_flag'].iloc[bad[0]]!r})")
-    for col in ("ULR_Cor", "DLR_Cor"):
-        if np.isinf(numbers[col]).any():
-            bad = np.flatnonzero(np.isinf(numbers[col]))
-            raise ValueError(f"{p}: column {col}: infinite value(s) at {_lines(bad, first)}")
-
     if "sensor_id" in raw.columns:
         sensor = raw["sensor_id"].str.strip()
     else:
@@ -306,6 +336,22 @@ def insitu_lst(frame: pd.DataFrame, broadband_emissivity: float) -> pd.DataFrame
     return out
 
 
+def _utc_datetime64(time_utc: Any) -> np.datetime64:
+    """``time_utc`` as a naive UTC datetime64[ns] (naive input is UTC, tz-aware is converted).
+
+    Raises ValueError if it is not a time.
+    """
+    try:
+        ts = pd.Timestamp(time_utc)
+    except (TypeError, ValueError):
+        raise ValueError(f"time_utc is not a time: {time_utc!r}") from None
+    if ts is pd.NaT:
+        raise ValueError(f"time_utc is not a time: {time_utc!r}")
+    if ts.tz is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    return np.datetime64(ts.as_unit("ns").asm8, "ns")
+
+
 def overpass_lst(
     frame: pd.DataFrame,
     time_utc: Any,
@@ -357,15 +403,7 @@ def overpass_lst(
         raise ValueError(f"min_samples must be an integer >= 1, got {min_samples!r}")
     if not max_std_k > 0:
         raise ValueError(f"max_std_k must be > 0 K, got {max_std_k!r}")
-    try:
-        ts = pd.Timestamp(time_utc)
-    except (TypeError, ValueError):
-        raise ValueError(f"time_utc is not a time: {time_utc!r}") from None
-    if ts is pd.NaT:
-        raise ValueError(f"time_utc is not a time: {time_utc!r}")
-    if ts.tz is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    t = np.datetime64(ts.as_unit("ns").asm8, "ns")
+    t = _utc_datetime64(time_utc)
     times = frame["time_utc"].to_numpy(dtype="datetime64[ns]")
     half = np.timedelta64(round(window_min * 60e9), "ns")
     in_window = np.abs(times - t) <= half

@@ -52,6 +52,7 @@ from sftl_dask.io.location import is_url
 from sftl_dask.io.lst import LST_OK_VAR, LST_VARIABLES, lst_stores
 from sftl_dask.io.stores import CubeRoot
 from sftl_dask.staging import staged_dir
+from sftl_dask.version import __version__
 
 __all__ = [
     "LST_COLLECTION",
@@ -325,8 +326,6 @@ def _set_bands(asset: Any, variables: Mapping[str, Mapping[str, Any]], grid: Geo
 
 
 def _set_processing(item: Any, *, lineage: str, level: str | None = None) -> None:
-    from sftl_dask.version import __version__
-
     props: dict[str, Any] = {"processing:software": {"sftl-dask": __version__}, "processing:lineage": lineage}
     if level:
         props["processing:level"] = level

