@@ -34,7 +34,7 @@ FORBIDDEN: tuple[tuple[str, str], ...] = (
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("physics", ("sftl_dask.physics",)),
     ("core", ("sftl_dask.geo", "sftl_dask.staging", "sftl_dask.features", "sftl_dask.metrics",
-              "sftl_dask.version", "sftl_dask.progress", "sftl_dask.data")),
+              "sftl_dask.version", "sftl_dask.progress", "sftl_dask.times", "sftl_dask.data")),
     ("readers, writers, models, figures", ("sftl_dask.io", "sftl_dask.models", "sftl_dask.plotting",
                                            "sftl_dask.cluster", "sftl_dask.report")),
     ("science and the world", ("sftl_dask", "sftl_dask.matchups", "sftl_dask.ingest", "sftl_dask.testbed",

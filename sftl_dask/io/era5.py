@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask.geo import pixel_lonlat
+from sftl_dask.times import utc_instant
 
 __all__ = ["era5_wvc_on_grid", "open_era5_tcwv"]
 
@@ -233,19 +233,6 @@ def _time_bracket(da: xr.DataArray, times: NDArray[np.datetime64], t: np.datetim
     return [i_t, i_t + 1], float((t - times[i_t]) / (times[i_t + 1] - times[i_t]))
 
 
-def _utc(value: Any, name: str) -> np.datetime64:
-    """One instant as naive UTC ``datetime64[ns]`` (tz-aware input converted)."""
-    try:
-        ts = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} is not a time: {value!r} ({exc})") from None
-    if ts is pd.NaT:
-        raise ValueError(f"{name} is not a time: {value!r}")
-    if ts.tz is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    return np.datetime64(ts.as_unit("ns").asm8, "ns")
-
-
 def _files(da: xr.DataArray) -> str:
     files = da.attrs.get("source_files") or ["<in-memory ERA5 field>"]
     names = [Path(str(f)).name for f in files]
@@ -311,7 +298,7 @@ def era5_wvc_on_grid(
         longer than ``max_gap_h``; some pixel centre lies outside the files' latitude/longitude extent
         (the grid's and the files' bounds are given); ``x``/``y``/``crs`` are unusable.
     """
-    t = _utc(time_utc, "time_utc")
+    t = utc_instant(time_utc, "time_utc")
     times = np.asarray(da["time"].values).astype("datetime64[ns]")
     lat_c = np.asarray(da["latitude"].values, dtype=np.float64)
     lon_c = np.asarray(da["longitude"].values, dtype=np.float64)

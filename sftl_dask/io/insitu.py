@@ -37,6 +37,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from sftl_dask.physics.insitu import radiometer_lst
+from sftl_dask.times import utc_instant
 
 __all__ = ["REASONS", "insitu_lst", "overpass_lst", "read_insitu_csv", "read_sites"]
 
@@ -336,22 +337,6 @@ def insitu_lst(frame: pd.DataFrame, broadband_emissivity: float) -> pd.DataFrame
     return out
 
 
-def _utc_datetime64(time_utc: Any) -> np.datetime64:
-    """``time_utc`` as a naive UTC datetime64[ns] (naive input is UTC, tz-aware is converted).
-
-    Raises ValueError if it is not a time.
-    """
-    try:
-        ts = pd.Timestamp(time_utc)
-    except (TypeError, ValueError):
-        raise ValueError(f"time_utc is not a time: {time_utc!r}") from None
-    if ts is pd.NaT:
-        raise ValueError(f"time_utc is not a time: {time_utc!r}")
-    if ts.tz is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    return np.datetime64(ts.as_unit("ns").asm8, "ns")
-
-
 def overpass_lst(
     frame: pd.DataFrame,
     time_utc: Any,
@@ -403,7 +388,7 @@ def overpass_lst(
         raise ValueError(f"min_samples must be an integer >= 1, got {min_samples!r}")
     if not max_std_k > 0:
         raise ValueError(f"max_std_k must be > 0 K, got {max_std_k!r}")
-    t = _utc_datetime64(time_utc)
+    t = utc_instant(time_utc, "time_utc")
     times = frame["time_utc"].to_numpy(dtype="datetime64[ns]")
     half = np.timedelta64(round(window_min * 60e9), "ns")
     in_window = np.abs(times - t) <= half
