@@ -42,6 +42,7 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
 from sftl_dask.staging import staged_file
+from sftl_dask.times import utc_instant
 
 __all__ = [
     "SITE_COLUMNS",
@@ -115,15 +116,7 @@ def _times(value: ArrayLike, name: str, n: int | None = None) -> NDArray[np.date
 
 def _datetime(value: Any, name: str) -> datetime:
     """One instant as a naive UTC :class:`datetime` (accepts datetime, date, numpy datetime64, str)."""
-    try:
-        ts = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} is not a time: {value!r} ({exc})") from None
-    if ts is pd.NaT:
-        raise ValueError(f"{name} is not a time: {value!r}")
-    if ts.tz is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    return ts.to_pydatetime(warn=False)
+    return pd.Timestamp(utc_instant(value, name)).to_pydatetime(warn=False)
 
 
 def _integer(value: Any, name: str, lo: int, hi: int) -> int:
