@@ -103,10 +103,10 @@ def test_disk_full_mid_retrieve_names_each_unfinished_step_keeps_earlier_ones_an
         np.testing.assert_array_equal(got[v].values, want[v].values)
 
 
-def test_an_output_on_a_read_only_file_system_is_refused_in_one_line(tmpfs: Callable[..., Path],
-                                                                    tmp_path: Path) -> None:
+def test_an_output_on_a_read_only_file_system_is_refused_in_one_line(tmpfs: Callable[..., Path], tmp_path: Path,
+                                                                    retrieval_model: Callable[..., Path]) -> None:
     cube = synthetic_cube(tmp_path / "cube.zarr", 1, 64, 64, seed=1, chunk=64)
-    model = retrieval_artifact(tmp_path / "dnn", "dnn", seed=1)
+    model = retrieval_model("dnn", seed=1)
     ro = tmpfs("ro", 1024, read_only=True)
     r = _retrieve(cube, model, ro / "lst.zarr", tmp_path / "logs")
     assert r.returncode == 2, r.stdout + r.stderr

@@ -273,13 +273,14 @@ def _lock_free(target: Path) -> bool:
 
 # --------------------------------------------------------------------------------------------- retrieve
 @pytest.fixture(scope="module")
-def retrieval_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def retrieval_inputs(tmp_path_factory: pytest.TempPathFactory, retrieval_model: Callable[..., Path]
+                     ) -> dict[str, Path]:
     """A scene cube of 8 time steps x 16 chunks, a DNN artifact and the uninterrupted run's LST (in process)."""
     from sftl_dask.retrieve import retrieve
 
     root = tmp_path_factory.mktemp("fault_retrieve")
     cube = synthetic_cube(root / "cube.zarr", 8, 256, 256, seed=21, chunk=64)
-    model = retrieval_artifact(root / "dnn", "dnn", seed=2)
+    model = retrieval_model("dnn", seed=2)
     ref = root / "ref.zarr"
     summary = retrieve(cube, model, ref, threads=2)
     assert summary["retrieved"] == 8 and not summary["failed"]
