@@ -6,11 +6,13 @@ every module that needs the same thing. A shared product is read only: a test th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helpers import retrieval_artifact
 
 
@@ -52,3 +54,26 @@ def retrieval_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
         return made[kind, seed]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_training(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """``sftl train`` of test_training's tiny configuration (``BASE``: a DNN, gradual fine-tuning, SiHuHe) on a
+    testbed of 4 scenes per region (640 px, seed 2) and a simulation of 60 profiles (seed 0): its output folder
+    and its results, made once per session (~2 min on 2 cores).
+
+    The output's ``work/testbed`` and ``work/sim.parquet`` serve every module that needs a testbed of 4 scenes
+    per region or a simulation table for training; nothing writes into them. test_training's own tests add
+    products to ``work/`` under their own cache keys (another configuration's matchups), as they did before.
+    """
+    # imported here: the training stack (torch) and test_training load only in runs that need them
+    from test_training import BASE
+
+    from sftl_dask.cli import main
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = dict(BASE, data={"testbed": {"path": None, "scenes": 4, "size": 640, "seed": 2},
+                           "simulation": {"path": None, "profiles": 60, "seed": 0}})
+    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(root / "out"), "--workers", "1"]) == 0
+    return root / "out", json.loads((root / "out" / "results.json").read_text())

@@ -346,8 +346,10 @@ STAGE3 = {
 
 
 @pytest.fixture(scope="module")
-def stage3(tmp_path_factory) -> tuple[dict, pd.DataFrame, Path]:
-    """Train a small model (the three stages), retrieve the target region's cube with it, validate that."""
+def stage3(tmp_path_factory, tiny_training) -> tuple[dict, pd.DataFrame, Path]:
+    """Train a small model (the three stages), retrieve the target region's cube with it, validate that.
+
+    The testbed of ``STAGE3`` (4 scenes per region, 640 px, seed 2) is the session's tiny training's (read only)."""
     from sftl_dask.io.cube import cube_stores, open_cube
     from sftl_dask.io.insitu import read_sites
     from sftl_dask.matchups import site_pixels
@@ -355,7 +357,8 @@ def stage3(tmp_path_factory) -> tuple[dict, pd.DataFrame, Path]:
     from sftl_dask.training.stages import load_config, prepare_data, run_stages
 
     root = tmp_path_factory.mktemp("stage3")
-    (root / "cfg.yaml").write_text(yaml.safe_dump(STAGE3))
+    testbed = {"path": str(tiny_training[0] / "work" / "testbed")}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(dict(STAGE3, data={**STAGE3["data"], "testbed": testbed})))
     cfg = load_config(root / "cfg.yaml")
     data = prepare_data(cfg, root / "work")
     results = run_stages(cfg, data, root / "train", threads=1, log=lambda *_: None)

@@ -365,19 +365,17 @@ def test_the_write_lock_names_its_holder_and_frees_itself_when_the_holder_is_kil
 
 # --------------------------------------------------------------------------------------------- experiment
 @pytest.fixture(scope="module")
-def grid_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def grid_config(tmp_path_factory: pytest.TempPathFactory, tiny_training: tuple[Path, dict[str, Any]]) -> Path:
     """A grid of 2 pre-trainings and 8 cells (DNN, head/full, both directions, the ablation) on a testbed of 4
-    scenes per region (2 leave Heihe too few matchups)."""
+    scenes per region (2 leave Heihe too few matchups) and a simulation of 60 profiles: the session's tiny
+    training's (read only)."""
     import yaml
     from test_training import BASE
 
-    from sftl_dask.simulate import SimulationConfig, write_simulation
-    from sftl_dask.testbed.build import build_testbed
-
+    work = tiny_training[0] / "work"
     root = tmp_path_factory.mktemp("fault_grid")
-    build_testbed(root / "tb", scenes=4, size=640, seed=2)
-    write_simulation(root / "sim.parquet", SimulationConfig(n_profiles=60, seed=0))
-    cfg = dict(BASE, data={"testbed": {"path": str(root / "tb")}, "simulation": {"path": str(root / "sim.parquet")}},
+    cfg = dict(BASE, data={"testbed": {"path": str(work / "testbed")},
+                           "simulation": {"path": str(work / "sim.parquet")}},
                grid={"models": ["dnn"], "strategies": ["head", "full"], "directions": ["SiHuHe", "SiHeHu"],
                      "seeds": [0]})
     (root / "grid.yaml").write_text(yaml.safe_dump(cfg))
