@@ -36,6 +36,18 @@ def small_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_cube(small_testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The small testbed's 4 scenes ingested in process onto the default 1024 px tiles: the cube root and
+    ingest's summary, made once per session. Read only: a test that writes into it (or beside it) copies it."""
+    from sftl_dask.ingest import ingest
+
+    tb = small_testbed
+    root = tmp_path_factory.mktemp("small_cube") / "cube"
+    return root, ingest([tb / "archives"], root, era5=sorted(str(p) for p in (tb / "era5").glob("*.nc")),
+                        ged=tb / "ged")
+
+
+@pytest.fixture(scope="session")
 def retrieval_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``retrieval_model(kind, seed=0)``: the small artifact of :func:`helpers.retrieval_artifact` (dnn, trf, cnn,
     rf, lgbm, or split-window coefficients ``sw``), made once per session for each kind and seed.
