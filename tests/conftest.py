@@ -1,12 +1,19 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules.
+
+What is expensive to make (a testbed, a trained model) is made once per test run (session scope) and shared by
+every module that needs the same thing. A shared product is read only: a test that writes into one copies it first.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from helpers import retrieval_artifact
 
 
 @pytest.fixture(scope="module")
@@ -26,3 +33,59 @@ def small_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("small_testbed") / "world"
     build_testbed(out, scenes=2, size=640, seed=3)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_cube(small_testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The small testbed's 4 scenes ingested in process onto the default 1024 px tiles: the cube root and
+    ingest's summary, made once per session. Read only: a test that writes into it (or beside it) copies it."""
+    from sftl_dask.ingest import ingest
+
+    tb = small_testbed
+    root = tmp_path_factory.mktemp("small_cube") / "cube"
+    return root, ingest([tb / "archives"], root, era5=sorted(str(p) for p in (tb / "era5").glob("*.nc")),
+                        ged=tb / "ged")
+
+
+@pytest.fixture(scope="session")
+def retrieval_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``retrieval_model(kind, seed=0)``: the small artifact of :func:`helpers.retrieval_artifact` (dnn, trf, cnn,
+    rf, lgbm, or split-window coefficients ``sw``), made once per session for each kind and seed.
+
+    Read only: a test that alters an artifact copies it first. A DNN takes ~6 s to train and export on 2 cores,
+    and a dozen modules retrieve with one.
+    """
+    root = tmp_path_factory.mktemp("retrieval_models")
+    made: dict[tuple[str, int], Path] = {}
+
+    def get(kind: str, seed: int = 0) -> Path:
+        if (kind, seed) not in made:
+            folder = root / f"{kind}_seed{seed}"
+            folder.mkdir()
+            made[kind, seed] = retrieval_artifact(folder / (f"{kind}.json" if kind == "sw" else kind), kind, seed)
+        return made[kind, seed]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_training(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """``sftl train`` of test_training's tiny configuration (``BASE``: a DNN, gradual fine-tuning, SiHuHe) on a
+    testbed of 4 scenes per region (640 px, seed 2) and a simulation of 60 profiles (seed 0): its output folder
+    and its results, made once per session (~2 min on 2 cores).
+
+    The output's ``work/testbed`` and ``work/sim.parquet`` serve every module that needs a testbed of 4 scenes
+    per region or a simulation table for training; nothing writes into them. test_training's own tests add
+    products to ``work/`` under their own cache keys (another configuration's matchups), as they did before.
+    """
+    # imported here: the training stack (torch) and test_training load only in runs that need them
+    from test_training import BASE
+
+    from sftl_dask.cli import main
+
+    root = tmp_path_factory.mktemp("train")
+    cfg = dict(BASE, data={"testbed": {"path": None, "scenes": 4, "size": 640, "seed": 2},
+                           "simulation": {"path": None, "profiles": 60, "seed": 0}})
+    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(root / "out"), "--workers", "1"]) == 0
+    return root / "out", json.loads((root / "out" / "results.json").read_text())

@@ -26,10 +26,8 @@ def _config(tmp: Path, tb: Path, model_path: Path, **over: object) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from helpers import retrieval_artifact
-
-    return retrieval_artifact(tmp_path_factory.mktemp("archive_model") / "sw.json", "sw")
+def model(retrieval_model) -> Path:
+    return retrieval_model("sw")
 
 
 def test_the_archive_pipeline_runs_then_resumes_with_nothing_to_do(small_testbed, model, tmp_path):

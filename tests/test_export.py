@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
-from helpers import retrieval_artifact, synthetic_cube
+from helpers import synthetic_cube
 
 from sftl_dask.io.export import ExportError, OutputExistsError, to_cog, to_netcdf
 from sftl_dask.io.lst import LST_VARIABLES
@@ -22,13 +22,13 @@ MIN_CF_SCORE = 98.0
 
 
 @pytest.fixture(scope="module")
-def cubes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def cubes(tmp_path_factory: pytest.TempPathFactory, retrieval_model) -> dict[str, Path]:
     """A scene cube of two 150 x 140 px scenes (chunks of 64; the second covers columns 30 on) and its LST."""
     root = tmp_path_factory.mktemp("export")
     scene = synthetic_cube(root / "scene.zarr", 1, seed=0)
     synthetic_cube(scene, 1, seed=0, first=1, covered_from=30)
     lst = root / "lst.zarr"
-    retrieve(scene, retrieval_artifact(root / "rf", "rf"), lst, threads=2, device="cpu")
+    retrieve(scene, retrieval_model("rf"), lst, threads=2, device="cpu")
     return {"scene": scene, "lst": lst}
 
 

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -146,9 +147,16 @@ def tb(small_testbed: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cube(tb: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    root = tmp_path_factory.mktemp("ingest_cube") / "cube"
-    return root, ingest([tb / "archives"], root, era5=_era5(tb), ged=tb / "ged")
+def cube(small_cube: tuple[Path, dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """The session's small testbed ingested (conftest.small_cube): read only here."""
+    return small_cube
+
+
+@pytest.fixture
+def cube_copy(cube: tuple[Path, dict[str, Any]], tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A copy of :func:`cube`, for a test that writes into it."""
+    shutil.copytree(cube[0], tmp_path / "cube")
+    return tmp_path / "cube", cube[1]
 
 
 # --------------------------------------------------------------------------------------------- the cube
@@ -243,8 +251,8 @@ def test_wvc_and_emissivity_in_the_cube_follow_the_truth_within_the_ancillary_er
             assert np.sqrt(np.mean((e - te) ** 2)) < 0.03, (sid, name)
 
 
-def test_rerun_writes_nothing_new_and_reports_every_scene_skipped(tb, cube):
-    root, _ = cube
+def test_rerun_writes_nothing_new_and_reports_every_scene_skipped(tb, cube_copy):
+    root, _ = cube_copy
     before = _tree_digest(root)
     n_log = len(_log(root))
     summary = ingest([tb / "archives"], root, era5=_era5(tb), ged=tb / "ged")

@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import s3fs
-from helpers import retrieval_artifact
 
 from sftl_dask.api import open_lst
 from sftl_dask.cli import main
@@ -94,8 +93,8 @@ def _era5(tb: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return retrieval_artifact(tmp_path_factory.mktemp("os_model") / "dnn", "dnn")
+def model(retrieval_model) -> Path:
+    return retrieval_model("dnn")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from helpers import retrieval_artifact, synthetic_cube
+from helpers import synthetic_cube
 
 from sftl_dask.io.lst import LST_OK_VAR, LST_VARIABLES
 from sftl_dask.rechunk import RechunkError, StaleCopyWarning, check_rechunk, rechunk, timeseries_copy
@@ -25,8 +25,8 @@ STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return retrieval_artifact(tmp_path_factory.mktemp("model") / "rf", "rf")
+def model(retrieval_model) -> Path:
+    return retrieval_model("rf")
 
 
 @pytest.fixture(scope="module")

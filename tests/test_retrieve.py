@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from helpers import retrieval_artifact, synthetic_cube
+from helpers import synthetic_cube
 
 from sftl_dask.features import inputs_for
 from sftl_dask.io.lst import LST_VARIABLES, NOT_PRODUCED, QC_FLAGS, UNCERTAINTY_CLASS_SHIFT
@@ -27,9 +27,8 @@ CHUNK = 64
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    return {k: retrieval_artifact(root / (f"{k}.json" if k == "sw" else k), k) for k in KINDS}
+def models(retrieval_model) -> dict[str, Path]:
+    return {k: retrieval_model(k) for k in KINDS}
 
 
 @pytest.fixture(scope="module")
@@ -393,12 +392,12 @@ def test_cpu_and_gpu_retrievals_agree_within_a_millikelvin(models, cube, tmp_pat
     np.testing.assert_array_equal(a["qc"].values, b["qc"].values)
 
 
-def test_overwrite_replaces_only_another_models_lst_and_appends_to_the_same_models(tmp_path):
+def test_overwrite_replaces_only_another_models_lst_and_appends_to_the_same_models(tmp_path, retrieval_model):
     from sftl_dask.retrieve import retrieve
 
     store = synthetic_cube(tmp_path / "c.zarr", 2, 40, 40, seed=9)
-    dnn = retrieval_artifact(tmp_path / "dnn", "dnn", seed=1)
-    other = retrieval_artifact(tmp_path / "dnn2", "dnn", seed=2)
+    dnn = retrieval_model("dnn", seed=1)
+    other = retrieval_model("dnn", seed=2)
     out = tmp_path / "lst.zarr"
     assert retrieve(store, dnn, out, threads=1)["retrieved"] == 2
     again = retrieve(store, dnn, out, threads=1, overwrite=True)  # same model: nothing to redo

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import retrieval_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_PIPELINE = ROOT / "deploy" / "slurm" / "run_pipeline.py"
@@ -242,13 +241,13 @@ def test_one_node_slurm_runs_a_batch_job(slurm: OneNodeSlurm, tmp_path: Path) ->
 
 
 def test_jobqueue_workers_are_slurm_jobs_and_run_ingest_then_retrieve(
-        slurm: OneNodeSlurm, small_testbed: Path, tmp_path: Path) -> None:
+        slurm: OneNodeSlurm, small_testbed: Path, tmp_path: Path, retrieval_model: Callable[..., Path]) -> None:
     import xarray as xr
 
     from sftl_dask.io.cube import cube_stores
 
     tb = small_testbed
-    model = retrieval_artifact(tmp_path / "dnn", "dnn")
+    model = retrieval_model("dnn")
     logs = tmp_path / "logs"
     cfg = _jobqueue_config(tmp_path / "jobqueue.yaml", logs)
     cube, lst = tmp_path / "cube", tmp_path / "lst"

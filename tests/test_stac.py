@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pystac
 import pytest
-from helpers import retrieval_artifact, synthetic_scene
+from helpers import synthetic_scene
 from pyproj import Transformer
 
 from sftl_dask.geo import GeoBox
@@ -75,7 +75,7 @@ def _vimi_meta(grid: GeoBox) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def world(tmp_path_factory: pytest.TempPathFactory, retrieval_model) -> dict[str, Any]:
     """``world/``: two product archives, a scene cube root with its catalog, and the LST root with its catalog."""
     base = tmp_path_factory.mktemp("stac")
     world = base / "world"
@@ -91,7 +91,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for i, s in enumerate(scenes):
         write_scene(store, i, synthetic_scene(GRID.height, GRID.width, i), s["checksum"])
     scene_cat = write_scene_stac(world / "cube", scenes)
-    retrieve(world / "cube", retrieval_artifact(base / "rf", "rf"), world / "lst", threads=2, device="cpu")
+    retrieve(world / "cube", retrieval_model("rf"), world / "lst", threads=2, device="cpu")
     lst_cat = write_lst_stac(world / "lst")
     return {"base": base, "world": world, "scenes": scenes, "scene_cat": scene_cat, "lst_cat": lst_cat}
 

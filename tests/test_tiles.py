@@ -224,19 +224,18 @@ def test_a_product_outside_any_utm_zone_is_refused_before_anything_is_written(sm
 
 
 # --------------------------------------------------------------------------------------------- no seams
-def test_the_tile_size_changes_no_lst_value_or_qc_flag_at_tile_edges(small_testbed, tiled, tmp_path):
+def test_the_tile_size_changes_no_lst_value_or_qc_flag_at_tile_edges(small_testbed, tiled, tmp_path,
+                                                                        retrieval_model, small_cube):
     """LST and QC of 256 px tiles equal those of 1024 px tiles on every pixel: the cloud-adjacency halo reads
     across tile edges (before, a cloud just across an edge left its neighbours unflagged: a seam)."""
-    from helpers import retrieval_artifact
-
     from sftl_dask.api import open_lst
     from sftl_dask.io.lst import QC_FLAGS
     from sftl_dask.retrieve import retrieve
 
     small, _ = tiled
     big = tmp_path / "cube1024"
-    ingest([small_testbed / "archives"], big, era5=_era5(small_testbed), ged=small_testbed / "ged")
-    model = retrieval_artifact(tmp_path / "sw.json", "sw")
+    shutil.copytree(small_cube[0], big)  # the session's ingest onto 1024 px tiles; the LST is written beside it
+    model = retrieval_model("sw")
     for cube in (small, big):
         s = retrieve(cube, model, cube.parent / f"{cube.name}_lst")
         assert s["failed"] == [] and s["retrieved"] > 0

@@ -26,15 +26,9 @@ BASE = {
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, dict]:
-    from sftl_dask.cli import main
-
-    root = tmp_path_factory.mktemp("train")
-    cfg = dict(BASE, data={"testbed": {"path": None, "scenes": 4, "size": 640, "seed": 2},
-                           "simulation": {"path": None, "profiles": 60, "seed": 0}})
-    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(root / "out"), "--workers", "1"]) == 0
-    return root / "out", json.loads((root / "out" / "results.json").read_text())
+def trained(tiny_training: tuple[Path, dict]) -> tuple[Path, dict]:
+    """``sftl train`` of ``BASE`` on a testbed of 4 scenes per region: the session's (conftest.tiny_training)."""
+    return tiny_training
 
 
 def test_three_stages_report_every_method_on_the_same_rows(trained):

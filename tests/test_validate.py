@@ -269,12 +269,12 @@ def test_bad_input_exits_2_with_one_line_naming_it_and_writes_nothing(crafted, t
 # the same model on the same rows gives the training's stage-3 figures
 
 
-def test_validation_has_the_training_matchups_rows_and_their_scoring_on_a_small_cube(tmp_path):
+def test_validation_has_the_training_matchups_rows_and_their_scoring_on_a_small_cube(tmp_path, retrieval_model):
     """Fast: a scene cube with clouds, a partial swath and missing ancillary data; the training matchups scored as
     stage 3 scores them (the artifact on the matchup features, its error model for sigma) against validate on the
     LST that the same artifact retrieved."""
     import zarr
-    from helpers import retrieval_artifact, synthetic_cube
+    from helpers import synthetic_cube
 
     from sftl_dask.features import compute_features, feature_matrix
     from sftl_dask.matchups import build_matchups
@@ -305,7 +305,7 @@ def test_validation_has_the_training_matchups_rows_and_their_scoring_on_a_small_
                                                                                                        strict=True))]
         write_station_csv(tmp_path / "insitu" / f"{site}.csv", site, lon, lat, visits)
     pd.DataFrame(rows).to_csv(tmp_path / "sites.csv", index=False)
-    model = retrieval_artifact(tmp_path / "model", "dnn")
+    model = retrieval_model("dnn")
 
     # the training side: matchups on the scene cube, scored as stage 3 scores the target region
     mu = build_matchups(cube, tmp_path / "insitu", tmp_path / "sites.csv")
@@ -346,8 +346,10 @@ STAGE3 = {
 
 
 @pytest.fixture(scope="module")
-def stage3(tmp_path_factory) -> tuple[dict, pd.DataFrame, Path]:
-    """Train a small model (the three stages), retrieve the target region's cube with it, validate that."""
+def stage3(tmp_path_factory, tiny_training) -> tuple[dict, pd.DataFrame, Path]:
+    """Train a small model (the three stages), retrieve the target region's cube with it, validate that.
+
+    The testbed of ``STAGE3`` (4 scenes per region, 640 px, seed 2) is the session's tiny training's (read only)."""
     from sftl_dask.io.cube import cube_stores, open_cube
     from sftl_dask.io.insitu import read_sites
     from sftl_dask.matchups import site_pixels
@@ -356,7 +358,8 @@ def stage3(tmp_path_factory) -> tuple[dict, pd.DataFrame, Path]:
     from sftl_dask.training.stages import load_config, run_stages
 
     root = tmp_path_factory.mktemp("stage3")
-    (root / "cfg.yaml").write_text(yaml.safe_dump(STAGE3))
+    testbed = {"path": str(tiny_training[0] / "work" / "testbed")}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(dict(STAGE3, data={**STAGE3["data"], "testbed": testbed})))
     cfg = load_config(root / "cfg.yaml")
     data = prepare_data(cfg, root / "work")
     results = run_stages(cfg, data, root / "train", threads=1, log=lambda *_: None)

@@ -259,12 +259,12 @@ def _validate(lst: dict[str, Path], insitu: Path, out: Path, scheduler: str,
 
 
 @pytest.fixture(scope="module")
-def retrieval(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def retrieval(tmp_path_factory: pytest.TempPathFactory, retrieval_model: Callable[..., Path]) -> dict[str, Path]:
     """A one-scene 40 x 40 px scene cube and a small DNN artifact (TorchScript and torch.export program)."""
-    from helpers import retrieval_artifact, synthetic_cube
+    from helpers import synthetic_cube
 
     root = tmp_path_factory.mktemp("retrieval")
-    return {"cube": synthetic_cube(root / "cube.zarr", 1, 40, 40), "dnn": retrieval_artifact(root / "dnn", "dnn")}
+    return {"cube": synthetic_cube(root / "cube.zarr", 1, 40, 40), "dnn": retrieval_model("dnn")}
 
 
 def _artifact_copy(src: Path, dst: Path) -> Path:

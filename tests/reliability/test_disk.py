@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from helpers import retrieval_artifact, synthetic_cube
+from helpers import synthetic_cube
 
 SFTL = str(Path(sys.executable).parent / "sftl")
 
@@ -64,12 +64,12 @@ def _retrieve(cube: Path, model: Path, out: Path, logs: Path) -> subprocess.Comp
 
 
 def test_disk_full_mid_retrieve_names_each_unfinished_step_keeps_earlier_ones_and_a_rerun_finishes(
-        tmpfs: Callable[..., Path], tmp_path: Path) -> None:
+        tmpfs: Callable[..., Path], tmp_path: Path, retrieval_model: Callable[..., Path]) -> None:
     from sftl_dask.io.cube import read_slots
     from sftl_dask.retrieve import retrieve
 
     cube = synthetic_cube(tmp_path / "cube.zarr", 4, 256, 256, seed=31, chunk=64)
-    model = retrieval_artifact(tmp_path / "dnn", "dnn", seed=3)
+    model = retrieval_model("dnn", seed=1)  # any DNN: the session's, shared with the read-only test below
     mnt = tmpfs("disk", 16_384)
     out = mnt / "lst.zarr"
     first = _retrieve(cube, model, out, tmp_path / "logs")
@@ -103,10 +103,10 @@ def test_disk_full_mid_retrieve_names_each_unfinished_step_keeps_earlier_ones_an
         np.testing.assert_array_equal(got[v].values, want[v].values)
 
 
-def test_an_output_on_a_read_only_file_system_is_refused_in_one_line(tmpfs: Callable[..., Path],
-                                                                    tmp_path: Path) -> None:
+def test_an_output_on_a_read_only_file_system_is_refused_in_one_line(tmpfs: Callable[..., Path], tmp_path: Path,
+                                                                    retrieval_model: Callable[..., Path]) -> None:
     cube = synthetic_cube(tmp_path / "cube.zarr", 1, 64, 64, seed=1, chunk=64)
-    model = retrieval_artifact(tmp_path / "dnn", "dnn", seed=1)
+    model = retrieval_model("dnn", seed=1)
     ro = tmpfs("ro", 1024, read_only=True)
     r = _retrieve(cube, model, ro / "lst.zarr", tmp_path / "logs")
     assert r.returncode == 2, r.stdout + r.stderr

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
-from helpers import retrieval_artifact, synthetic_cube
+from helpers import synthetic_cube
 
 from sftl_dask.ingest import ingest
 from sftl_dask.io.cube import cube_stores, open_cube, read_slots
@@ -145,8 +145,8 @@ def _assert_same_stores(got: Path, want: Path, variables: list[str], ok_var: str
 
 
 # --------------------------------------------------------------------------------------------- ingest
-def test_ingest_then_retrieve_through_a_real_dask_scheduler_and_workers(small_testbed: Path, scheduler: str,
-                                                                         tmp_path: Path) -> None:
+def test_ingest_then_retrieve_through_a_real_dask_scheduler_and_workers(
+        small_testbed: Path, scheduler: str, tmp_path: Path, retrieval_model: Callable[..., Path]) -> None:
     """The plain path on a real cluster (``dask scheduler`` + ``dask worker``, not LocalCluster): every scene and
     time step completes."""
     cube, lst = tmp_path / "cube", tmp_path / "lst"
@@ -154,7 +154,7 @@ def test_ingest_then_retrieve_through_a_real_dask_scheduler_and_workers(small_te
                           scheduler], capture_output=True, text=True, timeout=300)
     assert ing.returncode == 0, ing.stdout + ing.stderr
     assert "ingested 4 scene(s), skipped 0, failed 0" in ing.stdout
-    model = retrieval_artifact(tmp_path / "dnn", "dnn", seed=4)
+    model = retrieval_model("dnn", seed=2)  # any DNN: the session's, shared with retrieval_inputs below
     ret = subprocess.run([SFTL, "retrieve", "--cube", str(cube), "--model", str(model), "--out", str(lst),
                           "--device", "cpu", "--scheduler", scheduler], capture_output=True, text=True, timeout=300)
     assert ret.returncode == 0, ret.stdout + ret.stderr
@@ -273,13 +273,14 @@ def _lock_free(target: Path) -> bool:
 
 # --------------------------------------------------------------------------------------------- retrieve
 @pytest.fixture(scope="module")
-def retrieval_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def retrieval_inputs(tmp_path_factory: pytest.TempPathFactory, retrieval_model: Callable[..., Path]
+                     ) -> dict[str, Path]:
     """A scene cube of 8 time steps x 16 chunks, a DNN artifact and the uninterrupted run's LST (in process)."""
     from sftl_dask.retrieve import retrieve
 
     root = tmp_path_factory.mktemp("fault_retrieve")
     cube = synthetic_cube(root / "cube.zarr", 8, 256, 256, seed=21, chunk=64)
-    model = retrieval_artifact(root / "dnn", "dnn", seed=2)
+    model = retrieval_model("dnn", seed=2)
     ref = root / "ref.zarr"
     summary = retrieve(cube, model, ref, threads=2)
     assert summary["retrieved"] == 8 and not summary["failed"]
@@ -364,19 +365,17 @@ def test_the_write_lock_names_its_holder_and_frees_itself_when_the_holder_is_kil
 
 # --------------------------------------------------------------------------------------------- experiment
 @pytest.fixture(scope="module")
-def grid_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def grid_config(tmp_path_factory: pytest.TempPathFactory, tiny_training: tuple[Path, dict[str, Any]]) -> Path:
     """A grid of 2 pre-trainings and 8 cells (DNN, head/full, both directions, the ablation) on a testbed of 4
-    scenes per region (2 leave Heihe too few matchups)."""
+    scenes per region (2 leave Heihe too few matchups) and a simulation of 60 profiles: the session's tiny
+    training's (read only)."""
     import yaml
     from test_training import BASE
 
-    from sftl_dask.simulate import SimulationConfig, write_simulation
-    from sftl_dask.testbed.build import build_testbed
-
+    work = tiny_training[0] / "work"
     root = tmp_path_factory.mktemp("fault_grid")
-    build_testbed(root / "tb", scenes=4, size=640, seed=2)
-    write_simulation(root / "sim.parquet", SimulationConfig(n_profiles=60, seed=0))
-    cfg = dict(BASE, data={"testbed": {"path": str(root / "tb")}, "simulation": {"path": str(root / "sim.parquet")}},
+    cfg = dict(BASE, data={"testbed": {"path": str(work / "testbed")},
+                           "simulation": {"path": str(work / "sim.parquet")}},
                grid={"models": ["dnn"], "strategies": ["head", "full"], "directions": ["SiHuHe", "SiHeHu"],
                      "seeds": [0]})
     (root / "grid.yaml").write_text(yaml.safe_dump(cfg))
