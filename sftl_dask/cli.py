@@ -154,7 +154,7 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     with _client(args) as client, Progress("testbed") as update, _refusing(ValueError):
         summary = build_testbed(out, scenes=args.scenes, size=args.size, seed=args.seed, client=client,
                                 progress=update, overwrite=args.overwrite, shifted=args.shifted,
-                                max_shift=args.max_shift)
+                                max_shift=args.max_shift, layout=args.layout)
     print(f"wrote testbed to {out} in {time.perf_counter() - t0:.1f} s: {summary['n_archives']} archives "
           f"({args.scenes} scenes x {len(summary['regions'])} regions, {args.size} x {args.size} px of 40 m), "
           f"{len(summary['sites'])} sites")
@@ -426,6 +426,9 @@ def _add_data_verbs(sub: Any) -> None:
                         "(default 0.15; the multi-year archive testbed uses 0.5)")
     s.add_argument("--max-shift", type=_positive_int, default=160, metavar="PX",
                    help="largest footprint move along each axis in px (default 160)")
+    s.add_argument("--layout", choices=("map", "delivered"), default="map",
+                   help="map: north-up UTM GeoTIFFs in a .tar (default); delivered: sensor geometry with .rpb "
+                        "RPCs in a .tar.gz, a Copernicus DEM, a calibration table and hot targets (docs/testbed.md)")
     _common(s, _cmd_testbed)
 
     s = sub.add_parser("inspect", help="what the reader sees in each delivery: layout, time, geometry, calibration "

@@ -7,6 +7,7 @@ when every file is complete, so a failed build never leaves a testbed that looks
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict
@@ -19,13 +20,26 @@ import pandas as pd
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from affine import Affine
-from pyproj import Transformer
+from numpy.typing import NDArray
+from pyproj import Geod, Transformer
 
 from sftl_dask.cluster import run_tasks
 from sftl_dask.physics.channels import THERMAL_NAMES, reflective_bands
 from sftl_dask.physics.solar import earth_sun_distance_au
 from sftl_dask.staging import staged_dir
 from sftl_dask.testbed.ancillary import ERROR_BUDGET, era5_fields, ged_arrays, insitu_series
+from sftl_dask.testbed.delivery import (
+    DEM_POSTING_ARCSEC,
+    RPC_MAX_RESIDUAL_PX,
+    footprint,
+    hot_targets,
+    rpc_for_fine_grid,
+    scene_view,
+    sensor_ground,
+    sensor_resample,
+    terrain_height,
+    write_copernicus_dem_tile,
+)
 from sftl_dask.testbed.formats import (
     vimi_product_name,
     write_era5_tcwv,
@@ -33,6 +47,7 @@ from sftl_dask.testbed.formats import (
     write_insitu_csv,
     write_sites_csv,
     write_vimi_archive,
+    write_vimi_delivery,
 )
 from sftl_dask.testbed.lowtran_world import lowtran_world_table
 from sftl_dask.testbed.scene import INSTRUMENT, LAUNCH, SATELLITE_ALTITUDE_KM, SceneSpec, synthesize_scene
@@ -47,13 +62,18 @@ from sftl_dask.testbed.world import (
 )
 from sftl_dask.version import __version__
 
-__all__ = ["DEFAULT_SCENES", "DEFAULT_SIZE", "build_testbed", "scene_schedule"]
+__all__ = ["DEFAULT_SCENES", "DEFAULT_SIZE", "LAYOUTS", "build_testbed", "scene_schedule"]
+
+#: Testbed layouts: ``map`` (north-up UTM GeoTIFFs in a ``.tar``, today's default) and ``delivered`` (sensor
+#: geometry with RPCs in a ``.tar.gz``, a DEM, hot targets: issue 28, item 5; docs/testbed.md).
+LAYOUTS = ("map", "delivered")
 
 #: Default scenes per region and grid size (pixels of 40 m): 640 px = 25.6 km holds all sites.
 DEFAULT_SCENES = 20
 DEFAULT_SIZE = 640
 FIRST_DAY = np.datetime64("2021-09-15")
 LAST_DAY = np.datetime64("2023-12-20")
+_NOT_IN_SCENES_CSV = ("site_lst", "site_cloud", "targets", "gains", "offsets")
 _TRUTH_VARS = ("lst", "cloud", "wvc", "vza", "ndvi", *THERMAL_NAMES,
                *(n.replace("bt_", "emis_") for n in THERMAL_NAMES))
 
@@ -160,20 +180,25 @@ def _covered(shape: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
     return ~_shifted(~m, (-shift[0], -shift[1]), True) if shift != (0, 0) else m
 
 
-def _scene_task(item: dict[str, Any], lsc: Landscape, clim: RegionClimate, tmp: str, t_index: int) -> dict[str, Any]:
+def _scene_task(item: dict[str, Any], lsc: Landscape, clim: RegionClimate, tmp: str, t_index: int,
+                layout: str = "map") -> dict[str, Any]:
     """Synthesize one scene, write its archive and its truth slice; return a small record."""
     spec, shift = item["spec"], item["shift_px"]
-    truth = synthesize_scene(spec, lsc, clim)
     lon_c, lat_c = (float(v) for v in np.mean(_corner_lonlat(lsc, shift), axis=1))
     stem = vimi_product_name(lon_c, lat_c, spec.time_utc, spec.orbit, spec.product_id)
-    a, _, c, _, e, f = lsc.transform
-    transform = Affine(a, 0.0, c + shift[1] * a, 0.0, e, f + shift[0] * e)
-    dn_tir = _shifted(truth.dn_b7_b12, shift, 0)
-    dn_vnir = _shifted(truth.dn_b1_b6, (2 * shift[0], 2 * shift[1]), 0)
-    write_vimi_archive(Path(tmp) / "archives", stem, dn_vnir, dn_tir, crs=lsc.crs, transform=transform,
-                       meta=_xml_meta(truth, lsc, shift))
+    extra: dict[str, Any] = {}
+    if layout == "delivered":
+        truth, cov, extra = _deliver_scene(spec, shift, lsc, clim, stem, (lon_c, lat_c), Path(tmp))
+    else:
+        truth = synthesize_scene(spec, lsc, clim)
+        a, _, c, _, e, f = lsc.transform
+        transform = Affine(a, 0.0, c + shift[1] * a, 0.0, e, f + shift[0] * e)
+        dn_tir = _shifted(truth.dn_b7_b12, shift, 0)
+        dn_vnir = _shifted(truth.dn_b1_b6, (2 * shift[0], 2 * shift[1]), 0)
+        write_vimi_archive(Path(tmp) / "archives", stem, dn_vnir, dn_tir, crs=lsc.crs, transform=transform,
+                           meta=_xml_meta(truth, lsc, shift))
+        cov = _covered(lsc.shape, shift)
     # truth on the region grid (NaN where this scene does not look)
-    cov = _covered(lsc.shape, shift)
     data = {"lst": truth.lst, "cloud": truth.cloud_cover, "wvc": truth.wvc, "vza": truth.vza,
             "ndvi": truth.ndvi}
     for ci, name in enumerate(THERMAL_NAMES):
@@ -189,7 +214,70 @@ def _scene_task(item: dict[str, Any], lsc: Landscape, clim: RegionClimate, tmp: 
         "cloud_fraction": float(truth.cloud.mean()), "shift_px": list(shift), "wvc_scene": truth.wvc_scene,
         "t_air_k": truth.t_air_k, "solar_zenith": truth.solar_zenith,
         "site_lst": covered_sites,
-        "site_cloud": {k: float(truth.cloud_cover[lsc.site_pixels[k]]) for k in covered_sites},
+        "site_cloud": {k: float(truth.cloud_cover[lsc.site_pixels[k]]) for k in covered_sites}, **extra,
+    }
+
+
+def _deliver_scene(spec: Any, shift: tuple[int, int], lsc: Landscape, clim: RegionClimate, stem: str,
+                   centre: tuple[float, float], tmp: Path) -> tuple[Any, NDArray[np.bool_], dict[str, Any]]:
+    """The delivered layout of one scene (testbed/delivery.py): the map scene with hot targets, seen by the
+    pushbroom over the terrain, RPCs fitted and checked, written as a ``.tar.gz``. Returns the truth, the
+    region-grid footprint and the record's extra fields (targets, RPC fit residuals, gains)."""
+    lon_c, lat_c = centre
+    h_c = float(terrain_height(lsc)(np.array([lon_c]), np.array([lat_c]))[0])
+    view = scene_view(lon_c, lat_c, h_c, shift[1] * 0.04 + spec.nadir_offset_km, *lsc.shape)
+    rows, cols = sensor_ground(view, lsc)
+    cov = footprint(lsc.shape, rows, cols)
+    # the targets' own generator: the scene's draws are the map layout's, so the same seed is the same world
+    rng = np.random.default_rng([spec.seed, 909, list(REGIONS).index(spec.region), spec.index])
+    offset, centres = hot_targets(lsc, cov, rng)
+    truth = synthesize_scene(spec, lsc, clim, lst_offset_k=offset)
+    tir, vnir = sensor_resample(rows, cols, truth.dn_b7_b12, truth.dn_b1_b6)
+    elev = lsc.elevation_m
+    fit = view.fit_rpc((float(elev.min()) - 500.0, float(elev.max()) + 500.0))
+    if not fit.check_max_px <= RPC_MAX_RESIDUAL_PX:
+        raise RuntimeError(f"{stem}: RPC fit residual {fit.check_max_px:.4f} px exceeds {RPC_MAX_RESIDUAL_PX} px")
+    write_vimi_delivery(tmp / "archives", stem, vnir, tir, rpc_b1_b6=rpc_for_fine_grid(fit.rpc),
+                        rpc_b7_b12=fit.rpc, meta=_delivered_meta(truth, view, lsc, (lon_c, lat_c, h_c)))
+    lon, lat = Transformer.from_crs(lsc.crs, "EPSG:4326", always_xy=True).transform(
+        [lsc.x[c] for _, c in centres], [lsc.y[r] for r, _ in centres])
+    targets = [{"scene_id": stem, "lon": round(float(lo), 7), "lat": round(float(la), 7),
+                "height_m": round(float(elev[r, c]), 3), "cloud": round(float(truth.cloud_cover[r, c]), 3),
+                "region": spec.region, "row": r, "col": c}
+               for lo, la, (r, c) in zip(lon, lat, centres, strict=True)]
+    return truth, cov, {"targets": targets, "rpc_check_rms_px": fit.check_rms_px,
+                        "rpc_check_max_px": fit.check_max_px, "gains": list(truth.gains),
+                        "offsets": list(truth.offsets)}
+
+
+def _delivered_meta(truth: Any, view: Any, lsc: Landscape, centre: tuple[float, float, float]) -> dict[str, Any]:
+    """The delivered XML fields (the GF5-01 VIMS list): times of the first and last line around the overpass,
+    angles at the scene centre from the sensor, corners of the image on the terrain."""
+    spec, (lon_c, lat_c, h_c) = truth.spec, centre
+    half = np.timedelta64(round((view.lines - 1) / 2 * view.sensor.line_period_s * 1000), "ms")
+    line_c, samp_c = view.project(lon_c, lat_c, h_c)
+    vza = float(view.sensor.view_zenith(float(line_c) + view.line0, float(samp_c) + view.sample0, h_c))
+    nadir = view.localize(float(line_c), (view.sensor.samples - 1) / 2 - view.sample0)
+    saz = float(Geod(ellps="WGS84").inv(lon_c, lat_c, float(nadir[0]), float(nadir[1]))[0]) % 360.0
+    li = np.array([-0.5, -0.5, view.lines - 0.5, view.lines - 0.5])
+    sa = np.array([-0.5, view.samples - 0.5, view.samples - 0.5, -0.5])
+    lon, lat, _ = view.sensor.localize_on_terrain(li + view.line0, sa + view.sample0, terrain_height(lsc))
+    corners = {}
+    for k, name in enumerate(("TopLeft", "TopRight", "BottomRight", "BottomLeft")):
+        corners[f"{name}Latitude"], corners[f"{name}Longitude"] = round(float(lat[k]), 6), round(float(lon[k]), 6)
+    t = spec.time_utc.astype("datetime64[ms]")
+    cw = [reflective_bands()[k]["centre_um"] for k in ("b1", "b2", "red", "nir", "b5", "b6", "b7", "b8")]
+    return {
+        "SatelliteID": "GF5B", "ReceiveStationID": "MYC", "SensorID": "VIMI",
+        "ProduceTime": t + np.timedelta64(86400 * 1000, "ms"), "ProductLevel": "L1", "StartTime": t - half,
+        "EndTime": t + half, "SolarAzimuth": round(truth.solar_azimuth, 4), "SolarZenith": round(truth.solar_zenith, 4),
+        "SatelliteAzimuth": round(saz, 4), "SatelliteZenith": round(vza, 6),
+        "CloudPercent": round(float(np.clip(100 * truth.cloud_core.mean() + np.random.default_rng(
+            spec.product_id).normal(0, 3), 0, 100)), 1),
+        "Bands": [f"B{i}" for i in range(1, 13)], "CentralWavelength": [*cw, 8.20, 8.63, 10.80, 11.95],
+        "ImageGSD": "20,40", "CalibrationParam": "L = GAINS * DN + OFFSETS (W m-2 sr-1 um-1)",
+        "GAINS": [float(f"{g:.8g}") for g in truth.gains], "OFFSETS": [float(f"{o:.8g}") for o in truth.offsets],
+        "MapProjection": "none (sensor geometry, RPC)", "ZoneNo": str(lsc.region.epsg % 100), **corners,
     }
 
 
@@ -249,8 +337,12 @@ def build_testbed(
     overwrite: bool = False,
     shifted: float = 0.15,
     max_shift: int = 160,
+    layout: str = "map",
 ) -> dict[str, Any]:
     """Write the testbed world under ``out``.
+
+    Why this is long: the numpydoc of its eleven parameters is half of it; the body is the staged build's steps
+    in order (folders, worlds, schedules, truth stores, tasks, tables, summary), each a call.
 
     Parameters
     ----------
@@ -273,6 +365,11 @@ def build_testbed(
         Share of scenes whose footprint is moved off the region grid (0-1; default 0.15).
     max_shift : int
         Largest move (px) of such a footprint along each axis (64 < ``max_shift`` < ``size``; default 160).
+    layout : {"map", "delivered"}
+        ``map`` (default): north-up UTM GeoTIFFs in a ``.tar``. ``delivered``: the products as the ground
+        segment delivers them (sensor geometry, ``.rpb`` RPCs, ``.tar.gz``, the GF5-01 VIMS XML fields), plus
+        ``dem/`` (Copernicus GLO-30 tiles), ``calibration/`` (the reader's table) and ``truth/targets.csv``
+        (hot targets, in this layout only); docs/testbed.md.
 
     Returns
     -------
@@ -288,10 +385,13 @@ def build_testbed(
     """
     out = Path(out)
     _check_layout(scenes, size, shifted, max_shift)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty (use overwrite)")
     with staged_dir(out) as tmp:
-        for sub in ("archives", "era5", "ged", "insitu", "truth"):
+        for sub in ("archives", "era5", "ged", "insitu", "truth") + (("dem", "calibration")
+                                                                      if layout == "delivered" else ()):
             (tmp / sub).mkdir(parents=True)
         worlds: dict[str, tuple[Landscape, RegionClimate]] = {}
         for name, region in REGIONS.items():
@@ -301,21 +401,25 @@ def build_testbed(
         for name, sched in schedules.items():
             _create_truth_store(tmp / "truth" / f"{name}.zarr", worlds[name][0],
                                 [it["spec"].time_utc for it in sched])
-        jobs = _jobs(worlds, schedules, tmp, seed)
+        jobs = _jobs(worlds, schedules, tmp, seed, layout)
         results = _run(jobs, client, progress)
         scene_rows = [r for r, (_, _, kind) in zip(results, jobs, strict=True) if kind == "scene"]
         site_rows = [r for r, (_, _, kind) in zip(results, jobs, strict=True) if kind == "site"]
         table = _write_tables(tmp, scene_rows, site_rows)
+        delivered = _write_delivered_tables(tmp, scene_rows, results, jobs) if layout == "delivered" else None
         summary = _summary(worlds, table, seed=seed, size=size, scenes=scenes, n_archives=len(scene_rows),
-                           shifted=shifted, max_shift=max_shift)
+                           shifted=shifted, max_shift=max_shift, layout=layout)
+        if delivered is not None:
+            summary["delivered"] = delivered
         (tmp / "testbed.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
 def _summary(worlds: dict[str, tuple[Landscape, RegionClimate]], table: pd.DataFrame, *, seed: int, size: int,
-             scenes: int, n_archives: int, shifted: float, max_shift: int) -> dict[str, Any]:
-    """The content of ``testbed.json``: the settings (grid px, pixel m, shifts px), each region's grid, the
-    land covers, instrument, ancillary error budget and radiative transfer, and the site table ``table``."""
+             scenes: int, n_archives: int, shifted: float, max_shift: int, layout: str) -> dict[str, Any]:
+    """The content of ``testbed.json``: the settings (grid px, pixel m, shifts px, delivery layout), each
+    region's grid, the land covers, instrument, ancillary error budget and radiative transfer, and the site
+    table ``table``."""
     return {
         "sftl_dask_version": __version__, "seed": seed, "size_px": size, "pixel_m": 40.0,
         "scenes_per_region": scenes, "n_archives": n_archives,
@@ -326,7 +430,7 @@ def _summary(worlds: dict[str, tuple[Landscape, RegionClimate]], table: pd.DataF
         "instrument": INSTRUMENT, "ancillary_errors": ERROR_BUDGET,
         "rt": {"world": lowtran_world_table().description,
                "simulation": "the project's band model (sftl_dask.physics.rtm.ReducedBandModel)"},
-        "sites": table.to_dict("records"),
+        "sites": table.to_dict("records"), "layout": layout,
     }
 
 
@@ -343,13 +447,14 @@ def _check_layout(scenes: int, size: int, shifted: float, max_shift: int) -> Non
 
 
 def _jobs(worlds: dict[str, tuple[Landscape, RegionClimate]], schedules: dict[str, list[dict[str, Any]]],
-          tmp: Path, seed: int) -> list[tuple[Callable[..., Any], tuple[Any, ...], str]]:
-    """The testbed's tasks, in order: (function, arguments, kind) for each scene, site, ERA5 month and GED tile."""
+          tmp: Path, seed: int, layout: str = "map") -> list[tuple[Callable[..., Any], tuple[Any, ...], str]]:
+    """The testbed's tasks, in order: (function, arguments, kind) for each scene, site, ERA5 month and GED tile
+    (and, in the delivered layout, DEM tile)."""
     jobs: list[tuple[Callable[..., Any], tuple[Any, ...], str]] = []
     for name, sched in schedules.items():
         lsc, clim = worlds[name]
         for i, item in enumerate(sched):
-            jobs.append((_scene_task, (item, lsc, clim, str(tmp), i), "scene"))
+            jobs.append((_scene_task, (item, lsc, clim, str(tmp), i, layout), "scene"))
     for si, site in enumerate(SITES):
         lsc, clim = worlds[site.region]
         jobs.append((_insitu_task, (si, lsc, clim, str(tmp), seed), "site"))
@@ -362,7 +467,48 @@ def _jobs(worlds: dict[str, tuple[Landscape, RegionClimate]], schedules: dict[st
         for lat0 in range(int(np.floor(lat.min())), int(np.floor(lat.max())) + 1):
             for lon0 in range(int(np.floor(lon.min())), int(np.floor(lon.max())) + 1):
                 jobs.append((_ged_task, (name, lat0, lon0, lsc, str(tmp), seed), "ged"))
+        if layout == "delivered":
+            jobs += [(_dem_task, (lat0, lon0, lsc, str(tmp)), "dem") for lat0, lon0 in _dem_cells(lsc)]
     return jobs
+
+
+def _dem_cells(lsc: Landscape, margin_deg: float = 0.1) -> list[tuple[int, int]]:
+    """The 1 x 1 degree cells (south-west corner lat, lon) within ``margin_deg`` of the region grid: every
+    scene footprint (shifted by at most the grid size) lies inside."""
+    lon, lat = lsc.lonlat()
+    return [(la, lo) for la in range(math.floor(lat.min() - margin_deg), math.floor(lat.max() + margin_deg) + 1)
+            for lo in range(math.floor(lon.min() - margin_deg), math.floor(lon.max() + margin_deg) + 1)]
+
+
+def _dem_task(lat0: int, lon0: int, lsc: Landscape, tmp: str) -> str:
+    return write_copernicus_dem_tile(Path(tmp) / "dem", lsc, lat0, lon0).name
+
+
+def _write_delivered_tables(tmp: Path, scene_rows: list[dict[str, Any]], results: list[Any],
+                            jobs: list[tuple[Callable[..., Any], tuple[Any, ...], str]]) -> dict[str, Any]:
+    """``truth/targets.csv``, ``calibration/GF5B_VIMI_calibration.csv`` (the reader's table format, one row per
+    year and band, from the products' own GAINS/OFFSETS) and the delivered layout's summary."""
+    targets = pd.DataFrame([t for r in scene_rows for t in r["targets"]],
+                           columns=["scene_id", "lon", "lat", "height_m", "cloud", "region", "row", "col"])
+    targets.to_csv(tmp / "truth" / "targets.csv", index=False)
+    cal: dict[tuple[int, str], tuple[float, float]] = {}
+    for r in scene_rows:
+        for k, (g, o) in enumerate(zip(r["gains"], r["offsets"], strict=True)):
+            key = (int(r["time_utc"][:4]), f"B{k + 1}")
+            if cal.setdefault(key, (g, o)) != (g, o):
+                raise RuntimeError(f"scene {r['scene_id']}: {key[1]} gains differ within {key[0]}")
+    lines = ["# GF5-02 VIMI calibration of the sftl-dask testbed (radiance W m-2 sr-1 um-1 = gain * DN + offset),",
+             "# in the format of sftl_dask/data/vimi_calibration.csv: for a delivered variant without GAINS/OFFSETS",
+             "satellite,sensor,year,band,gain,offset,source"]
+    lines += [f"GF5B,VIMI,{y},{b},{g!r},{o!r},testbed nominal calibration" for (y, b), (g, o) in sorted(
+        cal.items(), key=lambda kv: (kv[0][0], int(kv[0][1][1:])))]
+    (tmp / "calibration" / "GF5B_VIMI_calibration.csv").write_text("\n".join(lines) + "\n")
+    dem = sorted(r for r, (_, _, kind) in zip(results, jobs, strict=True) if kind == "dem")
+    return {"archive": ".tar.gz, sensor geometry, .rpb per raster", "dem_tiles": dem,
+            "dem_posting_arcsec": DEM_POSTING_ARCSEC, "n_targets": len(targets),
+            "rpc_check_max_px": max(r["rpc_check_max_px"] for r in scene_rows),
+            "rpc_check_rms_px": max(r["rpc_check_rms_px"] for r in scene_rows),
+            "rpc_limit_px": RPC_MAX_RESIDUAL_PX}
 
 
 def _write_tables(tmp: Path, scene_rows: list[dict[str, Any]], site_rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -372,7 +518,7 @@ def _write_tables(tmp: Path, scene_rows: list[dict[str, Any]], site_rows: list[d
     eb = {r["site"]: r["broadband_emissivity"] for r in site_rows}
     table["broadband_emissivity"] = table["id"].map(eb)
     write_sites_csv(tmp / "sites.csv", table.to_dict("records"))
-    flat = [{k: v for k, v in r.items() if k not in ("site_lst", "site_cloud")} for r in scene_rows]
+    flat = [{k: v for k, v in r.items() if k not in _NOT_IN_SCENES_CSV} for r in scene_rows]
     pd.DataFrame(flat).to_csv(tmp / "truth" / "scenes.csv", index=False)
     site_truth = [{"scene_id": r["scene_id"], "region": r["region"], "time_utc": r["time_utc"], "site": s,
                    "lst_pixel_k": v, "cloud": r["site_cloud"][s]}

@@ -18,11 +18,13 @@ renames it into place only when complete, so a failure never leaves a partial pr
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import re
 import tarfile
 import tempfile
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
@@ -39,12 +41,14 @@ import xarray as xr
 from affine import Affine
 from numpy.typing import ArrayLike, NDArray
 from rasterio.crs import CRS
-from rasterio.errors import CRSError
+from rasterio.errors import CRSError, NotGeoreferencedWarning
 
+from sftl_dask.io.rpc import Rpc, format_rpb
 from sftl_dask.staging import staged_file
 from sftl_dask.times import utc_instant
 
 __all__ = [
+    "DELIVERED_XML_FIELDS",
     "SITE_COLUMNS",
     "ged_tile_name",
     "vimi_product_name",
@@ -53,7 +57,18 @@ __all__ = [
     "write_insitu_csv",
     "write_sites_csv",
     "write_vimi_archive",
+    "write_vimi_delivery",
 ]
+
+#: The XML fields of a delivered product, in order: the GF5-01 VIMS metadata field list (FACTS.md, issue 28):
+#: no CenterTime, ESUN, EarthSunDistance, SatelliteAltitude, RadianceUnit or DNBits.
+DELIVERED_XML_FIELDS: tuple[str, ...] = (
+    "SatelliteID", "ReceiveStationID", "SensorID", "ProduceTime", "ProductLevel", "ProductID", "OrbitID",
+    "SolarAzimuth", "SolarZenith", "SatelliteAzimuth", "SatelliteZenith", "StartTime", "EndTime", "Bands",
+    "CentralWavelength", "ImageGSD", "CloudPercent", "CalibrationParam", "GAINS", "OFFSETS", "MapProjection",
+    "ZoneNo", "TopLeftLatitude", "TopLeftLongitude", "TopRightLatitude", "TopRightLongitude",
+    "BottomRightLatitude", "BottomRightLongitude", "BottomLeftLatitude", "BottomLeftLongitude",
+)
 
 #: Columns of ``sites.csv``, in order.
 SITE_COLUMNS: tuple[str, ...] = (
@@ -356,6 +371,131 @@ def write_vimi_archive(
         _write_xml(w / members["metadata"], values)
         with _atomic(final) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for member in members.values():
+                tar.add(w / member, arcname=member, recursive=False, filter=normalise)
+    return final
+
+
+def _delivered_xml_values(meta: Mapping[str, Any], stem: str) -> dict[str, str]:
+    """The delivered XML fields (:data:`DELIVERED_XML_FIELDS`) as text, typed by ``vimi_l1.json``; validated."""
+    fmt = _vimi_format()
+    typed = {f["name"]: f for f in [*fmt["xml"]["fields"], *fmt["xml"]["delivered_fields"]]}
+    unknown = sorted(set(meta) - set(DELIVERED_XML_FIELDS))
+    if unknown:
+        raise ValueError(f"meta has field(s) {unknown} that a delivered product does not carry")
+    parts = re.match(fmt["archive"]["stem_regex"], stem)
+    assert parts is not None
+    from_stem = {"ProductID": int(parts["product_id"]), "OrbitID": int(parts["orbit"])}
+    out: dict[str, str] = {}
+    for name in DELIVERED_XML_FIELDS:
+        f = typed[name]
+        value = meta.get(name, from_stem.get(name, f.get("default")))
+        if value is None:
+            if f.get("required", False):
+                raise ValueError(f"meta[{name!r}] is required")
+            continue
+        out[name] = _xml_text(f, value, len(fmt["bands"]))
+    if pd.Timestamp(out["StartTime"]) > pd.Timestamp(out["EndTime"]):
+        raise ValueError("meta['StartTime'] is after meta['EndTime']")
+    if ("GAINS" in out) != ("OFFSETS" in out):
+        raise ValueError("meta['GAINS'] and meta['OFFSETS'] go together (both or neither)")
+    return out
+
+
+def _write_sensor_tiff(path: Path, data: NDArray[np.uint16], nodata: int, band_names: Sequence[str]) -> None:
+    """A GeoTIFF in sensor geometry: no CRS and no geotransform (its RPCs are the ``.rpb`` beside it)."""
+    count, height, width = data.shape
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": "uint16",
+        "nodata": nodata, "compress": "deflate", "predictor": 2, "tiled": True, "blockxsize": 256,
+        "blockysize": 256, "interleave": "band",
+    }
+    with warnings.catch_warnings():  # no geotransform is the point here
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+            for i, band in enumerate(band_names, start=1):
+                dst.set_band_description(i, band)
+            dst.update_tags(AREA_OR_POINT="Area")
+
+
+def write_vimi_delivery(
+    out_dir: str | os.PathLike[str],
+    stem: str,
+    dn_b1_b6: NDArray[np.uint16],
+    dn_b7_b12: NDArray[np.uint16],
+    *,
+    rpc_b1_b6: Rpc,
+    rpc_b7_b12: Rpc,
+    meta: Mapping[str, Any],
+    nodata: int = 0,
+    dn_bits: int = 12,
+) -> Path:
+    """Write one GF5-02 VIMI L1 product as delivered: ``<out_dir>/<stem>.tar.gz`` in raw sensor geometry.
+
+    The gzip-compressed tar (ustar, deterministic: fixed owner, mode, member and gzip times) holds
+    ``<stem>_B1_B6.tiff`` (B1-B6, DN, 20 m), ``<stem>_B7_B12.tiff`` (B7-B12, DN, 40 m), both WITHOUT CRS or
+    geotransform, the RPC00B sidecar of each as GDAL looks for it (``<raster stem>.rpb``) and ``<stem>.xml``
+    with the delivered field set :data:`DELIVERED_XML_FIELDS` (no CenterTime, ESUN, EarthSunDistance).
+
+    Parameters
+    ----------
+    out_dir : path
+        Folder to write into (created if missing).
+    stem : str
+        Product stem (:func:`vimi_product_name`).
+    dn_b1_b6, dn_b7_b12 : numpy.ndarray of uint16, shapes (6, 2H, 2W) and (6, H, W)
+        DN on the image grids (line, sample) of the 20 m and 40 m detectors.
+    rpc_b1_b6, rpc_b7_b12 : sftl_dask.io.rpc.Rpc
+        RPC00B of each raster in its own pixel coordinates ((0, 0) = centre of the first pixel).
+    meta : mapping
+        XML field values by name (only names of :data:`DELIVERED_XML_FIELDS`; times UTC).
+    nodata : int
+        DN marking no data (default 0).
+    dn_bits : int
+        Bits of a DN (default 12): larger DN values are refused.
+
+    Returns
+    -------
+    pathlib.Path
+        The archive path.
+
+    Raises
+    ------
+    ValueError
+        On a malformed stem, wrong array shape or dtype, DN above the range, or a missing, unknown or
+        out-of-range XML field (the message names it).
+    """
+    fmt = _vimi_format()
+    if not isinstance(stem, str) or not re.match(fmt["archive"]["stem_regex"], stem):
+        raise ValueError(f"stem {stem!r} does not match the product naming {fmt['archive']['stem_regex']}")
+    vnir, tir = _vimi_dn(dn_b1_b6, dn_b7_b12)
+    values = _delivered_xml_values(meta, stem)
+    dn_max = 2 ** _integer(dn_bits, "dn_bits", 1, 16) - 1
+    for name, arr in (("dn_b1_b6", vnir), ("dn_b7_b12", tir)):
+        if int(arr.max()) > dn_max:
+            raise ValueError(f"{name} holds DN {int(arr.max())} above {dn_max} ({dn_bits} bits)")
+    nodata = _integer(nodata, "nodata", 0, dn_max)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / f"{stem}.tar.gz"
+    names = {ft: fmt["file_types"][ft]["member"].format(stem=stem, ext=".tiff") for ft in ("B1_B6", "B7_B12")}
+    bands = {ft: [b["name"] for b in fmt["bands"] if b["file_type"] == ft] for ft in ("B1_B6", "B7_B12")}
+    mtime = int(pd.Timestamp(values["EndTime"]).timestamp())
+    normalise = _tar_member_normaliser(mtime)
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".{stem}.") as work:
+        w = Path(work)
+        members = []
+        for ft, data, rpc in (("B1_B6", vnir, rpc_b1_b6), ("B7_B12", tir, rpc_b7_b12)):
+            _write_sensor_tiff(w / names[ft], data, nodata, bands[ft])
+            rpb = Path(names[ft]).with_suffix(".rpb").name
+            (w / rpb).write_text(format_rpb(rpc, band_id=f"VIMI_{ft}"), encoding="ascii")
+            members += [names[ft], rpb]
+        members.append(fmt["file_types"]["metadata"]["member"].format(stem=stem, ext=".xml"))
+        _write_xml(w / members[-1], values)
+        with _atomic(final) as tmp, open(tmp, "wb") as raw, \
+                gzip.GzipFile(filename=f"{stem}.tar", mode="wb", fileobj=raw, mtime=mtime) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for member in members:
                 tar.add(w / member, arcname=member, recursive=False, filter=normalise)
     return final
 

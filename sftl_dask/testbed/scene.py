@@ -180,7 +180,8 @@ def _trilinear(values: NDArray, axes: tuple[NDArray, ...], points: tuple[NDArray
     return out
 
 
-def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> SceneTruth:
+def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate, *,
+                     lst_offset_k: NDArray | None = None) -> SceneTruth:
     """Build the truth and the sensor data of one scene.
 
     The steps draw from one generator, seeded by the scene, in a fixed order (surface texture, cloud
@@ -194,6 +195,9 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
         The region's static landscape.
     clim : RegionClimate
         The region's weather.
+    lst_offset_k : numpy.ndarray, optional
+        (H, W) kelvin added to the LST after the surface is drawn (the delivered layout's hot targets); it
+        draws nothing from the generator, so the rest of the scene is the same with or without it.
 
     Returns
     -------
@@ -208,6 +212,8 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate) -> Sc
     sza, saa, sza_lag = float(sza), float(saa), float(sza_lag)
 
     ndvi, emis, t_air, lst = _surface(lsc, clim, t, sza, sza_lag, rng)
+    if lst_offset_k is not None:
+        lst = (lst + lst_offset_k).astype(lst.dtype)
     # View geometry: the scene is a window of the 60 km swath, across-track = columns.
     x_km = (np.arange(w) - (w - 1) / 2) * 0.04 + spec.nadir_offset_km
     vza_row = np.rad2deg(np.arctan(np.abs(x_km) / SATELLITE_ALTITUDE_KM))
