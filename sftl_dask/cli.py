@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sftl_dask import staging
 from sftl_dask.progress import Progress
-from sftl_dask.staging import StoreBusyError, staged_file
+from sftl_dask.staging import StoreBusyError
 from sftl_dask.version import __version__
 
 # Each verb imports its implementation in its handler, not here: importing every verb's module costs 3.4-4.1 s
@@ -90,7 +91,7 @@ def _note_logs(args: argparse.Namespace) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    with staged_file(path, replace=True) as tmp:  # the one atomic writer: a reader never sees half a file
+    with staging.staged_file(path, replace=True) as tmp:  # the one atomic writer: a reader never sees half a file
         tmp.write_text(text)
 
 
@@ -309,7 +310,7 @@ def _cmd_matchups(args: argparse.Namespace) -> int:
         raise BadInput(f"{out}: exists (pass --overwrite to replace it)")
     with _client(args):  # the cube's chunks are read on the cluster
         frame = build_matchups(args.cube, args.insitu, args.sites)
-    with staged_file(out, replace=True) as tmp:
+    with staging.staged_file(out, replace=True) as tmp:
         frame.to_parquet(tmp)
     usable = frame["reason"] == "ok"
     per_region = ", ".join(f"{r} {n}" for r, n in frame[usable].groupby("region").size().items())
