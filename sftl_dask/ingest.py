@@ -388,13 +388,10 @@ def ingest(
         Tile edge (40 m pixels) of a new cube (default :data:`~sftl_dask.geo.DEFAULT_TILE_PX`); an
         existing cube keeps its own, and a different value is refused.
     dem : path, optional
-        DEM for products in sensor geometry: a GeoTIFF/COG or VRT, or a folder of such tiles (e.g. Copernicus
-        GLO-30), heights above WGS 84 (:mod:`sftl_dask.io.ortho`). Without one they are orthorectified at their
-        RPC height offset, with a warning naming each scene, and ``none (RPC height offset)`` is recorded. A DEM
-        that does not cover a scene's footprint fails that scene (named in the summary, exit code 1).
+        DEM (GeoTIFF/COG, VRT, or a folder of tiles) for products in sensor geometry (:mod:`sftl_dask.io.ortho`:
+        none = the RPC height offset, warned; one missing a footprint fails that scene).
     calibration : path, optional
-        A calibration table (format of ``sftl_dask/data/vimi_calibration.csv``) for products whose XML has no
-        GAINS/OFFSETS; the source used is recorded per time step.
+        Calibration table for products whose XML has no GAINS/OFFSETS (``vimi_calibration.csv`` format).
 
     Returns
     -------
@@ -418,14 +415,9 @@ def ingest(
 
     with write_lock(root, "sftl ingest"):  # one writer per cube: a second run is refused, never interleaved
         state = _CubeState.read(root)
-        log: list[dict[str, Any]] = []
-        todo = []
-        for p in products:
-            stem = _stem(p)
-            if stem in state.done:
-                log.append({"scene_id": stem, "status": "skipped", "reason": "already in the cube", "source": p})
-            else:
-                todo.append(p)
+        log: list[dict[str, Any]] = [{"scene_id": _stem(p), "status": "skipped", "reason": "already in the cube",
+                                      "source": p} for p in products if _stem(p) in state.done]
+        todo = [p for p in products if _stem(p) not in state.done]
         scans = _scan_new(todo, client, log, source)
         scheme = _anchor_new_zones(scheme, scans)
         makedirs(root)
@@ -439,14 +431,10 @@ def ingest(
                                 for s in scans if s["scene_id"] in done_ids])
         stamp = np.datetime64("now", "s")
         write_log(root, [{"logged_utc": str(stamp), **r} for r in log])
-        return {
-            "ingested": len(ok),
-            "skipped": sum(r["status"] == "skipped" for r in log),
-            "failed": [r for r in log if r["status"] == "failed"],
-            "stores": sorted({str(p) for p in cube_stores(root).values()}),
-            "tile_px": scheme.tile_px,
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
+        return {"ingested": len(ok), "skipped": sum(r["status"] == "skipped" for r in log),
+                "failed": [r for r in log if r["status"] == "failed"],
+                "stores": sorted({str(p) for p in cube_stores(root).values()}), "tile_px": scheme.tile_px,
+                "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _check_inputs(inputs: Sequence[str | os.PathLike[str]], root: Location, era5_paths: list[str],

@@ -14,9 +14,12 @@ Resampling, per variable (:data:`RESAMPLING`):
   geometry already.
 * ``vza`` (deg): computed from the RPC line of sight (:func:`sftl_dask.io.rpc.view_zenith`) on a coarse grid
   of the image (every :data:`VZA_STEP_PX` lines and samples, the last line and sample included), bilinearly
-  interpolated to every image pixel (error below 1e-4 deg: the angle is nearly linear across the swath, see
-  ``tests/test_ortho.py``), then warped bilinearly with the BT. The result is, per output pixel, the angle of
-  the line of sight of the image point that lands there.
+  interpolated to every image pixel, then warped bilinearly with the BT. The interpolation error is largest
+  at the kink of the angle at nadir and falls with the step squared: measured on the testbed (640 x 640 px,
+  400 random pixels against :func:`~sftl_dask.io.rpc.view_zenith` itself) 0.0041-0.0087 deg at 32 px,
+  0.0012-0.0022 at 16 px, 0.0003-0.0005 at 8 px (0.035 s per image), ``tests/test_ortho.py``. The result
+  is, per output pixel, the angle of the line of sight of the image point that lands there; against the
+  testbed's own sensor model it is within 0.003 deg.
 
 The DEM (:class:`Dem`): ``--dem`` is a GeoTIFF/COG, a VRT, or a folder of such tiles (Copernicus GLO-30
 ``Copernicus_DSM_COG_10_N40_00_E115_00_DEM.tif`` for instance). A single file or VRT is handed to GDAL as it
@@ -67,7 +70,7 @@ DEM_SUFFIXES = (".tif", ".tiff", ".vrt")
 #: Resampling per variable (module docstring says why); any other variable is bilinear.
 RESAMPLING: dict[str, Resampling] = {"cloud": Resampling.nearest}
 #: Step (image pixels) of the coarse grid on which the RPC view zenith is evaluated before interpolation.
-VZA_STEP_PX = 32
+VZA_STEP_PX = 8
 _MARGIN_DEG = 0.02  # DEM mosaic margin around a footprint (~2 km): the RPC transformer looks just outside it
 
 
