@@ -179,7 +179,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     with _client(args) as client, Progress("ingest") as update, _refusing(IngestError):
         summary = ingest(args.inputs, args.cube, era5=args.era5, ged=args.ged, client=client, progress=update,
-                         tile_px=args.tile_size)
+                         tile_px=args.tile_size, dem=args.dem, calibration=args.calibration)
     print(f"ingested {summary['ingested']} scene(s), skipped {summary['skipped']}, failed {len(summary['failed'])} "
           f"in {summary['seconds']:.1f} s -> {args.cube}")
     for f in summary["failed"]:
@@ -458,6 +458,11 @@ def _add_cube_verbs(sub: Any) -> None:
     s.add_argument("--tile-size", type=_positive_int, default=None, metavar="PX",
                    help="tile edge in 40 m pixels of a new cube (default 1024 = 40.96 km); an existing cube "
                         "keeps its own")
+    s.add_argument("--dem", default=None, metavar="DIR|FILE", help="DEM to orthorectify products in sensor "
+                   "geometry by their RPCs: GeoTIFF/COG tiles (e.g. Copernicus GLO-30) or a VRT, heights above "
+                   "WGS 84; without it they are warped at the RPC height offset (warned, recorded)")
+    s.add_argument("--calibration", default=None, metavar="F", help="a calibration table for products whose XML "
+                   "has no GAINS/OFFSETS (format of sftl_dask/data/vimi_calibration.csv)")
     _common(s, _cmd_ingest)
 
     s = sub.add_parser("retrieve", help="scene cubes -> CF LST cubes (torch, tree or split-window model)")

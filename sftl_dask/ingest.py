@@ -12,12 +12,20 @@ tiles are written; a failed scene is recorded in the ingest log with its reason 
 retries it in the same slots and skips every scene already complete. Slots are appended in
 arrival order (each run sorted by time): readers sort by time (:func:`sftl_dask.io.stores.open_cube`,
 the API), so a later run may bring older scenes without rewriting any store.
+
+A product in raw sensor geometry (RPCs, no CRS) is placed by :func:`sftl_dask.io.inspect.sensor_product_grid`
+(the rule ``sftl inspect`` prints); its task calibrates DN to BT and NDVI, masks clouds and computes the RPC
+view zenith on the image grid, then warps them straight onto each tile's window by the RPCs and the DEM
+(:func:`sftl_dask.io.ortho.orthorectify`; bilinear, the cloud mask nearest). Each time step records the
+calibration source and the DEM used (:data:`sftl_dask.io.cube.PROVENANCE_VARS`). Map-projected products take
+the path they always took.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,7 +43,10 @@ from sftl_dask.geo import DEFAULT_TILE_PX, GeoBox, TileScheme, Window, geometry_
 from sftl_dask.io.cube import CUBE_VARIABLES, append_slots, mark_slot, read_slots, write_log, write_scene
 from sftl_dask.io.era5 import era5_wvc_on_grid, open_era5_tcwv
 from sftl_dask.io.ged import ged_on_grid, ged_vimi_channels, vimi_emissivity
+from sftl_dask.io.inspect import product_rpc, sensor_product_grid
 from sftl_dask.io.location import Location, join, location, makedirs
+from sftl_dask.io.ortho import FLAT_DEM, Dem, DemError, open_dem, orthorectify, sensor_vza
+from sftl_dask.io.rpc import Rpc
 from sftl_dask.io.stac import scene_stac_meta, write_scene_stac
 from sftl_dask.io.stores import cube_stores, cube_tiling
 from sftl_dask.io.vimi import VimiProduct, find_products, product_checksum
@@ -58,10 +69,12 @@ class IngestError(ValueError):
     """Bad input to the ingest as a whole (no products, unreadable ancillary files)."""
 
 
-def _scan(path: str) -> dict[str, Any]:
+def _scan(path: str, calibration: str | None = None, dem: Dem | None = None) -> dict[str, Any]:
     """Scene id, time, grid and footprint of one product (worker task)."""
     try:
-        prod = VimiProduct(path)
+        prod = VimiProduct(path, calibration=calibration)
+        if prod.geometry == "sensor":
+            return _scan_sensor(prod, path, dem)
         ds = prod.open(chunks=None)
         tr = ds.rio.transform()
         crs = ds.rio.crs
@@ -74,9 +87,41 @@ def _scan(path: str) -> dict[str, Any]:
             return {"ok": False, "path": path, "scene_id": prod.stem, "reason": str(exc), "bad_crs": True}
         grid = GeoBox(crs_text, *ds_grid)
         return {"ok": True, "path": path, "scene_id": prod.stem, "time": np.datetime64(meta["CenterTime"], "ns"),
-                "grid": grid, "cloud_percent": float(meta.get("CloudPercent", np.nan)), "meta": scene_stac_meta(meta)}
+                "grid": grid, "cloud_percent": float(meta.get("CloudPercent", np.nan)), "meta": scene_stac_meta(meta),
+                "calibration_source": prod.calibration[1], "dem": MAP_DEM}
     except (ValueError, OSError) as exc:
         return {"ok": False, "path": path, "scene_id": _stem(path), "reason": _one_line(exc)}
+
+
+#: What a map-projected product records as its DEM: it was not orthorectified here.
+MAP_DEM = "n/a (map-projected product)"
+
+
+def _sensor_rpc(prod: VimiProduct) -> tuple[Rpc, int, int]:
+    """The thermal raster's RPCs and the image size (lines, samples) of a sensor-geometry product.
+
+    Raises VimiFormatError (naming the product and the member) on missing or malformed RPCs.
+    """
+    ds = prod.open(chunks=None)
+    try:
+        member, shape = ds.attrs["rpc_member"], (ds.sizes["y"], ds.sizes["x"])
+    finally:
+        ds.close()
+    return product_rpc(prod, member), *shape
+
+
+def _scan_sensor(prod: VimiProduct, path: str, dem: Dem | None) -> dict[str, Any]:
+    """:func:`_scan` of a product in sensor geometry: its grid by the shared rule, its DEM checked."""
+    rpc, lines, samples = _sensor_rpc(prod)
+    grid, bounds = sensor_product_grid(rpc, lines, samples)
+    if dem is not None and not dem.covers(bounds):
+        raise DemError(f"{path}: DEM {dem.path} does not cover the footprint lon {bounds[0]:.4f}..{bounds[2]:.4f} "
+                       f"lat {bounds[1]:.4f}..{bounds[3]:.4f}")
+    meta = prod.metadata
+    return {"ok": True, "path": path, "scene_id": prod.stem, "time": np.datetime64(prod.time, "ns"), "grid": grid,
+            "cloud_percent": float(meta.get("CloudPercent", np.nan)), "meta": scene_stac_meta(meta),
+            "calibration_source": prod.calibration[1], "dem": FLAT_DEM if dem is None else dem.path,
+            "sensor": True}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -116,8 +161,8 @@ class TileTarget(NamedTuple):
     ged_origin: tuple[int, int]  # (row, col) of the tile where its GED arrays (the batch region) start
 
 
-def _ingest_scene(path: str, targets: list[TileTarget],
-                  geds: list[dict[str, Any]], cloud_percent: float) -> dict[str, Any]:
+def _ingest_scene(path: str, targets: list[TileTarget], geds: list[dict[str, Any]], cloud_percent: float,
+                  source: SceneSource | None = None) -> dict[str, Any]:
     """Decode one product and write it into every tile it touches (worker task).
 
     Lazy Dask-backed inputs (the ERA5 field) are computed in this task's own thread: inside a distributed
@@ -125,11 +170,18 @@ def _ingest_scene(path: str, targets: list[TileTarget],
     would slow the decode (measured 2x), move chunks between workers and hold their memory there.
     """
     with dask.config.set(scheduler="synchronous"):
-        return _decode_scene(path, targets, geds, cloud_percent)
+        return _decode_scene(path, targets, geds, cloud_percent, source or SceneSource())
 
 
-def _decode_scene(path: str, targets: list[TileTarget], geds: list[dict[str, Any]], cloud_percent: float
-                  ) -> dict[str, Any]:
+class SceneSource(NamedTuple):
+    """How one scene is read: the user's calibration table, and the DEM of its orthorectification."""
+
+    calibration: str | None = None
+    dem: Dem | None = None
+
+
+def _decode_scene(path: str, targets: list[TileTarget], geds: list[dict[str, Any]], cloud_percent: float,
+                  source: SceneSource) -> dict[str, Any]:
     t0 = time.perf_counter()
     record = {"scene_id": _stem(path), "source": path, "tiles": [t.tile for t in targets],
               "slots": [[t.store, t.index] for t in targets]}
@@ -137,7 +189,9 @@ def _decode_scene(path: str, targets: list[TileTarget], geds: list[dict[str, Any
         for g in geds:
             if "error" in g:
                 raise ValueError(f"ASTER GED: {g['error']}")
-        prod = VimiProduct(path)
+        prod = VimiProduct(path, calibration=source.calibration)
+        if prod.geometry == "sensor":
+            return _decode_sensor_scene(prod, path, targets, geds, cloud_percent, source.dem, (t0, record))
         ds = prod.open(chunks=None)  # lazily indexed, read whole here; a Dask-chunked one could not be closed
         tr = ds.rio.transform()
         sgrid = GeoBox(targets[0].grid.crs, (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f), ds.sizes["x"], ds.sizes["y"])
@@ -152,35 +206,102 @@ def _decode_scene(path: str, targets: list[TileTarget], geds: list[dict[str, Any
                                   cloud_percent=cloud_percent).astype(np.float64)
         era5 = _open_era5(tuple(sorted({f for t in targets for f in t.era5})))
         scene = _Scene(own, sgrid, np.datetime64(prod.metadata["CenterTime"], "ns"), product_checksum(path), era5)
-        written, covered_px, cloud_px = 0, 0, 0
-        for target, ged in zip(targets, geds, strict=True):
-            counts = _write_tile_part(scene, target, ged)
-            if counts is not None:
-                written += 1
-                covered_px += counts[0]
-                cloud_px += counts[1]
-        if not covered_px:
-            raise ValueError("the scene does not overlap its tiles")
-        # Only now, with every tile written, do the scene's slots count as complete. Slots of tiles that only
-        # no-data pixels touched are marked too (they hold fill): the scene is complete in every tile.
-        for t in targets:
-            mark_slot(t.store, t.index, "ingest_ok", checksum=scene.checksum)
-        return {**record, "status": "ingested", "seconds": round(time.perf_counter() - t0, 2),
-                "covered_px": covered_px, "tiles_written": written,
-                "cloud_fraction": round(cloud_px / covered_px, 4)}
+        return {**record, **_write_scene_tiles(scene, targets, geds), "seconds": round(time.perf_counter() - t0, 2)}
     except (ValueError, OSError, KeyError) as exc:
         return {**record, "status": "failed", "reason": _one_line(exc)}
 
 
+def _write_scene_tiles(scene: _Scene, targets: list[TileTarget], geds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write a decoded scene into every tile it touches, then mark its slots complete; the record's counts.
+
+    Raises ValueError if no pixel of the scene lands in its tiles.
+    """
+    written, covered_px, cloud_px = 0, 0, 0
+    for target, ged in zip(targets, geds, strict=True):
+        counts = _write_tile_part(scene, target, ged)
+        if counts is not None:
+            written += 1
+            covered_px += counts[0]
+            cloud_px += counts[1]
+    if not covered_px:
+        raise ValueError("the scene does not overlap its tiles")
+    # Only now, with every tile written, do the scene's slots count as complete. Slots of tiles that only
+    # no-data pixels touched are marked too (they hold fill): the scene is complete in every tile.
+    for t in targets:
+        mark_slot(t.store, t.index, "ingest_ok", checksum=scene.checksum)
+    return {"status": "ingested", "covered_px": covered_px, "tiles_written": written,
+            "cloud_fraction": round(cloud_px / covered_px, 4)}
+
+
+def _decode_sensor_scene(prod: VimiProduct, path: str, targets: list[TileTarget], geds: list[dict[str, Any]],
+                         cloud_percent: float, dem: Dem | None, started: tuple[float, dict[str, Any]]
+                         ) -> dict[str, Any]:
+    """:func:`_decode_scene` of a product in sensor geometry: calibrate, mask clouds and compute the RPC view
+    zenith on the image grid, then warp onto each tile window (by the DEM, else at the RPC height offset).
+
+    The record carries ``seconds`` and ``warp_seconds`` (the RPC warps alone, every tile).
+    """
+    t0, record = started
+    rpc, lines, samples = _sensor_rpc(prod)
+    ds = prod.open(chunks=None)
+    names = [*THERMAL_NAMES, "ndvi"] + (["red"] if "red" in ds else [])
+    own = {k: ds[k].values.astype(np.float32) for k in names}
+    ds.close()
+    if not np.isfinite(own["bt_10_80"]).any():
+        raise ValueError("the scene holds no valid pixel")
+    own["cloud"] = cloud_mask(own["bt_10_80"], own["ndvi"], own.get("red"),
+                              cloud_percent=cloud_percent).astype(np.float32)
+    own["vza"] = sensor_vza(rpc, lines, samples)
+    own.pop("red", None)  # only the cloud test uses it
+    era5 = _open_era5(tuple(sorted({f for t in targets for f in t.era5})))
+    grid, bounds = sensor_product_grid(rpc, lines, samples)
+    warp = _Warp(rpc, None)
+    if dem is None:
+        return _finish_sensor(_Scene(own, grid, np.datetime64(prod.time, "ns"), product_checksum(path), era5, warp),
+                              targets, geds, record, t0)
+    with dem.for_footprint(bounds, path) as dem_path:
+        warp = _Warp(rpc, dem_path)
+        scene = _Scene(own, grid, np.datetime64(prod.time, "ns"), product_checksum(path), era5, warp)
+        return _finish_sensor(scene, targets, geds, record, t0)
+
+
+def _finish_sensor(scene: _Scene, targets: list[TileTarget], geds: list[dict[str, Any]], record: dict[str, Any],
+                   t0: float) -> dict[str, Any]:
+    out = _write_scene_tiles(scene, targets, geds)
+    assert scene.warp is not None
+    return {**record, **out, "seconds": round(time.perf_counter() - t0, 2),
+            "warp_seconds": round(scene.warp.seconds[0], 3)}
+
+
+@dataclass
+class _Warp:
+    """The RPC warp of a sensor-geometry scene: its model, the DEM path (None: flat), and the time spent (s)."""
+
+    rpc: Rpc
+    dem_path: str | None
+    seconds: list[float] = field(default_factory=lambda: [0.0])
+
+    def onto(self, own: dict[str, np.ndarray], grid: GeoBox) -> dict[str, np.ndarray]:
+        t = time.perf_counter()
+        out = orthorectify(own, self.rpc, grid, dem_path=self.dem_path)
+        self.seconds[0] += time.perf_counter() - t
+        return {k: v.astype(np.float64) for k, v in out.items()}
+
+
 @dataclass(frozen=True)
 class _Scene:
-    """A decoded product on its own grid: rasters, grid, centre time, checksum, and its ERA5 field."""
+    """A decoded product on its own grid: rasters, grid, centre time, checksum, and its ERA5 field.
+
+    ``warp`` is set for a product in sensor geometry: ``own`` is then on the image grid, ``grid`` the footprint's
+    grid (:func:`~sftl_dask.io.inspect.sensor_product_grid`), and each tile window is warped to by the RPCs.
+    """
 
     own: dict[str, np.ndarray]
     grid: GeoBox
     time: np.datetime64
     checksum: str
     era5: Any
+    warp: _Warp | None = None
 
 
 def _write_tile_part(scene: _Scene, target: TileTarget, ged: dict[str, Any]) -> tuple[int, int] | None:
@@ -194,7 +315,9 @@ def _write_tile_part(scene: _Scene, target: TileTarget, ged: dict[str, Any]) -> 
     window, off = hit
     y0, y1, x0, x1 = window
     wgrid = target.grid.window(window)
-    if off is not None:
+    if scene.warp is not None:  # sensor geometry: straight from the image onto the tile window
+        vals = scene.warp.onto(scene.own, wgrid)
+    elif off is not None:
         r, c = off
         vals = {k: v[y0 - r : y1 - r, x0 - c : x1 - c] for k, v in scene.own.items()}
     else:  # another lattice: resample onto the window (bilinear; the cloud mask by nearest)
@@ -241,6 +364,8 @@ def ingest(
     client: Any = None,
     progress: Callable[[int, int], None] | None = None,
     tile_px: int | None = None,
+    dem: str | os.PathLike[str] | None = None,
+    calibration: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Ingest VIMI L1 products into the fixed tiles of a scene cube under ``cube``; returns a summary.
 
@@ -262,6 +387,11 @@ def ingest(
     tile_px : int, optional
         Tile edge (40 m pixels) of a new cube (default :data:`~sftl_dask.geo.DEFAULT_TILE_PX`); an
         existing cube keeps its own, and a different value is refused.
+    dem : path, optional
+        DEM (GeoTIFF/COG, VRT, or a folder of tiles) for products in sensor geometry (:mod:`sftl_dask.io.ortho`:
+        none = the RPC height offset, warned; one missing a footprint fails that scene).
+    calibration : path, optional
+        Calibration table for products whose XML has no GAINS/OFFSETS (``vimi_calibration.csv`` format).
 
     Returns
     -------
@@ -271,8 +401,9 @@ def ingest(
     Raises
     ------
     IngestError
-        If no product is found, an ERA5 file or the GED folder is missing or unreadable, a product's CRS is
-        not a UTM zone, or the cube root holds tiles of another size (or pre-tile grids).
+        If no product is found, an ERA5 file, the GED folder, the DEM or the calibration table is missing or
+        unreadable, a product's CRS is not a UTM zone, or the cube root holds tiles of another size (or pre-tile
+        grids).
     StoreBusyError
         If another process is writing the cube (holds its write lock).
     """
@@ -280,22 +411,18 @@ def ingest(
     root = location(cube)
     era5_paths = [str(Path(p)) for p in era5]
     scheme, era5_index, products = _check_inputs(inputs, root, era5_paths, ged, tile_px, client)
+    source = _check_sources(dem, calibration)
 
     with write_lock(root, "sftl ingest"):  # one writer per cube: a second run is refused, never interleaved
         state = _CubeState.read(root)
-        log: list[dict[str, Any]] = []
-        todo = []
-        for p in products:
-            stem = _stem(p)
-            if stem in state.done:
-                log.append({"scene_id": stem, "status": "skipped", "reason": "already in the cube", "source": p})
-            else:
-                todo.append(p)
-        scans = _scan_new(todo, client, log)
+        log: list[dict[str, Any]] = [{"scene_id": _stem(p), "status": "skipped", "reason": "already in the cube",
+                                      "source": p} for p in products if _stem(p) in state.done]
+        todo = [p for p in products if _stem(p) not in state.done]
+        scans = _scan_new(todo, client, log, source)
         scheme = _anchor_new_zones(scheme, scans)
         makedirs(root)
         _assign_slots(root, scheme, scans, state)
-        args = _scene_tasks(scans, state.tiles, str(ged), era5_index, client)
+        args = _scene_tasks(scans, state.tiles, str(ged), era5_index, client, source)
         results = _map(_ingest_scene, args, client, progress=progress)
         log += results
         ok = [r for r in results if r["status"] == "ingested"]
@@ -304,14 +431,10 @@ def ingest(
                                 for s in scans if s["scene_id"] in done_ids])
         stamp = np.datetime64("now", "s")
         write_log(root, [{"logged_utc": str(stamp), **r} for r in log])
-        return {
-            "ingested": len(ok),
-            "skipped": sum(r["status"] == "skipped" for r in log),
-            "failed": [r for r in log if r["status"] == "failed"],
-            "stores": sorted({str(p) for p in cube_stores(root).values()}),
-            "tile_px": scheme.tile_px,
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
+        return {"ingested": len(ok), "skipped": sum(r["status"] == "skipped" for r in log),
+                "failed": [r for r in log if r["status"] == "failed"],
+                "stores": sorted({str(p) for p in cube_stores(root).values()}), "tile_px": scheme.tile_px,
+                "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _check_inputs(inputs: Sequence[str | os.PathLike[str]], root: Location, era5_paths: list[str],
@@ -343,6 +466,24 @@ def _check_inputs(inputs: Sequence[str | os.PathLike[str]], root: Location, era5
         raise IngestError(f"{root}: holds tiles of {existing.tile_px} px x {existing.pixel_m:g} m, not "
                           f"{tile_px} px (--tile-size): ingest into another cube root")
     return scheme, _era5_index(era5_paths, client), _products_of(inputs)
+
+
+def _check_sources(dem: str | os.PathLike[str] | None, calibration: str | os.PathLike[str] | None
+                   ) -> SceneSource:
+    """The DEM (opened: its tiles' extents) and the calibration table, checked before any work.
+
+    Raises
+    ------
+    IngestError
+        If the DEM is missing, holds no tile or an unreadable one, or the calibration table is not a file.
+    """
+    if calibration is not None and not Path(calibration).is_file():
+        raise IngestError(f"{calibration}: calibration table not found (--calibration)")
+    try:
+        opened = None if dem is None else open_dem(dem)
+    except DemError as exc:
+        raise IngestError(f"{exc} (--dem)") from None
+    return SceneSource(None if calibration is None else str(calibration), opened)
 
 
 def _products_of(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -385,17 +526,20 @@ class _CubeState:
         return {k for k, v in self.slots_of.items() if all(ok for *_, ok in v.values())}
 
 
-def _scan_new(todo: list[str], client: Any, log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _scan_new(todo: list[str], client: Any, log: list[dict[str, Any]], source: SceneSource | None = None
+              ) -> list[dict[str, Any]]:
     """Scan the products to ingest (worker tasks): the readable ones, sorted by time, each scene once.
 
-    Unreadable products and duplicates are appended to ``log``.
+    Unreadable products (missing or malformed RPCs, a DEM that misses the footprint included) and duplicates
+    are appended to ``log``; a sensor-geometry scene without a DEM is warned about, naming it.
 
     Raises
     ------
     IngestError
         If a product's CRS is not a UTM zone (refused before anything is written).
     """
-    scans = _map(_scan, [(p,) for p in todo], client)
+    source = source or SceneSource()
+    scans = _map(_scan, [(p, source.calibration, source.dem) for p in todo], client)
     off_scheme = [s for s in scans if s.get("bad_crs")]
     if off_scheme:
         s = off_scheme[0]
@@ -412,6 +556,9 @@ def _scan_new(todo: list[str], client: Any, log: list[dict[str, Any]]) -> list[d
             continue
         seen.add(s["scene_id"])
         unique.append(s)
+        if s.get("sensor") and source.dem is None:
+            warnings.warn(f"{s['scene_id']}: no DEM given (--dem): orthorectified at its RPC height offset; "
+                          f"recorded as dem = {FLAT_DEM!r}", UserWarning, stacklevel=3)
     return unique
 
 
@@ -448,7 +595,8 @@ def _assign_slots(root: Location, scheme: TileScheme, scans: list[dict[str, Any]
     for name, ss in new_slots.items():
         store = str(join(root, f"{name}.zarr"))
         idx = append_slots(store, state.tiles[name], [{"scene_id": s["scene_id"], "source": s["path"],
-                                                       "time": s["time"]} for s in ss], attrs)
+                                                       "time": s["time"], "calibration_source":
+                                                       s["calibration_source"], "dem": s["dem"]} for s in ss], attrs)
         for s, i in zip(ss, idx, strict=True):
             s["targets"][name] = (store, i)
 
@@ -467,7 +615,7 @@ def _batch_regions(scans: list[dict[str, Any]], tiles: dict[str, GeoBox]) -> dic
 
 
 def _scene_tasks(scans: list[dict[str, Any]], tiles: dict[str, GeoBox], ged: str, era5_index: list[dict[str, Any]],
-                 client: Any) -> list[tuple[Any, ...]]:
+                 client: Any, source: SceneSource | None = None) -> list[tuple[Any, ...]]:
     """GED once per tile (on its batch region, kept on the cluster), then one task's arguments per scene."""
     reach = _batch_regions(scans, tiles)
     used = sorted(reach)
@@ -478,7 +626,7 @@ def _scene_tasks(scans: list[dict[str, Any]], tiles: dict[str, GeoBox], ged: str
         names = sorted(n for n in s["targets"] if n in reach)
         targets = [TileTarget(*s["targets"][n], n, tiles[n], _era5_for(era5_index, tiles[n], s["time"]),
                               (reach[n].y0, reach[n].x0)) for n in names]
-        args.append((s["path"], targets, [ged_arrays[n] for n in names], s["cloud_percent"]))
+        args.append((s["path"], targets, [ged_arrays[n] for n in names], s["cloud_percent"], source))
     return args
 
 
@@ -526,7 +674,7 @@ def _era5_for(index: list[dict[str, Any]], grid: GeoBox, when: np.datetime64) ->
 
 def _stem(path: str) -> str:
     name = Path(path).name
-    for ext in (".tar", ".TAR"):
+    for ext in (".tar.gz", ".TAR.GZ", ".tgz", ".TGZ", ".tar", ".TAR"):
         if name.endswith(ext):
             return name[: -len(ext)]
     return name

@@ -7,7 +7,8 @@ written the rioxarray way (``spatial_ref``, named in every raster variable's ``c
 that plain ``xr.open_zarr(store).rio.crs`` finds it), CF ``time`` (``standard_name``, ``axis``),
 float32 variables compressed with Blosc LZ4 + byte shuffle (8x faster to write than Zarr's
 default and smaller on this data, shared/reference/PERF.md). Per time step the store records
-``scene_id``, ``source``, ``checksum`` and its completion flag.
+``scene_id``, ``source``, ``checksum``, its completion flag and, for scene cubes, the calibration source and
+the DEM used (``PROVENANCE_VARS``).
 
 Appending follows xarray's pattern: the driver resizes the store and writes metadata once
 (``to_zarr(compute=False, append_dim="time")``); each worker then fills its own time slice
@@ -43,6 +44,7 @@ from sftl_dask.physics.channels import THERMAL_NAMES, channel_table
 __all__ = [
     "CHUNK",
     "CUBE_VARIABLES",
+    "PROVENANCE_VARS",
     "GeoBox",
     "append_slots",
     "cube_stores",
@@ -82,6 +84,12 @@ CUBE_VARIABLES: dict[str, dict[str, Any]] = {
                           "flag_meanings": "ancillary_present ancillary_missing", "dtype": "uint8"},
 }
 _SLOT_VARS = {"scene_id": "<U96", "source": "<U512", "checksum": "<U64"}
+#: Provenance per time step, written when a slot is created if the scenes carry it (ingest does): where the
+#: calibration came from (``xml``, ``user:<path>``, ``table:<file>``) and the DEM used for the orthorectification
+#: (its path, ``none (RPC height offset)``, or ``n/a (map-projected product)``). Stores written before these
+#: existed keep their layout: new slots appended to them record no provenance there (the ingest log has it).
+PROVENANCE_VARS = {"calibration_source": ("<U256", "source of the DN -> radiance gains and offsets"),
+                   "dem": ("<U512", "DEM used to orthorectify the scene by its RPCs")}
 #: Chunk edge (pixels) of new stores along y and x.
 CHUNK = 512
 #: CF time; numpy times count no leap seconds (CF-1.11 section 4.4.3).
@@ -90,7 +98,8 @@ _TIME_ATTRS = {"standard_name": "time", "axis": "T", "long_name": "scene centre 
 
 
 def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tuple[GeoBox, list[dict[str, Any]]]:
-    """The grid of a store and its time slots (index, scene_id, source, checksum, ``ok_var``, time)."""
+    """The grid of a store and its time slots (index, scene_id, source, checksum, ``ok_var``, time, and
+    ``calibration_source`` / ``dem`` where the store records them, :data:`PROVENANCE_VARS`)."""
     ds = xr.open_zarr(zarr_store(store), consolidated=True, chunks=None)  # numpy: no Dask graph for small arrays
     grid, _ = store_geometry(ds.attrs)
     slots = [
@@ -100,11 +109,15 @@ def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tupl
                                                       ds["checksum"].values, ds[ok_var].values,
                                                       ds["time"].values, strict=True))
     ]
+    for name in PROVENANCE_VARS:
+        if name in ds:
+            for slot, value in zip(slots, ds[name].values, strict=True):
+                slot[name] = str(value)
     return grid, slots
 
 
 def _template(grid: GeoBox, scenes: Sequence[Mapping[str, Any]], variables: Mapping[str, Mapping[str, Any]],
-              ok_var: str, chunk: tuple[int, int] | None) -> xr.Dataset:
+              ok_var: str, chunk: tuple[int, int] | None, provenance: bool = False) -> xr.Dataset:
     n = len(scenes)
     shape = (n, grid.height, grid.width)
     cy, cx = chunk or (CHUNK, CHUNK)
@@ -122,6 +135,10 @@ def _template(grid: GeoBox, scenes: Sequence[Mapping[str, Any]], variables: Mapp
     # written when the slot completes (mark_slot): nothing per slot at creation
     data_vars["checksum"] = (("time",), da.full((n,), "", dtype=_SLOT_VARS["checksum"], chunks=1),
                              {"long_name": "sha256 of the source product"})
+    for name, (dtype, long_name) in PROVENANCE_VARS.items():
+        if provenance:
+            data_vars[name] = (("time",), np.array([s.get(name, "") for s in scenes], dtype=dtype),
+                               {"long_name": long_name})
     data_vars[ok_var] = (("time",), da.zeros((n,), dtype=bool, chunks=1),
                          {"long_name": f"1 once every chunk of the time step is written ({ok_var})"})
     times = np.array([np.datetime64(s["time"], "ns") for s in scenes], dtype="datetime64[ns]")
@@ -137,7 +154,7 @@ def _encoding(ds: xr.Dataset, variables: Mapping[str, Any], ok_var: str) -> dict
     enc: dict[str, dict[str, Any]] = {k: {"compressors": comp} for k in variables}
     enc["time"] = {"units": "seconds since 1970-01-01T00:00:00", "calendar": "proleptic_gregorian",
                    "dtype": "int64"}
-    for k in ("scene_id", "source"):
+    for k in ("scene_id", "source", *(v for v in PROVENANCE_VARS if v in ds)):
         enc[k] = {"chunks": (max(1, ds.sizes["time"]),)}
     enc["checksum"] = {"chunks": (1,)}
     enc[ok_var] = {"chunks": (1,)}
@@ -157,7 +174,9 @@ def append_slots(store: str | os.PathLike[str], grid: GeoBox, scenes: Sequence[M
     grid : GeoBox
         The store's grid (must equal the existing one).
     scenes : sequence of mapping
-        Each with ``scene_id``, ``source`` and ``time`` (UTC datetime64).
+        Each with ``scene_id``, ``source`` and ``time`` (UTC datetime64); when the first carries
+        ``calibration_source`` and ``dem`` (:data:`PROVENANCE_VARS`) they are recorded per slot, in a new store
+        or one that already has them.
     attrs : mapping, optional
         Global attributes for a new store.
     variables : mapping
@@ -175,7 +194,10 @@ def append_slots(store: str | os.PathLike[str], grid: GeoBox, scenes: Sequence[M
     store = location(store)
     if not scenes:
         return []
-    tmpl = _template(grid, scenes, variables, ok_var, chunk)
+    provenance = all(k in scenes[0] for k in PROVENANCE_VARS)
+    if provenance and is_zarr_store(store):  # an older store keeps its layout: no new per-slot variables
+        provenance = all(k in zarr.open_group(zarr_store(store), mode="r") for k in PROVENANCE_VARS)
+    tmpl = _template(grid, scenes, variables, ok_var, chunk, provenance)
     tmpl = tmpl.rio.write_crs(grid.crs)
     tmpl = tmpl.rio.write_transform(grid.affine)
     for name in variables:

@@ -44,7 +44,8 @@ from sftl_dask.geo import DEFAULT_TILE_PX, GeoBox, TileScheme, utm_epsg
 from sftl_dask.io.rpc import Rpc, RpcFormatError, from_rasterio, parse_rpb, parse_rpc_txt, read_rpc
 from sftl_dask.io.vimi import VimiFormatError, VimiProduct, find_products
 
-__all__ = ["EDGE_POINTS", "ProductSummary", "inspect_product", "inspect_products", "product_rpc", "sensor_footprint"]
+__all__ = ["EDGE_POINTS", "ProductSummary", "inspect_product", "inspect_products", "product_rpc", "sensor_footprint",
+           "sensor_product_grid"]
 
 #: Points per footprint edge (corners included).
 EDGE_POINTS = 21
@@ -227,9 +228,35 @@ def _zone_of(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
-def _sensor_grid(rpc: Rpc, height: int, width: int, pixel_m: float
-                 ) -> tuple[GeoBox, tuple[float, float, float, float]]:
-    """The footprint (lon/lat bounds) and the 40 m grid of its bounding box in the centre's UTM zone."""
+def sensor_product_grid(rpc: Rpc, height: int, width: int, pixel_m: float = 40.0
+                        ) -> tuple[GeoBox, tuple[float, float, float, float]]:
+    """The grid of a sensor-geometry product: THE rule ``sftl inspect`` and ``sftl ingest`` share.
+
+    The UTM zone is the one of the footprint centre (the RPCs' localization of the central pixel at 0 m); the
+    grid is the bounding box, in that zone, of the image outline (outer pixel edges, :data:`EDGE_POINTS` per
+    edge, localized at 0 m above WGS 84), snapped outwards to multiples of ``pixel_m``.
+
+    Parameters
+    ----------
+    rpc : Rpc
+        The thermal raster's RPC00B model.
+    height, width : int
+        Image size (lines, samples).
+    pixel_m : float
+        Pixel size of the grid (m), default 40.
+
+    Returns
+    -------
+    grid : GeoBox
+        North-up grid of ``pixel_m`` pixels in the zone (``EPSG:326NN`` / ``327NN``).
+    bounds : tuple of float
+        The footprint (west, south, east, north), degrees.
+
+    Raises
+    ------
+    ValueError
+        If the RPCs do not localize the image outline.
+    """
     bounds, centre = sensor_footprint(rpc, height, width)
     epsg = _zone_of(*centre)
     line, sample = _outline(height, width)
@@ -288,7 +315,7 @@ def inspect_product(path: str | os.PathLike[str], *, tile_px: int = DEFAULT_TILE
         if attrs["geometry"] == "sensor":
             rpc = product_rpc(product, attrs["rpc_member"])
             try:
-                grid, bounds = _sensor_grid(rpc, ds.sizes["y"], ds.sizes["x"], scheme.pixel_m)
+                grid, bounds = sensor_product_grid(rpc, ds.sizes["y"], ds.sizes["x"], scheme.pixel_m)
             except ValueError as exc:
                 raise VimiFormatError(f"{product.path}: member {attrs['rpc_member']}: {exc}") from None
             how = "RPC image outline at h = 0 m"
