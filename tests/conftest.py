@@ -89,3 +89,14 @@ def tiny_training(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(root / "out"), "--workers", "1"]) == 0
     return root / "out", json.loads((root / "out" / "results.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def delivered_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A testbed of delivered products (1 scene per region, 640 px, seed 0, ``layout="delivered"``: .tar.gz in sensor
+    geometry with .rpb, DEM tiles, hot targets), built once per run; read only (a test that alters it copies it)."""
+    from sftl_dask.testbed.build import build_testbed
+
+    out = tmp_path_factory.mktemp("delivered_testbed") / "delivered"
+    build_testbed(out, scenes=1, size=640, seed=0, layout="delivered")
+    return out

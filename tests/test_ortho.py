@@ -26,18 +26,17 @@ from sftl_dask.io.ortho import FLAT_DEM, DemError, open_dem, orthorectify, senso
 from sftl_dask.io.rpc import view_zenith
 from sftl_dask.io.stores import cube_stores
 from sftl_dask.io.vimi import VimiProduct
-from sftl_dask.testbed.build import build_testbed, scene_schedule
+from sftl_dask.testbed.build import scene_schedule
 from sftl_dask.testbed.delivery import SceneView, scene_view, terrain_height
 from sftl_dask.testbed.world import REGIONS, build_landscape
 
-SIZE, SEED, TILE = 640, 0, 256
+SIZE, SEED, TILE = 640, 0, 256  # the session fixture delivered_testbed is built with SIZE and SEED
 
 
 @pytest.fixture(scope="module")
-def delivered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tb") / "delivered"
-    build_testbed(out, scenes=1, size=SIZE, seed=SEED, layout="delivered")
-    return out
+def delivered(delivered_testbed: Path) -> Path:
+    """The session's delivered testbed (tests/conftest.py: 1 scene per region, 640 px, seed 0)."""
+    return delivered_testbed
 
 
 def _ingest(tb: Path, cube: Path, **kw: Any) -> dict[str, Any]:

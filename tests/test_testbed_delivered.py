@@ -21,10 +21,9 @@ from sftl_dask.testbed.formats import DELIVERED_XML_FIELDS
 
 
 @pytest.fixture(scope="module")
-def delivered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tb") / "delivered"
-    build_testbed(out, scenes=1, size=640, seed=0, layout="delivered")
-    return out
+def delivered(delivered_testbed: Path) -> Path:
+    """The session's delivered testbed (tests/conftest.py: 1 scene per region, 640 px, seed 0)."""
+    return delivered_testbed
 
 
 def _archives(root: Path) -> list[Path]:
@@ -133,6 +132,8 @@ def _digest(root: Path) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow  # builds a second delivered testbed (~30 s); the scene synthesis' determinism stays in the fast
+# suite (tests/test_testbed.py::test_scene_synthesis_is_deterministic_from_seed)
 def test_same_seed_same_bytes(delivered: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     build_testbed(again, scenes=1, size=640, seed=0, layout="delivered")
