@@ -300,3 +300,15 @@ def put_pickle_in_program(artifact: Path) -> None:
                 data = pickle.dumps(("not", "weights"))
             dst.writestr(m, data)
     (artifact / "model.pt2").write_bytes(buf.getvalue())
+
+
+def hot_target_peak(img: np.ndarray, row: float, col: float) -> tuple[float, float]:
+    """Sub-pixel peak of a hot target near (row, col) of ``img`` (px): a plane fitted to the 7 x 7 window's outer
+    ring is the background; the centroid of the excess over the inner 5 x 5 is the peak (row, col)."""
+    ri, ci = round(row), round(col)
+    win = img[ri - 3:ri + 4, ci - 3:ci + 4].astype(float)
+    rr, cc = np.mgrid[-3:4, -3:4]
+    ring = (np.abs(rr) == 3) | (np.abs(cc) == 3)
+    coef = np.linalg.lstsq(np.c_[np.ones(ring.sum()), rr[ring], cc[ring]], win[ring], rcond=None)[0]
+    excess = np.where(ring, 0.0, win - (coef[0] + coef[1] * rr + coef[2] * cc))
+    return ri + float((excess * rr).sum() / excess.sum()), ci + float((excess * cc).sum() / excess.sum())

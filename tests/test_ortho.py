@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import rasterio
 import xarray as xr
+from helpers import hot_target_peak
 from pyproj import Transformer
 
 from sftl_dask.geo import GeoBox
@@ -62,18 +63,6 @@ def cube_flat(delivered: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     return cube, [str(w.message) for w in caught if "--dem" in str(w.message)]
 
 
-def _peak(bt: np.ndarray, row: float, col: float) -> tuple[float, float]:
-    """Sub-pixel peak near (row, col): the excess over a plane fitted to the 7 x 7 window's outer ring, its
-    centroid over the inner 5 x 5 (as tests/test_testbed_delivered.py finds it in sensor geometry)."""
-    ri, ci = round(row), round(col)
-    win = bt[ri - 3:ri + 4, ci - 3:ci + 4].astype(float)
-    rr, cc = np.mgrid[-3:4, -3:4]
-    ring = (np.abs(rr) == 3) | (np.abs(cc) == 3)
-    coef = np.linalg.lstsq(np.c_[np.ones(ring.sum()), rr[ring], cc[ring]], win[ring], rcond=None)[0]
-    excess = np.where(ring, 0.0, win - (coef[0] + coef[1] * rr + coef[2] * cc))
-    return ri + float((excess * rr).sum() / excess.sum()), ci + float((excess * cc).sum() / excess.sum())
-
-
 def _tiles(cube: Path) -> list[tuple[GeoBox, list[dict[str, Any]], Path]]:
     out = []
     for store in cube_stores(cube).values():
@@ -96,7 +85,7 @@ def _target_errors(tb: Path, cube: Path) -> list[float]:
             idx = next(s["index"] for s in slots if s["scene_id"] == t.scene_id)
             with xr.open_zarr(store, consolidated=True) as ds:
                 bt = ds["bt_10_80"].isel(time=idx).values
-            pr, pc = _peak(bt, row, col)
+            pr, pc = hot_target_peak(bt, row, col)
             errors.append(float(np.hypot(pr - row, pc - col)))
     return errors
 

@@ -274,19 +274,24 @@ def _write_xml(path: Path, values: Mapping[str, str]) -> None:
                                                                              xml_declaration=False) + b"\n")
 
 
-def _write_geotiff(path: Path, data: NDArray[np.uint16], crs: CRS, transform: Affine, nodata: int,
+def _write_geotiff(path: Path, data: NDArray[np.uint16], crs: CRS | None, transform: Affine | None, nodata: int,
                    band_names: Sequence[str]) -> None:
+    """A tiled, deflated uint16 GeoTIFF of DN with band descriptions. Map-projected with ``crs`` and ``transform``;
+    with both None, in sensor geometry: no CRS and no geotransform (its RPCs are the ``.rpb`` beside it)."""
     count, height, width = data.shape
+    where = {} if crs is None else {"crs": crs, "transform": transform}
     profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": "uint16", "crs": crs,
-        "transform": transform, "nodata": nodata, "compress": "deflate", "predictor": 2, "tiled": True,
+        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": "uint16", **where,
+        "nodata": nodata, "compress": "deflate", "predictor": 2, "tiled": True,
         "blockxsize": 256, "blockysize": 256, "interleave": "band",
     }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        for i, band in enumerate(band_names, start=1):
-            dst.set_band_description(i, band)
-        dst.update_tags(AREA_OR_POINT="Area")
+    with warnings.catch_warnings():  # in sensor geometry, no geotransform is the point
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+            for i, band in enumerate(band_names, start=1):
+                dst.set_band_description(i, band)
+            dst.update_tags(AREA_OR_POINT="Area")
 
 
 def write_vimi_archive(
@@ -401,23 +406,6 @@ def _delivered_xml_values(meta: Mapping[str, Any], stem: str) -> dict[str, str]:
     return out
 
 
-def _write_sensor_tiff(path: Path, data: NDArray[np.uint16], nodata: int, band_names: Sequence[str]) -> None:
-    """A GeoTIFF in sensor geometry: no CRS and no geotransform (its RPCs are the ``.rpb`` beside it)."""
-    count, height, width = data.shape
-    profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": "uint16",
-        "nodata": nodata, "compress": "deflate", "predictor": 2, "tiled": True, "blockxsize": 256,
-        "blockysize": 256, "interleave": "band",
-    }
-    with warnings.catch_warnings():  # no geotransform is the point here
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(data)
-            for i, band in enumerate(band_names, start=1):
-                dst.set_band_description(i, band)
-            dst.update_tags(AREA_OR_POINT="Area")
-
-
 def write_vimi_delivery(
     out_dir: str | os.PathLike[str],
     stem: str,
@@ -486,7 +474,7 @@ def write_vimi_delivery(
         w = Path(work)
         members = []
         for ft, data, rpc in (("B1_B6", vnir, rpc_b1_b6), ("B7_B12", tir, rpc_b7_b12)):
-            _write_sensor_tiff(w / names[ft], data, nodata, bands[ft])
+            _write_geotiff(w / names[ft], data, None, None, nodata, bands[ft])
             rpb = Path(names[ft]).with_suffix(".rpb").name
             (w / rpb).write_text(format_rpb(rpc, band_id=f"VIMI_{ft}"), encoding="ascii")
             members += [names[ft], rpb]
