@@ -427,9 +427,10 @@ def _add_data_verbs(sub: Any) -> None:
                         "(default 0.15; the multi-year archive testbed uses 0.5)")
     s.add_argument("--max-shift", type=_positive_int, default=160, metavar="PX",
                    help="largest footprint move along each axis in px (default 160)")
-    s.add_argument("--layout", choices=("map", "delivered"), default="map",
-                   help="map: north-up UTM GeoTIFFs in a .tar (default); delivered: sensor geometry with .rpb "
-                        "RPCs in a .tar.gz, a Copernicus DEM, a calibration table and hot targets (docs/testbed.md)")
+    s.add_argument("--layout", choices=("delivered", "map"), default="delivered",  # testbed.build.LAYOUTS
+                   help="delivered (default): sensor geometry with .rpb RPCs in a .tar.gz, a Copernicus DEM, a "
+                        "calibration table and hot targets, as the ground segment delivers; map: north-up UTM "
+                        "GeoTIFFs in a .tar (docs/testbed.md)")
     _common(s, _cmd_testbed)
 
     s = sub.add_parser("inspect", help="what the reader sees in each delivery: layout, time, geometry, calibration "

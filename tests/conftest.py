@@ -27,11 +27,12 @@ def client() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def small_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A testbed of 2 scenes per region on 640 x 640 px (seed 3), built once per session (~1 min)."""
+    """A testbed of 2 scenes per region on 640 x 640 px (seed 3), map-projected products (``layout="map"``: the
+    tests that use it pin figures of north-up products), built once per session (~1 min)."""
     from sftl_dask.testbed.build import build_testbed
 
     out = tmp_path_factory.mktemp("small_testbed") / "world"
-    build_testbed(out, scenes=2, size=640, seed=3)
+    build_testbed(out, scenes=2, size=640, seed=3, layout="map")
     return out
 
 
@@ -84,7 +85,7 @@ def tiny_training(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     from sftl_dask.cli import main
 
     root = tmp_path_factory.mktemp("train")
-    cfg = dict(BASE, data={"testbed": {"path": None, "scenes": 4, "size": 640, "seed": 2},
+    cfg = dict(BASE, data={"testbed": {"path": None, "scenes": 4, "size": 640, "seed": 2, "layout": "map"},
                            "simulation": {"path": None, "profiles": 60, "seed": 0}})
     (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(root / "out"), "--workers", "1"]) == 0

@@ -87,6 +87,27 @@ def test_missing_inputs_and_a_mixed_data_section_are_refused(small_testbed, mode
         load_archive_config(cfg)
 
 
+def test_an_archive_config_takes_a_dem_a_calibration_table_and_a_testbed_layout(small_testbed, model, tmp_path):
+    (tmp_path / "dem").mkdir()
+    (tmp_path / "cal.csv").write_text("satellite,sensor,year,band,gain,offset\n")
+    cfg = load_archive_config(_config(tmp_path, small_testbed, model))
+    assert "dem" not in cfg and "calibration" not in cfg
+    doc = yaml.safe_load(_config(tmp_path, small_testbed, model).read_text())
+    doc["data"] |= {"dem": "dem", "calibration": "cal.csv"}
+    (tmp_path / "archive.yaml").write_text(yaml.safe_dump(doc))
+    cfg = load_archive_config(tmp_path / "archive.yaml")
+    assert cfg["dem"] == tmp_path / "dem" and cfg["calibration"] == tmp_path / "cal.csv"
+    doc["data"]["dem"] = "no-such-dem"
+    (tmp_path / "archive.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ArchiveConfigError, match=r"data\.dem: .*no-such-dem does not exist"):
+        load_archive_config(tmp_path / "archive.yaml")
+    (tmp_path / "archive.yaml").write_text(yaml.safe_dump({**doc, "data": {"testbed": {"scenes": 2, "layout": "sensor"}}}))
+    with pytest.raises(ArchiveConfigError, match=r"data\.testbed\.layout: one of delivered, map is required"):
+        load_archive_config(tmp_path / "archive.yaml")
+    (tmp_path / "archive.yaml").write_text(yaml.safe_dump({**doc, "data": {"testbed": {"scenes": 2, "layout": "map"}}}))
+    assert load_archive_config(tmp_path / "archive.yaml")["testbed"] == {"scenes": 2, "layout": "map"}
+
+
 def test_the_shipped_archive_pipeline_is_a_valid_config_of_160_scenes_across_tile_edges():
     cfg = load_archive_config(Path(__file__).parents[1] / "pipelines" / "archive.yaml")
     tb = cfg["testbed"]

@@ -13,7 +13,7 @@ from sftl_dask.report import markdown_to_html
 
 TINY = {
     "name": "tiny", "direction": "SiHuHe", "source_region": "huailai", "target_region": "heihe", "seed": 0,
-    "data": {"testbed": {"path": None, "scenes": 4, "size": 640, "seed": 2},
+    "data": {"testbed": {"path": None, "scenes": 4, "size": 640, "seed": 2, "layout": "map"},
              "simulation": {"path": None, "profiles": 60, "seed": 0}},
     "model": {"name": "dnn", "params": {"hidden": [32, 16]}},
     "pretrain": {"epochs": 3, "batch_size": 4096, "lr": 0.003, "holdout_fraction": 0.2},

@@ -26,7 +26,7 @@ from sftl_dask.testbed.world import REGIONS, RegionClimate, build_landscape
 @pytest.fixture(scope="module")
 def tb(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tb") / "world"
-    build_testbed(out, scenes=2, size=640, seed=5)
+    build_testbed(out, scenes=2, size=640, seed=5, layout="map")
     return out
 
 

@@ -132,3 +132,16 @@ def test_same_seed_same_bytes(delivered: Path, tmp_path: Path) -> None:
 def test_bad_layout(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="layout must be one of"):
         build_testbed(tmp_path / "x", scenes=1, size=640, layout="sensor")
+
+
+def test_delivered_is_the_default_layout_and_pipelines_ingest_it_with_its_dem(delivered: Path,
+                                                                             small_testbed: Path) -> None:
+    from sftl_dask.cli import _parser
+    from sftl_dask.pipelines.data import testbed_dem
+    from sftl_dask.testbed.build import DEFAULT_LAYOUT, LAYOUTS
+
+    args = _parser().parse_args(["testbed", "--out", "x"])
+    assert DEFAULT_LAYOUT == "delivered" == args.layout and set(LAYOUTS) == {"delivered", "map"}
+    assert json.loads((delivered / "testbed.json").read_text())["layout"] == "delivered"
+    assert testbed_dem(delivered) == delivered / "dem" and len(list((delivered / "dem").glob("*.tif"))) >= 1
+    assert testbed_dem(small_testbed) is None  # map layout: no DEM, products are map-projected

@@ -340,7 +340,7 @@ STAGE3 = {
     "pretrain": {"epochs": 2, "batch_size": 4096, "lr": 0.003, "holdout_fraction": 0.2},
     "finetune": {"strategy": "full", "epochs": 4, "lr": 0.001, "split": "chronological", "test_fraction": 0.3},
     "transfer": {"k": [], "repeats": 1},
-    "data": {"testbed": {"path": None, "scenes": 4, "size": 640, "seed": 2},
+    "data": {"testbed": {"path": None, "scenes": 4, "size": 640, "seed": 2, "layout": "map"},
              "simulation": {"path": None, "profiles": 40, "seed": 0}},
 }
 

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from sftl_dask.ingest import ingest
+from sftl_dask.pipelines.data import testbed_dem
 from sftl_dask.pipelines.steps import composites_step, lst_key, validate_step
 from sftl_dask.retrieve import retrieve
 from sftl_dask.simulate import (
@@ -40,13 +41,15 @@ from sftl_dask.simulate import (
     write_simulation,
 )
 from sftl_dask.staging import staged_file
-from sftl_dask.testbed.build import build_testbed
+from sftl_dask.testbed.build import DEFAULT_LAYOUT, LAYOUTS, build_testbed
 from sftl_dask.version import __version__
 
 __all__ = ["ArchiveConfigError", "load_archive_config", "run_archive"]
 
 _DATA_KEYS = {"testbed", "archives", "era5", "ged", "insitu", "sites"}
-_TESTBED_KEYS = {"scenes", "size", "seed", "shifted", "max_shift"}
+#: Optional inputs beside the paths: a DEM for products in sensor geometry, a calibration table (``sftl ingest``).
+_OPTIONAL_KEYS = {"dem", "calibration"}
+_TESTBED_KEYS = {"scenes", "size", "seed", "shifted", "max_shift", "layout"}
 _TOP_KEYS = {"name", "data", "tiles", "model", "steps"}
 STEPS = ("ingest", "retrieve", "validate", "composites")
 
@@ -108,8 +111,8 @@ def _data_section(data: Any, base: Path, bad: _Refusal) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise bad("data", "a mapping is required")
     for k in data:
-        if k not in _DATA_KEYS:
-            raise bad(f"data.{k}", f"unknown key (known: {', '.join(sorted(_DATA_KEYS))})")
+        if k not in _DATA_KEYS | _OPTIONAL_KEYS:
+            raise bad(f"data.{k}", f"unknown key (known: {', '.join(sorted(_DATA_KEYS | _OPTIONAL_KEYS))})")
     out: dict[str, Any] = {}
     if data.get("testbed") is not None:
         tb = data["testbed"]
@@ -118,17 +121,20 @@ def _data_section(data: Any, base: Path, bad: _Refusal) -> dict[str, Any]:
         for k, v in tb.items():
             if k not in _TESTBED_KEYS:
                 raise bad(f"data.testbed.{k}", f"unknown key (known: {', '.join(sorted(_TESTBED_KEYS))})")
-            if not isinstance(v, int | float) or isinstance(v, bool):
+            if k == "layout":
+                if v not in LAYOUTS:
+                    raise bad("data.testbed.layout", f"one of {', '.join(LAYOUTS)} is required, got {v!r}")
+            elif not isinstance(v, int | float) or isinstance(v, bool):
                 raise bad(f"data.testbed.{k}", f"a number is required, got {v!r}")
         out["testbed"] = dict(tb)
-        others = sorted(_DATA_KEYS - {"testbed"} & set(data))
+        others = sorted((_DATA_KEYS | _OPTIONAL_KEYS) - {"testbed"} & set(data))
         if others:
             raise bad(f"data.{others[0]}", "give either data.testbed or the input paths, not both")
         return out
     missing = sorted((_DATA_KEYS - {"testbed"}) - set(data))
     if missing:
         raise bad(f"data.{missing[0]}", "missing (or give data.testbed)")
-    for k in ("ged", "insitu", "sites"):
+    for k in ("ged", "insitu", "sites", *sorted(_OPTIONAL_KEYS & set(data))):
         p = base / str(data[k])
         if not p.exists():
             raise bad(f"data.{k}", f"{p} does not exist")
@@ -243,8 +249,9 @@ class _Run:
 def _ingest(run: _Run, cfg: Mapping[str, Any], inputs: Mapping[str, Any], cube: Path, *, client: Any) -> None:
     """The ingest step: new scenes onto the cube's tiles (those already in are skipped)."""
     t0 = time.perf_counter()
-    s = ingest(inputs["archives"], cube, era5=inputs["era5"], ged=inputs["ged"], client=client,
-               progress=run.bar("ingest"), tile_px=cfg["tile_px"])
+    s = ingest(inputs["archives"], cube, era5=inputs["era5"], ged=inputs["ged"], dem=inputs.get("dem"),
+               calibration=inputs.get("calibration"), client=client, progress=run.bar("ingest"),
+               tile_px=cfg["tile_px"])
     run.failed += [{"step": "ingest", "item": f["scene_id"], "reason": f.get("reason", "")} for f in s["failed"]]
     run.done("ingest", t0, s["ingested"] == 0, ingested=s["ingested"], skipped=s["skipped"],
              failed=len(s["failed"]), tiles=len(s["stores"]))
@@ -263,19 +270,21 @@ def _retrieve(run: _Run, cube: Path, model: Path, lst: Path, *, client: Any, com
 def _inputs(cfg: Mapping[str, Any], work: Path, client: Any, progress: Any) -> dict[str, Any]:
     """The pipeline's input paths: the configured ones, or those of the testbed (built once under ``work``)."""
     if "testbed" not in cfg:
-        return {k: cfg[k] for k in ("archives", "era5", "ged", "insitu", "sites")} | {"reused": True}
+        return {k: cfg.get(k) for k in ("archives", "era5", "ged", "insitu", "sites", *_OPTIONAL_KEYS)} \
+            | {"reused": True}
     tb = work / "testbed"
     reused = (tb / "testbed.json").is_file()
     if reused:
         made = json.loads((tb / "testbed.json").read_text())
-        want = {"seed": cfg["testbed"].get("seed", 0), "scenes_per_region": cfg["testbed"].get("scenes", 20)}
+        want = {"seed": cfg["testbed"].get("seed", 0), "scenes_per_region": cfg["testbed"].get("scenes", 20),
+                "layout": cfg["testbed"].get("layout", DEFAULT_LAYOUT)}
         if any(made.get(k) != v for k, v in want.items()):
             raise ArchiveConfigError(f"{cfg['source']}: data.testbed differs from the testbed already under {tb} "
                                      "(remove it, or use another --out)")
     else:
         build_testbed(tb, client=client, progress=progress, overwrite=True, **cfg["testbed"])
     return {"archives": [tb / "archives"], "era5": sorted((tb / "era5").glob("*")), "ged": tb / "ged",
-            "insitu": tb / "insitu", "sites": tb / "sites.csv", "reused": reused}
+            "dem": testbed_dem(tb), "insitu": tb / "insitu", "sites": tb / "sites.csv", "reused": reused}
 
 
 def _model(cfg: Mapping[str, Any], work: Path, client: Any) -> tuple[Path, bool]:

@@ -32,7 +32,7 @@ from sftl_dask.testbed.build import build_testbed
 from sftl_dask.training.stages import PreparedData, TrainConfig
 from sftl_dask.version import __version__
 
-__all__ = ["prepare_data", "read_simulation_table"]
+__all__ = ["prepare_data", "read_simulation_table", "testbed_dem"]
 
 
 def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> PreparedData:
@@ -186,7 +186,7 @@ def _testbed_matchups(cfg: TrainConfig, work: Path, client: Any) -> tuple[Path, 
                                                           else tb)})
     else:
         tb = work / "testbed"
-        what = {k: tb_cfg[k] for k in ("scenes", "size", "seed")}
+        what = {k: tb_cfg[k] for k in ("scenes", "size", "seed", "layout")}
         tb_key = cache_key({"testbed": what, "version": __version__})
         if not reuse_or_remove(tb, tb_key):
             build_testbed(tb, **what, client=client)
@@ -199,7 +199,7 @@ def _testbed_matchups(cfg: TrainConfig, work: Path, client: Any) -> tuple[Path, 
             cube.mkdir()
             stamp(cube, mu_key)  # whose cube it is; ingest itself knows which scenes are complete
         done = ingest([tb / "archives"], cube, era5=sorted(str(p) for p in (tb / "era5").glob("*")),
-                      ged=tb / "ged", client=client)
+                      ged=tb / "ged", dem=testbed_dem(tb), client=client)
         if done["failed"]:  # matchups of a partial cube would pass for complete: stop here, a re-run resumes
             f = done["failed"][0]
             raise ValueError(f"{tb / 'archives'}: {len(done['failed'])} scene(s) did not ingest, e.g. "
@@ -209,6 +209,11 @@ def _testbed_matchups(cfg: TrainConfig, work: Path, client: Any) -> tuple[Path, 
             frame.to_parquet(tmp)
         stamp(mu_path, mu_key)
     return tb, mu_path, mu_key
+
+
+def testbed_dem(tb: Path) -> Path | None:
+    """The DEM a testbed delivers (``dem/``, Copernicus GLO-30 tiles, the delivered layout), else None."""
+    return tb / "dem" if (tb / "dem").is_dir() else None
 
 
 def _with_pixel_truth(matchups: pd.DataFrame, truth_csv: Path) -> pd.DataFrame:

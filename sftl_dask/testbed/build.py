@@ -62,11 +62,14 @@ from sftl_dask.testbed.world import (
 )
 from sftl_dask.version import __version__
 
-__all__ = ["DEFAULT_SCENES", "DEFAULT_SIZE", "LAYOUTS", "build_testbed", "scene_schedule"]
+__all__ = ["DEFAULT_LAYOUT", "DEFAULT_SCENES", "DEFAULT_SIZE", "LAYOUTS", "build_testbed", "scene_schedule"]
 
-#: Testbed layouts: ``map`` (north-up UTM GeoTIFFs in a ``.tar``, today's default) and ``delivered`` (sensor
-#: geometry with RPCs in a ``.tar.gz``, a DEM, hot targets: issue 28, item 5; docs/testbed.md).
-LAYOUTS = ("map", "delivered")
+#: Testbed layouts: ``delivered`` (the default: sensor geometry with RPCs in a ``.tar.gz``, a DEM, hot targets,
+#: as the ground segment delivers; issue 28, item 5; docs/testbed.md) and ``map`` (north-up UTM GeoTIFFs in a
+#: ``.tar``, the layout of our own making that came first; tests that need map-projected products use it).
+LAYOUTS = ("delivered", "map")
+#: The layout ``sftl testbed`` writes unless told otherwise.
+DEFAULT_LAYOUT = "delivered"
 
 #: Default scenes per region and grid size (pixels of 40 m): 640 px = 25.6 km holds all sites.
 DEFAULT_SCENES = 20
@@ -337,7 +340,7 @@ def build_testbed(
     overwrite: bool = False,
     shifted: float = 0.15,
     max_shift: int = 160,
-    layout: str = "map",
+    layout: str = DEFAULT_LAYOUT,
 ) -> dict[str, Any]:
     """Write the testbed world under ``out``.
 
@@ -365,11 +368,11 @@ def build_testbed(
         Share of scenes whose footprint is moved off the region grid (0-1; default 0.15).
     max_shift : int
         Largest move (px) of such a footprint along each axis (64 < ``max_shift`` < ``size``; default 160).
-    layout : {"map", "delivered"}
-        ``map`` (default): north-up UTM GeoTIFFs in a ``.tar``. ``delivered``: the products as the ground
-        segment delivers them (sensor geometry, ``.rpb`` RPCs, ``.tar.gz``, the GF5-01 VIMS XML fields), plus
-        ``dem/`` (Copernicus GLO-30 tiles), ``calibration/`` (the reader's table) and ``truth/targets.csv``
-        (hot targets, in this layout only); docs/testbed.md.
+    layout : {"delivered", "map"}
+        ``delivered`` (default): the products as the ground segment delivers them (sensor geometry, ``.rpb``
+        RPCs, ``.tar.gz``, the GF5-01 VIMS XML fields), plus ``dem/`` (Copernicus GLO-30 tiles),
+        ``calibration/`` (the reader's table) and ``truth/targets.csv`` (hot targets, in this layout only).
+        ``map``: north-up UTM GeoTIFFs in a ``.tar``; docs/testbed.md.
 
     Returns
     -------
@@ -463,18 +466,18 @@ def _jobs(worlds: dict[str, tuple[Landscape, RegionClimate]], schedules: dict[st
         months = sorted({str(it["spec"].time_utc.astype("datetime64[M]")) for it in sched})
         for m in months:
             jobs.append((_era5_task, (name, m, clim, str(tmp), seed), "era5"))
-        lon, lat = lsc.lonlat()
-        for lat0 in range(int(np.floor(lat.min())), int(np.floor(lat.max())) + 1):
-            for lon0 in range(int(np.floor(lon.min())), int(np.floor(lon.max())) + 1):
-                jobs.append((_ged_task, (name, lat0, lon0, lsc, str(tmp), seed), "ged"))
+        # delivered footprints are the sensor's (rotated by the heading, shifted): they reach past the region
+        # grid, into cells the grid does not touch, and ingest needs GED (and the DEM) wherever they go
+        cells = _cells(lsc, 0.1 if layout == "delivered" else 0.0)
+        jobs += [(_ged_task, (name, lat0, lon0, lsc, str(tmp), seed), "ged") for lat0, lon0 in cells]
         if layout == "delivered":
-            jobs += [(_dem_task, (lat0, lon0, lsc, str(tmp)), "dem") for lat0, lon0 in _dem_cells(lsc)]
+            jobs += [(_dem_task, (lat0, lon0, lsc, str(tmp)), "dem") for lat0, lon0 in cells]
     return jobs
 
 
-def _dem_cells(lsc: Landscape, margin_deg: float = 0.1) -> list[tuple[int, int]]:
-    """The 1 x 1 degree cells (south-west corner lat, lon) within ``margin_deg`` of the region grid: every
-    scene footprint (shifted by at most the grid size) lies inside."""
+def _cells(lsc: Landscape, margin_deg: float) -> list[tuple[int, int]]:
+    """The 1 x 1 degree cells (south-west corner lat, lon) within ``margin_deg`` of the region grid (0.1 deg:
+    every delivered footprint, shifted by at most the grid size, lies inside)."""
     lon, lat = lsc.lonlat()
     return [(la, lo) for la in range(math.floor(lat.min() - margin_deg), math.floor(lat.max() + margin_deg) + 1)
             for lo in range(math.floor(lon.min() - margin_deg), math.floor(lon.max() + margin_deg) + 1)]

@@ -177,14 +177,19 @@ class PushbroomSensor:
         until every height moves less than ``tol_m``. Raises ValueError if it has not converged in
         ``max_iter`` steps (a cliff steeper than the sight line).
         """
-        line_a, samp_a = (np.asarray(a, np.float64) for a in np.broadcast_arrays(line, sample))
-        height = np.zeros(line_a.shape)
+        line_a, samp_a = (np.asarray(a, np.float64).ravel() for a in np.broadcast_arrays(line, sample))
+        shape = np.broadcast_shapes(np.shape(line), np.shape(sample))
+        lon, lat, height = (np.zeros(line_a.size) for _ in range(3))
+        # only the rays not yet converged go round again (most settle in 2-3 steps; a steep few take more)
+        todo = np.arange(line_a.size)
         for _ in range(max_iter):
-            lon, lat = self.localize(line_a, samp_a, height)
-            new = np.asarray(height_at(lon, lat), np.float64)
-            if np.all(np.abs(new - height) < tol_m):
-                return lon, lat, new
-            height = new
+            lo, la = self.localize(line_a[todo], samp_a[todo], height[todo])
+            new = np.asarray(height_at(lo, la), np.float64)
+            done = np.abs(new - height[todo]) < tol_m
+            lon[todo], lat[todo], height[todo] = lo, la, new
+            todo = todo[~done]
+            if todo.size == 0:
+                return lon.reshape(shape), lat.reshape(shape), height.reshape(shape)
         raise ValueError(f"PushbroomSensor.localize_on_terrain: no convergence to {tol_m} m in {max_iter} steps")
 
     # -- ground -> image ----------------------------------------------------------------------------------

@@ -67,6 +67,9 @@ class TestbedData(_Section):
     scenes: PositiveInt = 20
     size: PositiveInt = 640
     seed: int = 11
+    #: ``delivered``: products as the ground segment delivers them (sensor geometry, RPCs, a DEM), ingested
+    #: with the testbed's DEM; ``map``: map-projected products (the first layout). ``sftl testbed --layout``.
+    layout: Literal["delivered", "map"] = "delivered"
 
 
 class DataSection(_Section):
