@@ -27,13 +27,21 @@ is; for a folder the tiles that meet the footprint are mosaicked (``rasterio.mer
 ``RPC_DEMINTERPOLATION``) into an in-memory GeoTIFF (``/vsimem/``) over the footprint plus a margin
 (``osgeo`` and ``gdal.BuildVRT`` are not installed here). A DEM that does not cover a footprint is refused
 (:class:`DemError`, the ingest fails that scene naming it; no fall-back: a silently flat terrain would move
-pixels by ``h tan(vza)``, tens of metres in relief). Without a DEM the warp uses one height, the RPC's
-``HEIGHT_OFF`` (:data:`FLAT_DEM` is what is recorded).
+pixels by ``h tan(vza)``, tens of metres in relief).
+
+Without ``--dem`` the DEM is the GDEM layer that the ASTER GED tiles carry (:class:`GedDem`,
+``/ASTER GDEM/ASTGDEM``, int16 m at 0.001 deg, about 100 m; :func:`sftl_dask.io.ged.ged_elevation`): read over the
+footprint plus the same margin, fill and missing pixels given the nearest valid height, and handed to GDAL as an
+in-memory float32 GeoTIFF (``/vsimem/``), interpolated bilinearly as ``RPC_DEM`` does. Recorded as
+``ASTER GED GDEM (<ged folder>)``. Where the tiles hold no GDEM dataset (it is optional) or only fill over a
+footprint, the warp uses one height, the RPC's ``HEIGHT_OFF`` (:data:`FLAT_DEM` is what is recorded); the ingest
+warns about both, never silently.
 
 Heights: RPC00B heights are above the WGS 84 ellipsoid. GDAL applies a vertical datum shift only when the
 DEM declares a vertical CRS (``RPC_DEM_APPLY_VDATUM_SHIFT``, default on); Copernicus GLO-30 and ASTER GDEM
-tiles carry EGM2008 / EGM96 heights without declaring them (a geoid of -10 to -50 m in China moves a 5 deg
-off-nadir pixel by 1-4 m, < 0.1 px at 40 m). The testbed's DEM holds ellipsoidal heights.
+tiles carry EGM2008 / EGM96 heights without declaring them, and the GDEM GeoTIFF written here declares none
+either, so no shift is applied (a geoid of -10 to -50 m in China moves a 5 deg off-nadir pixel by 1-4 m,
+< 0.1 px at 40 m). The testbed's DEM and its GED tiles' GDEM hold ellipsoidal heights.
 
 This module is written for real products: it never imports the testbed.
 """
