@@ -400,9 +400,8 @@ def ingest(
         Tile edge (40 m pixels) of a new cube (default :data:`~sftl_dask.geo.DEFAULT_TILE_PX`); an
         existing cube keeps its own, and a different value is refused.
     dem : path, optional
-        DEM (GeoTIFF/COG, VRT, or a folder of tiles) for products in sensor geometry (:mod:`sftl_dask.io.ortho`;
-        one missing a footprint fails that scene). None: the GDEM layer of the ``ged`` tiles, warned (where they
-        hold none, the RPC height offset, warned).
+        DEM (GeoTIFF/COG, VRT, or a folder of tiles) for products in sensor geometry (one missing a footprint fails
+        that scene); none: the ``ged`` tiles' GDEM, warned (where they hold none, the RPC height offset, warned).
     calibration : path, optional
         Calibration table for products whose XML has no GAINS/OFFSETS (``vimi_calibration.csv`` format).
 
