@@ -461,7 +461,7 @@ def _add_cube_verbs(sub: Any) -> None:
                         "keeps its own")
     s.add_argument("--dem", default=None, metavar="DIR|FILE", help="DEM to orthorectify products in sensor "
                    "geometry by their RPCs: GeoTIFF/COG tiles (e.g. Copernicus GLO-30) or a VRT, heights above "
-                   "WGS 84; without it they are warped at the RPC height offset (warned, recorded)")
+                   "WGS 84; without it, the GDEM layer of the --ged tiles (100 m; warned, recorded)")
     s.add_argument("--calibration", default=None, metavar="F", help="a calibration table for products whose XML "
                    "has no GAINS/OFFSETS (format of sftl_dask/data/vimi_calibration.csv)")
     _common(s, _cmd_ingest)

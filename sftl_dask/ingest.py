@@ -16,8 +16,10 @@ the API), so a later run may bring older scenes without rewriting any store.
 A product in raw sensor geometry (RPCs, no CRS) is placed by :func:`sftl_dask.io.inspect.sensor_product_grid`
 (the rule ``sftl inspect`` prints); its task calibrates DN to BT and NDVI, masks clouds and computes the RPC
 view zenith on the image grid, then warps them straight onto each tile's window by the RPCs and the DEM
-(:func:`sftl_dask.io.ortho.orthorectify`; bilinear, the cloud mask nearest). Each time step records the
-calibration source and the DEM used (:data:`sftl_dask.io.cube.PROVENANCE_VARS`). Map-projected products take
+(:func:`sftl_dask.io.ortho.orthorectify`; bilinear, the cloud mask nearest). Without ``--dem`` the DEM is the
+GDEM layer of the ``--ged`` tiles (:class:`sftl_dask.io.ortho.GedDem`, 100 m; one warning per run), and a scene
+whose GED tiles hold no GDEM there is warped at its RPC height offset (warned, naming it). Each time step records
+the calibration source and the DEM used (:data:`sftl_dask.io.cube.PROVENANCE_VARS`). Map-projected products take
 the path they always took.
 """
 
@@ -45,7 +47,7 @@ from sftl_dask.io.era5 import era5_wvc_on_grid, open_era5_tcwv
 from sftl_dask.io.ged import ged_on_grid, ged_vimi_channels, vimi_emissivity
 from sftl_dask.io.inspect import product_rpc, sensor_product_grid
 from sftl_dask.io.location import Location, join, location, makedirs
-from sftl_dask.io.ortho import FLAT_DEM, Dem, DemError, open_dem, orthorectify, sensor_vza
+from sftl_dask.io.ortho import FLAT_DEM, Dem, DemError, GedDem, open_dem, orthorectify, sensor_vza
 from sftl_dask.io.rpc import Rpc
 from sftl_dask.io.stac import scene_stac_meta, write_scene_stac
 from sftl_dask.io.stores import cube_stores, cube_tiling
@@ -69,7 +71,7 @@ class IngestError(ValueError):
     """Bad input to the ingest as a whole (no products, unreadable ancillary files)."""
 
 
-def _scan(path: str, calibration: str | None = None, dem: Dem | None = None) -> dict[str, Any]:
+def _scan(path: str, calibration: str | None = None, dem: Dem | GedDem | None = None) -> dict[str, Any]:
     """Scene id, time, grid and footprint of one product (worker task)."""
     try:
         prod = VimiProduct(path, calibration=calibration)
@@ -110,18 +112,24 @@ def _sensor_rpc(prod: VimiProduct) -> tuple[Rpc, int, int]:
     return product_rpc(prod, member), *shape
 
 
-def _scan_sensor(prod: VimiProduct, path: str, dem: Dem | None) -> dict[str, Any]:
-    """:func:`_scan` of a product in sensor geometry: its grid by the shared rule, its DEM checked."""
+def _scan_sensor(prod: VimiProduct, path: str, dem: Dem | GedDem | None) -> dict[str, Any]:
+    """:func:`_scan` of a product in sensor geometry: its grid by the shared rule, its DEM checked (``--dem``:
+    covers the footprint; GED's GDEM: holds heights there, else the flat height and ``flat_reason``)."""
     rpc, lines, samples = _sensor_rpc(prod)
     grid, bounds = sensor_product_grid(rpc, lines, samples)
-    if dem is not None and not dem.covers(bounds):
+    if isinstance(dem, Dem) and not dem.covers(bounds):
         raise DemError(f"{path}: DEM {dem.path} does not cover the footprint lon {bounds[0]:.4f}..{bounds[2]:.4f} "
                        f"lat {bounds[1]:.4f}..{bounds[3]:.4f}")
+    flat_reason = ""  # why the warp takes the flat RPC height
+    if dem is None:
+        flat_reason = "no DEM given (--dem)"
+    elif isinstance(dem, GedDem):
+        flat_reason = dem.heights(bounds)[1]
     meta = prod.metadata
     return {"ok": True, "path": path, "scene_id": prod.stem, "time": np.datetime64(prod.time, "ns"), "grid": grid,
             "cloud_percent": float(meta.get("CloudPercent", np.nan)), "meta": scene_stac_meta(meta),
-            "calibration_source": prod.calibration[1], "dem": FLAT_DEM if dem is None else dem.path,
-            "sensor": True}
+            "calibration_source": prod.calibration[1], "dem": FLAT_DEM if flat_reason or dem is None else dem.path,
+            "sensor": True, "flat_reason": flat_reason}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -177,7 +185,7 @@ class SceneSource(NamedTuple):
     """How one scene is read: the user's calibration table, and the DEM of its orthorectification."""
 
     calibration: str | None = None
-    dem: Dem | None = None
+    dem: Dem | GedDem | None = None
 
 
 def _decode_scene(path: str, targets: list[TileTarget], geds: list[dict[str, Any]], cloud_percent: float,
@@ -234,10 +242,12 @@ def _write_scene_tiles(scene: _Scene, targets: list[TileTarget], geds: list[dict
 
 
 def _decode_sensor_scene(prod: VimiProduct, path: str, targets: list[TileTarget], geds: list[dict[str, Any]],
-                         cloud_percent: float, dem: Dem | None, started: tuple[float, dict[str, Any]]
+                         cloud_percent: float, dem: Dem | GedDem | None, started: tuple[float, dict[str, Any]]
                          ) -> dict[str, Any]:
     """:func:`_decode_scene` of a product in sensor geometry: calibrate, mask clouds and compute the RPC view
     zenith on the image grid, then warp onto each tile window (by the DEM, else at the RPC height offset).
+
+    The DEM step (``--dem`` mosaic or GED's GDEM written to ``/vsimem/``) is timed in the record's ``dem_seconds``.
 
     The record carries ``seconds`` and ``warp_seconds`` (the RPC warps alone, every tile).
     """
@@ -259,7 +269,9 @@ def _decode_sensor_scene(prod: VimiProduct, path: str, targets: list[TileTarget]
     if dem is None:
         return _finish_sensor(_Scene(own, grid, np.datetime64(prod.time, "ns"), product_checksum(path), era5, warp),
                               targets, geds, record, t0)
-    with dem.for_footprint(bounds, path) as dem_path:
+    t_dem = time.perf_counter()
+    with dem.for_footprint(bounds, path) as dem_path:  # GED's GDEM: None (flat) where the tiles hold none
+        record = {**record, "dem_seconds": round(time.perf_counter() - t_dem, 3)}
         warp = _Warp(rpc, dem_path)
         scene = _Scene(own, grid, np.datetime64(prod.time, "ns"), product_checksum(path), era5, warp)
         return _finish_sensor(scene, targets, geds, record, t0)
@@ -388,8 +400,8 @@ def ingest(
         Tile edge (40 m pixels) of a new cube (default :data:`~sftl_dask.geo.DEFAULT_TILE_PX`); an
         existing cube keeps its own, and a different value is refused.
     dem : path, optional
-        DEM (GeoTIFF/COG, VRT, or a folder of tiles) for products in sensor geometry (:mod:`sftl_dask.io.ortho`:
-        none = the RPC height offset, warned; one missing a footprint fails that scene).
+        DEM (GeoTIFF/COG, VRT, or a folder of tiles) for products in sensor geometry (one missing a footprint fails
+        that scene); none: the ``ged`` tiles' GDEM, warned (where they hold none, the RPC height offset, warned).
     calibration : path, optional
         Calibration table for products whose XML has no GAINS/OFFSETS (``vimi_calibration.csv`` format).
 
@@ -411,7 +423,7 @@ def ingest(
     root = location(cube)
     era5_paths = [str(Path(p)) for p in era5]
     scheme, era5_index, products = _check_inputs(inputs, root, era5_paths, ged, tile_px, client)
-    source = _check_sources(dem, calibration)
+    source = _check_sources(dem, calibration, ged)
 
     with write_lock(root, "sftl ingest"):  # one writer per cube: a second run is refused, never interleaved
         state = _CubeState.read(root)
@@ -468,9 +480,10 @@ def _check_inputs(inputs: Sequence[str | os.PathLike[str]], root: Location, era5
     return scheme, _era5_index(era5_paths, client), _products_of(inputs)
 
 
-def _check_sources(dem: str | os.PathLike[str] | None, calibration: str | os.PathLike[str] | None
-                   ) -> SceneSource:
-    """The DEM (opened: its tiles' extents) and the calibration table, checked before any work.
+def _check_sources(dem: str | os.PathLike[str] | None, calibration: str | os.PathLike[str] | None,
+                   ged: str | os.PathLike[str] | None = None) -> SceneSource:
+    """The DEM (opened: its tiles' extents; without one, the GDEM layer of the ``ged`` tiles) and the calibration
+    table, checked before any work.
 
     Raises
     ------
@@ -480,7 +493,7 @@ def _check_sources(dem: str | os.PathLike[str] | None, calibration: str | os.Pat
     if calibration is not None and not Path(calibration).is_file():
         raise IngestError(f"{calibration}: calibration table not found (--calibration)")
     try:
-        opened = None if dem is None else open_dem(dem)
+        opened = open_dem(dem) if dem is not None else None if ged is None else GedDem(str(ged))
     except DemError as exc:
         raise IngestError(f"{exc} (--dem)") from None
     return SceneSource(None if calibration is None else str(calibration), opened)
@@ -531,7 +544,8 @@ def _scan_new(todo: list[str], client: Any, log: list[dict[str, Any]], source: S
     """Scan the products to ingest (worker tasks): the readable ones, sorted by time, each scene once.
 
     Unreadable products (missing or malformed RPCs, a DEM that misses the footprint included) and duplicates
-    are appended to ``log``; a sensor-geometry scene without a DEM is warned about, naming it.
+    are appended to ``log``. Sensor-geometry scenes on GED's GDEM are warned about once, and those warped at the
+    flat RPC height (no GDEM there, no DEM at all) once, naming each (:func:`_warn_dem`).
 
     Raises
     ------
@@ -556,10 +570,22 @@ def _scan_new(todo: list[str], client: Any, log: list[dict[str, Any]], source: S
             continue
         seen.add(s["scene_id"])
         unique.append(s)
-        if s.get("sensor") and source.dem is None:
-            warnings.warn(f"{s['scene_id']}: no DEM given (--dem): orthorectified at its RPC height offset; "
-                          f"recorded as dem = {FLAT_DEM!r}", UserWarning, stacklevel=3)
+    _warn_dem(unique, source.dem)
     return unique
+
+
+def _warn_dem(scans: list[dict[str, Any]], dem: Dem | GedDem | None) -> None:
+    """One warning for the sensor-geometry scenes on GED's GDEM, one naming those at the flat RPC height."""
+    flat = [s for s in scans if s.get("flat_reason")]
+    if isinstance(dem, GedDem) and len(flat) < sum(bool(s.get("sensor")) for s in scans):
+        n = sum(bool(s.get("sensor")) for s in scans) - len(flat)
+        warnings.warn(f"no DEM given (--dem): {n} scene(s) in sensor geometry orthorectified on the GDEM layer of "
+                      f"the ASTER GED tiles (100 m posting; heights taken as above WGS 84, no geoid shift); recorded "
+                      f"as dem = {dem.path!r}", UserWarning, stacklevel=4)
+    if flat:
+        names = "; ".join(f"{s['scene_id']} ({s['flat_reason']})" for s in flat)
+        warnings.warn(f"{len(flat)} scene(s) orthorectified at their RPC height offset, recorded as dem = "
+                      f"{FLAT_DEM!r}: {names}", UserWarning, stacklevel=4)
 
 
 def _anchor_new_zones(scheme: TileScheme, scans: list[dict[str, Any]]) -> TileScheme:

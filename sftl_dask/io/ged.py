@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -57,6 +57,8 @@ from sftl_dask.staging import staged_file
 
 __all__ = [
     "GED_BANDS",
+    "GedElevation",
+    "ged_elevation",
     "ged_on_grid",
     "read_ged_tile",
     "vimi_emissivity",
@@ -378,6 +380,52 @@ class _GedWindow:
     names: list[str]
 
 
+@dataclass(frozen=True)
+class _Lattice:
+    """A window of the tiles' common lattice: its first pixel centre (deg), steps (deg), and the window's first
+    lattice row/column and size (rows go south, columns east)."""
+
+    lat_ref: float
+    lon_ref: float
+    d_lat: float
+    d_lon: float
+    r0: int
+    c0: int
+    n_r: int
+    n_c: int
+
+    @classmethod
+    def over(cls, used: list[tuple[Path, NDArray[np.float64], NDArray[np.float64]]], lon: NDArray[np.float64],
+             lat: NDArray[np.float64]) -> _Lattice:
+        """The window holding the points, on the lattice of the first tile (bilinear neighbours included)."""
+        _, lat_axis, lon_axis = used[0]
+        d_lat, d_lon = abs(float(lat_axis[1] - lat_axis[0])), abs(float(lon_axis[1] - lon_axis[0]))
+        lat_ref, lon_ref = float(lat_axis.max()), float(lon_axis.min())
+        r, c = (lat_ref - lat) / d_lat, (lon - lon_ref) / d_lon
+        r0, c0 = int(np.floor(r.min())), int(np.floor(c.min()))
+        return cls(lat_ref, lon_ref, d_lat, d_lon, r0, c0, int(np.floor(r.max())) + 2 - r0,
+                   int(np.floor(c.max())) + 2 - c0)
+
+    def placed(self, used: list[tuple[Path, NDArray[np.float64], NDArray[np.float64]]]
+               ) -> Iterator[tuple[Path, tuple[slice, slice], tuple[NDArray[np.intp], NDArray[np.intp]]]]:
+        """Per tile meeting the window: the tile, its slice to read, and where that slice goes in the window.
+
+        Raises ValueError if a tile is off the common lattice.
+        """
+        for p, t_lat, t_lon in used:
+            _check_lattice(p, used[0][0], t_lat, self.d_lat, self.lat_ref)
+            _check_lattice(p, used[0][0], t_lon, self.d_lon, self.lon_ref)
+            # lattice row/column of every tile row/column, whichever way the tile runs
+            g_r = np.rint((self.lat_ref - t_lat) / self.d_lat).astype(np.intp) - self.r0
+            g_c = np.rint((t_lon - self.lon_ref) / self.d_lon).astype(np.intp) - self.c0
+            rows = np.flatnonzero((g_r >= 0) & (g_r < self.n_r))
+            cols = np.flatnonzero((g_c >= 0) & (g_c < self.n_c))
+            if rows.size == 0 or cols.size == 0:
+                continue
+            sel = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+            yield p, sel, np.ix_(g_r[sel[0]], g_c[sel[1]])
+
+
 def _read_window(used: list[tuple[Path, NDArray[np.float64], NDArray[np.float64]]], lon: NDArray[np.float64],
                  lat: NDArray[np.float64]) -> _GedWindow:
     """Read the covering tiles over the points' window, placed on their common lattice.
@@ -389,40 +437,25 @@ def _read_window(used: list[tuple[Path, NDArray[np.float64], NDArray[np.float64]
     ValueError
         If a tile is unreadable or off the common lattice.
     """
-    _, lat_ref_axis, lon_ref_axis = used[0]
-    d_lat = abs(float(lat_ref_axis[1] - lat_ref_axis[0]))
-    d_lon = abs(float(lon_ref_axis[1] - lon_ref_axis[0]))
-    lat_ref, lon_ref = float(lat_ref_axis.max()), float(lon_ref_axis.min())
-    r = (lat_ref - lat.ravel()) / d_lat
-    c = (lon.ravel() - lon_ref) / d_lon
-    w_r0, w_c0 = int(np.floor(r.min())), int(np.floor(c.min()))
-    n_r, n_c = int(np.floor(r.max())) + 2 - w_r0, int(np.floor(c.max())) + 2 - w_c0
+    lat_w = _Lattice.over(used, lon.ravel(), lat.ravel())
+    n_r, n_c = lat_w.n_r, lat_w.n_c
     layers = np.full((7, n_r, n_c), np.nan, dtype=np.float32)  # 5 emissivities, NDVI, elevation
     land_water = np.full((n_r, n_c), _LW_MISSING, dtype=np.uint8)
     covered = np.zeros((n_r, n_c), dtype=bool)
     names = []
-    for p, t_lat, t_lon in used:
-        _check_lattice(p, used[0][0], t_lat, d_lat, lat_ref)
-        _check_lattice(p, used[0][0], t_lon, d_lon, lon_ref)
-        # lattice row/column of every tile row/column, whichever way the tile runs
-        g_r = np.rint((lat_ref - t_lat) / d_lat).astype(np.intp) - w_r0  # window row of each tile row
-        g_c = np.rint((t_lon - lon_ref) / d_lon).astype(np.intp) - w_c0
-        rows = np.flatnonzero((g_r >= 0) & (g_r < n_r))
-        cols = np.flatnonzero((g_c >= 0) & (g_c < n_c))
-        if rows.size == 0 or cols.size == 0:
-            continue
-        sel = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+    for p, sel, dst in lat_w.placed(used):
         with _open_tile(p) as h5:
             emis = _scaled(_dataset(h5, p, _EMIS), _EMIS, (slice(None), *sel))
             ndvi = _scaled(_dataset(h5, p, _NDVI), _NDVI, sel)
             elev = _scaled(h5[_GDEM], _GDEM, sel) if _GDEM in h5 else np.full(ndvi.shape, np.nan, np.float32)
             lw = _dataset(h5, p, _LWMAP)[sel].astype(np.uint8)
-        dst = np.ix_(g_r[sel[0]], g_c[sel[1]])
         layers[(slice(None), *dst)] = np.concatenate([emis, ndvi[None], elev[None]])
         land_water[dst] = lw
         covered[dst] = True
         names.append(p.name)
-    return _GedWindow(layers, land_water, covered, r - w_r0, c - w_c0, names)
+    r = (lat_w.lat_ref - lat.ravel()) / lat_w.d_lat - lat_w.r0
+    c = (lon.ravel() - lat_w.lon_ref) / lat_w.d_lon - lat_w.c0
+    return _GedWindow(layers, land_water, covered, r, c, names)
 
 
 def _sample(w: _GedWindow) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32],
@@ -445,6 +478,74 @@ def _sample(w: _GedWindow) -> tuple[NDArray[np.float32], NDArray[np.float32], ND
         cov_out[blk] = w.covered[rn, cn]  # the nearest GED pixel belongs to a tile
         lw_out[blk] = np.where(cov_out[blk], w.land_water[rn, cn], _LW_MISSING)
     return emis_out, ndvi_out, elev_out, lw_out, cov_out
+
+
+# --------------------------------------------------------------------------------------------- GDEM layer
+@dataclass(frozen=True)
+class GedElevation:
+    """The ``/ASTER GDEM/ASTGDEM`` layer of GED tiles over a box, on the tiles' lattice (EPSG:4326).
+
+    Attributes
+    ----------
+    elevation_m : ndarray
+        (R, C) float32 heights (m; as stored: EGM96-orthometric on NASA's tiles), NaN where the tile holds fill,
+        has no GDEM dataset, or no tile covers the lattice pixel.
+    transform : tuple of float
+        Affine ``(a, b, c, d, e, f)`` of the array's pixel corners in degrees (``c``, ``f``: west and north edges).
+    tiles : tuple of str
+        The tiles meeting the box (file names).
+    without_gdem : tuple of str
+        Those of them that hold no GDEM dataset (it is optional in AG100 files).
+    """
+
+    elevation_m: NDArray[np.float32]
+    transform: tuple[float, float, float, float, float, float]
+    tiles: tuple[str, ...]
+    without_gdem: tuple[str, ...]
+
+
+def ged_elevation(folder: str | os.PathLike[str], bounds: tuple[float, float, float, float]) -> GedElevation:
+    """The GDEM layer of the ASTER GED tiles of ``folder`` over a lon/lat box, as a georeferenced array.
+
+    Only ``/ASTER GDEM/ASTGDEM`` is read, over the lattice window holding ``bounds`` (plus one pixel, so a
+    bilinear sample anywhere in the box has its four neighbours); tiles are chosen by their geolocation, as in
+    :func:`ged_on_grid`.
+
+    Parameters
+    ----------
+    folder : path
+        Folder holding AG100 tiles.
+    bounds : tuple of float
+        (west, south, east, north), degrees.
+
+    Returns
+    -------
+    GedElevation
+        Heights (m, NaN at fill or where no tile / no GDEM), their transform and the tiles used.
+
+    Raises
+    ------
+    ValueError
+        If no tile covers any part of the box (naming the folder and the box), or a covering tile is unreadable or
+        off the common lattice (naming the tile).
+    """
+    root = Path(folder)
+    w, s, e, n = bounds
+    lon, lat = np.array([w, e, w, e], np.float64), np.array([s, s, n, n], np.float64)
+    used = _covering_tiles(root, lon, lat, f"lon {w:.4f}..{e:.4f}, lat {s:.4f}..{n:.4f}")
+    lattice = _Lattice.over(used, lon, lat)
+    elev = np.full((lattice.n_r, lattice.n_c), np.nan, dtype=np.float32)
+    names, without = [], []
+    for p, sel, dst in lattice.placed(used):
+        names.append(p.name)
+        with _open_tile(p) as h5:
+            if _GDEM not in h5:
+                without.append(p.name)
+                continue
+            elev[dst] = _scaled(h5[_GDEM], _GDEM, sel)
+    transform = (lattice.d_lon, 0.0, lattice.lon_ref + (lattice.c0 - 0.5) * lattice.d_lon,
+                 0.0, -lattice.d_lat, lattice.lat_ref - (lattice.r0 - 0.5) * lattice.d_lat)
+    return GedElevation(elev, transform, tuple(names), tuple(without))
 
 
 # --------------------------------------------------------------------------------------------- VIMI emissivity

@@ -27,13 +27,21 @@ is; for a folder the tiles that meet the footprint are mosaicked (``rasterio.mer
 ``RPC_DEMINTERPOLATION``) into an in-memory GeoTIFF (``/vsimem/``) over the footprint plus a margin
 (``osgeo`` and ``gdal.BuildVRT`` are not installed here). A DEM that does not cover a footprint is refused
 (:class:`DemError`, the ingest fails that scene naming it; no fall-back: a silently flat terrain would move
-pixels by ``h tan(vza)``, tens of metres in relief). Without a DEM the warp uses one height, the RPC's
-``HEIGHT_OFF`` (:data:`FLAT_DEM` is what is recorded).
+pixels by ``h tan(vza)``, tens of metres in relief).
+
+Without ``--dem`` the DEM is the GDEM layer that the ASTER GED tiles carry (:class:`GedDem`,
+``/ASTER GDEM/ASTGDEM``, int16 m at 0.001 deg, about 100 m; :func:`sftl_dask.io.ged.ged_elevation`): read over the
+footprint plus the same margin, fill and missing pixels given the nearest valid height, and handed to GDAL as an
+in-memory float32 GeoTIFF (``/vsimem/``), interpolated bilinearly as ``RPC_DEM`` does. Recorded as
+``ASTER GED GDEM (<ged folder>)``. Where the tiles hold no GDEM dataset (it is optional) or only fill over a
+footprint, the warp uses one height, the RPC's ``HEIGHT_OFF`` (:data:`FLAT_DEM` is what is recorded); the ingest
+warns about both, never silently.
 
 Heights: RPC00B heights are above the WGS 84 ellipsoid. GDAL applies a vertical datum shift only when the
 DEM declares a vertical CRS (``RPC_DEM_APPLY_VDATUM_SHIFT``, default on); Copernicus GLO-30 and ASTER GDEM
-tiles carry EGM2008 / EGM96 heights without declaring them (a geoid of -10 to -50 m in China moves a 5 deg
-off-nadir pixel by 1-4 m, < 0.1 px at 40 m). The testbed's DEM holds ellipsoidal heights.
+tiles carry EGM2008 / EGM96 heights without declaring them, and the GDEM GeoTIFF written here declares none
+either, so no shift is applied (a geoid of -10 to -50 m in China moves a 5 deg off-nadir pixel by 1-4 m,
+< 0.1 px at 40 m). The testbed's DEM and its GED tiles' GDEM hold ellipsoidal heights.
 
 This module is written for real products: it never imports the testbed.
 """
@@ -56,11 +64,13 @@ from rasterio.io import MemoryFile
 from rasterio.merge import merge
 from rasterio.warp import reproject, transform_bounds
 from scipy.interpolate import RegularGridInterpolator
+from scipy.ndimage import distance_transform_edt
 
 from sftl_dask.geo import GeoBox
+from sftl_dask.io.ged import GedElevation, ged_elevation
 from sftl_dask.io.rpc import Rpc, to_rasterio, view_zenith
 
-__all__ = ["DEM_SUFFIXES", "FLAT_DEM", "RESAMPLING", "VZA_STEP_PX", "Dem", "DemError", "open_dem",
+__all__ = ["DEM_SUFFIXES", "FLAT_DEM", "RESAMPLING", "VZA_STEP_PX", "Dem", "DemError", "GedDem", "open_dem",
            "orthorectify", "sensor_vza"]
 
 #: What is recorded as "the DEM used" when none is given: the warp used the RPC's height offset.
@@ -148,6 +158,69 @@ class Dem:
         with MemoryFile(filename=f"dem-{uuid.uuid4().hex}.tif") as mem:
             with mem.open(**profile) as dst:
                 dst.write(data)
+            yield mem.name
+
+
+@dataclass(frozen=True)
+class GedDem:
+    """The default DEM: the GDEM layer (``/ASTER GDEM/ASTGDEM``, 100 m) of the ASTER GED tiles in ``folder``.
+
+    Attributes
+    ----------
+    folder : str
+        The GED folder (``--ged``).
+    """
+
+    folder: str
+
+    @property
+    def path(self) -> str:
+        """What the cube records as the DEM used: ``ASTER GED GDEM (<folder>)``."""
+        return f"ASTER GED GDEM ({self.folder})"
+
+    def heights(self, bounds: tuple[float, float, float, float]) -> tuple[GedElevation | None, str]:
+        """The GDEM over ``bounds`` (west, south, east, north; degrees) plus a margin, or why there is none.
+
+        Returns
+        -------
+        tuple
+            ``(elevation, "")``, or ``(None, reason)`` when no GED tile covers the box, a covering tile is
+            unreadable, or the tiles hold no GDEM dataset or only fill over the box: the warp then takes the flat
+            RPC height (:data:`FLAT_DEM`).
+        """
+        w, s, e, n = bounds
+        try:
+            g = ged_elevation(self.folder, (w - _MARGIN_DEG, s - _MARGIN_DEG, e + _MARGIN_DEG, n + _MARGIN_DEG))
+        except ValueError as exc:
+            return None, str(exc).splitlines()[0]
+        if not np.isfinite(g.elevation_m).any():
+            held = "no /ASTER GDEM/ASTGDEM dataset" if len(g.without_gdem) == len(g.tiles) else "only GDEM fill"
+            return None, f"{self.folder}: ASTER GED tile(s) {', '.join(g.tiles)} hold {held} over the footprint"
+        return g, ""
+
+    @contextmanager
+    def for_footprint(self, bounds: tuple[float, float, float, float], where: str = "") -> Iterator[str | None]:
+        """A GDAL path of the GDEM over ``bounds`` (degrees) plus a margin, valid inside the ``with``; None (the
+        flat RPC height) when :meth:`heights` finds none.
+
+        The layer is written as an in-memory float32 GeoTIFF (``/vsimem/``, EPSG:4326, no vertical CRS: GDAL
+        applies no datum shift); fill and missing pixels take the nearest valid GDEM height, so every point of
+        the box has one. ``where`` is accepted for the interface of :meth:`Dem.for_footprint`.
+        """
+        g, _ = self.heights(bounds)
+        if g is None:
+            yield None
+            return
+        elev = g.elevation_m
+        hole = ~np.isfinite(elev)
+        if hole.any():
+            idx = distance_transform_edt(hole, return_distances=False, return_indices=True)
+            elev = elev[tuple(idx)]
+        profile = {"driver": "GTiff", "height": elev.shape[0], "width": elev.shape[1], "count": 1,
+                   "dtype": "float32", "crs": "EPSG:4326", "transform": rasterio.Affine(*g.transform)}
+        with MemoryFile(filename=f"gdem-{uuid.uuid4().hex}.tif") as mem:
+            with mem.open(**profile) as dst:
+                dst.write(elev.astype(np.float32), 1)
             yield mem.name
 
 
