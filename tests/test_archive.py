@@ -101,7 +101,8 @@ def test_an_archive_config_takes_a_dem_a_calibration_table_and_a_testbed_layout(
     (tmp_path / "archive.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(ArchiveConfigError, match=r"data\.dem: .*no-such-dem does not exist"):
         load_archive_config(tmp_path / "archive.yaml")
-    (tmp_path / "archive.yaml").write_text(yaml.safe_dump({**doc, "data": {"testbed": {"scenes": 2, "layout": "sensor"}}}))
+    bad_layout = {**doc, "data": {"testbed": {"scenes": 2, "layout": "sensor"}}}
+    (tmp_path / "archive.yaml").write_text(yaml.safe_dump(bad_layout))
     with pytest.raises(ArchiveConfigError, match=r"data\.testbed\.layout: one of delivered, map is required"):
         load_archive_config(tmp_path / "archive.yaml")
     (tmp_path / "archive.yaml").write_text(yaml.safe_dump({**doc, "data": {"testbed": {"scenes": 2, "layout": "map"}}}))
