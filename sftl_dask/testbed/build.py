@@ -233,8 +233,14 @@ def _deliver_scene(spec: Any, shift: tuple[int, int], lsc: Landscape, clim: Regi
     cov = footprint(lsc.shape, rows, cols)
     # the targets' own generator: the scene's draws are the map layout's, so the same seed is the same world
     rng = np.random.default_rng([spec.seed, 909, list(REGIONS).index(spec.region), spec.index])
-    offset, centres = hot_targets(lsc, cov, rng)
-    truth = synthesize_scene(spec, lsc, clim, lst_offset_k=offset)
+    centres: list[tuple[int, int]] = []
+
+    def targets_in_clear_sky(cloud: NDArray[np.bool_]) -> NDArray[np.float32]:
+        offset, found = hot_targets(lsc, cov, rng, cloud=cloud)
+        centres.extend(found)
+        return offset
+
+    truth = synthesize_scene(spec, lsc, clim, lst_offset_k=targets_in_clear_sky)
     tir, vnir = sensor_resample(rows, cols, truth.dn_b7_b12, truth.dn_b1_b6)
     elev = lsc.elevation_m
     fit = view.fit_rpc((float(elev.min()) - 500.0, float(elev.max()) + 500.0))

@@ -28,11 +28,11 @@ import rasterio
 from affine import Affine
 from numpy.typing import NDArray
 from pyproj import Geod, Transformer
-from scipy.ndimage import map_coordinates, maximum_filter, minimum_filter
+from scipy.ndimage import binary_dilation, map_coordinates, maximum_filter, minimum_filter, uniform_filter
 
 from sftl_dask.io.rpc import Rpc, RpcFit, fit_rpc
 from sftl_dask.testbed.sensor import PushbroomSensor
-from sftl_dask.testbed.world import Landscape
+from sftl_dask.testbed.world import LAND_COVERS, Landscape
 
 __all__ = [
     "DEM_POSTING_ARCSEC",
@@ -43,6 +43,7 @@ __all__ = [
     "copernicus_dem_name",
     "footprint",
     "hot_targets",
+    "lst_pattern",
     "rpc_for_fine_grid",
     "scene_view",
     "sensor_ground",
@@ -206,13 +207,19 @@ def rpc_for_fine_grid(rpc: Rpc) -> Rpc:
 
 
 def hot_targets(lsc: Landscape, seen: NDArray[np.bool_], rng: np.random.Generator, *, n: int = TARGETS_PER_SCENE,
-                margin_px: int = 24, site_clearance_px: int = 25) -> tuple[NDArray[np.float32], list[tuple[int, int]]]:
+                margin_px: int = 24, site_clearance_px: int = 25, cloud: NDArray[np.bool_] | None = None
+                ) -> tuple[NDArray[np.float32], list[tuple[int, int]]]:
     """``n`` hot targets on the region grid: the LST offset map (K) and the (row, col) of each centre.
 
     A target is a tent of :data:`TARGET_PEAK_K` at its centre pixel falling to half on the edge pixels and a
     quarter on the corners (3 x 3 px): bilinear resampling reproduces a tent with knots on pixel centres
     exactly, so its peak stays where the target is. Centres lie ``margin_px`` inside the footprint ``seen``,
-    ``site_clearance_px`` from every site and from each other, on one land cover over 9 x 9 px.
+    ``site_clearance_px`` from every site and from each other, on one land cover over 9 x 9 px, with no
+    ``cloud`` (core or ring) within 6 px, and where the background is flatter than the median candidate's: the
+    9 x 9 px standard deviation of the landscape's static LST pattern (:func:`lst_pattern`) at most its median
+    over the candidates. Real geolocation checks pick such points (clear, uniform surroundings): on the
+    default testbed a background gradient of 0.6 K/px moved a Gaussian peak fit by 1.4-1.9 px, clouds by 4-5 px.
+    Fewer than ``n`` targets where fewer candidates qualify (none in an overcast scene).
     """
     h, w = lsc.shape
     inner = seen.copy()
@@ -224,6 +231,13 @@ def hot_targets(lsc: Landscape, seen: NDArray[np.bool_], rng: np.random.Generato
     # on one land cover over 9 x 9 px, as real geolocation targets sit on uniform fields: a cover edge
     # beside a target would bias any peak estimate
     inner &= maximum_filter(lsc.cover, size=9) == minimum_filter(lsc.cover, size=9)
+    if cloud is not None:
+        inner &= ~binary_dilation(cloud, iterations=6)
+    pattern = lst_pattern(lsc)
+    mean = uniform_filter(pattern, 9)
+    spread = np.sqrt(np.maximum(uniform_filter(pattern * pattern, 9) - mean * mean, 0.0))
+    if inner.any():
+        inner &= spread <= np.median(spread[inner])
     avoid = list(lsc.site_pixels.values())
     centres: list[tuple[int, int]] = []
     candidates = np.argwhere(inner)
@@ -238,6 +252,16 @@ def hot_targets(lsc: Landscape, seen: NDArray[np.bool_], rng: np.random.Generato
     for r, c in centres:
         offset[r - 1:r + 2, c - 1:c + 2] += tent.astype(np.float32)
     return offset, centres
+
+
+def lst_pattern(lsc: Landscape) -> NDArray[np.float64]:
+    """The landscape's static LST pattern (K, up to a constant): the lapse with height (-6.5 K/km), each cover's
+    solar heating times the heating texture, and the LST texture (testbed/scene.py draws LST from these plus
+    the day's weather and a scene texture)."""
+    heating = np.zeros(lsc.shape)
+    for lc in LAND_COVERS.values():
+        heating[lsc.cover == lc.code] = lc.heating_k
+    return (-6.5e-3 * lsc.elevation_m + heating * lsc.heating_scale + lsc.lst_texture).astype(np.float64)
 
 
 def copernicus_dem_name(lat0: int, lon0: int) -> str:

@@ -10,6 +10,7 @@ of these error sources are data in :data:`INSTRUMENT` with their sources.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -181,7 +182,7 @@ def _trilinear(values: NDArray, axes: tuple[NDArray, ...], points: tuple[NDArray
 
 
 def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate, *,
-                     lst_offset_k: NDArray | None = None) -> SceneTruth:
+                     lst_offset_k: NDArray | Callable[[NDArray[np.bool_]], NDArray] | None = None) -> SceneTruth:
     """Build the truth and the sensor data of one scene.
 
     The steps draw from one generator, seeded by the scene, in a fixed order (surface texture, cloud
@@ -195,9 +196,11 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate, *,
         The region's static landscape.
     clim : RegionClimate
         The region's weather.
-    lst_offset_k : numpy.ndarray, optional
-        (H, W) kelvin added to the LST after the surface is drawn (the delivered layout's hot targets); it
-        draws nothing from the generator, so the rest of the scene is the same with or without it.
+    lst_offset_k : numpy.ndarray or callable, optional
+        (H, W) kelvin added to the LST after the surface is drawn (the delivered layout's hot targets), or a
+        function of the scene's cloud mask (H, W bool, cloud core and ring) returning it, so that the targets can
+        be put in clear sky. It draws nothing from the generator, so the rest of the scene is the same with or
+        without it.
 
     Returns
     -------
@@ -212,8 +215,10 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate, *,
     sza, saa, sza_lag = float(sza), float(saa), float(sza_lag)
 
     ndvi, emis, t_air, lst = _surface(lsc, clim, t, sza, sza_lag, rng)
+    cloud_core, cloud, frac, t_cloud = _cloud_pattern(spec, lsc, t_air, rng)
     if lst_offset_k is not None:
-        lst = (lst + lst_offset_k).astype(lst.dtype)
+        offset = lst_offset_k(cloud) if callable(lst_offset_k) else lst_offset_k
+        lst = (lst + offset).astype(lst.dtype)
     # View geometry: the scene is a window of the 60 km swath, across-track = columns.
     x_km = (np.arange(w) - (w - 1) / 2) * 0.04 + spec.nadir_offset_km
     vza_row = np.rad2deg(np.arctan(np.abs(x_km) / SATELLITE_ALTITUDE_KM))
@@ -225,7 +230,7 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate, *,
     l_toa = np.stack([
         tau_px[c] * (emis[c] * planck[c].radiance(lst) + (1 - emis[c]) * ldn_px[c]) + lup_px[c] for c in range(4)
     ])
-    cloud_core, cloud, frac, t_cloud = _clouds(spec, lsc, t_air, planck, l_toa, rng)
+    _mix_clouds(l_toa, frac, t_cloud, planck)
     bt_sensor, dn_tir, gains, offsets = _thermal_instrument(t, lsc, planck, l_toa, rng)
     dn_vnir, dn_mwir, vg, vo = _reflective_bands(t, lsc, ndvi, sza, frac, lst, t_cloud, rng)
     dn_b7_b12 = np.concatenate([dn_mwir, dn_tir]).astype(np.uint16)
@@ -291,10 +296,11 @@ def _atmosphere(spec: SceneSpec, lsc: Landscape, clim: RegionClimate, vza_row: N
     return prof, (tau_px, lup_px, ldn_px), wvc
 
 
-def _clouds(spec: SceneSpec, lsc: Landscape, t_air: NDArray, planck: Any, l_toa: NDArray,
-            rng: np.random.Generator) -> tuple[NDArray, NDArray, NDArray, float]:
-    """Clouds over ``spec.cloud_fraction`` of the scene, mixed into ``l_toa`` in place: the cloud core, the cloud
-    with its thin ring, the cloud fraction per pixel and the cloud top temperature (K)."""
+def _cloud_pattern(spec: SceneSpec, lsc: Landscape, t_air: NDArray,
+                   rng: np.random.Generator) -> tuple[NDArray, NDArray, NDArray, float]:
+    """Clouds over ``spec.cloud_fraction`` of the scene: the cloud core, the cloud with its thin ring, the cloud
+    fraction per pixel and the cloud top temperature (K). The radiance does not enter: the pattern is drawn
+    before the surface's radiance is known (the hot targets avoid it), and :func:`_mix_clouds` mixes it in."""
     cloud_core = np.zeros(lsc.shape, dtype=bool)
     cloud = np.zeros(lsc.shape, dtype=bool)
     frac = np.zeros(lsc.shape)
@@ -305,9 +311,14 @@ def _clouds(spec: SceneSpec, lsc: Landscape, t_air: NDArray, planck: Any, l_toa:
         ring = binary_dilation(cloud_core, iterations=2) & ~cloud_core
         cloud = cloud_core | ring
         frac = np.where(cloud_core, 1.0, 0.0) + np.where(ring, rng.uniform(0.05, 0.4, lsc.shape), 0.0)
-        for c in range(4):
-            l_toa[c] = (1 - frac) * l_toa[c] + frac * planck[c].radiance(np.full(lsc.shape, t_cloud))
     return cloud_core, cloud, frac, t_cloud
+
+
+def _mix_clouds(l_toa: NDArray, frac: NDArray, t_cloud: float, planck: Any) -> None:
+    """Mix clouds of top temperature ``t_cloud`` (K) over fraction ``frac`` into ``l_toa`` (4, H, W), in place."""
+    if np.any(frac > 0):
+        for c in range(4):
+            l_toa[c] = (1 - frac) * l_toa[c] + frac * planck[c].radiance(np.full(frac.shape, t_cloud))
 
 
 def _thermal_instrument(t: np.datetime64, lsc: Landscape, planck: Any, l_toa: NDArray,
