@@ -287,7 +287,14 @@ def _finish_sensor(scene: _Scene, targets: list[TileTarget], geds: list[dict[str
 
 @dataclass
 class _Warp:
-    """The RPC warp of a sensor-geometry scene: its model, the DEM path (None: flat), and the time spent (s)."""
+    """The RPC warp of a sensor-geometry scene: its model, the DEM path (None: flat), and the time spent (s).
+
+    One GDAL warp per tile window: the continuous variables (bilinear) stacked with two index bands, the image
+    line and sample of each pixel. Bilinear reproduces a linear field exactly, so the warped index bands are the
+    source position of every output pixel, and the cloud mask is picked there by nearest (rounded index): the
+    mask's own nearest-neighbour warp, without a second pass of the RPC transformer (which measured as costly as
+    the six-band bilinear warp: 0.44 s each per 640 x 640 scene).
+    """
 
     rpc: Rpc
     dem_path: str | None
@@ -295,9 +302,18 @@ class _Warp:
 
     def onto(self, own: dict[str, np.ndarray], grid: GeoBox) -> dict[str, np.ndarray]:
         t = time.perf_counter()
-        out = orthorectify(own, self.rpc, grid, dem_path=self.dem_path)
+        lines, samples = np.indices(own["cloud"].shape, dtype=np.float32)
+        bands = {k: v for k, v in own.items() if k != "cloud"}
+        out = orthorectify({**bands, "image_line": lines, "image_sample": samples}, self.rpc, grid,
+                           dem_path=self.dem_path)
+        line, sample = out.pop("image_line"), out.pop("image_sample")
+        hit = np.isfinite(line) & np.isfinite(sample)
+        h, w = own["cloud"].shape
+        cloud = np.full(line.shape, np.nan)
+        cloud[hit] = own["cloud"][np.clip(np.rint(line[hit]).astype(np.intp), 0, h - 1),
+                                  np.clip(np.rint(sample[hit]).astype(np.intp), 0, w - 1)]
         self.seconds[0] += time.perf_counter() - t
-        return {k: v.astype(np.float64) for k, v in out.items()}
+        return {**{k: v.astype(np.float64) for k, v in out.items()}, "cloud": cloud}
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.rpc import RPC
 
 from sftl_dask.io import vimi
+from sftl_dask.io.rpc import format_rpb, format_rpc_txt, from_rasterio
 from sftl_dask.io.vimi import VimiFormatError, VimiProduct, find_products, open_vimi, product_checksum
 from sftl_dask.physics.channels import THERMAL_NAMES, reflective_bands
 from sftl_dask.physics.planck import band_planck
@@ -352,7 +353,8 @@ _RPC = RPC(height_off=1000.0, height_scale=500.0, lat_off=40.3, lat_scale=0.1, l
 
 
 def _sensor(members: dict[str, bytes], *, rpc: str) -> dict[str, bytes]:
-    """The members in sensor geometry (no CRS, no geotransform) with RPCs as ``rpc``: rpb, txt, tags or none."""
+    """The members in sensor geometry (no CRS, no geotransform) with RPCs as ``rpc``: rpb, txt, tags, none, or
+    ``bad-rpb`` (an ``.rpb`` lacking most keys)."""
     tir, vnir = _dn()
     m = dict(members)
     tags = _RPC if rpc == "tags" else None
@@ -360,9 +362,11 @@ def _sensor(members: dict[str, bytes], *, rpc: str) -> dict[str, bytes]:
     m[f"{STEM}_B1_B6.tif"] = _geotiff(vnir, crs=None, rpcs=tags)
     for ft in ("B1_B6", "B7_B12"):
         if rpc == "rpb":
-            m[f"{STEM}_{ft}.rpb"] = b"satId = \"GF5B\";\nBEGIN_GROUP = IMAGE\n\tlineOffset = 12;\nEND_GROUP = IMAGE\n"
+            m[f"{STEM}_{ft}.rpb"] = format_rpb(from_rasterio(_RPC)).encode()
         elif rpc == "txt":
-            m[f"{STEM}_{ft}_rpc.txt"] = b"LINE_OFF: 12\nSAMP_OFF: 16\n"
+            m[f"{STEM}_{ft}_rpc.txt"] = format_rpc_txt(from_rasterio(_RPC)).encode()
+        elif rpc == "bad-rpb":
+            m[f"{STEM}_{ft}.rpb"] = b"satId = \"GF5B\";\nBEGIN_GROUP = IMAGE\n\tlineOffset = 12;\nEND_GROUP = IMAGE\n"
     return m
 
 
@@ -384,6 +388,12 @@ def test_sensor_geometry_with_rpcs_is_recognised(members, tmp_path, rpc, member)
 def test_sensor_geometry_without_rpcs_is_refused(members, tmp_path):
     path = _pack(tmp_path / "n", _sensor(members, rpc="none"), ext=".tar.gz")
     _assert_refused(path, f"{STEM}_B", "in sensor geometry) and has no RPCs")
+
+
+def test_sensor_geometry_with_malformed_rpcs_is_refused(members, tmp_path):
+    """Opening reads the thermal raster's RPCs (its view zenith comes from them): one line naming the member."""
+    path = _pack(tmp_path / "m", _sensor(members, rpc="bad-rpb"), ext=".tar.gz")
+    _assert_refused(path, f"member {STEM}_B7_B12.rpb: malformed RPCs: missing key")
 
 
 def test_gzip_members_are_read_from_one_pass_cached_per_process(members, tmp_path, monkeypatch):

@@ -27,21 +27,17 @@ the member or field.
 from __future__ import annotations
 
 import os
-import tarfile
-import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import rasterio
 from numpy.typing import NDArray
 from pyproj import Transformer
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from sftl_dask.geo import DEFAULT_TILE_PX, GeoBox, TileScheme, utm_epsg
-from sftl_dask.io.rpc import Rpc, RpcFormatError, from_rasterio, parse_rpb, parse_rpc_txt, read_rpc
+from sftl_dask.io.rpc import Rpc
 from sftl_dask.io.vimi import VimiFormatError, VimiProduct, find_products
 
 __all__ = ["EDGE_POINTS", "ProductSummary", "inspect_product", "inspect_products", "product_rpc", "sensor_footprint",
@@ -49,7 +45,6 @@ __all__ = ["EDGE_POINTS", "ProductSummary", "inspect_product", "inspect_products
 
 #: Points per footprint edge (corners included).
 EDGE_POINTS = 21
-_TAGS = " (RPC tags)"  # how VimiProduct names a raster whose RPCs are TIFF tags
 
 
 @dataclass(frozen=True)
@@ -173,53 +168,18 @@ def sensor_footprint(rpc: Rpc, height: int, width: int, h_m: float = 0.0
     return bounds, (float(lon[-1]), float(lat[-1]))
 
 
-def _member_bytes(product: VimiProduct, name: str) -> tuple[bytes | None, tarfile.TarInfo]:
-    """An archive member's header, and its bytes when it is a text member (``.rpb``, ``.txt``): one streamed
-    pass up to the member (``tarfile`` streaming mode, through gzip for ``.tar.gz``)."""
-    mode = "r|gz" if product.is_gzip else "r|"
-    with tarfile.open(product.path, mode) as tf:
-        for info in tf:
-            if info.name == name:
-                if name.lower().endswith((".rpb", ".txt")):
-                    fh = tf.extractfile(info)
-                    return (fh.read() if fh is not None else b""), info
-                return None, info
-    raise VimiFormatError(f"{product.path}: member {name} is missing from the archive")
-
-
-def _raster_tags(gdal_path: str) -> dict[str, str]:
-    with warnings.catch_warnings(), rasterio.Env(CPL_VSIL_GZIP_WRITE_PROPERTIES="NO"):
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # sensor geometry: no transform by design
-        with rasterio.open(gdal_path) as src:
-            return dict(src.tags(ns="RPC"))
-
-
 def product_rpc(product: VimiProduct, rpc_member: str) -> Rpc:
     """The RPCs of ``rpc_member`` (an ``.rpb`` / ``_rpc.txt`` member, or ``<raster> (RPC tags)``) of a product.
+
+    :meth:`VimiProduct.rpc <sftl_dask.io.vimi.VimiProduct.rpc>`: read once from the product's own members (the
+    sidecar's bytes from the archive scan), no second pass over the archive.
 
     Raises
     ------
     VimiFormatError
-        On malformed or incomplete RPCs, naming the product and the member.
+        On missing, malformed or incomplete RPCs, naming the product and the member.
     """
-    raster = rpc_member.removesuffix(_TAGS)
-    label = f"{product.path}: member {raster}"
-    try:
-        if not product.is_archive:
-            return read_rpc(product.path / raster)
-        data, info = _member_bytes(product, raster)
-        if data is not None:
-            text = data.decode("ascii", errors="replace")
-            parse = parse_rpb if raster.lower().endswith(".rpb") else parse_rpc_txt
-            return parse(text, label)
-        inner = f"/vsigzip/{product.path.absolute()}" if product.is_gzip else str(product.path.absolute())
-        return from_rasterio(_raster_tags(f"/vsisubfile/{info.offset_data}_{info.size},{inner}"), label)
-    except RpcFormatError as exc:
-        msg = str(exc).removeprefix(label).removeprefix(str(product.path / raster)).lstrip(": ")
-        raise VimiFormatError(f"{label}: malformed RPCs: {msg}") from None
-    except (OSError, RasterioError, tarfile.TarError) as exc:
-        raise VimiFormatError(f"{label}: cannot read its RPCs ({str(exc).splitlines()[0] if str(exc) else exc!r})"
-                              ) from None
+    return product.rpc(rpc_member)
 
 
 def _zone_of(lon: float, lat: float) -> int:
@@ -313,7 +273,7 @@ def inspect_product(path: str | os.PathLike[str], *, tile_px: int = DEFAULT_TILE
         attrs = dict(ds.attrs)
         rasters = sorted(m for ft, m in product.members.items() if ft != "metadata")
         if attrs["geometry"] == "sensor":
-            rpc = product_rpc(product, attrs["rpc_member"])
+            rpc = product.rpc(attrs["rpc_member"])
             try:
                 grid, bounds = sensor_product_grid(rpc, ds.sizes["y"], ds.sizes["x"], scheme.pixel_m)
             except ValueError as exc:

@@ -54,7 +54,9 @@ Variables (dims ``(y, x)``, float32, the B7_B12 file's 40 m grid):
 * ``ndvi`` (1): top-of-atmosphere reflectance rho = pi L d^2 / (ESUN cos(theta_s)) of the red and NIR
   bands at 20 m, averaged over the 2 x 2 block of each 40 m pixel, then (nir - red) / (nir + red).
   NaN where any of the four 20 m pixels is nodata, or at night (cos(theta_s) <= 0).
-* ``vza`` (degree): view zenith angle per pixel, see :func:`view_zenith` for the convention.
+* ``vza`` (degree): view zenith angle per pixel. In sensor geometry from the RPC line of sight of each pixel
+  (:meth:`VimiProduct.rpc`, :func:`sftl_dask.io.ortho.sensor_vza`); for a map-projected product (no RPCs)
+  from the XML's scene-centre angles on the north-up grid, see :func:`view_zenith` for the convention.
 
 Every problem with a product raises :class:`VimiFormatError` (a ``ValueError``) with a one-line message
 that starts with the product path.
@@ -82,12 +84,16 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+import rasterio
 import xarray as xr
 from affine import Affine
 from numpy.typing import NDArray
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
+from sftl_dask.io.ortho import sensor_vza
+from sftl_dask.io.rpc import Rpc, RpcFormatError, from_rasterio, parse_rpb, parse_rpc_txt
 from sftl_dask.physics.channels import Channel, reflective_bands, thermal_channels
 from sftl_dask.physics.planck import BandPlanck, band_planck
 from sftl_dask.physics.solar import band_solar_irradiance, earth_sun_distance_au
@@ -107,6 +113,7 @@ _MAX_XML_BYTES = 16 * 2**20  # a metadata file larger than this is not a VIMI XM
 _TAR_BLOCK = 512
 _HASH_BLOCK = 2**20
 _TEXT_SUFFIXES = (".xml", ".rpb", ".txt")  # members read whole during the archive scan (metadata, RPCs)
+_RPC_TAGS = " (RPC tags)"  # how a raster whose RPCs are TIFF tags is named as its RPC member
 
 
 class VimiFormatError(ValueError):
@@ -607,6 +614,21 @@ class _NdviArray(_CalibratedArray):
         return _ndvi_from_dn(red, nir, *self._args, output=self._output)
 
 
+class _SensorVzaArray(_CalibratedArray):
+    """View zenith (degrees) of every image pixel from the RPC line of sight (:func:`~sftl_dask.io.ortho.sensor_vza`),
+    computed for the whole image at the first read and kept (``lines`` x ``samples`` float32)."""
+
+    def __init__(self, rpc: Rpc, shape: tuple[int, int], token: tuple[Any, ...]) -> None:
+        super().__init__(shape, (*token, "rpc-vza"))
+        self._rpc = rpc
+        self._full: NDArray[np.float32] | None = None
+
+    def _compute(self, y0: int, y1: int, x0: int, x1: int) -> NDArray[np.float32]:
+        if self._full is None:
+            self._full = sensor_vza(self._rpc, *self.shape)
+        return self._full[y0:y1, x0:x1]
+
+
 class _RowArray(_CalibratedArray):
     """A (y, x) field constant along y (the view zenith of each column)."""
 
@@ -738,6 +760,7 @@ class VimiProduct:
         self._infos: dict[str, tarfile.TarInfo] = {}
         self._derived_time = False
         self._geometry: dict[str, str] = {}
+        self._rpcs: dict[str, Rpc] = {}
         try:
             pd.Timestamp("2000-01-01").tz_localize(self._time_zone)
         except (KeyError, ValueError, TypeError) as exc:
@@ -817,6 +840,70 @@ class VimiProduct:
     def rpc_members(self) -> dict[str, str]:
         """RPC sidecar members (``<raster>.rpb`` or ``<raster>_rpc.txt``) by raster file type; may be empty."""
         return dict(self._rpc)
+
+    def rpc(self, raster: str | None = None) -> Rpc:
+        """The RPC00B model of one raster of a sensor-geometry product, read once from its own members.
+
+        A sidecar (``.rpb`` / ``_rpc.txt``) is parsed from the bytes the archive scan already holds (a folder's
+        file is read once); RPC tags are read from the TIFF header. The result is kept per raster.
+
+        Parameters
+        ----------
+        raster : str, optional
+            File type of the raster (``B7_B12``, ``B1_B6``), or the raster's or RPC member's name; default the
+            thermal raster.
+
+        Returns
+        -------
+        Rpc
+
+        Raises
+        ------
+        VimiFormatError
+            If the raster has no RPCs (a map-projected product, or no sidecar and no tags) or they are
+            malformed or unreadable; the message names the product and the member.
+        """
+        ftype = self._rpc_type(raster)
+        if ftype not in self._rpcs:
+            self._rpcs[ftype] = self._read_rpc(ftype)
+        return self._rpcs[ftype]
+
+    def _rpc_type(self, raster: str | None) -> str:
+        """The file type ``raster`` names (a file type, a raster member or an RPC member, base names too)."""
+        if raster is None:
+            return _thermal_bands()[0]["file_type"]
+        if raster in self._members:
+            return raster
+        name = raster.removesuffix(_RPC_TAGS)
+        for ftype in self._raster_types():
+            names = {self._members[ftype], self._rpc.get(ftype, "").removesuffix(_RPC_TAGS)}
+            if name in names or name in {PurePosixPath(n).name for n in names if n}:
+                return ftype
+        raise VimiFormatError(f"{self._where}: {raster} is not a raster or RPC member of the product")
+
+    def _read_rpc(self, ftype: str) -> Rpc:
+        if ftype not in self._rpc and self.geometry == "sensor":
+            self._raster(ftype).close()  # sets the RPC member (tags) or refuses a raster without RPCs
+        if ftype not in self._rpc:
+            raise VimiFormatError(f"{self._where}: member {self._members[ftype]} has no RPCs "
+                                  "(a map-projected product, or no .rpb or _rpc.txt member)")
+        member = self._rpc[ftype].removesuffix(_RPC_TAGS)
+        label = f"{self._where}: member {member}"
+        try:
+            if self._rpc[ftype].endswith(_RPC_TAGS):
+                if self.is_gzip:
+                    os.environ.setdefault("CPL_VSIL_GZIP_WRITE_PROPERTIES", "NO")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    with rasterio.open(self._gdal_path(ftype)) as src:
+                        return from_rasterio(dict(src.tags(ns="RPC")), label)
+            text = self._read_member(f"rpc:{ftype}").decode("ascii", errors="replace")
+            parse = parse_rpb if member.lower().endswith(".rpb") else parse_rpc_txt
+            return parse(text, label)
+        except RpcFormatError as exc:
+            raise VimiFormatError(f"{label}: malformed RPCs: {str(exc).removeprefix(label).lstrip(': ')}") from None
+        except (OSError, RasterioError) as exc:
+            raise VimiFormatError(f"{label}: cannot read its RPCs ({_one_line(exc)})") from None
 
     def _gdal_path(self, ftype: str) -> str:
         """GDAL's name of a raster member: a byte range of the archive (``/vsisubfile/``), never extracted.
@@ -992,7 +1079,7 @@ class VimiProduct:
                 if not has_tags:
                     raise VimiFormatError(f"{self._where}: member {member} has no CRS or geotransform (in sensor "
                                           "geometry) and has no RPCs (no .rpb or _rpc.txt member, no RPC tags)")
-                self._rpc[ftype] = f"{member} (RPC tags)"
+                self._rpc[ftype] = f"{member}{_RPC_TAGS}"
             self._geometry[ftype] = "sensor"
         elif raster.rio.crs is None:
             raise VimiFormatError(f"{self._where}: member {member} has no CRS")
@@ -1097,7 +1184,7 @@ class VimiProduct:
         })
 
         x = tir["x"].to_numpy()
-        variables["vza"] = self._vza(x, ny, sensor, fmt["file_types"][tir_type]["resolution_m"], token)
+        variables["vza"] = self._vza(x, ny, sensor, token)
         ds = xr.Dataset(variables, coords={"y": tir["y"].to_numpy(), "x": x,
                                            "time": np.datetime64(self.time, "ns")}, attrs=self._attrs())
         ds["x"].attrs = dict(tir["x"].attrs)
@@ -1142,21 +1229,27 @@ class VimiProduct:
             })
         return variables
 
-    def _vza(self, x: NDArray[np.float64], ny: int, sensor: bool, gsd_m: float, token: tuple[Any, ...]) -> xr.Variable:
-        """The view zenith variable from the scene-centre angles (see :func:`view_zenith`).
+    def _vza(self, x: NDArray[np.float64], ny: int, sensor: bool, token: tuple[Any, ...]) -> xr.Variable:
+        """The view zenith variable (degrees).
 
-        In sensor geometry the columns run across track at the thermal GSD; their order is assumed
-        west -> east until the RPCs give per-pixel angles (issue 28, item 4).
+        In sensor geometry, per pixel from the thermal raster's RPC line of sight (:class:`_SensorVzaArray`:
+        :func:`sftl_dask.io.rpc.view_zenith` on a lattice every :data:`~sftl_dask.io.ortho.VZA_STEP_PX` pixels,
+        bilinear in between). A map-projected product carries no RPCs: its angle follows from the scene-centre
+        angles of the XML and a north-up grid (:func:`view_zenith`).
         """
+        attrs = {"units": "degree", "standard_name": "sensor_zenith_angle", "long_name": "view zenith angle"}
+        if sensor:
+            arr: _CalibratedArray = _SensorVzaArray(self.rpc(), (ny, x.size), token)
+            attrs["convention"] = ("angle between the RPC line of sight (the pixel localized at the ends of the "
+                                   "model's height range) and the ellipsoid normal")
+            return xr.Variable(("y", "x"), indexing.LazilyIndexedArray(arr), attrs)
         meta = self.metadata
-        x_m = x * gsd_m if sensor else x
-        row = view_zenith(x_m, 0.5 * (float(x_m[0]) + float(x_m[-1])), meta["SatelliteZenith"],
+        row = view_zenith(x, 0.5 * (float(x[0]) + float(x[-1])), meta["SatelliteZenith"],
                           meta["SatelliteAzimuth"], float(meta["SatelliteAltitude"]))
-        return xr.Variable(("y", "x"), indexing.LazilyIndexedArray(_RowArray(row, ny, token)), {
-            "units": "degree", "standard_name": "sensor_zenith_angle", "long_name": "view zenith angle",
-            "convention": "d = d_c + (x - x_centre)/1000 km, d_c = +/-H tan(SatelliteZenith) "
-                          "(+ when SatelliteAzimuth in [180, 360): satellite west of the scene), vza = atan(|d|/H)",
-        })
+        attrs["convention"] = ("d = d_c + (x - x_centre)/1000 km, d_c = +/-H tan(SatelliteZenith) "
+                               "(+ when SatelliteAzimuth in [180, 360): satellite west of the scene), "
+                               "vza = atan(|d|/H)")
+        return xr.Variable(("y", "x"), indexing.LazilyIndexedArray(_RowArray(row, ny, token)), attrs)
 
     def _attrs(self) -> dict[str, Any]:
         """The Dataset's attributes: identity, angles, and where time, calibration, ESUN and geometry come from."""
