@@ -42,6 +42,7 @@ from sftl_dask.features import RANGE_GROUPS, REQUIRED_INPUTS, compute_features, 
 from sftl_dask.geo import GeoBox, TileScheme, store_geometry
 from sftl_dask.io.cube import (
     CHUNK,
+    VALID_PX_VAR,
     append_slots,
     mark_slot,
     read_slots,
@@ -384,7 +385,9 @@ def _check_cube(store: Location, need: Sequence[str]) -> tuple[GeoBox, list[dict
         if unit is not None and not _units_match(unit, got):
             raise RetrieveError(f"{store}: {v} is in {got!r}, the model's features take {unit!r}")
     _, cy, cx = group["bt_10_80"].chunks if "bt_10_80" in names else group["vza"].chunks
-    return grid, [s for s in slots if s["ingest_ok"]], (cy, cx)
+    # a slot whose scene wrote no valid pixel here (only its footprint's no-data part touched the tile) has
+    # nothing to retrieve: no LST time step for it (VALID_PX_VAR; -1 or absent in older stores: retrieved)
+    return grid, [s for s in slots if s["ingest_ok"] and s.get(VALID_PX_VAR, -1) != 0], (cy, cx)
 
 
 def _pairs(cube: Location, out: Location) -> list[tuple[Location, Location]]:
@@ -579,7 +582,7 @@ def _summary(plans: Sequence[Mapping[str, Any]], jobs: Sequence[_Job], results: 
                "write_s")
     tot = {k: sum(r[k] for r in results) for k in counted}
     return {
-        "stores": [str(p["out"]) for p in plans], "retrieved": retrieved,
+        "stores": [str(p["out"]) for p in plans if p["todo"] or p["action"] != "new"], "retrieved": retrieved,
         "skipped": sum(p["skipped"] for p in plans),
         "failed": failed, "chunks": len(jobs), "seconds": seconds, "tasks_s": tasks_s,
         "px_per_s": tot["pixels"] / seconds if jobs else 0.0, **tot,
@@ -701,7 +704,8 @@ def check_retrieval(cube: str | os.PathLike[str], model: str | os.PathLike[str],
     """
     check_unlocked(out)
     _, plans, _ = _plan(cube, model, out, precision=precision, overwrite=overwrite)
-    return {"stores": [str(p["out"]) for p in plans], "todo": sum(len(p["todo"]) for p in plans),
+    return {"stores": [str(p["out"]) for p in plans if p["todo"] or p["action"] != "new"],
+            "todo": sum(len(p["todo"]) for p in plans),
             "skipped": sum(p["skipped"] for p in plans)}
 
 

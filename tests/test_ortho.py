@@ -31,6 +31,7 @@ from sftl_dask.io.ortho import FLAT_DEM, DemError, GedDem, open_dem, orthorectif
 from sftl_dask.io.rpc import view_zenith
 from sftl_dask.io.stores import cube_stores
 from sftl_dask.io.vimi import VimiProduct
+from sftl_dask.retrieve import check_retrieval
 from sftl_dask.testbed.build import scene_schedule
 from sftl_dask.testbed.delivery import SceneView, scene_view, terrain_height
 from sftl_dask.testbed.world import REGIONS, build_landscape
@@ -403,3 +404,43 @@ def test_user_calibration_recorded(delivered: Path, tmp_path: Path) -> None:
     assert summary["ingested"] == 1, summary["failed"]
     sources = {s["calibration_source"] for _, ss, _ in _tiles(tmp_path / "cube") for s in ss}
     assert sources == {f"user:{table}"}
+
+
+def _per_scene(cube: Path) -> tuple[dict[str, int], dict[str, float]]:
+    """Valid pixels and the sum of ``bt_10_80`` (K) per scene over every tile of a cube; checks ``valid_px``."""
+    count: dict[str, int] = {}
+    total: dict[str, float] = {}
+    for store in cube_stores(cube).values():
+        ds = xr.open_zarr(store)
+        for sid, ok, bt, px in zip(ds["scene_id"].values, ds["ingest_ok"].values, ds["bt_10_80"].values,
+                                   ds["valid_px"].values, strict=True):
+            assert ok
+            n = int(np.isfinite(bt).sum())
+            assert n == int(px), f"{store}: {sid} records valid_px {px}, holds {n}"
+            count[str(sid)] = count.get(str(sid), 0) + n
+            total[str(sid)] = total.get(str(sid), 0.0) + float(np.nansum(bt.astype(np.float64)))
+    return count, total
+
+
+def test_a_scene_holds_the_same_pixels_whatever_the_tiling(delivered: Path, cube_dem: Path, tmp_path: Path) -> None:
+    # one warp per scene, sliced by the tiles: warps onto each tile window gave edge pixels that depended on
+    # where the tiles cut (up to 7.9 K and 1,276 px per scene on the default testbed), breaking the archive rule
+    # that ingesting in two runs equals one
+    big = tmp_path / "t1024"
+    summary = ingest([delivered / "archives"], big, era5=sorted((delivered / "era5").glob("*.nc")), tile_px=1024,
+                     ged=delivered / "ged", dem=delivered / "dem")
+    assert summary["ingested"] == 2 and len(summary["stores"]) < len(cube_stores(cube_dem))
+    n256, s256 = _per_scene(cube_dem)
+    n1024, s1024 = _per_scene(big)
+    assert n256 == n1024 and min(n256.values()) > 200_000
+    assert all(abs(s256[k] - s1024[k]) <= 1e-9 * abs(s256[k]) for k in s256)
+
+
+def test_tiles_only_the_no_data_part_touched_get_no_lst_step(cube_dem: Path, retrieval_model: Any,
+                                                            tmp_path: Path) -> None:
+    slots = [s for store in cube_stores(cube_dem).values() for s in read_slots(store)[1]]
+    empty = [s for s in slots if s["valid_px"] == 0]
+    # the rotated footprint's grid (its bounding box) reaches tiles that only its no-data corners touch
+    assert all(s["ingest_ok"] for s in slots) and 0 < len(empty) < len(slots)
+    plan = check_retrieval(cube_dem, retrieval_model("sw"), tmp_path / "lst")
+    assert plan["todo"] == len(slots) - len(empty)

@@ -45,6 +45,7 @@ __all__ = [
     "CHUNK",
     "CUBE_VARIABLES",
     "PROVENANCE_VARS",
+    "VALID_PX_VAR",
     "GeoBox",
     "append_slots",
     "cube_stores",
@@ -90,6 +91,9 @@ _SLOT_VARS = {"scene_id": "<U96", "source": "<U512", "checksum": "<U64"}
 #: existed keep their layout: new slots appended to them record no provenance there (the ingest log has it).
 PROVENANCE_VARS = {"calibration_source": ("<U256", "source of the DN -> radiance gains and offsets"),
                    "dem": ("<U512", "DEM used to orthorectify the scene by its RPCs")}
+#: Per time step, the valid pixels a scene wrote into the store, set when the slot completes (ingest's new stores;
+#: -1 where not recorded). 0 marks a tile that only the footprint's no-data part touched: retrieval skips it.
+VALID_PX_VAR = "valid_px"
 #: Chunk edge (pixels) of new stores along y and x.
 CHUNK = 512
 #: CF time; numpy times count no leap seconds (CF-1.11 section 4.4.3).
@@ -113,6 +117,9 @@ def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tupl
         if name in ds:
             for slot, value in zip(slots, ds[name].values, strict=True):
                 slot[name] = str(value)
+    if VALID_PX_VAR in ds:
+        for slot, value in zip(slots, ds[VALID_PX_VAR].values, strict=True):
+            slot[VALID_PX_VAR] = int(value)
     return grid, slots
 
 
@@ -139,6 +146,10 @@ def _template(grid: GeoBox, scenes: Sequence[Mapping[str, Any]], variables: Mapp
         if provenance:
             data_vars[name] = (("time",), np.array([s.get(name, "") for s in scenes], dtype=dtype),
                                {"long_name": long_name})
+    if provenance:
+        data_vars[VALID_PX_VAR] = (("time",), da.full((n,), -1, dtype=np.int64, chunks=1),
+                                   {"long_name": "valid pixels the scene wrote in this store (-1: not recorded); "
+                                                 "0: only the footprint's no-data part touched it"})
     data_vars[ok_var] = (("time",), da.zeros((n,), dtype=bool, chunks=1),
                          {"long_name": f"1 once every chunk of the time step is written ({ok_var})"})
     times = np.array([np.datetime64(s["time"], "ns") for s in scenes], dtype="datetime64[ns]")
@@ -304,8 +315,9 @@ def write_block(store: str | os.PathLike[str] | Mapping[str, Any], index: int, w
 
 
 def mark_slot(store: str | os.PathLike[str], index: int | Sequence[int], ok_var: str, *,
-              checksum: str | Sequence[str] | None = None, group: Any = None) -> None:
-    """Mark time slot(s) ``index`` complete (``ok_var`` true), recording their ``checksum`` if given.
+              checksum: str | Sequence[str] | None = None, group: Any = None, valid_px: int | None = None) -> None:
+    """Mark time slot(s) ``index`` complete (``ok_var`` true), recording their ``checksum`` if given, and the
+    scene's valid pixels in the store (``valid_px``) where the store has :data:`VALID_PX_VAR`.
 
     Call it only after every chunk of the slot is written: a slot is complete only when flagged. Several
     slots are marked in one write per array.
@@ -317,6 +329,8 @@ def mark_slot(store: str | os.PathLike[str], index: int | Sequence[int], ok_var:
             return
     if checksum is not None:
         group["checksum"][index] = checksum
+    if valid_px is not None and VALID_PX_VAR in group:
+        group[VALID_PX_VAR][index] = valid_px
     group[ok_var][index] = True
 
 
