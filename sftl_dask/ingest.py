@@ -45,9 +45,9 @@ from sftl_dask.geo import DEFAULT_TILE_PX, GeoBox, TileScheme, Window, geometry_
 from sftl_dask.io.cube import CUBE_VARIABLES, append_slots, mark_slot, read_slots, write_log, write_scene
 from sftl_dask.io.era5 import era5_wvc_on_grid, open_era5_tcwv
 from sftl_dask.io.ged import ged_on_grid, ged_vimi_channels, vimi_emissivity
-from sftl_dask.io.inspect import product_rpc, sensor_product_grid
+from sftl_dask.io.inspect import sensor_product_grid
 from sftl_dask.io.location import Location, join, location, makedirs
-from sftl_dask.io.ortho import FLAT_DEM, Dem, DemError, GedDem, open_dem, orthorectify, sensor_vza
+from sftl_dask.io.ortho import FLAT_DEM, Dem, DemError, GedDem, open_dem, orthorectify
 from sftl_dask.io.rpc import Rpc
 from sftl_dask.io.stac import scene_stac_meta, write_scene_stac
 from sftl_dask.io.stores import cube_stores, cube_tiling
@@ -104,12 +104,9 @@ def _sensor_rpc(prod: VimiProduct) -> tuple[Rpc, int, int]:
 
     Raises VimiFormatError (naming the product and the member) on missing or malformed RPCs.
     """
-    ds = prod.open(chunks=None)
-    try:
-        member, shape = ds.attrs["rpc_member"], (ds.sizes["y"], ds.sizes["x"])
-    finally:
-        ds.close()
-    return product_rpc(prod, member), *shape
+    with prod.open(chunks=None) as ds:
+        shape = (ds.sizes["y"], ds.sizes["x"])
+    return prod.rpc(), *shape
 
 
 def _scan_sensor(prod: VimiProduct, path: str, dem: Dem | GedDem | None) -> dict[str, Any]:
@@ -128,7 +125,7 @@ def _scan_sensor(prod: VimiProduct, path: str, dem: Dem | GedDem | None) -> dict
     meta = prod.metadata
     return {"ok": True, "path": path, "scene_id": prod.stem, "time": np.datetime64(prod.time, "ns"), "grid": grid,
             "cloud_percent": float(meta.get("CloudPercent", np.nan)), "meta": scene_stac_meta(meta),
-            "calibration_source": prod.calibration[1], "dem": FLAT_DEM if flat_reason or dem is None else dem.path,
+            "calibration_source": prod.calibration[1], "dem": FLAT_DEM if flat_reason else dem.path,
             "sensor": True, "flat_reason": flat_reason}
 
 
@@ -254,16 +251,15 @@ def _decode_sensor_scene(prod: VimiProduct, path: str, targets: list[TileTarget]
     The record carries ``seconds`` and ``warp_seconds`` (the RPC warps alone, every tile).
     """
     t0, record = started
-    rpc, lines, samples = _sensor_rpc(prod)
-    ds = prod.open(chunks=None)
-    names = [*THERMAL_NAMES, "ndvi"] + (["red"] if "red" in ds else [])
-    own = {k: ds[k].values.astype(np.float32) for k in names}
-    ds.close()
+    rpc = prod.rpc()
+    with prod.open(chunks=None) as ds:  # the reader's vza is the RPC line of sight per image pixel already
+        names = [*THERMAL_NAMES, "ndvi", "vza"] + (["red"] if "red" in ds else [])
+        own = {k: ds[k].values.astype(np.float32) for k in names}
+        lines, samples = ds.sizes["y"], ds.sizes["x"]
     if not np.isfinite(own["bt_10_80"]).any():
         raise ValueError("the scene holds no valid pixel")
     own["cloud"] = cloud_mask(own["bt_10_80"], own["ndvi"], own.get("red"),
                               cloud_percent=cloud_percent).astype(np.float32)
-    own["vza"] = sensor_vza(rpc, lines, samples)
     own.pop("red", None)  # only the cloud test uses it
     era5 = _open_era5(tuple(sorted({f for t in targets for f in t.era5})))
     grid, bounds = sensor_product_grid(rpc, lines, samples)
@@ -359,9 +355,9 @@ def _write_tile_part(scene: _Scene, target: TileTarget, ged: dict[str, Any]) -> 
     y0, y1, x0, x1 = window
     wgrid = target.grid.window(window)
     if scene.warp is not None:  # sensor geometry: the scene's warp, cut at the tile window
-        vals = (scene.warp.window(scene.own, scene.grid, (y0 - off[0], y1 - off[0], x0 - off[1], x1 - off[1]))
-                if off is not None else  # a tiling off the 40 m lattice: warped onto the window itself
-                {k: v.astype(np.float64) for k, v in scene.warp.onto(scene.own, wgrid).items()})
+        if off is None:  # sensor_product_grid snaps to the 40 m lattice the tiles are anchored on
+            raise ValueError(f"the scene grid is off the lattice of tile {target.store}")
+        vals = scene.warp.window(scene.own, scene.grid, (y0 - off[0], y1 - off[0], x0 - off[1], x1 - off[1]))
     elif off is not None:
         r, c = off
         vals = {k: v[y0 - r : y1 - r, x0 - c : x1 - c] for k, v in scene.own.items()}
@@ -610,8 +606,8 @@ def _scan_new(todo: list[str], client: Any, log: list[dict[str, Any]], source: S
 def _warn_dem(scans: list[dict[str, Any]], dem: Dem | GedDem | None) -> None:
     """One warning for the sensor-geometry scenes on GED's GDEM, one naming those at the flat RPC height."""
     flat = [s for s in scans if s.get("flat_reason")]
-    if isinstance(dem, GedDem) and len(flat) < sum(bool(s.get("sensor")) for s in scans):
-        n = sum(bool(s.get("sensor")) for s in scans) - len(flat)
+    n = sum(bool(s.get("sensor")) for s in scans) - len(flat)
+    if isinstance(dem, GedDem) and n:
         warnings.warn(f"no DEM given (--dem): {n} scene(s) in sensor geometry orthorectified on the GDEM layer of "
                       f"the ASTER GED tiles (100 m posting; heights taken as above WGS 84, no geoid shift); recorded "
                       f"as dem = {dem.path!r}", UserWarning, stacklevel=4)

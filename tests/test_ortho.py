@@ -26,14 +26,14 @@ from sftl_dask.geo import GeoBox
 from sftl_dask.ingest import IngestError, ingest
 from sftl_dask.io.cube import read_slots
 from sftl_dask.io.ged import ged_elevation, read_ged_tile
-from sftl_dask.io.inspect import inspect_product, product_rpc, sensor_product_grid
+from sftl_dask.io.inspect import inspect_product, sensor_product_grid
 from sftl_dask.io.ortho import FLAT_DEM, DemError, GedDem, open_dem, orthorectify, sensor_vza
 from sftl_dask.io.rpc import view_zenith
 from sftl_dask.io.stores import cube_stores
 from sftl_dask.io.vimi import VimiProduct
 from sftl_dask.retrieve import check_retrieval
-from sftl_dask.testbed.build import scene_schedule
-from sftl_dask.testbed.delivery import SceneView, scene_view, terrain_height
+from sftl_dask.testbed.build import delivered_view, scene_schedule
+from sftl_dask.testbed.delivery import SceneView
 from sftl_dask.testbed.world import REGIONS, build_landscape
 
 SIZE, SEED, TILE = 640, 0, 256  # the session fixture delivered_testbed is built with SIZE and SEED
@@ -170,24 +170,13 @@ def test_flat_fallback_warned(cube_flat: tuple[Path, list[str], Path]) -> None:
 
 def _views(tb: Path) -> dict[str, SceneView]:
     """The testbed's own sensor model of each scene, rebuilt as ``build_testbed`` places it (public pieces)."""
-    views = {}
-    for region in REGIONS:
-        lsc = build_landscape(REGIONS[region], SIZE, SEED)
-        item = scene_schedule(region, 1, SEED)[0]
-        spec, shift = item["spec"], item["shift_px"]
-        a, _, c, _, e, f = lsc.transform
-        h, w = lsc.shape
-        x0, y0 = c + shift[1] * a, f + shift[0] * e
-        lon, lat = Transformer.from_crs(lsc.crs, "EPSG:4326", always_xy=True).transform(
-            [x0, x0 + w * a, x0 + w * a, x0], [y0, y0, y0 + h * e, y0 + h * e])
-        lon_c, lat_c = float(np.mean(np.round(lon, 6))), float(np.mean(np.round(lat, 6)))
-        h_c = float(terrain_height(lsc)(np.array([lon_c]), np.array([lat_c]))[0])
-        views[region] = scene_view(lon_c, lat_c, h_c, shift[1] * 0.04 + spec.nadir_offset_km, *lsc.shape)
+    views = {region: delivered_view(scene_schedule(region, 1, SEED)[0], build_landscape(REGIONS[region], SIZE, SEED))
+             for region in REGIONS}
     targets = pd.read_csv(tb / "truth" / "targets.csv")
     out = {}
     for stem, group in targets.groupby("scene_id"):
         view = views[group["region"].iloc[0]]
-        rpc = product_rpc(VimiProduct(tb / "archives" / f"{stem}.tar.gz"), f"{stem}_B7_B12.rpb")
+        rpc = VimiProduct(tb / "archives" / f"{stem}.tar.gz").rpc(f"{stem}_B7_B12.rpb")
         line, sample = view.project(group["lon"].to_numpy(), group["lat"].to_numpy(), group["height_m"].to_numpy())
         rl, rs = rpc.project(group["lon"].to_numpy(), group["lat"].to_numpy(), group["height_m"].to_numpy())
         assert np.hypot(line - rl, sample - rs).max() < 0.05  # the rebuilt model is the delivered one
@@ -233,7 +222,7 @@ def test_vza_against_the_sensor_model(delivered: Path, cube_dem: Path) -> None:
 def test_vza_interpolation(delivered: Path) -> None:
     path = delivered / "archives" / next(p.name for p in (delivered / "archives").iterdir())
     prod = VimiProduct(path)
-    rpc = product_rpc(prod, inspect_product(path).rpc_member)
+    rpc = prod.rpc(inspect_product(path).rpc_member)
     coarse = sensor_vza(rpc, SIZE, SIZE)
     rng = np.random.default_rng(1)
     line, sample = rng.integers(0, SIZE, 400), rng.integers(0, SIZE, 400)
@@ -314,7 +303,7 @@ def test_warp_matches_inspect_grid(delivered: Path) -> None:
     path = sorted((delivered / "archives").iterdir())[0]
     summary = inspect_product(path, tile_px=TILE)
     prod = VimiProduct(path)
-    rpc = product_rpc(prod, summary.rpc_member)
+    rpc = prod.rpc(summary.rpc_member)
     grid, bounds = sensor_product_grid(rpc, SIZE, SIZE)
     assert bounds == pytest.approx(summary.footprint)
     ones = orthorectify({"bt_10_80": np.ones((SIZE, SIZE), np.float32), "cloud": np.zeros((SIZE, SIZE))}, rpc, grid)

@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pyproj import Transformer
 
-from sftl_dask.io.inspect import product_rpc
 from sftl_dask.io.rpc import parse_rpb
 from sftl_dask.io.vimi import VimiFormatError, VimiProduct, find_products
-from sftl_dask.testbed.build import scene_schedule
-from sftl_dask.testbed.delivery import SceneView, scene_view, terrain_height
+from sftl_dask.testbed.build import delivered_view, scene_schedule
+from sftl_dask.testbed.delivery import SceneView, terrain_height
 from sftl_dask.testbed.world import REGIONS, build_landscape
 
 SIZE, SEED = 640, 0  # the session fixture delivered_testbed is built with these
@@ -25,17 +23,7 @@ def _view(region: str) -> tuple[SceneView, object]:
     """The testbed's sensor model of the region's first scene, placed as ``build_testbed`` places it, and the
     terrain height function (lon, lat -> m above WGS 84) it was rendered over."""
     lsc = build_landscape(REGIONS[region], SIZE, SEED)
-    item = scene_schedule(region, 1, SEED)[0]
-    spec, shift = item["spec"], item["shift_px"]
-    a, _, c, _, e, f = lsc.transform
-    h, w = lsc.shape
-    x0, y0 = c + shift[1] * a, f + shift[0] * e
-    lon, lat = Transformer.from_crs(lsc.crs, "EPSG:4326", always_xy=True).transform(
-        [x0, x0 + w * a, x0 + w * a, x0], [y0, y0, y0 + h * e, y0 + h * e])
-    lon_c, lat_c = float(np.mean(np.round(lon, 6))), float(np.mean(np.round(lat, 6)))
-    height = terrain_height(lsc)
-    h_c = float(height(np.array([lon_c]), np.array([lat_c]))[0])
-    return scene_view(lon_c, lat_c, h_c, shift[1] * 0.04 + spec.nadir_offset_km, *lsc.shape), height
+    return delivered_view(scene_schedule(region, 1, SEED)[0], lsc), terrain_height(lsc)
 
 
 def _products(tb: Path) -> list[tuple[Path, str]]:
@@ -73,15 +61,15 @@ def test_reader_vza_is_the_line_of_sight(delivered_testbed: Path) -> None:
 
 
 def test_rpc_read_once_from_the_members(delivered_testbed: Path) -> None:
-    """``VimiProduct.rpc`` parses the sidecar the archive scan already holds; ``product_rpc`` returns the same model,
+    """``VimiProduct.rpc`` parses the sidecar the archive scan already holds, once, and returns the same model
     whichever name of the raster it is given."""
     path = find_products(delivered_testbed / "archives")[0]
     prod = VimiProduct(path)
     stem = prod.stem
     rpc = prod.rpc()
     assert prod.rpc("B7_B12") is rpc  # kept per raster
-    assert product_rpc(prod, f"{stem}_B7_B12.rpb") is rpc
-    assert product_rpc(prod, prod.rpc_members["B7_B12"]) is rpc
+    assert prod.rpc(f"{stem}_B7_B12.rpb") is rpc
+    assert prod.rpc(prod.rpc_members["B7_B12"]) is rpc
     text = prod._read_member("rpc:B7_B12").decode()  # the independent parse of the same bytes
     assert parse_rpb(text).line_num == pytest.approx(rpc.line_num)
     fine = prod.rpc("B1_B6")

@@ -40,7 +40,7 @@ from sftl_dask.geo import DEFAULT_TILE_PX, GeoBox, TileScheme, utm_epsg
 from sftl_dask.io.rpc import Rpc
 from sftl_dask.io.vimi import VimiFormatError, VimiProduct, find_products
 
-__all__ = ["EDGE_POINTS", "ProductSummary", "inspect_product", "inspect_products", "product_rpc", "sensor_footprint",
+__all__ = ["EDGE_POINTS", "ProductSummary", "inspect_product", "inspect_products", "sensor_footprint",
            "sensor_product_grid"]
 
 #: Points per footprint edge (corners included).
@@ -166,20 +166,6 @@ def sensor_footprint(rpc: Rpc, height: int, width: int, h_m: float = 0.0
                          "(outside the model's domain)")
     bounds = (float(lon[:-1].min()), float(lat[:-1].min()), float(lon[:-1].max()), float(lat[:-1].max()))
     return bounds, (float(lon[-1]), float(lat[-1]))
-
-
-def product_rpc(product: VimiProduct, rpc_member: str) -> Rpc:
-    """The RPCs of ``rpc_member`` (an ``.rpb`` / ``_rpc.txt`` member, or ``<raster> (RPC tags)``) of a product.
-
-    :meth:`VimiProduct.rpc <sftl_dask.io.vimi.VimiProduct.rpc>`: read once from the product's own members (the
-    sidecar's bytes from the archive scan), no second pass over the archive.
-
-    Raises
-    ------
-    VimiFormatError
-        On missing, malformed or incomplete RPCs, naming the product and the member.
-    """
-    return product.rpc(rpc_member)
 
 
 def _zone_of(lon: float, lat: float) -> int:
