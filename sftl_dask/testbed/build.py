@@ -31,6 +31,7 @@ from sftl_dask.testbed.ancillary import ERROR_BUDGET, era5_fields, ged_arrays, i
 from sftl_dask.testbed.delivery import (
     DEM_POSTING_ARCSEC,
     RPC_MAX_RESIDUAL_PX,
+    SceneView,
     footprint,
     hot_targets,
     rpc_for_fine_grid,
@@ -62,7 +63,8 @@ from sftl_dask.testbed.world import (
 )
 from sftl_dask.version import __version__
 
-__all__ = ["DEFAULT_LAYOUT", "DEFAULT_SCENES", "DEFAULT_SIZE", "LAYOUTS", "build_testbed", "scene_schedule"]
+__all__ = ["DEFAULT_LAYOUT", "DEFAULT_SCENES", "DEFAULT_SIZE", "LAYOUTS", "build_testbed", "delivered_view",
+           "scene_schedule"]
 
 #: Testbed layouts: ``delivered`` (the default: sensor geometry with RPCs in a ``.tar.gz``, a DEM, hot targets,
 #: as the ground segment delivers; issue 28, item 5; docs/testbed.md) and ``map`` (north-up UTM GeoTIFFs in a
@@ -187,11 +189,11 @@ def _scene_task(item: dict[str, Any], lsc: Landscape, clim: RegionClimate, tmp: 
                 layout: str = "map") -> dict[str, Any]:
     """Synthesize one scene, write its archive and its truth slice; return a small record."""
     spec, shift = item["spec"], item["shift_px"]
-    lon_c, lat_c = (float(v) for v in np.mean(_corner_lonlat(lsc, shift), axis=1))
+    lon_c, lat_c = _scene_centre(item, lsc)
     stem = vimi_product_name(lon_c, lat_c, spec.time_utc, spec.orbit, spec.product_id)
     extra: dict[str, Any] = {}
     if layout == "delivered":
-        truth, cov, extra = _deliver_scene(spec, shift, lsc, clim, stem, (lon_c, lat_c), Path(tmp))
+        truth, cov, extra = _deliver_scene(item, lsc, clim, stem, Path(tmp))
     else:
         truth = synthesize_scene(spec, lsc, clim)
         a, _, c, _, e, f = lsc.transform
@@ -221,14 +223,30 @@ def _scene_task(item: dict[str, Any], lsc: Landscape, clim: RegionClimate, tmp: 
     }
 
 
-def _deliver_scene(spec: Any, shift: tuple[int, int], lsc: Landscape, clim: RegionClimate, stem: str,
-                   centre: tuple[float, float], tmp: Path) -> tuple[Any, NDArray[np.bool_], dict[str, Any]]:
+def _scene_centre(item: dict[str, Any], lsc: Landscape) -> tuple[float, float]:
+    """(lon, lat) in degrees of a scheduled scene's centre: the mean of its footprint's corners."""
+    lon_c, lat_c = np.mean(_corner_lonlat(lsc, item["shift_px"]), axis=1)
+    return float(lon_c), float(lat_c)
+
+
+def delivered_view(item: dict[str, Any], lsc: Landscape) -> SceneView:
+    """The sensor window that delivers a scheduled scene (an item of :func:`scene_schedule`) in the delivered
+    layout: the pushbroom whose nadir track passes the scene's ``nadir_offset_km`` plus its footprint shift from
+    the scene centre, on the world's terrain (:func:`~sftl_dask.testbed.delivery.scene_view`)."""
+    lon_c, lat_c = _scene_centre(item, lsc)
+    h_c = float(terrain_height(lsc)(np.array([lon_c]), np.array([lat_c]))[0])
+    return scene_view(lon_c, lat_c, h_c, item["shift_px"][1] * 0.04 + item["spec"].nadir_offset_km, *lsc.shape)
+
+
+def _deliver_scene(item: dict[str, Any], lsc: Landscape, clim: RegionClimate, stem: str,
+                   tmp: Path) -> tuple[Any, NDArray[np.bool_], dict[str, Any]]:
     """The delivered layout of one scene (testbed/delivery.py): the map scene with hot targets, seen by the
     pushbroom over the terrain, RPCs fitted and checked, written as a ``.tar.gz``. Returns the truth, the
     region-grid footprint and the record's extra fields (targets, RPC fit residuals, gains)."""
-    lon_c, lat_c = centre
+    spec = item["spec"]
+    lon_c, lat_c = _scene_centre(item, lsc)
     h_c = float(terrain_height(lsc)(np.array([lon_c]), np.array([lat_c]))[0])
-    view = scene_view(lon_c, lat_c, h_c, shift[1] * 0.04 + spec.nadir_offset_km, *lsc.shape)
+    view = delivered_view(item, lsc)
     rows, cols = sensor_ground(view, lsc)
     cov = footprint(lsc.shape, rows, cols)
     # the targets' own generator: the scene's draws are the map layout's, so the same seed is the same world
