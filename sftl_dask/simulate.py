@@ -473,6 +473,7 @@ def write_simulation(
     client: Any = None,
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
+    inputs: SimulationInputs | None = None,
 ) -> int:
     """Simulate and write the table as a Parquet dataset directory.
 
@@ -492,6 +493,8 @@ def write_simulation(
         Called as ``progress(done_batches, total_batches)``.
     overwrite : bool, optional
         Replace an existing dataset at ``out``.
+    inputs : SimulationInputs, optional
+        ``resolve_inputs(config)`` already made (default: made here).
 
     Returns
     -------
@@ -508,7 +511,7 @@ def write_simulation(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (use overwrite)")
-    inputs = resolve_inputs(config)
+    inputs = inputs or resolve_inputs(config)
     with staged_dir(out) as tmp:
         profiles, ids = inputs.profiles, inputs.profile_ids
         bs = config.batch_profiles
