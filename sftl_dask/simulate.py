@@ -422,7 +422,11 @@ def simulate_batch(
             cols[f"lup_{suffix}"] = lup
             cols[f"ldown_{suffix}"] = np.full(n, ldn)
         frames.append(pd.DataFrame(cols))
-    df = pd.concat(frames, ignore_index=True)
+    return _screened_float32(pd.concat(frames, ignore_index=True), config)
+
+
+def _screened_float32(df: pd.DataFrame, config: SimulationConfig) -> pd.DataFrame:
+    """Rows kept by the LST - air temperature screen, floats as float32, ``category`` categorical."""
     if config.screen_lst_minus_tair_k is not None:
         lo, hi = config.screen_lst_minus_tair_k
         d = df["lst"].to_numpy() - df["t_air"].to_numpy()
