@@ -405,13 +405,12 @@ def test_lowtran7_filled_template_agrees_with_the_band_model_within_its_accuracy
     write_simulation(tmp_path / "lt.parquet", SimulationConfig(**common, rt_table=str(t)))
     a, b = pd.read_parquet(tmp_path / "band.parquet"), pd.read_parquet(tmp_path / "lt.parquet")
     assert len(a) == len(b) == 24 * 4 * 3 * 2 and (a["lst"] == b["lst"]).all()
+    # the band model's documented accuracy against LOWTRAN7 (README): tau 0.01, radiance max(3 %, 0.02); over the
+    # 946 profiles 99.9 % of rows are within it, the worst at 1.02 of the limit (docs/simulation.md)
     for n in THERMAL_NAMES:
         s = n[3:]
-        assert np.abs(a[f"tau_{s}"] - b[f"tau_{s}"]).max() < TAU_LIMIT, n
+        assert np.abs(a[f"tau_{s}"] - b[f"tau_{s}"]).max() < 0.01, n
         for k in ("lup", "ldown"):
-            err = np.abs(a[f"{k}_{s}"] - b[f"{k}_{s}"])
-            assert (err <= np.maximum(0.03 * b[f"{k}_{s}"], 0.02)).mean() >= SHARE_WITHIN, (n, k)
-
-
-TAU_LIMIT = 0.01
-SHARE_WITHIN = 0.95
+            share = np.abs(a[f"{k}_{s}"] - b[f"{k}_{s}"]) / np.maximum(0.03 * b[f"{k}_{s}"], 0.02)
+            assert share.max() < 1.1 and (share <= 1).mean() >= 0.99, (n, k)
+        assert np.sqrt(np.mean((a[n] - b[n]) ** 2)) < 0.1, n  # K: same draws and noise, RT differs
