@@ -199,6 +199,9 @@ class SimulationInputs:
         Name and category of each spectrum.
     backend : RTBackend or None
         The RT table's terms, or None for the band model.
+    rt_terms : pandas.DataFrame or None
+        The RT table's rows of the kept profiles, one per (profile, angle), as
+        :class:`~sftl_dask.physics.rtm.TableBackend` takes them (each batch gets its profiles' rows only).
     provenance : dict
         Every input file with its sha256, the RT source per block of profile ids, the screens and counts.
     """
@@ -209,6 +212,7 @@ class SimulationInputs:
     spectra_names: tuple[str, ...]
     categories: tuple[str, ...]
     backend: RTBackend | None
+    rt_terms: pd.DataFrame | None
     provenance: dict[str, Any]
 
 
@@ -321,6 +325,7 @@ def resolve_inputs(config: SimulationConfig) -> SimulationInputs:
     user, spec_files, user_emis = _user_spectra(config)
     emis = np.concatenate([band_emissivity(embedded) if embedded else np.empty((0, len(THERMAL_NAMES))), user_emis])
     backend: RTBackend | None = None
+    wide: pd.DataFrame | None = None
     ids = [0, len(all_profiles)]
     rt: list[dict[str, Any]] = [{"source": BAND_MODEL, "profile_ids": ids}]
     if config.rt_table is not None:
@@ -343,7 +348,8 @@ def resolve_inputs(config: SimulationConfig) -> SimulationInputs:
                    "draws_per_combination": config.draws_per_combination},
     }
     return SimulationInputs(profiles, tuple(kept), emis, tuple([s.name for s in embedded] + [s.name for s in user]),
-                            tuple([s.category for s in embedded] + [s.category for s in user]), backend, provenance)
+                            tuple([s.category for s in embedded] + [s.category for s in user]), backend, wide,
+                            provenance)
 
 
 def simulate_batch(
@@ -452,16 +458,17 @@ def _schema_metadata(config: SimulationConfig, spectra_names: Sequence[str], pro
 
 
 def _write_batch(out_dir: str, part: int, profiles: Sequence[AtmosphereProfile], ids: Sequence[int],
-                 config: SimulationConfig, inputs: SimulationInputs) -> tuple[int, int]:
-    df = simulate_batch(profiles, ids, config, backend=inputs.backend,
-                        spectra=(inputs.emissivity, inputs.categories))
+                 config: SimulationConfig, spectra: tuple[NDArray[np.float64], Sequence[str], Sequence[str]],
+                 rt_terms: pd.DataFrame | None, metadata: dict[bytes, bytes]) -> tuple[int, int]:
+    """One batch's rows written as one part file; returns (rows written, rows screened out)."""
+    emis, categories, _ = spectra
+    backend = None if rt_terms is None else TableBackend(rt_terms, channels=THERMAL_NAMES, source="RT table")
+    df = simulate_batch(profiles, ids, config, backend=backend, spectra=(emis, categories))
     table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           **_schema_metadata(config, inputs.spectra_names, inputs.provenance,
-                                                              _rt_model(inputs))})
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     pq.write_table(table, os.path.join(out_dir, f"part-{part:05d}.parquet"), compression="zstd",
                    compression_level=1)
-    full = len(profiles) * inputs.emissivity.shape[0] * len(config.vza_deg) * config.draws_per_combination
+    full = len(profiles) * emis.shape[0] * len(config.vza_deg) * config.draws_per_combination
     return table.num_rows, full - table.num_rows
 
 
@@ -520,7 +527,12 @@ def write_simulation(
         profiles, ids = inputs.profiles, inputs.profile_ids
         bs = config.batch_profiles
         batches = [(i // bs, profiles[i : i + bs], ids[i : i + bs]) for i in range(0, len(profiles), bs)]
-        calls = [(_write_batch, (str(tmp), part, profs, pids, config, inputs)) for part, profs, pids in batches]
+        spectra = (inputs.emissivity, inputs.categories, inputs.spectra_names)
+        meta = _schema_metadata(config, inputs.spectra_names, inputs.provenance, _rt_model(inputs))
+        rt = inputs.rt_terms
+        calls = [(_write_batch, (str(tmp), part, profs, pids, config, spectra,
+                                 None if rt is None else rt[rt["profile"].isin({p.name for p in profs})], meta))
+                 for part, profs, pids in batches]
         done = run_tasks(calls, client, progress=progress)
         total, screened = sum(d[0] for d in done), sum(d[1] for d in done)
         if total == 0:

@@ -414,3 +414,31 @@ def test_lowtran7_filled_template_agrees_with_the_band_model_within_its_accuracy
             share = np.abs(a[f"{k}_{s}"] - b[f"{k}_{s}"]) / np.maximum(0.03 * b[f"{k}_{s}"], 0.02)
             assert share.max() < 1.1 and (share <= 1).mean() >= 0.99, (n, k)
         assert np.sqrt(np.mean((a[n] - b[n]) ** 2)) < 0.1, n  # K: same draws and noise, RT differs
+
+
+def test_prepared_training_data_carry_the_simulations_provenance_for_the_card(tmp_path, inputs):
+    """``sftl train`` copies ``sim_inputs`` into ``card.json`` (``simulation_inputs``)."""
+    import yaml
+
+    from sftl_dask.matchups import MATCHUP_COLUMNS
+    from sftl_dask.pipelines.data import prepare_data
+    from sftl_dask.training.config import load_config
+
+    rows = []
+    for i, region in enumerate(("huailai", "heihe")):
+        row = {c: (300.0 if dt == "float64" else 0 if dt == "int64" else "x") for c, dt in MATCHUP_COLUMNS.items()}
+        row.update(site=f"s{i}", region=region, time_utc=pd.Timestamp("2024-07-01T03:00"), reason="ok", wvc=1.5,
+                   vza=5.0, **{c: 0.97 for c in MATCHUP_COLUMNS if c.startswith("emis_")})
+        rows.append(row)
+    pd.DataFrame(rows).to_parquet(tmp_path / "m.parquet")
+    base = {"name": "t", "direction": "SiHuHe", "source_region": "huailai", "target_region": "heihe",
+            "model": {"name": "dnn", "params": {"hidden": [8]}}, "finetune": {"strategy": "head"},
+            "data": {"matchups": str(tmp_path / "m.parquet"),
+                     "simulation": {"profiles": 20, "spectra": 4, "profile_tables": [str(inputs["csv"])],
+                                    "spectra_dirs": [str(inputs["spectra"])]}}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(base))
+    data = prepare_data(load_config(tmp_path / "p.yaml"), tmp_path / "work")
+    prov = data["sim_inputs"]
+    assert prov["counts"]["profiles"] == 24 and prov["counts"]["spectra"] == 7
+    assert prov["profiles"][1]["sha256"] == hashlib.sha256(inputs["csv"].read_bytes()).hexdigest()
+    assert len(data["table"]["lst"]) == 24 * 7 * 3 * 2

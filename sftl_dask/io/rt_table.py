@@ -230,7 +230,8 @@ def read_rt_table(path: str | os.PathLike[str], profiles: Sequence[str], vza_deg
     _check_keys(path, df, chans)
     wanted = set(profiles)
     df = df[df["profile"].isin(wanted)].reset_index(drop=True)
-    missing = [p for p in profiles if p not in set(df["profile"])]
+    have = set(df["profile"])
+    missing = [p for p in profiles if p not in have]
     if missing:
         raise ValueError(f"{path}: no rows for profile {missing[0]!r} ({len(missing)} of the simulation's "
                          f"{len(wanted)} profiles missing)")
@@ -240,29 +241,33 @@ def read_rt_table(path: str | os.PathLike[str], profiles: Sequence[str], vza_deg
 
 def _wide(path: Path, df: pd.DataFrame, profiles: Sequence[str], vza: Sequence[float],
           chans: Sequence[Channel]) -> pd.DataFrame:
-    """The long rows as one row per (profile, angle), checking every angle and channel is there."""
-    rows = []
-    groups = dict(tuple(df.groupby("profile", sort=False)))
-    for name in profiles:
-        g = groups[name]
-        ldown: dict[str, float] = {}
-        for c in chans:
-            gc = g[g["channel"] == c.name]
-            if gc.empty:
-                raise ValueError(f"{path}: profile {name!r} has no rows for channel {c.name}")
-            ldown[c.name] = float(gc["ldown_w_m2_sr_um"].mean())
-        for a in vza:
-            ga = g[np.abs(g["vza_deg"].to_numpy() - a) <= _ANGLE_TOL_DEG]
-            if ga.empty:
-                have = ", ".join(f"{v:g}" for v in sorted(set(g["vza_deg"])))
-                raise ValueError(f"{path}: profile {name!r} has no rows at vza {a:g} deg (has {have} deg)")
-            row: dict[str, object] = {"profile": name, "vza_deg": a}
-            for c in chans:
-                gc = ga[ga["channel"] == c.name]
-                if gc.empty:
-                    raise ValueError(f"{path}: profile {name!r} at vza {a:g} deg has no row for channel {c.name}")
-                row[f"tau_{c.name}"] = float(gc["tau"].iloc[0])
-                row[f"lup_{c.name}"] = float(gc["lup_w_m2_sr_um"].iloc[0])
-                row[f"ldown_{c.name}"] = ldown[c.name]
-            rows.append(row)
-    return pd.DataFrame(rows)
+    """The long rows as one row per (profile, angle), checking every angle and channel is there (vectorised)."""
+    names = [c.name for c in chans]
+    ang = np.asarray(vza, dtype=np.float64)
+    near = np.abs(df["vza_deg"].to_numpy()[:, None] - ang[None, :]) <= _ANGLE_TOL_DEG
+    df = df.assign(angle=np.where(near.any(axis=1), near.argmax(axis=1), -1))
+    ldown = df.pivot_table(index="profile", columns="channel", values="ldown_w_m2_sr_um", aggfunc="mean")
+    at = df[df["angle"] >= 0].pivot_table(index=["profile", "angle"], columns="channel",
+                                          values=["tau", "lup_w_m2_sr_um"], aggfunc="first")
+    full = pd.MultiIndex.from_product([list(profiles), range(ang.size)], names=["profile", "angle"])
+    at = at.reindex(index=full, columns=pd.MultiIndex.from_product([["tau", "lup_w_m2_sr_um"], names]))
+    ldown = ldown.reindex(index=list(profiles), columns=names)
+    if ldown.isna().to_numpy().any():
+        i, j = np.argwhere(ldown.isna().to_numpy())[0]
+        raise ValueError(f"{path}: profile {profiles[i]!r} has no rows for channel {names[j]}")
+    gaps = at.isna().to_numpy()
+    if gaps.any():
+        k, j = np.argwhere(gaps)[0]
+        name, a = full[k]
+        have = sorted(set(df.loc[df["profile"] == name, "vza_deg"]))
+        if not np.any(np.abs(np.asarray(have) - ang[a]) <= _ANGLE_TOL_DEG):
+            raise ValueError(f"{path}: profile {name!r} has no rows at vza {ang[a]:g} deg (has "
+                             f"{', '.join(f'{v:g}' for v in have)} deg)")
+        raise ValueError(f"{path}: profile {name!r} at vza {ang[a]:g} deg has no row for channel "
+                         f"{names[j % len(names)]}")
+    out = pd.DataFrame({"profile": full.get_level_values(0), "vza_deg": ang[full.get_level_values(1)]})
+    for c in names:
+        out[f"tau_{c}"] = at[("tau", c)].to_numpy()
+        out[f"lup_{c}"] = at[("lup_w_m2_sr_um", c)].to_numpy()
+        out[f"ldown_{c}"] = np.repeat(ldown[c].to_numpy(), ang.size)
+    return out
