@@ -96,18 +96,51 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    from sftl_dask.simulate import SimulationConfig, write_simulation
+def _simulation_config(args: argparse.Namespace) -> Any:
+    """The SimulationConfig of ``sftl simulate`` / ``sftl rt-template`` options: users' inputs alone unless
+    ``--profiles`` / ``--spectra`` add generated profiles / embedded spectra to them."""
+    from sftl_dask.simulate import SimulationConfig
 
-    cfg = SimulationConfig(n_profiles=args.profiles, n_spectra=args.spectra, seed=args.seed)
+    tables, dirs = tuple(args.profile_table or ()), tuple(getattr(args, "spectra_dir", None) or ())
+    n_prof = args.profiles if args.profiles is not None else (0 if tables else 946)
+    n_spec = args.spectra if getattr(args, "spectra", None) is not None else (0 if dirs else None)
+    lst = tuple(args.screen_lst_offset) if getattr(args, "screen_lst_offset", None) else None
+    try:
+        return SimulationConfig(n_profiles=n_prof, n_spectra=n_spec, seed=args.seed, profile_tables=tables,
+                                spectra_dirs=dirs, rt_table=getattr(args, "rt_table", None),
+                                screen_max_rh_percent=args.screen_rh, screen_lst_minus_tair_k=lst)
+    except ValueError as exc:
+        raise BadInput(f"sftl {args.verb}: {exc}") from None
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from sftl_dask.simulate import read_simulation_metadata, resolve_inputs, write_simulation
+
+    cfg = _simulation_config(args)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise BadInput(f"{out}: already exists (pass --overwrite to replace it)")
     t0 = time.perf_counter()
+    inputs = resolve_inputs(cfg)  # every input read and checked before a cluster starts or anything is written
     with _client(args) as client, Progress("simulate") as update:
-        rows = write_simulation(out, cfg, client=client, progress=update, overwrite=args.overwrite)
-    print(f"wrote {rows:,} rows to {out} in {time.perf_counter() - t0:.1f} s "
-          f"({cfg.n_profiles} profiles, angles {list(cfg.vza_deg)} deg, {cfg.draws_per_combination} LST draws)")
+        rows = write_simulation(out, cfg, client=client, progress=update, overwrite=args.overwrite, inputs=inputs)
+    counts = read_simulation_metadata(out)["inputs"]["counts"]
+    print(f"wrote {rows:,} rows to {out} in {time.perf_counter() - t0:.1f} s ({counts['profiles']} profiles, "
+          f"{counts['spectra']} spectra, angles {list(cfg.vza_deg)} deg, {cfg.draws_per_combination} LST draws; "
+          f"screened out: {counts['profiles_screened']} profiles, {counts['rows_screened']:,} rows)")
+    return 0
+
+
+def _cmd_rt_template(args: argparse.Namespace) -> int:
+    from sftl_dask.io.rt_table import rt_template_paths, write_rt_template
+    from sftl_dask.simulate import resolve_inputs
+
+    cfg = _simulation_config(args)
+    paths = rt_template_paths(args.out)
+    inputs = resolve_inputs(cfg)
+    n = write_rt_template(paths[0], inputs.profiles, cfg.vza_deg, overwrite=args.overwrite)
+    print(f"wrote {n:,} rows to fill ({len(inputs.profiles)} profiles x {len(cfg.vza_deg)} angles x 4 channels) "
+          f"to {paths[0]}, the channels' SRFs to {paths[1]} and the profiles to {paths[2]}")
     return 0
 
 
@@ -402,13 +435,28 @@ def _common(sp: argparse.ArgumentParser, func: Callable[[argparse.Namespace], in
 
 def _add_data_verbs(sub: Any) -> None:
     """The verbs of simulation, split-window and the testbed."""
-    s = sub.add_parser("simulate", help="the simulation table (Parquet)")
+    s = sub.add_parser("simulate", help="the simulation table (Parquet), from generated or users' own inputs")
     s.add_argument("--out", required=True, help="output Parquet dataset directory")
-    s.add_argument("--profiles", type=_positive_int, default=946, help="clear-sky profiles (default 946)")
-    s.add_argument("--spectra", type=_positive_int, default=None, help="emissivity spectra (default: all)")
-    s.add_argument("--seed", type=int, default=0)
+    _simulation_inputs(s)
+    s.add_argument("--spectra", type=_non_negative_int, default=None, help="emissivity spectra of the embedded "
+                   "library (default: all; none with --spectra-dir)")
+    s.add_argument("--spectra-dir", nargs="+", default=None, metavar="D", help="folders of ECOSTRESS/ASTER "
+                   "*.spectrum.txt files (docs/simulation.md)")
+    s.add_argument("--rt-table", default=None, metavar="T.csv", help="atmospheric terms of every profile from a "
+                   "filled 'sftl rt-template' table (MODTRAN, RTTOV, LOWTRAN) instead of the band model")
+    s.add_argument("--screen-lst-offset", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                   help="drop rows whose LST - bottom air temperature (K) is outside [LO, HI]")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _common(s, _cmd_simulate)
+
+    s = sub.add_parser("rt-template", help="the rows an external RT code must fill for 'sftl simulate --rt-table' "
+                       "(profile x view angle x channel), with the SRFs and the profiles beside them")
+    s.add_argument("--out", required=True, metavar="T.csv", help="the rows to fill; T.srf.csv and "
+                   "T.profiles.csv are written beside it")
+    _simulation_inputs(s)
+    s.add_argument("--overwrite", action="store_true", help="replace existing files")
+    s.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error too")
+    s.set_defaults(func=_cmd_rt_template)
 
     s = sub.add_parser("fit-sw", help="split-window coefficients per WVC / view-angle window")
     s.add_argument("--sim", required=True, help="simulation table from 'sftl simulate'")
@@ -540,6 +588,27 @@ def _add_pipeline_verbs(sub: Any) -> None:
                    "pipelines/archive.yaml)")
     s.add_argument("--out", required=True, help="output directory (re-running into it resumes)")
     _common(s, _cmd_archive)
+
+
+def _simulation_inputs(s: argparse.ArgumentParser) -> None:
+    """The profile options ``simulate`` and ``rt-template`` share (the same options give the same profiles)."""
+    s.add_argument("--profiles", type=_non_negative_int, default=None, help="generated TIGR-like clear-sky "
+                   "profiles (default 946; none with --profile-table)")
+    s.add_argument("--profile-table", nargs="+", default=None, metavar="F", help="profile tables (CSV or NetCDF "
+                   "on pressure levels: TIGR exports, radiosondes, reanalysis columns; docs/simulation.md)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--screen-rh", type=float, default=None, metavar="PCT", help="drop profiles whose relative "
+                   "humidity reaches PCT %% at any level up to 100 hPa (cloudy or saturated columns)")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
 
 
 def _positive_int(text: str) -> int:

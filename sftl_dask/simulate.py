@@ -33,23 +33,31 @@ from numpy.typing import NDArray
 
 from sftl_dask.cluster import run_tasks
 from sftl_dask.features import REQUIRED_INPUTS, feature_matrix, input_range
+from sftl_dask.io.profiles import read_profile_table
+from sftl_dask.io.rt_table import read_rt_table
+from sftl_dask.io.spectral_library import read_spectral_library_dir
 from sftl_dask.physics.atmosphere import AtmosphereProfile
 from sftl_dask.physics.channels import THERMAL_NAMES, thermal_channels
-from sftl_dask.physics.emissivity import band_emissivity, default_library
+from sftl_dask.physics.emissivity import Spectrum, band_emissivity, default_library
 from sftl_dask.physics.planck import band_planck
-from sftl_dask.physics.profiles import generate_profiles
-from sftl_dask.physics.rtm import ReducedBandModel, RTBackend
+from sftl_dask.physics.profiles import generate_profiles, saturation_vapour_pressure_hpa
+from sftl_dask.physics.rtm import ReducedBandModel, RTBackend, TableBackend
 from sftl_dask.physics.splitwindow import fit_split_window
-from sftl_dask.staging import staged_dir
+from sftl_dask.staging import content_sha256, staged_dir
 from sftl_dask.version import __version__
 
 __all__ = [
-    "COLUMN_UNITS", "TRAINING_COLUMNS", "RowRange", "SimulationConfig", "plan_row_ranges", "read_simulation_metadata",
-    "read_training_rows", "simulate_batch", "simulation_parts", "write_simulation",
+    "COLUMN_UNITS", "TRAINING_COLUMNS", "RowRange", "SimulationConfig", "SimulationInputs", "plan_row_ranges",
+    "read_simulation_metadata", "read_training_rows", "resolve_inputs", "simulate_batch", "simulation_parts",
+    "simulation_profiles", "write_simulation",
 ]
 
 EMIS_NAMES: tuple[str, ...] = tuple(n.replace("bt_", "emis_") for n in THERMAL_NAMES)
 METADATA_KEY = b"sftl_dask.simulation"
+#: The band model's name in the provenance.
+BAND_MODEL = "ReducedBandModel (LOWTRAN7-calibrated band model)"
+#: The relative-humidity screen looks at levels at or below this height in pressure (hPa): the troposphere.
+SCREEN_RH_TOP_HPA = 100.0
 
 #: Units of the table's columns.
 COLUMN_UNITS: dict[str, str] = {
@@ -70,9 +78,11 @@ class SimulationConfig:
     Parameters
     ----------
     n_profiles : int
-        Clear-sky profiles from the TIGR-like generator (default 946, as TIGR2000).
+        Clear-sky profiles from the TIGR-like generator (default 946, as TIGR2000); 0: none (then
+        ``profile_tables`` must give them).
     n_spectra : int or None
-        Emissivity spectra taken from the embedded library (None: all of them, >= 81).
+        Emissivity spectra taken from the embedded library (None: all of them, >= 81; 0: none, then
+        ``spectra_dirs`` must give them).
     vza_deg : tuple of float
         View zenith angles (deg) at which each profile is run.
     draws_per_combination : int
@@ -87,6 +97,21 @@ class SimulationConfig:
         Seed of everything random (profiles, offsets, noise).
     batch_profiles : int
         Profiles per Dask task.
+    profile_tables : tuple of str
+        Users' profile tables (CSV or NetCDF, :func:`~sftl_dask.io.profiles.read_profile_table`); their
+        profiles follow the generated ones.
+    spectra_dirs : tuple of str
+        Folders of ECOSTRESS/ASTER ``*.spectrum.txt`` files
+        (:func:`~sftl_dask.io.spectral_library.read_spectral_library_dir`); their spectra follow the
+        embedded ones.
+    rt_table : str or None
+        A filled RT table (``sftl rt-template``, :func:`~sftl_dask.io.rt_table.read_rt_table`): the
+        atmospheric terms of every profile come from it instead of the band model.
+    screen_max_rh_percent : float or None
+        Drop profiles whose relative humidity (over ice below 273.16 K, liquid above) reaches this (%) at
+        any level up to 100 hPa: cloudy or saturated columns. None: no screen.
+    screen_lst_minus_tair_k : tuple of float or None
+        Drop rows whose LST - bottom air temperature (K) lies outside ``(low, high)``. None: no screen.
     """
 
     n_profiles: int = 946
@@ -100,12 +125,22 @@ class SimulationConfig:
     seed: int = 0
     batch_profiles: int = 60
     extra: dict[str, Any] = field(default_factory=dict)
+    profile_tables: tuple[str, ...] = ()
+    spectra_dirs: tuple[str, ...] = ()
+    rt_table: str | None = None
+    screen_max_rh_percent: float | None = None
+    screen_lst_minus_tair_k: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        if self.n_profiles < 1:
-            raise ValueError(f"n_profiles must be >= 1, got {self.n_profiles}")
-        if self.n_spectra is not None and self.n_spectra < 1:
-            raise ValueError(f"n_spectra must be >= 1, got {self.n_spectra}")
+        if self.n_profiles < 0 or (self.n_profiles == 0 and not self.profile_tables):
+            raise ValueError(f"n_profiles must be >= 1 (or 0 with profile_tables), got {self.n_profiles}")
+        if self.n_spectra is not None and (self.n_spectra < 0 or (self.n_spectra == 0 and not self.spectra_dirs)):
+            raise ValueError(f"n_spectra must be >= 1 (or 0 with spectra_dirs), got {self.n_spectra}")
+        if self.screen_max_rh_percent is not None and not 0 < self.screen_max_rh_percent <= 200:
+            raise ValueError(f"screen_max_rh_percent must be in (0, 200] %, got {self.screen_max_rh_percent}")
+        scr = self.screen_lst_minus_tair_k
+        if scr is not None and (len(scr) != 2 or not scr[0] < scr[1]):
+            raise ValueError(f"screen_lst_minus_tair_k must be (low, high) K with low < high, got {scr}")
         if self.draws_per_combination < 1:
             raise ValueError(f"draws_per_combination must be >= 1, got {self.draws_per_combination}")
         if not self.vza_deg or min(self.vza_deg) < 0 or max(self.vza_deg) > 70:
@@ -131,13 +166,190 @@ class SimulationConfig:
         return self.n_profiles * n_spec * len(self.vza_deg) * self.draws_per_combination
 
 
-def _spectra(config: SimulationConfig) -> tuple[NDArray[np.float64], list[str], list[str]]:
+def _embedded_spectra(config: SimulationConfig) -> tuple[Spectrum, ...]:
+    """The embedded library's spectra the configuration takes (all, none, or a deterministic spread)."""
     lib = default_library()
+    if config.n_spectra == 0:
+        return ()
     if config.n_spectra is not None and config.n_spectra < len(lib):
         # A deterministic spread over the library (not just its first entries).
         idx = np.linspace(0, len(lib) - 1, config.n_spectra).round().astype(int)
         lib = tuple(lib[i] for i in idx)
+    return lib
+
+
+def _spectra(config: SimulationConfig) -> tuple[NDArray[np.float64], list[str], list[str]]:
+    lib = _embedded_spectra(config)
     return band_emissivity(lib), [s.name for s in lib], [s.category for s in lib]
+
+
+@dataclass(frozen=True, eq=False)
+class SimulationInputs:
+    """What a simulation is made of, read and checked: profiles, spectra, RT source and their provenance.
+
+    Attributes
+    ----------
+    profiles : tuple of AtmosphereProfile
+        The profiles kept (after the humidity screen), generated ones first, then each table's in file order.
+    profile_ids : tuple of int
+        Their ``profile_id`` (index in the unscreened list, so a screen does not renumber).
+    emissivity : numpy.ndarray
+        Channel emissivities (1) of the spectra, (n_spectra, 4): embedded ones first, then each folder's.
+    spectra_names, categories : tuple of str
+        Name and category of each spectrum.
+    backend : RTBackend or None
+        The RT table's terms, or None for the band model.
+    rt_terms : pandas.DataFrame or None
+        The RT table's rows of the kept profiles, one per (profile, angle), as
+        :class:`~sftl_dask.physics.rtm.TableBackend` takes them (each batch gets its profiles' rows only).
+    provenance : dict
+        Every input file with its sha256, the RT source per block of profile ids, the screens and counts.
+    """
+
+    profiles: tuple[AtmosphereProfile, ...]
+    profile_ids: tuple[int, ...]
+    emissivity: NDArray[np.float64]
+    spectra_names: tuple[str, ...]
+    categories: tuple[str, ...]
+    backend: RTBackend | None
+    rt_terms: pd.DataFrame | None
+    provenance: dict[str, Any]
+
+
+def _max_rh_percent(profile: AtmosphereProfile) -> float:
+    """Highest relative humidity (%) of a profile's levels up to :data:`SCREEN_RH_TOP_HPA` (ice/liquid)."""
+    keep = profile.pressure_hpa >= SCREEN_RH_TOP_HPA
+    p, t, x = profile.pressure_hpa[keep], profile.temperature_k[keep], profile.h2o_ppmv[keep] * 1e-6
+    e = x * p
+    return float(np.max(e / saturation_vapour_pressure_hpa(np.clip(t, 110.0, 332.0), phase="auto")) * 100.0)
+
+
+def simulation_profiles(config: SimulationConfig) -> tuple[list[AtmosphereProfile], list[dict[str, Any]]]:
+    """All profiles of a simulation before screening: generated ones, then each table's, and where they came from.
+
+    Returns
+    -------
+    profiles : list of AtmosphereProfile
+        Index = ``profile_id``.
+    sources : list of dict
+        One per source: ``source`` (``generated`` or ``file``), ``path`` and ``sha256`` (files), ``seed``
+        (generated), ``profiles`` (count) and ``profile_ids`` (``[first, stop)``).
+
+    Raises
+    ------
+    FileNotFoundError
+        A profile table that does not exist.
+    ValueError
+        A profile table refused by its reader (the message names the file and profile), or a profile
+        name found twice (naming both sources): the RT table and the provenance find profiles by name.
+    """
+    profiles: list[AtmosphereProfile] = []
+    sources: list[dict[str, Any]] = []
+    if config.n_profiles:
+        profiles += generate_profiles(config.n_profiles, seed=config.seed)
+        sources.append({"source": "generated", "generator": "sftl_dask.physics.profiles.generate_profiles "
+                        "(TIGR-like)", "seed": config.seed, "profiles": config.n_profiles,
+                        "profile_ids": [0, config.n_profiles]})
+    seen = {p.name: "the generated profiles" for p in profiles}
+    for table in config.profile_tables:
+        path = Path(table)
+        got = read_profile_table(path)
+        for prof in got:
+            if prof.name in seen:
+                raise ValueError(f"{path}: profile {prof.name!r} is already in {seen[prof.name]}; profile names "
+                                 "must be unique across the inputs (the RT table finds profiles by name)")
+            seen[prof.name] = str(path)
+        sources.append({"source": "file", "path": str(path.resolve()), "sha256": content_sha256(path),
+                        "profiles": len(got), "profile_ids": [len(profiles), len(profiles) + len(got)]})
+        profiles += got
+    return profiles, sources
+
+
+def _screen_profiles(config: SimulationConfig, profiles: list[AtmosphereProfile]
+                     ) -> tuple[list[int], dict[str, Any]]:
+    """Indices of the profiles kept by the humidity screen, and the screen's record."""
+    limit = config.screen_max_rh_percent
+    if limit is None:
+        return list(range(len(profiles))), {"max_rh_percent": None, "profiles_dropped": []}
+    dropped = [i for i, p in enumerate(profiles) if _max_rh_percent(p) >= limit]
+    if len(dropped) == len(profiles):
+        raise ValueError(f"screen_max_rh_percent {limit:g} %: every one of the {len(profiles)} profiles reaches it")
+    drop = set(dropped)
+    return [i for i in range(len(profiles)) if i not in drop], {
+        "max_rh_percent": limit, "levels": f"pressure >= {SCREEN_RH_TOP_HPA:g} hPa, RH over ice below 273.16 K",
+        "profiles_dropped": [profiles[i].name for i in dropped]}
+
+
+def _user_spectra(config: SimulationConfig) -> tuple[list[Spectrum], list[dict[str, Any]], NDArray[np.float64]]:
+    """The users' spectra, one provenance entry per file, and their channel emissivities (checked in (0, 1])."""
+    spectra: list[Spectrum] = []
+    files: list[dict[str, Any]] = []
+    rows = []
+    for folder in config.spectra_dirs:
+        got = read_spectral_library_dir(folder)
+        paths = sorted(p for p in Path(folder).glob("*.spectrum.txt") if p.is_file())
+        for spec, path in zip(got, paths, strict=True):
+            try:
+                eps = band_emissivity(spec)[0]
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+            if np.any(eps <= 0) or np.any(eps > 1):
+                raise ValueError(f"{path}: channel emissivities {np.round(eps, 4).tolist()} outside (0, 1]")
+            rows.append(eps)
+            files.append({"path": str(path.resolve()), "sha256": content_sha256(path), "name": spec.name,
+                          "category": spec.category})
+        spectra += got
+    emis = np.array(rows).reshape(len(rows), len(THERMAL_NAMES))
+    return spectra, files, emis
+
+
+def resolve_inputs(config: SimulationConfig) -> SimulationInputs:
+    """Read and check every input of a simulation, and record where each came from.
+
+    Everything a user gives is read here, before any row is simulated, so a bad file stops the run
+    before anything is written.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A missing or bad input: the message starts with the file and names the profile, line or
+        spectrum (see :func:`~sftl_dask.io.profiles.read_profile_table`,
+        :func:`~sftl_dask.io.spectral_library.read_spectrum`, :func:`~sftl_dask.io.rt_table.read_rt_table`);
+        a spectrum that does not cover a channel or whose channel emissivity is outside (0, 1]; duplicate
+        profile names; a humidity screen that drops every profile.
+    """
+    all_profiles, prof_sources = simulation_profiles(config)
+    kept, rh_screen = _screen_profiles(config, all_profiles)
+    profiles = tuple(all_profiles[i] for i in kept)
+    embedded = _embedded_spectra(config)
+    user, spec_files, user_emis = _user_spectra(config)
+    emis = np.concatenate([band_emissivity(embedded) if embedded else np.empty((0, len(THERMAL_NAMES))), user_emis])
+    backend: RTBackend | None = None
+    wide: pd.DataFrame | None = None
+    ids = [0, len(all_profiles)]
+    rt: list[dict[str, Any]] = [{"source": BAND_MODEL, "profile_ids": ids}]
+    if config.rt_table is not None:
+        path = Path(config.rt_table)
+        wide = read_rt_table(path, [p.name for p in profiles], config.vza_deg)
+        backend = TableBackend(wide, channels=THERMAL_NAMES, source=str(path))
+        rt = [{"source": "RT table", "path": str(path.resolve()), "sha256": content_sha256(path), "profile_ids": ids}]
+    provenance = {
+        "profiles": prof_sources,
+        "spectra": {"embedded": {"source": "sftl_dask/data/emissivity_library.csv", "spectra": len(embedded),
+                                 "spectrum_ids": [0, len(embedded)]},
+                    "files": [{**f, "spectrum_id": len(embedded) + i} for i, f in enumerate(spec_files)],
+                    "folders": [str(Path(d).resolve()) for d in config.spectra_dirs]},
+        "rt": rt,
+        "screens": {**rh_screen, "lst_minus_tair_k": config.screen_lst_minus_tair_k},
+        "mixing": "full factorial over the kept profiles x spectra x view angles x LST draws: every combination "
+                  "weighs the same, so a source's share of rows is its share of profiles (spectra)",
+        "counts": {"profiles": len(profiles), "profiles_screened": len(all_profiles) - len(profiles),
+                   "spectra": len(embedded) + len(user), "view_angles": len(config.vza_deg),
+                   "draws_per_combination": config.draws_per_combination},
+    }
+    return SimulationInputs(profiles, tuple(kept), emis, tuple([s.name for s in embedded] + [s.name for s in user]),
+                            tuple([s.category for s in embedded] + [s.category for s in user]), backend, wide,
+                            provenance)
 
 
 def simulate_batch(
@@ -145,6 +357,7 @@ def simulate_batch(
     profile_ids: Sequence[int],
     config: SimulationConfig,
     backend: RTBackend | None = None,
+    spectra: tuple[NDArray[np.float64], Sequence[str]] | None = None,
 ) -> pd.DataFrame:
     """Simulate the table rows of a batch of profiles (pure, no I/O).
 
@@ -158,14 +371,21 @@ def simulate_batch(
         The configuration.
     backend : RTBackend, optional
         Radiative transfer (default: :class:`ReducedBandModel`).
+    spectra : (emissivity, categories), optional
+        Channel emissivities (n_spectra, 4) and the spectra's categories (default: the embedded library's
+        spectra that ``config`` takes; :class:`SimulationInputs` holds the users').
 
     Returns
     -------
     pandas.DataFrame
-        One row per (profile, spectrum, angle, draw); columns as :data:`COLUMN_UNITS`.
+        One row per (profile, spectrum, angle, draw) kept by ``config.screen_lst_minus_tair_k``; columns as
+        :data:`COLUMN_UNITS`.
     """
     rt = backend or ReducedBandModel()
-    emis, _, categories = _spectra(config)
+    if spectra is None:
+        emis, _, categories = _spectra(config)
+    else:
+        emis, categories = np.asarray(spectra[0], dtype=np.float64), list(spectra[1])
     n_spec = emis.shape[0]
     vza = np.asarray(config.vza_deg, dtype=np.float64)
     n_ang, n_draw = vza.size, config.draws_per_combination
@@ -208,7 +428,15 @@ def simulate_batch(
             cols[f"lup_{suffix}"] = lup
             cols[f"ldown_{suffix}"] = np.full(n, ldn)
         frames.append(pd.DataFrame(cols))
-    df = pd.concat(frames, ignore_index=True)
+    return _screened_float32(pd.concat(frames, ignore_index=True), config)
+
+
+def _screened_float32(df: pd.DataFrame, config: SimulationConfig) -> pd.DataFrame:
+    """Rows kept by the LST - air temperature screen, floats as float32, ``category`` categorical."""
+    if config.screen_lst_minus_tair_k is not None:
+        lo, hi = config.screen_lst_minus_tair_k
+        d = df["lst"].to_numpy() - df["t_air"].to_numpy()
+        df = df[(d >= lo) & (d <= hi)].reset_index(drop=True)
     for k in df.columns:
         if df[k].dtype == np.float64:
             df[k] = df[k].astype(np.float32)
@@ -216,26 +444,37 @@ def simulate_batch(
     return df
 
 
-def _schema_metadata(config: SimulationConfig, spectra_names: list[str]) -> dict[bytes, bytes]:
+def _schema_metadata(config: SimulationConfig, spectra_names: Sequence[str], provenance: dict[str, Any],
+                     rt_model: str = BAND_MODEL) -> dict[bytes, bytes]:
     meta = {
         "config": asdict(config),
         "units": COLUMN_UNITS,
-        "spectra": spectra_names,
-        "rt_model": "ReducedBandModel (LOWTRAN7-calibrated band model)",
+        "spectra": list(spectra_names),
+        "rt_model": rt_model,
+        "inputs": provenance,
         "sftl_dask_version": __version__,
     }
     return {METADATA_KEY: json.dumps(meta).encode()}
 
 
 def _write_batch(out_dir: str, part: int, profiles: Sequence[AtmosphereProfile], ids: Sequence[int],
-                 config: SimulationConfig) -> int:
-    df = simulate_batch(profiles, ids, config)
+                 config: SimulationConfig, spectra: tuple[NDArray[np.float64], Sequence[str], Sequence[str]],
+                 rt_terms: pd.DataFrame | None, metadata: dict[bytes, bytes]) -> tuple[int, int]:
+    """One batch's rows written as one part file; returns (rows written, rows screened out)."""
+    emis, categories, _ = spectra
+    backend = None if rt_terms is None else TableBackend(rt_terms, channels=THERMAL_NAMES, source="RT table")
+    df = simulate_batch(profiles, ids, config, backend=backend, spectra=(emis, categories))
     table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           **_schema_metadata(config, _spectra(config)[1])})
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     pq.write_table(table, os.path.join(out_dir, f"part-{part:05d}.parquet"), compression="zstd",
                    compression_level=1)
-    return table.num_rows
+    full = len(profiles) * emis.shape[0] * len(config.vza_deg) * config.draws_per_combination
+    return table.num_rows, full - table.num_rows
+
+
+def _rt_model(inputs: SimulationInputs) -> str:
+    rt = inputs.provenance["rt"][0]
+    return rt["source"] if inputs.backend is None else f"RT table {rt['path']} (sha256 {rt['sha256']})"
 
 
 def write_simulation(
@@ -245,8 +484,13 @@ def write_simulation(
     client: Any = None,
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
+    inputs: SimulationInputs | None = None,
 ) -> int:
     """Simulate and write the table as a Parquet dataset directory.
+
+    The inputs are read and checked first (:func:`resolve_inputs`): a bad one stops the run before anything
+    is written. The dataset's ``_common_metadata`` holds the provenance with the final counts (rows, rows
+    screened); :func:`read_simulation_metadata` returns it under ``inputs``.
 
     Parameters
     ----------
@@ -260,6 +504,8 @@ def write_simulation(
         Called as ``progress(done_batches, total_batches)``.
     overwrite : bool, optional
         Replace an existing dataset at ``out``.
+    inputs : SimulationInputs, optional
+        ``resolve_inputs(config)`` already made (default: made here).
 
     Returns
     -------
@@ -270,18 +516,31 @@ def write_simulation(
     ------
     FileExistsError
         If ``out`` exists and ``overwrite`` is false.
+    FileNotFoundError, ValueError
+        A bad input (see :func:`resolve_inputs`), or every row screened out.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (use overwrite)")
+    inputs = inputs or resolve_inputs(config)
     with staged_dir(out) as tmp:
-        profiles = generate_profiles(config.n_profiles, seed=config.seed)
-        ids = list(range(len(profiles)))
+        profiles, ids = inputs.profiles, inputs.profile_ids
         bs = config.batch_profiles
         batches = [(i // bs, profiles[i : i + bs], ids[i : i + bs]) for i in range(0, len(profiles), bs)]
-        calls = [(_write_batch, (str(tmp), part, profs, pids, config)) for part, profs, pids in batches]
-        total = sum(run_tasks(calls, client, progress=progress))
+        spectra = (inputs.emissivity, inputs.categories, inputs.spectra_names)
+        meta = _schema_metadata(config, inputs.spectra_names, inputs.provenance, _rt_model(inputs))
+        rt = inputs.rt_terms
+        calls = [(_write_batch, (str(tmp), part, profs, pids, config, spectra,
+                                 None if rt is None else rt[rt["profile"].isin({p.name for p in profs})], meta))
+                 for part, profs, pids in batches]
+        done = run_tasks(calls, client, progress=progress)
+        total, screened = sum(d[0] for d in done), sum(d[1] for d in done)
+        if total == 0:
+            raise ValueError(f"screen_lst_minus_tair_k {config.screen_lst_minus_tair_k}: every row screened out")
+        inputs.provenance["counts"].update(rows=total, rows_screened=screened)
         schema = pq.read_schema(next(tmp.glob("part-*.parquet")))
+        schema = schema.with_metadata({**(schema.metadata or {}), **_schema_metadata(
+            config, inputs.spectra_names, inputs.provenance, _rt_model(inputs))})
         pq.write_metadata(schema, tmp / "_common_metadata")
     return total
 

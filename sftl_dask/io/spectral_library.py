@@ -103,7 +103,7 @@ def _x_to_wavelength_um(path: Path, units: str, x: np.ndarray) -> np.ndarray:
     )
 
 
-def _y_to_emissivity(path: Path, units: str, y: np.ndarray) -> np.ndarray:
+def _y_to_emissivity(path: Path, units: str, y: np.ndarray, lines: np.ndarray) -> np.ndarray:
     u = units.lower()
     if "emissivity" in u:
         eps = y / 100.0 if "percent" in u else y
@@ -119,10 +119,13 @@ def _y_to_emissivity(path: Path, units: str, y: np.ndarray) -> np.ndarray:
             f"{path}: Y Units {units!r} not understood (expected 'Reflectance (percentage)', "
             "'Reflectance (fraction)' or 'Emissivity')"
         )
-    if eps.min() < -_NOISE_MARGIN or eps.max() > 1.0 + _NOISE_MARGIN:
+    bad = (eps < -_NOISE_MARGIN) | (eps > 1.0 + _NOISE_MARGIN)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"{path}: Y Units {units!r}: values give emissivity in [{eps.min():.3g}, {eps.max():.3g}], "
-            "outside [0, 1] (wrong units?)"
+            f"{path}: line {int(lines[i])}: Y value {y[i]:g} gives emissivity {eps[i]:.3g}, outside [0, 1] "
+            f"({int(bad.sum())} row(s) like it; values span [{eps.min():.3g}, {eps.max():.3g}] with "
+            f"Y Units {units!r}: wrong units?)"
         )
     return np.clip(eps, 0.0, 1.0)
 
@@ -179,6 +182,7 @@ def read_spectrum(path: str | Path, *, category: str | None = None) -> Spectrum:
             label = {"name": "Name", "x units": "X Units", "y units": "Y Units"}[key]
             raise ValueError(f"{path}: header key '{label}:' is missing or empty")
     rows: list[tuple[float, float]] = []
+    linenos: list[int] = []
     for lineno, line in enumerate(lines[start:], start=start + 1):
         if not line.strip():
             continue
@@ -187,15 +191,17 @@ def read_spectrum(path: str | Path, *, category: str | None = None) -> Spectrum:
             if len(fields) < 2:
                 raise ValueError
             rows.append((float(fields[0]), float(fields[1])))
+            linenos.append(lineno)
         except ValueError:
-            raise ValueError(f"{path}: line {lineno}: data row is not two numbers: {line.strip()!r}") from None
+            raise ValueError(f"{path}: line {lineno}: data row is not two numbers (x and the emissivity or "
+                             f"reflectance column): {line.strip()!r}") from None
     if len(rows) < 2:
         raise ValueError(f"{path}: no numeric data (need at least two 'x y' rows after the header)")
     xy = np.array(rows)
     if not np.all(np.isfinite(xy)):
         raise ValueError(f"{path}: data contain non-finite numbers")
     wl = _x_to_wavelength_um(path, header["x units"], xy[:, 0])
-    eps = _y_to_emissivity(path, header["y units"], xy[:, 1])
+    eps = _y_to_emissivity(path, header["y units"], xy[:, 1], np.array(linenos))
     # Sort by wavelength and average repeated wavelengths (detector overlaps).
     wl_u, inverse = np.unique(wl, return_inverse=True)
     eps_u = np.bincount(inverse, weights=eps) / np.bincount(inverse)

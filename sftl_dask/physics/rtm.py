@@ -451,7 +451,8 @@ class TableBackend:
                 raise ValueError(f"{source}: column {col} outside [0, 1]")
             if col.startswith("l") and v.min() < 0:
                 raise ValueError(f"{source}: column {col} has negative radiance")
-        self._groups = {str(k): g.sort_values("vza_deg") for k, g in table.groupby("profile")}
+        ordered = table.sort_values(["profile", "vza_deg"], kind="stable")
+        self._groups = {str(k): g for k, g in ordered.groupby("profile", sort=False)}
 
     def terms(self, profile: AtmosphereProfile, vza_deg: ArrayLike) -> AtmosphericTerms:
         """Terms of ``profile`` (looked up by name) at ``vza_deg`` (deg).

@@ -24,6 +24,7 @@ from sftl_dask.simulate import (
     SimulationConfig,
     fit_split_window_on_simulation,
     read_simulation_columns,
+    read_simulation_metadata,
     split_window_document,
     write_simulation,
 )
@@ -97,7 +98,8 @@ def prepare_data(cfg: TrainConfig, work: Path, client: Any = None) -> PreparedDa
     if truth_csv is not None:
         matchups = _with_pixel_truth(matchups, truth_csv)
     return {"sim": sim, "sw": json.loads(sw_path.read_text()), "matchups": matchups, "testbed": tb,
-            "matchups_path": mu_path, "table": table, "key": cache_key({"sw": sw_key, "matchups": mu_key})}
+            "matchups_path": mu_path, "table": table, "key": cache_key({"sw": sw_key, "matchups": mu_key}),
+            "sim_inputs": _simulation_inputs(sim)}
 
 
 def _need_path(cfg: TrainConfig, key: str, path: str | None) -> None:
@@ -141,19 +143,51 @@ def _check_matchup_regions(cfg: TrainConfig, matchups: pd.DataFrame, path: Path)
                              f"{', '.join(sorted(regions)) or 'nothing'})")
 
 
+def _simulation_config(sim_cfg: dict[str, Any]) -> SimulationConfig:
+    """The SimulationConfig of ``data.simulation`` (users' inputs alone unless profiles / spectra add to them)."""
+    tables, dirs = tuple(sim_cfg["profile_tables"]), tuple(sim_cfg["spectra_dirs"])
+    n_prof = sim_cfg["profiles"] if sim_cfg["profiles"] is not None else (0 if tables else 946)
+    n_spec = sim_cfg["spectra"] if sim_cfg["spectra"] is not None else (0 if dirs else None)
+    lst = sim_cfg["screen_lst_minus_tair_k"]
+    return SimulationConfig(n_profiles=n_prof, n_spectra=n_spec, seed=sim_cfg["seed"], profile_tables=tables,
+                            spectra_dirs=dirs, rt_table=sim_cfg["rt_table"],
+                            screen_max_rh_percent=sim_cfg["screen_max_rh_percent"],
+                            screen_lst_minus_tair_k=tuple(lst) if lst is not None else None)
+
+
 def _simulation(cfg: TrainConfig, work: Path, client: Any) -> tuple[Path, str]:
-    """The simulation table (the user's, or made under ``work``) and its cache key."""
+    """The simulation table (the user's, or made under ``work`` from ``data.simulation``) and its cache key."""
     sim_cfg = cfg.data["simulation"]
     if sim_cfg["path"]:
         sim = Path(sim_cfg["path"])
         return sim, cache_key({"user_file": file_identity(sim)})
+    for key in ("profile_tables", "spectra_dirs"):
+        for i, path in enumerate(sim_cfg[key]):
+            _need_path(cfg, f"simulation.{key}[{i}]", path)
+    _need_path(cfg, "simulation.rt_table", sim_cfg["rt_table"])
+    sim_config = _simulation_config(sim_cfg)
     sim = work / "sim.parquet"
-    what = {"profiles": sim_cfg["profiles"], "seed": sim_cfg["seed"]}
-    key = cache_key({"simulation": what, "version": __version__})
+    what = {k: v for k, v in sim_cfg.items() if k != "path"}
+    files = {"profile_tables": [file_identity(Path(p)) for p in sim_cfg["profile_tables"]],
+             "spectra_dirs": [_folder_identity(Path(d), "*.spectrum.txt") for d in sim_cfg["spectra_dirs"]],
+             "rt_table": file_identity(Path(sim_cfg["rt_table"])) if sim_cfg["rt_table"] else None}
+    generated_only = not any(files.values()) and what["spectra"] is None and not what["screen_max_rh_percent"] \
+        and what["screen_lst_minus_tair_k"] is None
+    # the key of a table of generated inputs only is the one it always had, so such tables made before are reused
+    key = cache_key({"simulation": {"profiles": sim_config.n_profiles, "seed": what["seed"]}, "version": __version__}
+                    if generated_only else {"simulation": what, "inputs": files, "version": __version__})
     if not reuse_or_remove(sim, key):
-        write_simulation(sim, SimulationConfig(n_profiles=what["profiles"], seed=what["seed"]), client=client)
+        write_simulation(sim, sim_config, client=client)
         stamp(sim, key)
     return sim, key
+
+
+def _simulation_inputs(sim: Path) -> dict[str, Any] | None:
+    """The provenance a simulation table carries (its metadata's ``inputs``); None for a table without it."""
+    try:
+        return read_simulation_metadata(sim).get("inputs")
+    except ValueError:
+        return None
 
 
 def _folder_identity(path: Path, pattern: str = "*") -> list[dict[str, Any]]:

@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from sftl_dask.features import FEATURES
 from sftl_dask.models import MODELS, STRATEGY_NAMES, TREE_MODELS
@@ -53,11 +62,36 @@ class _Section(BaseModel):
 
 
 class SimulationData(_Section):
-    """The simulation table: a path (``sftl simulate``), or null to make it under the work folder."""
+    """The simulation table: a path (``sftl simulate``), or null to make it under the work folder.
+
+    The other keys say how it is made, as the options of ``sftl simulate`` do (docs/simulation.md): ``profiles``
+    generated TIGR-like profiles (null: 946, or none with ``profile_tables``), ``spectra`` spectra of the embedded
+    library (null: all, or none with ``spectra_dirs``), users' ``profile_tables`` (CSV/NetCDF) and
+    ``spectra_dirs`` (ECOSTRESS/ASTER ``*.spectrum.txt``), a filled ``rt_table`` (``sftl rt-template``), and the
+    screens ``screen_max_rh_percent`` and ``screen_lst_minus_tair_k`` ([low, high] K).
+    """
 
     path: str | None = None
-    profiles: PositiveInt = 946
+    profiles: NonNegativeInt | None = None
+    spectra: NonNegativeInt | None = None
     seed: int = 0
+    profile_tables: list[str] = []
+    spectra_dirs: list[str] = []
+    rt_table: str | None = None
+    screen_max_rh_percent: PositiveFloat | None = None
+    screen_lst_minus_tair_k: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _path_or_inputs(self) -> SimulationData:
+        made = [k for k in ("profiles", "spectra", "rt_table", "screen_max_rh_percent", "screen_lst_minus_tair_k")
+                if getattr(self, k) is not None] + [k for k in ("profile_tables", "spectra_dirs") if getattr(self, k)]
+        if self.path is not None and made:
+            raise ValueError(f"data.simulation.path names a table already made; {', '.join(made)} say how to make "
+                             "one: give one or the other")
+        lst = self.screen_lst_minus_tair_k
+        if lst is not None and (len(lst) != 2 or not lst[0] < lst[1]):
+            raise ValueError(f"data.simulation.screen_lst_minus_tair_k must be [low, high] K, got {lst}")
+        return self
 
 
 class TestbedData(_Section):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,7 @@ class PreparedData(TypedDict):
     testbed: Path | None  #: the testbed they came from, if any
     table: dict[str, np.ndarray]  #: the simulation's columns (inputs, ``lst`` in K, ``profile_id``)
     key: str  #: the cache key of all of them, for products made from them
+    sim_inputs: NotRequired[dict[str, Any] | None]  #: the simulation's provenance (its metadata's ``inputs``)
 
 
 def _sw_predict(sw: Mapping[str, Any], frame: Mapping[str, Any]) -> np.ndarray:
@@ -375,6 +376,7 @@ def _card(cfg: TrainConfig, task: TrainingTask, data: Mapping[str, Any], results
         "training_tables": {"simulation": {"path": str(data["sim"]), "sha256": content_sha256(Path(data["sim"]))},
                             "matchups": {"path": str(data["matchups_path"]),
                                          "sha256": content_sha256(Path(data["matchups_path"]))}},
+        "simulation_inputs": data.get("sim_inputs"),
         "metrics": {"stage1_holdout_sim": stage1["model"], "stage2_in_domain": stage2["model"],
                     "stage3_cross_site": stage3["zero_shot"],
                     "uncertainty_calibration": stage3["uncertainty_calibration"]},
