@@ -58,13 +58,16 @@ from sftl_dask.staging import staged_dir
 from sftl_dask.version import __version__
 
 __all__ = [
+    "COG_COLLECTION",
     "LST_COLLECTION",
     "PROCESSING_SCHEMA_URI",
     "SCENE_COLLECTION",
     "item_id",
+    "scene_sources",
     "scene_stac_meta",
     "store_asset",
     "tile_name",
+    "write_cog_stac",
     "write_lst_stac",
     "write_scene_stac",
 ]
@@ -74,6 +77,8 @@ PROCESSING_SCHEMA_URI = "https://stac-extensions.github.io/processing/v1.2.0/sch
 #: Collection ids of the two cubes' catalogs.
 SCENE_COLLECTION = "sftl-scene-cube"
 LST_COLLECTION = "sftl-lst"
+#: Collection id of a COG export's catalog (``sftl export``).
+COG_COLLECTION = "sftl-lst-cog"
 _PLATFORM, _INSTRUMENTS = "gf5-02", ["vimi"]
 _ZARR = "application/vnd+zarr"
 #: How xarray opens a tile store (``xarray:open_kwargs``): lazily, in the store's own chunks.
@@ -230,7 +235,7 @@ def write_lst_stac(lst_root_or_store: str | os.PathLike[str]) -> Path:
         for i in np.flatnonzero(ok):
             scene_id, source = str(ds["scene_id"].values[i]), str(ds["source"].values[i])
             if source not in sources:
-                sources[source] = _scene_sources(source)
+                sources[source] = scene_sources(source)
             items.append(_lst_item(ds.attrs, grid, ds["time"].values[i], scene_id, source,
                                    str(ds["checksum"].values[i]), sources[source].get(scene_id),
                                    Path(store), variables, stac_dir))
@@ -272,7 +277,7 @@ def _lst_item(attrs: Mapping[str, Any], grid: GeoBox, when: Any, scene_id: str, 
     return item
 
 
-def _scene_sources(store: str) -> dict[str, tuple[str, str]]:
+def scene_sources(store: str) -> dict[str, tuple[str, str]]:
     """Scene id -> (product path, checksum) of a scene-cube store; empty if it cannot be read."""
     try:
         _, slots = read_slots(store)
@@ -491,3 +496,72 @@ def _declare_asset_extensions(collection: Any) -> None:
             "proj": ProjectionExtension.get_schema_uri(), "raster": RasterExtension.get_schema_uri()}
     used = {k.split(":")[0] for a in collection.assets.values() for k in a.extra_fields if ":" in k}
     collection.stac_extensions = sorted({*collection.stac_extensions, *(uris[p] for p in used if p in uris)})
+
+
+# ---------------------------------------------------------------------------------------------------- COG exports
+def write_cog_stac(out_dir: str | os.PathLike[str], items: Sequence[Mapping[str, Any]],
+                   lst_stac: str | os.PathLike[str] | None = None) -> Path:
+    """Write the STAC catalog of a COG export (``sftl export``): one Item per scene and tile.
+
+    Each Item has one COG asset per variable (``lst``, ``lst_uncertainty``, ``qc``) with ``raster:bands``
+    (data type, nodata, unit, resolution), ``file:checksum`` (sha2-256 multihash of the COG) and ``file:size``;
+    ``proj:*`` of the tile grid on the Item; the source delivery as a ``source`` asset (with its checksum) and a
+    ``via`` link; a ``derived_from`` link to the LST Item of the same scene and tile where ``lst_stac`` has it.
+    What ``odc.stac.load`` and ``stackstac.stack`` need to place the COGs on their grid.
+
+    Parameters
+    ----------
+    out_dir : path
+        The export folder; the catalog goes to ``<out_dir>/stac`` (replaced as a whole once complete).
+    items : sequence of mapping
+        Per Item: ``scene_id``, ``tile``, ``time``, ``grid`` (:class:`~sftl_dask.geo.GeoBox`), ``model`` (text),
+        ``product`` (path of the source delivery, or None), ``product_checksum`` (its sha256), and ``cogs``:
+        variable -> mapping with ``path`` (the COG), ``sha256``, ``size`` (bytes), ``dtype``, ``nodata`` and the
+        variable's attributes (``units``, ``long_name``).
+    lst_stac : path, optional
+        The LST cube's ``catalog.json``.
+
+    Returns
+    -------
+    Path
+        The root ``catalog.json``.
+    """
+    stac_dir = Path(out_dir) / "stac"
+    lst_items = Path(lst_stac).parent / LST_COLLECTION if lst_stac is not None else None
+    made = [_cog_item(spec, stac_dir, lst_items) for spec in items]
+    return _save(stac_dir, made, collection_id=COG_COLLECTION, title="sftl-dask LST per scene (COG)",
+                 description="Land surface temperature (K), its uncertainty (K) and QC bit flags from GF5-02 VIMI by "
+                             "SFTL, one Cloud-Optimized GeoTIFF per scene, tile and variable on the LST cube's grid")
+
+
+def _cog_item(spec: Mapping[str, Any], stac_dir: Path, lst_items: Path | None) -> Any:
+
+    grid: GeoBox = spec["grid"]
+    scene_id, tile = str(spec["scene_id"]), str(spec["tile"])
+    item = _item(item_id(scene_id, tile), _footprint(grid), spec["time"])
+    item.properties["title"] = f"LST of scene {scene_id} on tile {tile}"
+    item.properties["sftl_scene_id"] = scene_id
+    _set_projection(item, grid)
+    _set_grid_code(item, tile)
+    item_dir = stac_dir / COG_COLLECTION / item.id
+    for name, cog in spec["cogs"].items():
+        asset = pystac.Asset(href=_rel(Path(cog["path"]), item_dir), media_type=pystac.MediaType.COG,
+                             roles=["data"], title=str(cog.get("long_name") or name))
+        item.add_asset(name, asset)
+        _set_bands(asset, {name: cog}, grid)
+        if cog.get("nodata") is not None:  # integer flags; float bands have nodata NaN already
+            RasterExtension.ext(asset).bands[0].nodata = int(cog["nodata"])
+        ext = FileExtension.ext(asset, add_if_missing=True)
+        ext.checksum, ext.size = "1220" + str(cog["sha256"]), int(cog["size"])
+    if spec.get("product"):
+        product = Path(spec["product"])
+        _add_file_asset(item, "source", product, str(spec.get("product_checksum") or ""), item_dir,
+                        title="VIMI L1 delivery the LST was retrieved from")
+        item.add_link(pystac.Link("via", _rel(product, item_dir), title=f"source delivery {product.name}"))
+    lst_json = lst_items / item.id / f"{item.id}.json" if lst_items is not None else None
+    if lst_json is not None and lst_json.is_file():
+        item.add_link(pystac.Link("derived_from", _rel(lst_json, item_dir), media_type="application/json",
+                                  title=f"LST Zarr Item of scene {scene_id} on tile {tile}"))
+    _set_processing(item, level="L2", lineage=f"LST retrieved from scene {scene_id} by a {spec['model']}; "
+                                              "exported from the LST cube's tile store as COGs")
+    return item
