@@ -165,7 +165,8 @@ def _cf_dataset(ds: xr.Dataset, *, history: str) -> xr.Dataset:
                                "flag_meanings": "incomplete complete"}
             var = out[name]
         out[name].encoding.pop("grid_mapping", None)  # rioxarray's; written as the attribute below
-        attrs = {k: v for k, v in var.attrs.items() if k not in ("coordinates", "grid_mapping", "_FillValue")}
+        attrs = {k: v for k, v in var.attrs.items()  # _CRS: GDAL's Zarr CRS; NetCDF has the grid mapping
+                 if k not in ("coordinates", "grid_mapping", "_FillValue", "_CRS")}
         if "x" in var.dims and "y" in var.dims:
             attrs["grid_mapping"] = gm
             centre = attrs.pop("centre_wavelength_um", None)
