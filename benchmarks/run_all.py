@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "retrieve": (["--quick", "--repeat", "1"], []),
     "timeseries": (["--lengths", "10", "40", "--tiles", "64", "--repeat", "3", "--pixels", "3"], []),
     "experiment": (["--skip-full", "--skip-scaling", "--ddp-epochs", "3"], []),
+    "export": (["--repeat", "1"], []),
 }
 
 
@@ -89,6 +90,7 @@ TABLE: list[tuple[str, str, tuple[Any, ...], str, str]] = [
     ("timeseries", "point series, copy vs original at 40 steps",
      ("by_steps", 40, "copies", "64", "ratio_xarray_read"), ".1f", ">= 20"),
     ("experiment", "grid wall time (s)", ("full_grid", "wall_s"), ".0f", ""),
+    ("export", "COG export / retrieval of the LST cube", ("export_over_retrieve",), ".2f", "<= target"),
 ]
 
 

@@ -410,6 +410,23 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sftl_dask.io.export import ExportError, export_cogs, plan_export
+
+    with _refusing(ExportError):  # the LST stores, tiles, times and the folder: before a cluster starts
+        plan_export(args.lst, args.cog, times=args.time, tiles=args.tiles, overwrite=args.overwrite)
+    with _client(args) as client, Progress("export") as update, _refusing(ExportError):
+        summary = export_cogs(args.lst, args.cog, times=args.time, tiles=args.tiles, overwrite=args.overwrite,
+                              client=client, progress=update)
+    print(f"exported {summary['written']} COG(s), kept {summary['kept']} already written, failed "
+          f"{len(summary['failed'])} in {summary['seconds']:.1f} s; {summary['items']} STAC item(s): {summary['stac']}")
+    if summary["lst_stac_rewritten"]:
+        print(f"  rewrote the LST cube's STAC catalog (missing or from an older sftl-dask) beside {args.lst}")
+    for f in summary["failed"]:
+        print(f"  failed: {f['path']}: {f['reason']}")
+    return 1 if summary["failed"] else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     """The ``sftl`` command line: one sub-command per verb, grouped as in DESIGN.md's CLI table."""
     p = argparse.ArgumentParser(prog="sftl", description="LST from GF5-02 VIMI by strategic fine-tuning "
@@ -549,6 +566,17 @@ def _add_cube_verbs(sub: Any) -> None:
                    "sftl_dask.rechunk.MAX_MEM); longer series go through an intermediate store")
     s.add_argument("--overwrite", action="store_true", help="replace an existing time-series copy")
     _common(s, _cmd_rechunk)
+
+    s = sub.add_parser("export", help="COGs per scene, tile and variable (lst, lst_uncertainty, qc) with STAC items "
+                       "that odc-stac and stackstac load (docs/stac.md)")
+    s.add_argument("--lst", required=True, help="LST root (one store per tile) or store from 'sftl retrieve'")
+    s.add_argument("--cog", required=True, metavar="DIR", help="export folder: <tile>/<scene>_<tile>_<var>.tif, "
+                   "stac/catalog.json, export.json; re-running adds only what is missing")
+    s.add_argument("--time", nargs="+", default=[], metavar="T", help="time steps to export: 2022-05-17T03:30 or a "
+                   "day 2022-05-17 (default: all complete ones)")
+    s.add_argument("--tiles", nargs="+", default=[], metavar="TILE", help="tile names, e.g. 50N_134_009 (default all)")
+    s.add_argument("--overwrite", action="store_true", help="replace an export of another LST cube or model")
+    _common(s, _cmd_export)
 
 
 def _add_training_verbs(sub: Any) -> None:

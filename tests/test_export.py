@@ -207,3 +207,9 @@ def test_cog_needs_a_time_when_there_are_several_and_refuses_an_existing_path(cu
     out.write_bytes(b"")
     with pytest.raises(OutputExistsError, match=re.escape(str(out))):
         to_cog(cube, out, time=0)
+
+
+def test_gdals_zarr_crs_attribute_stays_in_the_zarr_and_out_of_the_netcdf(cubes, lst_nc):
+    assert "_CRS" in xr.open_zarr(cubes["lst"])["lst"].attrs  # GDAL < 3.10 reads the CRS of a Zarr from it
+    with h5py.File(lst_nc) as f:
+        assert "_CRS" not in f["lst"].attrs and f["lst"].attrs["grid_mapping"] in (b"spatial_ref", "spatial_ref")

@@ -21,6 +21,8 @@ import pystac
 import pytest
 from helpers import synthetic_scene
 from pyproj import Transformer
+from pystac.extensions.datacube import DatacubeExtension
+from pystac.extensions.xarray_assets import XarrayAssetsExtension
 
 from sftl_dask.geo import GeoBox
 from sftl_dask.io.cube import append_slots, write_scene
@@ -35,6 +37,8 @@ from sftl_dask.retrieve import retrieve
 
 SCHEMAS = Path(__file__).parent / "data" / "stac_schemas"
 GRID = GeoBox("EPSG:32650", (40.0, 0.0, 400_000.0, 0.0, -40.0, 4_500_000.0), 140, 150)
+#: The store's name: a tile name, as ingest names stores (Items are named after it).
+TILE = "50N_135_010"
 
 
 def _extension_uris() -> dict[str, str]:
@@ -47,6 +51,7 @@ def _extension_uris() -> dict[str, str]:
     from pystac.extensions.view import ViewExtension
 
     return {"proj": ProjectionExtension.get_schema_uri(), "raster": RasterExtension.get_schema_uri(),
+            "xarray": XarrayAssetsExtension.get_schema_uri(), "cube": DatacubeExtension.get_schema_uri(),
             "file": FileExtension.get_schema_uri(), "grid": GridExtension.get_schema_uri(),
             "eo": EOExtension.get_schema_uri(), "view": ViewExtension.get_schema_uri(),
             "processing": PROCESSING_SCHEMA_URI}
@@ -79,7 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, retrieval_model) -> dict[str
     """``world/``: two product archives, a scene cube root with its catalog, and the LST root with its catalog."""
     base = tmp_path_factory.mktemp("stac")
     world = base / "world"
-    store = world / "cube" / f"{GRID.name}.zarr"
+    store = world / "cube" / f"{TILE}.zarr"
     scenes = []
     for i in range(2):
         tar = world / "archives" / f"GF5B_VIMI_SYN_{i:03d}.tar"
@@ -111,7 +116,7 @@ def test_one_item_per_scene_and_per_grid_and_time_step_under_a_catalog_and_colle
     assert [c.id for c in lst_cat.get_children()] == [LST_COLLECTION]
     assert sorted(i.id for i in scene_cat.get_items(recursive=True)) == ["GF5B_VIMI_SYN_000", "GF5B_VIMI_SYN_001"]
     lst_ids = sorted(i.id for i in lst_cat.get_items(recursive=True))
-    assert lst_ids == [f"{GRID.name}_20220501T033000Z", f"{GRID.name}_20220517T033000Z"]
+    assert lst_ids == [f"GF5B_VIMI_SYN_000_{TILE}", f"GF5B_VIMI_SYN_001_{TILE}"]
     assert world["lst_cat"] == world["world"] / "lst" / "stac" / "catalog.json"
 
 
@@ -174,7 +179,7 @@ def test_items_carry_projection_checksum_and_lineage(world):
         s = by_id[item.id]
         assert item.properties["proj:code"] == "EPSG:32650" and item.properties["proj:shape"] == [150, 140]
         assert item.properties["eo:cloud_cover"] == 12.5 and item.properties["view:sun_elevation"] == 60.0
-        assert item.properties["view:incidence_angle"] == 4.5 and item.properties["grid:code"] == f"SFTL-{GRID.name}"
+        assert item.properties["view:incidence_angle"] == 4.5 and item.properties["grid:code"] == f"SFTL-{TILE}"
         assert item.assets["archive"].extra_fields["file:checksum"] == "1220" + s["checksum"]
         assert item.assets["archive"].extra_fields["file:size"] == Path(s["path"]).stat().st_size
         names = [b["name"] for b in item.assets["cube"].extra_fields["raster:bands"]]
@@ -203,6 +208,15 @@ def _validator() -> Any:
     return validator
 
 
+def validate_offline(obj: Any, validator: Any) -> None:
+    """pystac validation against the core schema and every vendored extension schema. The xarray-assets and
+    datacube schemas are not vendored: a Collection's fields of theirs are pinned by
+    test_each_tile_store_is_a_collection_asset_that_xpystac_opens."""
+    d = obj.to_dict()
+    d["stac_extensions"] = [u for u in d.get("stac_extensions", []) if u.rstrip("#") in validator.schema_cache]
+    pystac.validation.validate_dict(d, validator=validator)
+
+
 def test_catalogs_collections_and_items_validate_against_the_stac_and_extension_schemas(world):
     validator = _validator()
     declared = {u for p in _all_items(world) for u in json.loads(p.read_text())["stac_extensions"]}
@@ -211,7 +225,7 @@ def test_catalogs_collections_and_items_validate_against_the_stac_and_extension_
         catalog = pystac.Catalog.from_file(str(cat_path))
         catalog.validate(validator=validator)
         for child in catalog.get_children():
-            child.validate(validator=validator)
+            validate_offline(child, validator)
         n = 0
         for item in catalog.get_items(recursive=True):
             assert item.validate(validator=validator), item.id
@@ -229,7 +243,7 @@ def test_a_later_ingest_adds_items_and_upgrades_an_older_writers_item(world, tmp
     d["stac_extensions"] = []
     d["properties"] = {k: v for k, v in d["properties"].items() if not k.startswith(("proj:", "grid:", "processing:"))}
     d["properties"]["sftl:grid"] = GRID.name
-    d["assets"] = {"cube": {"href": str(root / f"{GRID.name}.zarr"), "roles": ["data"]}}
+    d["assets"] = {"cube": {"href": str(root / f"{TILE}.zarr"), "roles": ["data"]}}
     d["links"] = []
     shutil.rmtree(root / "stac")
     catalog = pystac.Catalog(id="sftl-scene-cube", description="old")
@@ -237,7 +251,7 @@ def test_a_later_ingest_adds_items_and_upgrades_an_older_writers_item(world, tmp
     catalog.normalize_hrefs(str(root / "stac"))
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
 
-    scene = dict(world["scenes"][1], store=str(root / f"{GRID.name}.zarr"))
+    scene = dict(world["scenes"][1], store=str(root / f"{TILE}.zarr"))
     write_scene_stac(root, [scene])
     write_scene_stac(root, [scene])  # the same scene again: replaced, not duplicated
     items = {i.id: i for i in pystac.Catalog.from_file(str(root / "stac" / "catalog.json")).get_items(recursive=True)}
@@ -249,8 +263,8 @@ def test_a_later_ingest_adds_items_and_upgrades_an_older_writers_item(world, tmp
     uris = _extension_uris()
     assert {uris["eo"], uris["view"]} <= set(upgraded.stac_extensions)
     raw = json.loads(Path(upgraded.get_self_href()).read_text())
-    assert raw["assets"]["cube"]["href"] == f"../../../{GRID.name}.zarr"
-    assert Path(upgraded.assets["cube"].get_absolute_href()) == (root / f"{GRID.name}.zarr").resolve()
+    assert raw["assets"]["cube"]["href"] == f"../../../{TILE}.zarr"
+    assert Path(upgraded.assets["cube"].get_absolute_href()) == (root / f"{TILE}.zarr").resolve()
     assert write_scene_stac(root, []) is None
 
 
@@ -266,3 +280,36 @@ def test_write_lst_stac_of_a_single_store_writes_a_catalog_beside_it(world, tmp_
     assert cat == tmp_path / "one_stac" / "catalog.json"
     items = list(pystac.Catalog.from_file(str(cat)).get_items(recursive=True))
     assert len(items) == 2 and all(Path(i.assets["lst"].get_absolute_href()) == store.resolve() for i in items)
+
+
+def test_each_tile_store_is_a_collection_asset_that_xpystac_opens(world):
+    import xarray as xr
+    import xpystac  # noqa: F401  (registers xarray's "stac" engine)
+
+    for cat_path, collection_id, names in ((world["lst_cat"], LST_COLLECTION, ["lst", "lst_uncertainty", "qc", "vza"]),
+                                           (world["scene_cat"], SCENE_COLLECTION, None)):
+        collection = pystac.Catalog.from_file(str(cat_path)).get_child(collection_id)
+        uris = _extension_uris()
+        assert {uris["xarray"], uris["cube"], uris["proj"], uris["raster"]} <= set(collection.stac_extensions)
+        assert sorted(collection.assets) == [TILE]
+        asset = collection.assets[TILE]
+        assert asset.media_type == "application/vnd+zarr" and asset.roles == ["data"] and TILE in asset.title
+        assert asset.extra_fields["xarray:open_kwargs"] == {"engine": "zarr", "consolidated": True, "chunks": {}}
+        dims = asset.extra_fields["cube:dimensions"]
+        left, bottom, right, top = GRID.bounds
+        assert dims["x"] == {"type": "spatial", "axis": "x", "extent": [left, right], "step": 40.0,
+                             "reference_system": 32650}
+        assert dims["y"]["extent"] == [bottom, top] and dims["y"]["step"] == -40.0
+        assert dims["time"] == {"type": "temporal", "extent": ["2022-05-01T03:30:00Z", "2022-05-17T03:30:00Z"]}
+        variables = asset.extra_fields["cube:variables"]
+        assert names is None or list(variables) == names
+        assert all(v["dimensions"] == ["time", "y", "x"] and v["type"] == "data" for v in variables.values())
+        assert [b["name"] for b in asset.extra_fields["raster:bands"]] == list(variables)
+        assert asset.extra_fields["proj:code"] == "EPSG:32650"
+        asset.href = asset.get_absolute_href()  # written relative to the collection's file, as pystac reads it
+        opened = xr.open_dataset(asset, engine="stac")
+        direct = xr.open_zarr(asset.get_absolute_href())
+        first = next(iter(variables))
+        assert opened.rio.crs == direct.rio.crs and opened.sizes == direct.sizes
+        np.testing.assert_array_equal(opened[first].values, direct[first].values)
+        assert int(np.isfinite(opened[first].values).sum()) > 0

@@ -35,6 +35,7 @@ import xarray as xr
 import zarr
 from numcodecs import Blosc
 from numpy.typing import NDArray
+from pyproj import CRS
 
 from sftl_dask.geo import GeoBox, geometry_attrs, store_geometry
 from sftl_dask.io.location import append_text, is_zarr_store, join, location, zarr_store
@@ -211,8 +212,9 @@ def append_slots(store: str | os.PathLike[str], grid: GeoBox, scenes: Sequence[M
     tmpl = _template(grid, scenes, variables, ok_var, chunk, provenance)
     tmpl = tmpl.rio.write_crs(grid.crs)
     tmpl = tmpl.rio.write_transform(grid.affine)
+    gdal_crs = {"wkt": CRS(grid.crs).to_wkt(), "projjson": CRS(grid.crs).to_json_dict()}  # GDAL's Zarr CRS: < 3.10
     for name in variables:
-        tmpl[name].attrs["grid_mapping"] = "spatial_ref"
+        tmpl[name].attrs.update(grid_mapping="spatial_ref", _CRS=gdal_crs)
     if not is_zarr_store(store):
         tmpl.attrs = {
             "title": "sftl-dask scene cube", "platform": "GF5-02", "instrument": "VIMI",

@@ -32,9 +32,11 @@ averaging); ``qc`` (uint16 bit flags: no value can be averaged) goes to a file o
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
-from collections.abc import Hashable, Mapping, Sequence
+import shutil
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +44,17 @@ import numpy as np
 import pandas as pd
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
+from dask import compute, delayed
 from numpy.typing import NDArray
 
+from sftl_dask.geo import store_geometry
+from sftl_dask.io.lst import LST_OK_VAR, lst_stores
+from sftl_dask.io.stac import LST_COLLECTION, item_id, scene_sources, write_cog_stac, write_lst_stac
 from sftl_dask.staging import staged_file
 from sftl_dask.version import __version__
 
-__all__ = ["ExportError", "OutputExistsError", "to_cog", "to_netcdf"]
+__all__ = ["COG_VARIABLES", "EXPORT_MANIFEST", "ExportError", "OutputExistsError", "export_cogs", "plan_export",
+           "to_cog", "to_netcdf"]
 
 #: Chunk edge (px) of NetCDF variables and COG tiles.
 EXPORT_CHUNK = 512
@@ -56,6 +63,10 @@ _ZLIB_LEVEL = 4
 #: Attributes CF requires to have the variable's data type (CF-1.11 sections 2.5.1 and 3.5).
 _TYPED_ATTRS = ("valid_min", "valid_max", "valid_range", "actual_range", "flag_values", "flag_masks",
                 "missing_value")
+#: The variables ``sftl export`` writes, one COG each per scene and tile.
+COG_VARIABLES = ("lst", "lst_uncertainty", "qc")
+#: The record of an export folder: the LST cube it came from and every COG written (incremental re-runs).
+EXPORT_MANIFEST = "export.json"
 #: Band variables of an LST dataset's COG when none are named.
 _COG_DEFAULT = ("lst", "lst_uncertainty")
 _GLOBAL_DEFAULTS = {
@@ -154,7 +165,8 @@ def _cf_dataset(ds: xr.Dataset, *, history: str) -> xr.Dataset:
                                "flag_meanings": "incomplete complete"}
             var = out[name]
         out[name].encoding.pop("grid_mapping", None)  # rioxarray's; written as the attribute below
-        attrs = {k: v for k, v in var.attrs.items() if k not in ("coordinates", "grid_mapping", "_FillValue")}
+        attrs = {k: v for k, v in var.attrs.items()  # _CRS: GDAL's Zarr CRS; NetCDF has the grid mapping
+                 if k not in ("coordinates", "grid_mapping", "_FillValue", "_CRS")}
         if "x" in var.dims and "y" in var.dims:
             attrs["grid_mapping"] = gm
             centre = attrs.pop("centre_wavelength_um", None)
@@ -413,3 +425,276 @@ def _band_tags(a: xr.DataArray) -> dict[str, str]:
 def _refuse_existing(path: Path) -> None:
     if path.exists() or path.is_symlink():
         raise OutputExistsError(f"{path}: already exists; exports never replace a file")
+
+
+# ---------------------------------------------------------------------------------------------------- sftl export
+def plan_export(lst: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, times: Sequence[str] = (),
+                tiles: Sequence[str] = (), overwrite: bool = False) -> dict[str, Any]:
+    """Check an export of an LST cube to COGs and list its work; nothing is written.
+
+    Parameters
+    ----------
+    lst : path
+        An LST root (one store per tile) or store.
+    out_dir : path
+        The export folder (``sftl export --cog``): new, or one this LST cube was exported to before.
+    times : sequence of str
+        Time steps to export (a time ``2022-05-17T03:30`` or a day ``2022-05-17``); default all complete ones.
+    tiles : sequence of str
+        Tile names to export (``50N_134_009``); default all.
+    overwrite : bool
+        Replace an export folder written from another LST cube (or another model).
+
+    Returns
+    -------
+    dict
+        ``lst`` (resolved), ``out``, ``model`` (kind and sha256), ``steps`` (per scene and tile: store, index,
+        time, scene id, checksum, source) and ``manifest`` (the folder's record, empty for a new one).
+
+    Raises
+    ------
+    ExportError
+        No LST store at ``lst``; a tile or time step it does not hold (the message names it and what it holds);
+        ``out_dir`` a file, a folder that is not an export, or an export of another cube without ``overwrite``.
+    """
+    root, out = Path(lst).resolve(), Path(out_dir)
+    stores = lst_stores(root)
+    if not stores:
+        raise ExportError(f"{lst}: no LST store here")
+    unknown = [t for t in tiles if t not in stores]
+    if unknown:
+        raise ExportError(f"--tiles: {unknown[0]!r} is not a tile of {lst} (holds {', '.join(stores)})")
+    steps, model, matched = [], {}, set()
+    for tile in tiles or list(stores):
+        ds = xr.open_zarr(stores[tile], consolidated=True, chunks=None)
+        model = {"kind": str(ds.attrs.get("model_kind", "unknown")), "sha256": str(ds.attrs.get("model_sha256", ""))}
+        index = pd.DatetimeIndex(ds["time"].values)
+        ok = np.flatnonzero(np.asarray(ds[LST_OK_VAR].values, dtype=bool))
+        wanted = set(ok) if not times else set()
+        for t in times:
+            hits = _times_matching(index, t)
+            matched.update(t for i in hits if i in ok)
+            wanted.update(i for i in hits if i in ok)
+        steps += [{"tile": tile, "store": str(stores[tile]), "index": int(i), "time": index[i],
+                   "scene_id": str(ds["scene_id"].values[i]), "checksum": str(ds["checksum"].values[i]),
+                   "source": str(ds["source"].values[i]), "grid": store_geometry(ds.attrs)[0]} for i in sorted(wanted)]
+        ds.close()
+    missing = [t for t in times if t not in matched]
+    if missing:
+        raise ExportError(f"--time: {missing[0]!r} is no complete time step of {lst}"
+                          + (f" on tiles {', '.join(tiles)}" if tiles else ""))
+    manifest = _read_manifest(out, root, model, overwrite)
+    return {"lst": root, "out": out, "model": model, "steps": steps, "manifest": manifest}
+
+
+def _times_matching(index: pd.DatetimeIndex, time: str) -> list[int]:
+    """Positions of the steps at a time (to the second) or on a day (``YYYY-MM-DD``)."""
+    try:
+        when = pd.Timestamp(time)
+    except ValueError:
+        raise ExportError(f"--time: {time!r} is not a time (2022-05-17T03:30) or a day (2022-05-17)") from None
+    when = when.tz_convert(None) if when.tzinfo else when
+    if len(time) <= 10:  # a day
+        return [int(i) for i in np.flatnonzero(index.normalize() == when.normalize())]
+    return [int(i) for i in np.flatnonzero(index.floor("s") == when.floor("s"))]
+
+
+def _read_manifest(out: Path, lst: Path, model: Mapping[str, str], overwrite: bool) -> dict[str, Any]:
+    """The export folder's record, checked against this LST cube (``{}`` for a new or replaced folder)."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return {}
+    path = out / EXPORT_MANIFEST
+    if not path.is_file():
+        raise ExportError(f"{out}: exists and is not an sftl export folder (no {EXPORT_MANIFEST}): choose a new one")
+    try:
+        manifest = json.loads(path.read_text())
+        same = manifest["lst"] == str(lst) and manifest["model"] == dict(model)
+    except (ValueError, KeyError, TypeError):
+        raise ExportError(f"{path}: unreadable export record; remove the folder or choose a new one") from None
+    if same:
+        return manifest
+    if not overwrite:
+        raise ExportError(f"{out}: holds COGs of another LST cube ({manifest['lst']}, model sha256 "
+                          f"{str(manifest['model'].get('sha256'))[:12]}): pass --overwrite to replace them")
+    return {"replace": True}
+
+
+def export_cogs(lst: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, times: Sequence[str] = (),
+                tiles: Sequence[str] = (), overwrite: bool = False, client: Any = None,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Export an LST cube as COGs, one per scene, tile and variable, with a STAC catalog that clients load.
+
+    One Dask task per COG (:func:`to_cog` of ``lst``, ``lst_uncertainty``, ``qc``: overviews, nodata NaN or 65535).
+    Incremental: a COG already written from the same step (same scene, product checksum and model) is kept.
+    ``<out>/<tile>/<scene id>_<tile>_<variable>.tif``, ``<out>/export.json`` (the record) and ``<out>/stac``
+    (:func:`~sftl_dask.io.stac.write_cog_stac`). The LST cube's own catalog is rewritten first when it is
+    missing or from an older sftl-dask (no tile-store assets): the summary says so.
+
+    Parameters
+    ----------
+    lst, out_dir, times, tiles, overwrite
+        As :func:`plan_export`.
+    client : distributed.Client, optional
+        Where the tasks run (default: Dask's threaded scheduler in this process).
+    progress : callable, optional
+        ``progress(done, total)`` over the COGs.
+
+    Returns
+    -------
+    dict
+        ``written``, ``kept`` (COGs), ``failed`` (path and reason each), ``items``, ``stac`` (catalog path),
+        ``lst_stac_rewritten`` (bool), ``seconds``.
+
+    Raises
+    ------
+    ExportError
+        Bad input, as :func:`plan_export`.
+
+    Notes
+    -----
+    Memory: per task one time step of one variable of one tile (4 MiB for a 1024 px float32 tile), twice.
+    """
+    start = _dt.datetime.now(_dt.UTC)
+    plan = plan_export(lst, out_dir, times=times, tiles=tiles, overwrite=overwrite)
+    out: Path = plan["out"]
+    if plan["manifest"].get("replace"):
+        _clear_export(out)
+    known = plan["manifest"].get("cogs", {})
+    jobs, kept = _cog_jobs(plan, known)
+    failed, written = _run_cog_jobs(jobs, client, progress)
+    record = {**known, **written}
+    _write_manifest(out, plan, record)
+    lst_cat, rewritten = _lst_catalog(plan["lst"])
+    stac = write_cog_stac(out, _cog_item_specs(out, plan, record), lst_cat)
+    return {"written": len(written), "kept": kept, "failed": failed, "items": len({v["item"] for v in record.values()}),
+            "stac": stac, "lst_stac_rewritten": rewritten, "out": out,
+            "seconds": (_dt.datetime.now(_dt.UTC) - start).total_seconds()}
+
+
+def _cog_jobs(plan: Mapping[str, Any], known: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """The COGs to write (relative path, store, index, variable, key), and how many are kept as they are."""
+    jobs, kept = [], 0
+    for st in plan["steps"]:
+        ident = item_id(st["scene_id"], st["tile"])
+        for var in COG_VARIABLES:
+            rel = f"{st['tile']}/{ident}_{var}.tif"
+            key = {"item": ident, "tile": st["tile"], "scene_id": st["scene_id"], "checksum": st["checksum"],
+                   "time": st["time"].strftime("%Y-%m-%dT%H:%M:%SZ"), "variable": var}
+            old = known.get(rel)
+            if old and all(old.get(k) == v for k, v in key.items()) and (plan["out"] / rel).is_file():
+                kept += 1
+                continue
+            jobs.append({"rel": rel, "path": str(plan["out"] / rel), "store": st["store"], "index": st["index"],
+                         "variable": var, "key": key})
+    return jobs, kept
+
+
+def _write_one_cog(store: str, index: int, variable: str, path: str) -> dict[str, Any]:
+    """One task: time step ``index`` of ``variable`` as a COG at ``path`` (replacing a stale one); its record."""
+    target = Path(path)
+    target.unlink(missing_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds = xr.open_zarr(store, consolidated=True, chunks=None)  # no Dask inside a task: the slice is read directly
+    to_cog(ds, target, time=index, variables=(variable,))
+    attrs = ds[variable].attrs
+    ds.close()
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    dtype = str(ds[variable].dtype)
+    return {"sha256": digest, "size": target.stat().st_size, "dtype": dtype,
+            "nodata": None if dtype.startswith("float") else int(np.iinfo(dtype).max),
+            **{k: str(attrs[k]) for k in ("units", "long_name") if k in attrs}}
+
+
+def _run_cog_jobs(jobs: Sequence[Mapping[str, Any]], client: Any, progress: Callable[[int, int], None] | None
+                  ) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Run one task per COG; (failures, records of the COGs written by relative path)."""
+    if not jobs:
+        return [], {}
+    args = [(j["store"], j["index"], j["variable"], j["path"]) for j in jobs]
+    results: list[Any] = []
+    if client is not None:
+        from distributed import as_completed
+
+        futures = {client.submit(_write_one_cog, *a, pure=False): i for i, a in enumerate(args)}
+        results = [None] * len(jobs)
+        for n, fut in enumerate(as_completed(futures), start=1):
+            results[futures[fut]] = fut.exception() or fut.result()
+            if progress:
+                progress(n, len(jobs))
+    else:
+        results = list(compute(*[delayed(_safe)(*a) for a in args], scheduler="threads"))
+        if progress:
+            progress(len(jobs), len(jobs))
+    failed, written = [], {}
+    for job, res in zip(jobs, results, strict=True):
+        if isinstance(res, BaseException):
+            failed.append({"path": job["path"], "reason": f"{type(res).__name__}: {res}"})
+        else:
+            written[job["rel"]] = {**job["key"], **res}
+    return failed, written
+
+
+def _safe(*args: Any) -> Any:
+    """:func:`_write_one_cog`, returning its exception instead of raising it (one failure fails one COG)."""
+    try:
+        return _write_one_cog(*args)
+    except (OSError, ValueError, RuntimeError) as exc:
+        return exc
+
+
+def _clear_export(out: Path) -> None:
+    """Remove what an export wrote in ``out`` (its record, catalog and tile folders of COGs), nothing else."""
+    manifest = json.loads((out / EXPORT_MANIFEST).read_text())
+    for rel in manifest.get("cogs", {}):
+        (out / rel).unlink(missing_ok=True)
+    for folder in {out / Path(rel).parent for rel in manifest.get("cogs", {})}:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    shutil.rmtree(out / "stac", ignore_errors=True)
+    (out / EXPORT_MANIFEST).unlink()
+
+
+def _write_manifest(out: Path, plan: Mapping[str, Any], cogs: Mapping[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"lst": str(plan["lst"]), "model": plan["model"], "software": f"sftl-dask {__version__}",
+           "cogs": dict(sorted(cogs.items()))}
+    with staged_file(out / EXPORT_MANIFEST, replace=True) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1))
+
+
+def _lst_catalog(lst: Path) -> tuple[Path, bool]:
+    """The LST cube's ``catalog.json``; rewritten (True) when missing or from an older sftl-dask."""
+    stac_dir = lst.parent / f"{lst.name.removesuffix('.zarr')}_stac" if lst.name.endswith(".zarr") else lst / "stac"
+    collection = stac_dir / LST_COLLECTION / "collection.json"
+    current = collection.is_file() and bool(json.loads(collection.read_text()).get("assets"))
+    return (stac_dir / "catalog.json", False) if current else (write_lst_stac(lst), True)
+
+
+def _cog_item_specs(out: Path, plan: Mapping[str, Any], cogs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per Item (scene and tile) what :func:`~sftl_dask.io.stac.write_cog_stac` needs, from the record."""
+    steps = {item_id(s["scene_id"], s["tile"]): s for s in plan["steps"]}
+    grids: dict[str, Any] = {}
+    specs: dict[str, dict[str, Any]] = {}
+    sources: dict[str, dict[str, tuple[str, str]]] = {}
+    stores = lst_stores(plan["lst"])
+    for rel, rec in cogs.items():
+        ident, tile = rec["item"], rec["tile"]
+        if tile not in grids:
+            with xr.open_zarr(stores[tile], consolidated=True, chunks=None) as ds:
+                grids[tile] = (store_geometry(ds.attrs)[0], {str(a): str(b) for a, b in
+                               zip(ds["scene_id"].values, ds["source"].values, strict=True)})
+        grid, source_of = grids[tile]
+        source = source_of.get(rec["scene_id"], steps.get(ident, {}).get("source", ""))
+        if source not in sources:
+            sources[source] = scene_sources(source) if source else {}
+        product, product_checksum = sources[source].get(rec["scene_id"], (None, rec["checksum"]))
+        spec = specs.setdefault(ident, {"scene_id": rec["scene_id"], "tile": tile, "time": pd.Timestamp(rec["time"]),
+                                        "grid": grid, "product": product, "product_checksum": product_checksum,
+                                        "model": f"{plan['model']['kind']} model (artifact sha256 "
+                                                 f"{plan['model']['sha256']})", "cogs": {}})
+        spec["cogs"][rec["variable"]] = {**rec, "path": out / rel}
+    for spec in specs.values():
+        spec["cogs"] = {v: spec["cogs"][v] for v in COG_VARIABLES if v in spec["cogs"]}
+    return list(specs.values())

@@ -1,6 +1,7 @@
 """STAC catalogs of the cubes: one Item per ingested scene (scene cube), one per grid and time (LST cube).
 
-Both catalogs have the same shape, a root ``catalog.json`` holding one Collection and its Items
+Both catalogs have the same shape, a root ``catalog.json`` holding one Collection (its tile stores as
+Collection-level assets with ``xarray:open_kwargs`` and ``cube:*``, which ``xpystac`` opens) and its Items
 (``<stac>/<collection>/<item>/<item>.json``), written as a whole into a hidden folder that replaces the
 previous catalog only once complete (:func:`sftl_dask.staging.staged_dir`). What every Item carries:
 
@@ -13,7 +14,7 @@ previous catalog only once complete (:func:`sftl_dask.staging.staged_dir`). What
 * a lon/lat (EPSG:4326) Polygon whose exterior ring runs counter-clockwise (RFC 7946, section 3.1.6)
   and the matching ``bbox``;
 * ``proj:code``/``proj:shape``/``proj:transform``/``proj:bbox`` of the raster grid, ``grid:code``
-  (``SFTL-<grid name>``) of the cube's tile grid, ``processing:software`` and the data asset's
+  (``SFTL-<tile name>``, the store's name) of the cube's tile grid, ``processing:software`` and the data asset's
   ``raster:bands`` (one per cube variable, in the store's variable order, with ``name``, ``description``,
   ``data_type``, ``unit``, ``nodata`` and ``spatial_resolution`` in m);
 * for a source product that is a single file (a ``.tar`` archive), ``file:checksum`` (sha2-256
@@ -21,7 +22,7 @@ previous catalog only once complete (:func:`sftl_dask.staging.staged_dir`). What
 
 Scene Items (id = product id) add the scene's corner footprint from the product metadata,
 ``eo:cloud_cover`` (%), ``view:sun_elevation``/``view:sun_azimuth`` and ``view:incidence_angle``
-(the satellite zenith at the scene centre, deg). LST Items (id = ``<grid>_<YYYYmmddTHHMMSSZ>``) add
+(the satellite zenith at the scene centre, deg). LST Items (id = ``<scene id>_<tile name>``) add
 ``processing:level`` ``L2``, the lineage (scene id, model kind and artifact sha256) and a
 ``derived_from`` link to the scene's Item where the scene cube's catalog has it.
 """
@@ -39,12 +40,14 @@ import pandas as pd
 import pystac
 import xarray as xr
 from pyproj import Transformer
+from pystac.extensions.datacube import DatacubeExtension, Dimension, Variable
 from pystac.extensions.eo import EOExtension
 from pystac.extensions.file import FileExtension
 from pystac.extensions.grid import GridExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, NoDataStrings, RasterBand, RasterExtension
 from pystac.extensions.view import ViewExtension
+from pystac.extensions.xarray_assets import XarrayAssetsExtension
 
 from sftl_dask.geo import GeoBox, store_geometry
 from sftl_dask.io.cube import CUBE_VARIABLES, read_slots
@@ -55,10 +58,16 @@ from sftl_dask.staging import staged_dir
 from sftl_dask.version import __version__
 
 __all__ = [
+    "COG_COLLECTION",
     "LST_COLLECTION",
     "PROCESSING_SCHEMA_URI",
     "SCENE_COLLECTION",
+    "item_id",
+    "scene_sources",
     "scene_stac_meta",
+    "store_asset",
+    "tile_name",
+    "write_cog_stac",
     "write_lst_stac",
     "write_scene_stac",
 ]
@@ -68,8 +77,12 @@ PROCESSING_SCHEMA_URI = "https://stac-extensions.github.io/processing/v1.2.0/sch
 #: Collection ids of the two cubes' catalogs.
 SCENE_COLLECTION = "sftl-scene-cube"
 LST_COLLECTION = "sftl-lst"
+#: Collection id of a COG export's catalog (``sftl export``).
+COG_COLLECTION = "sftl-lst-cog"
 _PLATFORM, _INSTRUMENTS = "gf5-02", ["vimi"]
 _ZARR = "application/vnd+zarr"
+#: How xarray opens a tile store (``xarray:open_kwargs``): lazily, in the store's own chunks.
+_OPEN_KWARGS = {"engine": "zarr", "consolidated": True, "chunks": {}}
 #: Points per footprint edge: the edges of a UTM rectangle curve slightly in lon/lat.
 _EDGE_POINTS = 8
 _METADATA_KEYS = ("TopLeftLongitude", "TopLeftLatitude", "TopRightLongitude", "TopRightLatitude",
@@ -119,7 +132,9 @@ def write_scene_stac(root: str | os.PathLike[str], scenes: Sequence[Mapping[str,
         checksum = next((x["checksum"] for x in slots if x["scene_id"] == s["scene_id"]), "")
         item = _scene_item(s, grid, checksum, stac_dir)
         kept[item.id] = item
-    return _save(stac_dir, kept.values(), collection_id=SCENE_COLLECTION, title="sftl-dask scene cube",
+    assets = {tile: store_asset(Path(st), CUBE_VARIABLES, stac_dir / SCENE_COLLECTION, product="scene cube")
+              for tile, st in CubeRoot.of(root).stores().items()}
+    return _save(stac_dir, kept.values(), collection_id=SCENE_COLLECTION, title="sftl-dask scene cube", assets=assets,
                  description="GF5-02 VIMI L1 scenes calibrated to TOA brightness temperature, with ERA5 water "
                              "vapour, ASTER GED + VCM emissivity and a cloud mask, on fixed tile grids (one Zarr "
                              "store per grid)")
@@ -148,11 +163,13 @@ def _scene_item(s: Mapping[str, Any], grid: GeoBox, checksum: str, stac_dir: Pat
         if "SatelliteZenith" in m:
             view.incidence_angle = float(m["SatelliteZenith"])
     _set_projection(item, own)
-    _set_grid_code(item, grid)
+    _set_grid_code(item, tile_name(s["store"]))
     item_dir = stac_dir / SCENE_COLLECTION / item.id
     _add_file_asset(item, "archive", Path(s["path"]), checksum, item_dir, title="VIMI L1 product")
+    tile = tile_name(s["store"])
     cube = pystac.Asset(href=_rel(Path(s["store"]), item_dir), media_type=_ZARR, roles=["data"],
-                        title=f"scene cube store of grid {grid.name} (time step of this scene)")
+                        title=f"scene cube store of tile {tile}: all time steps; this scene's is time="
+                              f"{_stamp(s['time'])} (scene_id {s['scene_id']})")
     item.add_asset("cube", cube)
     _set_projection(cube, grid)
     _set_bands(cube, CUBE_VARIABLES, grid)
@@ -207,22 +224,24 @@ def write_lst_stac(lst_root_or_store: str | os.PathLike[str]) -> Path:
         raise ValueError(f"{root}: no LST store here")
     single = CubeRoot(root).is_store
     stac_dir = root.parent / f"{root.name.removesuffix('.zarr')}_stac" if single else root / "stac"
-    items = []
+    items, assets = [], {}
     sources: dict[str, dict[str, tuple[str, str]]] = {}
-    for store in stores.values():
+    for tile, store in stores.items():
         ds = xr.open_zarr(store, consolidated=True, chunks=None)  # only the per-time arrays are read
         grid, _ = store_geometry(ds.attrs)
         variables = {k: {**dict(ds[k].attrs), "dtype": str(ds[k].dtype)} for k in LST_VARIABLES if k in ds}
+        assets[tile] = store_asset(Path(store), variables, stac_dir / LST_COLLECTION, product="LST", ds=ds)
         ok = np.asarray(ds[LST_OK_VAR].values, dtype=bool)
         for i in np.flatnonzero(ok):
             scene_id, source = str(ds["scene_id"].values[i]), str(ds["source"].values[i])
             if source not in sources:
-                sources[source] = _scene_sources(source)
+                sources[source] = scene_sources(source)
             items.append(_lst_item(ds.attrs, grid, ds["time"].values[i], scene_id, source,
                                    str(ds["checksum"].values[i]), sources[source].get(scene_id),
                                    Path(store), variables, stac_dir))
         ds.close()
     return _save(stac_dir, items, collection_id=LST_COLLECTION, title="sftl-dask land surface temperature",
+                 assets=assets,
                  description="Land surface temperature (K) with its uncertainty and QC flags from GF5-02 VIMI "
                              "thermal imagery by strategic fine-tuning transfer learning (SFTL), one Zarr store "
                              "per tile grid")
@@ -232,14 +251,16 @@ def _lst_item(attrs: Mapping[str, Any], grid: GeoBox, when: Any, scene_id: str, 
               product: tuple[str, str] | None, store: Path, variables: Mapping[str, Mapping[str, Any]],
               stac_dir: Path) -> Any:
 
-    stamp = np.datetime_as_string(np.datetime64(when, "s"), unit="s").replace("-", "").replace(":", "")
-    item = _item(f"{grid.name}_{stamp}Z", _footprint(grid), when)
+    tile = tile_name(store)
+    item = _item(item_id(scene_id, tile), _footprint(grid), when)
     item.properties["sftl_scene_id"] = scene_id
+    item.properties["title"] = f"LST of scene {scene_id} on tile {tile}"
     _set_projection(item, grid)
-    _set_grid_code(item, grid)
+    _set_grid_code(item, tile)
     item_dir = stac_dir / LST_COLLECTION / item.id
     asset = pystac.Asset(href=_rel(store, item_dir), media_type=_ZARR, roles=["data"],
-                         title=f"LST store of grid {grid.name} (time step of this item)")
+                         title=f"LST store of tile {tile}: all time steps; this item's is time={_stamp(when)} "
+                               "(the collection's asset opens it with xpystac; 'sftl export' writes COGs per step)")
     item.add_asset("lst", asset)
     _set_bands(asset, variables, grid)
     if product is not None:
@@ -256,7 +277,7 @@ def _lst_item(attrs: Mapping[str, Any], grid: GeoBox, when: Any, scene_id: str, 
     return item
 
 
-def _scene_sources(store: str) -> dict[str, tuple[str, str]]:
+def scene_sources(store: str) -> dict[str, tuple[str, str]]:
     """Scene id -> (product path, checksum) of a scene-cube store; empty if it cannot be read."""
     try:
         _, slots = read_slots(store)
@@ -266,6 +287,72 @@ def _scene_sources(store: str) -> dict[str, tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------------- shared
+def tile_name(store: str | os.PathLike[str]) -> str:
+    """The tile name a store uses: its folder name without ``.zarr`` (``50N_134_009``)."""
+    return Path(store).name.removesuffix(".zarr")
+
+
+def item_id(scene_id: str, tile: str) -> str:
+    """The id of a scene's Item on one tile: ``<scene id>_<tile name>`` (a scene covers several tiles)."""
+    return f"{scene_id}_{tile}"
+
+
+def store_asset(store: Path, variables: Mapping[str, Mapping[str, Any]], collection_dir: Path, *, product: str,
+                ds: xr.Dataset | None = None) -> Any:
+    """A tile store as a Collection-level asset the Pangeo way (what ``xpystac`` opens).
+
+    It carries ``xarray:open_kwargs`` (xarray-assets extension), ``cube:dimensions``/``cube:variables``
+    (datacube extension: x/y in m of the store's CRS, time in UTC), ``proj:*`` and ``raster:bands``.
+
+    Parameters
+    ----------
+    store : Path
+        The tile store.
+    variables : mapping
+        Raster variable name -> attributes with ``dtype`` (and ``units``, ``long_name``).
+    collection_dir : Path
+        Folder of the Collection's file (hrefs are relative to it).
+    product : str
+        What the store holds, for the title ("LST", "scene cube").
+    ds : xarray.Dataset, optional
+        The store opened (else it is opened here, metadata and time only).
+    """
+    own = ds is None
+    ds = xr.open_zarr(store, consolidated=True, chunks=None) if ds is None else ds
+    grid, _ = store_geometry(ds.attrs)
+    times = pd.DatetimeIndex(ds["time"].values)
+    if own:
+        ds.close()
+    tile = tile_name(store)
+    asset = pystac.Asset(href=_rel(store, collection_dir), media_type=_ZARR, roles=["data"],
+                         title=f"{product} store of tile {tile} ({len(times)} time steps)")
+    XarrayAssetsExtension.ext(asset).open_kwargs = dict(_OPEN_KWARGS)  # declared by the Collection (no owner yet)
+    left, bottom, right, top = grid.bounds
+    epsg = int(grid.crs.split(":")[-1])
+    span = [_stamp(times.min()), _stamp(times.max())] if len(times) else [None, None]
+    cube = DatacubeExtension.ext(asset)
+    cube.dimensions = {
+        "x": Dimension.from_dict({"type": "spatial", "axis": "x", "extent": [left, right],
+                                  "step": float(grid.transform[0]), "reference_system": epsg}),
+        "y": Dimension.from_dict({"type": "spatial", "axis": "y", "extent": [bottom, top],
+                                  "step": float(grid.transform[4]), "reference_system": epsg}),
+        "time": Dimension.from_dict({"type": "temporal", "extent": span})}
+    cube.variables = {name: Variable.from_dict({
+        "dimensions": ["time", "y", "x"], "type": "data",
+        **({"unit": str(spec["units"])} if spec.get("units") not in (None, "1") else {}),
+        **({"description": str(spec["long_name"])} if spec.get("long_name") else {})})
+        for name, spec in variables.items()}
+    _set_projection(asset, grid)
+    _set_bands(asset, variables, grid)
+    return asset
+
+
+def _stamp(when: Any) -> str:
+    """A UTC time as ISO 8601 to the second, ``Z`` suffixed."""
+    t = pd.Timestamp(when)
+    return (t.tz_convert(None) if t.tzinfo else t).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _item(item_id: str, ring: list[tuple[float, float]], when: Any) -> Any:
 
     lons, lats = [p[0] for p in ring], [p[1] for p in ring]
@@ -298,16 +385,16 @@ def _ccw(ring: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
 
 def _set_projection(obj: Any, grid: GeoBox) -> None:
 
-    proj = ProjectionExtension.ext(obj, add_if_missing=True)
+    proj = ProjectionExtension.ext(obj, add_if_missing=getattr(obj, "owner", True) is not None)
     proj.code = grid.crs
     proj.shape = [grid.height, grid.width]
     proj.transform = [float(v) for v in grid.transform]
     proj.bbox = [float(v) for v in grid.bounds]
 
 
-def _set_grid_code(item: Any, grid: GeoBox) -> None:
+def _set_grid_code(item: Any, tile: str) -> None:
 
-    GridExtension.ext(item, add_if_missing=True).code = f"SFTL-{grid.name}"
+    GridExtension.ext(item, add_if_missing=True).code = f"SFTL-{tile}"
 
 
 def _set_bands(asset: Any, variables: Mapping[str, Mapping[str, Any]], grid: GeoBox) -> None:
@@ -322,7 +409,7 @@ def _set_bands(asset: Any, variables: Mapping[str, Mapping[str, Any]], grid: Geo
         if spec.get("long_name"):
             band.properties["description"] = str(spec["long_name"])
         bands.append(band)
-    RasterExtension.ext(asset, add_if_missing=True).bands = bands
+    RasterExtension.ext(asset, add_if_missing=asset.owner is not None).bands = bands
 
 
 def _set_processing(item: Any, *, lineage: str, level: str | None = None) -> None:
@@ -371,7 +458,8 @@ def _read_items(stac_dir: Path) -> list[Any]:
     return list(pystac.Catalog.from_file(str(cat)).get_items(recursive=True))
 
 
-def _save(stac_dir: Path, items: Iterable[Any], *, collection_id: str, title: str, description: str) -> Path:
+def _save(stac_dir: Path, items: Iterable[Any], *, collection_id: str, title: str, description: str,
+          assets: Mapping[str, Any] | None = None) -> Path:
     """Write ``catalog.json`` -> the Collection -> Items under ``stac_dir``, replacing it once complete.
 
     Without Items the catalog is written empty (a Collection needs an extent).
@@ -385,6 +473,10 @@ def _save(stac_dir: Path, items: Iterable[Any], *, collection_id: str, title: st
             collection = pystac.Collection(id=collection_id, title=title, description=description,
                                            extent=_extent(items), license="other")
             catalog.add_child(collection)
+            for key, asset in (assets or {}).items():  # hrefs relative to the collection's file
+                collection.add_asset(key, asset)
+            if assets:
+                _declare_asset_extensions(collection)
             for item in items:
                 for rel in ("root", "parent", "collection", "self"):
                     item.clear_links(rel)
@@ -396,3 +488,80 @@ def _save(stac_dir: Path, items: Iterable[Any], *, collection_id: str, title: st
         catalog.normalize_hrefs(str(tmp / "catalog.json"))  # a file href: the folder's name has a dot
         catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     return stac_dir / "catalog.json"
+
+
+def _declare_asset_extensions(collection: Any) -> None:
+    """Declare the extensions of the Collection's assets' prefixed fields (and only those)."""
+    uris = {"xarray": XarrayAssetsExtension.get_schema_uri(), "cube": DatacubeExtension.get_schema_uri(),
+            "proj": ProjectionExtension.get_schema_uri(), "raster": RasterExtension.get_schema_uri()}
+    used = {k.split(":")[0] for a in collection.assets.values() for k in a.extra_fields if ":" in k}
+    collection.stac_extensions = sorted({*collection.stac_extensions, *(uris[p] for p in used if p in uris)})
+
+
+# ---------------------------------------------------------------------------------------------------- COG exports
+def write_cog_stac(out_dir: str | os.PathLike[str], items: Sequence[Mapping[str, Any]],
+                   lst_stac: str | os.PathLike[str] | None = None) -> Path:
+    """Write the STAC catalog of a COG export (``sftl export``): one Item per scene and tile.
+
+    Each Item has one COG asset per variable (``lst``, ``lst_uncertainty``, ``qc``) with ``raster:bands``
+    (data type, nodata, unit, resolution), ``file:checksum`` (sha2-256 multihash of the COG) and ``file:size``;
+    ``proj:*`` of the tile grid on the Item; the source delivery as a ``source`` asset (with its checksum) and a
+    ``via`` link; a ``derived_from`` link to the LST Item of the same scene and tile where ``lst_stac`` has it.
+    What ``odc.stac.load`` and ``stackstac.stack`` need to place the COGs on their grid.
+
+    Parameters
+    ----------
+    out_dir : path
+        The export folder; the catalog goes to ``<out_dir>/stac`` (replaced as a whole once complete).
+    items : sequence of mapping
+        Per Item: ``scene_id``, ``tile``, ``time``, ``grid`` (:class:`~sftl_dask.geo.GeoBox`), ``model`` (text),
+        ``product`` (path of the source delivery, or None), ``product_checksum`` (its sha256), and ``cogs``:
+        variable -> mapping with ``path`` (the COG), ``sha256``, ``size`` (bytes), ``dtype``, ``nodata`` and the
+        variable's attributes (``units``, ``long_name``).
+    lst_stac : path, optional
+        The LST cube's ``catalog.json``.
+
+    Returns
+    -------
+    Path
+        The root ``catalog.json``.
+    """
+    stac_dir = Path(out_dir) / "stac"
+    lst_items = Path(lst_stac).parent / LST_COLLECTION if lst_stac is not None else None
+    made = [_cog_item(spec, stac_dir, lst_items) for spec in items]
+    return _save(stac_dir, made, collection_id=COG_COLLECTION, title="sftl-dask LST per scene (COG)",
+                 description="Land surface temperature (K), its uncertainty (K) and QC bit flags from GF5-02 VIMI by "
+                             "SFTL, one Cloud-Optimized GeoTIFF per scene, tile and variable on the LST cube's grid")
+
+
+def _cog_item(spec: Mapping[str, Any], stac_dir: Path, lst_items: Path | None) -> Any:
+
+    grid: GeoBox = spec["grid"]
+    scene_id, tile = str(spec["scene_id"]), str(spec["tile"])
+    item = _item(item_id(scene_id, tile), _footprint(grid), spec["time"])
+    item.properties["title"] = f"LST of scene {scene_id} on tile {tile}"
+    item.properties["sftl_scene_id"] = scene_id
+    _set_projection(item, grid)
+    _set_grid_code(item, tile)
+    item_dir = stac_dir / COG_COLLECTION / item.id
+    for name, cog in spec["cogs"].items():
+        asset = pystac.Asset(href=_rel(Path(cog["path"]), item_dir), media_type=pystac.MediaType.COG,
+                             roles=["data"], title=str(cog.get("long_name") or name))
+        item.add_asset(name, asset)
+        _set_bands(asset, {name: cog}, grid)
+        if cog.get("nodata") is not None:  # integer flags; float bands have nodata NaN already
+            RasterExtension.ext(asset).bands[0].nodata = int(cog["nodata"])
+        ext = FileExtension.ext(asset, add_if_missing=True)
+        ext.checksum, ext.size = "1220" + str(cog["sha256"]), int(cog["size"])
+    if spec.get("product"):
+        product = Path(spec["product"])
+        _add_file_asset(item, "source", product, str(spec.get("product_checksum") or ""), item_dir,
+                        title="VIMI L1 delivery the LST was retrieved from")
+        item.add_link(pystac.Link("via", _rel(product, item_dir), title=f"source delivery {product.name}"))
+    lst_json = lst_items / item.id / f"{item.id}.json" if lst_items is not None else None
+    if lst_json is not None and lst_json.is_file():
+        item.add_link(pystac.Link("derived_from", _rel(lst_json, item_dir), media_type="application/json",
+                                  title=f"LST Zarr Item of scene {scene_id} on tile {tile}"))
+    _set_processing(item, level="L2", lineage=f"LST retrieved from scene {scene_id} by a {spec['model']}; "
+                                              "exported from the LST cube's tile store as COGs")
+    return item
