@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import rioxarray  # noqa: F401  (registers .rio)
-import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask import plotting
 from sftl_dask.cluster import run_tasks
 from sftl_dask.io.insitu import read_sites
-from sftl_dask.io.location import Location, exists, is_url, location, zarr_store
+from sftl_dask.io.location import Location, exists, is_url, location
 from sftl_dask.io.lst import LST_OK_VAR, QC_FLAGS, lst_stores
+from sftl_dask.io.stores import open_store
 from sftl_dask.matchups import (
     CLOUD_NEIGHBOURHOOD_PX,
     MAX_STD_K,
@@ -158,7 +158,7 @@ def metrics_table(matchups: pd.DataFrame) -> pd.DataFrame:
 
 def _open_store(path: Location) -> Any:
     try:
-        return xr.open_zarr(zarr_store(path), decode_coords="all")
+        return open_store(path)
     except (OSError, KeyError, ValueError) as exc:  # zarr's errors are ValueErrors: the store does not open
         raise ValidateError(f"{path}: not a readable LST store ({type(exc).__name__}: {exc})") from None
 
@@ -296,7 +296,7 @@ def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int,
     """The series of some pixels of an LST store (a task): ``lst``, ``lst_uncertainty`` (K) and ``vza`` (deg)
     at each pixel and ``qc`` over its neighbourhood, at the time steps ``order``. The store is opened lazily
     indexed (CF-decoded, no Dask): a selection reads only the chunks it needs."""
-    ds = xr.open_zarr(zarr_store(path), chunks=None)
+    ds = open_store(path, chunks=None)
     names = [v for v in ("lst", "lst_uncertainty", "vza") if v in ds.data_vars]
     out = []
     for r, c in pixels:
