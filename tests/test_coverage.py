@@ -185,3 +185,21 @@ def test_composites_equal_the_accessor_and_a_new_month_recomputes_only_that_mont
         assert bool(b[COMPOSITE_OK_VAR].all())
         for v in ("lst", "lst_uncertainty", "n_obs"):
             np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=f"{name} {v}")
+
+
+def test_validation_reads_only_steps_with_data_and_finds_the_same_matchups(lst, small_testbed, tmp_path):
+    import pandas as pd
+
+    from sftl_dask.validate import validate
+
+    tb = small_testbed
+    old = tmp_path / "lst_old"
+    shutil.copytree(lst[0], old)
+    _drop_index(old)
+    a = validate(lst[0], tb / "insitu", tb / "sites.csv", tmp_path / "val")
+    b = validate(old, tb / "insitu", tb / "sites.csv", tmp_path / "val_old")
+    ma = pd.read_parquet(tmp_path / "val" / "matchups.parquet").drop(columns="grid")
+    mb = pd.read_parquet(tmp_path / "val_old" / "matchups.parquet").drop(columns="grid")
+    pd.testing.assert_frame_equal(ma, mb)
+    assert a["n_usable"] == b["n_usable"] > 0
+    assert (ma["reason"] == "no coverage").sum() > 0  # steps the index let validation skip reading

@@ -119,7 +119,9 @@ _TIME_ATTRS = {"standard_name": "time", "axis": "T", "long_name": "scene centre 
 def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tuple[GeoBox, list[dict[str, Any]]]:
     """The grid of a store and its time slots (index, scene_id, source, checksum, ``ok_var``, time, and
     ``calibration_source`` / ``dem`` where the store records them, :data:`PROVENANCE_VARS`)."""
-    ds = xr.open_zarr(zarr_store(store), consolidated=True, chunks=None)  # numpy: no Dask graph for small arrays
+    # numpy, no Dask graph for small arrays; unmasked: valid_px keeps its -1 (not recorded)
+    ds = xr.open_zarr(zarr_store(store), consolidated=True, chunks=None, mask_and_scale=False,
+                      drop_variables=[COVERAGE_VAR])
     grid, _ = store_geometry(ds.attrs)
     slots = [
         {"index": i, "scene_id": str(s), "source": str(src), "checksum": str(ck), ok_var: bool(ok),
@@ -194,8 +196,11 @@ def _encoding(ds: xr.Dataset, variables: Mapping[str, Any], ok_var: str) -> dict
     for k in ("scene_id", "source", *(v for v in PROVENANCE_VARS if v in ds)):
         enc[k] = {"chunks": (max(1, ds.sizes["time"]),)}
     enc["checksum"] = {"chunks": (1,)}
+    # "not recorded" (-1) must be the Zarr fill: the template's values are never written (compute=False)
     if COVERAGE_VAR in ds:
-        enc[COVERAGE_VAR] = {"chunks": (1, *ds[COVERAGE_VAR].shape[1:])}
+        enc[COVERAGE_VAR] = {"chunks": (1, *ds[COVERAGE_VAR].shape[1:]), "_FillValue": np.int32(-1)}
+    if VALID_PX_VAR in ds:
+        enc[VALID_PX_VAR] = {"_FillValue": np.int64(-1)}
     enc[ok_var] = {"chunks": (1,)}
     return enc
 

@@ -240,10 +240,11 @@ def open_store(store: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
 
     ``xr.open_zarr`` with consolidated metadata and the CRS as a coordinate, ``qc`` kept as integer bit flags
     (not CF-masked where it holds its fill, ``not_covered``), and the chunk-coverage index (:data:`COVERAGE_VAR`)
-    left out. ``kwargs`` go to ``xr.open_zarr`` (``chunks=None`` for lazily indexed numpy).
+    left out. ``kwargs`` go to ``xr.open_zarr`` and override these (``chunks=None`` for lazily indexed numpy).
     """
-    return xr.open_zarr(zarr_store(store), consolidated=True, decode_coords="all", mask_and_scale=_UNMASKED,
-                        drop_variables=[COVERAGE_VAR], **kwargs)
+    opts = {"consolidated": True, "decode_coords": "all", "mask_and_scale": _UNMASKED,
+            "drop_variables": [COVERAGE_VAR], **kwargs}
+    return xr.open_zarr(zarr_store(store), **opts)
 
 
 def _open_store(store: Location) -> xr.Dataset:
