@@ -45,9 +45,9 @@ from sftl_dask import plotting
 from sftl_dask.geo import pixel_index
 from sftl_dask.io.export import to_cog, to_netcdf
 from sftl_dask.io.insitu import read_sites
-from sftl_dask.io.location import Location, zarr_store
+from sftl_dask.io.location import Location
 from sftl_dask.io.lst import LST_OK_VAR
-from sftl_dask.io.stores import CubeRoot, mosaic
+from sftl_dask.io.stores import CubeRoot, mosaic, open_store
 from sftl_dask.rechunk import timeseries_copy
 
 __all__ = ["SftlAccessor", "locate", "open_lst"]
@@ -117,7 +117,7 @@ def open_lst(path: str | os.PathLike[str], grid: str | tuple[float, float] | Non
         picked = root.zone(zone, ways="name one (zone=), a tile (grid=) or give a (lon, lat)")
         if len(picked) > 1:
             for st in picked.values():
-                _check_lst(xr.open_zarr(zarr_store(st), consolidated=True), str(st))
+                _check_lst(open_store(st), str(st))
             return mosaic(picked, ok_var=LST_OK_VAR, complete_only=complete_only)
         store = next(iter(picked.values()))
     elif isinstance(grid, str):
@@ -138,7 +138,7 @@ def open_lst(path: str | os.PathLike[str], grid: str | tuple[float, float] | Non
 
 
 def _open_store(store: Location) -> xr.Dataset:
-    ds = xr.open_zarr(zarr_store(store), consolidated=True, decode_coords="all")
+    ds = open_store(store)
     _check_lst(ds, str(store))
     return ds
 
@@ -390,7 +390,7 @@ class SftlAccessor:
             copy = timeseries_copy(store)
             if copy is not None:
                 if self._ts is None or self._ts[0] != copy:
-                    self._ts = (copy, xr.open_zarr(copy, consolidated=True, decode_coords="all"))
+                    self._ts = (copy, open_store(copy))
                 ts = self._ts[1]
                 if np.isin(times, ts["time"].values).all():
                     return ts, times

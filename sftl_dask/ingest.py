@@ -222,20 +222,21 @@ def _write_scene_tiles(scene: _Scene, targets: list[TileTarget], geds: list[dict
     Raises ValueError if no pixel of the scene lands in its tiles.
     """
     written, covered_px, cloud_px = 0, 0, 0
-    per_tile = []
+    per_tile: list[tuple[int, np.ndarray | int]] = []
     for target, ged in zip(targets, geds, strict=True):
         counts = _write_tile_part(scene, target, ged)
-        per_tile.append(0 if counts is None else counts[0])
+        per_tile.append((0, 0) if counts is None else (counts[0], counts[2]))
         if counts is not None:
             written += 1
             covered_px += counts[0]
             cloud_px += counts[1]
     if not covered_px:
         raise ValueError("the scene does not overlap its tiles")
-    # Only now, with every tile written, do the scene's slots count as complete. Slots of tiles that only
-    # no-data pixels touched are marked too (they hold fill, valid_px 0: retrieval skips them).
-    for t, n in zip(targets, per_tile, strict=True):
-        mark_slot(t.store, t.index, "ingest_ok", checksum=scene.checksum, valid_px=n)
+    # Only now, with every tile written, do the scene's slots count as complete, with their chunk-coverage index.
+    # Slots of tiles that only no-data pixels touched are marked too (they hold fill, valid_px 0 and an index of
+    # zeros: retrieval plans nothing there).
+    for t, (n, coverage) in zip(targets, per_tile, strict=True):
+        mark_slot(t.store, t.index, "ingest_ok", checksum=scene.checksum, valid_px=n, coverage=coverage)
     return {"status": "ingested", "covered_px": covered_px, "tiles_written": written,
             "cloud_fraction": round(cloud_px / covered_px, 4)}
 
@@ -343,8 +344,10 @@ class _Scene:
     warp: _Warp | None = None
 
 
-def _write_tile_part(scene: _Scene, target: TileTarget, ged: dict[str, Any]) -> tuple[int, int] | None:
-    """Write the part of one tile a scene covers (slot not marked); its (covered, cloud) pixel counts.
+def _write_tile_part(scene: _Scene, target: TileTarget, ged: dict[str, Any]
+                     ) -> tuple[int, int, np.ndarray] | None:
+    """Write the part of one tile a scene covers (slot not marked); its (covered, cloud) pixel counts and its
+    chunk-coverage index.
 
     None when the scene's footprint misses the tile, or only no-data pixels of the product fall in it.
     """
@@ -378,9 +381,9 @@ def _write_tile_part(scene: _Scene, target: TileTarget, ged: dict[str, Any]) -> 
     data = {**{k: vals[k] for k in THERMAL_NAMES}, "vza": vals["vza"], "ndvi": vals["ndvi"], "wvc": wvc,
             **{n.replace("bt_", "emis_"): emis[i] for i, n in enumerate(THERMAL_NAMES)},
             "cloud": cloud.astype(np.uint8), "ancillary_missing": missing.astype(np.uint8)}
-    write_scene(target.store, target.index, {k: data[k] for k in CUBE_VARIABLES}, scene.checksum, window=window,
-                mark=False)
-    return int(covered.sum()), int(cloud.sum())
+    coverage = write_scene(target.store, target.index, {k: data[k] for k in CUBE_VARIABLES}, scene.checksum,
+                           window=window, mark=False)
+    return int(covered.sum()), int(cloud.sum()), coverage
 
 
 def _resample(own: dict[str, np.ndarray], sgrid: GeoBox, wgrid: GeoBox) -> dict[str, np.ndarray]:

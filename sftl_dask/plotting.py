@@ -130,7 +130,8 @@ def composite_figure(composite: xr.Dataset, step: int, title: str, path: Path) -
     lst_map(composite["lst"].isel(time=step), var="lst", ax=ax[0])
     month = np.datetime_as_string(composite["time"].values[step], unit="M")
     ax[0].set_title(f"{title}: median LST of good pixels, {month}")
-    lst_map(composite["count"].isel(time=step), var="count", ax=ax[1], cmap="Blues")
+    n = "n_obs" if "n_obs" in composite else "count"  # a composite store's n_obs; the accessor's composite's count
+    lst_map(composite[n].isel(time=step), var=n, ax=ax[1], cmap="Blues")
     ax[1].set_title("good scenes per pixel")
     fig.savefig(path, dpi=100)
     plt.close(fig)

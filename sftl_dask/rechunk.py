@@ -56,7 +56,7 @@ from dask.utils import parse_bytes
 from distributed import as_completed
 
 from sftl_dask.cluster import run_tasks
-from sftl_dask.io.cube import read_slots
+from sftl_dask.io.cube import COVERAGE_VAR, read_coverage, read_slots
 from sftl_dask.io.location import is_url
 from sftl_dask.io.lst import LST_OK_VAR
 from sftl_dask.io.stores import CubeRoot, is_timeseries_copy, timeseries_attrs, timeseries_marker
@@ -271,6 +271,7 @@ def _plan_store(src: Path, dst: Path, tile: int, mem: int) -> dict[str, Any]:
     if not steps:
         raise _NothingDone(f"{src}: no completed time step ({LST_OK_VAR}) to copy")
     n_t = len(steps)
+    index = read_coverage(src) if meta.pop(COVERAGE_VAR, None) is not None else None  # planning data: not copied
     cubes, series, other = [], [], []
     for name, m in meta.items():
         dims = m["zattrs"].get("_ARRAY_DIMENSIONS", [])
@@ -299,7 +300,25 @@ def _plan_store(src: Path, dst: Path, tile: int, mem: int) -> dict[str, Any]:
         raise RechunkError(f"max_mem {mem:,} B is below one source block ({by} x {bx} px x {widest} B)")
     return {"src": src, "dst": dst, "steps": steps, "attrs": attrs, "meta": meta, "cubes": cubes,
             "series": series, "other": other, "shape": (n_t, ny, nx), "tile": (ty, tx), "block": (by, bx),
-            "band": {c: min(band[c], n_t) for c in cubes}, "digest": _digest(steps, attrs)}
+            "band": {c: min(band[c], n_t) for c in cubes}, "digest": _digest(steps, attrs),
+            "data_blocks": _data_blocks(index, steps, (cy, cx), (by, bx))}
+
+
+def _data_blocks(index: np.ndarray | None, steps: Sequence[Mapping[str, Any]], chunk: tuple[int, int],
+                 block: tuple[int, int]) -> set[tuple[int, int]] | None:
+    """Origins (row, column; px) of the copy's task blocks where some completed step holds data, from the store's
+    chunk-coverage index; None (every block) for a store without one or with a step it did not record.
+
+    A block left out is never written in the copy and reads as its fill (not covered), as in the source.
+    """
+    if index is None:
+        return None
+    rows = index[[int(s["index"]) for s in steps]]
+    if (rows < 0).any():
+        return None
+    held = rows.sum(axis=0) > 0
+    (cy, cx), (by, bx) = chunk, block
+    return {(r * cy // by * by, c * cx // bx * bx) for r, c in zip(*np.nonzero(held), strict=True)}
 
 
 def check_rechunk(lst: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, tile: int = TILE,
@@ -406,13 +425,19 @@ def _jobs(plan: Mapping[str, Any], dst: Path, scratch: Path | None) -> tuple[lis
     order = tuple(int(s["index"]) for s in plan["steps"])
     first: list[_Copy] = []
     second: list[_Copy] = []
+    keep = plan["data_blocks"]
+
+    def blocks(ey: int, ex: int) -> list[tuple[int, int]]:
+        """Block origins with edges (ey, ex) that hold data (all of them without an index)."""
+        return [(y0, x0) for y0 in range(0, ny, ey) for x0 in range(0, nx, ex)
+                if keep is None or (y0 // by * by, x0 // bx * bx) in keep]
+
     for name in plan["cubes"]:
         band = plan["band"][name]
         target = str(dst / name)
         if band >= n_t:  # a block's whole series fits in max_mem: straight to the copy
-            for y0 in range(0, ny, by):
-                for x0 in range(0, nx, bx):
-                    first.append(_Copy(str(src / name), target, order, 0, (y0, min(y0 + by, ny), x0, min(x0 + bx, nx))))
+            for y0, x0 in blocks(by, bx):
+                first.append(_Copy(str(src / name), target, order, 0, (y0, min(y0 + by, ny), x0, min(x0 + bx, nx))))
             continue
         assert scratch is not None
         m = plan["meta"][name]["zarray"]
@@ -421,14 +446,11 @@ def _jobs(plan: Mapping[str, Any], dst: Path, scratch: Path | None) -> tuple[lis
         zarr.create_array(str(inter), shape=(n_t, ny, nx), chunks=(band, ty, tx), dtype=np.dtype(m["dtype"]),
                           fill_value=src_arr.fill_value, compressors=src_arr.compressors, zarr_format=2)
         for t0 in range(0, n_t, band):
-            for y0 in range(0, ny, by):
-                for x0 in range(0, nx, bx):
-                    first.append(_Copy(str(src / name), str(inter), order[t0:t0 + band], t0,
-                                       (y0, min(y0 + by, ny), x0, min(x0 + bx, nx))))
-        for y0 in range(0, ny, ty):
-            for x0 in range(0, nx, tx):
-                second.append(_Copy(str(inter), target, tuple(range(n_t)), 0,
-                                    (y0, min(y0 + ty, ny), x0, min(x0 + tx, nx))))
+            for y0, x0 in blocks(by, bx):
+                first.append(_Copy(str(src / name), str(inter), order[t0:t0 + band], t0,
+                                   (y0, min(y0 + by, ny), x0, min(x0 + bx, nx))))
+        for y0, x0 in blocks(ty, tx):
+            second.append(_Copy(str(inter), target, tuple(range(n_t)), 0, (y0, min(y0 + ty, ny), x0, min(x0 + tx, nx))))
     return first, second
 
 

@@ -42,9 +42,13 @@ from sftl_dask.features import RANGE_GROUPS, REQUIRED_INPUTS, compute_features, 
 from sftl_dask.geo import GeoBox, TileScheme, store_geometry
 from sftl_dask.io.cube import (
     CHUNK,
+    COVERAGE_VAR,
     VALID_PX_VAR,
+    CoverageError,
     append_slots,
+    check_coverage,
     mark_slot,
+    read_coverage,
     read_slots,
     write_block,
     write_log,
@@ -370,7 +374,10 @@ def _units_match(expected: str, got: Any) -> bool:
 
 
 def _check_cube(store: Location, need: Sequence[str]) -> tuple[GeoBox, list[dict[str, Any]], tuple[int, int]]:
-    """The grid, complete slots and chunking of a scene-cube store; refuses one the model cannot use."""
+    """The grid, complete slots and chunking of a scene-cube store; refuses one the model cannot use.
+
+    Each slot carries its row of the chunk-coverage index (``coverage``: valid pixels per chunk; None in stores
+    written before the index, whose chunks are then all retrieved)."""
     try:
         grid, slots = read_slots(store)
     except (KeyError, ValueError, OSError) as exc:
@@ -385,9 +392,13 @@ def _check_cube(store: Location, need: Sequence[str]) -> tuple[GeoBox, list[dict
         if unit is not None and not _units_match(unit, got):
             raise RetrieveError(f"{store}: {v} is in {got!r}, the model's features take {unit!r}")
     _, cy, cx = group["bt_10_80"].chunks if "bt_10_80" in names else group["vza"].chunks
+    index = read_coverage(store)
+    for s in slots:
+        s["coverage"] = None if index is None or (index[s["index"]] < 0).any() else index[s["index"]]
     # a slot whose scene wrote no valid pixel here (only its footprint's no-data part touched the tile) has
     # nothing to retrieve: no LST time step for it (VALID_PX_VAR; -1 or absent in older stores: retrieved)
-    return grid, [s for s in slots if s["ingest_ok"] and s.get(VALID_PX_VAR, -1) != 0], (cy, cx)
+    return grid, [s for s in slots if s["ingest_ok"] and s.get(VALID_PX_VAR, -1) != 0
+                  and (s["coverage"] is None or s["coverage"].any())], (cy, cx)
 
 
 def _pairs(cube: Location, out: Location) -> list[tuple[Location, Location]]:
@@ -567,7 +578,7 @@ def retrieve(
         t_tasks = time.perf_counter()
         results, errors = _execute(ref, jobs, client, route_res, threads, progress)
         t_tasks = time.perf_counter() - t_tasks
-        failed, retrieved = _mark_complete(plans, jobs, slot_of, errors)
+        failed, retrieved = _mark_complete(plans, jobs, slot_of, errors, results)
         summary = _summary(plans, jobs, results, failed, retrieved, time.perf_counter() - t_start, t_tasks,
                            route_res, info)
         _record_run(out, plans, summary, retriever.digest, history, command)
@@ -623,12 +634,18 @@ def _chunk_jobs(plans: list[dict[str, Any]], retriever: Retriever, info: Mapping
             remove(dst)
             plan["action"] = "new"
         t_out = plan["slots"] = _lst_slots(dst, plan, retriever, info, ident, history)
+        # an LST store with the index reads its chunks never written as not covered: only chunks holding data are
+        # planned. One written before the index existed (qc without that fill) has every chunk written, as then.
+        plan["indexed"] = COVERAGE_VAR in zarr.open_group(zarr_store(dst), mode="r")
         grid: GeoBox = plan["grid"]
         cy, cx = plan["chunks"]
         around = _neighbours(plan, by_tile)
         for s, t in zip(plan["todo"], t_out, strict=True):
+            cover = s["coverage"] if plan["indexed"] else None
             for y0 in range(0, grid.height, cy):
                 for x0 in range(0, grid.width, cx):
+                    if cover is not None and not cover[y0 // cy, x0 // cx]:
+                        continue  # the scene wrote nothing there: the chunk stays fill (not covered)
                     window = (y0, min(y0 + cy, grid.height), x0, min(x0 + cx, grid.width))
                     jobs.append(_Job(str(plan["cube"]), str(dst), int(s["index"]), int(t), window,
                                      (grid.height, grid.width), inputs, run, (cy, cx),
@@ -638,11 +655,13 @@ def _chunk_jobs(plans: list[dict[str, Any]], retriever: Retriever, info: Mapping
 
 
 def _mark_complete(plans: list[dict[str, Any]], jobs: Sequence[_Job], slot_of: Sequence[tuple[int, int]],
-                   errors: Mapping[int, str]) -> tuple[list[dict[str, Any]], int]:
+                   errors: Mapping[int, str], results: Sequence[Mapping[str, Any]]
+                   ) -> tuple[list[dict[str, Any]], int]:
     """Mark the time steps all of whose chunks were written; the failed steps (with a reason) and the count done."""
     failed_chunks: dict[tuple[int, int], list[str]] = {}
     for j, err in errors.items():
         failed_chunks.setdefault(slot_of[j], []).append(f"chunk {jobs[j].window}: {err}")
+    observed = _observed_per_chunk(plans, jobs, slot_of, results)
     failed, retrieved = [], 0
     for i, plan in enumerate(plans):
         if not plan["todo"]:
@@ -656,9 +675,29 @@ def _mark_complete(plans: list[dict[str, Any]], jobs: Sequence[_Job], slot_of: S
             else:
                 done_t.append(t)
                 done_sum.append(s["checksum"])
-        mark_slot(plan["out"], done_t, LST_OK_VAR, checksum=done_sum)
+        cover = np.stack([observed[(i, t)] for t in done_t]) if done_t and plan["indexed"] else None
+        mark_slot(plan["out"], done_t, LST_OK_VAR, checksum=done_sum, coverage=cover)
         retrieved += len(done_t)
     return failed, retrieved
+
+
+def _observed_per_chunk(plans: Sequence[Mapping[str, Any]], jobs: Sequence[_Job],
+                        slot_of: Sequence[tuple[int, int]], results: Sequence[Mapping[str, Any]]
+                        ) -> dict[tuple[int, int], NDArray[np.int32]]:
+    """The LST stores' chunk-coverage index of this run's steps: observed pixels (produced or not) per chunk."""
+    out: dict[tuple[int, int], NDArray[np.int32]] = {}
+    for r in results:
+        j = r["job"]
+        i, t = slot_of[j]
+        cy, cx = plans[i]["chunks"]
+        grid: GeoBox = plans[i]["grid"]
+        cover = out.setdefault((i, t), np.zeros((-(-grid.height // cy), -(-grid.width // cx)), dtype=np.int32))
+        cover[jobs[j].window[0] // cy, jobs[j].window[2] // cx] = r["pixels"] - r["not_covered"]
+    for (i, t) in {(i, t) for i, t in slot_of}:
+        cy, cx = plans[i]["chunks"]
+        out.setdefault((i, t), np.zeros((-(-plans[i]["grid"].height // cy), -(-plans[i]["grid"].width // cx)),
+                                        dtype=np.int32))
+    return out
 
 
 def _neighbours(plan: Mapping[str, Any], by_tile: Mapping[str, Mapping[str, Any]]
@@ -730,9 +769,23 @@ def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str 
             _, lst_slots = read_slots(dst, LST_OK_VAR)
             done = {s["scene_id"] for s in lst_slots if s[LST_OK_VAR]}
         todo = sorted((s for s in slots if s["scene_id"] not in done), key=lambda s: s["time"])
+        _check_index(src, todo)
         plans.append({"cube": src, "out": dst, "grid": grid, "chunks": chunks, "action": action, "todo": todo,
                       "skipped": len(slots) - len(todo), "index_of": {s["scene_id"]: s["index"] for s in slots}})
     return retriever, plans, ident
+
+
+def _check_index(store: Location, todo: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse a scene cube whose chunk-coverage index disagrees with its data at a step to retrieve: planning from
+    it would skip data, or count chunks that are not there. Lists the chunk keys of ``bt_10_80``, reads no data."""
+    steps = {int(s["index"]): s["scene_id"] for s in todo if s["coverage"] is not None}
+    index = read_coverage(store) if steps else None
+    if index is None:
+        return
+    try:
+        check_coverage(store, index, sorted(steps), "bt_10_80")
+    except CoverageError as exc:
+        raise RetrieveError(f"{exc} (scene {steps.get(exc.step, '?')})") from None
 
 
 def _lst_slots(dst: Location, plan: Mapping[str, Any], retriever: Retriever, info: Mapping[str, str],
@@ -807,7 +860,7 @@ def _collect(exc: BaseException | None, fut: Any, j: int, results: list[dict[str
              errors: dict[int, str]) -> None:
     if exc is None:
         res = fut.result()
-        results.append(res[0] if isinstance(res, np.ndarray) else res)
+        results.append({**(res[0] if isinstance(res, np.ndarray) else res), "job": j})
         return
     if isinstance(exc, OSError | ValueError | RuntimeError | MemoryError):  # I/O, data, torch (CUDA OOM) failures
         errors[j] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

@@ -32,14 +32,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import rioxarray  # noqa: F401  (registers .rio)
-import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask import plotting
 from sftl_dask.cluster import run_tasks
+from sftl_dask.io.cube import read_coverage
 from sftl_dask.io.insitu import read_sites
-from sftl_dask.io.location import Location, exists, is_url, location, zarr_store
-from sftl_dask.io.lst import LST_OK_VAR, QC_FLAGS, lst_stores
+from sftl_dask.io.location import Location, exists, is_url, location
+from sftl_dask.io.lst import LST_OK_VAR, QC_FILL, QC_FLAGS, lst_stores
+from sftl_dask.io.stores import open_store
 from sftl_dask.matchups import (
     CLOUD_NEIGHBOURHOOD_PX,
     MAX_STD_K,
@@ -158,7 +159,7 @@ def metrics_table(matchups: pd.DataFrame) -> pd.DataFrame:
 
 def _open_store(path: Location) -> Any:
     try:
-        return xr.open_zarr(zarr_store(path), decode_coords="all")
+        return open_store(path)
     except (OSError, KeyError, ValueError) as exc:  # zarr's errors are ValueErrors: the store does not open
         raise ValidateError(f"{path}: not a readable LST store ({type(exc).__name__}: {exc})") from None
 
@@ -296,7 +297,7 @@ def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int,
     """The series of some pixels of an LST store (a task): ``lst``, ``lst_uncertainty`` (K) and ``vza`` (deg)
     at each pixel and ``qc`` over its neighbourhood, at the time steps ``order``. The store is opened lazily
     indexed (CF-decoded, no Dask): a selection reads only the chunks it needs."""
-    ds = xr.open_zarr(zarr_store(path), chunks=None)
+    ds = open_store(path, chunks=None)
     names = [v for v in ("lst", "lst_uncertainty", "vza") if v in ds.data_vars]
     out = []
     for r, c in pixels:
@@ -306,6 +307,23 @@ def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int,
                     px["vza"].values if "vza" in names else None))
     ds.close()
     return out
+
+
+def _all_steps(pixel: tuple[Any, Any, Any, Any], held: NDArray[np.bool_]) -> tuple[Any, Any, Any, Any]:
+    """A :func:`_read_pixels` series of the steps ``held`` marks, spread over all steps: the others read as a chunk
+    never written does (not covered: NaN, ``qc`` :data:`~sftl_dask.io.lst.QC_FILL`)."""
+    if held.all():
+        return pixel
+    lst, unc, qc_win, vza = pixel
+
+    def spread(a: Any, fill: Any) -> Any:
+        a = np.asarray(a)
+        out = np.full((held.size, *a.shape[1:]), fill, dtype=a.dtype)
+        out[held] = a
+        return out
+
+    return (spread(lst, np.nan), spread(unc, np.nan), spread(qc_win, QC_FILL),
+            None if vza is None else spread(vza, np.nan))
 
 
 def _site_rows(p: Mapping[str, Any], s: pd.Series, times: NDArray[Any], scene_ids: NDArray[Any],
@@ -382,7 +400,8 @@ def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.
         idx = np.flatnonzero(ok)
         order = idx[np.argsort(ds["time"].values[idx], kind="stable")]
         scene_ids = ds["scene_id"].values[order].astype(str) if "scene_id" in ds else np.full(order.size, "")
-        stores.append((p, order, ds["time"].values[order], scene_ids, ds["lst"].encoding.get("chunks")))
+        stores.append((p, order, ds["time"].values[order], scene_ids, ds["lst"].encoding.get("chunks"),
+                       read_coverage(p["path"])))
         for site in p["sites"]["id"].astype(str):
             site_times.setdefault(site, []).append(ds["time"].values[order])
     names = sorted(site_times)
@@ -390,21 +409,24 @@ def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.
     calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
         (_station_task, (str(insitu_dir), site, unique[site], window_min)) for site in names]
     groups = []  # sites of a store whose pixels share a chunk: one read task
-    for i, (p, order, _, _, chunks) in enumerate(stores):
+    for i, (p, order, _, _, chunks, index) in enumerate(stores):
         sites = p["sites"]
         cy, cx = (chunks or (1, 1 << 30, 1 << 30))[1:]
         keys = list(zip(sites["row"] // cy, sites["col"] // cx, strict=True))
         for key in dict.fromkeys(keys):
             group = sites[[k == key for k in keys]]
-            groups.append((i, group))
+            # only the steps whose chunk holds data (the chunk-coverage index): the others are not covered there
+            held = np.ones(order.size, bool) if index is None else index[order, key[0], key[1]] != 0
+            groups.append((i, group, held))
             pixels = [(int(r), int(c)) for r, c in zip(group["row"], group["col"], strict=True)]
-            calls.append((_read_pixels, (str(p["path"]), order, pixels)))
+            calls.append((_read_pixels, (str(p["path"]), order[held], pixels)))
     results = run_tasks(calls, client, progress=progress)
     stations = dict(zip(names, results[:len(names)], strict=True))
 
     rows: list[pd.DataFrame] = []
-    for (i, sites), values in zip(groups, results[len(names):], strict=True):
-        p, _, times, scene_ids, _ = stores[i]
+    for (i, sites, held), values in zip(groups, results[len(names):], strict=True):
+        p, _, times, scene_ids, _, _ = stores[i]
+        values = [_all_steps(v, held) for v in values]
         for (_, s), pixel in zip(sites.iterrows(), values, strict=True):
             site = str(s["id"])
             ins = stations[site][0].iloc[np.searchsorted(unique[site], times)]  # this store's overpasses

@@ -14,7 +14,8 @@ import xarray as xr
 from helpers import synthetic_cube
 
 from sftl_dask.io.export import ExportError, OutputExistsError, to_cog, to_netcdf
-from sftl_dask.io.lst import LST_VARIABLES
+from sftl_dask.io.lst import LST_VARIABLES, QC_FILL
+from sftl_dask.io.stores import open_store
 from sftl_dask.retrieve import retrieve
 
 #: The bar of issue 10: compliance-checker cf:1.11 score (percent) and no high-priority failure.
@@ -34,12 +35,12 @@ def cubes(tmp_path_factory: pytest.TempPathFactory, retrieval_model) -> dict[str
 
 @pytest.fixture(scope="module")
 def lst_nc(cubes: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return to_netcdf(xr.open_zarr(cubes["lst"]), tmp_path_factory.mktemp("nc") / "lst.nc")
+    return to_netcdf(open_store(cubes["lst"]), tmp_path_factory.mktemp("nc") / "lst.nc")
 
 
 @pytest.fixture(scope="module")
 def scene_nc(cubes: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return to_netcdf(xr.open_zarr(cubes["scene"]), tmp_path_factory.mktemp("nc") / "scene.nc")
+    return to_netcdf(open_store(cubes["scene"]), tmp_path_factory.mktemp("nc") / "scene.nc")
 
 
 def cf_check(path: Path, tmp_dir: Path) -> dict:
@@ -71,7 +72,7 @@ def _failures(report: dict) -> list[str]:
 def test_lst_netcdf_reopened_by_plain_xarray_equals_the_cube_values_times_and_crs(cubes, lst_nc):
     import rioxarray  # noqa: F401
 
-    cube = xr.open_zarr(cubes["lst"], decode_coords="all")
+    cube = open_store(cubes["lst"], decode_coords="all")
     got = xr.open_dataset(lst_nc, decode_coords="all")
     for k in LST_VARIABLES:
         np.testing.assert_array_equal(got[k].values, cube[k].values, err_msg=k)
@@ -116,21 +117,21 @@ def test_scene_cube_netcdf_passes_compliance_checker_cf_1_11_with_channel_wavele
     assert float(got["bt_10_80"]["wavelength_10_80um"]) == pytest.approx(10.8)
     assert float(got["emis_08_63"]["wavelength_08_63um"]) == pytest.approx(8.63)
     assert got["cloud"].dtype == np.uint8 and got["ingest_ok"].dtype == np.int8
-    np.testing.assert_array_equal(got["bt_11_95"].values, xr.open_zarr(cubes["scene"])["bt_11_95"].values)
+    np.testing.assert_array_equal(got["bt_11_95"].values, open_store(cubes["scene"])["bt_11_95"].values)
 
 
 def test_netcdf_refuses_an_existing_path_naming_it_and_leaves_it_untouched(cubes, tmp_path):
     out = tmp_path / "exists.nc"
     out.write_bytes(b"keep")
     with pytest.raises(FileExistsError, match=re.escape(str(out))):
-        to_netcdf(xr.open_zarr(cubes["lst"]), out)
+        to_netcdf(open_store(cubes["lst"]), out)
     with pytest.raises(ValueError, match=re.escape(str(out))):  # the API's bad-input type too
-        to_netcdf(xr.open_zarr(cubes["lst"]), out)
+        to_netcdf(open_store(cubes["lst"]), out)
     assert out.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["exists.nc"]
 
 
 def test_netcdf_of_a_dataset_without_crs_is_refused_and_writes_nothing(cubes, tmp_path):
-    ds = xr.open_zarr(cubes["lst"]).drop_vars("spatial_ref")
+    ds = open_store(cubes["lst"]).drop_vars("spatial_ref")
     for v in ds.data_vars:
         ds[v].attrs.pop("grid_mapping", None)
     with pytest.raises(ExportError, match="no CRS"):
@@ -147,7 +148,7 @@ def _validate_cog(path: Path) -> tuple[bool, list[str], list[str]]:
 
 
 def test_cog_validates_and_its_bands_equal_the_cubes_time_step(cubes, tmp_path):
-    cube = xr.open_zarr(cubes["lst"])
+    cube = open_store(cubes["lst"])
     for t, label in ((1, 1), (1, str(cube["time"].values[1])[:19]), (0, str(cube["time"].values[0])[:10])):
         out = to_cog(cube, tmp_path / f"lst_{t}_{len(str(label))}.tif", time=label)
         valid, errors, _ = _validate_cog(out)
@@ -163,11 +164,12 @@ def test_cog_validates_and_its_bands_equal_the_cubes_time_step(cubes, tmp_path):
 
 
 def test_cog_of_qc_is_its_own_uint16_file_equal_to_the_flags(cubes, tmp_path):
-    cube = xr.open_zarr(cubes["lst"])
+    cube = open_store(cubes["lst"])
     out = to_cog(cube, tmp_path / "qc.tif", time=0, variables=("qc",))
     assert _validate_cog(out)[0]
     with rasterio.open(out) as src:
-        assert src.dtypes == ("uint16",) and src.nodata == 65535
+        # nodata: qc's fill, the flags of a pixel no observation covers (what a chunk never written reads as)
+        assert src.dtypes == ("uint16",) and src.nodata == QC_FILL
         np.testing.assert_array_equal(src.read(1), cube["qc"].isel(time=0).values)
     with pytest.raises(ExportError, match="data type"):
         to_cog(cube, tmp_path / "mixed.tif", time=0, variables=("lst", "qc"))
@@ -195,12 +197,12 @@ def test_cog_of_a_large_tile_has_internal_overviews_unless_disabled(tmp_path):
 @pytest.mark.parametrize("time", ["2030-01-01", 7, -3, "not a date"])
 def test_cog_of_a_time_step_not_in_the_cube_raises_naming_it(cubes, tmp_path, time):
     with pytest.raises(ExportError, match=re.escape(str(time))):
-        to_cog(xr.open_zarr(cubes["lst"]), tmp_path / "x.tif", time=time)
+        to_cog(open_store(cubes["lst"]), tmp_path / "x.tif", time=time)
     assert not list(tmp_path.iterdir())
 
 
 def test_cog_needs_a_time_when_there_are_several_and_refuses_an_existing_path(cubes, tmp_path):
-    cube = xr.open_zarr(cubes["lst"])
+    cube = open_store(cubes["lst"])
     with pytest.raises(ExportError, match="2 time steps"):
         to_cog(cube, tmp_path / "x.tif")
     out = tmp_path / "taken.tif"

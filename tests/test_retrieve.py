@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 import zarr
 from helpers import synthetic_cube
 
 from sftl_dask.features import inputs_for
 from sftl_dask.io.lst import LST_VARIABLES, NOT_PRODUCED, QC_FLAGS, UNCERTAINTY_CLASS_SHIFT
+from sftl_dask.io.stores import open_store
 from sftl_dask.models.artifact import ArtifactError
 from sftl_dask.models.retriever import load_count, open_retriever
 from sftl_dask.retrieve import RetrieveError, check_retrieval, retrieve, retrieve_block
@@ -55,7 +55,7 @@ def test_chunked_retrieval_equals_a_whole_array_retrieval_bit_for_bit(models, cu
     summary = retrieve(cube, models[kind], out, threads=2, device="cpu")
     assert summary["retrieved"] == 2 and summary["failed"] == [] and summary["chunks"] == 2 * 9
     retriever = open_retriever(models[kind])
-    ds = xr.open_zarr(out)
+    ds = open_store(out)
     for t in range(2):
         ref = _whole(cube, t, retriever)
         for k in LST_VARIABLES:
@@ -75,7 +75,7 @@ def test_every_model_kind_matches_its_own_predictions_on_the_cube_pixels(models,
     for kind in KINDS:
         out = tmp_path / f"{kind}.zarr"
         retrieve(cube, models[kind], out, threads=1, device="cpu")
-        ds = xr.open_zarr(out)
+        ds = open_store(out)
         lst = ds["lst"].isel(time=0).values
         ok = np.isfinite(lst)
         retriever = open_retriever(models[kind])
@@ -106,7 +106,7 @@ def test_qc_bits_are_set_where_they_must_be_on_a_crafted_cube(models, tmp_path):
     g["vza"][0] = vza
     out = tmp_path / "lst.zarr"
     retrieve(store, models["dnn"], out, threads=1, device="cpu")
-    ds = xr.open_zarr(out).isel(time=0)
+    ds = open_store(out).isel(time=0)
     qc, lst, unc = ds["qc"].values, ds["lst"].values, ds["lst_uncertainty"].values
 
     def has(name):
@@ -145,7 +145,7 @@ def test_incremental_retrieval_computes_only_new_time_steps(models, tmp_path):
     third = retrieve(store, models["dnn"], out, threads=2, device="cpu")
     assert (third["retrieved"], third["skipped"], third["chunks"]) == (1, 2, 4)
     assert {p: p.stat().st_mtime_ns for p in before} == before  # earlier chunks untouched
-    ds = xr.open_zarr(out)
+    ds = open_store(out)
     assert ds.sizes["time"] == 3 and bool(ds["retrieve_ok"].all())
     assert list(ds["scene_id"].values) == [f"GF5B_VIMI_SYN_{i:03d}" for i in range(3)]
     assert ds.attrs["history"].count("\n") == 1  # the run that added a step is recorded; the no-op run is not
@@ -159,7 +159,7 @@ def test_a_cube_root_gives_an_lst_root_with_one_store_per_grid_and_a_run_log(mod
     out = tmp_path / "lst"
     summary = retrieve(root, models["sw"], out, threads=2, device="cpu", command="sftl retrieve test")
     assert summary["stores"] == [str(out / "g1.zarr"), str(out / "g2.zarr")] and summary["retrieved"] == 4
-    assert xr.open_zarr(out / "g2.zarr").attrs["source_cube"] == str((root / "g2.zarr").resolve())
+    assert open_store(out / "g2.zarr").attrs["source_cube"] == str((root / "g2.zarr").resolve())
     retrieve(root, models["sw"], out, threads=2, device="cpu")  # nothing to do: no log line
     log = [json.loads(line) for line in (out / "retrieve_log.jsonl").read_text().splitlines()]
     assert len(log) == 1 and log[0]["retrieved"] == 4 and log[0]["command"] == "sftl retrieve test"
@@ -183,11 +183,11 @@ def test_an_interrupted_time_step_is_not_complete_and_is_redone(models, tmp_path
     assert summary["retrieved"] == 1 and len(summary["failed"]) == 1
     f = summary["failed"][0]
     assert f["scene_id"] == "GF5B_VIMI_SYN_001" and f["chunks_failed"] == 1 and "No space left" in f["reason"]
-    assert list(xr.open_zarr(out)["retrieve_ok"].values) == [True, False]
+    assert list(open_store(out)["retrieve_ok"].values) == [True, False]
     monkeypatch.setattr(r, "write_block", real)
     again = retrieve(store, models["dnn"], out, threads=2, device="cpu")
     assert (again["retrieved"], again["skipped"]) == (1, 1)
-    ds = xr.open_zarr(out)
+    ds = open_store(out)
     assert ds.sizes["time"] == 2 and bool(ds["retrieve_ok"].all())  # the slot was reused, not duplicated
 
 
@@ -217,7 +217,11 @@ lst = ds["lst"]
 print(json.dumps({"crs": ds.rio.crs.to_epsg(), "lst_crs": lst.rio.crs.to_epsg(), "lst": dict(lst.attrs),
                   "unc": dict(ds["lst_uncertainty"].attrs), "time": dict(ds["time"].attrs),
                   "qc": {k: str(v) for k, v in ds["qc"].attrs.items()}, "global": dict(ds.attrs),
-                  "coords": sorted(ds.coords), "dtype": str(ds["qc"].dtype)}, default=str))
+                  "coords": sorted(ds.coords), "dtype": str(ds["qc"].dtype),
+                  "raw": str(xr.open_zarr(sys.argv[1], mask_and_scale=False)["qc"].dtype),
+                  "masked": int(ds["qc"].isnull().sum()),
+                  "not_covered": int((xr.open_zarr(sys.argv[1], mask_and_scale=False)["qc"] == 770).sum())},
+                 default=str))
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, env=env,
@@ -229,7 +233,10 @@ print(json.dumps({"crs": ds.rio.crs.to_epsg(), "lst_crs": lst.rio.crs.to_epsg(),
     assert got["lst"]["ancillary_variables"] == "lst_uncertainty qc" and got["lst"]["grid_mapping"] == "spatial_ref"
     assert got["unc"]["standard_name"] == "surface_temperature standard_error" and got["unc"]["units"] == "K"
     assert got["time"]["standard_name"] == "time" and got["time"]["axis"] == "T"
-    assert got["qc"]["flag_meanings"].split()[0] == "cloud" and got["dtype"] == "uint16"
+    assert got["qc"]["flag_meanings"].split()[0] == "cloud"
+    # qc's fill is the flag value of a pixel no observation covers (770: not_covered, class 3): CF decoding masks
+    # exactly those pixels (a float with NaN); undecoded, the flags are the stored uint16
+    assert got["dtype"] == "float32" and got["raw"] == "uint16" and got["masked"] == got["not_covered"] > 0
     g = got["global"]
     assert g["Conventions"] == "CF-1.11" and g["platform"] == "GF5-02" and g["instrument"] == "VIMI"
     assert len(g["model_sha256"]) == 64 and g["model_kind"] == "dnn" and g["model_strategy"] == "full"
@@ -303,7 +310,7 @@ def test_an_output_holding_something_else_or_another_models_lst_is_refused(model
     _refused(r"holds LST made with another model \(model_sha256", cube, models["lgbm"], out)
     assert (out / "lst" / "0.0.0").stat().st_mtime_ns == stamp
     summary = retrieve(cube, models["lgbm"], out, threads=1, device="cpu", overwrite=True)
-    assert summary["retrieved"] == 2 and xr.open_zarr(out).attrs["model_kind"] == "lgbm"
+    assert summary["retrieved"] == 2 and open_store(out).attrs["model_kind"] == "lgbm"
 
 
 def test_device_cuda_without_a_gpu_is_refused(models, cube, tmp_path):
@@ -349,7 +356,7 @@ def test_cli_retrieve_runs_on_an_embedded_cluster_and_reruns_add_nothing(models,
     assert "retrieved 2 time step(s), skipped 0 already done, failed 0" in text and str(out) in text
     assert main([*args, "--scheduler", client.scheduler.address]) == 0
     assert "retrieved 0 time step(s), skipped 2" in capsys.readouterr().out
-    assert "sftl retrieve --cube" in xr.open_zarr(out).attrs["history"]
+    assert "sftl retrieve --cube" in open_store(out).attrs["history"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +394,7 @@ def test_cpu_and_gpu_retrievals_agree_within_a_millikelvin(models, cube, tmp_pat
     cpu = retrieve(cube, models[kind], tmp_path / "cpu.zarr", threads=1, device="cpu")
     gpu = retrieve(cube, models[kind], tmp_path / "gpu.zarr", threads=1, device="cuda")
     assert cpu["devices"] == ["cpu"] and gpu["devices"] == ["cuda"]
-    a, b = xr.open_zarr(tmp_path / "cpu.zarr"), xr.open_zarr(tmp_path / "gpu.zarr")
+    a, b = open_store(tmp_path / "cpu.zarr"), open_store(tmp_path / "gpu.zarr")
     assert float(np.nanmax(np.abs(a["lst"].values - b["lst"].values))) <= 1e-3
     np.testing.assert_array_equal(a["qc"].values, b["qc"].values)
 
@@ -404,6 +411,5 @@ def test_overwrite_replaces_only_another_models_lst_and_appends_to_the_same_mode
     assert again["retrieved"] == 0 and again["skipped"] == 2
     replaced = retrieve(store, other, out, threads=1, overwrite=True)  # another model: replaced whole
     assert replaced["retrieved"] == 2 and replaced["skipped"] == 0
-    import xarray as xr
 
-    assert xr.open_zarr(out).sizes["time"] == 2
+    assert open_store(out).sizes["time"] == 2

@@ -19,7 +19,7 @@ from sftl_dask.cli import main
 from sftl_dask.geo import DEFAULT_TILE_PX, GeoBox, TileScheme, utm_epsg
 from sftl_dask.ingest import IngestError, ingest
 from sftl_dask.io.cube import read_slots
-from sftl_dask.io.stores import cube_stores, cube_tiling, open_cube
+from sftl_dask.io.stores import cube_stores, cube_tiling, open_cube, open_store
 from sftl_dask.physics.channels import THERMAL_NAMES
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -99,7 +99,7 @@ def test_every_valid_pixel_of_every_scene_is_in_its_tiles_with_its_value(small_t
         assert len(slots) >= 9, (path.stem, len(slots))  # 640 px on 256 px tiles: 3-4 tiles along each axis
         seen = np.zeros(valid.shape, dtype=np.int64)
         for store, index in slots:
-            tile = xr.open_zarr(store, decode_coords="all").isel(time=index)
+            tile = open_store(store, decode_coords="all").isel(time=index)
             xs = np.searchsorted(bt["x"].values, tile["x"].values)
             ys = np.searchsorted(-bt["y"].values, -tile["y"].values)
             nx, ny = bt.sizes["x"], bt.sizes["y"]

@@ -38,21 +38,28 @@ from numpy.typing import NDArray
 from pyproj import CRS
 
 from sftl_dask.geo import GeoBox, geometry_attrs, store_geometry
-from sftl_dask.io.location import append_text, is_zarr_store, join, location, zarr_store
-from sftl_dask.io.stores import cube_stores, open_cube  # re-exported: README names sftl_dask.io.cube.open_cube
+from sftl_dask.io.location import append_text, filesystem, is_zarr_store, join, location, zarr_store
+from sftl_dask.io.stores import COVERAGE_VAR, cube_stores, open_cube  # open_cube re-exported: the README names it
 from sftl_dask.physics.channels import THERMAL_NAMES, channel_table
 
 __all__ = [
     "CHUNK",
+    "COVERAGE_DIMS",
+    "COVERAGE_VAR",
     "CUBE_VARIABLES",
     "PROVENANCE_VARS",
     "VALID_PX_VAR",
+    "CoverageError",
     "GeoBox",
     "append_slots",
+    "check_coverage",
+    "chunk_counts",
     "cube_stores",
     "mark_slot",
     "open_cube",
+    "read_coverage",
     "read_slots",
+    "rebuild_coverage",
     "write_block",
     "write_log",
     "write_scene",
@@ -95,6 +102,14 @@ PROVENANCE_VARS = {"calibration_source": ("<U256", "source of the DN -> radiance
 #: Per time step, the valid pixels a scene wrote into the store, set when the slot completes (ingest's new stores;
 #: -1 where not recorded). 0 marks a tile that only the footprint's no-data part touched: retrieval skips it.
 VALID_PX_VAR = "valid_px"
+# The chunk-coverage index (COVERAGE_VAR, defined in io.stores beside the opener that leaves it out): per time
+# step and chunk of the raster variables, the pixels holding data there (a scene cube: finite bt_10_80; an LST
+# cube: pixels observed, produced or not), written when the slot completes. -1 (its fill) where not recorded:
+# such chunks are planned whole, as before. A chunk with 0 was never written and reads as its fill, which means
+# "not covered" in every variable (NaN; qc: sftl_dask.io.lst.QC_FILL). Stores written before the index existed
+# have none: every chunk of theirs is planned, as then (read correctly, not migrated).
+#: Dimensions of :data:`COVERAGE_VAR`: time, chunk row, chunk column.
+COVERAGE_DIMS = ("time", "chunk_row", "chunk_col")
 #: Chunk edge (pixels) of new stores along y and x.
 CHUNK = 512
 #: CF time; numpy times count no leap seconds (CF-1.11 section 4.4.3).
@@ -105,7 +120,9 @@ _TIME_ATTRS = {"standard_name": "time", "axis": "T", "long_name": "scene centre 
 def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tuple[GeoBox, list[dict[str, Any]]]:
     """The grid of a store and its time slots (index, scene_id, source, checksum, ``ok_var``, time, and
     ``calibration_source`` / ``dem`` where the store records them, :data:`PROVENANCE_VARS`)."""
-    ds = xr.open_zarr(zarr_store(store), consolidated=True, chunks=None)  # numpy: no Dask graph for small arrays
+    # numpy, no Dask graph for small arrays; unmasked: valid_px keeps its -1 (not recorded)
+    ds = xr.open_zarr(zarr_store(store), consolidated=True, chunks=None, mask_and_scale=False,
+                      drop_variables=[COVERAGE_VAR])
     grid, _ = store_geometry(ds.attrs)
     slots = [
         {"index": i, "scene_id": str(s), "source": str(src), "checksum": str(ck), ok_var: bool(ok),
@@ -125,15 +142,16 @@ def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tupl
 
 
 def _template(grid: GeoBox, scenes: Sequence[Mapping[str, Any]], variables: Mapping[str, Mapping[str, Any]],
-              ok_var: str, chunk: tuple[int, int] | None, provenance: bool = False) -> xr.Dataset:
+              ok_var: str, chunk: tuple[int, int] | None, provenance: bool = False, coverage: bool = False
+              ) -> xr.Dataset:
     n = len(scenes)
     shape = (n, grid.height, grid.width)
     cy, cx = chunk or (CHUNK, CHUNK)
     chunks = (1, min(cy, grid.height), min(cx, grid.width))
     data_vars: dict[str, Any] = {}
     for name, spec in variables.items():
-        fill = np.nan if spec["dtype"] == "float32" else 0
-        attrs = {k: v for k, v in spec.items() if k != "dtype"}
+        fill = spec.get("fill", np.nan if spec["dtype"] == "float32" else 0)
+        attrs = {k: v for k, v in spec.items() if k not in ("dtype", "fill")}
         attrs["coordinates"] = "spatial_ref"  # so that plain xr.open_zarr makes it a coordinate: rio.crs works
         data_vars[name] = (("time", "y", "x"), da.full(shape, fill, dtype=spec["dtype"], chunks=chunks), attrs)
     data_vars["scene_id"] = (("time",), np.array([s["scene_id"] for s in scenes], dtype=_SLOT_VARS["scene_id"]),
@@ -151,6 +169,13 @@ def _template(grid: GeoBox, scenes: Sequence[Mapping[str, Any]], variables: Mapp
         data_vars[VALID_PX_VAR] = (("time",), da.full((n,), -1, dtype=np.int64, chunks=1),
                                    {"long_name": "valid pixels the scene wrote in this store (-1: not recorded); "
                                                  "0: only the footprint's no-data part touched it"})
+    if coverage:
+        ncy, ncx = -(-grid.height // chunks[1]), -(-grid.width // chunks[2])
+        data_vars[COVERAGE_VAR] = (COVERAGE_DIMS, da.full((n, ncy, ncx), -1, dtype=np.int32, chunks=(1, ncy, ncx)),
+                                   {"long_name": "pixels holding data per chunk of the raster variables (chunk-"
+                                                 "coverage index; -1: not recorded, 0: chunk never written, reads as "
+                                                 "fill)",
+                                    "units": "1", "chunk_shape": [chunks[1], chunks[2]]})
     data_vars[ok_var] = (("time",), da.zeros((n,), dtype=bool, chunks=1),
                          {"long_name": f"1 once every chunk of the time step is written ({ok_var})"})
     times = np.array([np.datetime64(s["time"], "ns") for s in scenes], dtype="datetime64[ns]")
@@ -164,11 +189,19 @@ def _template(grid: GeoBox, scenes: Sequence[Mapping[str, Any]], variables: Mapp
 def _encoding(ds: xr.Dataset, variables: Mapping[str, Any], ok_var: str) -> dict[str, dict[str, Any]]:
     comp = (Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),)
     enc: dict[str, dict[str, Any]] = {k: {"compressors": comp} for k in variables}
+    for k, spec in variables.items():
+        if "fill" in spec:  # the Zarr fill value: what a chunk never written reads as
+            enc[k]["_FillValue"] = spec["fill"]
     enc["time"] = {"units": "seconds since 1970-01-01T00:00:00", "calendar": "proleptic_gregorian",
                    "dtype": "int64"}
     for k in ("scene_id", "source", *(v for v in PROVENANCE_VARS if v in ds)):
         enc[k] = {"chunks": (max(1, ds.sizes["time"]),)}
     enc["checksum"] = {"chunks": (1,)}
+    # "not recorded" (-1) must be the Zarr fill: the template's values are never written (compute=False)
+    if COVERAGE_VAR in ds:
+        enc[COVERAGE_VAR] = {"chunks": (1, *ds[COVERAGE_VAR].shape[1:]), "_FillValue": np.int32(-1)}
+    if VALID_PX_VAR in ds:
+        enc[VALID_PX_VAR] = {"_FillValue": np.int64(-1)}
     enc[ok_var] = {"chunks": (1,)}
     return enc
 
@@ -207,9 +240,13 @@ def append_slots(store: str | os.PathLike[str], grid: GeoBox, scenes: Sequence[M
     if not scenes:
         return []
     provenance = all(k in scenes[0] for k in PROVENANCE_VARS)
-    if provenance and is_zarr_store(store):  # an older store keeps its layout: no new per-slot variables
-        provenance = all(k in zarr.open_group(zarr_store(store), mode="r") for k in PROVENANCE_VARS)
-    tmpl = _template(grid, scenes, variables, ok_var, chunk, provenance)
+    coverage = True
+    if is_zarr_store(store):  # an older store keeps its layout: no new per-slot variables, its own chunks
+        group = zarr.open_group(zarr_store(store), mode="r")
+        provenance = provenance and all(k in group for k in PROVENANCE_VARS)
+        coverage = COVERAGE_VAR in group
+        chunk = tuple(group[next(iter(variables))].chunks[1:])  # type: ignore[assignment]
+    tmpl = _template(grid, scenes, variables, ok_var, chunk, provenance, coverage)
     tmpl = tmpl.rio.write_crs(grid.crs)
     tmpl = tmpl.rio.write_transform(grid.affine)
     gdal_crs = {"wkt": CRS(grid.crs).to_wkt(), "projjson": CRS(grid.crs).to_json_dict()}  # GDAL's Zarr CRS: < 3.10
@@ -234,7 +271,7 @@ def append_slots(store: str | os.PathLike[str], grid: GeoBox, scenes: Sequence[M
 
 
 def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, NDArray], checksum: str, *,
-                window: tuple[int, int, int, int] | None = None, mark: bool = True) -> None:
+                window: tuple[int, int, int, int] | None = None, mark: bool = True) -> NDArray[np.int32]:
     """Fill time slot ``index`` of a grid store with one scene, then mark it complete.
 
     Parameters
@@ -252,7 +289,12 @@ def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, ND
         its chunks are never written. Default: the whole grid.
     mark : bool
         Mark the slot complete after writing (a scene spread over several tiles marks its slots only
-        once all are written).
+        once all are written), with its chunk-coverage index.
+
+    Returns
+    -------
+    numpy.ndarray
+        The slot's chunk-coverage index: finite ``bt_10_80`` pixels per chunk of the grid (int32).
 
     Raises
     ------
@@ -280,8 +322,11 @@ def write_scene(store: str | os.PathLike[str], index: int, data: Mapping[str, ND
     # edges are safe to write. The slot counts as ingested only after all of them are.
     for k, arr in arrays.items():
         group[k][index, y0:y1, x0:x1] = arr
+    coverage = chunk_counts(np.isfinite(arrays["bt_10_80"]), tuple(group["bt_10_80"].chunks[1:]),  # type: ignore[arg-type]
+                            (y0, x0), (ny, nx))
     if mark:
-        mark_slot(store, index, "ingest_ok", checksum=checksum, group=group)
+        mark_slot(store, index, "ingest_ok", checksum=checksum, group=group, coverage=coverage)
+    return coverage
 
 
 def write_block(store: str | os.PathLike[str] | Mapping[str, Any], index: int, window: tuple[int, int, int, int],
@@ -317,9 +362,12 @@ def write_block(store: str | os.PathLike[str] | Mapping[str, Any], index: int, w
 
 
 def mark_slot(store: str | os.PathLike[str], index: int | Sequence[int], ok_var: str, *,
-              checksum: str | Sequence[str] | None = None, group: Any = None, valid_px: int | None = None) -> None:
-    """Mark time slot(s) ``index`` complete (``ok_var`` true), recording their ``checksum`` if given, and the
-    scene's valid pixels in the store (``valid_px``) where the store has :data:`VALID_PX_VAR`.
+              checksum: str | Sequence[str] | None = None, group: Any = None, valid_px: int | None = None,
+              coverage: NDArray[Any] | int | None = None) -> None:
+    """Mark time slot(s) ``index`` complete (``ok_var`` true), recording their ``checksum`` if given, the
+    scene's valid pixels in the store (``valid_px``) where the store has :data:`VALID_PX_VAR`, and the slots'
+    chunk-coverage index (``coverage``: ``(n_chunk_rows, n_chunk_cols)`` pixel counts for one slot, one such
+    array per slot, or 0 for no data anywhere) where the store has :data:`COVERAGE_VAR`.
 
     Call it only after every chunk of the slot is written: a slot is complete only when flagged. Several
     slots are marked in one write per array.
@@ -333,6 +381,8 @@ def mark_slot(store: str | os.PathLike[str], index: int | Sequence[int], ok_var:
         group["checksum"][index] = checksum
     if valid_px is not None and VALID_PX_VAR in group:
         group[VALID_PX_VAR][index] = valid_px
+    if coverage is not None and COVERAGE_VAR in group:
+        group[COVERAGE_VAR][index] = coverage
     group[ok_var][index] = True
 
 
@@ -343,3 +393,113 @@ def write_log(root: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]
     On an object store the log is read and written back whole (:func:`~sftl_dask.io.location.append_text`).
     """
     append_text(join(root, name), "".join(json.dumps(dict(r), default=str) + "\n" for r in records))
+
+
+class CoverageError(ValueError):
+    """A store whose chunk-coverage index disagrees with its data (edited by hand, or half-migrated).
+
+    ``store`` and ``step`` (the time index) name where; the message says which chunks.
+    """
+
+    def __init__(self, message: str, store: str = "", step: int = -1) -> None:
+        super().__init__(message)
+        self.store, self.step = store, step
+
+
+def chunk_counts(mask: NDArray[np.bool_], chunk: tuple[int, int], origin: tuple[int, int] = (0, 0),
+                 grid_shape: tuple[int, int] | None = None) -> NDArray[np.int32]:
+    """Pixels set in ``mask`` per chunk of a grid: the chunk-coverage index of one time step (or of its part).
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        ``(ny, nx)`` boolean array placed at ``origin`` (row, column) of the grid.
+    chunk : (int, int)
+        Chunk rows and columns of the grid (pixels).
+    origin : (int, int)
+        Row and column of ``mask[0, 0]`` in the grid.
+    grid_shape : (int, int), optional
+        The grid's (rows, columns); default: the mask's extent from the grid's origin.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(ceil(rows / chunk rows), ceil(columns / chunk columns))`` int32 counts.
+    """
+    cy, cx = chunk
+    y0, x0 = origin
+    ny, nx = grid_shape or (y0 + mask.shape[0], x0 + mask.shape[1])
+    ncy, ncx = -(-ny // cy), -(-nx // cx)
+    full = np.zeros((ncy * cy, ncx * cx), dtype=bool)
+    full[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = mask
+    return full.reshape(ncy, cy, ncx, cx).sum(axis=(1, 3), dtype=np.int64).astype(np.int32)
+
+
+def read_coverage(store: str | os.PathLike[str]) -> NDArray[np.int32] | None:
+    """A store's chunk-coverage index, ``(time, chunk rows, chunk columns)`` (-1: not recorded), or None for a
+    store written before it existed (:data:`COVERAGE_VAR`)."""
+    group = zarr.open_group(zarr_store(store), mode="r")
+    if COVERAGE_VAR not in group:
+        return None
+    return np.asarray(group[COVERAGE_VAR][...], dtype=np.int32)
+
+
+def check_coverage(store: str | os.PathLike[str], index: NDArray[np.int32], steps: Sequence[int], var: str
+                   ) -> None:
+    """Check a store's chunk-coverage index against the chunks of ``var`` the store holds, for time ``steps``.
+
+    A chunk the index counts as holding data must be there, and a chunk it counts as empty must not (the
+    writers never store a chunk that is all fill). Reads only the listing of ``var``'s chunk keys, no data.
+
+    Raises
+    ------
+    CoverageError
+        Naming the store, the first time step that disagrees and its chunks.
+    """
+    fs, root = filesystem(join(store, var))
+    written: set[tuple[int, ...]] = set()
+    for key in fs.ls(root, detail=False):
+        parts = str(key).rsplit("/", 1)[-1].split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            written.add(tuple(int(p) for p in parts))
+    for t in steps:
+        recorded = index[t]
+        if (recorded < 0).any():
+            continue  # not recorded: planned whole, nothing to check
+        held = {(r, c) for (tt, r, c) in written if tt == t}
+        said = {(int(r), int(c)) for r, c in zip(*np.nonzero(recorded > 0), strict=True)}
+        if held != said:
+            extra, lost = sorted(held - said), sorted(said - held)
+            raise CoverageError(
+                f"{store}: time step {t}: the chunk-coverage index ({COVERAGE_VAR}) disagrees with the data of "
+                f"{var}" + (f"; chunks (row, col) {extra[:4]} hold data the index says is empty" if extra else "")
+                + (f"; chunks {lost[:4]} the index counts were never written" if lost else "")
+                + "; re-ingest the scene (or rebuild the index: sftl_dask.io.cube.rebuild_coverage)",
+                str(store), int(t))
+
+
+def rebuild_coverage(store: str | os.PathLike[str]) -> int:
+    """Recompute a store's chunk-coverage index from its data, for every completed time step; returns them.
+
+    A scene cube counts the finite ``bt_10_80`` pixels of each chunk, an LST cube the observed ones (``qc``
+    without ``not_covered``). Reads every chunk: the repair for a store whose index :func:`check_coverage`
+    refused, not a step of a normal run.
+
+    Raises
+    ------
+    CoverageError
+        If the store has no index to rebuild (written before it existed).
+    """
+    group = zarr.open_group(zarr_store(store), mode="r+")
+    if COVERAGE_VAR not in group:
+        raise CoverageError(f"{store}: has no chunk-coverage index ({COVERAGE_VAR}) to rebuild")
+    lst = "retrieve_ok" in group
+    arr = group["qc" if lst else "bt_10_80"]
+    ok = np.asarray(group["retrieve_ok" if lst else "ingest_ok"][...], dtype=bool)
+    chunk = tuple(arr.chunks[1:])
+    for t in np.flatnonzero(ok):
+        step = arr[int(t)]
+        have = (step & 2) == 0 if lst else np.isfinite(step)  # qc bit 1: not_covered (sftl_dask.io.lst.QC_FLAGS)
+        group[COVERAGE_VAR][int(t)] = chunk_counts(have, chunk)  # type: ignore[arg-type]
+    zarr.consolidate_metadata(zarr_store(store))
+    return int(ok.sum())

@@ -26,7 +26,9 @@ high-priority failure (``docs/exports.md`` has the scores):
 COG driver: 512 px tiles, DEFLATE with a predictor, internal overviews, nodata set). For an LST
 dataset the default bands are ``lst`` and ``lst_uncertainty`` (float32, nodata NaN, overviews by
 averaging); ``qc`` (uint16 bit flags: no value can be averaged) goes to a file of its own with
-``variables=("qc",)``, overviews by nearest neighbour and nodata 65535 (a value no flag combination takes).
+``variables=("qc",)``, overviews by nearest neighbour and nodata the variable's ``_FillValue`` (an LST cube's
+``qc``: 770, ``not_covered`` with uncertainty class 3, :data:`sftl_dask.io.lst.QC_FILL`), else 65535 (a value no flag
+combination takes).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ __all__ = [
     "LST_OK_VAR",
     "LST_VARIABLES",
     "NOT_PRODUCED",
+    "QC_FILL",
     "QC_FLAGS",
     "RANGE_BITS",
     "UNCERTAINTY_CLASS_SHIFT",
@@ -71,6 +72,11 @@ QC_FLAGS: dict[str, tuple[int, int]] = {
 NOT_PRODUCED = 1 | 2 | 4
 #: The uncertainty class sits in bits 8-9: ``(qc >> 8) & 3``.
 UNCERTAINTY_CLASS_SHIFT = 8
+#: The ``qc`` of a pixel no observation covers (``not_covered``, uncertainty class 3): what retrieval writes there,
+#: and the Zarr fill value of ``qc``, so that a chunk never written (no data: the chunk-coverage index,
+#: :data:`sftl_dask.io.cube.COVERAGE_VAR`) reads as not covered. CF readers that apply ``_FillValue`` (plain
+#: ``xr.open_zarr``) mask those pixels instead; :func:`sftl_dask.open_lst` keeps ``qc`` as the integer flags.
+QC_FILL = QC_FLAGS["not_covered"][1] | (3 << UNCERTAINTY_CLASS_SHIFT)
 #: Range-flag bit of each input group of a model's pre-training range.
 RANGE_BITS = {"wvc": 8, "bt": 16, "vza": 32, "emis": 64}
 
@@ -89,7 +95,7 @@ LST_VARIABLES: dict[str, dict[str, Any]] = {
     "qc": {"long_name": "LST quality control bit flags",
            "flag_masks": np.array([m for m, _ in QC_FLAGS.values()], dtype=np.uint16),
            "flag_values": np.array([v for _, v in QC_FLAGS.values()], dtype=np.uint16),
-           "flag_meanings": " ".join(QC_FLAGS), "dtype": "uint16"},
+           "flag_meanings": " ".join(QC_FLAGS), "dtype": "uint16", "fill": np.uint16(QC_FILL)},
     "vza": {"units": "degree", "standard_name": "sensor_zenith_angle", "long_name": "view zenith angle",
             "dtype": "float32"},
 }

@@ -37,6 +37,7 @@ from sftl_dask.io.location import (
 )
 
 __all__ = [
+    "COVERAGE_VAR",
     "TIMESERIES_LAYOUT",
     "CubeRoot",
     "cube_stores",
@@ -44,10 +45,18 @@ __all__ = [
     "is_timeseries_copy",
     "mosaic",
     "open_cube",
+    "open_store",
     "timeseries_attrs",
     "timeseries_marker",
     "zone_of_store",
 ]
+
+#: The chunk-coverage index of a store (:mod:`sftl_dask.io.cube` writes and reads it): planning data, not a variable
+#: of the cube, so :func:`open_store` leaves it out.
+COVERAGE_VAR = "chunk_valid_px"
+#: Integer flag variables read as they are stored: ``qc``'s fill value is a flag value (``not_covered``,
+#: :data:`sftl_dask.io.lst.QC_FILL`), which CF masking would turn into NaN and the flags into floats.
+_UNMASKED = {"qc": False}
 
 #: Value of the ``sftl_layout`` global attribute that marks a time-series copy (``sftl rechunk``).
 TIMESERIES_LAYOUT = "time-series"
@@ -226,8 +235,20 @@ def cube_tiling(root: str | os.PathLike[str]) -> TileScheme | None:
     return TileScheme(scheme.tile_px, scheme.pixel_m, tuple(sorted((e, ox, oy) for e, (ox, oy, _) in zones.items())))
 
 
+def open_store(store: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
+    """A cube store (scene cube, LST cube or time-series copy) as xarray opens it, the project's way.
+
+    ``xr.open_zarr`` with consolidated metadata and the CRS as a coordinate, ``qc`` kept as integer bit flags
+    (not CF-masked where it holds its fill, ``not_covered``), and the chunk-coverage index (:data:`COVERAGE_VAR`)
+    left out. ``kwargs`` go to ``xr.open_zarr`` and override these (``chunks=None`` for lazily indexed numpy).
+    """
+    opts = {"consolidated": True, "decode_coords": "all", "mask_and_scale": _UNMASKED,
+            "drop_variables": [COVERAGE_VAR], **kwargs}
+    return xr.open_zarr(zarr_store(store), **opts)
+
+
 def _open_store(store: Location) -> xr.Dataset:
-    return xr.open_zarr(zarr_store(store), consolidated=True, decode_coords="all")
+    return open_store(store)
 
 
 def open_cube(root_or_store: str | os.PathLike[str], grid: str | None = None, *, complete_only: bool = True,
@@ -368,9 +389,13 @@ def _blank(template: xr.Dataset, grid: GeoBox, fill: Mapping[str, Any]) -> xr.Da
 
 
 def _fill_of(var: xr.DataArray) -> Any:
-    """What a tile that never saw a scene holds: NaN, the ``not_covered`` flag of QC bits, else 0."""
+    """What a tile that never saw a scene holds: NaN, the variable's fill where it has one (``qc``: not covered),
+    the ``not_covered`` flag of QC bits (stores written before ``qc`` had a fill), else 0."""
     if np.issubdtype(var.dtype, np.floating):
         return np.nan
+    fill = var.encoding.get("_FillValue", var.attrs.get("_FillValue"))
+    if fill is not None:
+        return fill
     meanings = str(var.attrs.get("flag_meanings", "")).split()
     if "not_covered" in meanings and "flag_masks" in var.attrs:
         return int(np.asarray(var.attrs["flag_masks"])[meanings.index("not_covered")])

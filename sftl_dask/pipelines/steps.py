@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from sftl_dask import plotting
-from sftl_dask.api import open_lst
+from sftl_dask.composites import COMPOSITE_OK_VAR, write_composites
 from sftl_dask.io.cube import read_slots
-from sftl_dask.io.stores import cube_stores, zone_of_store
+from sftl_dask.io.stores import cube_stores, mosaic, zone_of_store
 from sftl_dask.models.retriever import model_digest
-from sftl_dask.staging import cache_key, reuse_or_remove, staged_dir, stamp
+from sftl_dask.staging import cache_key, reuse_or_remove, staged_file, stamp
 from sftl_dask.validate import validate
 from sftl_dask.version import __version__
 
@@ -64,20 +64,26 @@ def validate_step(lst_root: Path, insitu: Path, sites: Path, out: Path, key: str
     return False
 
 
-def composites_step(lst_root: Path, out: Path, key: str, regions: Mapping[str, str]) -> bool:
-    """The monthly composites of ``lst_root`` into ``out`` (:func:`write_monthly_composites`), unless made from
-    ``key`` already; ``regions`` maps a zone to its region's name (for the file names and titles).
+def composites_step(lst_root: Path, out: Path, key: str, regions: Mapping[str, str], *, client: Any = None,
+                    progress: Callable[[int, int], None] | None = None) -> bool:
+    """The monthly composites of ``lst_root`` into ``out``: incremental Zarr stores per tile
+    (:func:`sftl_dask.composites.write_composites`: only the months whose LST changed are computed), then per
+    zone a CF NetCDF mosaic and a figure of the best-covered month (:func:`write_monthly_composites`), made again
+    when a month changed. ``key`` is the LST's (:func:`lst_key`): it stamps each zone's NetCDF.
 
     Returns
     -------
     bool
-        Whether the composites were reused.
+        Whether everything was reused (no month computed, every zone's NetCDF made from ``key`` already).
     """
-    if reuse_or_remove(out, key):
+    summary = write_composites(lst_root, out, client=client, progress=progress)
+    zones = sorted({zone_of_store(n) for n in cube_stores(out)})
+    files = [out / f"{zone}_monthly.nc" for zone in zones]
+    if not summary["computed"] and all([reuse_or_remove(f, key) for f in files]):
         return True
-    with staged_dir(out) as tmp:
-        write_monthly_composites(lst_root, tmp, regions)
-    stamp(out, key)
+    write_monthly_composites(out, out, regions)
+    for f in files:
+        stamp(f, key)
     return False
 
 
@@ -92,14 +98,16 @@ def _crop_to_data(ds: Any) -> Any:
     return out.rio.write_transform(out.rio.transform(recalc=True))  # the mosaic's transform was of the whole
 
 
-def write_monthly_composites(lst_root: Path, out: Path, regions: Mapping[str, str]) -> None:
-    """Monthly median composites of each zone's LST tiles (one mosaic): a CF NetCDF file and a figure of the
-    best-covered month. ``regions`` maps a zone (``50N``) to its region's name."""
-    for zone in sorted({zone_of_store(n) for n in cube_stores(lst_root)}):
+def write_monthly_composites(composites: Path, out: Path, regions: Mapping[str, str]) -> None:
+    """Each zone's monthly composite stores (:func:`sftl_dask.composites.write_composites`) as one mosaic: a CF
+    NetCDF file and a figure of the best-covered month. ``regions`` maps a zone (``50N``) to its region's name."""
+    stores = cube_stores(composites)
+    for zone in sorted({zone_of_store(n) for n in stores}):
         name = regions.get(zone, zone)
-        ds = _crop_to_data(open_lst(lst_root, zone=zone))
-        mc = ds.sftl.good().sftl.composite("MS", "median").compute()
-        mc.sftl.to_netcdf(out / f"{zone}_monthly.nc")
-        best = int(mc["count"].sum(("y", "x")).argmax("time").values)
+        mc = _crop_to_data(mosaic({n: s for n, s in stores.items() if zone_of_store(n) == zone},
+                                  ok_var=COMPOSITE_OK_VAR)).load()
+        with staged_file(out / f"{zone}_monthly.nc", replace=True) as tmp:
+            mc.sftl.to_netcdf(tmp)
+        best = int(mc["n_obs"].sum(("y", "x")).argmax("time").values)
         plotting.composite_figure(mc, best, name,
                                   out / (f"{name}_{zone}_monthly.png" if name != zone else f"{zone}_monthly.png"))

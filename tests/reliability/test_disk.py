@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 from helpers import synthetic_cube
+
+from sftl_dask.io.stores import open_store
 
 SFTL = str(Path(sys.executable).parent / "sftl")
 
@@ -74,7 +75,7 @@ def test_disk_full_mid_retrieve_names_each_unfinished_step_keeps_earlier_ones_an
     out = mnt / "lst.zarr"
     first = _retrieve(cube, model, out, tmp_path / "logs")
     assert first.returncode == 0, first.stdout + first.stderr
-    before = xr.open_zarr(out).load()
+    before = open_store(out).load()
 
     synthetic_cube(cube, 4, 256, 256, seed=31, chunk=64, first=4)  # four new scenes arrive
     ref = tmp_path / "ref.zarr"
@@ -89,7 +90,7 @@ def test_disk_full_mid_retrieve_names_each_unfinished_step_keeps_earlier_ones_an
     assert "worker logs (tracebacks of the failures): " + str(tmp_path / "logs") in full.stdout
     _, slots = read_slots(out, "retrieve_ok")
     assert [s["retrieve_ok"] for s in slots] == [True] * 4 + [False] * 4  # nothing unfinished looks complete
-    after = xr.open_zarr(out).isel(time=slice(0, 4)).load()
+    after = open_store(out).isel(time=slice(0, 4)).load()
     for v in ("lst", "lst_uncertainty", "qc"):
         np.testing.assert_array_equal(after[v].values, before[v].values)  # the earlier steps are intact
 
@@ -97,7 +98,7 @@ def test_disk_full_mid_retrieve_names_each_unfinished_step_keeps_earlier_ones_an
     again = _retrieve(cube, model, out, tmp_path / "logs")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "retrieved 4 time step(s), skipped 4 already done, failed 0" in again.stdout
-    got, want = xr.open_zarr(out), xr.open_zarr(ref)
+    got, want = open_store(out), open_store(ref)
     assert list(got["scene_id"].values) == list(want["scene_id"].values)
     for v in ("lst", "lst_uncertainty", "qc", "retrieve_ok"):
         np.testing.assert_array_equal(got[v].values, want[v].values)
@@ -140,7 +141,7 @@ def test_disk_full_mid_ingest_names_each_failed_scene_keeps_earlier_ones_and_a_r
     r = subprocess.run([*args[:2], str(first), *args[2:]], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "SFTL_LOG_DIR": str(tmp_path / "logs")})
     assert r.returncode == 0, r.stdout + r.stderr
-    before = {s.name: xr.open_zarr(s).load() for s in sorted(cube.glob("*.zarr"))}
+    before = {s.name: open_store(s).load() for s in sorted(cube.glob("*.zarr"))}
     filler = _fill(mnt, leave_kb=600)  # room for the new slots' metadata, not for two more scenes
     full = subprocess.run([*args[:2], str(later), *args[2:]], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "SFTL_LOG_DIR": str(tmp_path / "logs")})
@@ -149,7 +150,7 @@ def test_disk_full_mid_ingest_names_each_failed_scene_keeps_earlier_ones_and_a_r
     failed = [ln for ln in full.stdout.splitlines() if ln.startswith("  failed: ")]
     assert len(failed) == 2 and all("No space left on device" in ln for ln in failed), full.stdout
     for name, old in before.items():  # the scenes ingested before are intact
-        now = xr.open_zarr(cube / name)
+        now = open_store(cube / name)
         ok = [s["index"] for s in read_slots(cube / name)[1] if s["ingest_ok"]]
         assert ok == [0]
         for v in ("bt_10_80", "wvc", "emis_10_80", "cloud"):
@@ -159,7 +160,7 @@ def test_disk_full_mid_ingest_names_each_failed_scene_keeps_earlier_ones_and_a_r
     assert again.returncode == 0, again.stdout + again.stderr
     assert "ingested 2 scene(s), skipped 2, failed 0" in again.stdout
     for s in sorted(ref.glob("*.zarr")):
-        a, b = xr.open_zarr(cube / s.name), xr.open_zarr(s)
+        a, b = open_store(cube / s.name), open_store(s)
         ia, ib = np.argsort(a["scene_id"].values), np.argsort(b["scene_id"].values)
         assert list(a["scene_id"].values[ia]) == list(b["scene_id"].values[ib])
         for v in ("bt_10_80", "wvc", "emis_10_80", "cloud", "ingest_ok"):

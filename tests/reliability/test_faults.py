@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import xarray as xr
 from helpers import synthetic_cube
 
 from sftl_dask.ingest import ingest
 from sftl_dask.io.cube import cube_stores, open_cube, read_slots
+from sftl_dask.io.stores import open_store
 from sftl_dask.staging import StoreBusyError, check_unlocked, lock_path, write_lock
 
 BIN = Path(sys.executable).parent
@@ -133,8 +133,8 @@ def _assert_same_stores(got: Path, want: Path, variables: list[str], ok_var: str
     names = sorted(p.name for p in want.glob("*.zarr")) if not (want / ".zgroup").exists() else [""]
     assert names and names == (sorted(p.name for p in got.glob("*.zarr")) if names != [""] else [""])
     for name in names:
-        a = xr.open_zarr(got / name if name else got, consolidated=True)
-        b = xr.open_zarr(want / name if name else want, consolidated=True)
+        a = open_store(got / name if name else got, consolidated=True)
+        b = open_store(want / name if name else want, consolidated=True)
         assert a[ok_var].values.all() and b[ok_var].values.all()
         ia, ib = np.argsort(a["scene_id"].values), np.argsort(b["scene_id"].values)
         assert list(a["scene_id"].values[ia]) == list(b["scene_id"].values[ib])  # none duplicated or missing
@@ -158,12 +158,12 @@ def test_ingest_then_retrieve_through_a_real_dask_scheduler_and_workers(
     ret = subprocess.run([SFTL, "retrieve", "--cube", str(cube), "--model", str(model), "--out", str(lst),
                           "--device", "cpu", "--scheduler", scheduler], capture_output=True, text=True, timeout=300)
     assert ret.returncode == 0, ret.stdout + ret.stderr
-    tile_steps = {p.name: xr.open_zarr(p).sizes["time"] for p in sorted(cube.glob("*.zarr"))}
+    tile_steps = {p.name: open_store(p).sizes["time"] for p in sorted(cube.glob("*.zarr"))}
     assert len(tile_steps) >= 2  # a tile per region at least
     assert f"retrieved {sum(tile_steps.values())} time step(s), skipped 0 already done, failed 0" in ret.stdout
     assert sorted(p.name for p in lst.glob("*.zarr")) == sorted(tile_steps)
     for store in sorted(lst.glob("*.zarr")):
-        ok = xr.open_zarr(store)["retrieve_ok"].values.tolist()
+        ok = open_store(store)["retrieve_ok"].values.tolist()
         assert ok == [True] * tile_steps[store.name], store.name
 
 

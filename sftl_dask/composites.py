@@ -1,0 +1,241 @@
+"""Composites as incremental products: one Zarr store per LST tile, one time step per period (month by default).
+
+A period's composite is computed once per (tile, period), by one task per chunk that holds data in that
+period (the LST stores' chunk-coverage index, :data:`~sftl_dask.io.stores.COVERAGE_VAR`), with THE reduction of
+the accessor (:meth:`sftl_dask.api.SftlAccessor.composite` on the chunk's :meth:`~sftl_dask.api.SftlAccessor.good`
+values). Each period records the key of what it was made from (``checksum``: sha256 of its steps' scene ids and
+product checksums, the model and the reduction), so a re-run after new scenes recomputes only the periods they
+touch, and a period whose steps did not change is left as it is. The stores follow the LST cube's conventions
+(the one cube writer, :mod:`sftl_dask.io.cube`: CF time, ``spatial_ref``, per-step ``scene_id`` (the period, e.g.
+``2022-08``), ``source`` (the LST store), ``checksum`` (the key) and ``composite_ok``), and carry their own
+chunk-coverage index. :func:`sftl_dask.open_lst` does not open them; ``xr.open_zarr`` (or
+:func:`~sftl_dask.io.stores.open_store`) does, and ``sftl_dask.io.export.to_cog`` exports a period.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from sftl_dask.api import SftlAccessor  # noqa: F401  (registers ds.sftl: the accessor's good() and composite())
+from sftl_dask.cluster import run_tasks
+from sftl_dask.geo import GeoBox
+from sftl_dask.io.cube import append_slots, mark_slot, read_coverage, read_slots, write_block
+from sftl_dask.io.location import is_zarr_store, join, location, zarr_store
+from sftl_dask.io.lst import LST_OK_VAR, lst_stores
+from sftl_dask.io.stores import open_store
+
+__all__ = ["COMPOSITE_OK_VAR", "COMPOSITE_PERIODS", "composite_variables", "write_composites"]
+
+#: Completion flag of a composite store's periods.
+COMPOSITE_OK_VAR = "composite_ok"
+#: The periods a composite store can hold: pandas frequency -> (its name, the ``scene_id`` label format).
+COMPOSITE_PERIODS = {"MS": ("month", "%Y-%m"), "QS-DEC": ("season", "%Y-%m (3 months)"), "YS": ("year", "%Y")}
+_HOWS = ("median", "mean", "min", "max")
+
+
+def composite_variables(freq: str, how: str) -> dict[str, dict[str, Any]]:
+    """The variables of a composite store: CF attributes of their own (no valid range or ancillary variables
+    inherited from the LST cube) and storage dtype.
+
+    Parameters
+    ----------
+    freq : {"MS", "QS-DEC", "YS"}
+        The period.
+    how : {"median", "mean", "min", "max"}
+        The reduction of each pixel's good values in a period.
+    """
+    period = COMPOSITE_PERIODS[freq][0]
+    return {
+        "lst": {"units": "K", "standard_name": "surface_temperature", "units_metadata": "temperature: on_scale",
+                "long_name": f"{period}ly {how} land surface temperature",
+                "cell_methods": f"time: {how} within {period}s (good values only)", "dtype": "float32"},
+        "lst_uncertainty": {"units": "K", "standard_name": "surface_temperature standard_error",
+                            "units_metadata": "temperature: difference",
+                            "long_name": f"standard uncertainty of the {period}ly {how} (1 sigma; systematic part "
+                                         "not reduced by sqrt(n))", "dtype": "float32"},
+        "n_obs": {"units": "1", "long_name": f"number of good LST values in the {period}", "dtype": "int16"},
+    }
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One task: the composite of one period on one chunk window of one tile."""
+
+    lst: str
+    out: str
+    steps: tuple[int, ...]  # time indices of the period's completed steps in the LST store
+    t_out: int
+    window: tuple[int, int, int, int]
+    freq: str
+    how: str
+    min_count: int
+
+
+def _composite_part(part: _Part) -> dict[str, Any]:
+    """Compute and write one chunk of one period (the task); its good-value count (pixels x steps)."""
+    y0, y1, x0, x1 = part.window
+    ds = open_store(part.lst, chunks=None).isel(time=list(part.steps), y=slice(y0, y1), x=slice(x0, x1)).load()
+    comp = ds.sftl.good().sftl.composite(part.freq, part.how, min_count=part.min_count)
+    if comp.sizes["time"] != 1:  # the steps were chosen as one period: anything else is a bug
+        raise AssertionError(f"{part.lst}: steps {part.steps} make {comp.sizes['time']} periods, not 1")
+    data = {"lst": comp["lst"].values[0], "lst_uncertainty": comp["lst_uncertainty"].values[0],
+            "n_obs": comp["count"].values[0].astype(np.int16)}
+    arrays = zarr.open_group(zarr_store(part.out), mode="r+")
+    write_block(arrays, part.t_out, part.window, data)
+    return {"out": part.out, "window": part.window, "t_out": part.t_out, "n_obs": int(data["n_obs"].sum()),
+            "covered": int((data["n_obs"] > 0).sum())}
+
+
+def _periods(slots: Sequence[Mapping[str, Any]], freq: str) -> dict[pd.Timestamp, list[Mapping[str, Any]]]:
+    """The completed steps of an LST store by period start."""
+    done = [s for s in slots if s[LST_OK_VAR]]
+    if not done:
+        return {}
+    ser = pd.Series(range(len(done)), index=pd.DatetimeIndex([s["time"] for s in done]))
+    out: dict[pd.Timestamp, list[Mapping[str, Any]]] = {}
+    for start, grp in ser.resample(freq):
+        if len(grp):
+            out[pd.Timestamp(start)] = [done[i] for i in grp.to_numpy()]
+    return out
+
+
+def _key(steps: Sequence[Mapping[str, Any]], attrs: Mapping[str, Any], freq: str, how: str, min_count: int) -> str:
+    """sha256 of what a period's composite is made from: its steps (scene id, checksum), the model, the reduction."""
+    doc = {"steps": sorted([str(s["scene_id"]), str(s["checksum"])] for s in steps),
+           "model": [str(attrs.get("model_sha256", "")), str(attrs.get("model_precision", ""))],
+           "reduction": [freq, how, int(min_count)]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _plan_tile(lst: Any, out: Any, freq: str, how: str, min_count: int) -> dict[str, Any]:
+    """What to do for one tile: its periods to (re)compute with their slots, and the tasks."""
+    grid, slots = read_slots(lst, LST_OK_VAR)
+    group = zarr.open_group(zarr_store(lst), mode="r")
+    attrs = dict(group.attrs)
+    chunk = tuple(group["lst"].chunks[1:])
+    index = read_coverage(lst)
+    periods = _periods(slots, freq)
+    keys = {p: _key(steps, attrs, freq, how, min_count) for p, steps in periods.items()}
+    have: dict[str, tuple[int, str, bool]] = {}
+    old_index = None
+    if is_zarr_store(out):
+        _, oslots = read_slots(out, COMPOSITE_OK_VAR)
+        have = {s["scene_id"]: (s["index"], s["checksum"], s[COMPOSITE_OK_VAR]) for s in oslots}
+        old_index = read_coverage(out)
+    label = COMPOSITE_PERIODS[freq][1]
+    todo = [(p, periods[p], keys[p]) for p in sorted(periods)
+            if not (p.strftime(label) in have and have[p.strftime(label)][1] == keys[p]
+                    and have[p.strftime(label)][2])]
+    return {"lst": lst, "out": out, "grid": grid, "chunk": chunk, "index": index, "attrs": attrs, "todo": todo,
+            "have": have, "old_index": old_index, "label": label, "reused": len(periods) - len(todo)}
+
+
+def _tile_parts(plan: dict[str, Any], freq: str, how: str, min_count: int) -> list[_Part]:
+    """Create or extend the tile's composite store with the periods to do; one part per (period, data chunk)."""
+    label = plan["label"]
+    fresh = [(p, steps, key) for p, steps, key in plan["todo"] if p.strftime(label) not in plan["have"]]
+    scenes = [{"scene_id": p.strftime(label), "source": str(plan["lst"]), "time": np.datetime64(p, "ns")}
+              for p, _, _ in fresh]
+    attrs = {k: v for k, v in plan["attrs"].items() if k not in ("title", "summary", "sftl_product", "history")}
+    attrs.update({"title": f"sftl-dask {COMPOSITE_PERIODS[freq][0]}ly {how} LST composite",
+                  "sftl_product": "lst_composite", "sftl_composite_freq": freq, "sftl_composite_how": how,
+                  "sftl_composite_min_count": int(min_count), "source_lst": str(plan["lst"]),
+                  "summary": "Composites of the good LST values (sftl_dask.api.SftlAccessor.good) of an sftl-dask "
+                             "LST cube, one time step per period."})
+    new_idx = iter(append_slots(plan["out"], plan["grid"], scenes, attrs, variables=composite_variables(freq, how),
+                                ok_var=COMPOSITE_OK_VAR, chunk=plan["chunk"]))
+    cy, cx = plan["chunk"]
+    grid: GeoBox = plan["grid"]
+    parts: list[_Part] = []
+    plan["slots"] = []
+    for p, steps, _ in plan["todo"]:
+        t_out = plan["have"][p.strftime(label)][0] if p.strftime(label) in plan["have"] else next(new_idx)
+        plan["slots"].append(t_out)
+        idx = tuple(int(s["index"]) for s in steps)
+        rows = None if plan["index"] is None else plan["index"][list(idx)]
+        held = np.ones((-(-grid.height // cy), -(-grid.width // cx)), dtype=bool) \
+            if rows is None or (rows < 0).any() else rows.sum(axis=0) > 0
+        if plan["old_index"] is not None and t_out < plan["old_index"].shape[0]:  # recomputed: clear old chunks
+            held |= plan["old_index"][t_out] > 0
+        for r, c in zip(*np.nonzero(held), strict=True):
+            window = (r * cy, min((r + 1) * cy, grid.height), c * cx, min((c + 1) * cx, grid.width))
+            parts.append(_Part(str(plan["lst"]), str(plan["out"]), idx, t_out, window, freq, how, min_count))
+    return parts
+
+
+def write_composites(lst: str | os.PathLike[str], out: str | os.PathLike[str], *, freq: str = "MS",
+                     how: str = "median", min_count: int = 1, client: Any = None,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Composites of an LST cube (a store or a root of tile stores) into ``out/<tile>.zarr``, incrementally.
+
+    Parameters
+    ----------
+    lst : path
+        An LST store or root (``sftl retrieve --out``).
+    out : path
+        The composites' root: one store per LST store, named as it.
+    freq : {"MS", "QS-DEC", "YS"}
+        The period: months, seasons (DJF, MAM, ...), years.
+    how : {"median", "mean", "min", "max"}
+        The reduction of each pixel's good values in a period.
+    min_count : int
+        Fewest good values a pixel needs in a period; fewer give NaN (``n_obs`` still counts them).
+    client : distributed.Client, optional
+        Where the tasks run (one per period and chunk holding data); without one, in this process.
+    progress : callable, optional
+        ``progress(done, total)`` in tasks.
+
+    Returns
+    -------
+    dict
+        ``stores`` (composite stores), ``computed`` and ``reused`` (periods), ``tasks``, ``good_values``.
+
+    Raises
+    ------
+    ValueError
+        Naming an unknown period or reduction, a ``min_count`` below 1, or an ``lst`` with no LST store.
+    """
+    if freq not in COMPOSITE_PERIODS:
+        raise ValueError(f"freq {freq!r}: composite stores hold one of {', '.join(COMPOSITE_PERIODS)}")
+    if how not in _HOWS:
+        raise ValueError(f"how {how!r} must be one of {', '.join(_HOWS)}")
+    if not (isinstance(min_count, int | np.integer) and min_count >= 1):
+        raise ValueError(f"min_count {min_count!r} must be an integer >= 1")
+    stores = lst_stores(lst)
+    if not stores:
+        raise ValueError(f"{lst}: no LST store here (expected an LST store or a folder of them)")
+    out = location(out)
+    plans = [_plan_tile(src, join(out, f"{name}.zarr"), freq, how, min_count) for name, src in stores.items()]
+    parts = [p for plan in plans if plan["todo"] for p in _tile_parts(plan, freq, how, min_count)]
+    results = run_tasks([(_composite_part, (p,)) for p in parts], client, progress=progress)
+    _mark_done(plans, results)
+    return {"stores": [str(p["out"]) for p in plans if p["todo"] or p["have"]],
+            "computed": sum(len(p["todo"]) for p in plans), "reused": sum(p["reused"] for p in plans),
+            "tasks": len(parts), "good_values": sum(r["n_obs"] for r in results)}
+
+
+def _mark_done(plans: Sequence[dict[str, Any]], results: Sequence[Mapping[str, Any]]) -> None:
+    """Mark each computed period complete with its key and its chunk-coverage index (pixels with a good value)."""
+    by_slot: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for r in results:
+        by_slot.setdefault((r["out"], r["t_out"]), []).append(r)
+    for plan in plans:
+        if not plan["todo"]:
+            continue
+        cy, cx = plan["chunk"]
+        grid: GeoBox = plan["grid"]
+        for (_, _, key), t_out in zip(plan["todo"], plan["slots"], strict=True):
+            cover = np.zeros((-(-grid.height // cy), -(-grid.width // cx)), dtype=np.int32)
+            for r in by_slot.get((str(plan["out"]), t_out), []):
+                cover[r["window"][0] // cy, r["window"][2] // cx] = r["covered"]
+            mark_slot(plan["out"], t_out, COMPOSITE_OK_VAR, checksum=key, coverage=cover)
+        zarr.consolidate_metadata(zarr_store(plan["out"]))
