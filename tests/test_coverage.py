@@ -187,19 +187,49 @@ def test_composites_equal_the_accessor_and_a_new_month_recomputes_only_that_mont
             np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=f"{name} {v}")
 
 
+def _site_in_a_chunk_sometimes_empty(lst_root: Path, tb: Path, out: Path) -> tuple[Path, Path]:
+    """The testbed's sites and stations plus a site in a chunk that a step of its tile holds no data in."""
+    import pandas as pd
+    from pyproj import Transformer
+
+    from sftl_dask.geo import store_geometry
+
+    for store in lst_stores(lst_root).values():
+        index = read_coverage(store)
+        empty = (index == 0).any(axis=0)
+        if empty.any():
+            r, c = (int(v[0]) for v in np.nonzero(empty))
+            grid, _ = store_geometry(dict(zarr.open_group(str(store), mode="r").attrs))
+            x, y = grid.affine * (c * 512 + 256.5, r * 512 + 256.5)
+            lon, lat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True).transform(x, y)
+            break
+    else:
+        raise AssertionError("every chunk of the cube holds data at every step")
+    sites = pd.read_csv(tb / "sites.csv")
+    near = sites.iloc[0].copy()
+    near["id"], near["name"], near["lon"], near["lat"] = "XX01", "chunk edge", lon, lat
+    (out / "insitu").mkdir(parents=True)
+    for f in (tb / "insitu").glob("*.csv"):
+        shutil.copy(f, out / "insitu" / f.name)
+    shutil.copy(tb / "insitu" / f"{sites.iloc[0]['id']}.csv", out / "insitu" / "XX01.csv")
+    pd.concat([sites, near.to_frame().T]).to_csv(out / "sites.csv", index=False)
+    return out / "insitu", out / "sites.csv"
+
+
 def test_validation_reads_only_steps_with_data_and_finds_the_same_matchups(lst, small_testbed, tmp_path):
     import pandas as pd
 
     from sftl_dask.validate import validate
 
-    tb = small_testbed
+    insitu, sites = _site_in_a_chunk_sometimes_empty(lst[0], small_testbed, tmp_path / "in")
     old = tmp_path / "lst_old"
     shutil.copytree(lst[0], old)
     _drop_index(old)
-    a = validate(lst[0], tb / "insitu", tb / "sites.csv", tmp_path / "val")
-    b = validate(old, tb / "insitu", tb / "sites.csv", tmp_path / "val_old")
+    a = validate(lst[0], insitu, sites, tmp_path / "val")
+    b = validate(old, insitu, sites, tmp_path / "val_old")
     ma = pd.read_parquet(tmp_path / "val" / "matchups.parquet").drop(columns="grid")
     mb = pd.read_parquet(tmp_path / "val_old" / "matchups.parquet").drop(columns="grid")
     pd.testing.assert_frame_equal(ma, mb)
     assert a["n_usable"] == b["n_usable"] > 0
-    assert (ma["reason"] == "no coverage").sum() > 0  # steps the index let validation skip reading
+    # the steps the index let validation skip reading: the new site's chunk held no data there
+    assert ((ma["site"] == "XX01") & (ma["reason"] == "no coverage")).sum() > 0

@@ -28,6 +28,7 @@ from sftl_dask.cli import main
 from sftl_dask.geo import TileScheme
 from sftl_dask.io.cube import append_slots, write_scene
 from sftl_dask.io.export import COG_VARIABLES, EXPORT_MANIFEST, ExportError, export_cogs, plan_export
+from sftl_dask.io.lst import QC_FILL
 from sftl_dask.io.stac import COG_COLLECTION, LST_COLLECTION
 from sftl_dask.retrieve import retrieve
 
@@ -157,7 +158,7 @@ def test_every_cog_validates_and_every_item_validates_against_the_schemas(export
         assert valid and not errors, (cog.name, errors)
         with rasterio.open(cog) as src:
             assert src.crs.to_epsg() == EPSG and src.count == 1 and src.shape == (64, 64)
-            assert src.nodata == 65535 if cog.stem.endswith("_qc") else np.isnan(src.nodata)
+            assert src.nodata == QC_FILL if cog.stem.endswith("_qc") else np.isnan(src.nodata)
     validator = _validator()
     declared = {u for i in exported["items"] for u in i.stac_extensions}
     assert declared <= set(validator.schema_cache), declared - set(validator.schema_cache)
@@ -168,7 +169,7 @@ def test_every_cog_validates_and_every_item_validates_against_the_schemas(export
             asset = item.assets[name]
             assert asset.media_type == pystac.MediaType.COG
             band = asset.extra_fields["raster:bands"][0]
-            assert band["nodata"] == (65535 if name == "qc" else "nan") and band["spatial_resolution"] == 40.0
+            assert band["nodata"] == (QC_FILL if name == "qc" else "nan") and band["spatial_resolution"] == 40.0
             digest = asset.extra_fields["file:checksum"]
             assert digest == "1220" + hashlib.sha256(Path(asset.href).read_bytes()).hexdigest()
             assert asset.extra_fields["file:size"] == Path(asset.href).stat().st_size

@@ -52,6 +52,7 @@ from numpy.typing import NDArray
 from sftl_dask.geo import store_geometry
 from sftl_dask.io.lst import LST_OK_VAR, lst_stores
 from sftl_dask.io.stac import LST_COLLECTION, item_id, scene_sources, write_cog_stac, write_lst_stac
+from sftl_dask.io.stores import open_store
 from sftl_dask.staging import staged_file
 from sftl_dask.version import __version__
 
@@ -468,7 +469,7 @@ def plan_export(lst: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
         raise ExportError(f"--tiles: {unknown[0]!r} is not a tile of {lst} (holds {', '.join(stores)})")
     steps, model, matched = [], {}, set()
     for tile in tiles or list(stores):
-        ds = xr.open_zarr(stores[tile], consolidated=True, chunks=None)
+        ds = open_store(stores[tile], chunks=None)
         model = {"kind": str(ds.attrs.get("model_kind", "unknown")), "sha256": str(ds.attrs.get("model_sha256", ""))}
         index = pd.DatetimeIndex(ds["time"].values)
         ok = np.flatnonzero(np.asarray(ds[LST_OK_VAR].values, dtype=bool))
@@ -528,7 +529,8 @@ def export_cogs(lst: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Export an LST cube as COGs, one per scene, tile and variable, with a STAC catalog that clients load.
 
-    One Dask task per COG (:func:`to_cog` of ``lst``, ``lst_uncertainty``, ``qc``: overviews, nodata NaN or 65535).
+    One Dask task per COG (:func:`to_cog` of ``lst``, ``lst_uncertainty``, ``qc``: overviews, nodata NaN or ``qc``'s
+    fill, 770: not covered).
     Incremental: a COG already written from the same step (same scene, product checksum and model) is kept.
     ``<out>/<tile>/<scene id>_<tile>_<variable>.tif``, ``<out>/export.json`` (the record) and ``<out>/stac``
     (:func:`~sftl_dask.io.stac.write_cog_stac`). The LST cube's own catalog is rewritten first when it is
@@ -598,14 +600,15 @@ def _write_one_cog(store: str, index: int, variable: str, path: str) -> dict[str
     target = Path(path)
     target.unlink(missing_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    ds = xr.open_zarr(store, consolidated=True, chunks=None)  # no Dask inside a task: the slice is read directly
+    ds = open_store(store, chunks=None)  # no Dask inside a task: the slice is read directly
     to_cog(ds, target, time=index, variables=(variable,))
     attrs = ds[variable].attrs
     ds.close()
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     dtype = str(ds[variable].dtype)
+    nodata = _nodata(ds[variable], np.zeros(0, dtype=ds[variable].dtype))  # what to_cog wrote
     return {"sha256": digest, "size": target.stat().st_size, "dtype": dtype,
-            "nodata": None if dtype.startswith("float") else int(np.iinfo(dtype).max),
+            "nodata": None if dtype.startswith("float") else int(nodata),
             **{k: str(attrs[k]) for k in ("units", "long_name") if k in attrs}}
 
 
@@ -684,7 +687,7 @@ def _cog_item_specs(out: Path, plan: Mapping[str, Any], cogs: Mapping[str, Any])
     for rel, rec in cogs.items():
         ident, tile = rec["item"], rec["tile"]
         if tile not in grids:
-            with xr.open_zarr(stores[tile], consolidated=True, chunks=None) as ds:
+            with open_store(stores[tile], chunks=None) as ds:
                 grids[tile] = (store_geometry(ds.attrs)[0], {str(a): str(b) for a, b in
                                zip(ds["scene_id"].values, ds["source"].values, strict=True)})
         grid, source_of = grids[tile]

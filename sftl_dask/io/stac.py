@@ -53,7 +53,7 @@ from sftl_dask.geo import GeoBox, store_geometry
 from sftl_dask.io.cube import CUBE_VARIABLES, read_slots
 from sftl_dask.io.location import is_url
 from sftl_dask.io.lst import LST_OK_VAR, LST_VARIABLES, lst_stores
-from sftl_dask.io.stores import CubeRoot
+from sftl_dask.io.stores import CubeRoot, open_store
 from sftl_dask.staging import staged_dir
 from sftl_dask.version import __version__
 
@@ -227,7 +227,7 @@ def write_lst_stac(lst_root_or_store: str | os.PathLike[str]) -> Path:
     items, assets = [], {}
     sources: dict[str, dict[str, tuple[str, str]]] = {}
     for tile, store in stores.items():
-        ds = xr.open_zarr(store, consolidated=True, chunks=None)  # only the per-time arrays are read
+        ds = open_store(store, chunks=None)  # only the per-time arrays are read
         grid, _ = store_geometry(ds.attrs)
         variables = {k: {**dict(ds[k].attrs), "dtype": str(ds[k].dtype)} for k in LST_VARIABLES if k in ds}
         assets[tile] = store_asset(Path(store), variables, stac_dir / LST_COLLECTION, product="LST", ds=ds)
@@ -318,7 +318,7 @@ def store_asset(store: Path, variables: Mapping[str, Mapping[str, Any]], collect
         The store opened (else it is opened here, metadata and time only).
     """
     own = ds is None
-    ds = xr.open_zarr(store, consolidated=True, chunks=None) if ds is None else ds
+    ds = open_store(store, chunks=None) if ds is None else ds
     grid, _ = store_geometry(ds.attrs)
     times = pd.DatetimeIndex(ds["time"].values)
     if own:
