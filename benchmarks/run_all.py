@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "timeseries": (["--lengths", "10", "40", "--tiles", "64", "--repeat", "3", "--pixels", "3"], []),
     "experiment": (["--skip-full", "--skip-scaling", "--ddp-epochs", "3"], []),
     "export": (["--repeat", "1"], []),
+    "archive": (["--size", "1024", "--archive-scenes", "12", "--repeat", "1"], []),
 }
 
 

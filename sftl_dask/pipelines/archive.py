@@ -223,8 +223,9 @@ def run_archive(config: str | os.PathLike[str], out: str | os.PathLike[str], *, 
         run.done("validate", t0, reused)
     if "composites" in cfg["steps"]:
         t0 = time.perf_counter()
-        run.done("composites", t0, composites_step(lst, out / "composites", key, {}, client=client,
-                                                   progress=run.bar("composites")))
+        reused, counts = composites_step(lst, out / "composites", key, {}, client=client,
+                                         progress=run.bar("composites"))
+        run.done("composites", t0, reused, **counts)
     summary = {"config": cfg["source"], "version": __version__, "steps": run.steps, "failed": run.failed}
     with staged_file(out / "archive.json", replace=True) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=1, default=str))

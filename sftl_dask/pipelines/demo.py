@@ -121,7 +121,7 @@ def run_demo(config: str | os.PathLike[str], out: str | os.PathLike[str], *, cli
     t0 = time.perf_counter()
     comp = out / "composites"
     regions = {zone_of_store(st.name[: -len(".zarr")]): r for r, sts in by_region.items() for st in sts}
-    stages.done("monthly composites", t0, composites_step(lst_root, comp, key, regions, client=client))
+    stages.done("monthly composites", t0, composites_step(lst_root, comp, key, regions, client=client)[0])
 
     t0 = time.perf_counter()
     figs = _maps(lst_root, by_region, out)

@@ -65,7 +65,7 @@ def validate_step(lst_root: Path, insitu: Path, sites: Path, out: Path, key: str
 
 
 def composites_step(lst_root: Path, out: Path, key: str, regions: Mapping[str, str], *, client: Any = None,
-                    progress: Callable[[int, int], None] | None = None) -> bool:
+                    progress: Callable[[int, int], None] | None = None) -> tuple[bool, dict[str, int]]:
     """The monthly composites of ``lst_root`` into ``out``: incremental Zarr stores per tile
     (:func:`sftl_dask.composites.write_composites`: only the months whose LST changed are computed), then per
     zone a CF NetCDF mosaic and a figure of the best-covered month (:func:`write_monthly_composites`), made again
@@ -73,18 +73,21 @@ def composites_step(lst_root: Path, out: Path, key: str, regions: Mapping[str, s
 
     Returns
     -------
-    bool
+    reused : bool
         Whether everything was reused (no month computed, every zone's NetCDF made from ``key`` already).
+    counts : dict
+        Months (tile, month) ``computed`` and ``reused``, and the ``tasks`` run (one per month and chunk with data).
     """
     summary = write_composites(lst_root, out, client=client, progress=progress)
+    counts = {k: int(summary[k]) for k in ("computed", "reused", "tasks")}
     zones = sorted({zone_of_store(n) for n in cube_stores(out)})
     files = [out / f"{zone}_monthly.nc" for zone in zones]
     if not summary["computed"] and all([reuse_or_remove(f, key) for f in files]):
-        return True
+        return True, counts
     write_monthly_composites(out, out, regions)
     for f in files:
         stamp(f, key)
-    return False
+    return False, counts
 
 
 def _crop_to_data(ds: Any) -> Any:
