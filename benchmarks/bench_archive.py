@@ -173,8 +173,8 @@ def archive(work: Path, scenes: int, workers: int) -> dict[str, Any]:
             "ratio_composites_to_retrieve": round(sec["composites"] / sec["retrieve"], 3),
             "ratio_validate_to_retrieve": round(sec["validate"] / sec["retrieve"], 3),
             "composites_target": COMPOSITES_TARGET, "validate_target": VALIDATE_TARGET,
-            "second_run_composites": {k: two["composites"].get(k) for k in ("seconds", "computed", "reused",
-                                                                               "tasks")}}
+            "second_run_composites": {k: two["composites"].get(k) for k in ("seconds", "months_computed",
+                                                                               "months_reused", "tasks")}}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -76,10 +76,12 @@ def composites_step(lst_root: Path, out: Path, key: str, regions: Mapping[str, s
     reused : bool
         Whether everything was reused (no month computed, every zone's NetCDF made from ``key`` already).
     counts : dict
-        Months (tile, month) ``computed`` and ``reused``, and the ``tasks`` run (one per month and chunk with data).
+        ``months_computed`` and ``months_reused`` (tile months), and the ``tasks`` run (one per month and chunk with
+        data).
     """
     summary = write_composites(lst_root, out, client=client, progress=progress)
-    counts = {k: int(summary[k]) for k in ("computed", "reused", "tasks")}
+    counts = {"months_computed": int(summary["computed"]), "months_reused": int(summary["reused"]),
+              "tasks": int(summary["tasks"])}
     zones = sorted({zone_of_store(n) for n in cube_stores(out)})
     files = [out / f"{zone}_monthly.nc" for zone in zones]
     if not summary["computed"] and all([reuse_or_remove(f, key) for f in files]):
