@@ -29,8 +29,9 @@ from sftl_dask.api import SftlAccessor  # noqa: F401  (registers ds.sftl: the ac
 from sftl_dask.cluster import run_tasks
 from sftl_dask.geo import GeoBox
 from sftl_dask.io.cube import append_slots, mark_slot, read_coverage, read_slots, write_block
-from sftl_dask.io.location import is_zarr_store, join, location, zarr_store
+from sftl_dask.io.location import is_url, is_zarr_store, join, location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR, lst_stores
+from sftl_dask.io.stac import write_composites_stac
 from sftl_dask.io.stores import open_store
 
 __all__ = ["COMPOSITE_OK_VAR", "COMPOSITE_PERIODS", "composite_variables", "write_composites"]
@@ -218,6 +219,8 @@ def write_composites(lst: str | os.PathLike[str], out: str | os.PathLike[str], *
     parts = [p for plan in plans if plan["todo"] for p in _tile_parts(plan, freq, how, min_count)]
     results = run_tasks([(_composite_part, (p,)) for p in parts], client, progress=progress)
     _mark_done(plans, results)
+    if not is_url(out) and any(p["todo"] for p in plans):  # no STAC on object stores yet (as the LST's)
+        write_composites_stac(out, COMPOSITE_OK_VAR)
     return {"stores": [str(p["out"]) for p in plans if p["todo"] or p["have"]],
             "computed": sum(len(p["todo"]) for p in plans), "reused": sum(p["reused"] for p in plans),
             "tasks": len(parts), "good_values": sum(r["n_obs"] for r in results)}

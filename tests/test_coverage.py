@@ -233,3 +233,33 @@ def test_validation_reads_only_steps_with_data_and_finds_the_same_matchups(lst, 
     assert a["n_usable"] == b["n_usable"] > 0
     # the steps the index let validation skip reading: the new site's chunk held no data there
     assert ((ma["site"] == "XX01") & (ma["reason"] == "no coverage")).sum() > 0
+
+
+def test_composite_stores_have_a_stac_collection_that_xpystac_opens_and_items_per_period(lst, tmp_path):
+    import pystac
+    import xarray as xr
+    import xpystac  # noqa: F401  (registers xarray's "stac" engine)
+    from test_stac import _validator, validate_offline
+
+    from sftl_dask.io.stac import COMPOSITES_COLLECTION
+
+    out = tmp_path / "comp"
+    write_composites(lst[0], out)
+    catalog = pystac.Catalog.from_file(str(out / "stac" / "catalog.json"))
+    collection = catalog.get_child(COMPOSITES_COLLECTION)
+    validator = _validator()
+    catalog.validate(validator=validator)
+    validate_offline(collection, validator)
+    items = list(catalog.get_items(recursive=True))
+    periods = {(name, str(p)) for name in lst_stores(lst[0])
+               for p in open_store(out / f"{name}.zarr")["scene_id"].values}
+    assert {(i.id.split("_", 1)[1], i.properties["sftl_period"]) for i in items} == periods
+    for item in items:
+        assert item.validate(validator=validator)
+        start = np.datetime64(item.properties["start_datetime"].rstrip("Z"), "s")
+        assert str(start)[:7] == item.properties["sftl_period"]
+    for name, asset in collection.assets.items():
+        asset.href = asset.get_absolute_href()
+        opened = xr.open_dataset(asset, engine="stac")
+        want = open_store(out / f"{name}.zarr")
+        np.testing.assert_array_equal(opened["lst"].values, want["lst"].values)

@@ -59,6 +59,7 @@ from sftl_dask.version import __version__
 
 __all__ = [
     "COG_COLLECTION",
+    "COMPOSITES_COLLECTION",
     "LST_COLLECTION",
     "PROCESSING_SCHEMA_URI",
     "SCENE_COLLECTION",
@@ -68,6 +69,7 @@ __all__ = [
     "store_asset",
     "tile_name",
     "write_cog_stac",
+    "write_composites_stac",
     "write_lst_stac",
     "write_scene_stac",
 ]
@@ -79,6 +81,8 @@ SCENE_COLLECTION = "sftl-scene-cube"
 LST_COLLECTION = "sftl-lst"
 #: Collection id of a COG export's catalog (``sftl export``).
 COG_COLLECTION = "sftl-lst-cog"
+#: The Collection of composite stores (:mod:`sftl_dask.composites`): one Item per tile and period.
+COMPOSITES_COLLECTION = "sftl-lst-composites"
 _PLATFORM, _INSTRUMENTS = "gf5-02", ["vimi"]
 _ZARR = "application/vnd+zarr"
 #: How xarray opens a tile store (``xarray:open_kwargs``): lazily, in the store's own chunks.
@@ -245,6 +249,53 @@ def write_lst_stac(lst_root_or_store: str | os.PathLike[str]) -> Path:
                  description="Land surface temperature (K) with its uncertainty and QC flags from GF5-02 VIMI "
                              "thermal imagery by strategic fine-tuning transfer learning (SFTL), one Zarr store "
                              "per tile grid")
+
+
+def write_composites_stac(root: str | os.PathLike[str], ok_var: str) -> Path:
+    """Write the STAC catalog of a root of composite stores (``<root>/stac``), rebuilt from the stores.
+
+    The Collection holds each tile store as an asset the Pangeo way (:func:`store_asset`: ``xpystac`` opens it);
+    one Item per tile and complete period (``ok_var``), with ``start_datetime`` / ``end_datetime`` spanning the
+    period (``sftl_composite_freq`` of the store) and the store as its ``composite`` asset.
+
+    Returns
+    -------
+    Path
+        The root ``catalog.json``.
+    """
+    root = Path(root)
+    stac_dir = root / "stac"
+    items, assets = [], {}
+    for tile, store in CubeRoot(root).stores().items():
+        ds = open_store(store, chunks=None)  # only the per-time arrays are read
+        grid, _ = store_geometry(ds.attrs)
+        variables = {k: {**dict(v.attrs), "dtype": str(v.dtype)} for k, v in ds.data_vars.items()
+                     if v.dims == ("time", "y", "x")}
+        assets[tile] = store_asset(Path(store), variables, stac_dir / COMPOSITES_COLLECTION, product="composite",
+                                   ds=ds)
+        step = pd.tseries.frequencies.to_offset(str(ds.attrs.get("sftl_composite_freq", "MS")))
+        how = str(ds.attrs.get("sftl_composite_how", "median"))
+        for i in np.flatnonzero(np.asarray(ds[ok_var].values, dtype=bool)):
+            period, start = str(ds["scene_id"].values[i]), pd.Timestamp(ds["time"].values[i])
+            item = _item(f"{period}_{tile}", _footprint(grid), start)
+            end = start + step - pd.Timedelta(seconds=1)
+            item.properties.update({"start_datetime": _stamp(start), "end_datetime": _stamp(end),
+                                    "title": f"{how} LST of {period} on tile {tile}", "sftl_period": period})
+            _set_projection(item, grid)
+            _set_grid_code(item, tile)
+            item_dir = stac_dir / COMPOSITES_COLLECTION / item.id
+            asset = pystac.Asset(href=_rel(Path(store), item_dir), media_type=_ZARR, roles=["data"],
+                                 title=f"composite store of tile {tile}: all periods; this item's is "
+                                       f"time={_stamp(start)}")
+            item.add_asset("composite", asset)
+            _set_bands(asset, variables, grid)
+            _set_processing(item, level="L3", lineage=f"{how} of the good LST values of {period} "
+                                                      f"({ds.attrs.get('source_lst', '')})")
+            items.append(item)
+        ds.close()
+    return _save(stac_dir, items, collection_id=COMPOSITES_COLLECTION, title="sftl-dask LST composites",
+                 assets=assets, description="Composites of the good LST values of an sftl-dask LST cube, one Zarr "
+                                            "store per tile, one time step per period")
 
 
 def _lst_item(attrs: Mapping[str, Any], grid: GeoBox, when: Any, scene_id: str, source: str, checksum: str,
