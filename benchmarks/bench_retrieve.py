@@ -17,6 +17,10 @@ Measures, in one run on the testbed's scene cube (40 scenes of 640 x 640 px on t
 * (f) the uncertainty's calibration measured through the LST cube: held-out target-region matchups read from
   the retrieved cube (share of in situ residuals within +-1 sigma, goal 68 +- 5 %, and +-2 sigma, goal
   95 +- 3 %), for both directions, and against the testbed's true pixel LST;
+* (h) the DNN's ``sftl retrieve`` against a bare baseline: per chunk, read the inputs, THE feature function, the
+  same artifact's TorchScript forward in batches of 8,192, write ``lst`` alone (``dask.array.map_blocks`` +
+  ``to_zarr``, same workers x 1 thread, the model loaded once per worker). Target: throughput >= 0.8 x the
+  bare baseline's (``--bare-only`` runs this part alone);
 * (g) with a CUDA GPU (``--gpu``): px/s per GPU and the share of time the GPU is busy.
 
 TrF, CNN, RF and LGBM for (c) are the pipelines' architectures trained briefly on the simulation: their cost
@@ -29,6 +33,7 @@ Usage: python -m benchmarks.bench_retrieve [--work DIR] [--workers 2] [--repeat 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -47,6 +52,8 @@ PROTOTYPE_MPX_S = 3.96
 SCALING_TARGET = 1.7
 MEMORY_TOLERANCE = 0.20
 CLOUD_TARGET = 0.6
+#: DNN ``sftl retrieve`` throughput / the bare baseline's (same cube, artifact and workers): at least this.
+BARE_TARGET = 0.8
 KINDS = ("dnn", "trf", "cnn", "lgbm", "rf", "sw")
 
 
@@ -183,6 +190,66 @@ def _floor(client: Any, cube: Path, model: Path, out: Path) -> dict[str, float]:
     t0 = time.perf_counter()
     client.gather(client.map(floor_task, jobs, pure=False))
     return {"wall_s": time.perf_counter() - t0, "chunks": len(jobs)}
+
+
+@functools.lru_cache(maxsize=2)
+def _bare_model(path: str) -> tuple[Any, tuple[str, ...]]:
+    """The artifact's TorchScript module and its features, loaded once per worker process."""
+    from sftl_dask.models.artifact import load_artifact
+
+    loaded = load_artifact(path)
+    return loaded.model, tuple(loaded.features)
+
+
+def bare_block(*arrays: np.ndarray, names: tuple[str, ...], path: str) -> np.ndarray:
+    """The bare pipeline's work on one chunk: THE feature function and the artifact's forward in batches of 8,192
+    on the clear pixels whose inputs are finite (those a retrieval produces); ``lst`` alone (float32, NaN
+    elsewhere)."""
+    import torch
+
+    from sftl_dask.features import compute_features
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    model, features = _bare_model(path)
+    flat = {n: a.reshape(-1) for n, a in zip(names, arrays, strict=True)}
+    ok = flat.pop("cloud") == 0  # the pixels a retrieval produces: clear, with finite inputs
+    for v in flat.values():
+        ok &= np.isfinite(v)
+    idx = np.flatnonzero(ok)
+    out = np.full(arrays[0].size, np.nan, dtype=np.float32)
+    for b in range(0, idx.size, 8192):
+        take = idx[b:b + 8192]
+        f = compute_features({k: v.take(take) for k, v in flat.items()}, names=features)
+        x = torch.from_numpy(np.ascontiguousarray(np.stack([f[k] for k in features], axis=1), dtype=np.float32))
+        with torch.inference_mode():
+            out[take] = model(x).numpy()
+    return out.reshape(arrays[0].shape)
+
+
+def _bare(client: Any, cube: Path, model: Path, out: Path) -> dict[str, Any]:
+    """The bare baseline: per chunk and complete time step, read the model's inputs and the cloud mask, features,
+    the forward on the clear pixels, write ``lst`` alone (``dask.array.map_blocks`` + ``to_zarr``) on the same workers; seconds and pixels."""
+    import dask
+    import dask.array as da
+
+    from sftl_dask.features import inputs_for
+    from sftl_dask.io.cube import cube_stores, read_slots
+    from sftl_dask.models.artifact import load_artifact
+
+    names = (*inputs_for(load_artifact(model).features), "cloud")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    t0 = time.perf_counter()
+    writes, pixels = [], 0
+    for name, store in cube_stores(cube).items():
+        steps = [s["index"] for s in read_slots(store)[1] if s["ingest_ok"]]
+        arrays = [da.from_zarr(str(store), component=n)[steps] for n in names]
+        lst = da.map_blocks(bare_block, *arrays, names=names, path=str(model), dtype=np.float32)
+        pixels += int(np.prod(lst.shape))
+        writes.append(lst.to_zarr(str(out / f"{name}.zarr"), component="lst", compute=False, zarr_format=2))
+    client.compute(dask.delayed(writes)).result()
+    return {"seconds": time.perf_counter() - t0, "pixels": pixels}
 
 
 def _retrieve(cube: Path, model: Path, out: Path, **kw: Any) -> dict[str, Any]:
@@ -376,6 +443,44 @@ def _gpu(models: dict[str, Path], cube: Path, work: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- main
+def bare_comparison(client: Any, cube: Path, model: Path, work: Path, repeat: int) -> dict[str, Any]:
+    """(h): ``sftl retrieve`` of the DNN against the bare baseline, alternated on one cluster; best of each."""
+    client.run(_warm)
+    full, bare = [], []
+    for _ in range(repeat):
+        full.append(_retrieve(cube, model, work / "lst_full", client=client))
+        bare.append(_bare(client, cube, model, work / "lst_bare"))
+    f, b = _best(full), _best(bare)
+    return {"cube": str(cube), "model": str(model), "retrieve_s": round(f["seconds"], 2),
+            "bare_s": round(b["seconds"], 2), "pixels": b["pixels"], "tasks": f["chunks"],
+            "ratio_throughput_retrieve_to_bare": round(b["seconds"] / f["seconds"], 3), "target": BARE_TARGET,
+            "retrieve_runs_s": [round(r["seconds"], 2) for r in full],
+            "bare_runs_s": [round(r["seconds"], 2) for r in bare],
+            "task_time_split_s": {k: round(f[k], 2) for k in ("load_s", "read_s", "compute_s", "write_s")}}
+
+
+def _bare_only(args: argparse.Namespace) -> dict[str, Any]:
+    from sftl_dask.cluster import get_client
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    if args.cube is None or args.model is None:
+        hu = _train(work, "pipelines/huailai_to_heihe.yaml", "train_huailai_to_heihe.log")
+        cube, model = hu / "work" / "cube", hu / "model"
+    else:
+        cube, model = args.cube, args.model
+    with get_client(n_workers=args.workers) as client:
+        bare = bare_comparison(client, cube, model, work, args.repeat)
+    path = RESULTS / "retrieve.json"
+    res = json.loads(path.read_text()) if path.exists() else {"benchmark": "retrieve"}
+    res["bare"] = bare
+    res.setdefault("targets_met", {})["dnn_vs_bare"] = bare["ratio_throughput_retrieve_to_bare"] >= BARE_TARGET
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1))
+    print(json.dumps(bare, indent=1))
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns (and writes) the result."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -385,8 +490,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeat", type=int, default=2, help="timing repeats; the best counts")
     ap.add_argument("--quick", action="store_true", help="one direction's calibration, fewer chunks per core")
     ap.add_argument("--gpu", action="store_true", help="also measure on the CUDA GPU")
+    ap.add_argument("--bare-only", action="store_true", help="only the DNN against the bare baseline (h), into "
+                    "retrieve.json's 'bare' (the rest kept from the last run)")
+    ap.add_argument("--cube", type=Path, default=None, help="with --bare-only: this scene cube (default: the "
+                    "trained pipeline's)")
+    ap.add_argument("--model", type=Path, default=None, help="with --bare-only: this DNN artifact")
     args = ap.parse_args(argv)
     from sftl_dask.cluster import get_client
+
+    if args.bare_only:
+        return _bare_only(args)
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -410,6 +523,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             dk.append(_retrieve(cube, models["dnn"], work / "lst_dnn", client=client))
             print(f"  repeat {r + 1}: floor {fl[-1]['wall_s']:.2f} s, split-window {sw[-1]['seconds']:.2f} s, "
                   f"DNN on Dask {dk[-1]['seconds']:.2f} s")
+        res["bare"] = bare_comparison(client, cube, models["dnn"], work, args.repeat)
     _warm()
     pool = [_retrieve(cube, models["dnn"], work / "lst_pool", threads=2) for _ in range(args.repeat)]
     loop = [_retrieve(cube, models["dnn"], work / "lst_loop", threads=1) for _ in range(args.repeat)]
@@ -465,6 +579,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "on a machine with a CUDA GPU: python -m benchmarks.bench_retrieve --gpu --work <work dir>")}
     res["targets_met"] = {
         "split_window_vs_floor": res["ratio_split_window_to_floor"] <= FLOOR_TARGET,
+        "dnn_vs_bare": res["bare"]["ratio_throughput_retrieve_to_bare"] >= BARE_TARGET,
         "dask_vs_in_process": res["ratio_dask_to_in_process"] >= DASK_TARGET,
         "dask_vs_prototype": res["dnn_dask_mpx_s"] >= PROTOTYPE_MPX_S,
         "scaling": res["scaling"]["speedup"] >= SCALING_TARGET,
