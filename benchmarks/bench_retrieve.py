@@ -229,7 +229,8 @@ def bare_block(*arrays: np.ndarray, names: tuple[str, ...], path: str) -> np.nda
 
 def _bare(client: Any, cube: Path, model: Path, out: Path) -> dict[str, Any]:
     """The bare baseline: per chunk and complete time step, read the model's inputs and the cloud mask, features,
-    the forward on the clear pixels, write ``lst`` alone (``dask.array.map_blocks`` + ``to_zarr``) on the same workers; seconds and pixels."""
+    the forward on the clear pixels, write ``lst`` alone (``dask.array.map_blocks`` + ``to_zarr``) on the same
+    workers; seconds and pixels."""
     import dask
     import dask.array as da
 
