@@ -149,14 +149,21 @@ def composite_attrs(freq: str, how: str) -> dict[str, dict[str, Any]]:
     return {
         "lst": {"units": "K", "standard_name": "surface_temperature", "units_metadata": "temperature: on_scale",
                 "long_name": f"{adjective} {how} land surface temperature",
-                "cell_methods": f"area: mean where land time: {method} (comment: unmasked values of each {period})"},
+                "cell_methods": f"area: mean where land time: {method} (unmasked values of each {period})"},
         "lst_uncertainty": {"units": "K", "standard_name": "surface_temperature standard_error",
                             "units_metadata": "temperature: difference",
                             "long_name": f"standard uncertainty of the {adjective} {how} LST (1 sigma)",
                             "comment": "systematic part not reduced by sqrt(n); random part as the reduction allows"},
         "n_obs": {"units": "1", "long_name": f"number of LST values in the {period}",
-                  "cell_methods": f"time: sum (comment: unmasked values of each {period})"},
+                  "cell_methods": f"time: sum (unmasked values of each {period})"},
     }
+
+
+def _attrs(da: xr.DataArray, attrs: Mapping[str, Any]) -> xr.DataArray:
+    """``da`` with exactly ``attrs`` (xarray's arithmetic and reductions may keep the cube's)."""
+    out = da.copy(deep=False)
+    out.attrs = dict(attrs)
+    return out
 
 
 def _time_attrs(freq: str) -> dict[str, str]:
@@ -167,7 +174,7 @@ def _time_attrs(freq: str) -> dict[str, str]:
 def _climatology_attrs(by: str) -> dict[str, dict[str, Any]]:
     """CF attributes of a climatology's variables (CF-1.11 section 7.4: ``within years ... over years``)."""
     each = "month" if by == "month" else "day of the year"
-    pooled = f"(comment: all values of each {each}, pooled over the years)"
+    pooled = f"(all values of each {each}, pooled over the years)"
     return {
         "lst": {"units": "K", "standard_name": "surface_temperature", "units_metadata": "temperature: on_scale",
                 "long_name": f"mean land surface temperature of each {each} over the years",
@@ -670,9 +677,9 @@ class SftlAccessor:
         enough = count >= min_count
         attrs = composite_attrs(freq, how)
         out = xr.Dataset({
-            "lst": value.where(enough).astype(np.float32).assign_attrs(attrs["lst"]),
-            "lst_uncertainty": np.sqrt(var).where(enough).astype(np.float32).assign_attrs(attrs["lst_uncertainty"]),
-            "n_obs": count.astype(np.int16).assign_attrs(attrs["n_obs"]),
+            "lst": value.where(enough).astype(np.float32).pipe(_attrs, attrs["lst"]),
+            "lst_uncertainty": np.sqrt(var).where(enough).astype(np.float32).pipe(_attrs, attrs["lst_uncertainty"]),
+            "n_obs": count.astype(np.int16).pipe(_attrs, attrs["n_obs"]),
         }, attrs={k: v for k, v in ds.attrs.items() if k not in (_STORE_ATTR, "sftl_product")})
         out.attrs.update(sftl_composite_freq=freq, sftl_composite_how=how, sftl_composite_min_count=min_count)
         out["time"].attrs = _time_attrs(freq)
@@ -715,9 +722,9 @@ class SftlAccessor:
             warnings.simplefilter("ignore", RuntimeWarning)
             mean, std = grouped.mean(), grouped.std()
         out = xr.Dataset({
-            "lst": mean.astype(np.float32).assign_attrs(attrs["lst"]),
-            "lst_std": std.astype(np.float32).assign_attrs(attrs["lst_std"]),
-            "n_obs": lst.notnull().groupby(f"time.{by}").sum().astype(np.int16).assign_attrs(attrs["n_obs"]),
+            "lst": mean.astype(np.float32).pipe(_attrs, attrs["lst"]),
+            "lst_std": std.astype(np.float32).pipe(_attrs, attrs["lst_std"]),
+            "n_obs": lst.notnull().groupby(f"time.{by}").sum().astype(np.int16).pipe(_attrs, attrs["n_obs"]),
         }, attrs={"sftl_climatology_by": by, "sftl_climatology_first": str(self._ds["time"].values.min())[:19],
                   "sftl_climatology_last": str(self._ds["time"].values.max())[:19],
                   **{k: v for k, v in self._ds.attrs.items()
@@ -753,17 +760,17 @@ class SftlAccessor:
         each = "month" if by == "month" else "day of the year"
         out = xr.Dataset({
             # named lst, as in the cube, so the accessor's points, maps and composites work on anomalies too
-            "lst": anom.astype(np.float32).assign_attrs(
-                {"units": "K", "standard_name": "surface_temperature_anomaly",
-                 "units_metadata": "temperature: difference",
-                 "long_name": f"land surface temperature anomaly (minus the mean of its {each})"}),
+            "lst": anom.astype(np.float32).pipe(_attrs, {
+                "units": "K", "standard_name": "surface_temperature_anomaly",
+                "units_metadata": "temperature: difference",
+                "long_name": f"land surface temperature anomaly (minus the mean of its {each})"}),
         }, attrs={**{k: v for k, v in ds.attrs.items() if k not in (_STORE_ATTR, "sftl_product")},
                   "sftl_climatology_by": by, "sftl_quantity": "anomaly"})
         if "lst_uncertainty" in ds:
-            out["lst_uncertainty"] = ds["lst_uncertainty"].assign_attrs(
-                {"units": "K", "standard_name": "surface_temperature_anomaly standard_error",
-                 "units_metadata": "temperature: difference",
-                 "long_name": "standard uncertainty of the step's LST (1 sigma; the climatology's not included)"})
+            out["lst_uncertainty"] = ds["lst_uncertainty"].pipe(_attrs, {
+                "units": "K", "standard_name": "surface_temperature_anomaly standard_error",
+                "units_metadata": "temperature: difference",
+                "long_name": "standard uncertainty of the step's LST (1 sigma; the climatology's not included)"})
         if "qc" in ds:
             out["qc"] = ds["qc"]
         if {"lst_uncertainty", "qc"} <= set(out.data_vars):
