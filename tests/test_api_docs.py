@@ -28,7 +28,7 @@ def _blocks() -> list[str]:
 def testbed_like(tmp_path: Path) -> Path:
     lst = tmp_path / "lst"
     lst.mkdir()
-    synthetic_lst_cube(lst / "47N_138_014.zarr", n_times=30)  # EPSG:32650 from (400 km, 4500 km): names only
+    synthetic_lst_cube(lst / "47N_138_014.zarr", n_times=12, step_days=30)  # EPSG:32650: the tile names only
     far = (600_000.0, 4_700_000.0)
     times = np.datetime64("2021-01-07T03:10") + np.arange(6) * np.timedelta64(20, "D")
     field = 285.0 + np.arange(6)[:, None, None] + np.zeros((6, 12, 12))
