@@ -147,6 +147,9 @@ def _tile_parts(plan: dict[str, Any], freq: str, how: str, min_count: int) -> li
                              "LST cube, one time step per period."})
     new_idx = iter(append_slots(plan["out"], plan["grid"], scenes, attrs, variables=composite_variables(freq, how),
                                 ok_var=COMPOSITE_OK_VAR, chunk=plan["chunk"]))
+    # a period's time is its start, not a scene's centre (the cube writer's long name); consolidated in _mark_done
+    zarr.open_group(zarr_store(plan["out"]), mode="r+")["time"].attrs["long_name"] = \
+        f"start of the {COMPOSITE_PERIODS[freq][0]} (UTC)"
     cy, cx = plan["chunk"]
     grid: GeoBox = plan["grid"]
     parts: list[_Part] = []
