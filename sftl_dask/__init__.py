@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # the ``.sftl`` accessor is registered on import, as ``import rioxarray`` registers ``.rio``
-from sftl_dask.api import open_lst
+from sftl_dask.api import at_sites, open_lst
 from sftl_dask.version import __version__
 
-__all__ = ["__version__", "open_lst"]
+__all__ = ["__version__", "at_sites", "open_lst"]

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from sftl_dask.api import SftlAccessor  # noqa: F401  (registers ds.sftl: the accessor's good() and composite())
+from sftl_dask.api import SftlAccessor, composite_attrs  # noqa: F401  (registers ds.sftl: good() and composite())
 from sftl_dask.cluster import run_tasks
 from sftl_dask.geo import GeoBox
 from sftl_dask.io.cube import append_slots, mark_slot, read_coverage, read_slots, write_block
@@ -54,17 +54,11 @@ def composite_variables(freq: str, how: str) -> dict[str, dict[str, Any]]:
     how : {"median", "mean", "min", "max"}
         The reduction of each pixel's good values in a period.
     """
-    period = COMPOSITE_PERIODS[freq][0]
-    return {
-        "lst": {"units": "K", "standard_name": "surface_temperature", "units_metadata": "temperature: on_scale",
-                "long_name": f"{period}ly {how} land surface temperature",
-                "cell_methods": f"time: {how} within {period}s (good values only)", "dtype": "float32"},
-        "lst_uncertainty": {"units": "K", "standard_name": "surface_temperature standard_error",
-                            "units_metadata": "temperature: difference",
-                            "long_name": f"standard uncertainty of the {period}ly {how} (1 sigma; systematic part "
-                                         "not reduced by sqrt(n))", "dtype": "float32"},
-        "n_obs": {"units": "1", "long_name": f"number of good LST values in the {period}", "dtype": "int16"},
-    }
+    if freq not in COMPOSITE_PERIODS:
+        raise ValueError(f"freq {freq!r}: composite stores hold one of {', '.join(COMPOSITE_PERIODS)}")
+    dtypes = {"lst": "float32", "lst_uncertainty": "float32", "n_obs": "int16"}
+    # the accessor's attributes (one source: sftl_dask.api.composite_attrs), with the values a store holds
+    return {v: {**a, "dtype": dtypes[v]} for v, a in composite_attrs(freq, how).items()}
 
 
 @dataclass(frozen=True)
@@ -85,11 +79,11 @@ def _composite_part(part: _Part) -> dict[str, Any]:
     """Compute and write one chunk of one period (the task); its good-value count (pixels x steps)."""
     y0, y1, x0, x1 = part.window
     ds = open_store(part.lst, chunks=None).isel(time=list(part.steps), y=slice(y0, y1), x=slice(x0, x1)).load()
-    comp = ds.sftl.good().sftl.composite(part.freq, part.how, min_count=part.min_count)
+    comp = ds.sftl.good(check=False).sftl.composite(part.freq, part.how, min_count=part.min_count)
     if comp.sizes["time"] != 1:  # the steps were chosen as one period: anything else is a bug
         raise AssertionError(f"{part.lst}: steps {part.steps} make {comp.sizes['time']} periods, not 1")
     data = {"lst": comp["lst"].values[0], "lst_uncertainty": comp["lst_uncertainty"].values[0],
-            "n_obs": comp["count"].values[0].astype(np.int16)}
+            "n_obs": comp["n_obs"].values[0].astype(np.int16)}
     arrays = zarr.open_group(zarr_store(part.out), mode="r+")
     write_block(arrays, part.t_out, part.window, data)
     return {"out": part.out, "window": part.window, "t_out": part.t_out, "n_obs": int(data["n_obs"].sum()),
@@ -154,6 +148,9 @@ def _tile_parts(plan: dict[str, Any], freq: str, how: str, min_count: int) -> li
                              "LST cube, one time step per period."})
     new_idx = iter(append_slots(plan["out"], plan["grid"], scenes, attrs, variables=composite_variables(freq, how),
                                 ok_var=COMPOSITE_OK_VAR, chunk=plan["chunk"]))
+    # a period's time is its start, not a scene's centre (the cube writer's long name); consolidated in _mark_done
+    zarr.open_group(zarr_store(plan["out"]), mode="r+")["time"].attrs["long_name"] = \
+        f"start of the {COMPOSITE_PERIODS[freq][0]} (UTC)"
     cy, cx = plan["chunk"]
     grid: GeoBox = plan["grid"]
     parts: list[_Part] = []

@@ -22,8 +22,8 @@ import xarray as xr
 from sftl_dask.metrics import metrics, rmse
 
 __all__ = ["MAX_PANELS", "QC_CLASS_NAMES", "composite_figure", "foundation_figures", "grid_figures",
-           "learning_columns", "lst_map", "lst_qc_figure", "point_series", "pyplot", "sftl_figure",
-           "validation_scatter", "validation_timeseries"]
+           "learning_columns", "lst_map", "lst_qc_figure", "point_series", "pyplot", "qc_classes", "qc_map",
+           "sftl_figure", "validation_scatter", "validation_timeseries"]
 
 #: Most time-series panels of :func:`validation_timeseries`: the sites with the most usable matchups.
 MAX_PANELS = 24
@@ -34,6 +34,10 @@ _STRATEGY_LINES: dict[str, Any] = {"full": "-", "head": "--", "gradual": "-.", "
 QC_CLASS_NAMES = ("good", "cloud adjacent", "outside pre-training range", "missing ancillary", "cloud",
                   "not covered")
 _QC_CLASS_COLORS = ("#3a923a", "#f2c14e", "#e1812c", "#8c564b", "#dddddd", "#ffffff")
+#: The flags of each class of :data:`QC_CLASS_NAMES` after "good" (a later class wins).
+_QC_CLASS_FLAGS = (("cloud_adjacent",), ("wvc_outside_pretraining_range", "bt_outside_pretraining_range",
+                                         "vza_outside_pretraining_range", "emissivity_outside_pretraining_range"),
+                   ("missing_ancillary",), ("cloud",), ("not_covered",))
 
 
 def pyplot() -> Any:
@@ -55,18 +59,40 @@ def pyplot() -> Any:
 # maps and series of an LST cube (the ``.sftl`` accessor, the demo)
 
 
-def lst_map(da: xr.DataArray, *, var: str, ax: Any = None, **kwargs: Any) -> Any:
-    """One time step of a cube variable as a map in km of its projected ``x``/``y``, with a colour bar.
+def _axes_labels(ax: Any, crs: str | None) -> None:
+    """Easting and northing in km, with the CRS (its name says the UTM zone) on the axes."""
+    where = f" ({crs})" if crs else ""
+    ax.set_xlabel(f"easting (km){where}", fontsize=8)
+    ax.set_ylabel("northing (km)")
+
+
+def _var_label(da: xr.DataArray, var: str) -> str:
+    """The colour bar's label: the long name (LST for land surface temperature) and its units."""
+    name = str(da.attrs.get("long_name", var)).replace("land surface temperature", "LST")
+    units = str(da.attrs.get("units", ""))
+    return f"{name} ({units})" if units and units != "1" else name
+
+
+def lst_map(da: xr.DataArray, *, var: str, ax: Any = None, title: str | None = None, crs: str | None = None,
+            anomaly: bool = False, **kwargs: Any) -> Any:
+    """One step of a cube variable as a map in km of its projected ``x``/``y``, with a colour bar.
 
     Parameters
     ----------
     da : xarray.DataArray
-        2-D (``y``, ``x``) with ``x``/``y`` coordinates (m) and, optionally, a scalar ``time``; ``units``
-        attribute in the colour bar's label.
+        2-D (``y``, ``x``) with ``x``/``y`` coordinates (m) and, optionally, a scalar ``time``; ``long_name`` and
+        ``units`` attributes in the colour bar's label.
     var : str
-        Its name, in the title and the default colour map (``inferno`` for ``lst``, ``viridis`` otherwise).
+        Its name: the label where there is no ``long_name``, and the default colour map (``inferno`` for
+        ``lst``, ``viridis`` otherwise).
     ax : matplotlib.axes.Axes, optional
         Where to draw (default: a new 6.5 x 5.5 in figure).
+    title : str, optional
+        Default: the long name and the time.
+    crs : str, optional
+        The CRS in words (``EPSG:32650, WGS 84 / UTM zone 50N``), on the x axis.
+    anomaly : bool
+        A difference from a reference: a diverging colour map (``RdBu_r``) centred on 0, symmetric limits.
     **kwargs
         Passed to ``imshow`` (``cmap``, ``vmin``, ...).
 
@@ -78,26 +104,94 @@ def lst_map(da: xr.DataArray, *, var: str, ax: Any = None, **kwargs: Any) -> Any
     if ax is None:
         _, ax = pyplot().subplots(figsize=(6.5, 5.5), constrained_layout=True)
     extent = (x[0] / 1e3, x[-1] / 1e3, y[-1] / 1e3, y[0] / 1e3)
-    img = ax.imshow(np.asarray(da.values, dtype=np.float64), extent=extent, origin="upper",
-                    cmap=kwargs.pop("cmap", "inferno" if var == "lst" else "viridis"), **kwargs)
-    label = f"{var} ({da.attrs.get('units', '')})"
-    ax.figure.colorbar(img, ax=ax, label=label, shrink=0.85)
-    when = np.datetime_as_string(da["time"].values, unit="m") if "time" in da.coords else ""
-    ax.set(xlabel="easting (km)", ylabel="northing (km)", title=f"{var} {when}".strip())
+    values = np.asarray(da.values, dtype=np.float64)
+    if anomaly:
+        big = float(np.nanpercentile(np.abs(values), 98)) if np.isfinite(values).any() else 1.0
+        kwargs.setdefault("vmin", -max(big, 1e-3))
+        kwargs.setdefault("vmax", max(big, 1e-3))
+    cmap = kwargs.pop("cmap", "RdBu_r" if anomaly else "inferno" if var == "lst" else "viridis")
+    img = ax.imshow(values, extent=extent, origin="upper", cmap=cmap, **kwargs)
+    ax.figure.colorbar(img, ax=ax, label=_var_label(da, var), shrink=0.85)
+    if title is None:
+        when = f", {np.datetime_as_string(da['time'].values, unit='m').replace('T', ' ')} UTC" \
+            if "time" in da.coords and da["time"].ndim == 0 else ""
+        title = f"{_var_label(da, var).split(' (')[0]}{when}"
+    ax.set_title(title, fontsize=10)
+    _axes_labels(ax, crs)
     return ax
 
 
-def point_series(df: pd.DataFrame, *, label: str, ax: Any = None) -> Any:
+def qc_classes(qc: np.ndarray, flags: Mapping[str, tuple[int, int]]) -> np.ndarray:
+    """Per pixel, the index of its class in :data:`QC_CLASS_NAMES` (a later class wins: cloud over range).
+
+    Parameters
+    ----------
+    qc : numpy.ndarray
+        ``qc`` bit flags.
+    flags : mapping of str to (int, int)
+        Flag name -> (mask, value), as ``ds.sftl.flags`` gives them; a flag is set where ``qc & mask == value``.
+    """
+    qc = np.asarray(qc).astype(np.int64)
+    classes = np.zeros(qc.shape, dtype=np.int8)
+    for k, names in enumerate(_QC_CLASS_FLAGS, start=1):
+        for name in names:
+            if name in flags:
+                mask, value = flags[name]
+                classes[(qc & mask) == value] = k
+    return classes
+
+
+def qc_map(classes: np.ndarray, x: np.ndarray, y: np.ndarray, *, ax: Any = None, title: str = "QC classes",
+           crs: str | None = None) -> Any:
+    """A categorical map of QC classes (:func:`qc_classes`) with a legend naming each class and its pixel share.
+
+    Parameters
+    ----------
+    classes : numpy.ndarray
+        Per pixel, the index of its class in :data:`QC_CLASS_NAMES`.
+    x, y : numpy.ndarray
+        Pixel centres (m).
+    ax, title, crs
+        As in :func:`lst_map`.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    from matplotlib.colors import ListedColormap  # with pyplot: see pyplot()
+    from matplotlib.patches import Patch
+
+    if ax is None:
+        _, ax = pyplot().subplots(figsize=(6.5, 5.5), constrained_layout=True)
+    ax.imshow(classes, extent=(x[0] / 1e3, x[-1] / 1e3, y[-1] / 1e3, y[0] / 1e3),
+              cmap=ListedColormap(list(_QC_CLASS_COLORS)), vmin=-0.5, vmax=len(QC_CLASS_NAMES) - 0.5,
+              interpolation="nearest")
+    share = np.bincount(np.asarray(classes).ravel().astype(np.int64), minlength=len(QC_CLASS_NAMES)) / classes.size
+    handles = [Patch(facecolor=c, edgecolor="0.4", label=f"{n} ({p:.0%})")
+               for n, c, p in zip(QC_CLASS_NAMES, _QC_CLASS_COLORS, share, strict=True)]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="QC class",
+              title_fontsize=8)
+    ax.set_title(title, fontsize=10)
+    _axes_labels(ax, crs)
+    return ax
+
+
+def point_series(df: pd.DataFrame, *, label: str, ax: Any = None, ylabel: str = "LST (K)",
+                 title: str = "LST series (±1σ)", zero_line: bool = False) -> Any:
     """A point's LST series with +-1 sigma error bars.
 
     Parameters
     ----------
     df : pandas.DataFrame
-        Indexed by time (UTC), with ``lst`` and ``lst_uncertainty`` (K).
+        Indexed by time (UTC), with ``lst`` and, optionally, ``lst_uncertainty`` (K).
     label : str
-        The legend's entry.
+        The legend's entry (the site's name).
     ax : matplotlib.axes.Axes, optional
         Where to draw (default: a new 8 x 3.5 in figure).
+    ylabel, title : str
+        The y axis' label and the title.
+    zero_line : bool
+        Draw y = 0 (an anomaly's reference).
 
     Returns
     -------
@@ -105,39 +199,47 @@ def point_series(df: pd.DataFrame, *, label: str, ax: Any = None) -> Any:
     """
     if ax is None:
         _, ax = pyplot().subplots(figsize=(8, 3.5), constrained_layout=True)
-    ax.errorbar(df.index, df["lst"], yerr=df["lst_uncertainty"], fmt="o", ms=3, capsize=2, label=label)
-    ax.set(xlabel="time (UTC)", ylabel="LST (K)", title="LST series (+-1 sigma)")
+    yerr = df["lst_uncertainty"] if "lst_uncertainty" in df else None
+    ax.errorbar(df.index, df["lst"], yerr=yerr, fmt="o", ms=3, capsize=2, label=label)
+    if zero_line:
+        ax.axhline(0.0, color="k", lw=0.8, zorder=0)
+    ax.set(xlabel="time (UTC)" if isinstance(df.index, pd.DatetimeIndex) else str(df.index.name), ylabel=ylabel,
+           title=title)
     ax.legend(loc="best", fontsize=8)
     return ax
 
 
-def composite_figure(composite: xr.Dataset, step: int, title: str, path: Path) -> None:
-    """A monthly composite's median LST beside its count of good scenes per pixel, as a PNG.
+def composite_figure(composite: xr.Dataset, step: int, title: str, path: Path, *, crs: str | None = None) -> None:
+    """A composite's LST beside its number of good values per pixel (``n_obs``), as a PNG.
 
     Parameters
     ----------
     composite : xarray.Dataset
-        From ``ds.sftl.composite(...)``: ``lst`` (K) and ``count`` over ``time``, ``y``, ``x``.
+        A composite store or ``ds.sftl.composite(...)``: ``lst`` (K) and ``n_obs`` over ``time``, ``y``, ``x``,
+        their ``long_name`` in the panels' titles.
     step : int
         The time index drawn.
     title : str
         The region's name, first words of the LST panel's title.
     path : pathlib.Path
         The PNG written.
+    crs : str, optional
+        The CRS in words, on the x axes.
     """
     plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
-    lst_map(composite["lst"].isel(time=step), var="lst", ax=ax[0])
-    month = np.datetime_as_string(composite["time"].values[step], unit="M")
-    ax[0].set_title(f"{title}: median LST of good pixels, {month}")
-    n = "n_obs" if "n_obs" in composite else "count"  # a composite store's n_obs; the accessor's composite's count
-    lst_map(composite[n].isel(time=step), var=n, ax=ax[1], cmap="Blues")
-    ax[1].set_title("good scenes per pixel")
+    month = pd.Timestamp(composite["time"].values[step]).strftime("%b %Y")
+    lst = composite["lst"].isel(time=step)
+    lst_map(lst, var="lst", ax=ax[0], crs=crs,
+            title=f"{title}: {_var_label(lst, 'lst').split(' (')[0]}, {month}")
+    n = composite["n_obs"].isel(time=step)
+    lst_map(n, var="n_obs", ax=ax[1], cmap="Blues", crs=crs, title=f"{_var_label(n, 'n_obs')}, {month}")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def lst_qc_figure(step: xr.Dataset, classes: np.ndarray, region: str, path: Path) -> None:
+def lst_qc_figure(step: xr.Dataset, classes: np.ndarray, region: str, path: Path, *, crs: str | None = None
+                  ) -> None:
     """One time step's LST map beside its QC mask, as a PNG.
 
     Parameters
@@ -150,20 +252,14 @@ def lst_qc_figure(step: xr.Dataset, classes: np.ndarray, region: str, path: Path
         First word of the LST panel's title.
     path : pathlib.Path
         The PNG written.
+    crs : str, optional
+        The CRS in words, on the x axes.
     """
-    from matplotlib.colors import ListedColormap  # with pyplot: see pyplot()
-
     plt = pyplot()
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
-    lst_map(step["lst"], var="lst", ax=ax[0])
-    when = np.datetime_as_string(step["time"].values, unit="m")
-    ax[0].set_title(f"{region}: LST {when} UTC")
-    x, y = step["x"].values / 1e3, step["y"].values / 1e3
-    img = ax[1].imshow(classes, extent=(x[0], x[-1], y[-1], y[0]), cmap=ListedColormap(list(_QC_CLASS_COLORS)),
-                       vmin=-0.5, vmax=len(QC_CLASS_NAMES) - 0.5, interpolation="nearest")
-    bar = fig.colorbar(img, ax=ax[1], ticks=range(len(QC_CLASS_NAMES)), shrink=0.85)
-    bar.ax.set_yticklabels(list(QC_CLASS_NAMES))
-    ax[1].set(title="QC mask", xlabel="easting (km)", ylabel="northing (km)")
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
+    when = np.datetime_as_string(step["time"].values, unit="m").replace("T", " ")
+    lst_map(step["lst"], var="lst", ax=ax[0], crs=crs, title=f"{region}: LST {when} UTC")
+    qc_map(classes, step["x"].values, step["y"].values, ax=ax[1], crs=crs, title=f"{region}: QC classes {when} UTC")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -220,7 +316,8 @@ def validation_scatter(matchups: pd.DataFrame, table: pd.DataFrame, path: Path) 
 
 
 def validation_timeseries(matchups: pd.DataFrame, series: Mapping[str, pd.DataFrame], table: pd.DataFrame,
-                          path: Path, *, window_min: float, max_panels: int = MAX_PANELS) -> list[str]:
+                          path: Path, *, window_min: float, max_panels: int = MAX_PANELS,
+                          names: Mapping[str, str] | None = None) -> list[str]:
     """One panel per site: the radiometer's LST as a line, the retrieved LST at the usable matchups with +-1
     sigma bars and the in situ LST there.
 
@@ -239,6 +336,8 @@ def validation_timeseries(matchups: pd.DataFrame, series: Mapping[str, pd.DataFr
         The in situ averaging half-window (min), in the legend.
     max_panels : int, optional
         Most panels: the sites with the most usable matchups.
+    names : mapping of str to str, optional
+        Site id -> site name (``sites.csv``'s ``name``), first in each panel's title.
 
     Returns
     -------
@@ -275,8 +374,9 @@ def validation_timeseries(matchups: pd.DataFrame, series: Mapping[str, pd.DataFr
                     color="C3", label="retrieved ±1σ")
         ax.plot(pts["time_utc"], pts["lst_insitu"], "k+", ms=6, label=f"in situ ±{window_min:g} min")
         m = table[(table["level"] == "site") & (table["name"] == site)].iloc[0]
-        ax.set_title(f"{site} ({m['region']}): n={m['n']}, RMSE {m['rmse_k']:.2f} K, bias {m['bias_k']:+.2f} K",
-                     fontsize=8)
+        name = (names or {}).get(site)
+        who = f"{name} ({site}, {m['region']})" if name and name != site else f"{site} ({m['region']})"
+        ax.set_title(f"{who}: n={m['n']}, RMSE {m['rmse_k']:.2f} K, bias {m['bias_k']:+.2f} K", fontsize=8)
         ax.set_ylabel("LST (K)", fontsize=8)
         locator = mdates.AutoDateLocator(maxticks=6)
         ax.xaxis.set_major_locator(locator)

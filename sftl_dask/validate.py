@@ -568,7 +568,11 @@ def validate(
         matchups.to_parquet(tmp / "matchups.parquet", index=False)
         table.to_parquet(tmp / "metrics.parquet", index=False)
         plotting.validation_scatter(matchups, table, tmp / "scatter.png")
-        shown = plotting.validation_timeseries(matchups, series, table, tmp / "timeseries.png", window_min=WINDOW_MIN)
+        site_rows = read_sites(sites_csv)
+        names = dict(zip(site_rows["id"].astype(str), site_rows["name"].astype(str), strict=True)) \
+            if "name" in site_rows.columns else {}
+        shown = plotting.validation_timeseries(matchups, series, table, tmp / "timeseries.png", window_min=WINDOW_MIN,
+                                               names=names)
         (tmp / "summary.md").write_text(_summary(inputs, matchups, table, shown, seconds))
     head = table[table["level"] != "site"]
     return {"out": out, "files": [out / f for f in files], "n_matchups": len(matchups),

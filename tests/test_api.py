@@ -70,7 +70,8 @@ def test_open_lst_bad_input(lst_root: Path, tmp_path: Path) -> None:
     two = tmp_path / "two"
     shutil.copytree(lst_root, two)
     shutil.copytree(two / "g1.zarr", two / "g2.zarr")
-    with pytest.raises(ValueError, match="holds zones g1, g2; name one"):
+    with pytest.raises(ValueError, match=re.escape("holds 2 zones (g1: g1; g2: g2); open one with open_lst(path, "
+                                                   "zone='g1')")):
         open_lst(two)
     # an LST store without qc
     import zarr
@@ -203,13 +204,13 @@ def test_composite_equals_numpy_by_hand(ds: xr.Dataset, loaded: xr.Dataset) -> N
         sel = months == p
         got = comp.isel(time=i)
         if not sel.any():
-            assert int(got["count"].max()) == 0 and bool(np.isnan(got["lst"]).all())
+            assert int(got["n_obs"].max()) == 0 and bool(np.isnan(got["lst"]).all())
             continue
         with np.errstate(all="ignore"), _quiet():
             want = np.nanmedian(lst[sel], axis=0)
         np.testing.assert_allclose(got["lst"].values, want, rtol=0, atol=1e-4)
         n = np.isfinite(lst[sel]).sum(0)
-        np.testing.assert_array_equal(got["count"].values, n)
+        np.testing.assert_array_equal(got["n_obs"].values, n)
         with np.errstate(all="ignore"), _quiet():
             rand2 = np.nanmean(np.clip(unc[sel] ** 2 - sys_k ** 2, 0, None), axis=0)
             want_u = np.sqrt(sys_k ** 2 + (math.pi / 2) * rand2 / n)
@@ -217,10 +218,10 @@ def test_composite_equals_numpy_by_hand(ds: xr.Dataset, loaded: xr.Dataset) -> N
     # the systematic part is never divided by sqrt(n): a long composite keeps >= 1 K
     year = loaded.sftl.composite("YS", how="mean")  # in memory from here: the same code
     assert float(year["lst_uncertainty"].min()) >= sys_k - 1e-6
-    assert int(year["count"].max()) >= 20
+    assert int(year["n_obs"].max()) >= 20
     # min_count: pixels with fewer values are NaN
     strict = loaded.sftl.composite("MS", how="mean", min_count=2)
-    c = strict["count"].values
+    c = strict["n_obs"].values
     assert np.isnan(strict["lst"].values[c < 2]).all() and np.isfinite(strict["lst"].values[c >= 2]).all()
     mx = loaded.sftl.composite("QS-DEC", how="max")
     q = pd.DatetimeIndex(mx["time"].values)
@@ -265,13 +266,13 @@ def test_climatology_and_anomaly(ds: xr.Dataset, loaded: xr.Dataset) -> None:
 def test_plots(ds: xr.Dataset, tmp_path: Path) -> None:
     ax = ds.sftl.plot_map()
     ax.figure.savefig(tmp_path / "map.png")
-    assert ax.get_title().startswith("lst 20") and len(ax.images) == 1
+    assert ax.get_title().startswith("LST, 20") and ax.get_title().endswith(" UTC") and len(ax.images) == 1
     r, c = 21, 13
     lon, lat = _lonlat(float(ds["x"][c]), float(ds["y"][r]))
     ax2 = ds.sftl.plot_series(lon, lat)
     ax2.figure.savefig(tmp_path / "series.png")
     assert (tmp_path / "map.png").stat().st_size > 10_000 and (tmp_path / "series.png").stat().st_size > 10_000
-    with pytest.raises(ValueError, match="time '1999-01-01' is not a time step"):
+    with pytest.raises(ValueError, match="time '1999-01-01' is not a step of the dataset"):
         ds.sftl.plot_map(time="1999-01-01")
 
 
@@ -316,4 +317,158 @@ def test_composite_leaves_out_periods_without_a_time_step(tmp_path: Path) -> Non
     ds = open_lst(synthetic_lst_cube(tmp_path / "l.zarr", n_times=5, step_days=45))  # Jan, Feb, Apr, May, Jul
     comp = ds.sftl.composite("MS", how="median").compute()
     assert [str(t)[:7] for t in comp["time"].values] == ["2021-01", "2021-02", "2021-04", "2021-05", "2021-07"]
-    assert int(comp["count"].sum()) == int(ds["lst"].notnull().sum())
+    assert int(comp["n_obs"].sum()) == int(ds["lst"].notnull().sum())
+
+
+# ------------------------------------------------------------------------------------------------ issue 24
+def test_composite_is_a_product_of_its_own_with_n_obs_not_count(ds: xr.Dataset) -> None:
+    """Finding 1: no inherited valid range or ancillary variables; ``n_obs`` does not shadow Dataset.count."""
+    monthly = ds.sftl.good(check=False).sftl.composite("MS", how="median")
+    assert "count" not in monthly.data_vars and isinstance(monthly.n_obs, xr.DataArray)
+    assert callable(monthly.count)  # xarray's method again
+    lst = monthly["lst"].attrs
+    assert lst == {"units": "K", "standard_name": "surface_temperature", "units_metadata": "temperature: on_scale",
+                   "long_name": "monthly median land surface temperature",
+                   "cell_methods": "area: mean where land time: median (unmasked values of each month)"}
+    assert monthly["n_obs"].attrs == {"units": "1", "long_name": "number of LST values in the month",
+                                      "cell_methods": "time: sum (unmasked values of each month)"}
+    assert "valid_min" not in monthly["lst_uncertainty"].attrs
+    assert monthly["time"].attrs["long_name"] == "start of the month (UTC)"
+    mx = ds.sftl.composite("QS-DEC", how="max")
+    assert mx["lst"].attrs["cell_methods"].startswith("area: mean where land time: maximum ")
+    assert mx["lst"].attrs["long_name"] == "seasonal max land surface temperature"
+    clim = ds.sftl.climatology("month")
+    assert set(clim.data_vars) == {"lst", "lst_std", "n_obs"} and "valid_max" not in clim["lst"].attrs
+    assert clim["lst"].attrs["cell_methods"].startswith("time: mean within years time: mean over years")
+
+
+def test_anomaly_has_no_valid_range_and_a_difference_unit(ds: xr.Dataset) -> None:
+    """Finding 2."""
+    anom = ds.sftl.anomaly(ds.sftl.climatology("month"))
+    a = anom["lst"].attrs
+    assert "valid_min" not in a and "valid_max" not in a
+    assert a["standard_name"] == "surface_temperature_anomaly" and a["units_metadata"] == "temperature: difference"
+    assert a["ancillary_variables"] == "lst_uncertainty qc"
+    assert list(anom["scene_id"].values) == list(ds["scene_id"].values)  # the steps keep their ids
+
+
+def test_point_and_plot_verbs_work_on_composites_and_climatologies(ds: xr.Dataset, loaded: xr.Dataset) -> None:
+    """Finding 3: at() on a composite, plot_map on a climatology; masks refuse in one line saying what it is."""
+    r, c = 21, 13
+    lon, lat = _lonlat(float(ds["x"][c]), float(ds["y"][r]))
+    monthly = ds.sftl.composite("MS", how="median")
+    ts = monthly.sftl.at(lon=lon, lat=lat)
+    assert list(ts.columns) == ["lst", "lst_uncertainty", "n_obs", "n_valid"] and ts.index.name == "time"
+    np.testing.assert_allclose(ts["lst"].to_numpy(), monthly["lst"].values[:, r, c], rtol=0, atol=0)
+    np.testing.assert_array_equal(ts["n_obs"].to_numpy(), monthly["n_obs"].values[:, r, c])
+    clim = ds.sftl.climatology("month")
+    per_month = clim.sftl.at(lon=lon, lat=lat)
+    assert per_month.index.name == "month" and list(per_month.index) == list(range(1, 13))
+    np.testing.assert_allclose(per_month["lst"].to_numpy(), clim["lst"].values[:, r, c].astype(np.float32))
+    ax = clim.sftl.plot_map(time=0)
+    assert ax.get_title() == "mean LST of each month over the years, January (2021-2023)"
+    ax2 = clim.sel(month=7).sftl.plot_map()
+    assert ax2.get_title().endswith(", July (2021-2023)")
+    with pytest.raises(ValueError, match=re.escape("ds.sftl.mask: a monthly median composite (lst, lst_uncertainty, "
+                                                   "n_obs over (time, y, x)) has no 'qc'")):
+        monthly.sftl.mask(["cloud"])
+    with pytest.raises(ValueError, match=re.escape("ds.sftl.flags: a climatology by month")):
+        clim.sftl.good()
+
+
+def test_per_time_metadata_are_coordinates_so_chunks_work(ds: xr.Dataset, lst_root: Path) -> None:
+    """Finding 4: ``ds.chunks`` raised 'inconsistent chunks along dimension time'."""
+    raw = open_store(lst_root / "g1.zarr")
+    with pytest.raises(ValueError, match="inconsistent chunks"):
+        raw.chunks  # noqa: B018  (the store as plain xarray opens it: what open_lst used to give)
+    assert dict(ds.chunks)["time"] == (1,) * 47
+    assert {"scene_id", "source", "checksum", "retrieve_ok"} <= set(ds.coords)
+    one = ds.isel(time=5)
+    assert str(one["scene_id"].values) == "GF5B_VIMI_LST_005" and bool(one["retrieve_ok"])
+    assert ds.sel(time=ds["time"][:3])["checksum"].values.tolist() == [f"{i:064x}" for i in range(3)]
+
+
+def _two_zone_root(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    """A root of two zones on different places (g1 from the synthetic cube, g2 from crafted arrays) and 3 sites:
+    two in g1, one in g2, one in none."""
+    from helpers import lst_store_from_arrays, pixel_lonlat
+
+    root = tmp_path / "two"
+    root.mkdir()
+    synthetic_lst_cube(root / "g1.zarr", n_times=6)
+    times = np.datetime64("2021-01-05T03:30") + np.arange(4) * np.timedelta64(16, "D")
+    lst = 280.0 + np.arange(4)[:, None, None] + np.zeros((4, 10, 12))
+    lst_store_from_arrays(root / "g2.zarr", times, lst, np.full(lst.shape, 1.5), np.zeros(lst.shape, np.uint16),
+                          origin=(600_000.0, 4_700_000.0))
+    g2 = pixel_lonlat(4, 5, origin=(600_000.0, 4_700_000.0))
+    a, b = _lonlat(400_000 + 40 * 3.5, 4_500_000 - 40 * 2.5), _lonlat(400_000 + 40 * 20.5, 4_500_000 - 40 * 30.5)
+    sites = pd.DataFrame({"id": ["A", "B", "C", "FAR"], "name": ["Alpha", "Beta", "Gamma", "Far away"],
+                          "lon": [a[0], b[0], g2[0], 10.0], "lat": [a[1], b[1], g2[1], 10.0]})
+    return root, sites
+
+
+def test_at_sites_on_a_root_reads_every_zone_in_one_call(tmp_path: Path) -> None:
+    """Finding 6: one table for all sites of all zones; open_lst(root) says which zones and how to pick."""
+    root, sites = _two_zone_root(tmp_path)
+    with pytest.raises(ValueError, match=re.escape("holds 2 zones (g1: g1; g2: g2); open one with "
+                                                   "open_lst(path, zone='g1')")):
+        open_lst(root)
+    with pytest.warns(UserWarning, match="left out: FAR"):
+        table = sftl_dask.at_sites(root, sites)
+    assert list(table.columns) == ["time", "site", "zone", "lst", "lst_uncertainty", "qc", "n_valid"]
+    assert table.groupby("site")["zone"].first().to_dict() == {"A": "g1", "B": "g1", "C": "g2"}
+    assert (table["site"] == "C").sum() == 4 and (table["site"] == "A").sum() == 6
+    np.testing.assert_array_equal(table.loc[table["site"] == "C", "lst"].to_numpy(), [280.0, 281.0, 282.0, 283.0])
+    g1 = open_lst(root, zone="g1")
+    np.testing.assert_array_equal(table.loc[table["site"] == "B", "lst"].to_numpy(), g1["lst"].values[:, 30, 20])
+    assert table.attrs["outside"] == ["FAR"]
+
+
+def test_masks_that_leave_under_one_percent_warn_with_counts_per_flag(tmp_path: Path, ds: xr.Dataset) -> None:
+    """Finding 7: every produced pixel has sigma > 3 K; the strict mask leaves 0 % and says so, good() says how
+    many of the values it keeps have sigma > 3 K; the ordinary cube's good() is silent."""
+    import warnings
+
+    from helpers import lst_store_from_arrays
+
+    from sftl_dask.api import SparseMaskWarning
+
+    shape = (3, 8, 8)
+    qc = np.full(shape, 3 << 8, np.uint16)  # uncertainty class 3
+    qc[:, 0, :] |= 1  # a cloud row: not produced
+    lst = np.where(qc & 1, np.nan, 290.0)
+    times = np.datetime64("2022-08-01T03:30") + np.arange(3) * np.timedelta64(5, "D")
+    cube = open_lst(lst_store_from_arrays(tmp_path / "s.zarr", times, lst, np.where(qc & 1, np.nan, 3.6), qc))
+    with pytest.warns(SparseMaskWarning, match=re.escape("the mask leaves 0 of 168 produced pixels (0.00%); among "
+                                                         "the produced: cloud_adjacent 0, uncertainty_gt_3k 168, "
+                                                         "sigma > 3 K 168")):
+        cube.sftl.mask(["cloud_adjacent", "uncertainty_gt_3k"], max_uncertainty=3.0)
+    with pytest.warns(SparseMaskWarning, match=re.escape("168 of the 168 values kept (100%) have an uncertainty "
+                                                         "above 3 K; drop them with max_uncertainty=3.0")):
+        cube.sftl.good()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SparseMaskWarning)
+        ds.sftl.good()  # 2.5 K at most: nothing to say
+        cube.sftl.good(check=False)
+
+
+def test_errors_are_those_xarray_users_expect(ds: xr.Dataset, tmp_path: Path) -> None:
+    """Finding 8: FileNotFoundError for a missing path; swapped lon/lat: one clean error, no numpy warning."""
+    import warnings
+
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'nope'}: no such file or folder")):
+        open_lst(tmp_path / "nope")
+    lon, lat = _lonlat(400_500.0, 4_499_500.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=re.escape(f"lat={lon:g} is not a longitude (deg E) and latitude "
+                                                       "(deg N, -90..90) (lon and lat swapped?)")):
+            ds.sftl.at(lon=lat, lat=lon)
+    with pytest.raises(ValueError, match="no variable 'lst_k' in an LST cube"):
+        ds.sftl.plot_map(var="lst_k")
+    out = ds.sftl.to_cog(tmp_path / "qc.tif", time=0, variables=("qc",))  # exports.md's variables=
+    import rasterio
+
+    with rasterio.open(out) as f:
+        assert f.count == 1 and f.dtypes[0] == "uint16"
+        np.testing.assert_array_equal(f.read(1), ds["qc"].values[0])

@@ -215,3 +215,62 @@ def test_gdals_zarr_crs_attribute_stays_in_the_zarr_and_out_of_the_netcdf(cubes,
     assert "_CRS" in xr.open_zarr(cubes["lst"])["lst"].attrs  # GDAL < 3.10 reads the CRS of a Zarr from it
     with h5py.File(lst_nc) as f:
         assert "_CRS" not in f["lst"].attrs and f["lst"].attrs["grid_mapping"] in (b"spatial_ref", "spatial_ref")
+
+
+# ------------------------------------------------------------------------------------------------ issue 24
+@pytest.fixture(scope="module")
+def derived_nc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[xr.Dataset, Path]]:
+    """Each derived product of a small LST cube (and one of its steps), exported with ``ds.sftl.to_netcdf``."""
+    from helpers import synthetic_lst_cube
+
+    import sftl_dask
+
+    root = tmp_path_factory.mktemp("derived")
+    ds = sftl_dask.open_lst(synthetic_lst_cube(root / "l.zarr", n_times=30))
+    good = ds.sftl.good()
+    clim = good.sftl.climatology("month")
+    products = {"LST time step": ds.isel(time=[3]), "monthly median composite": good.sftl.composite("MS"),
+                "seasonal max composite": good.sftl.composite("QS-DEC", how="max"), "climatology": clim,
+                "anomaly": good.sftl.anomaly(clim).isel(time=[0, 1])}
+    out = {}
+    for name, product in products.items():
+        product = product.compute()
+        out[name] = (product, product.sftl.to_netcdf(root / f"{name.replace(' ', '_')}.nc"))
+    return out
+
+
+@pytest.mark.parametrize("name", ["LST time step", "monthly median composite", "seasonal max composite",
+                                  "climatology", "anomaly"])
+def test_derived_products_pass_compliance_checker_without_any_failure(derived_nc, name, tmp_path):
+    """Issue 24's target: cf:1.11 with no failure at all (high, medium or low) on every exported product."""
+    report = cf_check(derived_nc[name][1], tmp_path)
+    assert report["high_count"] == 0 and _failures(report) == [], _failures(report)
+    assert report["scored_points"] == report["possible_points"]
+
+
+@pytest.mark.parametrize("name", ["LST time step", "monthly median composite", "seasonal max composite",
+                                  "climatology", "anomaly"])
+def test_netcdf4_with_default_masking_reads_what_xarray_holds(derived_nc, name):
+    """Issue 24 findings 1-2: an inherited valid range (150..400 K on an anomaly) masked every value."""
+    netCDF4 = pytest.importorskip("netCDF4")
+    product, path = derived_nc[name]
+    with netCDF4.Dataset(path) as f:  # default: set_auto_mask(True), valid_min/valid_max/_FillValue applied
+        for var in ("lst", "lst_uncertainty", "n_obs", "lst_std"):
+            if var not in product:
+                continue
+            got = np.ma.filled(f[var][:].astype(np.float64), np.nan)
+            want = product[var].values.astype(np.float64)
+            np.testing.assert_array_equal(got, want, err_msg=f"{name}: {var}")
+            assert np.isfinite(want).sum() > 0
+        if "qc" in product:
+            np.testing.assert_array_equal(np.ma.getdata(f["qc"][:]), product["qc"].values)
+
+
+def test_climatology_export_is_a_cf_climatological_time_axis(derived_nc):
+    product, path = derived_nc["climatology"]
+    got = xr.open_dataset(path)
+    assert got["time"].attrs["climatology"] == "climatology_bounds"
+    np.testing.assert_array_equal(got["month"].values, product["month"].values)
+    bounds = got["climatology_bounds"].values
+    assert str(bounds[0, 0])[:10] == "2021-01-01" and str(bounds[0, 1])[:10] == "2022-02-01"  # Jan 2021 .. Jan 2022
+    np.testing.assert_array_equal(got["lst"].values, product["lst"].values)

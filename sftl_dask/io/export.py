@@ -136,6 +136,9 @@ def _cf_dataset(ds: xr.Dataset, *, history: str) -> xr.Dataset:
     out = ds.copy()  # shallow: data shared, attrs and encodings are the copy's own
     for name in out.variables:
         out[name].encoding = {}
+    # per-time metadata (open_lst holds them as coordinates of time): variables of their own, as in the store
+    out = out.reset_coords([c for c in out.coords if c not in out.dims and out[c].dims == ("time",)])
+    out = _climatological_time(out)
     out = _rechunk(out)
     gm = "spatial_ref"
     out = out.drop_vars([v for v in out.variables if v == gm or out[v].attrs.get("grid_mapping_name")])
@@ -196,6 +199,32 @@ def _cf_dataset(ds: xr.Dataset, *, history: str) -> xr.Dataset:
     return out
 
 
+def _climatological_time(ds: xr.Dataset) -> xr.Dataset:
+    """A climatology by ``month`` or ``dayofyear`` (``ds.sftl.climatology``) on a CF climatological time axis
+    (CF-1.11 section 7.4): ``time`` in the first year it spans, ``climatology_bounds`` from that step's start in
+    the first year to its end in the last; anything else as it is."""
+    by = ds.attrs.get("sftl_climatology_by")
+    if by not in ("month", "dayofyear") or by not in ds.dims or "time" in ds.dims:
+        return ds
+    first, last = pd.Timestamp(ds.attrs["sftl_climatology_first"]), pd.Timestamp(ds.attrs["sftl_climatology_last"])
+    steps = [int(v) for v in ds[by].values]
+    if by == "month":
+        start = [pd.Timestamp(first.year, m, 1) for m in steps]
+        end = [pd.Timestamp(last.year, m, 1) + pd.offsets.MonthBegin(1) for m in steps]
+        mid = [s + (s + pd.offsets.MonthBegin(1) - s) / 2 for s in start]
+    else:
+        start = [pd.Timestamp(first.year, 1, 1) + pd.Timedelta(days=d - 1) for d in steps]
+        end = [pd.Timestamp(last.year, 1, 1) + pd.Timedelta(days=d) for d in steps]
+        mid = [s + pd.Timedelta(hours=12) for s in start]
+    out = ds.rename({by: "time"}).assign_coords(time=("time", pd.DatetimeIndex(mid).values, {
+        "standard_name": "time", "axis": "T", "climatology": "climatology_bounds",
+        "long_name": f"{'month' if by == 'month' else 'day of the year'} of the climatology (UTC)"}))
+    out[by] = ("time", np.asarray(steps, dtype=np.int16), ds[by].attrs)
+    out["climatology_bounds"] = (("time", "nv"), np.stack([pd.DatetimeIndex(start).values,
+                                                           pd.DatetimeIndex(end).values], axis=1))
+    return out
+
+
 def _typed_attrs(attrs: Mapping[str, Any], dtype: np.dtype[Any]) -> dict[str, Any]:
     """``attrs`` as NetCDF attributes, those CF ties to the variable's type cast to ``dtype``."""
     out = {}
@@ -231,6 +260,8 @@ def _nc_encoding(ds: xr.Dataset) -> dict[Hashable, dict[str, Any]]:
             e["_FillValue"] = var.dtype.type(np.nan)
         if name == "time":
             e.update(_time_encoding(var))
+        if name == "climatology_bounds":  # in the units of time (CF 7.4)
+            e.update(_time_encoding(ds["time"]), _FillValue=None)
         if "x" in var.dims and "y" in var.dims and var.ndim >= 2:
             e.update(zlib=True, complevel=_ZLIB_LEVEL, shuffle=True,
                      chunksizes=tuple(min(EXPORT_CHUNK, n) if d in ("x", "y") else 1
