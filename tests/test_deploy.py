@@ -168,7 +168,8 @@ def test_compose_services_workers_gpu_and_the_shared_volume(compose: dict[str, A
         cmd = svc[name]["command"]
         assert cmd[:3] == ["dask", "worker", "tcp://scheduler:8786"], name
         assert cmd[cmd.index("--nthreads") + 1] == "1"
-    assert svc["cpu-worker"]["deploy"]["replicas"] >= 2
+    assert svc["cpu-worker"]["deploy"]["replicas"] == "${SFTL_CPU_WORKERS:-2}"
+    assert svc["cpu-worker"]["deploy"]["mode"] == "replicated"
     assert "--resources" not in svc["cpu-worker"]["command"] and "profiles" not in svc["cpu-worker"]
 
     gpu = svc["gpu-worker"]
