@@ -173,7 +173,7 @@ def test_compose_services_workers_gpu_and_the_shared_volume(compose: dict[str, A
     assert "--resources" not in svc["cpu-worker"]["command"] and "profiles" not in svc["cpu-worker"]
 
     gpu = svc["gpu-worker"]
-    assert gpu["profiles"] == ["gpu"] and gpu["image"].endswith(":gpu")
+    assert gpu["profiles"] == ["gpu"] and gpu["image"] == "${SFTL_GPU_IMAGE:-sftl-dask:gpu}"
     assert gpu["command"][gpu["command"].index("--resources") + 1] == "GPU=1"
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
