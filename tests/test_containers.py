@@ -166,6 +166,24 @@ def test_image_is_built_offline_small_and_runs_as_uid_10001(image: str) -> None:
     assert listing.count("No such file or directory") == 3 and listing.split()[-1] == "0", listing
 
 
+@pytest.mark.skipif(os.environ.get("SFTL_TEST_GPU_IMAGE") != "1",
+                    reason="the GPU image downloads ~3.5 GB of CUDA wheels from PyPI: set SFTL_TEST_GPU_IMAGE=1")
+def test_gpu_image_builds_and_runs_sftl_without_cuda(image: str) -> None:
+    gpu = "localhost/sftl-dask:gpu-test"
+    t0 = time.perf_counter()
+    try:
+        _podman("build", "--runtime", "runc", "--network", "host", *ULIMITS, "--ignorefile",
+                str(DEPLOY / "docker" / "Dockerfile.gpu.dockerignore"), "-f", str(DEPLOY / "docker" / "Dockerfile.gpu"),
+                "--build-arg", f"BASE_IMAGE={BASE}", "-t", gpu, ".", timeout=2400)
+        FIGURES["gpu_build_s"] = round(time.perf_counter() - t0, 1)
+        FIGURES["gpu_image_bytes"] = int(_podman("image", "inspect", gpu, "--format", "{{.Size}}").stdout)
+        out = _podman("run", "--rm", gpu, "sh", "-c", "id -u; sftl --version; python -c 'import torch, dask_cuda; "
+                      "print(torch.version.cuda, torch.cuda.is_available())'").stdout.split()
+        assert out == ["10001", "sftl-dask", "0.1.0", "13.0", "False"], out
+    finally:
+        _podman("rmi", "-f", gpu, check=False)
+
+
 # ================================================================================================ the stack
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:

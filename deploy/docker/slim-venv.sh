@@ -2,18 +2,22 @@
 # Cut from an installed virtual environment what no container of the cluster runs, then compile the bytecode
 # of what they import. Run by the `build` stage of Dockerfile.cpu / Dockerfile.gpu:  sh slim-venv.sh /opt/venv
 #
-# Removed: pip, setuptools and wheel (images are rebuilt, never pip-installed into); the test suites the
-# dependencies ship (*/tests); C/C++ headers, Cython sources and CMake files (nothing compiles extensions at
-# run time: sftl's models are TorchScript, never torch.compile); torch's C++ tests and test binaries (torch/test,
-# torch/bin but torch_shm_manager, which torch.multiprocessing uses); Arrow Flight; every __pycache__ pip or the build left.
-# .pyc policy: bytecode only for the modules that `sftl`, `dask scheduler` and `dask worker` import (written
-# by importing them once). The user the containers run as cannot
-# write to /opt/venv, so without it every process would compile them again at each start; the modules no
-# container imports (the most of sympy, torch._inductor, pandas' I/O plugins, ...) stay source only.
+# Removed: pip, setuptools and wheel (images are rebuilt, never pip-installed into); triton; the test suites
+# the dependencies ship (*/tests); C/C++ headers, Cython sources and CMake files (nothing compiles extensions
+# at run time: sftl's models are TorchScript, never torch.compile); torch's C++ tests and test binaries
+# (torch/test; torch/bin but torch_shm_manager, which torch.multiprocessing uses); Arrow Flight; every
+# __pycache__ that pip or the build left.
+# .pyc policy: bytecode only for the modules that `sftl`, `dask scheduler` and `dask worker` import (written by
+# importing them once). The user the containers run as cannot write to /opt/venv, so without it every process
+# would compile them again at each start; the modules no container imports (most of sympy, torch._inductor,
+# pandas' I/O plugins, ...) stay source only.
 set -eu
 venv=$1
 site=$(echo "$venv"/lib/python3*/site-packages)
 
+# triton (GPU image, 0.6 GB): the kernel compiler of torch.compile / inductor, which sftl never calls; torch
+# imports it only there.
+"$venv/bin/python" -m pip uninstall -q -y triton 2>/dev/null || true
 "$venv/bin/python" -m pip uninstall -q -y pip setuptools wheel 2>/dev/null || true
 find "$site" -mindepth 2 -depth -type d -name tests -exec rm -rf {} +
 find "$site" -type d -name __pycache__ -prune -exec rm -rf {} +
