@@ -285,7 +285,7 @@ def _differences(a: Path, b: Path) -> list[str]:
                 diffs.append(f"{name}/{key}: values")
             if dict(xa[key].attrs) != dict(ya[key].attrs):
                 diffs.append(f"{name}/{key}: attributes")
-        diffs += [f"{name}: attribute {k}" for k in sorted(set(xattrs) | set(yattrs)) - {"history", "date_created"}
+        diffs += [f"{name}: attribute {k}" for k in sorted((set(xattrs) | set(yattrs)) - {"history", "date_created"})
                   if xattrs.get(k) != yattrs.get(k)]
     return diffs
 
