@@ -665,12 +665,13 @@ class SftlAccessor:
         sys_k = _systematic(ds)
         rand2 = (unc ** 2 - sys_k ** 2).clip(min=0.0) if sys_k is not None else xr.zeros_like(unc).where(valid)
         sys2 = (unc ** 2 - rand2) if sys_k is None else sys_k ** 2  # all systematic when the split is unknown
-        count = valid.resample(time=freq).sum()
+        by_period = _period_reducer(ds["time"].values, freq)
+        count = by_period(valid, "sum")
         with warnings.catch_warnings():  # all-NaN pixels of a period are NaN, as they should be
             warnings.simplefilter("ignore", RuntimeWarning)
-            value = getattr(lst.resample(time=freq), how)()  # flox when installed (a dependency)
-        mean_rand2 = rand2.resample(time=freq).mean()
-        mean_sys2 = sys2.resample(time=freq).mean() if isinstance(sys2, xr.DataArray) else sys2
+            value = by_period(lst, how)
+        mean_rand2 = by_period(rand2, "mean")
+        mean_sys2 = by_period(sys2, "mean") if isinstance(sys2, xr.DataArray) else sys2
         n = count.where(count > 0)
         factor = _HOW[how]
         var = mean_sys2 + (mean_rand2 * factor / n if factor is not None else mean_rand2)
@@ -1025,6 +1026,38 @@ def _warn_if_sparse(ds: xr.Dataset, table: Mapping[str, tuple[int, int]], flags:
         big = n["kept, sigma > 3 K"]
         warnings.warn(f"{big:,} of the {n['kept']:,} values kept ({big / n['kept']:.0%}) have an uncertainty above "
                       "3 K; drop them with max_uncertainty=3.0", SparseMaskWarning, stacklevel=3)
+
+
+def _period_reducer(times: np.ndarray, freq: str) -> Any:
+    """``reduce(array, how)`` over the periods of ``freq``: resampled (flox) in general; when every time step falls
+    in one period (a composite task's chunk of one month), a plain reduction over ``time`` labelled with the
+    period's start, the same values without the grouping machinery (0.15 s of a 0.24 s task, measured)."""
+    starts = pd.Series(np.ones(len(times)), index=pd.DatetimeIndex(times)).resample(freq).sum()
+    starts = starts.index[starts.to_numpy() > 0]
+    if len(starts) != 1:
+        return lambda a, how: getattr(a.resample(time=freq), how)()  # flox when installed (a dependency)
+    label = np.array([starts[0].to_datetime64()], dtype="datetime64[ns]")
+
+    def reduce(a: xr.DataArray, how: str) -> xr.DataArray:
+        if how == "median" and not isinstance(a.data, np.ndarray):
+            return a.median("time").expand_dims(time=label)
+        if how == "median":  # numpy's nanmedian warns once per all-NaN pixel (0.13 s of a 512 x 512 chunk)
+            return a.isel(time=0, drop=True).copy(data=_nanmedian_first_axis(a.transpose("time", ...).values)
+                                                  ).expand_dims(time=label)
+        return getattr(a, how)("time").expand_dims(time=label)
+
+    return reduce
+
+
+def _nanmedian_first_axis(a: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(a, axis=0)`` (NaN where a column holds no value), by one sort, without a warning per
+    all-NaN column: the middle value, or the mean of the two middle values, of each column's valid values."""
+    s = np.sort(a, axis=0)  # NaN last
+    n = np.isfinite(s).sum(axis=0)
+    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[None], axis=0)[0]
+    hi = np.take_along_axis(s, np.maximum(n // 2, 0)[None], axis=0)[0]
+    out = np.mean(np.stack([lo, hi]), axis=0, dtype=a.dtype) if np.issubdtype(a.dtype, np.floating) else lo
+    return np.where(n > 0, out, np.nan).astype(a.dtype)
 
 
 def _check_freq(freq: str) -> None:

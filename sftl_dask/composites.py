@@ -78,7 +78,8 @@ class _Part:
 def _composite_part(part: _Part) -> dict[str, Any]:
     """Compute and write one chunk of one period (the task); its good-value count (pixels x steps)."""
     y0, y1, x0, x1 = part.window
-    ds = open_store(part.lst, chunks=None).isel(time=list(part.steps), y=slice(y0, y1), x=slice(x0, x1)).load()
+    ds = open_store(part.lst, chunks=None)[["lst", "lst_uncertainty", "qc"]]  # what good() and composite() read
+    ds = ds.isel(time=list(part.steps), y=slice(y0, y1), x=slice(x0, x1)).load()
     comp = ds.sftl.good(check=False).sftl.composite(part.freq, part.how, min_count=part.min_count)
     if comp.sizes["time"] != 1:  # the steps were chosen as one period: anything else is a bug
         raise AssertionError(f"{part.lst}: steps {part.steps} make {comp.sizes['time']} periods, not 1")
