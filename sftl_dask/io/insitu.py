@@ -28,6 +28,7 @@ import io
 import os
 import re
 import warnings
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -191,16 +192,25 @@ def _record_times(raw: pd.DataFrame, p: Path, first: int, offset_h: float | None
     return local, utc
 
 
+_NUMERIC = ("ULR_Cor", "DLR_Cor", "QC_flag")
+_BLANKS = ["", "NAN", "NaN", "nan", "NA", "null"]
+
+
 def _record_numbers(raw: pd.DataFrame, p: Path, first: int) -> dict[str, NDArray[np.float64]]:
     """``ULR_Cor``, ``DLR_Cor`` (W m-2) and ``QC_flag`` as float64, NaN where blank.
+
+    ``raw`` holds them as parsed numbers already (the fast read) or as text, checked here value by value.
 
     Raises ValueError, naming the file, the column and the lines, for non-numeric values, QC codes other
     than 0/1/2, or infinite longwave.
     """
     numbers = {}
-    for col in ("ULR_Cor", "DLR_Cor", "QC_flag"):
+    for col in _NUMERIC:
+        if raw[col].dtype.kind in "fiu":
+            numbers[col] = raw[col].to_numpy(dtype=np.float64)
+            continue
         text = raw[col].str.strip()
-        blank = text.isin(["", "NAN", "NaN", "nan", "NA", "null"])
+        blank = text.isin(_BLANKS)
         values = pd.to_numeric(text.mask(blank), errors="coerce")
         bad = np.flatnonzero(values.isna().to_numpy() & ~blank.to_numpy())
         if bad.size:
@@ -217,6 +227,24 @@ def _record_numbers(raw: pd.DataFrame, p: Path, first: int) -> dict[str, NDArray
             bad = np.flatnonzero(np.isinf(numbers[col]))
             raise ValueError(f"{p}: column {col}: infinite value(s) at {_lines(bad, first)}")
     return numbers
+
+
+def _read_table(table: str, p: Path) -> pd.DataFrame:
+    """The record table: the numeric columns parsed by pandas' C parser (blanks NaN), the others as text; where a
+    numeric column does not parse, everything as text, for :func:`_record_numbers` to name the bad lines.
+
+    Parsing numbers in C rather than stripping and converting text costs a fraction of the time (the station reads
+    were half of ``sftl validate``'s time on a 3-year archive of 10-minute records, measured).
+    """
+    try:
+        try:
+            return pd.read_csv(io.StringIO(table), dtype=defaultdict(lambda: str, dict.fromkeys(_NUMERIC, "float64")),
+                               keep_default_na=False, na_values=dict.fromkeys(_NUMERIC, _BLANKS),
+                               skipinitialspace=True)
+        except ValueError:  # a non-numeric value: the careful path names it
+            return pd.read_csv(io.StringIO(table), dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{p}: malformed CSV table ({exc})") from None
 
 
 def read_insitu_csv(path: str | os.PathLike[str]) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -257,10 +285,7 @@ def read_insitu_csv(path: str | os.PathLike[str]) -> tuple[dict[str, Any], pd.Da
     header, table, header_line = _split(p)
     meta, offset_h, zone = _header_meta(header, p)
     _check_units(header, p)
-    try:
-        raw = pd.read_csv(io.StringIO(table), dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"{p}: malformed CSV table ({exc})") from None
+    raw = _read_table(table, p)
     _check_table(raw, _REQUIRED_COLUMNS, p, "the table")
     first = header_line + 1  # file line of row 0
     local, utc = _record_times(raw, p, first, offset_h, zone)
