@@ -268,7 +268,9 @@ def test_workers_of_another_sftl_dask_are_refused_by_dasks_version_check(tmp_pat
         worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
                                    "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1", "--no-dashboard"],
                                   env={**os.environ, "PYTHONPATH": f"{stale}{os.pathsep}{ROOT}"},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  # cwd leads sys.path under -m: a checkout's own sftl_dask.egg-info (an editable
+                                  # install) would otherwise be found before the stale metadata
+                                  cwd=stale, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 60
             while not cluster.scheduler.workers and time.monotonic() < deadline:
