@@ -92,6 +92,16 @@ TABLE: list[tuple[str, str, tuple[Any, ...], str, str]] = [
      ("by_steps", 40, "copies", "64", "ratio_xarray_read"), ".1f", ">= 20"),
     ("experiment", "grid wall time (s)", ("full_grid", "wall_s"), ".0f", ""),
     ("export", "COG export / retrieval of the LST cube", ("export_over_retrieve",), ".2f", "<= target"),
+    ("retrieve", "DNN retrieve / bare baseline, throughput", ("bare", "ratio_throughput_retrieve_to_bare"), ".2f",
+     ">= 0.8"),
+    ("archive", "composites / retrieval, 160-scene archive", ("archive", "ratio_composites_to_retrieve"), ".2f",
+     "<= 0.5"),
+    ("archive", "validation / retrieval, 160-scene archive", ("archive", "ratio_validate_to_retrieve"), ".2f",
+     "<= 0.5"),
+    ("archive", "tile months recomputed when one month arrives",
+     ("archive", "second_run_composites", "months_computed"), "d", "its months only"),
+    ("archive", "share of chunks without data, 1500 px scenes on 1024 px tiles",
+     ("real_size", "share_of_chunks_without_data"), ".3f", ""),
 ]
 
 
