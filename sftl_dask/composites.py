@@ -28,7 +28,7 @@ import zarr
 from sftl_dask.api import SftlAccessor, composite_attrs  # noqa: F401  (registers ds.sftl: good() and composite())
 from sftl_dask.cluster import run_tasks
 from sftl_dask.geo import GeoBox
-from sftl_dask.io.cube import append_slots, mark_slot, read_coverage, read_slots, write_block
+from sftl_dask.io.cube import append_slots, coverage_shape, mark_slot, read_coverage, read_slots, write_block
 from sftl_dask.io.location import is_url, is_zarr_store, join, location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR, lst_stores
 from sftl_dask.io.stac import write_composites_stac
@@ -161,7 +161,7 @@ def _tile_parts(plan: dict[str, Any], freq: str, how: str, min_count: int) -> li
         plan["slots"].append(t_out)
         idx = tuple(int(s["index"]) for s in steps)
         rows = None if plan["index"] is None else plan["index"][list(idx)]
-        held = np.ones((-(-grid.height // cy), -(-grid.width // cx)), dtype=bool) \
+        held = np.ones(coverage_shape((grid.height, grid.width), (cy, cx)), dtype=bool) \
             if rows is None or (rows < 0).any() else rows.sum(axis=0) > 0
         if plan["old_index"] is not None and t_out < plan["old_index"].shape[0]:  # recomputed: clear old chunks
             held |= plan["old_index"][t_out] > 0
@@ -235,7 +235,7 @@ def _mark_done(plans: Sequence[dict[str, Any]], results: Sequence[Mapping[str, A
         cy, cx = plan["chunk"]
         grid: GeoBox = plan["grid"]
         for (_, _, key), t_out in zip(plan["todo"], plan["slots"], strict=True):
-            cover = np.zeros((-(-grid.height // cy), -(-grid.width // cx)), dtype=np.int32)
+            cover = np.zeros(coverage_shape((grid.height, grid.width), (cy, cx)), dtype=np.int32)
             for r in by_slot.get((str(plan["out"]), t_out), []):
                 cover[r["window"][0] // cy, r["window"][2] // cx] = r["covered"]
             mark_slot(plan["out"], t_out, COMPOSITE_OK_VAR, checksum=key, coverage=cover)

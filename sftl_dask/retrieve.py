@@ -47,6 +47,7 @@ from sftl_dask.io.cube import (
     CoverageError,
     append_slots,
     check_coverage,
+    coverage_shape,
     mark_slot,
     read_coverage,
     read_slots,
@@ -373,11 +374,13 @@ def _units_match(expected: str, got: Any) -> bool:
     return str(got) in _UNIT_ALIASES.get(expected, {expected})
 
 
-def _check_cube(store: Location, need: Sequence[str]) -> tuple[GeoBox, list[dict[str, Any]], tuple[int, int]]:
-    """The grid, complete slots and chunking of a scene-cube store; refuses one the model cannot use.
+def _check_cube(store: Location, need: Sequence[str]
+                ) -> tuple[GeoBox, list[dict[str, Any]], tuple[int, int], NDArray[np.int32] | None]:
+    """The grid, complete slots, chunking and chunk-coverage index of a scene-cube store; refuses one the model
+    cannot use.
 
-    Each slot carries its row of the chunk-coverage index (``coverage``: valid pixels per chunk; None in stores
-    written before the index, whose chunks are then all retrieved)."""
+    Each slot carries its row of the index (``coverage``: valid pixels per chunk; None in stores written before
+    the index, whose chunks are then all retrieved)."""
     try:
         grid, slots = read_slots(store)
     except (KeyError, ValueError, OSError) as exc:
@@ -398,7 +401,7 @@ def _check_cube(store: Location, need: Sequence[str]) -> tuple[GeoBox, list[dict
     # a slot whose scene wrote no valid pixel here (only its footprint's no-data part touched the tile) has
     # nothing to retrieve: no LST time step for it (VALID_PX_VAR; -1 or absent in older stores: retrieved)
     return grid, [s for s in slots if s["ingest_ok"] and s.get(VALID_PX_VAR, -1) != 0
-                  and (s["coverage"] is None or s["coverage"].any())], (cy, cx)
+                  and (s["coverage"] is None or s["coverage"].any())], (cy, cx), index
 
 
 def _pairs(cube: Location, out: Location) -> list[tuple[Location, Location]]:
@@ -685,18 +688,13 @@ def _observed_per_chunk(plans: Sequence[Mapping[str, Any]], jobs: Sequence[_Job]
                         slot_of: Sequence[tuple[int, int]], results: Sequence[Mapping[str, Any]]
                         ) -> dict[tuple[int, int], NDArray[np.int32]]:
     """The LST stores' chunk-coverage index of this run's steps: observed pixels (produced or not) per chunk."""
-    out: dict[tuple[int, int], NDArray[np.int32]] = {}
+    out = {(i, t): np.zeros(coverage_shape((plans[i]["grid"].height, plans[i]["grid"].width), plans[i]["chunks"]),
+                            dtype=np.int32) for i, t in set(slot_of)}
     for r in results:
         j = r["job"]
         i, t = slot_of[j]
         cy, cx = plans[i]["chunks"]
-        grid: GeoBox = plans[i]["grid"]
-        cover = out.setdefault((i, t), np.zeros((-(-grid.height // cy), -(-grid.width // cx)), dtype=np.int32))
-        cover[jobs[j].window[0] // cy, jobs[j].window[2] // cx] = r["pixels"] - r["not_covered"]
-    for (i, t) in {(i, t) for i, t in slot_of}:
-        cy, cx = plans[i]["chunks"]
-        out.setdefault((i, t), np.zeros((-(-plans[i]["grid"].height // cy), -(-plans[i]["grid"].width // cx)),
-                                        dtype=np.int32))
+        out[(i, t)][jobs[j].window[0] // cy, jobs[j].window[2] // cx] = r["pixels"] - r["not_covered"]
     return out
 
 
@@ -762,25 +760,24 @@ def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str 
     ident = {"model_sha256": retriever.digest, "model_precision": precision if kind in ("dnn", "trf", "cnn") else ""}
     plans = []
     for src, dst in _pairs(cube, out):
-        grid, slots, chunks = _check_cube(src, need)
+        grid, slots, chunks, index = _check_cube(src, need)
         action = _check_output(dst, absolute(src), grid, ident, overwrite)
         done: set[str] = set()
         if action == "append":
             _, lst_slots = read_slots(dst, LST_OK_VAR)
             done = {s["scene_id"] for s in lst_slots if s[LST_OK_VAR]}
         todo = sorted((s for s in slots if s["scene_id"] not in done), key=lambda s: s["time"])
-        _check_index(src, todo)
+        _check_index(src, index, todo)
         plans.append({"cube": src, "out": dst, "grid": grid, "chunks": chunks, "action": action, "todo": todo,
                       "skipped": len(slots) - len(todo), "index_of": {s["scene_id"]: s["index"] for s in slots}})
     return retriever, plans, ident
 
 
-def _check_index(store: Location, todo: Sequence[Mapping[str, Any]]) -> None:
+def _check_index(store: Location, index: NDArray[np.int32] | None, todo: Sequence[Mapping[str, Any]]) -> None:
     """Refuse a scene cube whose chunk-coverage index disagrees with its data at a step to retrieve: planning from
     it would skip data, or count chunks that are not there. Lists the chunk keys of ``bt_10_80``, reads no data."""
     steps = {int(s["index"]): s["scene_id"] for s in todo if s["coverage"] is not None}
-    index = read_coverage(store) if steps else None
-    if index is None:
+    if index is None or not steps:
         return
     try:
         check_coverage(store, index, sorted(steps), "bt_10_80")

@@ -54,6 +54,7 @@ __all__ = [
     "append_slots",
     "check_coverage",
     "chunk_counts",
+    "coverage_shape",
     "cube_stores",
     "mark_slot",
     "open_cube",
@@ -170,7 +171,7 @@ def _template(grid: GeoBox, scenes: Sequence[Mapping[str, Any]], variables: Mapp
                                    {"long_name": "valid pixels the scene wrote in this store (-1: not recorded); "
                                                  "0: only the footprint's no-data part touched it"})
     if coverage:
-        ncy, ncx = -(-grid.height // chunks[1]), -(-grid.width // chunks[2])
+        ncy, ncx = coverage_shape((grid.height, grid.width), chunks[1:])
         data_vars[COVERAGE_VAR] = (COVERAGE_DIMS, da.full((n, ncy, ncx), -1, dtype=np.int32, chunks=(1, ncy, ncx)),
                                    {"long_name": "pixels holding data per chunk of the raster variables (chunk-"
                                                  "coverage index; -1: not recorded, 0: chunk never written, reads as "
@@ -406,6 +407,12 @@ class CoverageError(ValueError):
         self.store, self.step = store, step
 
 
+def coverage_shape(grid_shape: Sequence[int], chunk: Sequence[int]) -> tuple[int, int]:
+    """Chunk rows and columns of a grid of ``grid_shape`` (rows, columns) in chunks of ``chunk`` pixels: the last
+    two dims of the chunk-coverage index."""
+    return -(-int(grid_shape[0]) // int(chunk[0])), -(-int(grid_shape[1]) // int(chunk[1]))
+
+
 def chunk_counts(mask: NDArray[np.bool_], chunk: tuple[int, int], origin: tuple[int, int] = (0, 0),
                  grid_shape: tuple[int, int] | None = None) -> NDArray[np.int32]:
     """Pixels set in ``mask`` per chunk of a grid: the chunk-coverage index of one time step (or of its part).
@@ -429,7 +436,7 @@ def chunk_counts(mask: NDArray[np.bool_], chunk: tuple[int, int], origin: tuple[
     cy, cx = chunk
     y0, x0 = origin
     ny, nx = grid_shape or (y0 + mask.shape[0], x0 + mask.shape[1])
-    ncy, ncx = -(-ny // cy), -(-nx // cx)
+    ncy, ncx = coverage_shape((ny, nx), chunk)
     full = np.zeros((ncy * cy, ncx * cx), dtype=bool)
     full[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = mask
     return full.reshape(ncy, cy, ncx, cx).sum(axis=(1, 3), dtype=np.int64).astype(np.int32)
