@@ -30,7 +30,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sftl_dask.models.artifact import ArtifactError, artifact_digest, load_artifact, verify_artifact
-from sftl_dask.models.error_model import ERROR_MODEL_FORMAT, apply_error_model, check_error_model
+from sftl_dask.models.error_model import (
+    ERROR_MODEL_FORMAT,
+    apply_error_model,
+    calibration_label,
+    check_error_model,
+)
 from sftl_dask.physics.splitwindow import SplitWindowCoefficients, apply_split_window
 
 __all__ = [
@@ -128,6 +133,8 @@ class _ArtifactRetriever:
             "model_artifact": str(self.loaded.path), "model_sha256": self.digest,
             "model_program": self.loaded.program, "model_features": " ".join(self.model_features),
             "uncertainty_method": str(self.error_model.get("method", "")),
+            # source-fitted, target-calibrated (k, method), or uncalibrated for a card older than the calibration
+            "uncertainty_calibration": calibration_label(self.error_model),
             # the scene term is systematic (site and ancillary-data errors, bias included): aggregates
             # over time must not divide it by sqrt(n) (sftl_dask.api)
             "uncertainty_systematic_k": f"{float(self.error_model.get('sigma_scene_k', 0.0)):.4f}",
@@ -230,6 +237,7 @@ class SplitWindowRetriever:
                 "model_program": "json", "model_features": " ".join(self.features),
                 "uncertainty_method": "held-out simulated RMSE of the pixel's WVC x VZA split-window window "
                                       "(no scene term: a lower bound)",
+                "uncertainty_calibration": "uncalibrated (simulation only, no scene term)",
                 "uncertainty_systematic_k": f"{float(self.error_model.get('sigma_scene_k', 0.0)):.4f}"}
 
 
