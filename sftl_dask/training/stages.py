@@ -380,11 +380,13 @@ def _calibration(cfg: TrainConfig, error_model: Mapping[str, Any], rows: _Rows, 
     calibration = {"target_insitu": coverage(p_sftl - rows.y_tg, sigma_tg),
                    "sigma_scene_k": error_model["sigma_scene_k"], "n_scene": error_model["n_scene"],
                    "calibration": error_model.get("calibration"),
-                   "random_systematic_insitu": random_systematic(p_sftl - rows.y_tg, rows.target["scene_id"])}
+                   "random_systematic_insitu": _json_safe(random_systematic(p_sftl - rows.y_tg,
+                                                                            rows.target["scene_id"]))}
     truth = rows.pixel_truth()
     if truth is not None:
         calibration["target_pixel_truth"] = coverage(p_sftl - truth, sigma_tg)
-        calibration["random_systematic_pixel_truth"] = random_systematic(p_sftl - truth, rows.target["scene_id"])
+        calibration["random_systematic_pixel_truth"] = _json_safe(random_systematic(p_sftl - truth,
+                                                                                     rows.target["scene_id"]))
     c = calibration["target_insitu"]
     log(f"  uncertainty on {cfg.target_region}: {c['within_1sigma']:.0%} of in situ residuals within 1 sigma, "
         f"{c['within_2sigma']:.0%} within 2 sigma (rms sigma {c['rms_sigma_k']:.2f} K)")
@@ -453,6 +455,11 @@ def _card_calibration(cfg: TrainConfig, source_fitted: dict[str, Any], rows: _Ro
                                            scene_id=tgt["scene_id"].to_numpy()[cal])
     log(f"  {message}")
     return model
+
+
+def _json_safe(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """Figures with NaN as None: the card and results.json are strict JSON."""
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in figures.items()}
 
 
 def _shares(hits1: int, hits2: int, n: int) -> dict[str, Any]:
