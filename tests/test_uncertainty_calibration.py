@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -226,3 +227,56 @@ def test_an_older_card_retrieves_labelled_uncalibrated_with_one_warning_and_sigm
         retrieve(cube, retrieval_model("dnn"), fresh, threads=1, device="cpu")
     assert not [w for w in caught if "lst_uncertainty" in str(w.message)]
     assert xr.open_zarr(fresh)["lst_uncertainty"].attrs["calibration"] == "source-fitted"
+
+
+def test_training_records_the_calibration_by_k_on_held_out_target_scenes(tiny_training):
+    """The tiny SiHuHe training (conftest): its card re-fitted on k = 5 target matchups, and stage 3's coverage at
+    k = 0 and 5 against the pixel truth and the radiometers (pinned: a broken split or re-fit moves them)."""
+    out, res = tiny_training
+    uc = res["stage3_transfer"]["uncertainty_calibration"]
+    card = json.loads((out / "model" / "card.json").read_text())["uncertainty"]
+    cal = card["calibration"]
+    assert cal["k"] == 5 and cal["method"] == "loo-split" and cal == uc["calibration"]
+    assert card["sigma_scene_k"] == uc["sigma_scene_k"] and "scene-split" in card["sigma_ref_method"]
+    curve = uc["by_k"]["model:loo-split"]
+    assert [c["k"] for c in curve] == [0, 5] and [c["draws"] for c in curve] == [1, 2]
+    k0, k5 = curve  # 10 scored rows at k = 0 (every target scene), 5 over the 2 draws at k = 5
+    assert k0["pixel_truth"]["n"] == k0["insitu_with_reference"]["n"] == 10 and k5["pixel_truth"]["n"] == 5
+    assert k0["pixel_truth"]["within_1sigma"] == pytest.approx(0.7, abs=0.1)
+    assert k0["insitu_with_reference"]["within_1sigma"] == pytest.approx(0.9, abs=0.1)
+    assert k5["pixel_truth"]["within_1sigma"] == pytest.approx(0.8, abs=0.2)
+    assert k0["pixel_truth"]["within_2sigma"] == k5["pixel_truth"]["within_2sigma"] == 1.0
+    hits = round(10 * k0["pixel_truth"]["within_1sigma"])
+    assert k0["pixel_truth"]["within_1sigma_ci"] == pytest.approx(list(wilson_interval(hits, 10)))
+
+
+def _crafted_matchups() -> pd.DataFrame:
+    # two scenes x two sites in region "n"; residuals chosen so that |r| <= sqrt(1 + ref^2) for three of four
+    return pd.DataFrame({
+        "site": ["A", "B", "A", "B"], "region": "n", "model": "dnn gradual", "scene_id": ["s1", "s1", "s2", "s2"],
+        "reason": "ok", "lst": [301.2, 298.0, 300.5, 304.0], "lst_insitu": [300.0, 300.0, 300.0, 300.0],
+        "lst_uncertainty": [1.0, 1.0, 2.5, 2.5], "lst_insitu_std": [0.4, 0.0, 0.4, 0.0], "n_insitu": [4, 3, 4, 3],
+        "lst_spread_3x3": [0.3, np.nan, 0.3, np.nan], "sigma_reference": [0.8, 0.8, 0.8, 0.8]})
+
+
+def test_validation_calibration_table_and_coverage_with_the_reference_pin_their_counts():
+    from sftl_dask.validate import CALIBRATION_COLUMNS, calibration_table, metrics_table, site_reference_sigma
+
+    mu = _crafted_matchups()
+    ref = site_reference_sigma(mu)
+    assert ref["A"] == pytest.approx(math.sqrt(0.45**2 + 0.5**2 + 0.16 / 4 + 0.09))
+    assert ref["B"] == pytest.approx(math.hypot(0.45, 0.5))
+    cal = calibration_table(mu)
+    assert list(cal.columns) == list(CALIBRATION_COLUMNS)
+    rel = cal[cal["kind"] == "reliability"]
+    assert len(rel) == 12 and set(rel["model"]) == {"dnn gradual"} and (rel["n"] == 4).all()
+    # |r| = 1.2, 2.0, 0.5, 4.0 against sqrt(sigma^2 + 0.64) = 1.28, 1.28, 2.62, 2.62: 2 of 4 within 1 sigma
+    assert float(rel.loc[rel["z"] == 1.0, "observed"].iloc[0]) == pytest.approx(0.5)
+    assert float(rel.loc[rel["z"] == 2.0, "observed"].iloc[0]) == pytest.approx(1.0)
+    cls = cal[(cal["kind"] == "class") & (cal["z"] == 1.0)].set_index("group")
+    assert cls.loc["<=1 K", "n"] == 2 and cls.loc["<=3 K", "n"] == 2 and cls.loc["<=3 K", "observed"] == 0.5
+    row = metrics_table(mu.assign(residual_k=mu["lst"] - mu["lst_insitu"])).iloc[0]
+    assert row["within_1sigma_with_ref"] == 0.5 and row["within_1sigma"] == 0.25
+    lo, hi = wilson_interval(2, 4)
+    assert row["within_1sigma_with_ref_low"] == pytest.approx(lo) and row["within_1sigma_with_ref_high"] == hi
+    assert row["sigma_reference_k"] == pytest.approx(0.8)
