@@ -572,17 +572,20 @@ def _metric_lines(rows: pd.DataFrame, first: str) -> list[str]:
 
 
 def _calibration_note(m: Mapping[str, Any]) -> str:
-    w1, w2 = m["within_1sigma"], m["within_2sigma"]
+    """The verdict on the calibration: against √(σ² + σ_reference²) where the reference's error is known."""
+    with_ref = "within_1sigma_with_ref" in m and np.isfinite(m["within_1sigma_with_ref"])
+    w1, w2 = (m["within_1sigma_with_ref"], m["within_2sigma_with_ref"]) if with_ref else \
+        (m["within_1sigma"], m["within_2sigma"])
     if not (m["n"] and np.isfinite(w1)):
         return "No usable matchup: no calibration to report."
+    what = "√(σ² + σ_reference²)" if with_ref else "σ"
     if w1 < _GAUSS_1 - 0.1 and w2 < _GAUSS_2 - 0.05:
-        verdict = ("the uncertainty is too small (the errors are larger than it says; part of the excess is the in "
-                   "situ value's own error: radiometer, footprint)")
+        verdict = "the uncertainty is too small (the errors are larger than it says)"
     elif w1 > _GAUSS_1 + 0.1 and w2 > min(1.0, _GAUSS_2 + 0.02):
         verdict = "the uncertainty is conservative (larger than the errors)"
     else:
         verdict = "the uncertainty is about calibrated"
-    return (f"Overall {w1:.1%} of |retrieved − in situ| lie within ±1σ and {w2:.1%} within ±2σ "
+    return (f"Overall {w1:.1%} of |retrieved − in situ| lie within ±1 {what} and {w2:.1%} within ±2 {what} "
             f"(a calibrated Gaussian uncertainty: {_GAUSS_1:.1%} and {_GAUSS_2:.1%}; n = {m['n']}): {verdict}.")
 
 
