@@ -374,8 +374,10 @@ def calibrate_error_model(model: Mapping[str, Any], features: Mapping[str, Array
                           method: str = "loo-split", min_k: int = MIN_CALIBRATION_K) -> tuple[dict[str, Any], str]:
     """Re-fit the scene term for a target region from k of its matchups (the few-shot samples).
 
-    One parameter, the target's scene term ``tau``: each matchup's excess ``q = r**2 - sigma_model**2 -
-    sigma_ref**2`` is where it sits at exactly 1 sigma; ``loo-conformal`` takes ``tau**2`` at the 68.27 % quantile
+    The target's scene term ``tau``: each matchup's excess ``q = r**2 - sigma_model**2 - sigma_ref**2`` is where it
+    sits at exactly 1 sigma. ``loo-split`` (the default, two parameters) first re-estimates the reference's error
+    from the matchups' within-scene spread (:func:`scene_split_reference`, the given ``sigma_ref_k`` its floor), then
+    takes ``tau**2`` as the mean excess; ``loo-conformal`` (one parameter) takes ``tau**2`` at the 68.27 % quantile
     of ``q`` (so that share of the matchups lies within +-1 sigma of the product plus reference error),
     ``loo-moment`` their mean (the Gaussian maximum-likelihood value for one common term). The fit is checked by
     leave-one-scene-out (each scene's matchups scored with ``tau`` fitted on the other scenes; rows when no scene ids
@@ -393,7 +395,7 @@ def calibrate_error_model(model: Mapping[str, Any], features: Mapping[str, Array
         The reference's error at each (K, :func:`reference_sigma`; default 0).
     scene_id : array_like, optional
         The scene of each matchup (for the leave-one-scene-out check and the record).
-    method : {"loo-conformal", "loo-moment"}
+    method : {"loo-split", "loo-conformal", "loo-moment"}
         The re-fit.
     min_k : int
         Fewest matchups for a re-fit.
@@ -402,8 +404,9 @@ def calibrate_error_model(model: Mapping[str, Any], features: Mapping[str, Array
     -------
     model : dict
         A copy with ``sigma_scene_k`` re-fitted and ``calibration`` = ``k``, ``method``, ``label``,
-        ``sigma_scene_source_k``, ``n_scenes``, ``scenes``, ``loo_within_1sigma``, ``loo_within_2sigma``; the input
-        unchanged (a copy) when k < ``min_k``.
+        ``sigma_scene_source_k``, ``n_scenes``, ``sigma_ref_rms_k`` (K, the reference's error the fit used),
+        ``scenes``, ``loo_within_1sigma``, ``loo_within_2sigma`` (None with one scene); the input unchanged (a copy)
+        when k < ``min_k``.
     message : str
         One line saying what was done (or why not).
 
