@@ -13,7 +13,10 @@ Metrics (:func:`lst_metrics`), per site, per region and overall, on the usable (
 RMSE, bias (retrieved - in situ), MAE, R^2 (``1 - SSE/SST`` of the in situ values, as in training),
 unbiased RMSE (the standard deviation of the errors, ``sqrt(RMSE^2 - bias^2)``) and n; the calibration of
 ``lst_uncertainty``: the share of ``|retrieved - in situ|`` within 1 and 2 sigma
-(:func:`~sftl_dask.models.error_model.coverage`; 0.683 and 0.954 for a calibrated Gaussian uncertainty).
+(:func:`~sftl_dask.models.error_model.coverage`; 0.683 and 0.954 for a calibrated Gaussian uncertainty), and the
+same against ``sqrt(sigma^2 + sigma_reference^2)``, the radiometer's own error added (:func:`site_reference_sigma`,
+raised to the region's within-scene estimate), with Wilson intervals, per region, model and uncertainty class
+(:func:`calibration_table`, a reliability diagram).
 
 The work is a few explicit Dask tasks: one per station (its file read and matched to the overpasses) and one
 per group of sites sharing a chunk (their pixel series read, only the chunks they need). :func:`validate`
