@@ -240,6 +240,11 @@ def test_training_records_the_calibration_by_k_on_held_out_target_scenes(tiny_tr
     assert card["sigma_scene_k"] == uc["sigma_scene_k"] and "scene-split" in card["sigma_ref_method"]
     curve = uc["by_k"]["model:loo-split"]
     assert [c["k"] for c in curve] == [0, 5] and [c["draws"] for c in curve] == [1, 2]
+    from sftl_dask.models.retriever import open_retriever
+
+    sw = open_retriever(out / "split_window.json")  # the split-window with its scene term from matchups
+    assert sw.describe()["uncertainty_calibration"] == "target-calibrated (k=5, loo-split)"
+    assert sw.error_model["calibration"]["scenes"] == cal["scenes"]
     k0, k5 = curve  # 10 scored rows at k = 0 (every target scene), 5 over the 2 draws at k = 5
     assert k0["pixel_truth"]["n"] == k0["insitu_with_reference"]["n"] == 10 and k5["pixel_truth"]["n"] == 5
     assert k0["pixel_truth"]["within_1sigma"] == pytest.approx(0.7, abs=0.1)
@@ -280,3 +285,26 @@ def test_validation_calibration_table_and_coverage_with_the_reference_pin_their_
     lo, hi = wilson_interval(2, 4)
     assert row["within_1sigma_with_ref_low"] == pytest.approx(lo) and row["within_1sigma_with_ref_high"] == hi
     assert row["sigma_reference_k"] == pytest.approx(0.8)
+
+
+def test_split_window_coefficients_carrying_an_error_model_use_it(retrieval_model, tmp_path):
+    from sftl_dask.models.retriever import open_retriever
+
+    doc = json.loads(Path(retrieval_model("sw")).read_text())
+    bare = open_retriever(retrieval_model("sw"))
+    assert bare.describe()["uncertainty_calibration"].startswith("uncalibrated")
+    rng = np.random.default_rng(6)
+    f = _features(5000, rng)
+    em, _ = calibrate_error_model(fit_error_model(f, rng.normal(0, 0.8, 5000)), f, rng.normal(0, 2.0, 5000),
+                                  scene_id=np.repeat(np.arange(1000), 5))
+    (tmp_path / "sw.json").write_text(json.dumps({**doc, "uncertainty": em}))
+    sw = open_retriever(tmp_path / "sw.json")
+    assert sw.describe()["uncertainty_calibration"] == "target-calibrated (k=5000, loo-split)"
+    assert sw.describe()["uncertainty_systematic_k"] == f"{em['sigma_scene_k']:.4f}"
+    feats = {k: np.asarray(v, np.float32) for k, v in f.items()} | {
+        n: np.full(5000, v, np.float32) for n, v in (("bt_10_80", 300.0), ("bt_11_95", 298.5), ("emis_diff", 0.005))}
+    _, sigma = sw.predict(feats)
+    np.testing.assert_array_equal(sigma, apply_error_model(em, feats))
+    (tmp_path / "bad.json").write_text(json.dumps({**doc, "uncertainty": {"format": "x"}}))
+    with pytest.raises(ValueError, match=r"bad\.json: uncertainty: not an sftl-dask-error-model/1"):
+        open_retriever(tmp_path / "bad.json")

@@ -16,6 +16,7 @@ what differs between torch models and trees is a task's business (:mod:`sftl_das
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from sftl_dask.models.error_model import (
 )
 from sftl_dask.models.fewshot import adapt_few_shot
 from sftl_dask.physics.splitwindow import SplitWindowCoefficients, apply_split_window
-from sftl_dask.staging import content_sha256
+from sftl_dask.staging import content_sha256, staged_file
 from sftl_dask.training.config import DIRECTIONS, TrainConfig, load_config, model_features
 from sftl_dask.training.direct import default_search, tune_direct
 from sftl_dask.training.tasks import TrainingTask, predict, task_for
@@ -273,7 +274,8 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
     target region's; stage 1 (``pretrained``, else :func:`pretrain`); stage 2 (the task's fine-tuning on the
     fine-tuning rows, scored on the held-out rows); the tuned direct baseline (:func:`direct_baseline`, unless
     ``direct`` gives it); stage 3 (zero-shot on the target, and few-shot); the error model and its calibration
-    on the target; the artifact. ``pretrained`` and ``direct`` let one pre-training or baseline serve many
+    on the target; the artifact, and ``out/split_window.json`` (the split-window's coefficients with their
+    calibrated error model). ``pretrained`` and ``direct`` let one pre-training or baseline serve many
     strategies (the experiment grid).
     """
     t_start = time.perf_counter()
@@ -292,6 +294,7 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
     source_fitted, sw_model = _error_model(cfg, data["table"], model, tuned, rows.test, rows.x_in, rows.y_in,
                                            data["sw"])
     error_model = _card_calibration(cfg, source_fitted, rows, p["sftl"], log)
+    sw_error_model = _card_calibration(cfg, sw_model, rows, p["sw"], log)
     stage3["uncertainty_calibration"] = _calibration(cfg, error_model, rows, p["sftl"], log)
     stage3["uncertainty_calibration"]["by_k"] = {
         f"{name}:{m}": _calibration_curve(cfg, em, rows, p[key], m) for name, em, key in
@@ -304,6 +307,10 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
                "seconds": round(time.perf_counter() - t_start, 1)}
     if out is not None:
         export_artifact(task.export_model(tuned), out / "model", _card(cfg, task, data, results, error_model))
+        # the split-window's coefficients with their error model (a scene term from matchups): `sftl retrieve`
+        # takes the file as it takes `sftl fit-sw`'s
+        with staged_file(out / "split_window.json", replace=True) as tmp:
+            tmp.write_text(json.dumps({**data["sw"], "uncertainty": sw_error_model}, indent=1))
     return results
 
 
