@@ -23,7 +23,7 @@ from sftl_dask.metrics import metrics, rmse
 
 __all__ = ["MAX_PANELS", "QC_CLASS_NAMES", "composite_figure", "foundation_figures", "grid_figures",
            "learning_columns", "lst_map", "lst_qc_figure", "point_series", "pyplot", "qc_classes", "qc_map",
-           "sftl_figure", "validation_scatter", "validation_timeseries"]
+           "reliability_diagram", "sftl_figure", "validation_scatter", "validation_timeseries"]
 
 #: Most time-series panels of :func:`validation_timeseries`: the sites with the most usable matchups.
 MAX_PANELS = 24
@@ -604,5 +604,40 @@ def _fewshot_curves(ok: pd.DataFrame, dirs: list[str], path: Path) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=6)
     fig.tight_layout(rect=(0, 0, 0.85, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def reliability_diagram(curves: pd.DataFrame, path: Path, *, title: str = "Reliability of the LST uncertainty"
+                        ) -> None:
+    """Observed share of errors within +-z sigma against the nominal (Gaussian) share, one line per curve, with
+    its 95 % interval; the diagonal is a calibrated uncertainty (above it: conservative, below: too small).
+
+    Parameters
+    ----------
+    curves : pandas.DataFrame
+        One row per (curve, z): ``label`` (the legend's name), ``nominal``, ``observed``, ``low``, ``high``
+        (fractions) and ``n``.
+    path : pathlib.Path
+        The PNG written.
+    title : str
+        The axes' title.
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 5.4))
+    ax.plot([0, 1], [0, 1], color="0.4", lw=0.8, ls="--", label="calibrated")
+    for label, sub in curves.groupby("label", sort=False):
+        sub = sub.sort_values("nominal")
+        line = ax.plot(sub["nominal"], sub["observed"], marker="o", ms=3, lw=1.2,
+                       label=f"{label} (n={int(sub['n'].iloc[0])})")[0]
+        ax.fill_between(sub["nominal"], sub["low"], sub["high"], color=line.get_color(), alpha=0.15, lw=0)
+    for share in (0.683, 0.954):  # the 1 and 2 sigma shares
+        ax.axvline(share, color="0.8", lw=0.6, zorder=0)
+    if curves.empty:
+        ax.text(0.5, 0.5, "no usable matchups", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="nominal share within ±zσ (Gaussian), z = 0.25 … 3",
+           ylabel="observed share within ±zσ", title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

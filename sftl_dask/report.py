@@ -236,7 +236,70 @@ def _validation_lines(val: Path, out: Path) -> list[str]:
     lines += ["", f"![validation scatter]({(val / 'scatter.png').relative_to(out)})", "",
               "A site's series: radiometer LST against the retrieved LST ± its uncertainty:", "",
               f"![site time series]({(val / 'timeseries.png').relative_to(out)})", ""]
-    return lines
+    return lines + _validation_calibration_lines(val, out, m)
+
+
+def _share(v: Any, lo: Any, hi: Any) -> str:
+    ok = all(isinstance(x, int | float) and np.isfinite(x) for x in (v, lo, hi))
+    return f"{v:.0%} [{lo:.0%}, {hi:.0%}]" if ok else "–"
+
+
+def _validation_calibration_lines(val: Path, out: Path, m: pd.DataFrame) -> list[str]:
+    """The calibration of ``lst_uncertainty`` against the radiometers with their error added (``sftl validate``'s
+    ``calibration.parquet`` and ``reliability.png``), where the validation made them."""
+    cal_path, png = val / "calibration.parquet", val / "reliability.png"
+    if not cal_path.is_file() or "within_1sigma_with_ref" not in m:
+        return []
+    lines = ["### Uncertainty calibration against the radiometers", "",
+             "Residuals against √(σ_product² + σ_reference²): `lst_uncertainty` plus the radiometer's own error "
+             "(per site; `docs/uncertainty.md`). Shares with their 95 % Wilson interval; calibrated: 68 % and 95 %.",
+             "", "| set | n | σ_reference (K) | within ±1σ | within ±2σ |", "|---|---|---|---|---|"]
+    for _, r in m[m["level"].isin(["all", "region"])].iterrows():
+        one, two = (_share(*(r[f"within_{z}sigma_with_ref{t}"] for t in ("", "_low", "_high"))) for z in (1, 2))
+        lines.append(f"| {r['name']} | {int(r['n'])} | {r['sigma_reference_k']:.2f} | {one} | {two} |")
+    cls = pd.read_parquet(cal_path)
+    cls = cls[cls["kind"] == "class"]
+    if len(cls):
+        lines += ["", "| region | uncertainty class | n | within ±1σ | within ±2σ |", "|---|---|---|---|---|"]
+        for (region, group), sub in cls.groupby(["region", "group"], sort=True):
+            one, two = sub[sub["z"] == 1.0].iloc[0], sub[sub["z"] == 2.0].iloc[0]
+            lines.append(f"| {region} | {group} | {int(one['n'])} | {_share(one['observed'], one['low'], one['high'])} "
+                         f"| {_share(two['observed'], two['low'], two['high'])} |")
+    if png.is_file():
+        lines += ["", f"![reliability diagram]({png.relative_to(out)})"]
+    return [*lines, ""]
+
+
+def _uncertainty_lines(s3: Mapping[str, Any]) -> list[str]:
+    """Stage 3's calibration of the per-pixel uncertainty on held-out target scenes, by k and method."""
+    uc = s3.get("uncertainty_calibration") or {}
+    by_k = uc.get("by_k")
+    if not by_k:
+        return []
+    cal = uc.get("calibration") or {}
+    lines = [f"Per-pixel uncertainty (`docs/uncertainty.md`): the artifact's scene term {uc['sigma_scene_k']:.2f} K, "
+             f"{cal.get('label', 'uncalibrated (source-fitted)')}. Coverage on held-out target scenes (scenes that "
+             "gave no calibration matchup), pooled over the draws, with 95 % Wilson intervals; against the pixel "
+             "truth σ_product alone, against the radiometers √(σ_product² + σ_reference²):", "",
+             "| model | k | method | n scored | truth ±1σ | truth ±2σ | radiometers ±1σ | radiometers ±2σ |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, curve in by_k.items():
+        name, method = key.split(":")
+        if method != "loo-split":  # the default; the others are in results.json
+            continue
+        for c in curve:
+            t, i = c.get("pixel_truth") or {}, c["insitu_with_reference"]
+            lines.append(f"| {name} | {c['k']} | {c['method']} | {i['n']} | "
+                         f"{_share(t.get('within_1sigma'), *(t.get('within_1sigma_ci') or (None, None)))} | "
+                         f"{_share(t.get('within_2sigma'), *(t.get('within_2sigma_ci') or (None, None)))} | "
+                         f"{_share(i['within_1sigma'], *(i['within_1sigma_ci'] or (None, None)))} | "
+                         f"{_share(i['within_2sigma'], *(i['within_2sigma_ci'] or (None, None)))} |")
+    for label, key in (("radiometers", "random_systematic_insitu"), ("pixel truth", "random_systematic_pixel_truth")):
+        rs = uc.get(key) or {}
+        if rs.get("random_k") is not None and rs.get("systematic_k") is not None:
+            lines.append(f"\nAgainst the {label}, by scene: random {rs['random_k']:.2f} K, systematic "
+                         f"{rs['systematic_k']:.2f} K (bias {rs['bias_k']:+.2f} K; {rs['n_groups']} scenes).")
+    return [*lines, ""]
 
 
 def _sftl_lines(results: dict[str, Any], folder: Path, out: Path, fig_name: str) -> list[str]:
@@ -278,6 +341,7 @@ def _sftl_lines(results: dict[str, Any], folder: Path, out: Path, fig_name: str)
                   "| k | few-shot RMSE (K) | zero-shot, same rows (K) | draws |", "|---|---|---|---|"]
         lines += [f"| {f['k']} | {f['rmse_k_mean']:.2f} ± {f['rmse_k_sd']:.2f} | "
                   f"{f.get('zero_shot_rmse_k_mean', float('nan')):.2f} | {f['repeats']} |" for f in s3["few_shot"]]
+    lines += ["", *_uncertainty_lines(s3)]
     pred_path = folder / "cross_site_predictions.parquet"
     predictions = pd.read_parquet(pred_path) if pred_path.is_file() else None
     plotting.sftl_figure(s3, results["direction"], predictions, out / fig_name)

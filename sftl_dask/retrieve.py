@@ -23,6 +23,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -569,6 +570,9 @@ def retrieve(
         retriever, plans, ident = _plan(cube, model, out, precision=precision, overwrite=overwrite)
         model = Path(model)
         info = retriever.describe()
+        if info.get("uncertainty_calibration", "").startswith("uncalibrated"):  # an older card, or the split-window
+            warnings.warn(f"{model}: lst_uncertainty is {info['uncertainty_calibration']}: not calibrated against "
+                          "in situ LST (docs/uncertainty.md)", stacklevel=2)
         need = inputs_for(retriever.features)
         route_device, route_res = _route(device, info["model_kind"], client)
         if resources is not None:
@@ -803,7 +807,12 @@ def _lst_slots(dst: Location, plan: Mapping[str, Any], retriever: Retriever, inf
             "qc_range_groups": " ".join(retriever.training_range), "cloud_adjacent_px": CLOUD_ADJACENT_PX,
             "date_created": history.split(" ")[0], "history": history, "software": history.split("(")[-1][:-1],
         }
-        return append_slots(dst, plan["grid"], scenes, attrs, variables=LST_VARIABLES, ok_var=LST_OK_VAR,
+        # lst_uncertainty names its calibration (source-fitted, target-calibrated, or uncalibrated: an older card)
+        label = info.get("uncertainty_calibration", "")
+        variables = {**LST_VARIABLES, "lst_uncertainty": {**LST_VARIABLES["lst_uncertainty"], "calibration": label,
+                                                          "comment": "the product's error against the true pixel "
+                                                                     "LST; a reference's own error is not in it"}}
+        return append_slots(dst, plan["grid"], scenes, attrs, variables=variables, ok_var=LST_OK_VAR,
                             chunk=plan["chunks"])  # the scene cube's chunks: every task writes whole chunks
     _, slots = read_slots(dst, LST_OK_VAR)
     waiting = {s["scene_id"]: s["index"] for s in slots if not s[LST_OK_VAR]}

@@ -13,7 +13,10 @@ Metrics (:func:`lst_metrics`), per site, per region and overall, on the usable (
 RMSE, bias (retrieved - in situ), MAE, R^2 (``1 - SSE/SST`` of the in situ values, as in training),
 unbiased RMSE (the standard deviation of the errors, ``sqrt(RMSE^2 - bias^2)``) and n; the calibration of
 ``lst_uncertainty``: the share of ``|retrieved - in situ|`` within 1 and 2 sigma
-(:func:`~sftl_dask.models.error_model.coverage`; 0.683 and 0.954 for a calibrated Gaussian uncertainty).
+(:func:`~sftl_dask.models.error_model.coverage`; 0.683 and 0.954 for a calibrated Gaussian uncertainty), and the
+same against ``sqrt(sigma^2 + sigma_reference^2)``, the radiometer's own error added (:func:`site_reference_sigma`,
+raised to the region's within-scene estimate), with Wilson intervals, per region, model and uncertainty class
+(:func:`calibration_table`, a reliability diagram).
 
 The work is a few explicit Dask tasks: one per station (its file read and matched to the overpasses) and one
 per group of sites sharing a chunk (their pixel series read, only the chunks they need). :func:`validate`
@@ -52,20 +55,33 @@ from sftl_dask.matchups import (
     site_pixels,
     station_lst,
 )
-from sftl_dask.metrics import metrics
-from sftl_dask.models.error_model import coverage
+from sftl_dask.metrics import metrics, reliability, wilson_interval
+from sftl_dask.models.error_model import (
+    UNCERTAINTY_CLASS_EDGES_K,
+    coverage,
+    reference_sigma,
+    scene_split_reference,
+)
 from sftl_dask.staging import staged_dir
 
-__all__ = ["METRIC_COLUMNS", "VALIDATION_COLUMNS", "ValidateError", "check_validation", "lst_metrics",
-           "metrics_table", "validate", "validation_matchups"]
+__all__ = ["CALIBRATION_COLUMNS", "METRIC_COLUMNS", "VALIDATION_COLUMNS", "ValidateError", "calibration_lines",
+           "calibration_table",
+           "check_validation", "lst_metrics", "metrics_table", "site_reference_sigma", "validate",
+           "validation_matchups"]
 
 #: Columns of ``matchups.parquet``: one row per (site, complete time step) of an LST store holding the site.
 VALIDATION_COLUMNS = ("site", "region", "land_cover", "grid", "scene_id", "time_utc", "row", "col", "lst",
                       "lst_uncertainty", "qc", "vza", "cloud_adjacent", "lst_insitu", "lst_insitu_std", "n_insitu",
-                      "residual_k", "reason")
+                      "residual_k", "reason", "model", "systematic_k", "lst_spread_3x3", "sigma_reference")
 #: Columns of ``metrics.parquet``; ``level`` is ``all``, ``region`` or ``site``.
 METRIC_COLUMNS = ("level", "name", "region", "n", "rmse_k", "bias_k", "mae_k", "r2", "ubrmse_k", "within_1sigma",
-                  "within_2sigma", "rms_sigma_k")
+                  "within_2sigma", "rms_sigma_k", "sigma_reference_k", "within_1sigma_with_ref",
+                  "within_1sigma_with_ref_low", "within_1sigma_with_ref_high", "within_2sigma_with_ref",
+                  "within_2sigma_with_ref_low", "within_2sigma_with_ref_high")
+#: Columns of ``calibration.parquet``: the reliability curve (``kind`` ``reliability``, per region and model, one
+#: row per z) and the coverage per uncertainty class (``kind`` ``class``, z 1 and 2), against the radiometers with
+#: their error added (``sqrt(lst_uncertainty^2 + sigma_reference^2)``).
+CALIBRATION_COLUMNS = ("kind", "region", "model", "group", "z", "nominal", "observed", "low", "high", "n")
 _NEEDED_VARS = {"lst": "the retrieved LST", "lst_uncertainty": "its standard uncertainty",
                 "qc": "the QC bit flags"}
 _NEEDED_FLAGS = ("cloud", "not_covered", "missing_ancillary")
@@ -123,6 +139,53 @@ def lst_metrics(retrieved_k: ArrayLike, insitu_k: ArrayLike, sigma_k: ArrayLike 
     return out
 
 
+def _with_reference(sub: pd.DataFrame) -> dict[str, float]:
+    """Coverage of ``|residual|`` within 1 and 2 ``sqrt(lst_uncertainty^2 + sigma_reference^2)`` with 95 % Wilson
+    intervals, and the RMS reference error (K)."""
+    keys = ("sigma_reference_k", "within_1sigma_with_ref", "within_1sigma_with_ref_low", "within_1sigma_with_ref_high",
+            "within_2sigma_with_ref", "within_2sigma_with_ref_low", "within_2sigma_with_ref_high")
+    if "sigma_reference" not in sub or not len(sub):
+        return dict.fromkeys(keys, float("nan"))
+    ref = sub["sigma_reference"].to_numpy(np.float64)
+    tot = np.hypot(sub["lst_uncertainty"].to_numpy(np.float64), ref)
+    e = np.abs(sub["lst"].to_numpy(np.float64) - sub["lst_insitu"].to_numpy(np.float64))
+    n, h1, h2 = len(e), int(np.sum(e <= tot)), int(np.sum(e <= 2 * tot))
+    return dict(zip(keys, (float(np.sqrt(np.mean(ref**2))), h1 / n, *wilson_interval(h1, n), h2 / n,
+                           *wilson_interval(h2, n)), strict=True))
+
+
+def site_reference_sigma(matchups: pd.DataFrame) -> pd.Series:
+    """The reference's error per site (K): :func:`~sftl_dask.models.error_model.reference_sigma` with the site's
+    mean squared 3 x 3 LST spread and in situ sampling error over its usable matchups (the instrument and
+    emissivity terms as that function's defaults). Indexed by site; sites without usable matchups: the
+    instrument and emissivity terms alone."""
+    ok = matchups[matchups["reason"] == "ok"]
+    samp = (ok["lst_insitu_std"].fillna(0.0) ** 2 / ok["n_insitu"].clip(lower=1)).groupby(ok["site"]).mean()
+    spread = (ok["lst_spread_3x3"].fillna(0.0) ** 2).groupby(ok["site"]).mean()
+    sites = pd.Index(matchups["site"].unique())
+    samp, spread = samp.reindex(sites).fillna(0.0), spread.reindex(sites).fillna(0.0)
+    return pd.Series(reference_sigma(np.sqrt(samp.to_numpy()), 1, np.sqrt(spread.to_numpy())), index=sites)
+
+
+def _reference_per_row(table: pd.DataFrame) -> NDArray[np.float64]:
+    """The reference's error of each matchup (K): its site's :func:`site_reference_sigma`, raised to its region's
+    within-scene estimate (:func:`~sftl_dask.models.error_model.scene_split_reference`: the spread of the usable
+    residuals within a scene less the product's random part, ``lst_uncertainty`` without the store's
+    ``uncertainty_systematic_k``; all of it random where the store does not say)."""
+    floor = table["site"].map(site_reference_sigma(table)).to_numpy(np.float64)
+    out = floor.copy()
+    ok = (table["reason"] == "ok").to_numpy()
+    for region in table.loc[ok, "region"].unique():
+        here = ok & (table["region"] == region).to_numpy()
+        sub = table[here]
+        sys2 = np.nan_to_num(sub["systematic_k"].to_numpy(np.float64)) ** 2
+        rand = np.sqrt(np.maximum(sub["lst_uncertainty"].to_numpy(np.float64) ** 2 - sys2, 0.0))
+        net, _ = scene_split_reference(sub["residual_k"], rand, sub["scene_id"], floor[here])
+        in_region = (table["region"] == region).to_numpy()
+        out[in_region] = np.maximum(floor[in_region], net)
+    return out
+
+
 def metrics_table(matchups: pd.DataFrame) -> pd.DataFrame:
     """:func:`lst_metrics` of the usable matchups overall, per region and per site.
 
@@ -142,7 +205,7 @@ def metrics_table(matchups: pd.DataFrame) -> pd.DataFrame:
 
     def row(level: str, name: str, region: str, sub: pd.DataFrame) -> dict[str, Any]:
         m = lst_metrics(sub["lst"], sub["lst_insitu"], sub["lst_uncertainty"])
-        return {"level": level, "name": name, "region": region, **m}
+        return {"level": level, "name": name, "region": region, **m, **_with_reference(sub)}
 
     rows = [row("all", "all", "", ok)]
     rows += [row("region", str(r), str(r), ok[ok["region"] == r]) for r in sorted(matchups["region"].unique())]
@@ -151,6 +214,43 @@ def metrics_table(matchups: pd.DataFrame) -> pd.DataFrame:
                                                                              strict=True)]
     table = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
     return table.astype({"level": "string", "name": "string", "region": "string", "n": "int64"})
+
+
+def _uncertainty_class(sigma_k: NDArray[np.float64]) -> NDArray[Any]:
+    """MOD11-style class names of uncertainties (K): ``<=1 K``, ``<=2 K``, ``<=3 K``, ``>3 K``."""
+    names = np.array([f"<={e:g} K" for e in UNCERTAINTY_CLASS_EDGES_K] + [f">{UNCERTAINTY_CLASS_EDGES_K[-1]:g} K"])
+    return names[np.searchsorted(np.asarray(UNCERTAINTY_CLASS_EDGES_K), sigma_k, side="left")]
+
+
+def calibration_table(matchups: pd.DataFrame) -> pd.DataFrame:
+    """Calibration of ``lst_uncertainty`` against the radiometers, their error added: the reliability curve per
+    region and model (:func:`~sftl_dask.metrics.reliability`, z 0.25 to 3) and the coverage at 1 and 2 sigma per
+    uncertainty class (the ``qc`` classes: <= 1, 2, 3 K and above), each share with its 95 % Wilson interval.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`CALIBRATION_COLUMNS`; ``group`` is ``all`` for a reliability curve and the class name for a
+        class row; ``observed`` etc. NaN where ``n`` is 0.
+    """
+    ok = matchups[(matchups["reason"] == "ok")]
+    ok = ok.assign(model=ok["model"].fillna("") if "model" in ok else "",
+                   total=np.hypot(ok["lst_uncertainty"].astype(float), ok["sigma_reference"].astype(float)),
+                   err=(ok["lst"] - ok["lst_insitu"]).astype(float))
+    rows: list[dict[str, Any]] = []
+    for (region, model), sub in ok.groupby(["region", "model"], sort=True):
+        c = reliability(sub["err"], sub["total"])
+        rows += [{"kind": "reliability", "region": region, "model": model, "group": "all", "z": z, "nominal": nom,
+                  "observed": obs, "low": lo, "high": hi, "n": c["n"]}
+                 for z, nom, obs, lo, hi in zip(c["z"], c["nominal"], c["observed"], c["low"], c["high"], strict=True)]
+    cls = _uncertainty_class(ok["lst_uncertainty"].to_numpy(np.float64))
+    for (region, name), sub in ok.assign(cls=cls).groupby(["region", "cls"], sort=True):
+        c = reliability(sub["err"], sub["total"], z=(1.0, 2.0))
+        rows += [{"kind": "class", "region": region, "model": ", ".join(sorted(set(sub["model"]))), "group": name,
+                  "z": z, "nominal": nom, "observed": obs, "low": lo, "high": hi, "n": c["n"]}
+                 for z, nom, obs, lo, hi in zip(c["z"], c["nominal"], c["observed"], c["low"], c["high"], strict=True)]
+    table = pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))
+    return table.astype({"kind": "string", "region": "string", "model": "string", "group": "string", "n": "int64"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,13 +345,22 @@ def check_validation(lst: str | os.PathLike[str], insitu_dir: str | os.PathLike[
             model = " ".join(str(ds.attrs[k]) for k in ("model_kind", "model_strategy") if ds.attrs.get(k))
             if ds.attrs.get("model_sha256"):
                 model += f" (sha256 {str(ds.attrs['model_sha256'])[:12]})"
-            plan.append({"grid": name, "path": path, "sites": inside, "masks": masks, "model": model.strip()})
+            plan.append({"grid": name, "path": path, "sites": inside, "masks": masks, "model": model.strip(),
+                         "systematic_k": _float_attr(ds.attrs.get("uncertainty_systematic_k"))})
     if not plan:
         raise ValidateError(f"{sites_path}: no site lies inside any LST store of {lst} ({', '.join(stores)})")
     for site in sorted({str(s) for p in plan for s in p["sites"]["id"]}):
         if not (insitu / f"{site}.csv").is_file():
             raise ValidateError(f"{insitu / f'{site}.csv'}: station file of site {site} not found")
     return plan
+
+
+def _float_attr(v: Any) -> float:
+    """An attribute as a float (K), NaN where absent or not a number."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _check_out(out: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
@@ -303,38 +412,43 @@ def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int,
     for r, c in pixels:
         ys, xs = neighbourhood(r, c)
         px = ds[names].isel(time=order, y=r, x=c)
+        window = np.asarray(ds["lst"].isel(time=order, y=ys, x=xs).values, dtype=np.float64).reshape(order.size, -1)
+        good = np.isfinite(window).sum(axis=1) >= 2  # the representativeness term: the 3 x 3 pixels' spread
+        spread = np.full(order.size, np.nan)
+        spread[good] = np.nanstd(window[good], axis=1, ddof=1)
         out.append((px["lst"].values, px["lst_uncertainty"].values, ds["qc"].isel(time=order, y=ys, x=xs).values,
-                    px["vza"].values if "vza" in names else None))
+                    px["vza"].values if "vza" in names else None, spread))
     ds.close()
     return out
 
 
-def _all_steps(pixel: tuple[Any, Any, Any, Any], held: NDArray[np.bool_]) -> tuple[Any, Any, Any, Any]:
+def _all_steps(pixel: tuple[Any, ...], held: NDArray[np.bool_]) -> tuple[Any, ...]:
     """A :func:`_read_pixels` series of the steps ``held`` marks, spread over all steps: the others read as a chunk
     never written does (not covered: NaN, ``qc`` :data:`~sftl_dask.io.lst.QC_FILL`)."""
     if held.all():
         return pixel
-    lst, unc, qc_win, vza = pixel
+    lst, unc, qc_win, vza, spread = pixel
 
-    def spread(a: Any, fill: Any) -> Any:
+    def fill(a: Any, value: Any) -> Any:
         a = np.asarray(a)
-        out = np.full((held.size, *a.shape[1:]), fill, dtype=a.dtype)
+        out = np.full((held.size, *a.shape[1:]), value, dtype=a.dtype)
         out[held] = a
         return out
 
-    return (spread(lst, np.nan), spread(unc, np.nan), spread(qc_win, QC_FILL),
-            None if vza is None else spread(vza, np.nan))
+    return (fill(lst, np.nan), fill(unc, np.nan), fill(qc_win, QC_FILL), None if vza is None else fill(vza, np.nan),
+            fill(spread, np.nan))
 
 
 def _site_rows(p: Mapping[str, Any], s: pd.Series, times: NDArray[Any], scene_ids: NDArray[Any],
-               pixel: tuple[Any, Any, Any, Any], ins: pd.DataFrame) -> pd.DataFrame:
+               pixel: tuple[Any, ...], ins: pd.DataFrame) -> pd.DataFrame:
     """The matchup rows (:data:`VALIDATION_COLUMNS`, unsorted) of one site in one store.
 
     ``p`` is the store's plan, ``s`` the site's row of it, ``times`` and ``scene_ids`` the store's complete time
     steps, ``pixel`` the site's :func:`_read_pixels` series (``lst``, ``lst_uncertainty`` K, ``qc`` window,
-    ``vza`` deg or None) and ``ins`` its station's overpass table at those times.
+    ``vza`` deg or None, the 3 x 3 LST spread K) and ``ins`` its station's overpass table at those times;
+    ``sigma_reference`` is filled per site later (:func:`site_reference_sigma`).
     """
-    lst, unc, qc_win, vza_px = pixel
+    lst, unc, qc_win, vza_px, spread = pixel
     masks = p["masks"]
     qc_win = np.asarray(qc_win, dtype=np.int64)
     qc_px = qc_win[:, CLOUD_NEIGHBOURHOOD_PX, CLOUD_NEIGHBOURHOOD_PX]  # the centre of its window
@@ -353,7 +467,9 @@ def _site_rows(p: Mapping[str, Any], s: pd.Series, times: NDArray[Any], scene_id
         "cloud_adjacent": (qc_px & masks["cloud_adjacent"]) != 0,
         "lst_insitu": ins["lst_insitu"].to_numpy(), "lst_insitu_std": ins["lst_insitu_std"].to_numpy(),
         "n_insitu": ins["n_insitu"].to_numpy(), "residual_k": lst - ins["lst_insitu"].to_numpy(),
-        "reason": reason.astype(str),
+        "reason": reason.astype(str), "model": str(p.get("model", "")),
+        "systematic_k": float(p.get("systematic_k", np.nan)),
+        "lst_spread_3x3": np.asarray(spread, np.float64), "sigma_reference": np.nan,
     })
 
 
@@ -433,6 +549,8 @@ def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.
             rows.append(_site_rows(p, s, times, scene_ids, pixel, ins))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(VALIDATION_COLUMNS))
     table = table.sort_values(["site", "time_utc"], kind="stable").reset_index(drop=True)
+    if len(table):
+        table["sigma_reference"] = _reference_per_row(table)
     return table[list(VALIDATION_COLUMNS)], {site: res[1] for site, res in stations.items()}
 
 
@@ -457,22 +575,53 @@ def _metric_lines(rows: pd.DataFrame, first: str) -> list[str]:
 
 
 def _calibration_note(m: Mapping[str, Any]) -> str:
-    w1, w2 = m["within_1sigma"], m["within_2sigma"]
+    """The verdict on the calibration: against √(σ² + σ_reference²) where the reference's error is known."""
+    with_ref = "within_1sigma_with_ref" in m and np.isfinite(m["within_1sigma_with_ref"])
+    w1, w2 = (m["within_1sigma_with_ref"], m["within_2sigma_with_ref"]) if with_ref else \
+        (m["within_1sigma"], m["within_2sigma"])
     if not (m["n"] and np.isfinite(w1)):
         return "No usable matchup: no calibration to report."
+    what = "√(σ² + σ_reference²)" if with_ref else "σ"
     if w1 < _GAUSS_1 - 0.1 and w2 < _GAUSS_2 - 0.05:
-        verdict = ("the uncertainty is too small (the errors are larger than it says; part of the excess is the in "
-                   "situ value's own error: radiometer, footprint)")
+        verdict = "the uncertainty is too small (the errors are larger than it says)"
     elif w1 > _GAUSS_1 + 0.1 and w2 > min(1.0, _GAUSS_2 + 0.02):
         verdict = "the uncertainty is conservative (larger than the errors)"
     else:
         verdict = "the uncertainty is about calibrated"
-    return (f"Overall {w1:.1%} of |retrieved − in situ| lie within ±1σ and {w2:.1%} within ±2σ "
+    return (f"Overall {w1:.1%} of |retrieved − in situ| lie within ±1 {what} and {w2:.1%} within ±2 {what} "
             f"(a calibrated Gaussian uncertainty: {_GAUSS_1:.1%} and {_GAUSS_2:.1%}; n = {m['n']}): {verdict}.")
 
 
+def _ci(v: Any, lo: Any, hi: Any) -> str:
+    return f"{_fmt(v, '.1%')} [{_fmt(lo, '.0%')}, {_fmt(hi, '.0%')}]"
+
+
+def calibration_lines(table: pd.DataFrame, calibration: pd.DataFrame) -> list[str]:
+    """The Markdown of the calibration against the radiometers (their error added): coverage at 1 and 2 sigma with
+    95 % Wilson intervals overall and per region, and per uncertainty class (:func:`calibration_table`)."""
+    lines = ["Residuals against the radiometers are compared with √(σ_product² + σ_reference²): σ_product is "
+             "`lst_uncertainty` (the product's error against the true pixel LST), σ_reference the radiometer's own "
+             "error per site (instrument, emissivity, in situ sampling, the 3 × 3 LST spread; docs/uncertainty.md). "
+             "A calibrated Gaussian uncertainty: 68.3 % and 95.4 %; [95 % Wilson interval].", "",
+             "| set | n | σ_reference (K) | within ±1σ | within ±2σ | within ±1σ (σ_product only) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for _, m in table[table["level"].isin(["all", "region"])].iterrows():
+        one, two = (_ci(*(m[f"within_{z}sigma_with_ref{t}"] for t in ("", "_low", "_high"))) for z in (1, 2))
+        lines.append(f"| {m['name']} | {m['n']} | {_fmt(m['sigma_reference_k'], '.2f')} | {one} | {two} | "
+                     f"{_fmt(m['within_1sigma'], '.1%')} |")
+    cls = calibration[calibration["kind"] == "class"]
+    if len(cls):
+        lines += ["", "By uncertainty class (`lst_uncertainty`, the `qc` classes):", "",
+                  "| region | class | n | within ±1σ | within ±2σ |", "|---|---|---:|---:|---:|"]
+        for (region, group), sub in cls.groupby(["region", "group"], sort=True):
+            one, two = sub[sub["z"] == 1.0].iloc[0], sub[sub["z"] == 2.0].iloc[0]
+            lines.append(f"| {region} | {group} | {int(one['n'])} | {_ci(one['observed'], one['low'], one['high'])} | "
+                         f"{_ci(two['observed'], two['low'], two['high'])} |")
+    return lines
+
+
 def _summary(inputs: Mapping[str, Any], matchups: pd.DataFrame, table: pd.DataFrame, shown: Sequence[str],
-             seconds: float) -> str:
+             seconds: float, calibration: pd.DataFrame) -> str:
     reasons = matchups["reason"].value_counts()
     a = table[table["level"] == "all"].iloc[0]
     n_sites = table[(table["level"] == "site") & (table["n"] > 0)].shape[0]
@@ -494,12 +643,14 @@ def _summary(inputs: Mapping[str, Any], matchups: pd.DataFrame, table: pd.DataFr
         "", "## Overall", "", *_metric_lines(table[table["level"] == "all"], "set"),
         "", "## By region", "", *_metric_lines(table[table["level"] == "region"], "region"),
         "", "## By site", "", *_metric_lines(table[table["level"] == "site"], "site"),
-        "", "## Uncertainty calibration", "", _calibration_note(a),
+        "", "## Uncertainty calibration", "", _calibration_note(a), "", *calibration_lines(table, calibration),
+        "", "![reliability diagram per region and model](reliability.png)",
         "", "## Figures", "",
         "![retrieved against in situ LST](scatter.png)", "",
         "![time series at the sites](timeseries.png)" + (
             f" (the {len(shown)} sites with the most usable matchups)" if n_sites > len(shown) else ""),
-        "", "Tables: `metrics.parquet` (these figures), `matchups.parquet` (every pair with its reason).", "",
+        "", "Tables: `metrics.parquet` (these figures), `matchups.parquet` (every pair with its reason), "
+        "`calibration.parquet` (the reliability curves and the coverage per uncertainty class).", "",
     ]
     return "\n".join(lines)
 
@@ -529,8 +680,9 @@ def validate(
     sites_csv : path
         The site table.
     out_dir : path
-        Output folder: ``summary.md``, ``metrics.parquet``, ``matchups.parquet``, ``scatter.png``,
-        ``timeseries.png``; it appears only once complete (written beside it, then renamed).
+        Output folder: ``summary.md``, ``metrics.parquet``, ``matchups.parquet``, ``calibration.parquet``,
+        ``scatter.png``, ``timeseries.png``, ``reliability.png``; it appears only once complete (written beside it,
+        then renamed).
     overwrite : bool
         Replace an existing, non-empty ``out_dir``.
     client : distributed.Client, optional
@@ -555,6 +707,7 @@ def validate(
     plan = check_validation(lst, insitu_dir, sites_csv, out_dir, overwrite=overwrite)
     matchups, series = validation_matchups(plan, insitu_dir, client=client, progress=progress)
     table = metrics_table(matchups)
+    calibration = calibration_table(matchups)
     seconds = time.perf_counter() - t0
     inputs = {"lst": str(lst), "insitu": str(insitu_dir), "sites": str(sites_csv),
               "grids": [p["grid"] for p in plan],
@@ -563,17 +716,22 @@ def validate(
               "time_steps": int(matchups.drop_duplicates(["grid", "time_utc"]).shape[0]),
               "min_samples": MIN_SAMPLES, "max_std_k": MAX_STD_K}
     out = Path(out_dir)
-    files = ["summary.md", "metrics.parquet", "matchups.parquet", "scatter.png", "timeseries.png"]
+    files = ["summary.md", "metrics.parquet", "matchups.parquet", "calibration.parquet", "scatter.png",
+             "timeseries.png", "reliability.png"]
     with staged_dir(out) as tmp:
         matchups.to_parquet(tmp / "matchups.parquet", index=False)
         table.to_parquet(tmp / "metrics.parquet", index=False)
+        calibration.to_parquet(tmp / "calibration.parquet", index=False)
+        rel = calibration[calibration["kind"] == "reliability"]
+        plotting.reliability_diagram(rel.assign(label=rel["region"] + " " + rel["model"]), tmp / "reliability.png",
+                                     title="lst_uncertainty against radiometers (σ_reference added)")
         plotting.validation_scatter(matchups, table, tmp / "scatter.png")
         site_rows = read_sites(sites_csv)
         names = dict(zip(site_rows["id"].astype(str), site_rows["name"].astype(str), strict=True)) \
             if "name" in site_rows.columns else {}
         shown = plotting.validation_timeseries(matchups, series, table, tmp / "timeseries.png", window_min=WINDOW_MIN,
                                                names=names)
-        (tmp / "summary.md").write_text(_summary(inputs, matchups, table, shown, seconds))
+        (tmp / "summary.md").write_text(_summary(inputs, matchups, table, shown, seconds, calibration))
     head = table[table["level"] != "site"]
     return {"out": out, "files": [out / f for f in files], "n_matchups": len(matchups),
             "n_usable": int((matchups["reason"] == "ok").sum()),

@@ -96,3 +96,16 @@ def test_a_malformed_model_is_refused_naming_the_key(edit, match):
     edit(model)
     with pytest.raises(ValueError, match=match):
         check_error_model(model, "card.json: uncertainty")
+
+
+def test_lookup_bins_as_searchsorted_right_with_values_on_edges_and_nan_in_the_last_bin():
+    rng = np.random.default_rng(8)
+    f = {k: v.astype(np.float32) for k, v in _features(5000, 9).items()}
+    f["wvc"][:6] = np.asarray(DEFAULT_EDGES["wvc"] + (np.nan,), dtype=np.float32)
+    model = fit_error_model(_features(20_000, 10), rng.standard_normal(20_000) * 0.5)
+    sizes = [len(DEFAULT_EDGES[k]) + 1 for k in ("wvc", "emis_mean", "sec_vza")]
+    idx = [np.searchsorted(np.asarray(DEFAULT_EDGES[k], np.float32), f[k], side="right")
+           for k in ("wvc", "emis_mean", "sec_vza")]
+    want = np.sqrt(np.asarray(model["sigma_model_k"]) ** 2 + model["sigma_scene_k"] ** 2).astype(np.float32)
+    np.testing.assert_array_equal(apply_error_model(model, f), want[idx[0], idx[1], idx[2]])
+    assert idx[0][:6].tolist() == [1, 2, 3, 4, 5, 5] and sizes == [6, 4, 3]

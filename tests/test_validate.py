@@ -140,7 +140,7 @@ def test_matchups_follow_the_training_rules_and_only_complete_time_steps(validat
 def test_outputs_summary_and_plots_are_written(validated):
     out, summary = validated
     assert {p.name for p in out.iterdir()} == {"summary.md", "metrics.parquet", "matchups.parquet", "scatter.png",
-                                               "timeseries.png"}
+                                               "timeseries.png", "calibration.parquet", "reliability.png"}
     text = (out / "summary.md").read_text()
     for section in ("## Overall", "## By region", "## By site", "## Uncertainty calibration"):
         assert section in text

@@ -14,12 +14,19 @@ The model of the error (documented in ``docs/retrieval.md``)::
   model departs from the simulation on purpose, towards the ground truth, so its residuals there
   are not its errors.) Bins with fewer than ``min_count`` rows take the RMS of their WVC slice, then
   the global RMS (recorded in ``filled``).
-- **sigma_scene** (K): what real scenes add beyond the simulation, fitted on held-out in situ
-  matchups of the fine-tuning region: ``mean(r**2) - mean(sigma_model**2)`` (clipped at zero), with
-  ``r`` the exported model's LST minus in situ LST. The residuals' mean (a systematic error) is part of it and is
-  not divided by sqrt(n). It holds the ancillary data's errors (ERA5 WVC, GED emissivity),
-  calibration, and the radiometers' representativeness, which matchups cannot separate: ``lst_uncertainty``
-  is the uncertainty to expect against a ground radiometer, conservative against the true pixel LST.
+- **sigma_scene** (K): what real scenes add beyond the simulation (ancillary data: ERA5 WVC, GED emissivity;
+  calibration; domain shift), fitted on held-out in situ matchups of the fine-tuning region:
+  ``mean(r**2) - mean(sigma_model**2) - mean(sigma_ref**2)`` (clipped at zero), with ``r`` the exported model's LST
+  minus in situ LST. The residuals' mean (a systematic error) is part of it and is not divided by sqrt(n).
+- **sigma_ref** (K): the reference's own error (:func:`reference_sigma`: the radiometer's instrument and
+  broadband-emissivity error, the in situ mean's sampling error, the 3 x 3 pixel spread around the site where
+  known). It is taken OUT of the scene term and never enters ``lst_uncertainty``, which is the product's error
+  against the true pixel LST; validation compares residuals with ``sqrt(sigma**2 + sigma_ref**2)``.
+
+**Calibration** (``calibration`` in the model): ``k = 0`` keeps the source-fitted scene term
+(``"source-fitted"``); with k target matchups, :func:`calibrate_error_model` re-fits the scene term for the target
+by a one-parameter conformal-style fit checked by leave-one-scene-out. A model without ``calibration`` (an artifact
+older than this) is labelled :data:`UNCALIBRATED_LABEL`.
 
 Pure numpy; the model is a JSON-able dict stored in the artifact's ``card.json`` (``uncertainty``).
 """
@@ -34,13 +41,24 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "CALIBRATION_METHODS",
     "DEFAULT_EDGES",
     "ERROR_MODEL_FORMAT",
+    "MIN_CALIBRATION_K",
+    "REFERENCE_EMISSIVITY_K",
+    "REFERENCE_INSTRUMENT_K",
+    "SOURCE_FITTED",
+    "UNCALIBRATED_LABEL",
     "UNCERTAINTY_CLASS_EDGES_K",
     "apply_error_model",
+    "calibrate_error_model",
+    "calibration_label",
     "check_error_model",
     "coverage",
     "fit_error_model",
+    "reference_sigma",
+    "scene_split_reference",
+    "sigma_model_part",
 ]
 
 #: Format tag of an error model dict.
@@ -59,17 +77,36 @@ UNCERTAINTY_CLASS_EDGES_K: tuple[float, float, float] = (1.0, 2.0, 3.0)
 
 _BIN_FEATURES = tuple(DEFAULT_EDGES)
 
+#: A radiometer's instrument error on LST (K): CNR1/CGR3-class upwelling longwave noise ~2.5 W m-2 over
+#: dL/dT = 4 eps sigma T^3 ~ 6 W m-2 K-1 at 300 K (0.4 K), with the downwelling term's share.
+REFERENCE_INSTRUMENT_K = 0.45
+#: The LST error from a site's stated broadband emissivity (K): +-0.01 of emissivity (the mean state against
+#: the day's surface) moves LST by ~T/(4 eps) x 0.01 x (1 - L_down/L_up) ~ 0.5 K at 300 K.
+REFERENCE_EMISSIVITY_K = 0.5
+#: Fewest target matchups for a re-fit of the scene term (below: the source-fitted term stays).
+MIN_CALIBRATION_K = 5
+#: Re-fit methods of :func:`calibrate_error_model`.
+CALIBRATION_METHODS = ("loo-split", "loo-conformal", "loo-moment")
+#: Label of a scene term fitted on the source region only (k = 0).
+SOURCE_FITTED = "source-fitted"
+#: Label of an error model without a ``calibration`` record (artifacts older than the calibrated error model).
+UNCALIBRATED_LABEL = "uncalibrated (source-fitted)"
+_CONFORMAL_SHARE = 0.6827  # a Gaussian's share within +-1 sigma
+
 
 def _bin_index(edges: Mapping[str, Any], features: Mapping[str, ArrayLike]) -> tuple[NDArray[np.intp], tuple[int, ...]]:
     sizes = tuple(len(edges[k]) + 1 for k in _BIN_FEATURES)
     flat: NDArray[np.intp] | None = None
     for k, n in zip(_BIN_FEATURES, sizes, strict=True):
         x = np.asarray(features[k])
-        if n == 1:  # one bin: nothing to look up
-            idx = np.zeros(x.shape, dtype=np.intp)
-        else:  # edges in the features' dtype: searchsorted would otherwise copy them to float64
-            idx = np.searchsorted(np.asarray(edges[k], dtype=x.dtype if x.dtype.kind == "f" else np.float64), x,
-                                  side="right")
+        # the bin is the number of edges <= x (searchsorted side="right"; NaN in the last bin), counted as
+        # n - 1 - #(x < edge) with one comparison per edge in uint8: 4x faster than searchsorted over the few edges
+        # (edges in the features' dtype: no float64 copy of float32 features)
+        e = np.asarray(edges[k], dtype=x.dtype if x.dtype.kind == "f" else np.float64)
+        below = np.zeros(x.shape, dtype=np.uint8)
+        for v in e:
+            below += x < v
+        idx = (n - 1) - below.astype(np.intp)
         flat = idx if flat is None else flat * n + idx
     assert flat is not None
     return flat, sizes
@@ -84,6 +121,7 @@ def fit_error_model(
     edges: Mapping[str, tuple[float, ...]] | None = None,
     min_count: int = 30,
     obs_source: str = "",
+    obs_sigma_ref_k: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """Fit the binned error model.
 
@@ -103,6 +141,9 @@ def fit_error_model(
         Fewest rows for a bin's own RMS.
     obs_source : str
         Where the matchups came from, recorded in the model.
+    obs_sigma_ref_k : array_like, optional
+        The reference's error at each matchup (K, :func:`reference_sigma`), taken out of the scene term
+        (default 0: the scene term then holds the radiometers' error too).
 
     Returns
     -------
@@ -130,9 +171,15 @@ def fit_error_model(
         "sigma_scene_k": 0.0,
         "n_scene": 0,
         "scene_source": "",
+        "sigma_ref_rms_k": 0.0,
+        "parts": {"sigma_model_k": "binned RMS of the pre-trained model on held-out simulated profiles",
+                  "sigma_scene_k": "matchup residuals beyond sigma_model and sigma_ref (ancillary data, "
+                                   "calibration, domain shift); systematic",
+                  "sigma_ref": "the reference's error (reference_sigma): kept out of lst_uncertainty"},
+        "calibration": {"k": 0, "method": SOURCE_FITTED, "label": SOURCE_FITTED},
     }
     if obs_features is not None and obs_residual_k is not None:
-        _add_scene_part(model, obs_features, obs_residual_k, obs_source)
+        _add_scene_part(model, obs_features, obs_residual_k, obs_source, obs_sigma_ref_k)
     return model
 
 
@@ -170,8 +217,9 @@ def _binned_sigma(edges: Mapping[str, tuple[float, ...]], sim_features: Mapping[
 
 
 def _add_scene_part(model: dict[str, Any], obs_features: Mapping[str, ArrayLike], obs_residual_k: ArrayLike,
-                    obs_source: str) -> None:
-    """Set ``sigma_scene_k`` (K): what the matchup residuals hold beyond the binned simulated error (in place).
+                    obs_source: str, obs_sigma_ref_k: ArrayLike | None) -> None:
+    """Set ``sigma_scene_k`` (K): what the matchup residuals hold beyond the binned simulated error and the
+    reference's error (in place).
 
     Raises
     ------
@@ -183,9 +231,221 @@ def _add_scene_part(model: dict[str, Any], obs_features: Mapping[str, ArrayLike]
         raise ValueError("fit_error_model: matchup residuals must be finite")
     if ro.size:
         sm = _sigma_model(model, obs_features)
-        extra = float(np.mean(ro**2) - np.mean(sm.astype(np.float64) ** 2))
+        ref = _ref_array(obs_sigma_ref_k, ro.size)
+        extra = float(np.mean(ro**2) - np.mean(sm.astype(np.float64) ** 2) - np.mean(ref**2))
         model.update(sigma_scene_k=round(math.sqrt(max(extra, 0.0)), 4), n_scene=int(ro.size),
-                     scene_source=obs_source, scene_bias_k=round(float(ro.mean()), 4))
+                     scene_source=obs_source, scene_bias_k=round(float(ro.mean()), 4),
+                     sigma_ref_rms_k=round(float(np.sqrt(np.mean(ref**2))), 4))
+
+
+def _ref_array(sigma_ref_k: ArrayLike | None, n: int) -> NDArray[np.float64]:
+    """The reference's error per matchup (K) as ``n`` finite values >= 0 (0 where not given).
+
+    Raises
+    ------
+    ValueError
+        If it is not of length 1 or ``n``, or not finite and >= 0.
+    """
+    if sigma_ref_k is None:
+        return np.zeros(n)
+    ref = np.broadcast_to(np.asarray(sigma_ref_k, dtype=np.float64).ravel(), (n,)) if np.size(sigma_ref_k) in (1, n) \
+        else None
+    if ref is None or not (np.isfinite(ref).all() and (ref >= 0).all()):
+        raise ValueError(f"sigma_ref_k: need {n} finite values >= 0 (K), got {np.size(sigma_ref_k)}")
+    return np.array(ref)
+
+
+def reference_sigma(insitu_std_k: ArrayLike | None = None, n_insitu: ArrayLike | None = None,
+                    spread_3x3_k: ArrayLike | None = None, *, instrument_k: float = REFERENCE_INSTRUMENT_K,
+                    emissivity_k: float = REFERENCE_EMISSIVITY_K) -> NDArray[np.float64]:
+    """The reference's (a radiometer's) standard error of in situ LST against the true pixel LST (K), per matchup.
+
+    ``sqrt(instrument_k**2 + emissivity_k**2 + insitu_std_k**2 / n_insitu + spread_3x3_k**2)``: the instrument, the
+    stated broadband emissivity, the sampling error of the in situ mean over the overpass window (the records'
+    standard deviation over sqrt(n); 0 where not known) and the footprint's representativeness, estimated by the
+    standard deviation of the 3 x 3 pixels around the site (the pixel-scale heterogeneity a small footprint
+    samples; 0 where not known, as in training, where no LST image exists yet).
+
+    Parameters
+    ----------
+    insitu_std_k, n_insitu : array_like, optional
+        The spread (K) and number of the radiometer records averaged for each matchup.
+    spread_3x3_k : array_like, optional
+        Standard deviation (K) of the retrieved LST over the 3 x 3 pixels around the site.
+    instrument_k, emissivity_k : float
+        The instrument's and the emissivity's error (K).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, the arrays' broadcast shape (0-d when none is given). NaN inputs count as 0.
+    """
+    var = np.asarray(instrument_k**2 + emissivity_k**2, dtype=np.float64)
+    if insitu_std_k is not None:
+        std = np.nan_to_num(np.asarray(insitu_std_k, dtype=np.float64))
+        n = np.maximum(np.nan_to_num(np.asarray(n_insitu if n_insitu is not None else 1, dtype=np.float64),
+                                     nan=1.0), 1.0)
+        var = var + std**2 / n
+    if spread_3x3_k is not None:
+        var = var + np.nan_to_num(np.asarray(spread_3x3_k, dtype=np.float64)) ** 2
+    return np.sqrt(var)
+
+
+def scene_split_reference(residual_k: ArrayLike, sigma_random_k: ArrayLike, scene_id: ArrayLike,
+                          floor_k: ArrayLike = 0.0) -> tuple[float, int]:
+    """The reference's error (K) from matchups grouped by scene: the within-scene spread of the residuals less the
+    product's random (per-pixel) part.
+
+    Matchups of one scene share the product's systematic error (calibration, the ERA5 field, the model's shift),
+    while each site's radiometer errs on its own (instrument, emissivity, footprint representativeness). So the
+    pooled within-scene variance of ``r = retrieved - in situ`` is ``sigma_random**2 + sigma_ref**2``, and
+    ``sigma_ref**2 = within - mean(sigma_random**2)``, not below ``floor_k**2`` (the instrument terms of
+    :func:`reference_sigma`). This catches the footprint's representativeness, which the 3 x 3 pixel spread does
+    not see; it assumes the radiometers' errors are independent between sites and of the product's.
+
+    Parameters
+    ----------
+    residual_k : array_like
+        Retrieved minus reference LST (K).
+    sigma_random_k : array_like
+        The product's random part at each (K): the simulation term ``sigma_model``.
+    scene_id : array_like
+        The scene of each matchup.
+    floor_k : array_like
+        The smallest reference error (K, per matchup or one value; its RMS is the floor).
+
+    Returns
+    -------
+    sigma_ref_k : float
+        The network's reference error (K).
+    dof : int
+        Degrees of freedom of the within-scene variance (matchups less scenes, over scenes with 2 or more); 0 means
+        no scene had two matchups and ``sigma_ref_k`` is the floor.
+    """
+    r = np.asarray(residual_k, dtype=np.float64).ravel()
+    sm2 = np.broadcast_to(np.asarray(sigma_random_k, dtype=np.float64).ravel() ** 2, r.shape)
+    floor2 = float(np.mean(np.broadcast_to(np.asarray(floor_k, dtype=np.float64).ravel() ** 2, r.shape))) \
+        if r.size else 0.0
+    _, idx = np.unique(np.asarray(scene_id).ravel().astype(str), return_inverse=True)
+    n_g = np.bincount(idx, minlength=idx.max() + 1 if idx.size else 0)
+    multi = n_g[idx] >= 2
+    dof = int(multi.sum() - np.count_nonzero(n_g >= 2))
+    if dof <= 0:
+        return math.sqrt(floor2), 0
+    means = np.bincount(idx, weights=r) / np.maximum(n_g, 1)
+    within = float(np.sum((r[multi] - means[idx[multi]]) ** 2) / dof)
+    return math.sqrt(max(within - float(np.mean(sm2[multi])), floor2)), dof
+
+
+def sigma_model_part(model: Mapping[str, Any], features: Mapping[str, ArrayLike]) -> NDArray[np.float32]:
+    """The simulation term ``sigma_model`` (K, float32) of each pixel: the binned part alone, without the scene term."""
+    return _sigma_model(model, features)
+
+
+def calibration_label(model: Mapping[str, Any]) -> str:
+    """What a product's ``lst_uncertainty`` says of its calibration: :data:`UNCALIBRATED_LABEL` for an error model
+    without a ``calibration`` record, ``"source-fitted"`` for k = 0, else ``"target-calibrated (k=K, METHOD)"``."""
+    cal = model.get("calibration")
+    if not isinstance(cal, Mapping) or "k" not in cal or "method" not in cal:
+        return UNCALIBRATED_LABEL
+    return str(cal.get("label") or (SOURCE_FITTED if not cal["k"] else f"target-calibrated (k={cal['k']}, "
+                                                                       f"{cal['method']})"))
+
+
+def _fit_terms(r: NDArray[np.float64], sm2: NDArray[np.float64], ref2: NDArray[np.float64], scenes: NDArray[Any],
+               method: str) -> tuple[float, NDArray[np.float64]]:
+    """The scene term's variance ``tau^2`` (K^2) and the reference's variance per matchup (K^2) from matchups.
+
+    ``loo-conformal``: ``tau^2`` at the 68.27 % quantile of the excess ``q = r^2 - sigma_model^2 - sigma_ref^2``
+    (that share of the matchups within +-1 sigma); ``loo-moment``: their mean; ``loo-split``: the reference's
+    variance first re-estimated from the within-scene spread (:func:`scene_split_reference`, the given one its
+    floor), then ``tau^2`` the mean excess (two parameters).
+    """
+    if method == "loo-split":
+        ref, _ = scene_split_reference(r, np.sqrt(sm2), scenes, np.sqrt(ref2))
+        ref2 = np.maximum(ref2, ref**2)
+    q = r**2 - sm2 - ref2
+    tau2 = float(np.quantile(q, _CONFORMAL_SHARE)) if method == "loo-conformal" else float(np.mean(q))
+    return max(tau2, 0.0), ref2
+
+
+def calibrate_error_model(model: Mapping[str, Any], features: Mapping[str, ArrayLike], residual_k: ArrayLike, *,
+                          sigma_ref_k: ArrayLike | None = None, scene_id: ArrayLike | None = None,
+                          method: str = "loo-split", min_k: int = MIN_CALIBRATION_K) -> tuple[dict[str, Any], str]:
+    """Re-fit the scene term for a target region from k of its matchups (the few-shot samples).
+
+    The target's scene term ``tau``: each matchup's excess ``q = r**2 - sigma_model**2 - sigma_ref**2`` is where it
+    sits at exactly 1 sigma. ``loo-split`` (the default, two parameters) first re-estimates the reference's error
+    from the matchups' within-scene spread (:func:`scene_split_reference`, the given ``sigma_ref_k`` its floor), then
+    takes ``tau**2`` as the mean excess; ``loo-conformal`` (one parameter) takes ``tau**2`` at the 68.27 % quantile
+    of ``q`` (so that share of the matchups lies within +-1 sigma of the product plus reference error),
+    ``loo-moment`` their mean (the Gaussian maximum-likelihood value for one common term). The fit is checked by
+    leave-one-scene-out (each scene's matchups scored with ``tau`` fitted on the other scenes; rows when no scene ids
+    are given): ``loo_within_1sigma`` / ``loo_within_2sigma`` in the record.
+
+    Parameters
+    ----------
+    model : mapping
+        A fitted error model (its simulation term stays).
+    features : mapping
+        ``wvc``, ``emis_mean``, ``sec_vza`` of the k matchups.
+    residual_k : array_like
+        The retrieval minus the reference LST at those matchups (K).
+    sigma_ref_k : array_like, optional
+        The reference's error at each (K, :func:`reference_sigma`; default 0).
+    scene_id : array_like, optional
+        The scene of each matchup (for the leave-one-scene-out check and the record).
+    method : {"loo-split", "loo-conformal", "loo-moment"}
+        The re-fit.
+    min_k : int
+        Fewest matchups for a re-fit.
+
+    Returns
+    -------
+    model : dict
+        A copy with ``sigma_scene_k`` re-fitted and ``calibration`` = ``k``, ``method``, ``label``,
+        ``sigma_scene_source_k``, ``n_scenes``, ``sigma_ref_rms_k`` (K, the reference's error the fit used),
+        ``scenes``, ``loo_within_1sigma``, ``loo_within_2sigma`` (None with one scene); the input unchanged (a copy)
+        when k < ``min_k``.
+    message : str
+        One line saying what was done (or why not).
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is unknown, or residuals are not finite.
+    """
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method {method!r} unknown; choose from {', '.join(CALIBRATION_METHODS)}")
+    r = np.asarray(residual_k, dtype=np.float64).ravel()
+    if not np.isfinite(r).all():
+        raise ValueError("calibrate_error_model: residuals must be finite")
+    out = dict(model)
+    source = float(model["sigma_scene_k"])
+    if r.size < min_k:
+        return out, (f"calibration: {r.size} target matchup(s), fewer than the {min_k} a re-fit needs: the "
+                     f"{calibration_label(model)} scene term ({source:.2f} K) stays")
+    sm2 = sigma_model_part(model, features).astype(np.float64) ** 2
+    ref2 = _ref_array(sigma_ref_k, r.size) ** 2
+    groups = np.asarray(scene_id).ravel().astype(str) if scene_id is not None else np.arange(r.size).astype(str)
+    names, idx = np.unique(groups, return_inverse=True)
+    z = np.full(r.size, np.nan)
+    for g in range(names.size) if names.size > 1 else ():
+        held = idx == g
+        tau2, ref2_fit = _fit_terms(r[~held], sm2[~held], ref2[~held], groups[~held], method)
+        ref_held = max(float(np.mean(ref2_fit)), 0.0) if method == "loo-split" else ref2[held]
+        z[held] = np.abs(r[held]) / np.sqrt(sm2[held] + tau2 + np.maximum(ref2[held], ref_held))
+    tau2, ref2_fit = _fit_terms(r, sm2, ref2, groups, method)
+    tau = math.sqrt(tau2)
+    cal = {"k": int(r.size), "method": method, "label": f"target-calibrated (k={r.size}, {method})",
+           "sigma_scene_source_k": source, "n_scenes": int(names.size),
+           "sigma_ref_rms_k": round(float(np.sqrt(np.mean(ref2_fit))), 4),
+           "scenes": [str(n) for n in names] if scene_id is not None else [],
+           "loo_within_1sigma": float(np.mean(z <= 1)) if names.size > 1 else None,  # None: JSON has no NaN
+           "loo_within_2sigma": float(np.mean(z <= 2)) if names.size > 1 else None}
+    out.update(sigma_scene_k=round(tau, 4), calibration=cal)
+    return out, (f"calibration: scene term re-fitted on {r.size} target matchups of {names.size} scene(s) by "
+                 f"{method}: {source:.2f} -> {tau:.2f} K")
 
 
 def check_error_model(model: Any, where: str = "uncertainty") -> dict[str, Any]:
@@ -216,6 +476,11 @@ def check_error_model(model: Any, where: str = "uncertainty") -> dict[str, Any]:
         raise ValueError(f"{where}: sigma_model_k has shape {sm.shape}, bins make {tuple(sizes)}")
     if not (np.isfinite(sm).all() and (sm > 0).all() and math.isfinite(ss) and ss >= 0):
         raise ValueError(f"{where}: sigmas must be finite, sigma_model_k > 0 and sigma_scene_k >= 0")
+    cal = model.get("calibration")
+    if cal is not None and not (isinstance(cal, Mapping) and isinstance(cal.get("k"), int) and cal["k"] >= 0
+                                and cal.get("method") in (SOURCE_FITTED, *CALIBRATION_METHODS)):
+        raise ValueError(f"{where}: calibration must give k (an integer >= 0) and method (one of {SOURCE_FITTED}, "
+                         f"{', '.join(CALIBRATION_METHODS)})")
     return dict(model)
 
 

@@ -30,7 +30,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sftl_dask.models.artifact import ArtifactError, artifact_digest, load_artifact, verify_artifact
-from sftl_dask.models.error_model import ERROR_MODEL_FORMAT, apply_error_model, check_error_model
+from sftl_dask.models.error_model import (
+    ERROR_MODEL_FORMAT,
+    apply_error_model,
+    calibration_label,
+    check_error_model,
+)
 from sftl_dask.physics.splitwindow import SplitWindowCoefficients, apply_split_window
 
 __all__ = [
@@ -128,6 +133,8 @@ class _ArtifactRetriever:
             "model_artifact": str(self.loaded.path), "model_sha256": self.digest,
             "model_program": self.loaded.program, "model_features": " ".join(self.model_features),
             "uncertainty_method": str(self.error_model.get("method", "")),
+            # source-fitted, target-calibrated (k, method), or uncalibrated for a card older than the calibration
+            "uncertainty_calibration": calibration_label(self.error_model),
             # the scene term is systematic (site and ancillary-data errors, bias included): aggregates
             # over time must not divide it by sqrt(n) (sftl_dask.api)
             "uncertainty_systematic_k": f"{float(self.error_model.get('sigma_scene_k', 0.0)):.4f}",
@@ -203,7 +210,12 @@ class SplitWindowRetriever:
                              "retrieval takes the 10.8/11.95 um pair")
         self.path = path
         self.digest = digest
-        self.error_model = _split_window_error_model(self.coeffs)
+        # an error model written beside the coefficients (`sftl train`'s split_window.json: a scene term from
+        # matchups), else the windows' held-out simulated RMSE alone
+        own = doc.get("uncertainty")
+        self.own_error_model = own is not None
+        self.error_model = check_error_model(own, f"{path}: uncertainty") if own is not None \
+            else _split_window_error_model(self.coeffs)
         rng = _range(doc.get("pretraining_range"))
         fitted = [w for w in self.coeffs.windows if w.fitted]
         rng.setdefault("wvc", (min(w.wvc_min for w in fitted), max(w.wvc_max for w in fitted)))
@@ -228,8 +240,10 @@ class SplitWindowRetriever:
         return {"model_kind": "split-window", "model_strategy": "", "model_direction": "",
                 "model_name": self.coeffs.form, "model_artifact": str(self.path), "model_sha256": self.digest,
                 "model_program": "json", "model_features": " ".join(self.features),
-                "uncertainty_method": "held-out simulated RMSE of the pixel's WVC x VZA split-window window "
-                                      "(no scene term: a lower bound)",
+                "uncertainty_method": str(self.error_model.get("method", "")) if self.own_error_model else
+                "held-out simulated RMSE of the pixel's WVC x VZA split-window window (no scene term: a lower bound)",
+                "uncertainty_calibration": calibration_label(self.error_model) if self.own_error_model else
+                "uncalibrated (simulation only, no scene term)",
                 "uncertainty_systematic_k": f"{float(self.error_model.get('sigma_scene_k', 0.0)):.4f}"}
 
 

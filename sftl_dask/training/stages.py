@@ -16,6 +16,7 @@ what differs between torch models and trees is a task's business (:mod:`sftl_das
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,17 +28,27 @@ import pandas as pd
 import torch
 
 from sftl_dask.features import FEATURES, compute_features, feature_matrix, input_range
-from sftl_dask.metrics import metrics
+from sftl_dask.metrics import metrics, random_systematic, wilson_interval
 from sftl_dask.models.artifact import export_artifact
-from sftl_dask.models.error_model import apply_error_model, coverage, fit_error_model
+from sftl_dask.models.error_model import (
+    CALIBRATION_METHODS,
+    apply_error_model,
+    calibrate_error_model,
+    coverage,
+    fit_error_model,
+    reference_sigma,
+    scene_split_reference,
+    sigma_model_part,
+)
 from sftl_dask.models.fewshot import adapt_few_shot
 from sftl_dask.physics.splitwindow import SplitWindowCoefficients, apply_split_window
-from sftl_dask.staging import content_sha256
+from sftl_dask.staging import content_sha256, staged_file
 from sftl_dask.training.config import DIRECTIONS, TrainConfig, load_config, model_features
 from sftl_dask.training.direct import default_search, tune_direct
 from sftl_dask.training.tasks import TrainingTask, predict, task_for
 
-__all__ = ["DIRECTIONS", "PreparedData", "TrainConfig", "direct_baseline", "load_config", "metrics",
+__all__ = ["CALIBRATION_PER_SCENE", "DIRECTIONS", "PreparedData", "TrainConfig", "calibration_split",
+           "direct_baseline", "load_config", "metrics",
            "model_features", "pretrain", "run_stages"]
 
 _ERROR_FEATURES = ("wvc", "emis_mean", "sec_vza")  # what the error model bins residuals by
@@ -95,22 +106,42 @@ def _sim_holdout(cfg: TrainConfig, table: Mapping[str, np.ndarray]) -> tuple[set
     return held, np.isin(table["profile_id"], list(held))
 
 
-def _error_model(cfg: TrainConfig, table: Mapping[str, np.ndarray], pretrained: Any, tuned: Any, test: pd.DataFrame,
-                 x_test: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
-    """The exported model's per-pixel error model (:mod:`sftl_dask.models.error_model`).
+def _reference_sigma(frame: pd.DataFrame) -> np.ndarray:
+    """The radiometers' error at each matchup (K, :func:`~sftl_dask.models.error_model.reference_sigma`):
+    instrument, emissivity and the in situ mean's sampling error (no LST image yet: no 3 x 3 spread)."""
+    return reference_sigma(frame["lst_insitu_std"].to_numpy(np.float64), frame["n_insitu"].to_numpy(np.float64))
 
-    Simulated part: the pre-trained model's residuals on the held-out simulated profiles, by bin (how
-    hard the inversion is for that atmosphere, surface and angle; the fine-tuned model departs from
-    the simulation on purpose, so its residuals there are not errors). Scene part: the fine-tuned
-    model's residuals on the source region's held-out matchups (never used to fine-tune).
+
+def _error_model(cfg: TrainConfig, table: Mapping[str, np.ndarray], pretrained: Any, tuned: Any, test: pd.DataFrame,
+                 x_test: np.ndarray, y_test: np.ndarray, sw: Mapping[str, Any]
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The per-pixel error models (:mod:`sftl_dask.models.error_model`) of the exported model and of the
+    split-window, both source-fitted (k = 0).
+
+    Simulated part: the pre-trained model's (the split-window's) residuals on the held-out simulated profiles, by
+    bin (how hard the inversion is for that atmosphere, surface and angle; the fine-tuned model departs from
+    the simulation on purpose, so its residuals there are not errors). Scene part: the fine-tuned model's (the
+    split-window's) residuals on the source region's held-out matchups (never used to fine-tune), less the
+    radiometers' own error (:func:`_reference_sigma`).
     """
     names = _ERROR_FEATURES
     _, is_held = _sim_holdout(cfg, table)
     held_rows = {k: v[is_held] for k, v in table.items()}
-    r_sim = predict(pretrained, _features(cfg, held_rows)) - np.asarray(held_rows["lst"], dtype=np.float64)
-    r_obs = predict(tuned, x_test) - y_test
-    return fit_error_model(compute_features(held_rows, names=names), r_sim, compute_features(test, names=names),
-                           r_obs, obs_source=f"{cfg.source_region} held-out matchups ({cfg.finetune['split']} split)")
+    lst_sim = np.asarray(held_rows["lst"], dtype=np.float64)
+    f_sim, f_obs, ref = compute_features(held_rows, names=names), compute_features(test, names=names), \
+        _reference_sigma(test)
+    source = f"{cfg.source_region} held-out matchups ({cfg.finetune['split']} split)"
+    scenes = test["scene_id"].to_numpy()
+    out = []
+    for r_sim, r_obs in ((predict(pretrained, _features(cfg, held_rows)) - lst_sim, predict(tuned, x_test) - y_test),
+                         (_sw_predict(sw, held_rows) - lst_sim, _sw_predict(sw, test) - y_test)):
+        # the radiometers' error from the within-scene spread less the simulation term (their instruments' the floor)
+        sm = sigma_model_part(fit_error_model(f_sim, r_sim), f_obs)
+        sigma_ref, dof = scene_split_reference(r_obs, sm, scenes, ref)
+        em = fit_error_model(f_sim, r_sim, f_obs, r_obs, obs_source=source, obs_sigma_ref_k=np.maximum(ref, sigma_ref))
+        out.append(em | {"sigma_ref_method": f"scene-split (within-scene spread less sigma_model, {dof} dof; floor: "
+                                             "instrument, emissivity, in situ sampling)"})
+    return out[0], out[1]
 
 
 def _regions(cfg: TrainConfig, data: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -243,7 +274,8 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
     target region's; stage 1 (``pretrained``, else :func:`pretrain`); stage 2 (the task's fine-tuning on the
     fine-tuning rows, scored on the held-out rows); the tuned direct baseline (:func:`direct_baseline`, unless
     ``direct`` gives it); stage 3 (zero-shot on the target, and few-shot); the error model and its calibration
-    on the target; the artifact. ``pretrained`` and ``direct`` let one pre-training or baseline serve many
+    on the target; the artifact, and ``out/split_window.json`` (the split-window's coefficients with their
+    calibrated error model). ``pretrained`` and ``direct`` let one pre-training or baseline serve many
     strategies (the experiment grid).
     """
     t_start = time.perf_counter()
@@ -259,8 +291,15 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
     direct = direct if direct is not None else _timed_direct_baseline(cfg, data, threads, log)
     log(f"  chosen {direct[1]['chosen']} (cross-validated RMSE {direct[1]['cv_rmse_k']:.2f} K)")
     stage3, p = _transfer_stage(cfg, model, tuned, direct, rows, data["sw"], log)
-    error_model = _error_model(cfg, data["table"], model, tuned, rows.test, rows.x_in, rows.y_in)
+    source_fitted, sw_model = _error_model(cfg, data["table"], model, tuned, rows.test, rows.x_in, rows.y_in,
+                                           data["sw"])
+    error_model = _card_calibration(cfg, source_fitted, rows, p["sftl"], log)
+    sw_error_model = _card_calibration(cfg, sw_model, rows, p["sw"], log)
     stage3["uncertainty_calibration"] = _calibration(cfg, error_model, rows, p["sftl"], log)
+    stage3["uncertainty_calibration"]["by_k"] = {
+        f"{name}:{m}": _calibration_curve(cfg, em, rows, p[key], m) for name, em, key in
+        (("model", source_fitted, "sftl"), ("split_window", sw_model, "sw")) for m in CALIBRATION_METHODS}
+    stage3["uncertainty_calibration"]["split_window_sigma_scene_k"] = sw_model["sigma_scene_k"]
     results = {"config": cfg.name, "direction": cfg.direction, "model": task.name, "strategy": task.strategy_name,
                "features": list(model_features(cfg)),
                "stage1_pretrain": stage1, "stage2_finetune": stage2, "stage3_transfer": stage3,
@@ -268,6 +307,10 @@ def run_stages(cfg: TrainConfig, data: Mapping[str, Any], out: Path | None, *, t
                "seconds": round(time.perf_counter() - t_start, 1)}
     if out is not None:
         export_artifact(task.export_model(tuned), out / "model", _card(cfg, task, data, results, error_model))
+        # the split-window's coefficients with their error model (a scene term from matchups): `sftl retrieve`
+        # takes the file as it takes `sftl fit-sw`'s
+        with staged_file(out / "split_window.json", replace=True) as tmp:
+            tmp.write_text(json.dumps({**data["sw"], "uncertainty": sw_error_model}, indent=1))
     return results
 
 
@@ -342,14 +385,133 @@ def _calibration(cfg: TrainConfig, error_model: Mapping[str, Any], rows: _Rows, 
     """The per-pixel uncertainty the LST cube will carry, and its calibration on the target region."""
     sigma_tg = apply_error_model(error_model, compute_features(rows.target, names=_ERROR_FEATURES))
     calibration = {"target_insitu": coverage(p_sftl - rows.y_tg, sigma_tg),
-                   "sigma_scene_k": error_model["sigma_scene_k"], "n_scene": error_model["n_scene"]}
+                   "sigma_scene_k": error_model["sigma_scene_k"], "n_scene": error_model["n_scene"],
+                   "calibration": error_model.get("calibration"),
+                   "random_systematic_insitu": _json_safe(random_systematic(p_sftl - rows.y_tg,
+                                                                            rows.target["scene_id"]))}
     truth = rows.pixel_truth()
     if truth is not None:
         calibration["target_pixel_truth"] = coverage(p_sftl - truth, sigma_tg)
+        calibration["random_systematic_pixel_truth"] = _json_safe(random_systematic(p_sftl - truth,
+                                                                                     rows.target["scene_id"]))
     c = calibration["target_insitu"]
     log(f"  uncertainty on {cfg.target_region}: {c['within_1sigma']:.0%} of in situ residuals within 1 sigma, "
         f"{c['within_2sigma']:.0%} within 2 sigma (rms sigma {c['rms_sigma_k']:.2f} K)")
     return calibration
+
+
+#: Most calibration matchups taken from one target scene: two give the within-scene spread (the radiometers'
+#: error) and leave the rest of k to other scenes (the scene-to-scene part).
+CALIBRATION_PER_SCENE = 2
+
+
+def calibration_split(scene_id: Any, k: int, order: Any, per_scene: int = CALIBRATION_PER_SCENE,
+                      rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Which target matchups calibrate the uncertainty and which score it.
+
+    Scenes are taken in ``order``, at most ``per_scene`` matchups from each (its first rows, or drawn with ``rng``),
+    until k are
+    taken; every row of a scene that gave none is scored. A scored scene never gives a calibration matchup, and a
+    calibration scene is never scored.
+
+    Parameters
+    ----------
+    scene_id : array_like
+        The scene of each target matchup.
+    k : int
+        Calibration matchups wanted (fewer when the scenes run out).
+    order : array_like
+        Scene ids in the order they are taken (a permutation, or the scenes in time order).
+    per_scene : int
+        Most matchups from one scene.
+    rng : numpy.random.Generator, optional
+        Draws the rows taken from a scene (default: its first rows).
+
+    Returns
+    -------
+    calibration, scored : numpy.ndarray
+        Row positions (int).
+    """
+    scenes = np.asarray(scene_id).astype(str)
+    cal: list[int] = []
+    used: list[str] = []
+    for sc in np.asarray(order).astype(str):
+        if len(cal) >= k:
+            break
+        rows = np.flatnonzero(scenes == sc)
+        rows = (rng.permutation(rows) if rng is not None else rows)[:min(per_scene, k - len(cal))]
+        cal += rows.tolist()
+        used.append(sc)
+    return np.asarray(cal, dtype=np.intp), np.flatnonzero(~np.isin(scenes, used))
+
+
+def _card_calibration(cfg: TrainConfig, source_fitted: dict[str, Any], rows: _Rows, p_model: np.ndarray,
+                      log: Any) -> dict[str, Any]:
+    """The error model the artifact carries: the scene term re-fitted on the target's first k matchups in time
+    (k the largest few-shot ``transfer.k``; :func:`calibration_split`), or the source-fitted one when ``transfer.k``
+    is empty or k is below what a re-fit needs (said in one line)."""
+    k = max(cfg.transfer["k"], default=0)
+    if k == 0:
+        return source_fitted
+    tgt = rows.target
+    first = tgt.sort_values("time_utc", kind="stable")["scene_id"].astype(str).drop_duplicates().to_numpy()
+    cal, _ = calibration_split(tgt["scene_id"], k, first)
+    feats = {n: v[cal] for n, v in compute_features(tgt, names=_ERROR_FEATURES).items()}
+    model, message = calibrate_error_model(source_fitted, feats, p_model[cal] - rows.y_tg[cal],
+                                           sigma_ref_k=_reference_sigma(tgt.iloc[cal]),
+                                           scene_id=tgt["scene_id"].to_numpy()[cal])
+    log(f"  {message}")
+    return model
+
+
+def _json_safe(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """Figures with NaN as None: the card and results.json are strict JSON."""
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in figures.items()}
+
+
+def _shares(hits1: int, hits2: int, n: int) -> dict[str, Any]:
+    """Coverage at 1 and 2 sigma with their 95 % Wilson intervals."""
+    return {"n": n, "within_1sigma": hits1 / n if n else None, "within_2sigma": hits2 / n if n else None,
+            "within_1sigma_ci": list(wilson_interval(hits1, n)) if n else None,
+            "within_2sigma_ci": list(wilson_interval(hits2, n)) if n else None}
+
+
+def _calibration_curve(cfg: TrainConfig, source_fitted: Mapping[str, Any], rows: _Rows, p: np.ndarray,
+                       method: str = "loo-split") -> list[dict[str, Any]]:
+    """Coverage of a model's uncertainty on held-out target scenes at k = 0 (source-fitted, every target scene
+    scored) and at each few-shot k (re-fitted on k matchups of drawn scenes, scored on the other scenes; pooled
+    over ``transfer.repeats`` draws): against the radiometers with their error added, and against the pixel truth
+    where one is named. Intervals: Wilson, 95 %, on the pooled count."""
+    tgt, truth = rows.target, rows.pixel_truth()
+    feats = compute_features(tgt, names=_ERROR_FEATURES)
+    resid, ref = p - rows.y_tg, _reference_sigma(tgt)
+    out = []
+    for k in [0, *cfg.transfer["k"]]:
+        counts = np.zeros(6, dtype=np.int64)  # radiometer 1/2 sigma, truth 1/2 sigma, n radiometer, n truth
+        draws = 1 if k == 0 else cfg.transfer["repeats"]
+        for r in range(draws):
+            rng = np.random.default_rng([cfg.seed, k, r, 21])
+            cal, scored = calibration_split(tgt["scene_id"], k, rng.permutation(tgt["scene_id"].astype(str).unique()),
+                                            rng=rng)
+            em = source_fitted if k == 0 else calibrate_error_model(
+                source_fitted, {n: v[cal] for n, v in feats.items()}, resid[cal], sigma_ref_k=ref[cal],
+                scene_id=tgt["scene_id"].to_numpy()[cal], method=method)[0]
+            if scored.size == 0:
+                continue
+            sigma = apply_error_model(em, {n: v[scored] for n, v in feats.items()}).astype(np.float64)
+            # the radiometers' error: the model's estimate of the network's (scene-split), at least the instruments'
+            net = (em.get("calibration") or {}).get("sigma_ref_rms_k") or em.get("sigma_ref_rms_k", 0.0)
+            tot = np.hypot(sigma, np.maximum(ref[scored], net))
+            counts[[0, 1, 4]] += [np.sum(np.abs(resid[scored]) <= tot), np.sum(np.abs(resid[scored]) <= 2 * tot),
+                                  scored.size]
+            if truth is not None:
+                e = np.abs(p[scored] - truth[scored])
+                counts[[2, 3, 5]] += [np.sum(e <= sigma), np.sum(e <= 2 * sigma), scored.size]
+        c = [int(v) for v in counts]
+        out.append({"k": k, "method": method if k else "source-fitted", "draws": draws,
+                    "insitu_with_reference": _shares(c[0], c[1], c[4]),
+                    "pixel_truth": _shares(c[2], c[3], c[5]) if truth is not None else None})
+    return out
 
 
 def _predictions(rows: _Rows, p: Mapping[str, np.ndarray]) -> pd.DataFrame:
