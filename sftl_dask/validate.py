@@ -412,7 +412,8 @@ def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int,
     for r, c in pixels:
         ys, xs = neighbourhood(r, c)
         px = ds[names].isel(time=order, y=r, x=c)
-        window = np.asarray(ds["lst"].isel(time=order, y=ys, x=xs).values, dtype=np.float64).reshape(order.size, -1)
+        window = np.asarray(ds["lst"].isel(time=order, y=ys, x=xs).values, dtype=np.float64)
+        window = window.reshape(order.size, window.shape[1] * window.shape[2])  # no step: (0, 9), not an error
         good = np.isfinite(window).sum(axis=1) >= 2  # the representativeness term: the 3 x 3 pixels' spread
         spread = np.full(order.size, np.nan)
         spread[good] = np.nanstd(window[good], axis=1, ddof=1)
