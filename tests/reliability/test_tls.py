@@ -125,8 +125,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _run_py(code: str, *args: str, env: dict[str, str], cwd: Path,
-            timeout: float = 25) -> subprocess.CompletedProcess[str]:
-    """Run ``python -c code args...`` with the venv's interpreter."""
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c code args...`` with the venv's interpreter; ``timeout`` (s) bounds a hang, generous for a
+    loaded 2-core machine (25 s failed a simulate of 2 profiles there)."""
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=timeout)
 
@@ -265,7 +266,7 @@ def test_a_real_sftl_verb_runs_on_the_tls_cluster(tls_cluster: TlsCluster) -> No
     """``sftl simulate --scheduler tls://...`` with DASK_CONFIG: the verb's tasks run on the TLS worker."""
     out = tls_cluster.workdir / "sim.parquet"
     res = subprocess.run([_tool("sftl"), "simulate", "--out", str(out), "--profiles", "2", "--spectra", "2",
-                          "--scheduler", tls_cluster.address], capture_output=True, text=True, timeout=25,
+                          "--scheduler", tls_cluster.address], capture_output=True, text=True, timeout=300,
                          env=_clean_env(DASK_CONFIG=str(tls_cluster.config)), cwd=tls_cluster.workdir)
     assert res.returncode == 0, res.stderr[-3000:]
     assert re.search(r"wrote \d+ rows to", res.stdout), res.stdout
