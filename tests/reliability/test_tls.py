@@ -127,7 +127,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _run_py(code: str, *args: str, env: dict[str, str], cwd: Path,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run ``python -c code args...`` with the venv's interpreter; ``timeout`` (s) bounds a hang, generous for a
-    loaded 2-core machine (25 s failed a simulate of 2 profiles there)."""
+    loaded 2-core machine (25 s, the old bound, was too short for a verb there)."""
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=timeout)
 
