@@ -531,7 +531,7 @@ def retrieve(
     device : {"auto", "cpu", "cuda"}
         ``auto`` runs torch models on CUDA where the worker has a GPU, else CPU.
     precision : {"fp32", "bf16"}
-        Arithmetic of torch models.
+        Arithmetic of torch models; ``bf16`` with a tree or split-window model is refused (RetrieveError).
     overwrite : bool
         Replace LST stores made from another cube or with another model (never anything else).
     resources : mapping, optional
@@ -760,6 +760,9 @@ def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str 
         raise RetrieveError(f"{out}: is a file, not an LST store or folder")
     retriever = open_retriever(model, device="cpu", precision=precision)  # verifies it before any work
     kind = retriever.describe()["model_kind"]
+    if precision != "fp32" and kind not in ("dnn", "trf", "cnn"):  # it would be ignored: say so instead
+        raise RetrieveError(f"--precision {precision}: {kind} models have no reduced-precision path; "
+                            "use --precision fp32")
     need = inputs_for(retriever.features)
     ident = {"model_sha256": retriever.digest, "model_precision": precision if kind in ("dnn", "trf", "cnn") else ""}
     plans = []

@@ -1,8 +1,13 @@
-"""The embedded cluster: loopback only."""
+"""The embedded cluster: loopback only; its GPU layout with and without dask-cuda."""
 
 from __future__ import annotations
 
 import socket
+import sys
+import types
+
+import pytest
+from distributed import LocalCluster
 
 from sftl_dask.cluster import get_client
 
@@ -25,3 +30,32 @@ def test_embedded_scheduler_and_dashboard_listen_on_loopback_only() -> None:
             with socket.socket() as s:
                 s.settimeout(1)
                 assert s.connect_ex((ip, port)) != 0, f"dashboard reachable on {ip}:{port}"
+
+
+def test_gpu_cluster_without_dask_cuda_is_the_usual_local_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``get_client(gpu=True)`` where dask-cuda is not installed (here it is hidden, so the test is the same on a
+    machine that has it): the usual worker processes, no GPU resource declared, and tasks run."""
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)  # `import dask_cuda` raises ImportError
+    with get_client(n_workers=1, memory_limit=None, gpu=True) as client:
+        assert type(client.cluster) is LocalCluster
+        (info,) = client.scheduler_info()["workers"].values()
+        assert not info.get("resources") and info["nthreads"] == 1
+        assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=60) == 6
+
+
+def test_gpu_cluster_with_dask_cuda_declares_one_single_threaded_gpu_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With dask-cuda: its ``LocalCUDACluster``, one thread per worker, each declaring ``GPU=1`` (the resource that
+    retrieval routes the Transformer and CNN by). A stand-in for the class records how it is called and starts one
+    in-process worker with those options, so this runs on a machine without a GPU or dask-cuda."""
+    seen: dict[str, object] = {}
+
+    def cuda_cluster(**kwargs: object) -> LocalCluster:
+        seen.update(kwargs)
+        return LocalCluster(n_workers=1, processes=False, **kwargs)
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=cuda_cluster))
+    with get_client(memory_limit=None, gpu=True) as client:
+        (info,) = client.scheduler_info()["workers"].values()
+        assert info["resources"] == {"GPU": 1} and info["nthreads"] == 1
+    assert seen["threads_per_worker"] == 1 and seen["resources"] == {"GPU": 1}
+    assert str(seen["dashboard_address"]).startswith("127.0.0.1:")

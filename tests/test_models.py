@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -12,7 +13,7 @@ from helpers import synthetic_lst
 from sftl_dask.features import FEATURES
 from sftl_dask.models import MODELS, build_model
 from sftl_dask.models.torch_models import Normalize
-from sftl_dask.models.trainer import fit_torch, predict_torch
+from sftl_dask.models.trainer import fit_torch, lr_factor, predict_torch
 from sftl_dask.models.trees import LGBM, RF, ForestPredictor
 
 TORCH = ("dnn", "trf", "cnn")
@@ -139,11 +140,27 @@ def test_fit_torch_sets_threads_only_for_the_call_and_reports_progress():
     assert torch.get_num_threads() == before
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "constant"])
-def test_fit_torch_schedules_run(schedule):
+# 300 rows in batches of 64: 5 optimiser steps an epoch, 10 in all; the history records the lr after each epoch
+# (after steps 5 and 10), written out here from the schedules' definitions (docstring of lr_factor)
+@pytest.mark.parametrize(("schedule", "factors"), [
+    ("cosine", [0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)), 0.01]),  # 1 -> 0.01 over the 10 steps
+    ("onecycle", [1e-3 + 0.999 * 0.5 * (1 + math.cos(math.pi * 2 / 7)), 1e-3]),  # warm-up 3 steps, then decay
+    ("constant", [1.0, 1.0]),
+])
+def test_fit_torch_schedules_give_the_learning_rate_of_each_epoch_value_by_value(schedule, factors):
     x, y = _synthetic(300)
     hist = fit_torch(_model("dnn", x, y), x, y, epochs=2, batch_size=64, lr=1e-3, schedule=schedule)
-    assert len(hist["lr"]) == 2
+    assert hist["lr"] == pytest.approx([1e-3 * f for f in factors], rel=1e-9)
+
+
+def test_lr_factor_step_by_step():
+    cos, one = lr_factor("cosine", 10), lr_factor("onecycle", 10)
+    assert [cos(s) for s in (0, 5, 10, 20)] == pytest.approx([1.0, 0.505, 0.01, 0.01], rel=1e-12)
+    # one-cycle: 0.04 -> 1 linearly over int(0.3 * 10) = 3 steps, then a cosine from 1 to 0.001
+    assert [one(s) for s in (0, 1, 2, 3)] == pytest.approx([0.04, 0.36, 0.68, 1.0], rel=1e-12)
+    assert [one(s) for s in (10, 11)] == pytest.approx([1e-3, 1e-3], rel=1e-12)
+    assert lr_factor("onecycle", 2)(0) == pytest.approx(0.04) and lr_factor("onecycle", 2)(1) == pytest.approx(1.0)
+    assert lr_factor("constant", 10)(7) == 1.0
 
 
 def test_fit_torch_rejects_bad_input():

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from helpers import synthetic_cube
+from helpers import no_cluster, synthetic_cube
 
 from sftl_dask.io.lst import LST_OK_VAR, LST_VARIABLES
 from sftl_dask.io.stores import open_store
@@ -255,10 +254,10 @@ def test_cli_rechunk_runs_on_an_embedded_cluster(lst, capsys):
     assert "sftl rechunk --lst" in open_store(out / "g.zarr").attrs["history"]
 
 
-def test_cli_rechunk_bad_input_exits_2_with_one_line(lst, tmp_path, capsys):
+def test_cli_rechunk_bad_input_exits_2_with_one_line(lst, tmp_path, capsys, monkeypatch):
     from sftl_dask.cli import main
 
-    t0 = time.perf_counter()
+    monkeypatch.setattr("sftl_dask.cluster.LocalCluster", no_cluster)  # refused before any cluster starts
     out = tmp_path / "taken"
     out.mkdir()
     (out / "f").write_text("x")
@@ -273,5 +272,4 @@ def test_cli_rechunk_bad_input_exits_2_with_one_line(lst, tmp_path, capsys):
         assert main(["rechunk", *args]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and msg in err[0], (args, err)
-    assert time.perf_counter() - t0 < 30  # refused before any cluster starts
     assert not (tmp_path / "o").exists() and not lst.with_name("lst_ts").exists()

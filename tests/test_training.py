@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -39,6 +40,60 @@ def test_three_stages_report_every_method_on_the_same_rows(trained):
     assert s3["zero_shot"]["n"] == s3["split_window"]["n"] == s3["direct_training"]["n"] > 0
     assert np.isfinite(s3["zero_shot"]["rmse_k"]) and s3["few_shot"][0]["k"] == 5
     assert s2["trainable_parameters"] > 0
+    # the rows of the fixture's testbed and simulation (seeds 2 and 0), exactly
+    assert (s1["n_train"], s1["model"]["n"], s2["n_train"], s2["n_test"], s3["zero_shot"]["n"]) == (26208, 6552, 14, 26,
+                                                                                                   10)
+
+
+def test_split_window_and_radiometer_figures_of_the_tiny_run_are_pinned(trained):
+    """The split-window (a least-squares fit on the simulation) and the radiometers against the pixel truth involve
+    no network and no thread-dependent sums: pinned to 5 mK at the fixture's seed 0 (the seed draws the hold-out
+    rows: seed 1 gave the same stage-2 and stage-3 figures, seed 2 others). A change in the simulation, the
+    matchup rules, the ingest, the cloud mask or the fit moves them by far more."""
+    _, res = trained
+    s1, s2, s3 = res["stage1_pretrain"], res["stage2_finetune"], res["stage3_transfer"]
+    truth = s3["against_pixel_truth"]
+    got = [s1["split_window"]["rmse_k"], s2["split_window"]["rmse_k"], s3["split_window"]["rmse_k"],
+           truth["split_window"]["rmse_k"], truth["radiometer"]["rmse_k"]]
+    assert got == pytest.approx([0.6044, 4.4591, 3.4600, 0.4464, 3.3577], abs=0.005)
+
+
+def test_stage_rmses_of_the_tiny_run_are_pinned_and_fine_tuning_beats_pretrained_only(trained):
+    """The tiny configuration pre-trains 3 epochs in batches of 4096 (21 steps): its network is far from trained
+    (23 K on the simulation), which keeps the shared fixture cheap; its figures still pin the training path.
+
+    Measured (seed 0, --workers 1): stage 1 22.97 K; stage 2 23.75 K (pre-trained only 24.04 K); zero-shot on the
+    target 17.48 K (pre-trained only 17.85 K). A 20-epoch pre-training gave bit-identical figures on 1 and 2
+    threads; seeds 1 and 2 moved these by up to 32 %; pinned within 10 % (room for other CPU kernels and torch
+    builds, not for a changed seed, schedule, normalisation or split). Fine-tuning beat pre-trained-only both on
+    the source's held-out rows and cross-site for seeds 0, 1 and 2 (by 0.25-0.37 K): asserted strictly.
+
+    Not asserted, because it does not hold at this size: that SFTL beats the split-window (17.5 K against 3.5 K
+    cross-site here); see test_stage_one_trained_longer_learns_the_physics_within_a_kelvin for a trained network.
+    """
+    _, res = trained
+    s1, s2, s3 = res["stage1_pretrain"], res["stage2_finetune"], res["stage3_transfer"]
+    assert s1["model"]["rmse_k"] == pytest.approx(22.97, rel=0.1)
+    assert s2["model"]["rmse_k"] == pytest.approx(23.75, rel=0.1)
+    assert s3["zero_shot"]["rmse_k"] == pytest.approx(17.48, rel=0.1)
+    assert s2["model"]["rmse_k"] < s2["pretrained_only"]["rmse_k"] - 0.1  # on the source's held-out scenes
+    assert s3["zero_shot"]["rmse_k"] < s3["pretrained_only"]["rmse_k"] - 0.1  # cross-site
+
+
+def test_stage_one_trained_longer_learns_the_physics_within_a_kelvin(trained):
+    """Stage 1 of ``BASE`` with 20 epochs in batches of 256 (2,060 steps) on the fixture's simulation (6.5 s on
+    2 cores, up to 24 s on a busy machine: the one trained network of the default run). Measured:
+    0.829 K for seed 0 (bit-identical on 1 and 2 threads), 0.572 and 0.515 K for seeds 1 and 2; the split-window
+    on the same rows 0.604 K. Pinned below 1.2 K: seed 0 plus the seeds' spread."""
+    from sftl_dask.pipelines.data import prepare_data
+    from sftl_dask.training.stages import pretrain
+
+    out, _ = trained
+    cfg = load_config(out.parent / "tiny.yaml")
+    cfg = dataclasses.replace(cfg, pretrain={**cfg.pretrain, "epochs": 20, "batch_size": 256})
+    _, s1 = pretrain(cfg, prepare_data(cfg, out / "work"), threads=1, log=lambda *_: None)
+    assert s1["model"]["n"] == 6552 and s1["model"]["rmse_k"] < 1.2, s1
+    assert s1["model"]["rmse_k"] == pytest.approx(0.829, abs=0.05)  # seed 0
 
 
 def test_artifact_is_torchscript_with_card_and_hashes_and_reproduces_predictions(trained):

@@ -6,6 +6,7 @@ the configuration changed too, and were written in place (an interrupted write w
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -37,10 +38,19 @@ def _mtimes(work: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def work(small_testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def made(small_testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``work/`` as prepared once for configuration ``a`` (6 profiles); read only (``work`` copies it)."""
     root = tmp_path_factory.mktemp("cache_keys")
     prepare_data(load_config(_config(root / "a.yaml", small_testbed, 6)), root / "work")
-    return root, root / "work"
+    return root / "work"
+
+
+@pytest.fixture
+def work(made: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A test's own copy of ``made`` (modification times kept): the tests change the configuration and rewrite
+    products, and each must start from configuration ``a``'s products whatever ran before it."""
+    shutil.copytree(made, tmp_path / "work")
+    return tmp_path, tmp_path / "work"
 
 
 def test_a_rerun_with_the_same_configuration_reuses_every_product(work: tuple[Path, Path],

@@ -79,7 +79,7 @@ def test_disk_full_mid_retrieve_names_each_unfinished_step_keeps_earlier_ones_an
 
     synthetic_cube(cube, 4, 256, 256, seed=31, chunk=64, first=4)  # four new scenes arrive
     ref = tmp_path / "ref.zarr"
-    retrieve(cube, model, ref, threads=2)  # the uninterrupted run of all eight
+    retrieve(cube, model, ref, threads=2, device="cpu")  # the uninterrupted run of all eight, on the runs' device
     filler = _fill(mnt, leave_kb=300)  # room for the new slots' metadata and a few chunks, not for 4 steps
     full = _retrieve(cube, model, out, tmp_path / "logs")
     assert full.returncode == 1, full.stdout + full.stderr

@@ -125,11 +125,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _run_py(code: str, *args: str, env: dict[str, str], cwd: Path,
-            timeout: float = 25) -> subprocess.CompletedProcess[str]:
-    """Run ``python -c code args...`` with the venv's interpreter."""
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c code args...`` with the venv's interpreter; ``timeout`` (s) bounds a hang, generous for a
+    loaded 2-core machine (25 s, the old bound, was too short for a verb there)."""
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=timeout)
 
+
+# Dask's connect timeout for the refusal tests: long enough that a client retrying until it ran out would hang
+# past those tests' subprocess timeouts, so a refusal that is not prompt fails them without a wall-clock threshold.
+_LONG_CONNECT = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "600s"}
 
 # A client through sftl's own get_client: prints what it connected with, or the refusal.
 _CONNECT = """
@@ -261,7 +266,7 @@ def test_a_real_sftl_verb_runs_on_the_tls_cluster(tls_cluster: TlsCluster) -> No
     """``sftl simulate --scheduler tls://...`` with DASK_CONFIG: the verb's tasks run on the TLS worker."""
     out = tls_cluster.workdir / "sim.parquet"
     res = subprocess.run([_tool("sftl"), "simulate", "--out", str(out), "--profiles", "2", "--spectra", "2",
-                          "--scheduler", tls_cluster.address], capture_output=True, text=True, timeout=25,
+                          "--scheduler", tls_cluster.address], capture_output=True, text=True, timeout=300,
                          env=_clean_env(DASK_CONFIG=str(tls_cluster.config)), cwd=tls_cluster.workdir)
     assert res.returncode == 0, res.stderr[-3000:]
     assert re.search(r"wrote \d+ rows to", res.stdout), res.stdout
@@ -274,11 +279,13 @@ def test_a_real_sftl_verb_runs_on_the_tls_cluster(tls_cluster: TlsCluster) -> No
 def test_a_plain_tcp_client_is_refused(tls_cluster: TlsCluster) -> None:
     """The TLS port does not talk to a plain-TCP client: get_client raises ConnectionError, quickly."""
     port = tls_cluster.address.rsplit(":", 1)[1]
-    res = _run_py(_CONNECT, f"tcp://127.0.0.1:{port}", env=_clean_env(), cwd=tls_cluster.workdir)
+    # a hang bound, not a speed figure: with Dask's connect timeout raised to 10 min, a client that kept retrying
+    # instead of refusing would run past the 120 s subprocess timeout
+    res = _run_py(_CONNECT, f"tcp://127.0.0.1:{port}", env=_clean_env(**_LONG_CONNECT), cwd=tls_cluster.workdir,
+                  timeout=120)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert not out["connected"] and f"tcp://127.0.0.1:{port}" in out["error"], out
-    assert out["seconds"] < 15, out
     assert tls_cluster.scheduler.poll() is None  # refused by a live scheduler, not a dead one
     _wait_for(lambda: "TLS handshake failed" in tls_cluster.logs["scheduler"].read_text(),
               "the scheduler to log the refused handshake", {}, timeout=5)
@@ -295,11 +302,11 @@ def test_a_certificate_from_another_ca_is_refused_both_ways(tls_cluster: TlsClus
     }
     before = tls_cluster.logs["scheduler"].read_text().count("certificate verify failed")
     for case, config in cases.items():
-        res = _run_py(_CONNECT, tls_cluster.address, env=_clean_env(DASK_CONFIG=str(config)), cwd=tls_cluster.workdir)
+        res = _run_py(_CONNECT, tls_cluster.address, env=_clean_env(DASK_CONFIG=str(config), **_LONG_CONNECT),
+                      cwd=tls_cluster.workdir, timeout=120)  # a hang bound (see test_a_plain_tcp_client_is_refused)
         assert res.returncode == 0, f"{case}: {res.stderr}"
         out = json.loads(res.stdout.strip().splitlines()[-1])
         assert not out["connected"] and tls_cluster.address in out["error"], f"{case}: {out}"
-        assert out["seconds"] < 15, f"{case}: {out}"
     assert tls_cluster.scheduler.poll() is None
     # the scheduler itself rejected the foreign client certificate
     _wait_for(lambda: tls_cluster.logs["scheduler"].read_text().count("certificate verify failed") > before,
