@@ -54,8 +54,15 @@ def dnn_artifact(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     return export_artifact(m, tmp_path_factory.mktemp("art") / "dnn", CARD), m
 
 
-@pytest.mark.parametrize(("name", "strategy"), [(n, None) for n in TORCH]
-                         + [(n, "lora") for n in TORCH] + [(n, "adapter") for n in TORCH] + [("dnn", "gradual")])
+# The default run covers each architecture once and each strategy once (dnn full, trf LoRA, cnn adapter, dnn
+# gradual); the other six pairs (the same export code on other layer stacks) run under -m slow (~150 s together).
+_FAST_EXPORTS = {("dnn", None), ("trf", "lora"), ("cnn", "adapter"), ("dnn", "gradual")}
+
+
+@pytest.mark.parametrize(("name", "strategy"), [
+    pytest.param(n, s, marks=() if (n, s) in _FAST_EXPORTS else pytest.mark.slow)
+    for n, s in [(n, None) for n in TORCH] + [(n, "lora") for n in TORCH] + [(n, "adapter") for n in TORCH]
+    + [("dnn", "gradual")]])
 def test_exported_model_agrees_with_in_memory_model(tmp_path, name, strategy):
     m = _trained(name, strategy)
     path = export_artifact(m, tmp_path / "a", {**CARD, "model": name, "strategy": strategy or "full"})

@@ -260,6 +260,7 @@ def test_bad_feature_and_transfer_settings_name_the_key(tmp_path, change, match)
         load_config(p)
 
 
+@pytest.mark.slow  # ~40 s; the default run's experiment grid trains and scores the ablated DNN (its own sim RMSE)
 def test_feature_ablation_trains_and_exports_without_the_feature(trained, tmp_path):
     from sftl_dask.features import FEATURES
     from sftl_dask.models.artifact import load_artifact
