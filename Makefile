@@ -32,6 +32,12 @@ test-all: $(VENV)/.installed
 	@if [ "$${SFTL_INSTALL_SLURM:-0}" = 1 ]; then bash deploy/slurm/install-packages.sh; fi
 	$(VENV)/bin/python -m pytest -q -m ""
 
+# the suite's order independence: reversed (pytest-reverse), then three seeded random orders (pytest-randomly)
+.PHONY: test-order
+test-order: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q -p reverse --reverse
+	for seed in 1 2 3; do $(VENV)/bin/python -m pytest -q -p randomly --randomly-seed=$$seed || exit 1; done
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check sftl_dask tests benchmarks tools
 
