@@ -298,3 +298,20 @@ def test_numpy_level_composite_tasks_equal_the_accessor_bit_for_bit_in_batches(t
             np.testing.assert_array_equal(got[v].values, ref[v].values, err_msg=f"{out} {v}")
     n_obs = ref["n_obs"].values  # clouds and flags dropped some values: pixels of 1 to 7 good values
     assert int(n_obs.min()) < 7 and int(n_obs.max()) == 7
+
+
+def test_zone_mosaics_are_made_on_request_and_removed_when_stale_without(lst, tmp_path):
+    from sftl_dask.pipelines.steps import composites_step
+
+    out = tmp_path / "comp"
+    reused, counts = composites_step(lst[0], out, "key-1", {}, mosaics=True)
+    zones = sorted(p.name for p in out.glob("*_monthly.nc"))
+    assert not reused and counts["months_reused"] == 0 and zones
+    assert len(list(out.glob("*_monthly.png"))) == len(zones)
+    assert composites_step(lst[0], out, "key-1", {}, mosaics=False) == (True, {**counts, "months_computed": 0,
+                                                                             "months_reused": counts["months_computed"],
+                                                                             "tasks": 0})
+    assert sorted(p.name for p in out.glob("*_monthly.nc")) == zones  # made from this LST: kept
+    reused, again = composites_step(lst[0], out, "key-2", {}, mosaics=False)  # the LST changed: stale, removed
+    assert reused and again["months_computed"] == 0
+    assert not list(out.glob("*_monthly.nc")) and not list(out.glob("*_monthly.png"))
