@@ -268,6 +268,12 @@ def _tile_parts(plan: dict[str, Any], freq: str, how: str, min_count: int) -> li
     return parts
 
 
+def _prepare_tile(lst: Any, out: Any, freq: str, how: str, min_count: int) -> tuple[dict[str, Any], list[_Part]]:
+    """Plan one tile and create or extend its composite store (a task): the plan and the tile's parts."""
+    plan = _plan_tile(lst, out, freq, how, min_count)
+    return plan, (_tile_parts(plan, freq, how, min_count) if plan["todo"] else [])
+
+
 def write_composites(lst: str | os.PathLike[str], out: str | os.PathLike[str], *, freq: str = "MS",
                      how: str = "median", min_count: int = 1, client: Any = None,
                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -311,8 +317,11 @@ def write_composites(lst: str | os.PathLike[str], out: str | os.PathLike[str], *
     if not stores:
         raise ValueError(f"{lst}: no LST store here (expected an LST store or a folder of them)")
     out = location(out)
-    plans = [_plan_tile(src, join(out, f"{name}.zarr"), freq, how, min_count) for name, src in stores.items()]
-    parts = [p for plan in plans if plan["todo"] for p in _tile_parts(plan, freq, how, min_count)]
+    # planning a tile (its slot tables) and extending its store are tasks too: tiles in parallel, not in turn
+    prepared = run_tasks([(_prepare_tile, (src, join(out, f"{name}.zarr"), freq, how, min_count))
+                          for name, src in stores.items()], client)
+    plans = [plan for plan, _ in prepared]
+    parts = [p for _, tile_parts in prepared for p in tile_parts]
     results = [r for rs in run_tasks([(_composite_part, (p,)) for p in parts], client, progress=progress)
                for r in rs]
     _mark_done(plans, results)
