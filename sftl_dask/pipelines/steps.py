@@ -73,8 +73,8 @@ def composites_step(lst_root: Path, out: Path, key: str, regions: Mapping[str, s
     made again when a month changed. ``key`` is the LST's (:func:`lst_key`): it stamps each zone's NetCDF.
 
     A zone mosaic holds every month, so remaking it costs the whole archive's months whenever one changes (10.7 s
-    of the 160-scene archive's run, against 8 s for the months' stores): the archive pipeline makes them only on
-    request. Without ``mosaics``, a zone mosaic made from another key is removed with its figure (never left stale).
+    of every such run of the 160-scene archive, as much as computing all its months' stores): the archive
+    pipeline makes them only on request. Without ``mosaics``, a zone mosaic made from another key is removed with its figure (never left stale).
 
     Returns
     -------
