@@ -74,7 +74,8 @@ def composites_step(lst_root: Path, out: Path, key: str, regions: Mapping[str, s
 
     A zone mosaic holds every month, so remaking it costs the whole archive's months whenever one changes (10.7 s
     of every such run of the 160-scene archive, as much as computing all its months' stores): the archive
-    pipeline makes them only on request. Without ``mosaics``, a zone mosaic made from another key is removed with its figure (never left stale).
+    pipeline makes them only on request. Without ``mosaics``, a zone mosaic made from another key is removed with
+    its figure (never left stale).
 
     Returns
     -------
