@@ -57,7 +57,8 @@ from sftl_dask.io.lst import LST_OK_VAR
 from sftl_dask.io.stores import CubeRoot, mosaic, open_store
 from sftl_dask.rechunk import timeseries_copy
 
-__all__ = ["GOOD_MASKS", "SftlAccessor", "SparseMaskWarning", "at_sites", "composite_attrs", "locate", "open_lst"]
+__all__ = ["COMPOSITE_FACTOR", "GOOD_MASKS", "SftlAccessor", "SparseMaskWarning", "at_sites", "composite_attrs",
+           "locate", "nanmedian_first_axis", "open_lst", "systematic_k"]
 
 #: Flags :meth:`SftlAccessor.good` masks: outside the model's pre-training range, or near a cloud.
 GOOD_MASKS = (
@@ -69,8 +70,9 @@ GOOD_MASKS = (
 )
 #: Variables an LST dataset must hold.
 _REQUIRED = ("lst", "lst_uncertainty", "qc")
-#: How a composite reduces, and the factor ``f`` of its random uncertainty (module docstring).
-_HOW = {"mean": 1.0, "median": math.pi / 2, "min": None, "max": None}
+#: How a composite reduces, and the factor ``f`` of its random uncertainty (module docstring); public for the
+#: composite stores' numpy-level tasks (:mod:`sftl_dask.composites`).
+COMPOSITE_FACTOR = {"mean": 1.0, "median": math.pi / 2, "min": None, "max": None}
 #: The CF cell method of each reduction (CF-1.11 appendix E: ``minimum``/``maximum``, not ``min``/``max``).
 _CF_METHOD = {"mean": "mean", "median": "median", "min": "minimum", "max": "maximum"}
 #: Composite periods by pandas frequency: (the period, its adjective, the strftime of a period's label).
@@ -653,8 +655,8 @@ class SftlAccessor:
         ValueError
             Naming an unknown frequency or reduction, or a ``min_count`` below 1.
         """
-        if how not in _HOW:
-            raise ValueError(f"how {how!r} must be one of {', '.join(_HOW)}")
+        if how not in COMPOSITE_FACTOR:
+            raise ValueError(f"how {how!r} must be one of {', '.join(COMPOSITE_FACTOR)}")
         _check_freq(freq)
         if not (isinstance(min_count, int | np.integer) and min_count >= 1):
             raise ValueError(f"min_count {min_count!r} must be an integer >= 1")
@@ -662,7 +664,7 @@ class SftlAccessor:
         lst = ds["lst"]
         valid = lst.notnull()
         unc = ds["lst_uncertainty"].where(valid)
-        sys_k = _systematic(ds)
+        sys_k = systematic_k(ds.attrs)
         rand2 = (unc ** 2 - sys_k ** 2).clip(min=0.0) if sys_k is not None else xr.zeros_like(unc).where(valid)
         sys2 = (unc ** 2 - rand2) if sys_k is None else sys_k ** 2  # all systematic when the split is unknown
         by_period = _period_reducer(ds["time"].values, freq)
@@ -673,7 +675,7 @@ class SftlAccessor:
         mean_rand2 = by_period(rand2, "mean")
         mean_sys2 = by_period(sys2, "mean") if isinstance(sys2, xr.DataArray) else sys2
         n = count.where(count > 0)
-        factor = _HOW[how]
+        factor = COMPOSITE_FACTOR[how]
         var = mean_sys2 + (mean_rand2 * factor / n if factor is not None else mean_rand2)
         enough = count >= min_count
         attrs = composite_attrs(freq, how)
@@ -1042,14 +1044,14 @@ def _period_reducer(times: np.ndarray, freq: str) -> Any:
         if how == "median" and not isinstance(a.data, np.ndarray):
             return a.median("time").expand_dims(time=label)
         if how == "median":  # numpy's nanmedian warns once per all-NaN pixel (0.13 s of a 512 x 512 chunk)
-            return a.isel(time=0, drop=True).copy(data=_nanmedian_first_axis(a.transpose("time", ...).values)
+            return a.isel(time=0, drop=True).copy(data=nanmedian_first_axis(a.transpose("time", ...).values)
                                                   ).expand_dims(time=label)
         return getattr(a, how)("time").expand_dims(time=label)
 
     return reduce
 
 
-def _nanmedian_first_axis(a: np.ndarray) -> np.ndarray:
+def nanmedian_first_axis(a: np.ndarray) -> np.ndarray:
     """``np.nanmedian(a, axis=0)`` (NaN where a column holds no value), by one sort, without a warning per
     all-NaN column: the middle value, or the mean of the two middle values, of each column's valid values."""
     s = np.sort(a, axis=0)  # NaN last
@@ -1067,8 +1069,10 @@ def _check_freq(freq: str) -> None:
         raise ValueError(f"freq {freq!r} is not a pandas frequency (e.g. 'MS', 'QS-DEC', 'YS')") from None
 
 
-def _systematic(ds: xr.Dataset) -> float | None:
-    v = ds.attrs.get("uncertainty_systematic_k")
+def systematic_k(attrs: Mapping[str, Any]) -> float | None:
+    """The systematic part of an LST cube's uncertainty (K, its ``uncertainty_systematic_k`` attribute), or None
+    where the cube does not split it (composites then treat all of it as systematic)."""
+    v = attrs.get("uncertainty_systematic_k")
     try:
         return float(v) if v is not None and str(v) != "" else None
     except ValueError:

@@ -28,6 +28,12 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: so the per-batch arrays of numpy and torch (0.1-8 MB) are reused instead of freshly mapped and
 #: page-faulted on every batch (measured: DNN retrieval 0.53 -> 0.76 Mpx/s per core; docs/retrieval.md).
 _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+#: Dask configuration of embedded workers (the nanny hands it to each worker process). Distributed's statistical
+#: profiler samples every task's stack 100 times a second and keeps an hour of it: a worker's memory grew with
+#: the run's length (tracemalloc: +34 MB of its profile trees after 24 more scenes of ingest, the largest
+#: growth there), and the sampling costs CPU. Off while an embedded cluster lives; the dashboard's profile page
+#: is then empty.
+_WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 
 
 def default_workers() -> int:
@@ -90,18 +96,21 @@ def get_client(
     n = n_workers or default_workers()
     if n < 1 or threads_per_worker < 1:
         raise ValueError(f"workers must be >= 1 (got n_workers={n}, threads_per_worker={threads_per_worker})")
-    with _worker_environment(threads_per_worker):
-        cluster = _embedded_cluster(n, threads_per_worker, memory_limit, gpu)
-        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-        client = Client(cluster)
-        if worker_log is not None:
-            client.register_plugin(_WorkerLogFile(str(worker_log), worker_log_stderr))
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
-        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    # for the cluster's whole life: a nanny's configuration shares this process's nested settings, and a
+    # restarted worker (client.restart) reads them again
+    with dask.config.set(_WORKER_CONFIG):
+        with _worker_environment(threads_per_worker):
+            cluster = _embedded_cluster(n, threads_per_worker, memory_limit, gpu)
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+            client = Client(cluster)
+            if worker_log is not None:
+                client.register_plugin(_WorkerLogFile(str(worker_log), worker_log_stderr))
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
 
 
 def _connect(address: str) -> Client:

@@ -1,15 +1,19 @@
 """Composites as incremental products: one Zarr store per LST tile, one time step per period (month by default).
 
-A period's composite is computed once per (tile, period), by one task per chunk that holds data in that
-period (the LST stores' chunk-coverage index, :data:`~sftl_dask.io.stores.COVERAGE_VAR`), with THE reduction of
-the accessor (:meth:`sftl_dask.api.SftlAccessor.composite` on the chunk's :meth:`~sftl_dask.api.SftlAccessor.good`
-values). Each period records the key of what it was made from (``checksum``: sha256 of its steps' scene ids and
-product checksums, the model and the reduction), so a re-run after new scenes recomputes only the periods they
-touch, and a period whose steps did not change is left as it is. The stores follow the LST cube's conventions
-(the one cube writer, :mod:`sftl_dask.io.cube`: CF time, ``spatial_ref``, per-step ``scene_id`` (the period, e.g.
-``2022-08``), ``source`` (the LST store), ``checksum`` (the key) and ``composite_ok``), and carry their own
-chunk-coverage index. :func:`sftl_dask.open_lst` does not open them; ``xr.open_zarr`` (or
-:func:`~sftl_dask.io.stores.open_store`) does, and ``sftl_dask.io.export.to_cog`` exports a period.
+A period's composite is computed once per (tile, period), on each chunk that holds data in that period (the LST
+stores' chunk-coverage index, :data:`~sftl_dask.io.stores.COVERAGE_VAR`), with the reduction of the accessor
+(:meth:`sftl_dask.api.SftlAccessor.composite` on the chunk's :meth:`~sftl_dask.api.SftlAccessor.good` values) done
+at the numpy level (:func:`period_composite`, equal bit for bit). A task takes one chunk window of a tile and as
+many of its consecutive periods as :data:`TASK_VALUES` allows: one read of their steps' ``lst``,
+``lst_uncertainty`` and ``qc``, one reduction and one region write per period, no xarray object (a month of two
+overpasses is not worth a task of its own). Each period records the key of what it was made from (``checksum``:
+sha256 of its steps' scene ids and product checksums, the model and the reduction), so a re-run after new scenes
+recomputes only the periods they touch, and a period whose steps did not change is left as it is. The stores follow
+the LST cube's conventions (the one cube writer, :mod:`sftl_dask.io.cube`: CF time, ``spatial_ref``, per-step
+``scene_id`` (the period, e.g. ``2022-08``), ``source`` (the LST store), ``checksum`` (the key) and
+``composite_ok``), and carry their own chunk-coverage index. :func:`sftl_dask.open_lst` does not open them;
+``xr.open_zarr`` (or :func:`~sftl_dask.io.stores.open_store`) does, and ``sftl_dask.io.export.to_cog`` exports a
+period.
 """
 
 from __future__ import annotations
@@ -17,24 +21,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 import zarr
+from numpy.typing import NDArray
 
-from sftl_dask.api import SftlAccessor, composite_attrs  # noqa: F401  (registers ds.sftl: good() and composite())
+from sftl_dask.api import (  # noqa: F401  (SftlAccessor registers ds.sftl)
+    COMPOSITE_FACTOR,
+    GOOD_MASKS,
+    SftlAccessor,
+    composite_attrs,
+    nanmedian_first_axis,
+    systematic_k,
+)
 from sftl_dask.cluster import run_tasks
 from sftl_dask.geo import GeoBox
 from sftl_dask.io.cube import append_slots, coverage_shape, mark_slot, read_coverage, read_slots, write_block
 from sftl_dask.io.location import is_url, is_zarr_store, join, location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR, lst_stores
 from sftl_dask.io.stac import write_composites_stac
-from sftl_dask.io.stores import open_store
 
-__all__ = ["COMPOSITE_OK_VAR", "COMPOSITE_PERIODS", "composite_variables", "write_composites"]
+__all__ = ["COMPOSITE_OK_VAR", "COMPOSITE_PERIODS", "TASK_VALUES", "composite_variables", "period_composite",
+           "write_composites"]
 
 #: Completion flag of a composite store's periods.
 COMPOSITE_OK_VAR = "composite_ok"
@@ -61,34 +75,101 @@ def composite_variables(freq: str, how: str) -> dict[str, dict[str, Any]]:
     return {v: {**a, "dtype": dtypes[v]} for v, a in composite_attrs(freq, how).items()}
 
 
+#: Most (time step, pixel) values one task reads (3 variables, 10 bytes a value: ~84 MB): a chunk's periods are
+#: batched into tasks up to this size, so a month of two overpasses is not a task of its own.
+TASK_VALUES = 32 * 512 * 512
+
+
 @dataclass(frozen=True)
 class _Part:
-    """One task: the composite of one period on one chunk window of one tile."""
+    """One task: the composites of some periods on one chunk window of one tile."""
 
     lst: str
     out: str
-    steps: tuple[int, ...]  # time indices of the period's completed steps in the LST store
-    t_out: int
     window: tuple[int, int, int, int]
-    freq: str
+    periods: tuple[tuple[int, tuple[int, ...]], ...]  # (time index in the composite store, its LST steps)
     how: str
     min_count: int
+    good: tuple[tuple[int, int], ...]  # the (mask, value) of each qc flag that good() drops
+    sys_k: float | None  # the LST's systematic uncertainty (K), None where it does not split it
 
 
-def _composite_part(part: _Part) -> dict[str, Any]:
-    """Compute and write one chunk of one period (the task); its good-value count (pixels x steps)."""
+def period_composite(lst: NDArray[np.float32], lst_uncertainty: NDArray[np.float32], qc: NDArray[np.integer],
+                     *, good: Sequence[tuple[int, int]], how: str = "median", min_count: int = 1,
+                     sys_k: float | None = None) -> dict[str, NDArray[Any]]:
+    """The composite of one period from its steps' arrays: the accessor's arithmetic at the numpy level.
+
+    The same operations, in the same dtypes, as ``ds.sftl.good().sftl.composite(freq, how)`` on one period
+    (:meth:`sftl_dask.api.SftlAccessor.composite`), so the values are equal bit for bit (pinned by
+    ``tests/test_coverage.py``), without an xarray object per task.
+
+    Parameters
+    ----------
+    lst, lst_uncertainty : numpy.ndarray
+        ``(time, y, x)`` LST and its uncertainty (K, float32) of the period's steps.
+    qc : numpy.ndarray
+        ``(time, y, x)`` QC bit flags.
+    good : sequence of (int, int)
+        ``(mask, value)`` of the flags that :meth:`~sftl_dask.api.SftlAccessor.good` drops.
+    how : {"median", "mean", "min", "max"}
+        The reduction.
+    min_count : int
+        Fewest good values a pixel needs; fewer give NaN.
+    sys_k : float, optional
+        The systematic part of the uncertainty (K); None: all of it is systematic.
+
+    Returns
+    -------
+    dict
+        ``lst``, ``lst_uncertainty`` (K, float32, ``(y, x)``) and ``n_obs`` (int16).
+    """
+    drop = None
+    for mask, value in good:
+        hit = (qc & mask) == value
+        drop = hit if drop is None else drop | hit
+    if drop is not None:
+        lst, lst_uncertainty = np.where(drop, np.nan, lst), np.where(drop, np.nan, lst_uncertainty)
+    valid = ~np.isnan(lst)
+    unc = np.where(valid, lst_uncertainty, np.nan)
+    if sys_k is not None:
+        rand2, sys2 = np.clip(unc ** 2 - sys_k ** 2, 0.0, None), sys_k ** 2
+    else:  # all systematic when the split is unknown
+        rand2 = np.where(valid, np.zeros_like(unc), np.nan)
+        sys2 = unc ** 2 - rand2
+    count = valid.sum(axis=0)
+    with warnings.catch_warnings():  # all-NaN pixels of a period are NaN, as they should be
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = nanmedian_first_axis(lst) if how == "median" else getattr(np, f"nan{how}")(lst, axis=0)
+        mean_rand2 = np.nanmean(rand2, axis=0)
+        mean_sys2 = np.nanmean(sys2, axis=0) if isinstance(sys2, np.ndarray) else sys2
+    n = np.where(count > 0, count, np.nan)
+    factor = COMPOSITE_FACTOR[how]
+    var = mean_sys2 + (mean_rand2 * factor / n if factor is not None else mean_rand2)
+    enough = count >= min_count
+    return {"lst": np.where(enough, value, np.nan).astype(np.float32),
+            "lst_uncertainty": np.where(enough, np.sqrt(var), np.nan).astype(np.float32),
+            "n_obs": count.astype(np.int16)}
+
+
+def _composite_part(part: _Part) -> list[dict[str, Any]]:
+    """Compute and write one chunk of some periods (the task): one read of the periods' steps, one reduction and
+    one region write per period; per period its good-value count (pixels x steps) and covered pixels."""
     y0, y1, x0, x1 = part.window
-    ds = open_store(part.lst, chunks=None)[["lst", "lst_uncertainty", "qc"]]  # what good() and composite() read
-    ds = ds.isel(time=list(part.steps), y=slice(y0, y1), x=slice(x0, x1)).load()
-    comp = ds.sftl.good(check=False).sftl.composite(part.freq, part.how, min_count=part.min_count)
-    if comp.sizes["time"] != 1:  # the steps were chosen as one period: anything else is a bug
-        raise AssertionError(f"{part.lst}: steps {part.steps} make {comp.sizes['time']} periods, not 1")
-    data = {"lst": comp["lst"].values[0], "lst_uncertainty": comp["lst_uncertainty"].values[0],
-            "n_obs": comp["n_obs"].values[0].astype(np.int16)}
-    arrays = zarr.open_group(zarr_store(part.out), mode="r+")
-    write_block(arrays, part.t_out, part.window, data)
-    return {"out": part.out, "window": part.window, "t_out": part.t_out, "n_obs": int(data["n_obs"].sum()),
-            "covered": int((data["n_obs"] > 0).sum())}
+    steps = sorted({s for _, idx in part.periods for s in idx})
+    at = {s: i for i, s in enumerate(steps)}
+    src = zarr.open_group(zarr_store(part.lst), mode="r")
+    sel = (steps, slice(y0, y1), slice(x0, x1))
+    lst, unc, qc = (src[v].get_orthogonal_selection(sel) for v in ("lst", "lst_uncertainty", "qc"))
+    dst = zarr.open_group(zarr_store(part.out), mode="r+")
+    out = []
+    for t_out, idx in part.periods:
+        rows = [at[s] for s in idx]
+        data = period_composite(lst[rows], unc[rows], qc[rows], good=part.good, how=part.how,
+                                min_count=part.min_count, sys_k=part.sys_k)
+        write_block(dst, t_out, part.window, data)
+        out.append({"out": part.out, "window": part.window, "t_out": t_out, "n_obs": int(data["n_obs"].sum()),
+                    "covered": int((data["n_obs"] > 0).sum())})
+    return out
 
 
 def _periods(slots: Sequence[Mapping[str, Any]], freq: str) -> dict[pd.Timestamp, list[Mapping[str, Any]]]:
@@ -131,8 +212,12 @@ def _plan_tile(lst: Any, out: Any, freq: str, how: str, min_count: int) -> dict[
     todo = [(p, periods[p], keys[p]) for p in sorted(periods)
             if not (p.strftime(label) in have and have[p.strftime(label)][1] == keys[p]
                     and have[p.strftime(label)][2])]
+    # the flags good() drops, read by the accessor from qc's attributes (no store opened by xarray for them)
+    table = xr.Dataset({"qc": xr.DataArray(np.uint16(0), attrs=dict(group["qc"].attrs))}).sftl.flags
+    good = tuple(table[f] for f in GOOD_MASKS if f in table)
     return {"lst": lst, "out": out, "grid": grid, "chunk": chunk, "index": index, "attrs": attrs, "todo": todo,
-            "have": have, "old_index": old_index, "label": label, "reused": len(periods) - len(todo)}
+            "have": have, "old_index": old_index, "label": label, "reused": len(periods) - len(todo), "good": good,
+            "sys_k": systematic_k(attrs)}
 
 
 def _tile_parts(plan: dict[str, Any], freq: str, how: str, min_count: int) -> list[_Part]:
@@ -154,7 +239,7 @@ def _tile_parts(plan: dict[str, Any], freq: str, how: str, min_count: int) -> li
         f"start of the {COMPOSITE_PERIODS[freq][0]} (UTC)"
     cy, cx = plan["chunk"]
     grid: GeoBox = plan["grid"]
-    parts: list[_Part] = []
+    by_chunk: dict[tuple[int, int], list[tuple[int, tuple[int, ...]]]] = {}
     plan["slots"] = []
     for p, steps, _ in plan["todo"]:
         t_out = plan["have"][p.strftime(label)][0] if p.strftime(label) in plan["have"] else next(new_idx)
@@ -166,9 +251,27 @@ def _tile_parts(plan: dict[str, Any], freq: str, how: str, min_count: int) -> li
         if plan["old_index"] is not None and t_out < plan["old_index"].shape[0]:  # recomputed: clear old chunks
             held |= plan["old_index"][t_out] > 0
         for r, c in zip(*np.nonzero(held), strict=True):
-            window = (r * cy, min((r + 1) * cy, grid.height), c * cx, min((c + 1) * cx, grid.width))
-            parts.append(_Part(str(plan["lst"]), str(plan["out"]), idx, t_out, window, freq, how, min_count))
+            by_chunk.setdefault((int(r), int(c)), []).append((t_out, idx))
+    parts: list[_Part] = []
+    for (r, c), periods in sorted(by_chunk.items()):
+        window = (r * cy, min((r + 1) * cy, grid.height), c * cx, min((c + 1) * cx, grid.width))
+        budget = max(1, TASK_VALUES // ((window[1] - window[0]) * (window[3] - window[2])))
+        batch: list[tuple[int, tuple[int, ...]]] = []
+        for period in periods:  # consecutive periods, up to the budget of steps a task reads
+            if batch and sum(len(i) for _, i in batch) + len(period[1]) > budget:
+                parts.append(_Part(str(plan["lst"]), str(plan["out"]), window, tuple(batch), how, min_count,
+                                   plan["good"], plan["sys_k"]))
+                batch = []
+            batch.append(period)
+        parts.append(_Part(str(plan["lst"]), str(plan["out"]), window, tuple(batch), how, min_count, plan["good"],
+                           plan["sys_k"]))
     return parts
+
+
+def _prepare_tile(lst: Any, out: Any, freq: str, how: str, min_count: int) -> tuple[dict[str, Any], list[_Part]]:
+    """Plan one tile and create or extend its composite store (a task): the plan and the tile's parts."""
+    plan = _plan_tile(lst, out, freq, how, min_count)
+    return plan, (_tile_parts(plan, freq, how, min_count) if plan["todo"] else [])
 
 
 def write_composites(lst: str | os.PathLike[str], out: str | os.PathLike[str], *, freq: str = "MS",
@@ -189,7 +292,8 @@ def write_composites(lst: str | os.PathLike[str], out: str | os.PathLike[str], *
     min_count : int
         Fewest good values a pixel needs in a period; fewer give NaN (``n_obs`` still counts them).
     client : distributed.Client, optional
-        Where the tasks run (one per period and chunk holding data); without one, in this process.
+        Where the tasks run (one per chunk holding data and batch of its periods, :data:`TASK_VALUES`); without
+        one, in this process.
     progress : callable, optional
         ``progress(done, total)`` in tasks.
 
@@ -213,9 +317,13 @@ def write_composites(lst: str | os.PathLike[str], out: str | os.PathLike[str], *
     if not stores:
         raise ValueError(f"{lst}: no LST store here (expected an LST store or a folder of them)")
     out = location(out)
-    plans = [_plan_tile(src, join(out, f"{name}.zarr"), freq, how, min_count) for name, src in stores.items()]
-    parts = [p for plan in plans if plan["todo"] for p in _tile_parts(plan, freq, how, min_count)]
-    results = run_tasks([(_composite_part, (p,)) for p in parts], client, progress=progress)
+    # planning a tile (its slot tables) and extending its store are tasks too: tiles in parallel, not in turn
+    prepared = run_tasks([(_prepare_tile, (src, join(out, f"{name}.zarr"), freq, how, min_count))
+                          for name, src in stores.items()], client)
+    plans = [plan for plan, _ in prepared]
+    parts = [p for _, tile_parts in prepared for p in tile_parts]
+    results = [r for rs in run_tasks([(_composite_part, (p,)) for p in parts], client, progress=progress)
+               for r in rs]
     _mark_done(plans, results)
     if not is_url(out) and any(p["todo"] for p in plans):  # no STAC on object stores yet (as the LST's)
         write_composites_stac(out, COMPOSITE_OK_VAR)
@@ -234,9 +342,12 @@ def _mark_done(plans: Sequence[dict[str, Any]], results: Sequence[Mapping[str, A
             continue
         cy, cx = plan["chunk"]
         grid: GeoBox = plan["grid"]
-        for (_, _, key), t_out in zip(plan["todo"], plan["slots"], strict=True):
-            cover = np.zeros(coverage_shape((grid.height, grid.width), (cy, cx)), dtype=np.int32)
+        shape = coverage_shape((grid.height, grid.width), (cy, cx))
+        cover = np.zeros((len(plan["slots"]), *shape), dtype=np.int32)
+        for i, t_out in enumerate(plan["slots"]):
             for r in by_slot.get((str(plan["out"]), t_out), []):
-                cover[r["window"][0] // cy, r["window"][2] // cx] = r["covered"]
-            mark_slot(plan["out"], t_out, COMPOSITE_OK_VAR, checksum=key, coverage=cover)
+                cover[i, r["window"][0] // cy, r["window"][2] // cx] = r["covered"]
+        # one write per array for all the tile's periods (a call per period was 20 ms each)
+        mark_slot(plan["out"], plan["slots"], COMPOSITE_OK_VAR, checksum=[key for _, _, key in plan["todo"]],
+                  coverage=cover)
         zarr.consolidate_metadata(zarr_store(plan["out"]))

@@ -25,6 +25,8 @@ the path they always took.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import time
 import warnings
@@ -174,8 +176,33 @@ def _ingest_scene(path: str, targets: list[TileTarget], geds: list[dict[str, Any
     worker Dask's default scheduler is the cluster itself, and nested per-chunk tasks from every scene
     would slow the decode (measured 2x), move chunks between workers and hold their memory there.
     """
-    with dask.config.set(scheduler="synchronous"):
-        return _decode_scene(path, targets, geds, cloud_percent, source or SceneSource())
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            return _decode_scene(path, targets, geds, cloud_percent, source or SceneSource())
+    finally:
+        _release_heap()
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None on other C libraries)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _release_heap() -> None:
+    """Give the free pages of the worker's heap back to the system after a scene.
+
+    A scene's arrays (hundreds of MB) are freed inside the heap, which the workers' malloc settings keep
+    (``MALLOC_TRIM_THRESHOLD_``, :mod:`sftl_dask.cluster`, tuned for retrieval). Measured on 2 workers
+    (bench_ingest's memory runs): peak worker RSS 728 -> 640 MB at 40 scenes and 870 -> 760 MB at 160, a worker's
+    RSS after the run 710 -> 451 MB; the growth from 40 to 160 scenes (+19 %) is not this.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class SceneSource(NamedTuple):

@@ -33,10 +33,11 @@ def model(retrieval_model) -> Path:
 def test_the_archive_pipeline_runs_then_resumes_with_nothing_to_do(small_testbed, model, tmp_path):
     from sftl_dask.cluster import get_client
 
-    cfg = _config(tmp_path, small_testbed, model)
+    cfg = _config(tmp_path, small_testbed, model, composites={"mosaics": True})
     out = tmp_path / "out"
     with get_client(n_workers=2) as client:
         first = run_archive(cfg, out, client=client, log=lambda s: None)
+        cfg = _config(tmp_path, small_testbed, model)  # no mosaics asked: those made from the same LST stay
         again = run_archive(cfg, out, client=client, log=lambda s: None)
     steps = {s["step"]: s for s in first["steps"]}
     assert first["failed"] == [] and [s["step"] for s in first["steps"]] == [
@@ -47,7 +48,9 @@ def test_the_archive_pipeline_runs_then_resumes_with_nothing_to_do(small_testbed
     assert re["ingest"]["ingested"] == 0 and re["ingest"]["skipped"] == 4
     assert re["retrieve"]["steps"] == 0 and re["validate"]["reused"] and re["composites"]["reused"]
     assert json.loads((out / "archive.json").read_text())["steps"] == json.loads(json.dumps(again["steps"]))
+    assert steps["composites"]["months_computed"] >= 8 and re["composites"]["months_computed"] == 0
     assert sorted(p.name for p in (out / "composites").glob("*.nc")) == ["47N_monthly.nc", "50N_monthly.nc"]
+    assert sorted(p.name for p in (out / "composites").glob("*.png")) == ["47N_monthly.png", "50N_monthly.png"]
     summary = (out / "validation" / "summary.md").read_text()
     assert "usable" in summary
 
@@ -57,6 +60,8 @@ def test_the_archive_pipeline_runs_then_resumes_with_nothing_to_do(small_testbed
     ({"tiles": {"size": 8}}, "tiles.size"),
     ({"model": {"path": "/nonexistent/model"}}, "model.path"),
     ({"steps": ["ingest", "train"]}, "steps"),
+    ({"composites": {"mosaics": "yes"}}, "composites.mosaics"),
+    ({"composites": {"mosaic": True}}, "composites"),
 ])
 def test_a_bad_archive_config_is_refused_with_one_line_naming_the_key(small_testbed, model, tmp_path, capsys,
                                                                        edit, key):
@@ -114,3 +119,4 @@ def test_the_shipped_archive_pipeline_is_a_valid_config_of_160_scenes_across_til
     tb = cfg["testbed"]
     assert 2 * tb["scenes"] >= 150 and tb["shifted"] >= 0.5 and tb["max_shift"] >= 256
     assert cfg["steps"] == ["ingest", "retrieve", "validate", "composites"] and cfg["tile_px"] == 512
+    assert cfg["mosaics"] is False  # zone mosaics of all months only on request (composites: {mosaics: true})

@@ -264,3 +264,54 @@ def test_composite_stores_have_a_stac_collection_that_xpystac_opens_and_items_pe
         opened = xr.open_dataset(asset, engine="stac")
         want = open_store(out / f"{name}.zarr")
         np.testing.assert_array_equal(opened["lst"].values, want["lst"].values)
+
+
+@pytest.mark.parametrize(("how", "systematic_k", "min_count"), [
+    ("median", 1.0, 1), ("median", None, 2), ("mean", None, 1), ("max", 1.0, 2),
+])
+def test_numpy_level_composite_tasks_equal_the_accessor_bit_for_bit_in_batches(tmp_path, monkeypatch, how,
+                                                                               systematic_k, min_count):
+    import xarray as xr
+    from helpers import synthetic_lst_cube
+
+    import sftl_dask.composites as composites
+
+    store = synthetic_lst_cube(tmp_path / "syn.zarr", n_times=14, height=48, width=32, chunk=16, step_days=4,
+                               systematic_k=systematic_k)
+    months = 2  # 2021-01 (7 steps) and 2021-02 (7 steps), on 3 x 2 chunks
+    monkeypatch.setattr(composites, "TASK_VALUES", 8 * 16 * 16)  # a chunk's 14 steps: one task per month
+    s = write_composites(store, tmp_path / "comp", how=how, min_count=min_count)
+    assert s["computed"] == months and s["tasks"] == 6 * months
+    monkeypatch.setattr(composites, "TASK_VALUES", 14 * 16 * 16)  # both months in one task per chunk
+    assert write_composites(store, tmp_path / "one", how=how, min_count=min_count)["tasks"] == 6
+    # the accessor on each month's steps in memory, as a task computes it (lazily, or over several months, the
+    # accessor's mean sums its float32 values in another order: the last bit may differ)
+    ds = open_store(store).load()
+    month = ds["time"].values.astype("datetime64[M]")
+    ref = xr.concat([ds.isel(time=np.flatnonzero(month == m)).sftl.good(check=False)
+                     .sftl.composite("MS", how, min_count=min_count) for m in np.unique(month)], "time")
+    for out in ("comp", "one"):
+        got = open_store(tmp_path / out / "syn.zarr").sortby("time")
+        assert got["time"].values.tolist() == ref["time"].values.tolist()
+        for v in ("lst", "lst_uncertainty", "n_obs"):
+            assert got[v].dtype == ref[v].dtype
+            np.testing.assert_array_equal(got[v].values, ref[v].values, err_msg=f"{out} {v}")
+    n_obs = ref["n_obs"].values  # clouds and flags dropped some values: pixels of 1 to 7 good values
+    assert int(n_obs.min()) < 7 and int(n_obs.max()) == 7
+
+
+def test_zone_mosaics_are_made_on_request_and_removed_when_stale_without(lst, tmp_path):
+    from sftl_dask.pipelines.steps import composites_step
+
+    out = tmp_path / "comp"
+    reused, counts = composites_step(lst[0], out, "key-1", {}, mosaics=True)
+    zones = sorted(p.name for p in out.glob("*_monthly.nc"))
+    assert not reused and counts["months_reused"] == 0 and zones
+    assert len(list(out.glob("*_monthly.png"))) == len(zones)
+    assert composites_step(lst[0], out, "key-1", {}, mosaics=False) == (True, {**counts, "months_computed": 0,
+                                                                             "months_reused": counts["months_computed"],
+                                                                             "tasks": 0})
+    assert sorted(p.name for p in out.glob("*_monthly.nc")) == zones  # made from this LST: kept
+    reused, again = composites_step(lst[0], out, "key-2", {}, mosaics=False)  # the LST changed: stale, removed
+    assert reused and again["months_computed"] == 0
+    assert not list(out.glob("*_monthly.nc")) and not list(out.glob("*_monthly.png"))

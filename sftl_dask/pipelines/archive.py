@@ -5,9 +5,10 @@ An operator keeping a growing multi-year archive re-runs the same configuration 
 * **ingest** appends the new scenes to the fixed tiles of the scene cube and skips those already in
   (:func:`sftl_dask.ingest.ingest`);
 * **retrieve** fills only the LST time steps that are missing (:func:`sftl_dask.retrieve.retrieve`);
-* **validate** and **composites** are keyed by the LST they read (the model's digest and each tile's complete
-  steps): unchanged, they are reused; changed, they are rebuilt whole (the steps shared with the demo,
-  :mod:`sftl_dask.pipelines.steps`).
+* **validate** is keyed by the LST it reads (the model's digest and each tile's complete steps): unchanged, it is
+  reused; changed, it is rebuilt whole; **composites** are incremental per tile and month, and only with
+  ``composites: {mosaics: true}`` also mosaicked per zone into a NetCDF of all months and a figure, remade when
+  a month changed (the steps shared with the demo, :mod:`sftl_dask.pipelines.steps`).
 
 So a run killed at any step resumes where it stopped, and a run with nothing new costs only the checks. The
 inputs come from ``data`` (archives, ERA5, GED, radiometers, site table) or, for trying it out, from a testbed
@@ -50,7 +51,7 @@ _DATA_KEYS = {"testbed", "archives", "era5", "ged", "insitu", "sites"}
 #: Optional inputs beside the paths: a DEM for products in sensor geometry, a calibration table (``sftl ingest``).
 _OPTIONAL_KEYS = {"dem", "calibration"}
 _TESTBED_KEYS = {"scenes", "size", "seed", "shifted", "max_shift", "layout"}
-_TOP_KEYS = {"name", "data", "tiles", "model", "steps"}
+_TOP_KEYS = {"name", "data", "tiles", "model", "steps", "composites"}
 STEPS = ("ingest", "retrieve", "validate", "composites")
 
 
@@ -76,6 +77,7 @@ def load_archive_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     out |= _data_section(cfg.get("data"), path.parent, bad)
     out["tile_px"] = _tile_size(cfg.get("tiles") or {}, bad)
     out["model"] = _model_path(cfg.get("model") or {}, path.parent, bad)
+    out["mosaics"] = _mosaics(cfg.get("composites") or {}, bad)
     steps = cfg.get("steps", list(STEPS))
     if not isinstance(steps, list) or any(s not in STEPS for s in steps):
         raise bad("steps", f"a list drawn from {', '.join(STEPS)} is expected, got {steps!r}")
@@ -158,6 +160,16 @@ def _tile_size(tiles: Any, bad: _Refusal) -> int | None:
     return size
 
 
+def _mosaics(composites: Any, bad: _Refusal) -> bool:
+    """``composites.mosaics``: also write each zone's NetCDF mosaic of all months and its figure (default no)."""
+    if not isinstance(composites, dict) or set(composites) - {"mosaics"}:
+        raise bad("composites", "a mapping with only 'mosaics' (true or false) is expected")
+    mosaics = composites.get("mosaics", False)
+    if not isinstance(mosaics, bool):
+        raise bad("composites.mosaics", f"true or false is required, got {mosaics!r}")
+    return mosaics
+
+
 def _model_path(model: Any, base: Path, bad: _Refusal) -> Path | None:
     """``model.path``: the model artifact or split-window JSON, checked to exist; None to fit a split-window."""
     if not isinstance(model, dict) or set(model) - {"path"}:
@@ -224,7 +236,7 @@ def run_archive(config: str | os.PathLike[str], out: str | os.PathLike[str], *, 
     if "composites" in cfg["steps"]:
         t0 = time.perf_counter()
         reused, counts = composites_step(lst, out / "composites", key, {}, client=client,
-                                         progress=run.bar("composites"))
+                                         progress=run.bar("composites"), mosaics=cfg["mosaics"])
         run.done("composites", t0, reused, **counts)
     summary = {"config": cfg["source"], "version": __version__, "steps": run.steps, "failed": run.failed}
     with staged_file(out / "archive.json", replace=True) as tmp:

@@ -65,25 +65,37 @@ def validate_step(lst_root: Path, insitu: Path, sites: Path, out: Path, key: str
 
 
 def composites_step(lst_root: Path, out: Path, key: str, regions: Mapping[str, str], *, client: Any = None,
-                    progress: Callable[[int, int], None] | None = None) -> tuple[bool, dict[str, int]]:
+                    progress: Callable[[int, int], None] | None = None, mosaics: bool = True
+                    ) -> tuple[bool, dict[str, int]]:
     """The monthly composites of ``lst_root`` into ``out``: incremental Zarr stores per tile
-    (:func:`sftl_dask.composites.write_composites`: only the months whose LST changed are computed), then per
-    zone a CF NetCDF mosaic and a figure of the best-covered month (:func:`write_monthly_composites`), made again
-    when a month changed. ``key`` is the LST's (:func:`lst_key`): it stamps each zone's NetCDF.
+    (:func:`sftl_dask.composites.write_composites`: only the months whose LST changed are computed), then, with
+    ``mosaics``, per zone a CF NetCDF mosaic and a figure of the best-covered month (:func:`write_monthly_composites`),
+    made again when a month changed. ``key`` is the LST's (:func:`lst_key`): it stamps each zone's NetCDF.
+
+    A zone mosaic holds every month, so remaking it costs the whole archive's months whenever one changes (10.7 s
+    of every such run of the 160-scene archive, as much as computing all its months' stores): the archive
+    pipeline makes them only on request. Without ``mosaics``, a zone mosaic made from another key is removed with
+    its figure (never left stale).
 
     Returns
     -------
     reused : bool
-        Whether everything was reused (no month computed, every zone's NetCDF made from ``key`` already).
+        Whether everything was reused (no month computed, every zone's NetCDF asked for made from ``key`` already).
     counts : dict
-        ``months_computed`` and ``months_reused`` (tile months), and the ``tasks`` run (one per month and chunk with
-        data).
+        ``months_computed`` and ``months_reused`` (tile months), and the ``tasks`` run (one per chunk with data and
+        run of months, :data:`sftl_dask.composites.TASK_VALUES`).
     """
     summary = write_composites(lst_root, out, client=client, progress=progress)
     counts = {"months_computed": int(summary["computed"]), "months_reused": int(summary["reused"]),
               "tasks": int(summary["tasks"])}
     zones = sorted({zone_of_store(n) for n in cube_stores(out)})
     files = [out / f"{zone}_monthly.nc" for zone in zones]
+    if not mosaics:
+        for zone, f in zip(zones, files, strict=True):
+            if not reuse_or_remove(f, key):
+                for fig in out.glob(f"*{zone}_monthly.png"):
+                    fig.unlink()
+        return not summary["computed"], counts
     if not summary["computed"] and all([reuse_or_remove(f, key) for f in files]):
         return True, counts
     write_monthly_composites(out, out, regions)
