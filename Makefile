@@ -23,9 +23,12 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/sftl demo --out $(DEMO_OUT)
 
+# TEST_WORKERS pytest-xdist processes, a test file each (--dist loadfile: a module's fixtures are made once): the
+# suite alone keeps about one core busy (load 1.1-1.4 on 2 cores), so 2 processes take 686 s where one took 905 s
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	@if [ "$${SFTL_INSTALL_SLURM:-0}" = 1 ]; then bash deploy/slurm/install-packages.sh; fi
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # -m "" replaces the default "-m 'not slow'" of pyproject's addopts: every test runs
 test-all: $(VENV)/.installed
