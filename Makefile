@@ -23,8 +23,9 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/sftl demo --out $(DEMO_OUT)
 
-# TEST_WORKERS pytest-xdist processes, a test file each (--dist loadfile: a module's fixtures are made once): the
-# suite alone keeps about one core busy (load 1.1-1.4 on 2 cores), so 2 processes take 686 s where one took 905 s
+# TEST_WORKERS pytest-xdist processes, each test file whole on one (--dist loadfile; tests/conftest.py starts the long
+# files first, and the processes share the session's testbeds and tiny training, built once under a file lock): the
+# suite alone keeps about one core busy (load 1.1-1.4 on 2 cores), so 2 processes took 686 s where one took 905 s
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	@if [ "$${SFTL_INSTALL_SLURM:-0}" = 1 ]; then bash deploy/slurm/install-packages.sh; fi

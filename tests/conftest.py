@@ -7,13 +7,51 @@ every module that needs the same thing. A shared product is read only: a test th
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from filelock import FileLock
 from helpers import retrieval_artifact
+
+# `make test` runs two pytest-xdist processes, each test file whole on one (--dist loadfile). The long files start
+# first (measured on 2 cores, longest first): a long file scheduled last is the run's tail, with the other process
+# idle. Files not named here follow in collection order.
+LONG_FILES = ("test_training.py", "test_uncertainty_calibration.py", "test_ortho.py", "test_testbed_delivered.py",
+              "test_object_store.py", "test_faults.py", "test_disk.py", "test_slurm.py", "test_archive.py",
+              "test_tiles.py", "test_retrieve.py", "test_coverage.py", "test_ingest.py", "test_testbed.py",
+              "test_io_vimi.py", "test_inspect.py", "test_cache_keys.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the long files first (:data:`LONG_FILES`); a stable sort, so a file's tests keep their order and stay
+    together (module fixtures are made once)."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda it: rank.get(it.path.name, len(rank)))
+
+
+def shared_product(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]) -> Path:
+    """A folder ``build(folder)`` fills, made once per test run: under pytest-xdist the processes share it (the
+    first to take the file lock builds it, the others wait and read it), else in this process's temporary folder.
+
+    Read only, as every shared product here. Returns the folder.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        out = tmp_path_factory.mktemp(name)
+        build(out)
+        return out
+    out = tmp_path_factory.getbasetemp().parent / name  # the run's folder, above each process's own
+    with FileLock(f"{out}.lock"):
+        if not (out / ".complete").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            (out / ".complete").touch()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +69,8 @@ def small_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tests that use it pin figures of north-up products), built once per session (~1 min)."""
     from sftl_dask.testbed.build import build_testbed
 
-    out = tmp_path_factory.mktemp("small_testbed") / "world"
-    build_testbed(out, scenes=2, size=640, seed=3, layout="map")
-    return out
+    return shared_product(tmp_path_factory, "small_testbed",
+                          lambda d: build_testbed(d / "world", scenes=2, size=640, seed=3, layout="map")) / "world"
 
 
 @pytest.fixture(scope="session")
@@ -84,11 +121,13 @@ def tiny_training(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
 
     from sftl_dask.cli import main
 
-    root = tmp_path_factory.mktemp("train")
-    cfg = dict(BASE, data={"testbed": {"path": None, "scenes": 4, "size": 640, "seed": 2, "layout": "map"},
-                           "simulation": {"path": None, "profiles": 60, "seed": 0}})
-    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(root / "out"), "--workers", "1"]) == 0
+    def train(root: Path) -> None:
+        cfg = dict(BASE, data={"testbed": {"path": None, "scenes": 4, "size": 640, "seed": 2, "layout": "map"},
+                               "simulation": {"path": None, "profiles": 60, "seed": 0}})
+        (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(root / "out"), "--workers", "1"]) == 0
+
+    root = shared_product(tmp_path_factory, "train", train)
     return root / "out", json.loads((root / "out" / "results.json").read_text())
 
 
@@ -98,6 +137,6 @@ def delivered_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     geometry with .rpb, DEM tiles, hot targets), built once per run; read only (a test that alters it copies it)."""
     from sftl_dask.testbed.build import build_testbed
 
-    out = tmp_path_factory.mktemp("delivered_testbed") / "delivered"
-    build_testbed(out, scenes=1, size=640, seed=0, layout="delivered")
-    return out
+    return shared_product(tmp_path_factory, "delivered_testbed",
+                          lambda d: build_testbed(d / "delivered", scenes=1, size=640, seed=0, layout="delivered")
+                          ) / "delivered"
