@@ -1,6 +1,6 @@
 """THE error metrics of retrieved LST against a reference (in situ or truth): one definition for training,
 models and reports; and THE calibration figures of an uncertainty (reliability, coverage with its binomial
-interval, random and systematic parts). numpy only."""
+interval, random and systematic parts). numpy (and scipy's normal quantile)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy.special import ndtri
 
 __all__ = ["RELIABILITY_Z", "metrics", "random_systematic", "reliability", "rmse", "wilson_interval"]
 
@@ -57,21 +58,12 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     """
     if n <= 0:
         return float("nan"), float("nan")
-    z = _normal_quantile(0.5 + confidence / 2.0)
+    z = float(ndtri(0.5 + confidence / 2.0))  # the standard normal quantile
     p = successes / n
     den = 1.0 + z * z / n
     mid = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return max(0.0, mid - half), min(1.0, mid + half)
-
-
-def _normal_quantile(q: float) -> float:
-    """Standard normal quantile by bisection on ``erf`` (no scipy): 1e-10 accurate."""
-    lo, hi = -10.0, 10.0
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < q else (lo, mid)
-    return 0.5 * (lo + hi)
 
 
 def reliability(residual_k: ArrayLike, sigma_k: ArrayLike, z: ArrayLike = RELIABILITY_Z,
