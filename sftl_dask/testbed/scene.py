@@ -323,14 +323,10 @@ def _cloud_pattern(spec: SceneSpec, lsc: Landscape, t_air: NDArray,
 
 
 def _mix_clouds(l_toa: NDArray, frac: NDArray, t_cloud: float, planck: Any) -> None:
-    """Mix clouds of top temperature ``t_cloud`` (K) over fraction ``frac`` into ``l_toa`` (4, H, W), in place.
-
-    ``frac`` is (H, W), the same in every band (opaque clouds over part of a pixel), or (4, H, W), one per band
-    (a semi-transparent layer: its band emissivity, transmittance 1 - emissivity, no scattering)."""
+    """Mix clouds of top temperature ``t_cloud`` (K) over fraction ``frac`` into ``l_toa`` (4, H, W), in place."""
     if np.any(frac > 0):
         for c in range(4):
-            f = frac[c] if np.ndim(frac) == 3 else frac
-            l_toa[c] = (1 - f) * l_toa[c] + f * planck[c].radiance(np.full(f.shape, t_cloud))
+            l_toa[c] = (1 - frac) * l_toa[c] + frac * planck[c].radiance(np.full(frac.shape, t_cloud))
 
 
 def _thermal_instrument(t: np.datetime64, lsc: Landscape, planck: Any, l_toa: NDArray,
@@ -521,19 +517,23 @@ def synthesize_hard_case(case: str, *, size: int = 160, seed: int = 0) -> tuple[
     x_km = (np.arange(lsc.shape[1]) - (lsc.shape[1] - 1) / 2) * 0.04 + spec.nadir_offset_km
     vza_row = np.rad2deg(np.arctan(np.abs(x_km) / SATELLITE_ALTITUDE_KM))
     vza = np.broadcast_to(vza_row[None, :], lsc.shape).astype(np.float32)
+    frac_tir = np.zeros((4, *lsc.shape))  # the thin cloud's band emissivities
     if case == "warm_thin_cloud":
         frac_tir, refl_toa, _ = _thin_cloud(cloud_core, cloud, vza, state["refl"], rng)
         t_cloud = float(np.mean(t_air)) - THIN_CLOUD["below_air_k"]
         frac = frac_tir[2]
     else:
-        frac_tir, refl_toa = frac, (1 - frac) * state["refl"] + frac * 0.6
+        refl_toa = (1 - frac) * state["refl"] + frac * 0.6
     prof, (tau_px, lup_px, ldn_px), wvc = _atmosphere(spec, lsc, clim, vza_row, vza)
     planck = band_planck()
     lst, emis = state["lst"], state["emis"]
-    l_toa = np.stack([
-        tau_px[c] * (emis[c] * planck[c].radiance(lst) + (1 - emis[c]) * ldn_px[c]) + lup_px[c] for c in range(4)
-    ])
-    _mix_clouds(l_toa, frac_tir, t_cloud, planck)
+    l_surf = np.stack([emis[c] * planck[c].radiance(lst) + (1 - emis[c]) * ldn_px[c] for c in range(4)])
+    if case == "warm_thin_cloud":  # a low layer under the whole atmosphere: it emits, and passes 1 - emissivity
+        l_surf = (1 - frac_tir) * l_surf + frac_tir * np.stack([planck[c].radiance(np.full(lsc.shape, t_cloud))
+                                                                for c in range(4)])
+    l_toa = np.stack([tau_px[c] * l_surf[c] + lup_px[c] for c in range(4)])
+    if case != "warm_thin_cloud":  # opaque clouds at their top, above the atmosphere's emission, as every scene
+        _mix_clouds(l_toa, frac, t_cloud, planck)
     bt_sensor, dn_tir, gains, offsets = _thermal_instrument(t, lsc, planck, l_toa, rng)
     dn_vnir, dn_mwir, vg, vo = _reflective_bands(t, lsc, state["ndvi"], sza, frac, lst, t_cloud, rng,
                                                  refl_toa=refl_toa)
