@@ -23,18 +23,24 @@ Two tests keep bright surfaces out of rule 2 (the hard cases of :func:`sftl_dask
   reference is a bright surface (a Gobi, a salt flat, snow seen without the 1.6 um band), not cloud: a water cloud
   bright enough to pass 0.25 at 0.65 um has an optical depth of several units, so it is nearly opaque in the thermal
   and shows its top temperature, which is colder than the sunlit ground below it. The reference is the one of rule
-  1, and since a scene all of bright ground has no dark pixel it is taken over all pixels there. Measured on the
-  testbed's bright cold desert and snow, clear bright pixels lie 1-6 K below the reference, cloud cores 17-27 K.
+  1 (over all pixels where every pixel is bright). Measured on the testbed's bright cold desert and snow, clear
+  bright pixels lie 1-6 K below the reference, cloud cores 17-27 K.
+
+Neither applies within :data:`FRINGE_PX` pixels of a cold or bright-and-colder pixel: there a bright warm pixel is
+a cloud's fringe (part cloud, the ground showing through), as bright as the cloud and nearly as warm as the ground.
+This also leaves the default testbed's masks as they were (its scenes have no snow and no bright ground away from
+clouds; checked pixel for pixel on the small testbed's four scenes).
 
 **Known misses** (measured on the hard cases, ``tests/test_cloud_hard_cases.py``; docs/products.md):
 
 * A **warm thin cloud** (low, semi-transparent, a few K colder than the surface, slightly brighter) is not
-  detected: it lowers ``bt_10_80`` by 1-3 K and raises the red reflectance to ~0.1-0.2, both within a clear scene's
-  spread. The split-window difference BT10.8 - BT12.0, MOD35's thin-cirrus test (Saunders and Kriebel 1988,
-  Int. J. Remote Sens. 9:123), does not separate it either: a warm low water cloud changes the difference by a few
-  tenths of a kelvin (its emissivities at 10.8 and 12 um differ by ~0.1, times a few K of contrast), against a
-  clear-sky spread of ~2 K (water vapour, emissivity) and instrument noise of 0.3 K. VIMI has no 1.38 um cirrus
-  band. So no split-window test is applied: it would flag clear moist land long before this cloud.
+  detected: it lowers ``bt_10_80`` by ~3 K and raises the red reflectance to 0.1-0.3, both within a clear scene's
+  spread; where it crosses red 0.25 over bare soil the bright-but-warm test takes it for ground. The split-window
+  difference BT10.8 - BT12.0, MOD35's thin-cirrus test (Saunders and Kriebel 1988, Int. J. Remote Sens. 9:123),
+  does not separate it either: under a moist column a low water cloud moves the difference by -0.3 K (median),
+  against a clear-sky 1-99 % range of ~2 K (water vapour, emissivity, 0.3 K of noise); the positive difference of
+  thin cirrus needs a cold ice cloud. VIMI has no 1.38 um cirrus band. So no split-window test is applied: it
+  would flag clear moist land long before this cloud.
 * A cloud whose top is within ``warm_k`` of the clear reference *and* bright (a low stratus over cold ground in a
   winter inversion) is taken for a bright surface.
 
