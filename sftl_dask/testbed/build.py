@@ -450,11 +450,12 @@ def build_testbed(
     return summary
 
 
-def write_hard_case(case: str, out: str | os.PathLike[str], *, size: int = 160, seed: int = 0
-                    ) -> tuple[Path, SceneTruth]:
+def write_hard_case(case: str, out: str | os.PathLike[str], *, size: int = 160, seed: int = 0,
+                    ancillary: bool = False) -> tuple[Path, SceneTruth]:
     """Write one of the cloud mask's hard cases (:data:`sftl_dask.testbed.scene.HARD_CASES`) as a VIMI L1
     product of the ``map`` layout (north-up UTM GeoTIFFs in a ``.tar``, the XML of the default testbed's
     products), for a reader to open as it opens any product. Opt-in: :func:`build_testbed` never writes them.
+    With ``ancillary``, also what ingest needs beside it: ``out/era5/`` (the scene's month) and ``out/ged/``.
 
     Parameters
     ----------
@@ -466,11 +467,13 @@ def write_hard_case(case: str, out: str | os.PathLike[str], *, size: int = 160, 
         Grid size (40 m pixels).
     seed : int
         Seed of the scene.
+    ancillary : bool
+        Also write the ERA5 and ASTER GED files of the scene (as :func:`build_testbed` does for its regions).
 
     Returns
     -------
     (pathlib.Path, SceneTruth)
-        The archive and the scene's truth (``cloud``, ``cloud_cover``, ``lst``, ...).
+        The archive (``out/<stem>.tar``) and the scene's truth (``cloud``, ``cloud_cover``, ``lst``, ...).
 
     Raises
     ------
@@ -482,6 +485,13 @@ def write_hard_case(case: str, out: str | os.PathLike[str], *, size: int = 160, 
     stem = vimi_product_name(lon_c, lat_c, truth.spec.time_utc, truth.spec.orbit, truth.spec.product_id)
     path = write_vimi_archive(Path(out), stem, truth.dn_b1_b6, truth.dn_b7_b12, crs=lsc.crs,
                               transform=Affine(*lsc.transform), meta=_xml_meta(truth, lsc, (0, 0)))
+    if ancillary:
+        for sub in ("era5", "ged"):
+            (Path(out) / sub).mkdir(parents=True, exist_ok=True)
+        clim = RegionClimate.make(REGIONS[truth.spec.region], seed)
+        _era5_task(truth.spec.region, str(truth.spec.time_utc.astype("datetime64[M]")), clim, str(out), seed)
+        for lat0, lon0 in _cells(lsc, 0.01):
+            _ged_task(truth.spec.region, lat0, lon0, lsc, str(out), seed)
     return path, truth
 
 
