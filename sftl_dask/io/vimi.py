@@ -1184,6 +1184,8 @@ class VimiProduct:
         cos_sz = float(np.cos(np.deg2rad(meta["SolarZenith"])))
         d_au = self.earth_sun_distance[0]
         sun_factor = float(np.pi * d_au**2 / cos_sz) if cos_sz > 0 else float("nan")
+        # made before NDVI and red, whose arrays share their DN reads (and are the last two made, as a test finds them)
+        variables["ndsi"] = self._ndsi_variable(vnir, vnir_type, sun_factor, factor, (ny, nx), token)
         shared: dict[str, Any] = {}
         ndvi = _NdviArray(vnir, red_b["band_index"] - 1, nir_b["band_index"] - 1, cal[0], cal[1],
                           self._nodata(vnir, vnir_type), sun_factor, factor, (ny, nx), token, shared=shared,
@@ -1199,7 +1201,6 @@ class VimiProduct:
         variables["red"] = xr.Variable(("y", "x"), indexing.LazilyIndexedArray(red), {
             "units": "1", "long_name": f"top-of-atmosphere reflectance, band {red_b['name']} (red)",
         })
-        variables["ndsi"] = self._ndsi_variable(vnir, vnir_type, sun_factor, factor, (ny, nx), token)
 
         x = tir["x"].to_numpy()
         variables["vza"] = self._vza(x, ny, sensor, token)
