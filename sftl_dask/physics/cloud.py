@@ -40,7 +40,9 @@ clouds; checked pixel for pixel on the small testbed's four scenes).
   does not separate it either: under a moist column a low water cloud moves the difference by -0.3 K (median),
   against a clear-sky 1-99 % range of ~2 K (water vapour, emissivity, 0.3 K of noise); the positive difference of
   thin cirrus needs a cold ice cloud. VIMI has no 1.38 um cirrus band. So no split-window test is applied: it
-  would flag clear moist land long before this cloud.
+  would flag clear moist land long before this cloud. A daytime BT3.7 - BT11 test (MOD35's low-cloud test: water
+  droplets reflect sunlight at 3.7 um) is the route VIMI's B7 would allow; the reader does not calibrate B7 and
+  the testbed's mid-infrared is rough, so it is left for later.
 * A cloud whose top is within ``warm_k`` of the clear reference *and* bright (a low stratus over cold ground in a
   winter inversion) is taken for a bright surface.
 
