@@ -402,8 +402,8 @@ def _reflective_bands(t: np.datetime64, lsc: Landscape, ndvi: NDArray, sza: floa
 #:   under the bright test's 0.25) and 12 % ordinary cold cloud.
 #: * ``snow``: Huailai in January with snow on ~55 % of the ground (fine-grained snow, reflectance below) at
 #:   ``min(T_air - 1 K, 272.9 K)`` with its library emissivity (``crtm_fresh_snow``), and 12 % ordinary cold cloud.
-#: * ``warm_thin_cloud``: Huailai in July under a low semi-transparent water cloud over ~30 % of the scene, its
-#:   top 3 K below the air temperature (5-10 K below the sunlit surface); see :data:`THIN_CLOUD`.
+#: * ``warm_thin_cloud``: Huailai in July under a low semi-transparent water cloud over ~35 % of the scene, its
+#:   top 3 K below the air temperature (~6 K below the sunlit surface); see :data:`THIN_CLOUD`.
 HARD_CASES: dict[str, dict[str, Any]] = {
     "bright_cold_desert": {"region": "heihe", "day": "2022-01-12", "cloud_fraction": 0.12,
                            "cover_fractions": {"desert_steppe": 0.7, "bare_soil": 0.2, "cropland": 0.1}},
