@@ -227,14 +227,15 @@ def _decode_scene(path: str, targets: list[TileTarget], geds: list[dict[str, Any
         ds = prod.open(chunks=None)  # lazily indexed, read whole here; a Dask-chunked one could not be closed
         tr = ds.rio.transform()
         sgrid = GeoBox(targets[0].grid.crs, (tr.a, tr.b, tr.c, tr.d, tr.e, tr.f), ds.sizes["x"], ds.sizes["y"])
-        names = [*THERMAL_NAMES, "ndvi", "vza"] + (["red"] if "red" in ds else [])
+        names = [*THERMAL_NAMES, "ndvi", "vza"] + [k for k in ("red", "ndsi") if k in ds]
         own = {k: ds[k].values.astype(np.float64) for k in names}
         ds.close()  # else xarray's file cache keeps the product open and its blocks stay in GDAL's cache
         valid = np.isfinite(own["bt_10_80"])
         if not valid.any():
             raise ValueError("the scene holds no valid pixel")
         # The cloud mask on the product's own grid: its tests and edge buffer see the whole scene, whatever the tiles.
-        own["cloud"] = cloud_mask(own["bt_10_80"], own["ndvi"], own.get("red"),
+        ndsi = own.pop("ndsi", None)  # only the cloud test's snow test uses it
+        own["cloud"] = cloud_mask(own["bt_10_80"], own["ndvi"], own.get("red"), ndsi=ndsi,
                                   cloud_percent=cloud_percent).astype(np.float64)
         era5 = _open_era5(tuple(sorted({f for t in targets for f in t.era5})))
         scene = _Scene(own, sgrid, np.datetime64(prod.metadata["CenterTime"], "ns"), product_checksum(path), era5)
@@ -281,14 +282,15 @@ def _decode_sensor_scene(prod: VimiProduct, path: str, targets: list[TileTarget]
     t0, record = started
     rpc = prod.rpc()
     with prod.open(chunks=None) as ds:  # the reader's vza is the RPC line of sight per image pixel already
-        names = [*THERMAL_NAMES, "ndvi", "vza"] + (["red"] if "red" in ds else [])
+        names = [*THERMAL_NAMES, "ndvi", "vza"] + [k for k in ("red", "ndsi") if k in ds]
         own = {k: ds[k].values.astype(np.float32) for k in names}
         lines, samples = ds.sizes["y"], ds.sizes["x"]
     if not np.isfinite(own["bt_10_80"]).any():
         raise ValueError("the scene holds no valid pixel")
-    own["cloud"] = cloud_mask(own["bt_10_80"], own["ndvi"], own.get("red"),
+    own["cloud"] = cloud_mask(own["bt_10_80"], own["ndvi"], own.get("red"), ndsi=own.get("ndsi"),
                               cloud_percent=cloud_percent).astype(np.float32)
-    own.pop("red", None)  # only the cloud test uses it
+    own.pop("red", None)  # only the cloud test uses them
+    own.pop("ndsi", None)
     era5 = _open_era5(tuple(sorted({f for t in targets for f in t.era5})))
     grid, bounds = sensor_product_grid(rpc, lines, samples)
     warp = _Warp(rpc, None)

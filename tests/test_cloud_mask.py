@@ -118,7 +118,8 @@ def test_cold_rule_flags_pixels_more_than_cold_k_below_the_clear_reference_and_t
 
 def test_bright_rule_needs_bright_and_not_vegetated_and_the_cold_reference_ignores_bright_pixels() -> None:
     bt, ndvi, red = _field()
-    red[5:8, 5:8], ndvi[5:8, 5:8] = 0.40, 0.05  # bright, flat: cloud
+    red[5:8, 5:8], ndvi[5:8, 5:8] = 0.40, 0.05  # bright, flat and 12 K below the clear reference: cloud
+    bt[5:8, 5:8] = float(np.percentile(bt, 90)) - 12.0
     red[20:23, 20:23], ndvi[20:23, 20:23] = 0.40, 0.45  # bright but green: not cloud
     red[30:33, 30:33], ndvi[30:33, 30:33] = 0.24, 0.05  # bare soil below 0.25: not cloud
     mask = cloud_mask(bt, ndvi, red, dilate_px=0)

@@ -144,7 +144,7 @@ def test_vza_follows_the_scene_centre_geometry_and_its_sign_convention(tmp_path,
 # --------------------------------------------------------------------------------------------- layout
 def test_dataset_layout_coordinates_crs_and_attributes(archive):
     ds = open_vimi(archive)
-    assert set(ds.data_vars) == {*THERMAL_NAMES, "ndvi", "red", "vza"}
+    assert set(ds.data_vars) == {*THERMAL_NAMES, "ndvi", "ndsi", "red", "vza"}
     for v in ds.data_vars.values():
         assert v.dims == ("y", "x") and v.dtype == np.float32 and "units" in v.attrs
     assert ds["bt_10_80"].attrs["units"] == "K" and ds["vza"].attrs["units"] == "degree"

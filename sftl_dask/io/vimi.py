@@ -54,6 +54,8 @@ Variables (dims ``(y, x)``, float32, the B7_B12 file's 40 m grid):
 * ``ndvi`` (1): top-of-atmosphere reflectance rho = pi L d^2 / (ESUN cos(theta_s)) of the red and NIR
   bands at 20 m, averaged over the 2 x 2 block of each 40 m pixel, then (nir - red) / (nir + red).
   NaN where any of the four 20 m pixels is nodata, or at night (cos(theta_s) <= 0).
+* ``red`` (1): the red TOA reflectance of the same 2 x 2 mean; ``ndsi`` (1): (B2 - B5) / (B2 + B5) of the green
+  (0.56 um) and SWIR (1.65 um) TOA reflectances, likewise (the cloud mask's brightness and snow tests).
 * ``vza`` (degree): view zenith angle per pixel. In sensor geometry from the RPC line of sight of each pixel
   (:meth:`VimiProduct.rpc`, :func:`sftl_dask.io.ortho.sensor_vza`); for a map-projected product (no RPCs)
   from the XML's scene-centre angles on the north-up grid, see :func:`view_zenith` for the convention.
@@ -1136,6 +1138,21 @@ class VimiProduct:
     def _calibration(self, band: str) -> tuple[float, float]:
         return self.calibration[0][band]
 
+    def _ndsi_variable(self, vnir: xr.DataArray, vnir_type: str, sun_factor: float, factor: int,
+                       shape: tuple[int, int], token: tuple[Any, ...]) -> xr.Variable:
+        """NDSI (green - SWIR) / (green + SWIR) of the TOA reflectances of B2 (0.56 um) and B5 (1.65 um), on the
+        coarse grid as NDVI (the cloud mask's snow test); the same arithmetic as NDVI with SWIR for red."""
+        green_b, swir_b = (_band(reflective_bands()[k]["band"]) for k in ("b2", "b5"))
+        cal = [(*self._calibration(b["name"]), self.esun(b["name"])[0]) for b in (swir_b, green_b)]
+        arr = _NdviArray(vnir, swir_b["band_index"] - 1, green_b["band_index"] - 1, cal[0], cal[1],
+                         self._nodata(vnir, vnir_type), sun_factor, factor, shape, token,
+                         where=f"{self._where}: member {self._members[vnir_type]}")
+        return xr.Variable(("y", "x"), indexing.LazilyIndexedArray(arr), {
+            "units": "1", "long_name": "NDSI of top-of-atmosphere reflectance",
+            "source_bands": f"{green_b['name']} (green), {swir_b['name']} (SWIR), "
+                            f"{factor}x{factor} mean of reflectance",
+        })
+
     def _lazy_dataset(self) -> xr.Dataset:
         """The Dataset with lazily indexed (not yet chunked) variables."""
         fmt = _format()
@@ -1167,6 +1184,8 @@ class VimiProduct:
         cos_sz = float(np.cos(np.deg2rad(meta["SolarZenith"])))
         d_au = self.earth_sun_distance[0]
         sun_factor = float(np.pi * d_au**2 / cos_sz) if cos_sz > 0 else float("nan")
+        # made before NDVI and red, whose arrays share their DN reads (and are the last two made, as a test finds them)
+        variables["ndsi"] = self._ndsi_variable(vnir, vnir_type, sun_factor, factor, (ny, nx), token)
         shared: dict[str, Any] = {}
         ndvi = _NdviArray(vnir, red_b["band_index"] - 1, nir_b["band_index"] - 1, cal[0], cal[1],
                           self._nodata(vnir, vnir_type), sun_factor, factor, (ny, nx), token, shared=shared,

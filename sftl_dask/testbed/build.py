@@ -51,7 +51,15 @@ from sftl_dask.testbed.formats import (
     write_vimi_delivery,
 )
 from sftl_dask.testbed.lowtran_world import lowtran_world_table
-from sftl_dask.testbed.scene import INSTRUMENT, LAUNCH, SATELLITE_ALTITUDE_KM, SceneSpec, synthesize_scene
+from sftl_dask.testbed.scene import (
+    INSTRUMENT,
+    LAUNCH,
+    SATELLITE_ALTITUDE_KM,
+    SceneSpec,
+    SceneTruth,
+    synthesize_hard_case,
+    synthesize_scene,
+)
 from sftl_dask.testbed.world import (
     LAND_COVERS,
     REGIONS,
@@ -64,7 +72,7 @@ from sftl_dask.testbed.world import (
 from sftl_dask.version import __version__
 
 __all__ = ["DEFAULT_LAYOUT", "DEFAULT_SCENES", "DEFAULT_SIZE", "LAYOUTS", "build_testbed", "delivered_view",
-           "scene_schedule"]
+           "scene_schedule", "write_hard_case"]
 
 #: Testbed layouts: ``delivered`` (the default: sensor geometry with RPCs in a ``.tar.gz``, a DEM, hot targets,
 #: as the ground segment delivers; issue 28, item 5; docs/testbed.md) and ``map`` (north-up UTM GeoTIFFs in a
@@ -440,6 +448,51 @@ def build_testbed(
             summary["delivered"] = delivered
         (tmp / "testbed.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def write_hard_case(case: str, out: str | os.PathLike[str], *, size: int = 160, seed: int = 0,
+                    ancillary: bool = False) -> tuple[Path, SceneTruth]:
+    """Write one of the cloud mask's hard cases (:data:`sftl_dask.testbed.scene.HARD_CASES`) as a VIMI L1
+    product of the ``map`` layout (north-up UTM GeoTIFFs in a ``.tar``, the XML of the default testbed's
+    products), for a reader to open as it opens any product. Opt-in: :func:`build_testbed` never writes them.
+    With ``ancillary``, also what ingest needs beside it: ``out/era5/`` (the scene's month) and ``out/ged/``.
+
+    Parameters
+    ----------
+    case : str
+        ``bright_cold_desert``, ``snow`` or ``warm_thin_cloud``.
+    out : path
+        Folder to write the archive into (created if missing).
+    size : int
+        Grid size (40 m pixels).
+    seed : int
+        Seed of the scene.
+    ancillary : bool
+        Also write the ERA5 and ASTER GED files of the scene (as :func:`build_testbed` does for its regions).
+
+    Returns
+    -------
+    (pathlib.Path, SceneTruth)
+        The archive (``out/<stem>.tar``) and the scene's truth (``cloud``, ``cloud_cover``, ``lst``, ...).
+
+    Raises
+    ------
+    ValueError
+        On an unknown case.
+    """
+    truth, lsc = synthesize_hard_case(case, size=size, seed=seed)
+    lon_c, lat_c = _scene_centre({"shift_px": (0, 0)}, lsc)
+    stem = vimi_product_name(lon_c, lat_c, truth.spec.time_utc, truth.spec.orbit, truth.spec.product_id)
+    path = write_vimi_archive(Path(out), stem, truth.dn_b1_b6, truth.dn_b7_b12, crs=lsc.crs,
+                              transform=Affine(*lsc.transform), meta=_xml_meta(truth, lsc, (0, 0)))
+    if ancillary:
+        for sub in ("era5", "ged"):
+            (Path(out) / sub).mkdir(parents=True, exist_ok=True)
+        clim = RegionClimate.make(REGIONS[truth.spec.region], seed)
+        _era5_task(truth.spec.region, str(truth.spec.time_utc.astype("datetime64[M]")), clim, str(out), seed)
+        for lat0, lon0 in _cells(lsc, 0.01):
+            _ged_task(truth.spec.region, lat0, lon0, lsc, str(out), seed)
+    return path, truth
 
 
 def _summary(worlds: dict[str, tuple[Landscape, RegionClimate]], table: pd.DataFrame, *, seed: int, size: int,

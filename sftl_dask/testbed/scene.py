@@ -11,7 +11,7 @@ of these error sources are data in :data:`INSTRUMENT` with their sources.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -22,13 +22,15 @@ from scipy.ndimage import binary_dilation
 
 from sftl_dask.physics.atmosphere import AtmosphereProfile
 from sftl_dask.physics.channels import THERMAL_NAMES, Channel, thermal_channels
+from sftl_dask.physics.emissivity import aster_tir_channels, band_emissivity, default_library
 from sftl_dask.physics.planck import BandPlanck, band_planck
 from sftl_dask.physics.profiles import ProfileClimate, generate_profiles
 from sftl_dask.physics.solar import earth_sun_distance_au, solar_position
 from sftl_dask.testbed.lowtran_world import lowtran_world_table
-from sftl_dask.testbed.world import LAND_COVERS, Landscape, RegionClimate, smooth_field
+from sftl_dask.testbed.world import LAND_COVERS, REGIONS, Landscape, RegionClimate, build_landscape, smooth_field
 
-__all__ = ["INSTRUMENT", "SceneSpec", "SceneTruth", "site_lst", "synthesize_scene"]
+__all__ = ["HARD_CASES", "INSTRUMENT", "SceneSpec", "SceneTruth", "site_lst", "surface_reflectance",
+           "synthesize_hard_case", "synthesize_scene"]
 
 LAUNCH = np.datetime64("2021-09-07", "s")
 SATELLITE_ALTITUDE_KM = 705.0
@@ -207,12 +209,9 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate, *,
     SceneTruth
     """
     rng = np.random.default_rng([spec.seed, 303, spec.index])
-    h, w = lsc.shape
+    w = lsc.shape[1]
     t = np.asarray(spec.time_utc, dtype="datetime64[s]")
-    lon_c, lat_c = _pixel_lonlat(lsc, h // 2, w // 2)
-    sza, saa = solar_position(t, lat_c, lon_c)
-    sza_lag, _ = solar_position(t - np.timedelta64(3600, "s"), lat_c, lon_c)
-    sza, saa, sza_lag = float(sza), float(saa), float(sza_lag)
+    sza, saa, sza_lag = _sun(lsc, t)
 
     ndvi, emis, t_air, lst = _surface(lsc, clim, t, sza, sza_lag, rng)
     cloud_core, cloud, frac, t_cloud = _cloud_pattern(spec, lsc, t_air, rng)
@@ -243,6 +242,15 @@ def synthesize_scene(spec: SceneSpec, lsc: Landscape, clim: RegionClimate, *,
         gains=tuple(vg[:8]) + gains, offsets=tuple(vo[:8]) + offsets, solar_zenith=sza, solar_azimuth=saa,
         t_air_k=float(np.mean(t_air)), wvc_scene=float(prof.total_column_water()), site_truth=site_truth,
     )
+
+
+def _sun(lsc: Landscape, t: np.datetime64) -> tuple[float, float, float]:
+    """Solar zenith and azimuth (deg) at the scene centre at ``t``, and the zenith an hour before."""
+    h, w = lsc.shape
+    lon_c, lat_c = _pixel_lonlat(lsc, h // 2, w // 2)
+    sza, saa = solar_position(t, lat_c, lon_c)
+    sza_lag, _ = solar_position(t - np.timedelta64(3600, "s"), lat_c, lon_c)
+    return float(sza), float(saa), float(sza_lag)
 
 
 def _surface(lsc: Landscape, clim: RegionClimate, t: np.datetime64, sza: float, sza_lag: float,
@@ -341,21 +349,34 @@ def _thermal_instrument(t: np.datetime64, lsc: Landscape, planck: Any, l_toa: ND
     return bt_sensor, dn_tir, gains, offsets
 
 
-def _reflective_bands(t: np.datetime64, lsc: Landscape, ndvi: NDArray, sza: float, frac: NDArray, lst: NDArray,
-                      t_cloud: float, rng: np.random.Generator) -> tuple[NDArray, NDArray, Any, Any]:
-    """Reflective and mid-infrared bands (TOA, no atmosphere) from cover, NDVI and clouds: the six 20 m
-    reflective DNs, the two mid-infrared DNs, and the VNIR gains and offsets."""
-    vg, vo = vnir_gains()
-    d_au = float(earth_sun_distance_au(t))
-    mu_s = max(np.cos(np.deg2rad(sza)), 0.05)
-    red_soil = np.zeros(lsc.shape)
-    for lc in LAND_COVERS.values():
-        red_soil[lsc.cover == lc.code] = lc.red_soil
+def surface_reflectance(lsc: Landscape, ndvi: NDArray, red_soil: NDArray | None = None) -> NDArray:
+    """Surface reflectance (6, H, W) in B1, B2, red, NIR, B5 (1.65 um), B6 (2.2 um) from cover and NDVI; the
+    bare-soil red reflectance is each cover's ``red_soil`` unless ``red_soil`` (H, W) is given."""
+    if red_soil is None:
+        red_soil = np.zeros(lsc.shape)
+        for lc in LAND_COVERS.values():
+            red_soil[lsc.cover == lc.code] = lc.red_soil
     fv_lin = np.clip((ndvi - 0.1) / 0.8, 0, 1)
     red = fv_lin * 0.04 + (1 - fv_lin) * red_soil
     nir = red * (1 + ndvi) / np.maximum(1 - ndvi, 0.05)
-    refl = np.stack([0.8 * red + 0.02, 0.9 * red + 0.03, red, nir, 0.5 * (red + nir) + 0.05, 0.4 * (red + nir) + 0.03])
-    refl = (1 - frac) * refl + frac * 0.6
+    return np.stack([0.8 * red + 0.02, 0.9 * red + 0.03, red, nir, 0.5 * (red + nir) + 0.05,
+                     0.4 * (red + nir) + 0.03])
+
+
+def _reflective_bands(t: np.datetime64, lsc: Landscape, ndvi: NDArray, sza: float, frac: NDArray, lst: NDArray,
+                      t_cloud: float, rng: np.random.Generator, *, refl_toa: NDArray | None = None
+                      ) -> tuple[NDArray, NDArray, Any, Any]:
+    """Reflective and mid-infrared bands (TOA, no atmosphere) from cover, NDVI and clouds: the six 20 m
+    reflective DNs, the two mid-infrared DNs, and the VNIR gains and offsets. ``refl_toa`` (6, H, W), clouds
+    included, replaces the reflectance of cover, NDVI and opaque clouds (the hard cases); ``frac`` still mixes
+    the clouds into the mid-infrared bands."""
+    vg, vo = vnir_gains()
+    d_au = float(earth_sun_distance_au(t))
+    mu_s = max(np.cos(np.deg2rad(sza)), 0.05)
+    if refl_toa is None:
+        refl = (1 - frac) * surface_reflectance(lsc, ndvi) + frac * 0.6
+    else:
+        refl = refl_toa
     esun = [INSTRUMENT["esun_w_m2_um"][k] for k in ("b1", "b2", "red", "nir", "b5", "b6")]
     dn_vnir40 = np.stack([np.clip(refl[k] * esun[k] * mu_s / (np.pi * d_au**2) / vg[k], 0, DN_MAX)
                           for k in range(6)])
@@ -369,6 +390,161 @@ def _reflective_bands(t: np.datetime64, lsc: Landscape, ndvi: NDArray, sza: floa
         lt = (1 - frac) * lt + frac * (bp.radiance(np.full(lsc.shape, t_cloud)) + 0.5 * sun)
         mw.append(np.clip(np.rint(lt / vg[k]), 1, DN_MAX))
     return dn_vnir, np.stack(mw), vg, vo
+
+
+
+# --------------------------------------------------------------------------------------------- hard cases (opt-in)
+#: The cloud mask's hard cases (:func:`synthesize_hard_case`): where, when and what. Each is an ordinary scene of
+#: the region at its overpass hour (10:45 local solar time), with one thing changed on the radiative path.
+#:
+#: * ``bright_cold_desert``: a winter-morning Gobi (Heihe, January: air ~-6 C): 70 % desert steppe, 20 % bare
+#:   soil, whose bare red reflectance is 0.31-0.37 (gravel and sand Gobi; the default testbed's 0.22-0.24 stays
+#:   under the bright test's 0.25) and 12 % ordinary cold cloud.
+#: * ``snow``: Huailai in January with snow on ~55 % of the ground (fine-grained snow, reflectance below) at
+#:   ``min(T_air - 1 K, 272.9 K)`` with its library emissivity (``crtm_fresh_snow``), and 12 % ordinary cold cloud.
+#: * ``warm_thin_cloud``: Huailai in July under a low semi-transparent water cloud over ~35 % of the scene, its
+#:   top 3 K below the air temperature (~6 K below the sunlit surface); see :data:`THIN_CLOUD`.
+HARD_CASES: dict[str, dict[str, Any]] = {
+    "bright_cold_desert": {"region": "heihe", "day": "2022-01-12", "cloud_fraction": 0.12,
+                           "cover_fractions": {"desert_steppe": 0.7, "bare_soil": 0.2, "cropland": 0.1}},
+    "snow": {"region": "huailai", "day": "2022-01-20", "cloud_fraction": 0.12, "snow_fraction": 0.55},
+    "warm_thin_cloud": {"region": "huailai", "day": "2022-07-20", "cloud_fraction": 0.30},
+}
+
+#: Fine-grained snow's reflectance in B1, B2, red, NIR, B5 (1.65 um), B6 (2.2 um): ~0.9 in the visible falling
+#: to ~0.8 at 0.8 um and ~0.1 / ~0.05 at 1.65 / 2.2 um (ice absorbs), as in Warren (1982, Rev. Geophys. 20:67)
+#: and Dozier (1989, Remote Sens. Environ. 28:9), the basis of the NDSI snow test (Hall et al. 2002).
+SNOW_REFLECTANCE = (0.92, 0.90, 0.87, 0.78, 0.10, 0.05)
+
+#: The warm thin cloud: visible optical depth ``tau`` (0.3-1 in its fringe, 1-4 inside), two-stream reflectance
+#: ``(1 - g) tau / (2 + (1 - g) tau)`` with the droplets' asymmetry ``g`` = 0.85, less at 1.65 / 2.2 um where water
+#: absorbs (``swir_factor``); thermal absorption optical depth ``abs_ratio * tau`` at 10.8 um, scaled per band by
+#: ``beta`` (the ratio tau_abs(band) / tau_abs(10.8 um) of small water droplets: ~1.3 at 12 um, Parol et al.
+#: 1991, J. Appl. Meteor. 30:973; smaller at 8-9 um where liquid water's absorption index is ~2x lower, Hale and
+#: Querry 1973). Its band emissivity is ``1 - exp(-tau_abs / cos(vza))``.
+THIN_CLOUD: dict[str, Any] = {"tau_core": (1.0, 4.0), "tau_fringe": (0.3, 1.0), "asymmetry": 0.85,
+                              "swir_factor": (0.85, 0.7), "abs_ratio": 0.5, "beta": (0.75, 0.8, 1.0, 1.3),
+                              "below_air_k": 3.0}
+
+
+def _hard_case_world(case: str, size: int, seed: int) -> tuple[SceneSpec, Landscape, RegionClimate]:
+    if case not in HARD_CASES:
+        raise ValueError(f"hard case must be one of {sorted(HARD_CASES)}, got {case!r}")
+    cfg = HARD_CASES[case]
+    region = REGIONS[cfg["region"]]
+    if "cover_fractions" in cfg:
+        region = replace(region, cover_fractions=cfg["cover_fractions"])
+    lsc = build_landscape(region, size, seed, sites=False)
+    clim = RegionClimate.make(REGIONS[cfg["region"]], seed)
+    local_h = 10.75 - region.utc_offset_h
+    t = np.datetime64(cfg["day"], "s") + np.timedelta64(round(local_h * 3600), "s")
+    spec = SceneSpec(region=region.name, index=900 + sorted(HARD_CASES).index(case), time_utc=t, orbit=9000,
+                     product_id=9_000_000 + sorted(HARD_CASES).index(case), nadir_offset_km=0.0,
+                     cloud_fraction=cfg["cloud_fraction"], seed=seed)
+    return spec, lsc, clim
+
+
+def _snow_cover(lsc: Landscape, seed: int, fraction: float, t_air: NDArray, state: dict[str, NDArray]) -> None:
+    """Put snow on ``fraction`` of the ground, in place in ``state`` (``lst``, ``emis``, ``ndvi``, ``refl``)."""
+    f = smooth_field(np.random.default_rng([seed, 404]), lsc.shape, 15.0)
+    snow = f > np.quantile(f, 1.0 - fraction)
+    lib = {sp.name: sp for sp in default_library()}["crtm_fresh_snow"]
+    eps = np.concatenate([band_emissivity(lib)[0], band_emissivity(lib, aster_tir_channels())[0]])
+    state["lst"] = np.where(snow, np.minimum(t_air - 1.0 + 0.3 * f, 272.9), state["lst"]).astype(np.float32)
+    state["emis"] = np.where(snow[None], eps[:, None, None], state["emis"]).astype(np.float32)
+    rho = np.asarray(SNOW_REFLECTANCE)[:, None, None]
+    state["refl"] = np.where(snow[None], rho, state["refl"])
+    ndvi_snow = (SNOW_REFLECTANCE[3] - SNOW_REFLECTANCE[2]) / (SNOW_REFLECTANCE[3] + SNOW_REFLECTANCE[2])
+    state["ndvi"] = np.where(snow, ndvi_snow, state["ndvi"]).astype(np.float32)
+
+
+def _thin_cloud(cloud_core: NDArray, cloud: NDArray, vza: NDArray, refl: NDArray, rng: np.random.Generator
+                ) -> tuple[NDArray, NDArray, NDArray]:
+    """The warm thin cloud over ``cloud`` (its ``cloud_core`` optically thicker): thermal band emissivities
+    (4, H, W), TOA reflectance (6, H, W) over the surface's ``refl`` (adding method) and the visible optical depth."""
+    field = 0.5 + 0.5 * np.tanh(smooth_field(rng, cloud.shape, 6.0))
+    lo, hi = THIN_CLOUD["tau_core"]
+    flo, fhi = THIN_CLOUD["tau_fringe"]
+    tau = np.where(cloud_core, lo + (hi - lo) * field, np.where(cloud, flo + (fhi - flo) * field, 0.0))
+    g = THIN_CLOUD["asymmetry"]
+    r_vis = (1 - g) * tau / (2 + (1 - g) * tau)
+    r_c = np.stack([r_vis] * 4 + [r_vis * k for k in THIN_CLOUD["swir_factor"]])
+    refl_toa = r_c + (1 - r_c) ** 2 * refl / (1 - r_c * refl)
+    mu = np.cos(np.deg2rad(vza))
+    eps = np.stack([1 - np.exp(-THIN_CLOUD["abs_ratio"] * b * tau / mu) for b in THIN_CLOUD["beta"]])
+    return eps, refl_toa, tau
+
+
+def synthesize_hard_case(case: str, *, size: int = 160, seed: int = 0) -> tuple[SceneTruth, Landscape]:
+    """One of the cloud mask's hard cases (:data:`HARD_CASES`), on the same radiative path as every scene:
+    surface emissivity and reflectance, LOWTRAN7 terms to TOA radiance, clouds mixed in, then the instrument.
+
+    Opt-in: nothing of :func:`synthesize_scene` or the default testbed changes. The truth's ``cloud`` is every
+    pixel with cloud (the thin cloud's fringe included), ``cloud_cover`` its fraction (the thin cloud: its
+    emissivity at 10.8 um).
+
+    Parameters
+    ----------
+    case : str
+        ``bright_cold_desert``, ``snow`` or ``warm_thin_cloud``.
+    size : int
+        Grid size (40 m pixels); no sites are placed, so any size from ~64 px works.
+    seed : int
+        Seed of the landscape, weather and scene.
+
+    Returns
+    -------
+    (SceneTruth, Landscape)
+
+    Raises
+    ------
+    ValueError
+        On an unknown case.
+    """
+    spec, lsc, clim = _hard_case_world(case, size, seed)
+    rng = np.random.default_rng([spec.seed, 303, spec.index])
+    t = np.asarray(spec.time_utc, dtype="datetime64[s]")
+    sza, saa, sza_lag = _sun(lsc, t)
+    ndvi, emis, t_air, lst = _surface(lsc, clim, t, sza, sza_lag, rng)
+    cloud_core, cloud, frac, t_cloud = _cloud_pattern(spec, lsc, t_air, rng)
+    red_soil = None
+    if case == "bright_cold_desert":
+        bright = np.isin(lsc.cover, [LAND_COVERS[k].code for k in ("desert_steppe", "bare_soil")])
+        red_soil = np.where(bright, 0.34 + 0.03 * np.tanh(smooth_field(rng, lsc.shape, 8.0)), 0.16)
+    state = {"lst": lst, "emis": emis, "ndvi": ndvi, "refl": surface_reflectance(lsc, ndvi, red_soil)}
+    if case == "snow":
+        _snow_cover(lsc, spec.seed, HARD_CASES[case]["snow_fraction"], t_air, state)
+    x_km = (np.arange(lsc.shape[1]) - (lsc.shape[1] - 1) / 2) * 0.04 + spec.nadir_offset_km
+    vza_row = np.rad2deg(np.arctan(np.abs(x_km) / SATELLITE_ALTITUDE_KM))
+    vza = np.broadcast_to(vza_row[None, :], lsc.shape).astype(np.float32)
+    frac_tir = np.zeros((4, *lsc.shape))  # the thin cloud's band emissivities
+    if case == "warm_thin_cloud":
+        frac_tir, refl_toa, _ = _thin_cloud(cloud_core, cloud, vza, state["refl"], rng)
+        t_cloud = float(np.mean(t_air)) - THIN_CLOUD["below_air_k"]
+        frac = frac_tir[2]
+    else:
+        refl_toa = (1 - frac) * state["refl"] + frac * 0.6
+    prof, (tau_px, lup_px, ldn_px), wvc = _atmosphere(spec, lsc, clim, vza_row, vza)
+    planck = band_planck()
+    lst, emis = state["lst"], state["emis"]
+    l_surf = np.stack([emis[c] * planck[c].radiance(lst) + (1 - emis[c]) * ldn_px[c] for c in range(4)])
+    if case == "warm_thin_cloud":  # a low layer under the whole atmosphere: it emits, and passes 1 - emissivity
+        l_surf = (1 - frac_tir) * l_surf + frac_tir * np.stack([planck[c].radiance(np.full(lsc.shape, t_cloud))
+                                                                for c in range(4)])
+    l_toa = np.stack([tau_px[c] * l_surf[c] + lup_px[c] for c in range(4)])
+    if case != "warm_thin_cloud":  # opaque clouds at their top, above the atmosphere's emission, as every scene
+        _mix_clouds(l_toa, frac, t_cloud, planck)
+    bt_sensor, dn_tir, gains, offsets = _thermal_instrument(t, lsc, planck, l_toa, rng)
+    dn_vnir, dn_mwir, vg, vo = _reflective_bands(t, lsc, state["ndvi"], sza, frac, lst, t_cloud, rng,
+                                                 refl_toa=refl_toa)
+    truth = SceneTruth(
+        spec=spec, lst=lst, emis=emis, ndvi=state["ndvi"], wvc=wvc, vza=vza, cloud=cloud, cloud_core=cloud_core,
+        cloud_cover=(np.asarray(frac) * np.ones(lsc.shape)).astype(np.float32), bt_sensor=bt_sensor,
+        dn_b1_b6=dn_vnir.astype(np.uint16), dn_b7_b12=np.concatenate([dn_mwir, dn_tir]).astype(np.uint16),
+        gains=tuple(vg[:8]) + gains, offsets=tuple(vo[:8]) + offsets, solar_zenith=sza, solar_azimuth=saa,
+        t_air_k=float(np.mean(t_air)), wvc_scene=float(prof.total_column_water()), site_truth={},
+    )
+    return truth, lsc
 
 
 __all__ += ["tir_gains", "vnir_gains"]

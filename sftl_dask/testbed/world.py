@@ -449,8 +449,12 @@ def _region_grid(region: Region, size: int) -> tuple[NDArray, NDArray, tuple]:
     return x, y, (PIXEL_M, 0.0, float(x0), 0.0, -PIXEL_M, float(y0))
 
 
-def build_landscape(region: Region, size: int, seed: int) -> Landscape:
+def build_landscape(region: Region, size: int, seed: int, *, sites: bool = True) -> Landscape:
     """Generate the static landscape of ``region`` on a ``size`` x ``size`` 40 m grid.
+
+    ``sites=False`` leaves the region's sites out (no stamped covers, no ``site_pixels``), so that a grid smaller
+    than the sites' spread can be built (the hard cases of :func:`sftl_dask.testbed.scene.synthesize_hard_case`);
+    the generator's draws are the same either way.
 
     Raises
     ------
@@ -477,7 +481,7 @@ def build_landscape(region: Region, size: int, seed: int) -> Landscape:
     tr = Transformer.from_crs("EPSG:4326", f"EPSG:{region.epsg}", always_xy=True)
     site_pixels: dict[str, tuple[int, int]] = {}
     rr, cc = np.mgrid[0:size, 0:size]
-    for s in (s for s in SITES if s.region == region.name):
+    for s in (s for s in SITES if sites and s.region == region.name):
         sx, sy = tr.transform(s.lon, s.lat)
         col = int(np.floor((sx - transform[2]) / PIXEL_M))
         row = int(np.floor((transform[5] - sy) / PIXEL_M))
