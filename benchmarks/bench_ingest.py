@@ -33,6 +33,7 @@ Usage: python -m benchmarks.bench_ingest [--layout both|map|delivered] [--scenes
 from __future__ import annotations
 
 import argparse
+import ctypes
 import io
 import json
 import os
@@ -207,6 +208,56 @@ def _rss_sampler(client: Any, interval: float = 0.2) -> Iterator[list[tuple[floa
         th.join()
 
 
+#: Alignment (bytes) of glibc's per-thread malloc heaps on 64-bit Linux (``HEAP_MAX_SIZE``): how they are told apart.
+_ARENA_ALIGN = 64 << 20
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (malloc.h), every field in bytes or counts."""
+
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                  "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def smaps_breakdown(smaps: str) -> dict[str, float]:
+    """Resident memory (MB) of a process by kind of mapping, from the text of ``/proc/<pid>/smaps``.
+
+    ``heap``: the main malloc heap (``[heap]``); ``thread_arenas``: anonymous mappings starting on a 64 MiB
+    boundary (glibc's per-thread malloc heaps); ``other_anon``: every other anonymous mapping (blocks glibc maps on
+    their own, Python's object arenas, thread stacks); ``file``: mapped files (libraries, mapped data).
+    """
+    out = dict.fromkeys(("heap", "thread_arenas", "other_anon", "file"), 0.0)
+    kind = "other_anon"
+    for line in smaps.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and "-" in parts[0] and ":" in parts[3]:
+            start = int(parts[0].split("-")[0], 16)
+            name = parts[5] if len(parts) > 5 else ""
+            kind = ("heap" if name == "[heap]" else "file" if name.startswith("/") else
+                    "thread_arenas" if not name and start % _ARENA_ALIGN in (0, 4096) else "other_anon")
+        elif parts and parts[0] == "Rss:":
+            out[kind] += int(parts[1]) / 1024
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def worker_memory_breakdown() -> dict[str, float]:
+    """Where this process's resident memory is (MB), after glibc's ``malloc_trim``: what a run leaves behind.
+
+    ``rss_before_trim`` / ``rss``, glibc's bytes in use (``malloc_in_use``, every arena, :class:`_MallInfo2`), the
+    mappings by kind (:func:`smaps_breakdown`) and Python's allocated blocks (``python_blocks``, a count).
+    """
+    import sys
+
+    rss0 = _rss()
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    libc.malloc_trim(0)
+    smaps = Path("/proc/self/smaps").read_text()
+    return {"rss_before_trim": round(rss0 / 2**20, 1), "rss": round(_rss() / 2**20, 1),
+            "malloc_in_use": round(libc.mallinfo2().uordblks / 2**20, 1), **smaps_breakdown(smaps),
+            "python_blocks": sys.getallocatedblocks()}
+
+
 def _memory_run(client: Any, label: str, archives: list[Path], cube: Path, testbed: Path) -> dict[str, Any]:
     from distributed.diagnostics import MemorySampler
 
@@ -215,6 +266,7 @@ def _memory_run(client: Any, label: str, archives: list[Path], cube: Path, testb
     ms = MemorySampler()
     with _rss_sampler(client) as samples, ms.sample(label, client=client, measure="process", interval=0.2):
         res = _run_ingest(client, archives, cube, testbed)
+    left = client.run(worker_memory_breakdown)  # what the run left resident in each worker (issue 20's evidence)
     per_worker_peak = {w: max(s[1].get(w, 0) for s in samples) for w in samples[0][1]}
     cluster = ms.to_pandas()[label]
     return {
@@ -224,6 +276,7 @@ def _memory_run(client: Any, label: str, archives: list[Path], cube: Path, testb
         "peak_rss_mb": round(max(per_worker_peak.values()) / 2**20, 1),
         "peak_rss_mb_per_worker": {w: round(v / 2**20, 1) for w, v in per_worker_peak.items()},
         "cluster_process_peak_mb": round(float(cluster.max()) / 2**20, 1),
+        "after_run_mb_per_worker": left,
         "trace": [(round(t, 2), round(max(v.values()) / 2**20, 1)) for t, v in samples],
     }
 
