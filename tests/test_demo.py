@@ -4,6 +4,9 @@ outputs, the slow full-size run, and the report's HTML page."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
+import io
 import json
 import re
 from pathlib import Path
@@ -18,8 +21,11 @@ from test_training import BASE
 
 from sftl_dask.api import open_lst
 from sftl_dask.cli import main
+from sftl_dask.cluster import get_client
 from sftl_dask.io.stores import zone_of_store
+from sftl_dask.pipelines.data import prepare_data
 from sftl_dask.report import markdown_to_html
+from sftl_dask.training.stages import DIRECTIONS, load_config, pretrain, run_stages
 
 TINY = {
     "name": "tiny", "direction": "SiHuHe", "source_region": "huailai", "target_region": "heihe", "seed": 0,
@@ -75,12 +81,11 @@ def fast_demo(tiny_training: tuple[Path, dict[str, Any]], tmp_path_factory: pyte
     root = tmp_path_factory.mktemp("fast_demo")
     (root / "fast.yaml").write_text(yaml.safe_dump(cfg))
     out = root / "demo"
-    with pytest.MonkeyPatch.context() as mp:
-        printed: list[str] = []
-        mp.setattr("builtins.print", lambda *a, **k: printed.append(" ".join(str(x) for x in a)))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # a module's fixture: no capsys
         rc = main(["demo", "--config", str(root / "fast.yaml"), "--out", str(out), "--workers", "1"])
-    assert rc == 0, "\n".join(printed)
-    return out, "\n".join(printed), tiny_training[1]
+    assert rc == 0, printed.getvalue()
+    return out, printed.getvalue(), tiny_training[1]
 
 
 def test_the_fast_demo_writes_every_section_and_figure_of_the_report(fast_demo) -> None:
@@ -183,32 +188,40 @@ def test_the_report_page_is_self_contained(tmp_path: Path) -> None:
     assert "fig.png" not in page.replace('alt="a figure"', "")  # no link to a file beside it
 
 
-@pytest.mark.slow  # MINUTES_PLACEHOLDER
+@pytest.mark.slow  # ~4 min on 2 quiet cores: the demo's data ~170 s, its training ~50 s
 def test_the_source_selected_sftl_beats_the_split_window_cross_site_in_both_directions(tmp_path: Path) -> None:
-    """The demo's training (one pre-training, then fine-tuning on each direction's source and zero-shot transfer to
-    its target, as :func:`sftl_dask.pipelines.demo.run_demo` runs it) at ``BEATS_SW``, the smallest configuration
-    measured where the paper's claim holds: SFTL, the configuration selected on the source (the demo's DNN +
-    gradual), has a lower cross-site RMSE against the target's radiometers than the split-window on the same rows,
-    in both directions. At ``TINY`` (3 pre-training epochs) it does not: 17.5 K against 3.5 K.
+    """The demo's training at the demo's size (``pipelines/demo.yaml``: 20 scenes per region, 946 profiles, 60
+    pre-training epochs; few-shot left out, it does not enter the claim), run as
+    :func:`sftl_dask.pipelines.demo.run_demo` runs it: one pre-training, then fine-tuning on each direction's source
+    and zero-shot transfer to its target. The paper's claim: SFTL, with the configuration selected on the source
+    (the demo's DNN + gradual), has a lower cross-site RMSE against the target's radiometers than the split-window on
+    the same rows, in both directions.
 
-    FIGURES_PLACEHOLDER
+    Measured (seed 0; the ``sftl demo`` of the shared checks, pipelines/demo.yaml as it stands): cross-site RMSE
+    against the radiometers, SFTL against split-window on the same rows, SiHuHe 2.805 K against 3.022 K (n 43),
+    SiHeHu 2.978 K against 4.132 K (n 227); pre-trained only 3.69 and 4.57 K. It does not hold at smaller sizes:
+    with test_training's tiny testbed (4 scenes per region) and a trained network (20 epochs in batches of 256,
+    [128, 64, 32], stage 1 0.49 K), SiHuHe 3.74 K against 3.46 K (n 10) and SiHeHu 5.17 K against 3.81 K (n 40);
+    with 10 scenes per region (seed 11), SiHuHe 3.19 K against 2.79 K (n 24) while SiHeHu 2.40 K against 3.47 K
+    (n 105). SiHuHe, with the fewer target matchups, is the direction that decides; its margin here is 0.22 K, so
+    the claim is asserted as the strict inequality, with the row counts and each RMSE pinned within 20 %.
     """
-    import dataclasses
-
-    from sftl_dask.pipelines.data import prepare_data
-    from sftl_dask.training.stages import DIRECTIONS, load_config, pretrain, run_stages
-
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(BEATS_SW))
+    demo = yaml.safe_load((Path(__file__).parents[1] / "pipelines" / "demo.yaml").read_text())
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({**demo, "transfer": {"k": []}}))
     cfg = load_config(tmp_path / "cfg.yaml")
-    data = prepare_data(cfg, tmp_path / "work")
-    pre = pretrain(cfg, data, threads=2, log=lambda *_: None)
+    with get_client(n_workers=2) as client:  # the testbed and its ingest, as the demo makes them
+        data = prepare_data(cfg, tmp_path / "work", client=client)
+    pre = pretrain(cfg, data, log=lambda *_: None)
     got = {}
     for d, (src, tgt) in DIRECTIONS.items():
         cfg_d = dataclasses.replace(cfg, direction=d, source_region=src, target_region=tgt)
-        s3 = run_stages(cfg_d, data, None, threads=2, pretrained=pre, log=lambda *_: None)["stage3_transfer"]
+        s3 = run_stages(cfg_d, data, None, pretrained=pre, log=lambda *_: None)["stage3_transfer"]
         got[d] = (s3["zero_shot"]["rmse_k"], s3["split_window"]["rmse_k"], s3["zero_shot"]["n"])
-    for d, (sftl, sw, n) in got.items():
-        assert n == s3_N_PLACEHOLDER[d] and sftl < sw - MARGIN_PLACEHOLDER, (d, got)
+    for d, (sftl, sw, _) in got.items():
+        assert sftl < sw, (d, got)
+    measured = {"SiHuHe": (2.805, 3.022, 43), "SiHeHu": (2.978, 4.132, 227)}
+    for d, (sftl, sw, n) in measured.items():
+        assert got[d][2] == n and got[d][:2] == pytest.approx((sftl, sw), rel=0.2), (d, got)
 
 
 @pytest.mark.slow  # ~80 s on 2 cores
