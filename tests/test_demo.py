@@ -92,8 +92,8 @@ def test_the_fast_demo_writes_every_section_and_figure_of_the_report(fast_demo) 
     out, stdout, _ = fast_demo
     report = (out / "report.md").read_text()
     assert f"report: {out / 'report.md'}" in stdout and "Dask dashboard: http://127.0.0.1:" in stdout
-    assert [ln for ln in report.splitlines() if ln.startswith("## ")] == [
-        next(ln for ln in report.splitlines() if ln.startswith(s)) for s in SECTIONS]  # each once, in this order
+    headings = [ln for ln in report.splitlines() if ln.startswith("## ")]
+    assert [next((s for s in SECTIONS if h.startswith(s)), h) for h in headings] == list(SECTIONS)  # once, in order
     pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
     assert sorted(pictures) == sorted({
         "sim_coverage.png", "sw_fit.png", "sftl_SiHuHe.png", "sftl_SiHeHu.png", "maps/heihe_lst_map.png",
