@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 import pytest
 from helpers import synthetic_cube
 
+from sftl_dask.cli import main
 from sftl_dask.ingest import ingest
 from sftl_dask.io.cube import cube_stores, open_cube, read_slots
 from sftl_dask.io.stores import open_store
@@ -269,6 +271,123 @@ def _lock_free(target: Path) -> bool:
     except StoreBusyError:
         return False
     return True
+
+
+# ------------------------------------------------------------------------- ingest, fast (the default run)
+# The same three faults on the session's small testbed as it is (4 products, one 1024 px tile per region), compared
+# with the session's in-process ingest of it (``small_cube``). The fault is timed by an event, not a sleep: the first
+# data chunk of a slot whose ``ingest_ok`` is not set, i.e. a scene caught in the middle of its write.
+DATA_VARS = [v for v in CUBE_VARS if v != "checksum"]  # written by the scene task before its slot is marked
+
+
+def _partial_slots(cube: Path) -> set[tuple[str, int]]:
+    """The (store, slot) pairs holding some data chunk while their ``ingest_ok`` flag is unset: scenes mid-write."""
+    out: set[tuple[str, int]] = set()
+    for store in cube.glob("*.zarr"):
+        flags = _flags(store, "ingest_ok")
+        for var in DATA_VARS:
+            folder = store / var
+            names = [f.name for f in folder.iterdir()] if folder.is_dir() else []
+            out |= {(store.name, t) for t in {int(n.split(".")[0]) for n in names if not n.startswith(".")}
+                    if t < flags.size and not flags[t]}
+    return out
+
+
+def _wait_for(ready: Callable[[], bool], stop: Callable[[], bool], timeout: float = 240.0) -> bool:
+    """Poll ``ready()`` every 10 ms until it holds (True), ``stop()`` holds or ``timeout`` s pass (False)."""
+    t0 = time.monotonic()
+    while not stop() and time.monotonic() - t0 < timeout:
+        if ready():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _idle(client: Any) -> bool:
+    """No worker thread is running a task (released tasks included: a thread cannot be stopped, it finishes)."""
+    return not any(client.run(lambda dask_worker: len(dask_worker.active_threads)).values())
+
+
+def _small_ingest_args(tb: Path, cube: Path, scheduler: str) -> list[str]:
+    return [*_ingest_args(tb, tb / "archives", cube), "--scheduler", scheduler]
+
+
+def test_a_worker_sigkilled_mid_scene_write_the_ingest_completes_equal_to_an_uninterrupted_one(
+        small_testbed: Path, small_cube: tuple[Path, dict[str, Any]], scheduler: str, client: Any, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both workers SIGKILLed (each runs a scene: 4 scenes, 2 workers) once a scene is half written: their nannies
+    start fresh workers, the scenes rerun and the cube equals the uninterrupted ingest, value for value."""
+    monkeypatch.setenv("SFTL_LOG_DIR", str(tmp_path / "logs"))
+    cube, pids, ended = tmp_path / "cube", client.run(os.getpid), threading.Event()
+    seen: dict[str, set[tuple[str, int]]] = {}
+
+    def kill_mid_write() -> None:
+        if _wait_for(lambda: bool(_partial_slots(cube)), ended.is_set):
+            seen["at_kill"] = _partial_slots(cube)
+            for pid in pids.values():
+                os.kill(pid, signal.SIGKILL)
+            seen["after_kill"] = _partial_slots(cube)  # still half written: their writers are gone
+
+    killer = threading.Thread(target=kill_mid_write)
+    killer.start()
+    try:
+        code = main(_small_ingest_args(small_testbed, cube, scheduler))
+    finally:
+        ended.set()
+        killer.join()
+    out = capsys.readouterr().out
+    assert seen, f"the ingest ended before a scene was caught mid-write:\n{out}"
+    assert seen["at_kill"] & seen["after_kill"], "every half-written scene completed before its worker died"
+    assert code == 0, out
+    assert "ingested 4 scene(s), skipped 0, failed 0" in out
+    _assert_same_stores(cube, small_cube[0], CUBE_VARS, "ingest_ok")
+
+
+def test_the_client_sigkilled_mid_scene_write_leaves_nothing_complete_looking_and_a_rerun_repairs_it(
+        small_testbed: Path, small_cube: tuple[Path, dict[str, Any]], scheduler: str, client: Any, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sftl ingest`` SIGKILLed while its first scenes are being written (2 running, 2 waiting): the scenes that
+    were running finish their own slots, the others are never shown; a re-run ingests only those, equal to an
+    uninterrupted run."""
+    monkeypatch.setenv("SFTL_LOG_DIR", str(tmp_path / "logs"))
+    cube = tmp_path / "cube"
+    run = subprocess.Popen([SFTL, *_small_ingest_args(small_testbed, cube, scheduler)], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+    assert _kill_when(run, lambda: bool(_partial_slots(cube))), run.communicate()[0].decode()
+    assert _wait_for(lambda: _idle(client), lambda: False, timeout=120)  # the tasks that were running have ended
+    flags = []
+    for store in cube_stores(cube).values():
+        _, slots = read_slots(store)
+        flags += [s["ingest_ok"] for s in slots]
+        assert open_cube(store).sizes["time"] == sum(s["ingest_ok"] for s in slots)  # only what is complete shows
+        for s in slots:  # a slot not flagged is never half-shown: its checksum is not written either
+            assert s["ingest_ok"] == (s["checksum"] != "")
+    n_ok = sum(flags)
+    assert len(flags) == 4 and 0 < n_ok < 4, f"{n_ok} of {len(flags)} slots complete: nothing was interrupted"
+    check_unlocked(cube)  # the killed run's lock went with it
+    assert main(_small_ingest_args(small_testbed, cube, scheduler)) == 0
+    assert f"ingested {4 - n_ok} scene(s), skipped {n_ok}, failed 0" in capsys.readouterr().out
+    _assert_same_stores(cube, small_cube[0], CUBE_VARS, "ingest_ok")
+
+
+def test_a_second_ingest_of_a_cube_being_written_is_refused_in_one_line_and_the_cube_equals_one_run(
+        small_testbed: Path, small_cube: tuple[Path, dict[str, Any]], scheduler: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SFTL_LOG_DIR", str(tmp_path / "logs"))
+    cube = tmp_path / "cube"
+    first = subprocess.Popen([SFTL, *_small_ingest_args(small_testbed, cube, scheduler)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    held = _wait_for(lambda: lock_path(cube).exists() and not _lock_free(cube), lambda: first.poll() is not None,
+                     timeout=120)
+    assert held, first.communicate()[0].decode()
+    code = main(_small_ingest_args(small_testbed, cube, scheduler))  # the second writer, while the first holds it
+    err = capsys.readouterr().err.strip().splitlines()
+    out = first.communicate(timeout=300)[0].decode()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith(f"sftl ingest: error: {cube}: being written by sftl ingest (pid {first.pid} on ")
+    assert first.returncode == 0, out
+    assert "ingested 4 scene(s), skipped 0, failed 0" in out
+    _assert_same_stores(cube, small_cube[0], CUBE_VARS, "ingest_ok")
 
 
 # --------------------------------------------------------------------------------------------- retrieve
