@@ -527,3 +527,59 @@ def test_a_worker_sigkilled_mid_experiment_the_grid_completes_equal_to_an_uninte
     got, want = _results(tmp_path / "exp"), _results(tmp_path / "ref")
     assert list(got["cell"]) == list(want["cell"]) and len(got) == 8
     pd.testing.assert_frame_equal(got, want)  # the cell rerun elsewhere gives the same figures
+
+
+@pytest.fixture(scope="module")
+def small_grid_config(tmp_path_factory: pytest.TempPathFactory, tiny_training: tuple[Path, dict[str, Any]]) -> Path:
+    """One pre-training, its tuned direct baseline and 2 cells (DNN head and full, SiHuHe, no ablation) on the
+    session's tiny training's matchups and simulation (read only): no testbed to ingest."""
+    import yaml
+    from test_training import BASE
+
+    work = tiny_training[0] / "work"
+    root = tmp_path_factory.mktemp("fault_small_grid")
+    cfg = dict(BASE, data={"matchups": str(work / "matchups.parquet"),
+                           "simulation": {"path": str(work / "sim.parquet")}},
+               grid={"models": ["dnn"], "strategies": ["head", "full"], "directions": ["SiHuHe"], "seeds": [0],
+                     "ablation": False})
+    (root / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "grid.yaml"
+
+
+def _executing(client: Any, key_part: str) -> list[str]:
+    """The workers with a thread running a task whose key holds ``key_part`` now (not only assigned to them)."""
+    running = client.run(lambda dask_worker: [str(k) for k in dask_worker.active_threads.values()])
+    return [w for w, keys in running.items() if any(key_part in k for k in keys)]
+
+
+def test_a_worker_sigkilled_mid_cell_the_small_grid_completes_equal_to_an_uninterrupted_one(
+        small_grid_config: Path, scheduler: str, client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker running a cell SIGKILLed as the cell starts: the cell reruns elsewhere with the same figures."""
+    import pandas as pd
+
+    monkeypatch.setenv("SFTL_LOG_DIR", str(tmp_path / "logs"))
+    args = ["experiment", "--config", str(small_grid_config), "--scheduler", scheduler, "--out"]
+    assert main([*args, str(tmp_path / "ref")]) == 0, capsys.readouterr()
+    pids, ended, killed = client.run(os.getpid), threading.Event(), []
+
+    def kill_mid_cell() -> None:
+        if _wait_for(lambda: bool(_executing(client, "_cell_task")), ended.is_set):
+            for w in _executing(client, "_cell_task")[:1]:
+                os.kill(pids[w], signal.SIGKILL)
+                killed.append(w)
+
+    killer = threading.Thread(target=kill_mid_cell)
+    killer.start()
+    try:
+        code = main([*args, str(tmp_path / "exp")])
+    finally:
+        ended.set()
+        killer.join()
+    text = capsys.readouterr().out
+    assert killed, f"the grid ended before a worker could be killed mid-cell:\n{text}"
+    assert code == 0, text
+    assert "2 runs (0 failed)" in text
+    got, want = _results(tmp_path / "exp"), _results(tmp_path / "ref")
+    assert list(got["cell"]) == list(want["cell"]) and len(got) == 2
+    pd.testing.assert_frame_equal(got, want)  # the cell rerun elsewhere gives the same figures
