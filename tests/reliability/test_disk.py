@@ -118,7 +118,7 @@ def test_an_output_on_a_read_only_file_system_is_refused_in_one_line(tmpfs: Call
     assert not any(ro.iterdir())
 
 
-@pytest.mark.slow  # ~40 s: two ingests of the small testbed
+@pytest.mark.slow  # ~40 s: two ingests of the small testbed; its fast sibling below is in the default run
 def test_disk_full_mid_ingest_names_each_failed_scene_keeps_earlier_ones_and_a_rerun_finishes(
         tmpfs: Callable[..., Path], small_testbed: Path, tmp_path: Path) -> None:
     from sftl_dask.ingest import ingest

@@ -199,7 +199,7 @@ CUBE_VARS = ["bt_08_20", "bt_08_63", "bt_10_80", "bt_11_95", "vza", "ndvi", "wvc
              "cloud", "ancillary_missing", "checksum"]
 
 
-@pytest.mark.slow  # ~50 s each on 2 cores; the retrieve cases below are the CI subset
+@pytest.mark.slow  # ~50 s each on 2 cores (8 products); the fast variants below pin the same in the default run
 def test_a_worker_sigkilled_mid_ingest_the_run_completes_equal_to_an_uninterrupted_one(
         small_testbed: Path, archives: Path, reference_cube: Path, scheduler: str, client: Any,
         tmp_path: Path) -> None:
@@ -214,7 +214,7 @@ def test_a_worker_sigkilled_mid_ingest_the_run_completes_equal_to_an_uninterrupt
     _assert_same_stores(cube, reference_cube, CUBE_VARS, "ingest_ok")
 
 
-@pytest.mark.slow  # ~50 s each on 2 cores; the retrieve cases below are the CI subset
+@pytest.mark.slow  # ~50 s each on 2 cores (8 products); the fast variants below pin the same in the default run
 def test_the_client_killed_mid_ingest_leaves_nothing_complete_looking_and_a_rerun_repairs_it(
         small_testbed: Path, archives: Path, reference_cube: Path, scheduler: str, tmp_path: Path) -> None:
     cube = tmp_path / "cube"
@@ -245,7 +245,7 @@ def test_the_client_killed_mid_ingest_leaves_nothing_complete_looking_and_a_reru
     _assert_same_stores(cube, reference_cube, CUBE_VARS, "ingest_ok")
 
 
-@pytest.mark.slow  # ~50 s each on 2 cores; the retrieve cases below are the CI subset
+@pytest.mark.slow  # ~50 s each on 2 cores (8 products); the fast variants below pin the same in the default run
 def test_two_ingests_of_one_cube_at_once_the_second_is_refused_and_the_cube_equals_one_run(
         small_testbed: Path, archives: Path, reference_cube: Path, tmp_path: Path) -> None:
     cube = tmp_path / "cube"
@@ -513,7 +513,7 @@ def _results(out: Path) -> Any:
     return table.drop(columns=timing)
 
 
-@pytest.mark.slow  # ~3 min on 2 cores: two grids
+@pytest.mark.slow  # ~3 min on 2 cores: two grids; the small grid below pins the same in the default run
 def test_a_worker_sigkilled_mid_experiment_the_grid_completes_equal_to_an_uninterrupted_one(
         grid_config: Path, scheduler: str, client: Any, tmp_path: Path) -> None:
     import pandas as pd
