@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from helpers import synthetic_cube
 
+from sftl_dask.cli import main
 from sftl_dask.io.stores import open_store
 
 SFTL = str(Path(sys.executable).parent / "sftl")
@@ -116,7 +118,7 @@ def test_an_output_on_a_read_only_file_system_is_refused_in_one_line(tmpfs: Call
     assert not any(ro.iterdir())
 
 
-@pytest.mark.slow  # ~40 s: two ingests of the small testbed
+@pytest.mark.slow  # ~40 s: two ingests of the small testbed; its fast sibling below is in the default run
 def test_disk_full_mid_ingest_names_each_failed_scene_keeps_earlier_ones_and_a_rerun_finishes(
         tmpfs: Callable[..., Path], small_testbed: Path, tmp_path: Path) -> None:
     from sftl_dask.ingest import ingest
@@ -159,9 +161,58 @@ def test_disk_full_mid_ingest_names_each_failed_scene_keeps_earlier_ones_and_a_r
     again = subprocess.run([*args[:2], str(later), *args[2:]], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "ingested 2 scene(s), skipped 2, failed 0" in again.stdout
+    _assert_cube_equals(cube, ref, ("bt_10_80", "wvc", "emis_10_80", "cloud", "ingest_ok"))
+
+
+def _assert_cube_equals(cube: Path, ref: Path, variables: Sequence[str]) -> None:
+    """Every store of ``ref`` is in ``cube`` with the same scenes (by ``scene_id``) and ``variables``' values."""
+    assert sorted(p.name for p in cube.glob("*.zarr")) == sorted(p.name for p in ref.glob("*.zarr"))
     for s in sorted(ref.glob("*.zarr")):
         a, b = open_store(cube / s.name), open_store(s)
         ia, ib = np.argsort(a["scene_id"].values), np.argsort(b["scene_id"].values)
         assert list(a["scene_id"].values[ia]) == list(b["scene_id"].values[ib])
-        for v in ("bt_10_80", "wvc", "emis_10_80", "cloud", "ingest_ok"):
-            np.testing.assert_array_equal(a[v].values[ia], b[v].values[ib])
+        for v in variables:
+            np.testing.assert_array_equal(a[v].values[ia], b[v].values[ib], err_msg=f"{s.name}: {v}")
+
+
+#: The scene cube's variables written by a scene task (``source`` is left out: the runs read the same products
+#: through other paths).
+SCENE_VARS = ("bt_08_20", "bt_08_63", "bt_10_80", "bt_11_95", "vza", "ndvi", "wvc", "emis_08_20", "emis_08_63",
+              "emis_10_80", "emis_11_95", "cloud", "ancillary_missing", "checksum", "ingest_ok", "time")
+
+
+def test_disk_full_mid_ingest_fails_the_scenes_without_room_keeps_earlier_ones_and_a_rerun_finishes(
+        tmpfs: Callable[..., Path], small_testbed: Path, small_cube: tuple[Path, dict[str, Any]], client: Any,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast sibling of the test above: the session's small cube is the uninterrupted run, the first scenes are
+    ingested in this process and the two runs under test are ``sftl ingest`` in this process too, on this module's
+    cluster (warm workers)."""
+    from sftl_dask.ingest import ingest
+    from sftl_dask.io.cube import read_slots
+
+    monkeypatch.setenv("SFTL_LOG_DIR", str(tmp_path / "logs"))
+    tars = sorted((small_testbed / "archives").glob("*.tar"))
+    era5 = [str(p) for p in sorted((small_testbed / "era5").glob("*.nc"))]
+    cube = tmpfs("disk", 131_072) / "cube"
+    first = ingest([tars[0], tars[2]], cube, era5=era5, ged=small_testbed / "ged", client=client)  # one per region
+    assert first["ingested"] == 2 and not first["failed"]
+    before = {s.name: open_store(s).load() for s in sorted(cube.glob("*.zarr"))}
+    assert len(before) == 2
+    args = ["ingest", str(small_testbed / "archives"), "--cube", str(cube), "--era5", *era5, "--ged",
+            str(small_testbed / "ged"), "--scheduler", client.scheduler.address]
+    filler = _fill(cube.parent, leave_kb=600)  # room for the new slots' metadata, not for two more scenes
+    assert main(args) == 1
+    full = capsys.readouterr()
+    assert "Traceback" not in full.err
+    failed = sorted(ln for ln in full.out.splitlines() if ln.startswith("  failed: "))
+    assert [ln.split()[1].rstrip(":") for ln in failed] == sorted(t.name[:-4] for t in (tars[1], tars[3]))
+    assert all("No space left on device" in ln for ln in failed), full.out
+    for name, old in before.items():  # the scenes ingested before are intact, the new slots not marked complete
+        assert [s["ingest_ok"] for s in read_slots(cube / name)[1]] == [True, False]
+        now = open_store(cube / name).isel(time=0).load()
+        for v in SCENE_VARS:
+            np.testing.assert_array_equal(now[v].values, old[v].isel(time=0).values, err_msg=f"{name}: {v}")
+    filler.unlink()
+    assert main(args) == 0
+    assert "ingested 2 scene(s), skipped 2, failed 0" in capsys.readouterr().out
+    _assert_cube_equals(cube, small_cube[0], SCENE_VARS)

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 import pytest
 from helpers import synthetic_cube
 
+from sftl_dask.cli import main
 from sftl_dask.ingest import ingest
 from sftl_dask.io.cube import cube_stores, open_cube, read_slots
 from sftl_dask.io.stores import open_store
@@ -197,7 +199,7 @@ CUBE_VARS = ["bt_08_20", "bt_08_63", "bt_10_80", "bt_11_95", "vza", "ndvi", "wvc
              "cloud", "ancillary_missing", "checksum"]
 
 
-@pytest.mark.slow  # ~50 s each on 2 cores; the retrieve cases below are the CI subset
+@pytest.mark.slow  # ~50 s each on 2 cores (8 products); the fast variants below pin the same in the default run
 def test_a_worker_sigkilled_mid_ingest_the_run_completes_equal_to_an_uninterrupted_one(
         small_testbed: Path, archives: Path, reference_cube: Path, scheduler: str, client: Any,
         tmp_path: Path) -> None:
@@ -212,7 +214,7 @@ def test_a_worker_sigkilled_mid_ingest_the_run_completes_equal_to_an_uninterrupt
     _assert_same_stores(cube, reference_cube, CUBE_VARS, "ingest_ok")
 
 
-@pytest.mark.slow  # ~50 s each on 2 cores; the retrieve cases below are the CI subset
+@pytest.mark.slow  # ~50 s each on 2 cores (8 products); the fast variants below pin the same in the default run
 def test_the_client_killed_mid_ingest_leaves_nothing_complete_looking_and_a_rerun_repairs_it(
         small_testbed: Path, archives: Path, reference_cube: Path, scheduler: str, tmp_path: Path) -> None:
     cube = tmp_path / "cube"
@@ -243,7 +245,7 @@ def test_the_client_killed_mid_ingest_leaves_nothing_complete_looking_and_a_reru
     _assert_same_stores(cube, reference_cube, CUBE_VARS, "ingest_ok")
 
 
-@pytest.mark.slow  # ~50 s each on 2 cores; the retrieve cases below are the CI subset
+@pytest.mark.slow  # ~50 s each on 2 cores (8 products); the fast variants below pin the same in the default run
 def test_two_ingests_of_one_cube_at_once_the_second_is_refused_and_the_cube_equals_one_run(
         small_testbed: Path, archives: Path, reference_cube: Path, tmp_path: Path) -> None:
     cube = tmp_path / "cube"
@@ -269,6 +271,130 @@ def _lock_free(target: Path) -> bool:
     except StoreBusyError:
         return False
     return True
+
+
+# ------------------------------------------------------------------------- ingest, fast (the default run)
+# The same three faults on the session's small testbed as it is (4 products, one 1024 px tile per region), compared
+# with the session's in-process ingest of it (``small_cube``). The fault is timed by an event, not a sleep: the first
+# data chunk of a slot whose ``ingest_ok`` is not set, i.e. a scene caught in the middle of its write.
+DATA_VARS = [v for v in CUBE_VARS if v != "checksum"]  # written by the scene task before its slot is marked
+
+
+def _slots_with_data(store: Path) -> set[int]:
+    """The slots of ``store`` holding at least one data chunk (a listing of chunk files, cheap to poll)."""
+    names = [f.name for var in DATA_VARS if (store / var).is_dir() for f in (store / var).iterdir()]
+    return {int(n.split(".")[0]) for n in names if not n.startswith(".")}
+
+
+def _partial_slots(cube: Path) -> set[tuple[str, int]]:
+    """The (store, slot) pairs holding some data chunk while their ``ingest_ok`` flag is unset: scenes mid-write."""
+    out: set[tuple[str, int]] = set()
+    for store in cube.glob("*.zarr"):
+        written = _slots_with_data(store)
+        flags = _flags(store, "ingest_ok") if written else np.zeros(0, dtype=bool)  # read only where data is
+        out |= {(store.name, t) for t in written if t < flags.size and not flags[t]}
+    return out
+
+
+def _wait_for(ready: Callable[[], bool], stop: Callable[[], bool], timeout: float = 240.0) -> bool:
+    """Poll ``ready()`` every 10 ms until it holds (True), ``stop()`` holds or ``timeout`` s pass (False)."""
+    t0 = time.monotonic()
+    while not stop() and time.monotonic() - t0 < timeout:
+        if ready():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _idle(client: Any) -> bool:
+    """No worker thread is running a task (released tasks included: a thread cannot be stopped, it finishes)."""
+    return not any(client.run(lambda dask_worker: len(dask_worker.active_threads)).values())
+
+
+def _small_ingest_args(tb: Path, cube: Path, scheduler: str) -> list[str]:
+    return [*_ingest_args(tb, tb / "archives", cube), "--scheduler", scheduler]
+
+
+def test_a_worker_sigkilled_mid_scene_write_the_ingest_completes_equal_to_an_uninterrupted_one(
+        small_testbed: Path, small_cube: tuple[Path, dict[str, Any]], scheduler: str, client: Any, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both workers SIGKILLed (each runs a scene: 4 scenes, 2 workers) once a scene is half written: their nannies
+    start fresh workers, the scenes rerun and the cube equals the uninterrupted ingest, value for value."""
+    monkeypatch.setenv("SFTL_LOG_DIR", str(tmp_path / "logs"))
+    cube, pids, ended = tmp_path / "cube", client.run(os.getpid), threading.Event()
+    seen: dict[str, set[tuple[str, int]]] = {}
+
+    def kill_mid_write() -> None:
+        if _wait_for(lambda: bool(_partial_slots(cube)), ended.is_set):
+            seen["at_kill"] = _partial_slots(cube)
+            for pid in pids.values():
+                os.kill(pid, signal.SIGKILL)
+            seen["after_kill"] = _partial_slots(cube)  # still half written: their writers are gone
+
+    killer = threading.Thread(target=kill_mid_write)
+    killer.start()
+    try:
+        code = main(_small_ingest_args(small_testbed, cube, scheduler))
+    finally:
+        ended.set()
+        killer.join()
+    out = capsys.readouterr().out
+    assert seen, f"the ingest ended before a scene was caught mid-write:\n{out}"
+    assert seen["at_kill"] & seen["after_kill"], "every half-written scene completed before its worker died"
+    assert code == 0, out
+    assert "ingested 4 scene(s), skipped 0, failed 0" in out
+    _assert_same_stores(cube, small_cube[0], CUBE_VARS, "ingest_ok")
+
+
+def test_the_client_sigkilled_mid_scene_write_leaves_nothing_complete_looking_and_a_rerun_repairs_it(
+        small_testbed: Path, small_cube: tuple[Path, dict[str, Any]], scheduler: str, client: Any, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sftl ingest`` SIGKILLed while its first scenes are being written (2 running, 2 waiting): the scenes that
+    were running finish their own slots, the others are never shown; a re-run ingests only those, equal to an
+    uninterrupted run."""
+    monkeypatch.setenv("SFTL_LOG_DIR", str(tmp_path / "logs"))
+    cube = tmp_path / "cube"
+    run = subprocess.Popen([SFTL, *_small_ingest_args(small_testbed, cube, scheduler)], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+
+    def first_scene_writing() -> bool:  # the first data chunk: the 2 waiting scenes are never started
+        return any(_slots_with_data(store) for store in cube.glob("*.zarr"))
+
+    assert _kill_when(run, first_scene_writing), run.communicate()[0].decode()
+    assert _wait_for(lambda: _idle(client), lambda: False, timeout=120)  # the tasks that were running have ended
+    flags = []
+    for store in cube_stores(cube).values():
+        _, slots = read_slots(store)
+        flags += [s["ingest_ok"] for s in slots]
+        assert open_cube(store).sizes["time"] == sum(s["ingest_ok"] for s in slots)  # only what is complete shows
+        for s in slots:  # a slot not flagged is never half-shown: its checksum is not written either
+            assert s["ingest_ok"] == (s["checksum"] != "")
+    n_ok = sum(flags)
+    assert len(flags) == 4 and n_ok < 4, f"{n_ok} of {len(flags)} slots complete: nothing was interrupted"
+    check_unlocked(cube)  # the killed run's lock went with it
+    assert main(_small_ingest_args(small_testbed, cube, scheduler)) == 0
+    assert f"ingested {4 - n_ok} scene(s), skipped {n_ok}, failed 0" in capsys.readouterr().out
+    _assert_same_stores(cube, small_cube[0], CUBE_VARS, "ingest_ok")
+
+
+def test_a_second_ingest_of_a_cube_being_written_is_refused_in_one_line_and_the_cube_equals_one_run(
+        small_testbed: Path, small_cube: tuple[Path, dict[str, Any]], scheduler: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SFTL_LOG_DIR", str(tmp_path / "logs"))
+    cube = tmp_path / "cube"
+    first = subprocess.Popen([SFTL, *_small_ingest_args(small_testbed, cube, scheduler)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    held = _wait_for(lambda: lock_path(cube).exists() and not _lock_free(cube), lambda: first.poll() is not None,
+                     timeout=120)
+    assert held, first.communicate()[0].decode()
+    code = main(_small_ingest_args(small_testbed, cube, scheduler))  # the second writer, while the first holds it
+    err = capsys.readouterr().err.strip().splitlines()
+    out = first.communicate(timeout=300)[0].decode()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith(f"sftl ingest: error: {cube}: being written by sftl ingest (pid {first.pid} on ")
+    assert first.returncode == 0, out
+    assert "ingested 4 scene(s), skipped 0, failed 0" in out
+    _assert_same_stores(cube, small_cube[0], CUBE_VARS, "ingest_ok")
 
 
 # --------------------------------------------------------------------------------------------- retrieve
@@ -390,7 +516,7 @@ def _results(out: Path) -> Any:
     return table.drop(columns=timing)
 
 
-@pytest.mark.slow  # ~3 min on 2 cores: two grids
+@pytest.mark.slow  # ~3 min on 2 cores: two grids; the small grid below pins the same in the default run
 def test_a_worker_sigkilled_mid_experiment_the_grid_completes_equal_to_an_uninterrupted_one(
         grid_config: Path, scheduler: str, client: Any, tmp_path: Path) -> None:
     import pandas as pd
@@ -407,4 +533,60 @@ def test_a_worker_sigkilled_mid_experiment_the_grid_completes_equal_to_an_uninte
     assert "8 runs (0 failed)" in text
     got, want = _results(tmp_path / "exp"), _results(tmp_path / "ref")
     assert list(got["cell"]) == list(want["cell"]) and len(got) == 8
+    pd.testing.assert_frame_equal(got, want)  # the cell rerun elsewhere gives the same figures
+
+
+@pytest.fixture(scope="module")
+def small_grid_config(tmp_path_factory: pytest.TempPathFactory, tiny_training: tuple[Path, dict[str, Any]]) -> Path:
+    """One pre-training, its tuned direct baseline and 2 cells (DNN head and full, SiHuHe, no ablation) on the
+    session's tiny training's matchups and simulation (read only): no testbed to ingest."""
+    import yaml
+    from test_training import BASE
+
+    work = tiny_training[0] / "work"
+    root = tmp_path_factory.mktemp("fault_small_grid")
+    cfg = dict(BASE, data={"matchups": str(work / "matchups.parquet"),
+                           "simulation": {"path": str(work / "sim.parquet")}},
+               grid={"models": ["dnn"], "strategies": ["head", "full"], "directions": ["SiHuHe"], "seeds": [0],
+                     "ablation": False})
+    (root / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "grid.yaml"
+
+
+def _executing(client: Any, key_part: str) -> list[str]:
+    """The workers with a thread running a task whose key holds ``key_part`` now (not only assigned to them)."""
+    running = client.run(lambda dask_worker: [str(k) for k in dask_worker.active_threads.values()])
+    return [w for w, keys in running.items() if any(key_part in k for k in keys)]
+
+
+def test_a_worker_sigkilled_mid_cell_the_small_grid_completes_equal_to_an_uninterrupted_one(
+        small_grid_config: Path, scheduler: str, client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker running a cell SIGKILLed as the cell starts: the cell reruns elsewhere with the same figures."""
+    import pandas as pd
+
+    monkeypatch.setenv("SFTL_LOG_DIR", str(tmp_path / "logs"))
+    args = ["experiment", "--config", str(small_grid_config), "--scheduler", scheduler, "--out"]
+    assert main([*args, str(tmp_path / "ref")]) == 0, capsys.readouterr()
+    pids, ended, killed = client.run(os.getpid), threading.Event(), []
+
+    def kill_mid_cell() -> None:
+        if _wait_for(lambda: bool(_executing(client, "_cell_task")), ended.is_set):
+            for w in _executing(client, "_cell_task")[:1]:
+                os.kill(pids[w], signal.SIGKILL)
+                killed.append(w)
+
+    killer = threading.Thread(target=kill_mid_cell)
+    killer.start()
+    try:
+        code = main([*args, str(tmp_path / "exp")])
+    finally:
+        ended.set()
+        killer.join()
+    text = capsys.readouterr().out
+    assert killed, f"the grid ended before a worker could be killed mid-cell:\n{text}"
+    assert code == 0, text
+    assert "2 runs (0 failed)" in text
+    got, want = _results(tmp_path / "exp"), _results(tmp_path / "ref")
+    assert list(got["cell"]) == list(want["cell"]) and len(got) == 2
     pd.testing.assert_frame_equal(got, want)  # the cell rerun elsewhere gives the same figures
