@@ -21,10 +21,10 @@ from helpers import retrieval_artifact
 # `make test` runs two pytest-xdist processes, each test file whole on one (--dist loadfile). The long files start
 # first (measured on 2 cores, longest first): a long file scheduled last is the run's tail, with the other process
 # idle. Files not named here follow in collection order.
-LONG_FILES = ("test_training.py", "test_uncertainty_calibration.py", "test_ortho.py", "test_demo.py", "test_testbed_delivered.py",
-              "test_object_store.py", "test_faults.py", "test_disk.py", "test_slurm.py", "test_archive.py",
-              "test_tiles.py", "test_retrieve.py", "test_coverage.py", "test_ingest.py", "test_testbed.py",
-              "test_io_vimi.py", "test_inspect.py", "test_cache_keys.py")
+LONG_FILES = ("test_training.py", "test_uncertainty_calibration.py", "test_ortho.py", "test_demo.py",
+              "test_testbed_delivered.py", "test_object_store.py", "test_faults.py", "test_disk.py", "test_slurm.py",
+              "test_archive.py", "test_tiles.py", "test_retrieve.py", "test_coverage.py", "test_ingest.py",
+              "test_testbed.py", "test_io_vimi.py", "test_inspect.py", "test_cache_keys.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
