@@ -4,10 +4,8 @@
 #   make test-all -> the same, slow tests included (what a release or a nightly job runs)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
-# torch: this pin takes the CPU wheel that lies on the build machines' disk (pip reads its find-links there).
+# torch: this pin takes the CPU wheel that lies on the build machines' disk.
 # GPU users: install the torch build you want into the venv first; pyproject keeps a range.
-# The package and its other dependencies go in with uv (4 s against pip's 46 s here, caches warm): uv keeps the
-# torch already installed, since it satisfies pyproject's range.
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
@@ -15,9 +13,9 @@ DEMO_OUT ?= demo_out
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip uv
+	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
-	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -e ".[dev]"
+	$(VENV)/bin/python -m pip install -q -e ".[dev]"
 	touch $@
 
 venv: $(VENV)/.installed
