@@ -147,6 +147,8 @@ def _assert_same_stores(got: Path, want: Path, variables: list[str], ok_var: str
 
 
 # --------------------------------------------------------------------------------------------- ingest
+@pytest.mark.slow  # ~20 s; in the default run the fault tests below ingest and retrieve through the same real
+# scheduler and workers, each compared value for value with an uninterrupted run
 def test_ingest_then_retrieve_through_a_real_dask_scheduler_and_workers(
         small_testbed: Path, scheduler: str, tmp_path: Path, retrieval_model: Callable[..., Path]) -> None:
     """The plain path on a real cluster (``dask scheduler`` + ``dask worker``, not LocalCluster): every scene and
