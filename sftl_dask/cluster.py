@@ -14,14 +14,14 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
-__all__ = ["default_workers", "get_client"]
+__all__ = ["completed", "default_workers", "get_client"]
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: glibc malloc in the workers: blocks up to 64 MB come from the heap and up to 256 MB of free heap is kept,
@@ -34,6 +34,8 @@ _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_"
 #: growth there), and the sampling costs CPU. Off while an embedded cluster lives; the dashboard's profile page
 #: is then empty.
 _WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+#: How long an embedded cluster's workers may take to register (s): generous, for a loaded machine.
+_WORKERS_TIMEOUT_S = 120.0
 
 
 def default_workers() -> int:
@@ -103,6 +105,9 @@ def get_client(
             cluster = _embedded_cluster(n, threads_per_worker, memory_limit, gpu)
             os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
             client = Client(cluster)
+            # every worker registered before work is planned on them (pinned partitions, one rank each): under
+            # load the client's first view of the cluster has been seen without them (an empty worker list)
+            client.wait_for_workers(len(cluster.worker_spec), timeout=_WORKERS_TIMEOUT_S)
             if worker_log is not None:
                 client.register_plugin(_WorkerLogFile(str(worker_log), worker_log_stderr))
         try:
@@ -239,6 +244,18 @@ def _cuda_cluster_class() -> Any:
     return LocalCUDACluster
 
 
+def completed(futures: Iterable[Any], client: Client) -> Iterator[Any]:
+    """Yield ``futures`` (of ``client``) as they finish.
+
+    ``distributed.as_completed`` waits on the event loop of the process's *default* client, which is not
+    ``client`` when the caller has one of their own (a notebook's ``with Client(...)``, a test's second client of
+    the same scheduler). A future then waits on two loops, and when a killed worker takes a finished result
+    with it the rerun fails with "asyncio.Event ... is bound to a different event loop". Here it waits on
+    ``client``'s loop only.
+    """
+    return iter(as_completed(futures, loop=client.loop))
+
+
 def run_tasks(
     calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]],
     client: Client | None = None,
@@ -285,7 +302,7 @@ def run_tasks(
         return futs
     pos = {f.key: i for i, f in enumerate(futs)}
     res: list[Any] = [None] * len(futs)
-    for done, fut in enumerate(as_completed(futs), start=1):
+    for done, fut in enumerate(completed(futs, client), start=1):
         res[pos[fut.key]] = fut.result()
         if progress:
             progress(done, len(futs))

@@ -53,9 +53,8 @@ from typing import Any
 import numpy as np
 import zarr
 from dask.utils import parse_bytes
-from distributed import as_completed
 
-from sftl_dask.cluster import run_tasks
+from sftl_dask.cluster import completed, run_tasks
 from sftl_dask.io.cube import COVERAGE_VAR, read_coverage, read_slots
 from sftl_dask.io.location import is_url
 from sftl_dask.io.lst import LST_OK_VAR
@@ -588,7 +587,7 @@ def _run(jobs: Sequence[_Copy], client: Any, progress: Callable[[int, int], None
     futs = run_tasks(calls, client, gather=False)
     n_bytes, error = 0, None
     try:
-        for done, fut in enumerate(as_completed(futs), start=1):
+        for done, fut in enumerate(completed(futs, client), start=1):
             if fut.status == "error":
                 error = error or fut.exception()
             else:

@@ -35,10 +35,10 @@ import dask.array as da
 import numpy as np
 import zarr
 from dask.highlevelgraph import HighLevelGraph
-from distributed import as_completed as dist_completed
 from distributed import futures_of, get_worker
 from numpy.typing import NDArray
 
+from sftl_dask.cluster import completed
 from sftl_dask.features import RANGE_GROUPS, REQUIRED_INPUTS, compute_features, inputs_for
 from sftl_dask.geo import GeoBox, TileScheme, store_geometry
 from sftl_dask.io.cube import (
@@ -858,7 +858,7 @@ def _execute(ref: ModelRef, jobs: Sequence[_Job], client: Any, resources: Mappin
     persisted = client.persist(arr, resources=dict(resources) if resources else None, optimize_graph=False)
     futures = futures_of(persisted)
     index = {f.key: int(f.key[1]) for f in futures}
-    for done, fut in enumerate(dist_completed(futures), start=1):
+    for done, fut in enumerate(completed(futures, client), start=1):
         _collect(fut.exception() if fut.status == "error" else None, fut, index[fut.key], results, errors)
         if progress:
             progress(done, len(jobs))

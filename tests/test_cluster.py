@@ -59,3 +59,49 @@ def test_gpu_cluster_with_dask_cuda_declares_one_single_threaded_gpu_worker(monk
         assert info["resources"] == {"GPU": 1} and info["nthreads"] == 1
     assert seen["threads_per_worker"] == 1 and seen["resources"] == {"GPU": 1}
     assert str(seen["dashboard_address"]).startswith("127.0.0.1:")
+
+
+# ------------------------------------------------------------------------------- a second client in the process
+def test_runs_wait_on_the_client_they_were_given_while_another_is_the_default() -> None:
+    """A user's own client is the default (``with Client(...)``) and a run is handed another: its futures are
+    awaited on the given client's loop. ``distributed.as_completed`` alone takes the default client's loop; a
+    future then waits on two loops, and a worker killed after a result was ready made a rerun fail with "asyncio
+    Event ... bound to a different event loop" (tests/reliability/test_faults.py, seed 3 of ``make test-order``)."""
+    import operator
+
+    from distributed import Client, default_client
+
+    from sftl_dask.cluster import completed, run_tasks
+
+    with (LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=":0") as mine,
+          Client(mine) as user,
+          LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=":0") as theirs):
+        given = Client(theirs, set_as_default=False)
+        try:
+            assert default_client() is user and user.loop is not given.loop
+            futs = [given.submit(operator.add, i, 1, pure=False) for i in range(5)]
+            waiting = completed(futs, given)
+            assert waiting.loop is given.loop  # type: ignore[attr-defined]
+            assert sorted(f.result() for f in waiting) == [1, 2, 3, 4, 5]
+            seen: list[tuple[int, int]] = []
+            out = run_tasks([(operator.mul, (i, 3)) for i in range(4)], given,
+                            progress=lambda d, n: seen.append((d, n)))
+            assert out == [0, 3, 6, 9] and seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+        finally:
+            given.close()
+
+
+def test_no_module_waits_on_futures_with_distributed_as_completed_directly() -> None:
+    """Every wait on a batch of futures goes through :func:`sftl_dask.cluster.completed` (the test above)."""
+    import ast
+    from pathlib import Path
+
+    import sftl_dask
+
+    offenders = []
+    for path in sorted(Path(sftl_dask.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("distributed") and \
+                    any(a.name == "as_completed" for a in node.names) and path.name != "cluster.py":
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []

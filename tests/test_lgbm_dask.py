@@ -155,3 +155,16 @@ def test_bad_tables_raise_value_errors_naming_path_and_column(sim, tmp_path, cli
         _fit_dask(model, sim, client, partitions=0)
     with pytest.raises(ValueError, match="all 12 features"):
         _fit_dask(LGBM(11), sim, client)
+
+
+def test_a_client_without_workers_is_refused_naming_the_scheduler(sim):
+    """The partitions are pinned to workers: with none (all lost, or not yet registered) the read is refused in
+    words, not with ``min() arg is an empty sequence`` (seen under load before the embedded cluster waited for
+    its workers to register)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster, set_as_default=False) as empty:
+        with pytest.raises(ValueError, match=rf"the Dask client \({cluster.scheduler_address}\) has no workers"):
+            read_simulation_on_workers(sim, client=empty)
+

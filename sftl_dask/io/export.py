@@ -651,11 +651,11 @@ def _run_cog_jobs(jobs: Sequence[Mapping[str, Any]], client: Any, progress: Call
     args = [(j["store"], j["index"], j["variable"], j["path"]) for j in jobs]
     results: list[Any] = []
     if client is not None:
-        from distributed import as_completed
+        from sftl_dask.cluster import completed
 
         futures = {client.submit(_write_one_cog, *a, pure=False): i for i, a in enumerate(args)}
         results = [None] * len(jobs)
-        for n, fut in enumerate(as_completed(futures), start=1):
+        for n, fut in enumerate(completed(futures, client), start=1):
             results[futures[fut]] = fut.exception() or fut.result()
             if progress:
                 progress(n, len(jobs))

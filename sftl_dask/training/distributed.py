@@ -587,12 +587,14 @@ def read_simulation_on_workers(sim_path: str | Path, *, client: Any, holdout_pro
     ValueError
         If the table is missing, lacks a column, has a non-finite or out-of-range input (the message names
         the file and column) or fewer rows than partitions, no training rows remain after the holdout, or
-        ``partitions < 1``.
+        ``partitions < 1``, or the client has no workers.
     """
     if partitions is not None and partitions < 1:
         raise ValueError(f"read_simulation_on_workers: partitions must be >= 1, got {partitions}")
     path = Path(sim_path)
     workers = sorted(client.scheduler_info()["workers"])
+    if not workers:  # the partitions are pinned to workers: there must be some
+        raise ValueError(f"read_simulation_on_workers: the Dask client ({client.scheduler.address}) has no workers")
     try:  # at least one partition per file
         plan = plan_row_ranges(path, max(partitions or len(workers), len(simulation_parts(path))))
     except ValueError as exc:

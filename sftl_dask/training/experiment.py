@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from distributed import as_completed
 
+from sftl_dask.cluster import completed
 from sftl_dask.models import MODELS, TREE_MODELS
 from sftl_dask.report import experiment_report
 from sftl_dask.staging import staged_file
@@ -179,7 +179,7 @@ def run_grid(cfg: TrainConfig, grid: Mapping[str, Any], data: Mapping[str, Any],
     futures = [client.submit(_cell_task, v, data_f, pre[base.name], direct[_direct_key(v)], pure=False)
                for base, cells in plan for v in cells]
     rows, preds = [], []
-    for done, fut in enumerate(as_completed(futures), start=1):
+    for done, fut in enumerate(completed(futures, client), start=1):
         res = fut.result()
         rows.append(res["row"])
         if res["predictions"] is not None:
