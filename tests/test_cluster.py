@@ -87,6 +87,9 @@ def test_runs_wait_on_the_client_they_were_given_while_another_is_the_default() 
             out = run_tasks([(operator.mul, (i, 3)) for i in range(4)], given,
                             progress=lambda d, n: seen.append((d, n)))
             assert out == [0, 3, 6, 9] and seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+            shared = list(range(4))  # broadcast once (a key of its own), used by every call
+            out = run_tasks([(operator.getitem, (shared, i)) for i in range(4)], given, broadcast=(list,))
+            assert out == [0, 1, 2, 3]
         finally:
             given.close()
 
@@ -105,3 +108,26 @@ def test_no_module_waits_on_futures_with_distributed_as_completed_directly() -> 
                     any(a.name == "as_completed" for a in node.names) and path.name != "cluster.py":
                 offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
+
+
+def test_two_runs_on_one_scheduler_sharing_data_under_the_same_names_each_get_their_own() -> None:
+    """``broadcast`` (what the experiment grid shares its tables with): each call's values under keys of their
+    own, on every worker. ``client.scatter({"sim": ...})`` names the key ``sim``: a second run's scatter read the
+    first run's table (pinned here as the reason)."""
+    from distributed import Client
+
+    from sftl_dask.cluster import broadcast
+
+    with LocalCluster(n_workers=2, processes=False, threads_per_worker=1, dashboard_address=":0") as cluster:
+        first, second = Client(cluster, set_as_default=False), Client(cluster, set_as_default=False)
+        try:
+            raw = [c.scatter({"sim": f"table of run {i}"}, broadcast=True) for i, c in enumerate((first, second))]
+            assert [r["sim"].result() for r in raw] == ["table of run 0", "table of run 0"]  # the hazard
+            got = [broadcast(c, {"sim": f"table of run {i}", "n": i}) for i, c in enumerate((first, second))]
+            assert [g["sim"].result() for g in got] == ["table of run 0", "table of run 1"]
+            assert [g["n"].result() for g in got] == [0, 1]
+            assert len({g["sim"].key for g in got}) == 2
+            assert all(len(ws) == 2 for ws in first.who_has([g["sim"] for g in got]).values())  # every worker
+        finally:
+            first.close()
+            second.close()

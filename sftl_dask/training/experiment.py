@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from sftl_dask.cluster import completed
+from sftl_dask.cluster import broadcast, completed
 from sftl_dask.models import MODELS, TREE_MODELS
 from sftl_dask.report import experiment_report
 from sftl_dask.staging import staged_file
@@ -159,14 +159,14 @@ def run_grid(cfg: TrainConfig, grid: Mapping[str, Any], data: Mapping[str, Any],
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shared = {k: data[k] for k in ("table", "matchups", "sw", "sim", "matchups_path", "testbed")}
-    data_f = client.scatter(shared, broadcast=True)
+    data_f = broadcast(client, shared)  # keys of this run's own: never another run's data
     plan = _plan(cfg, grid)
     pre: dict[str, Any] = {}
     # lightgbm.dask needs every worker at once: run those pre-trainings first, on the driver
     for base, _ in plan:
         if base.model["name"] == "lgbm" and grid["lgbm_dask"]:
             log(f"pre-training {base.name} with lightgbm.dask on {len(client.scheduler_info()['workers'])} workers")
-            pre[base.name] = client.scatter(pretrain(base, data, client=client, log=lambda *_: None))
+            pre[base.name] = client.scatter(pretrain(base, data, client=client, log=lambda *_: None), hash=False)
     for base, _ in plan:
         if base.name not in pre:
             pre[base.name] = client.submit(_pretrain_task, base, data_f, pure=False)
