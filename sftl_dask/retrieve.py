@@ -162,44 +162,65 @@ def retrieve_block(
     observed, ancillary = _observed_and_ancillary(inputs, need)
     cloud = np.asarray(cloud) != 0
     cloudy = observed & cloud[oy:oy + shape[0], ox:ox + shape[1]]
-    produce = observed & ~cloudy & ancillary
+    produce = observed & ancillary
+    produce &= ~cloudy
 
     lst = np.full(shape, np.nan, dtype=np.float32)
     unc = np.full(shape, np.nan, dtype=np.float32)
     # uncertainty class, bits 8-9: 3 (> 3 K) until a pixel is produced
     qc = np.full(shape, 3 << UNCERTAINTY_CLASS_SHIFT, dtype=np.uint16)
-    if produce.any():
+    n_produced = np.count_nonzero(produce)
+    if n_produced:
         _predict_batch_regions(inputs, need, produce, retriever, lst, unc, qc, origin, batch_region)
 
-    def flag(bit: int, where: NDArray[np.bool_]) -> None:
-        np.bitwise_or(qc, np.uint16(bit), out=qc, where=where)
-
-    flag(QC_FLAGS["cloud"][0], cloudy)
-    flag(QC_FLAGS["not_covered"][0], ~observed)
-    flag(QC_FLAGS["missing_ancillary"][0], observed & ~ancillary)
-    adjacent = _dilate(cloud, CLOUD_ADJACENT_PX)[oy:oy + shape[0], ox:ox + shape[1]]
-    flag(QC_FLAGS["cloud_adjacent"][0], adjacent & produce)
-    counts = {"pixels": int(produce.size), "produced": int(produce.sum()), "cloud": int(cloudy.sum()),
-              "not_covered": int((~observed).sum()), "missing_ancillary": int((observed & ~ancillary).sum())}
+    not_covered = ~observed
+    missing = np.logical_and(observed, ~ancillary, out=ancillary)  # ancillary is not needed any more
+    counts = {"pixels": int(produce.size), "produced": n_produced, "cloud": np.count_nonzero(cloudy),
+              "not_covered": np.count_nonzero(not_covered), "missing_ancillary": np.count_nonzero(missing)}
+    flags = {"cloud": cloudy, "not_covered": not_covered, "missing_ancillary": missing}
+    if n_produced and cloud.any():  # no cloud in the halo: no pixel lies near one
+        adjacent = _dilate(cloud, CLOUD_ADJACENT_PX)[oy:oy + shape[0], ox:ox + shape[1]]
+        flags["cloud_adjacent"] = np.logical_and(adjacent, produce, out=adjacent)
+    _set_flags(qc, flags, counts)
     return {"lst": lst, "lst_uncertainty": unc, "qc": qc, "vza": vza, "counts": counts}
+
+
+def _set_flags(qc: NDArray[np.uint16], flags: Mapping[str, NDArray[np.bool_]], counts: Mapping[str, int]) -> None:
+    """Set each QC flag (:data:`QC_FLAGS` name) where its mask is true; ``counts`` (pixels, and per flag where
+    known) spares the masks that are all false or all true their per-pixel pass."""
+    for name, where in flags.items():
+        n = counts.get(name, -1)
+        if n == counts["pixels"]:
+            qc |= np.uint16(QC_FLAGS[name][0])  # every pixel (a chunk the swath does not cover)
+        elif n:
+            np.bitwise_or(qc, np.uint16(QC_FLAGS[name][0]), out=qc, where=where)
 
 
 def _observed_and_ancillary(inputs: Mapping[str, NDArray[Any]], need: Sequence[str]
                             ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
     """Where the thermal observation is valid (BTs and view angle in range) and where the ancillary inputs are."""
-    def valid(name: str) -> NDArray[np.bool_]:
+    tmp: NDArray[np.bool_] | None = None
+
+    def valid(name: str, into: NDArray[np.bool_] | None = None) -> NDArray[np.bool_]:
+        """``into & (name in its valid range)``, in place (False for NaN)."""
+        nonlocal tmp
         lo, hi, _ = REQUIRED_INPUTS[name]
-        a = inputs[name]
-        return (a >= lo) & (a <= hi)  # False for NaN
+        a = np.asarray(inputs[name])
+        if into is None:
+            return np.greater_equal(a, lo) & np.less_equal(a, hi)
+        tmp = np.greater_equal(a, lo, out=tmp)
+        into &= tmp
+        into &= np.less_equal(a, hi, out=tmp)
+        return into
 
     observed = valid("vza")
     for k in need:
         if k.startswith("bt_"):
-            observed &= valid(k)
+            valid(k, observed)
     ancillary = np.asarray(inputs["ancillary_missing"]) == 0
     for k in need:
         if not k.startswith("bt_"):
-            ancillary &= valid(k)
+            valid(k, ancillary)
     return observed, ancillary
 
 
@@ -216,7 +237,6 @@ def _predict_batch_regions(inputs: Mapping[str, NDArray[Any]], need: Sequence[st
     y0, x0 = origin
     flat_in = {k: np.ravel(inputs[k]) for k in (*need, "vza")}
     flat_lst, flat_unc, flat_qc = lst.reshape(-1), unc.reshape(-1), qc.reshape(-1)
-    edges = np.asarray(UNCERTAINTY_CLASS_EDGES_K, dtype=np.float32)
     # the pre-training range, checked on the inputs the model uses (and the view angle)
     ranges = [(np.uint16(RANGE_BITS[g]), [k for k in RANGE_GROUPS[g] if k in flat_in], np.float32(lo), np.float32(hi))
               for g, (lo, hi) in retriever.training_range.items()]
@@ -224,33 +244,54 @@ def _predict_batch_regions(inputs: Mapping[str, NDArray[Any]], need: Sequence[st
         r0, r1 = max(gy, y0) - y0, min(gy + ty, y0 + ny) - y0
         for gx in range(x0 - x0 % tx, x0 + nx, tx):
             c0, c1 = max(gx, x0) - x0, min(gx + tx, x0 + nx) - x0
-            iy, ix = np.divmod(np.flatnonzero(produce[r0:r1, c0:c1]), c1 - c0)
-            in_region = (iy + r0) * nx + (ix + c0)
+            if c1 - c0 == nx:  # the region spans the block's rows: its flat indices are the block's, offset
+                in_region = np.flatnonzero(produce[r0:r1])
+                in_region += r0 * nx
+            else:
+                iy, ix = np.divmod(np.flatnonzero(produce[r0:r1, c0:c1]), c1 - c0)
+                in_region = (iy + r0) * nx + (ix + c0)
             for b in range(0, in_region.size, retriever.batch_size):
                 idx = in_region[b:b + retriever.batch_size]
                 sub = {k: v.take(idx) for k, v in flat_in.items()}
                 t, s = retriever.predict(compute_features(sub, names=retriever.features))
                 flat_lst[idx] = t
                 flat_unc[idx] = s
-                bits = np.searchsorted(edges, s, side="left").astype(np.uint16) << UNCERTAINTY_CLASS_SHIFT
-                for bit, names, lo, hi in ranges:
-                    outside = np.zeros(idx.size, dtype=bool)
-                    for k in names:
-                        outside |= (sub[k] < lo) | (sub[k] > hi)
-                    bits |= outside * bit
-                flat_qc[idx] = bits
+                flat_qc[idx] = _qc_bits(s, sub, ranges)
+
+
+def _qc_bits(sigma: NDArray[np.float32], sub: Mapping[str, NDArray[Any]],
+             ranges: Sequence[tuple[np.uint16, Sequence[str], np.float32, np.float32]]) -> NDArray[np.uint16]:
+    """QC bits of produced pixels: the uncertainty class of ``sigma`` (K) and the pre-training range flags.
+
+    The class is the number of :data:`UNCERTAINTY_CLASS_EDGES_K` below sigma (NaN: 3), as
+    ``searchsorted(edges, sigma, side="left")``, counted with one comparison per edge; a range group whose inputs
+    all lie inside (their extremes tell) costs no per-pixel work."""
+    below = np.zeros(sigma.shape, dtype=np.uint8)
+    for e in UNCERTAINTY_CLASS_EDGES_K:
+        below += sigma <= np.float32(e)  # False for NaN
+    bits = np.uint8(len(UNCERTAINTY_CLASS_EDGES_K)) - below
+    bits = bits.astype(np.uint16)
+    bits <<= UNCERTAINTY_CLASS_SHIFT
+    for bit, names, lo, hi in ranges:
+        inside = [k for k in names if sub[k].size and lo <= sub[k].min() and sub[k].max() <= hi]
+        for k in names:
+            if k not in inside:
+                outside = sub[k] < lo
+                outside |= sub[k] > hi
+                np.bitwise_or(bits, bit, out=bits, where=outside)
+    return bits
 
 
 def _dilate(mask: NDArray[np.bool_], radius: int) -> NDArray[np.bool_]:
     """Square (Chebyshev) dilation by ``radius`` pixels; nothing lies beyond the array."""
-    out = mask.copy()
-    for _ in range(radius):  # separable: grow one pixel in y, then in x
-        grown = out.copy()
-        grown[1:] |= out[:-1]
-        grown[:-1] |= out[1:]
-        out = grown.copy()
-        out[:, 1:] |= grown[:, :-1]
-        out[:, :-1] |= grown[:, 1:]
+    rows = mask.copy()
+    for d in range(1, radius + 1):  # separable: the rows within radius, then the columns
+        rows[d:] |= mask[:-d]
+        rows[:-d] |= mask[d:]
+    out = rows.copy()
+    for d in range(1, radius + 1):
+        out[:, d:] |= rows[:, :-d]
+        out[:, :-d] |= rows[:, d:]
     return out
 
 

@@ -496,3 +496,54 @@ def test_overwrite_replaces_only_another_models_lst_and_appends_to_the_same_mode
     assert replaced["retrieved"] == 2 and replaced["skipped"] == 0
 
     assert open_store(out).sizes["time"] == 2
+
+
+class _SigmaRetriever:
+    """A model whose LST is bt_10_80 and whose uncertainty is a given sequence (K), pixel by pixel in batch order."""
+
+    features = ("bt_10_80",)
+    digest = "0" * 64
+    batch_size = 7  # several batches per block
+    def __init__(self, sigma: np.ndarray) -> None:
+        self.sigma, self.done = sigma.astype(np.float32), 0
+        self.training_range = {"bt": (250.0, 330.0)}
+
+    def predict(self, features):
+        t = features["bt_10_80"]
+        s = self.sigma[self.done:self.done + t.size]
+        self.done += t.size
+        return t.astype(np.float32), s
+
+    def describe(self):
+        return {}
+
+
+def _block_inputs(ny: int, nx: int, bt: float = 300.0) -> dict[str, np.ndarray]:
+    return {"bt_10_80": np.full((ny, nx), bt, np.float32), "vza": np.full((ny, nx), 10.0, np.float32),
+            "ancillary_missing": np.zeros((ny, nx), np.uint8)}
+
+
+def test_block_uncertainty_class_at_the_edges_range_flags_and_chunks_without_cloud_or_observation():
+    edges = [0.5, 1.0, np.nextafter(np.float32(1.0), np.float32(2.0)), 2.0, 2.5, 3.0, 3.5, np.nan, 0.0, 1e6]
+    sigma = np.array(edges * 3, dtype=np.float32)  # 30 pixels in raster order
+    inputs = _block_inputs(5, 6)
+    inputs["bt_10_80"][4, 5] = 340.0  # valid (150-400 K), outside the pre-training range
+    res = retrieve_block(inputs, _SigmaRetriever(sigma), cloud=np.zeros((5, 6), np.uint8))
+    qc = res["qc"].ravel()
+    cls = (qc >> UNCERTAINTY_CLASS_SHIFT) & 3
+    np.testing.assert_array_equal(cls, [0, 0, 1, 1, 2, 2, 3, 3, 0, 3] * 3)  # <= 1 K: 0, ... > 3 K or NaN: 3
+    bt_flag, bt_value = QC_FLAGS["bt_outside_pretraining_range"]
+    assert np.flatnonzero((qc & bt_flag) == bt_value).tolist() == [29]
+    assert not (qc & QC_FLAGS["cloud_adjacent"][0]).any()  # no cloud anywhere near: no pixel flagged
+    assert res["counts"] == {"pixels": 30, "produced": 30, "cloud": 0, "not_covered": 0, "missing_ancillary": 0}
+    # nothing observed (outside the swath): every pixel not covered, uncertainty class 3, nothing produced
+    empty = _block_inputs(5, 6, bt=np.nan)
+    cloud = np.zeros((9, 10), np.uint8)
+    cloud[0, 0] = 1  # a cloud in the halo only
+    res = retrieve_block(empty, _SigmaRetriever(sigma), cloud=cloud, cloud_offset=(2, 2))
+    assert (res["qc"] == 770).all() and np.isnan(res["lst"]).all() and np.isnan(res["lst_uncertainty"]).all()
+    assert res["counts"] == {"pixels": 30, "produced": 0, "cloud": 0, "not_covered": 30, "missing_ancillary": 0}
+    # a cloud in the halo flags the produced pixels within 2 px of it, across the block's edge
+    res = retrieve_block(_block_inputs(5, 6), _SigmaRetriever(np.ones(30)), cloud=cloud, cloud_offset=(2, 2))
+    adjacent = (res["qc"] & QC_FLAGS["cloud_adjacent"][0]) != 0
+    assert np.argwhere(adjacent).tolist() == [[0, 0]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 
@@ -323,3 +324,72 @@ def test_holdout_report_has_one_row_per_window():
         assert (row["wvc_min"], row["vza_max"], row["n_train"]) == (w.wvc_min, w.vza_max, w.n_train)
         assert row["rmse_holdout_k"] == w.rmse_holdout_k
         assert ("too few" in row["note"]) == (not w.fitted)
+
+
+def _blend_reference(coeffs: SplitWindowCoefficients, cols: dict[str, np.ndarray]) -> np.ndarray:
+    """The documented rule, pixel by pixel in float64: the pixel's VZA band (the edge band beyond), the fitted WVC
+    window holding its WVC, and in an overlap the two windows' coefficients blended by the position in it."""
+    bands: dict[tuple[float, float], list[SplitWindowWindow]] = {}
+    for w in coeffs.windows:
+        bands.setdefault((w.vza_min, w.vza_max), []).append(w)
+    keys = sorted(bands)
+    band = np.minimum(np.searchsorted([hi for _, hi in keys[:-1]], cols["vza"], side="right"), len(keys) - 1)
+    out = np.full(cols["wvc"].size, np.nan)
+    for b, key in enumerate(keys):
+        at = band == b
+        wvc = cols["wvc"][at]
+        ws = sorted(bands[key], key=lambda w: w.wvc_min)
+        coef = {k: np.full(wvc.size, ws[0].coefficients[k]) for k in COEFFICIENT_NAMES}
+        for lower, upper in itertools.pairwise(ws):
+            t = np.clip((wvc - upper.wvc_min) / (lower.wvc_max - upper.wvc_min), 0.0, 1.0)
+            past = wvc >= upper.wvc_min
+            for k in COEFFICIENT_NAMES:
+                coef[k] = np.where(past, (1 - t) * lower.coefficients[k] + t * upper.coefficients[k], coef[k])
+        out[at] = _formula({k: v[at] for k, v in cols.items()}, coef)
+    return out
+
+
+def test_block_kernel_equals_the_documented_blend_on_random_float32_pixels_across_windows_bands_and_overlaps():
+    # Coefficients that differ per window and band, so a wrong window or weight shows by kelvins.
+    coeffs = fit_split_window(_table(n=12_000, coef=_smooth_truth, vza_max=65.0))
+    rng = np.random.default_rng(7)
+    cases = {
+        "everywhere": _inputs(3_000, rng, wvc_max=7.0, vza_max=70.0),
+        "one window, one band": {**_inputs(3_000, rng), "wvc": rng.uniform(0.5, 1.9, 3_000),
+                                 "vza": rng.uniform(0.0, 14.0, 3_000)},
+        "one overlap": {**_inputs(3_000, rng), "wvc": rng.uniform(2.05, 2.45, 3_000), "vza": np.full(3_000, 20.0)},
+        "windows and overlaps": {**_inputs(3_000, rng), "wvc": np.sort(rng.uniform(1.5, 4.2, 3_000)),
+                                 "vza": np.full(3_000, 40.0)},
+    }
+    for name, cols in cases.items():
+        f32 = {k: v.astype(np.float32) for k, v in cols.items()}
+        args = [f32[k] for k in ("bt_10_80", "bt_11_95", "emis_10_80", "emis_11_95", "wvc", "vza")]
+        ref = _blend_reference(coeffs, {k: v.astype(np.float64) for k, v in f32.items()})
+        alone = apply_split_window(coeffs, *(a[:400] for a in args), block_size=1)  # each pixel a block of its own
+        for block in (5, 700, 65536):  # blocks inside one window, spanning windows, and the whole array
+            got = apply_split_window(coeffs, *args, block_size=block)
+            assert got.dtype == np.float32
+            assert np.max(np.abs(got - ref)) < 1e-4, (name, block)  # float32 rounding of ~300 K is 3e-5 K
+            # a pixel's value does not depend on which pixels share its block
+            assert np.array_equal(got[:400], alone), (name, block)
+    # the cases did reach every path: blocks in one window, blocks across windows, blocks across bands
+    assert len({tuple(np.unique(np.searchsorted([15.0, 35.0], c["vza"], side="right"))) for c in cases.values()}) >= 3
+
+
+def test_nan_pixels_in_a_block_of_one_window_come_back_nan_and_the_others_unchanged():
+    coeffs = _hand_coeffs([0.0, 1.0])
+    rng = np.random.default_rng(3)
+    cols = {**_inputs(500, rng), "wvc": rng.uniform(0.2, 1.8, 500), "vza": np.full(500, 10.0)}
+    args = [cols[k].copy() for k in ("bt_10_80", "bt_11_95", "emis_10_80", "emis_11_95", "wvc", "vza")]
+    clean = apply_split_window(coeffs, *args)
+    args[2][[5, 77]] = np.nan
+    args[4][300] = np.nan
+    got = apply_split_window(coeffs, *args, allow_nan=True)
+    assert np.flatnonzero(np.isnan(got)).tolist() == [5, 77, 300]
+    keep = ~np.isnan(got)
+    assert np.array_equal(got[keep], clean[keep])
+    with pytest.raises(ValueError, match="wvc: 1 non-finite"):
+        apply_split_window(coeffs, *args[:2], cols["emis_10_80"], *args[3:])
+    args[4][300] = 16.0
+    with pytest.raises(ValueError, match=r"wvc: values span \[.*16\] g cm-2, outside the valid range"):
+        apply_split_window(coeffs, *args, allow_nan=True)

@@ -490,8 +490,11 @@ def apply_split_window(
     neighbours blend across the gap); a VZA band without fitted windows uses the
     nearest band that has some.
 
-    Why this is long: the numpydoc text of nine parameters and the blending rules above; the body is 28 lines,
-    most of them the one ``nditer`` call that keeps the temporaries in cache.
+    Why this is long: the numpydoc text of nine parameters and the blending rules above; the body is 30 lines,
+    most of them the one ``nditer`` call that keeps the temporaries in cache. Each block is checked by its
+    extremes (the full check, naming the variable, only where they fail) and evaluated with scalar coefficients
+    where its pixels share a window (the common case: a scene's chunk sits in one VZA band and mostly in one WVC
+    window), else per pixel; a pixel gets the same bits either way.
 
     Parameters
     ----------
@@ -546,11 +549,17 @@ def apply_split_window(
         casting="same_kind",
         buffersize=block_size,
     )
+    scratch = np.empty((_N_SCRATCH, min(block_size, max(result.size, 1))))
     with it:
         for *blocks, out in it:
-            checked = [check_range(nm, blk, *bd, unit=u, allow_nan=allow_nan)
-                       for nm, blk, bd, u in zip(names, blocks, bounds, units, strict=True)]
-            out[...] = _evaluate(lk, *checked, allow_nan=allow_nan)
+            has_nan = False
+            for nm, blk, (lo, hi), u in zip(names, blocks, bounds, units, strict=True):
+                if not (lo <= blk.min(initial=lo) and blk.max(initial=hi) <= hi):  # NaN fails too
+                    check_range(nm, blk, lo, hi, unit=u, allow_nan=allow_nan)  # raises, naming it, unless NaN
+                    has_nan = True  # allowed: NaN and nothing out of range
+            lst = _evaluate(lk, *blocks, has_nan=has_nan, scratch=scratch[:, :out.size], out=out)
+            if lst is not out:
+                out[...] = lst
     return result
 
 
@@ -590,6 +599,53 @@ def _terms(
     return 0.5 * (ti + tj), 0.5 * dt, inv_e - 1.0, (ei - ej) * inv_e * inv_e, dt * dt
 
 
+#: Rows of :func:`apply_split_window`'s scratch block: S, H, r, q, (Ti-Tj)^2 and two temporaries.
+_N_SCRATCH = 7
+
+
+def _terms_into(ti: NDArray[np.float64], tj: NDArray[np.float64], ei: NDArray[np.float64], ej: NDArray[np.float64],
+                scratch: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
+    """:func:`_terms` written into rows of ``scratch`` (the same operations, so the same bits); S, H, r, q, dt^2."""
+    s, h, r, q, dt2 = scratch[:5]
+    np.subtract(ti, tj, out=h)
+    np.multiply(h, h, out=dt2)
+    h *= 0.5
+    np.add(ti, tj, out=s)
+    s *= 0.5
+    np.add(ei, ej, out=r)
+    r *= 0.5
+    np.divide(1.0, r, out=r)  # 1 / e
+    np.subtract(ei, ej, out=q)
+    q *= r
+    q *= r
+    r -= 1.0
+    return s, h, r, q, dt2
+
+
+def _form_into(c: Sequence[float], terms: Sequence[NDArray[np.float64]], out: NDArray[np.float64],
+               tmp: NDArray[np.float64], tmp2: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The split-window form (K) with one set of coefficients ``c`` for every pixel, into ``out``.
+
+    ``c0 + S (c1 + c2 r + c3 q) + H (c4 + c5 r + c6 q) + c7 dt^2``, summed in that order (the per-pixel form of
+    :func:`_evaluate_general` gives the same bits for the same coefficients)."""
+    s, h, r, q, dt2 = terms
+    np.multiply(r, c[2], out=out)
+    out += c[1]
+    np.multiply(q, c[3], out=tmp)
+    out += tmp
+    out *= s
+    out += c[0]
+    np.multiply(r, c[5], out=tmp)
+    tmp += c[4]
+    np.multiply(q, c[6], out=tmp2)
+    tmp += tmp2
+    tmp *= h
+    out += tmp
+    np.multiply(dt2, c[7], out=tmp)
+    out += tmp
+    return out
+
+
 def _evaluate(
     lk: _Lookup,
     ti: NDArray[np.float64],
@@ -599,26 +655,73 @@ def _evaluate(
     wvc: NDArray[np.float64],
     vza: NDArray[np.float64],
     *,
-    allow_nan: bool,
+    has_nan: bool,
+    scratch: NDArray[np.float64],
+    out: NDArray[np.float64],
 ) -> NDArray[np.float64]:
-    """Blended split-window LST (K) on one 1-D block of validated inputs."""
+    """Blended split-window LST (K) on one 1-D block of validated inputs (NaN only where ``has_nan``), in ``out``
+    where it can (the block's output buffer).
+
+    A block's pixels usually share one VZA band and one WVC window, outside the blend zones: the block's extremes
+    tell, and that window's coefficients apply to every pixel as scalars (:func:`_form_into`). Other blocks take
+    the per-pixel path (:func:`_evaluate_general`). Both give a pixel the same bits, whatever its block.
+    """
     bad = None
-    if allow_nan:
+    if has_nan:
         bad = ~(np.isfinite(ti) & np.isfinite(tj) & np.isfinite(ei) & np.isfinite(ej)
                 & np.isfinite(wvc) & np.isfinite(vza))
-        if bad.any():
-            # Placeholder values keep the window lookup defined; these pixels become NaN below.
-            ti, tj, ei, ej, wvc, vza = (np.where(bad, fill, a) for a, fill in
-                                        zip((ti, tj, ei, ej, wvc, vza), (300.0, 300.0, 1.0, 1.0, 0.0, 0.0),
-                                            strict=True))
-        else:
-            bad = None
-    # Scenes usually sit in one VZA band (and often one WVC window) per block: use scalars then.
+        # Placeholder values keep the window lookup defined; these pixels become NaN below.
+        ti, tj, ei, ej, wvc, vza = (np.where(bad, fill, a) for a, fill in
+                                    zip((ti, tj, ei, ej, wvc, vza), (300.0, 300.0, 1.0, 1.0, 0.0, 0.0), strict=True))
+    col = _uniform_window(lk, wvc, vza)
+    if col is None:
+        lst = _evaluate_general(lk, ti, tj, ei, ej, wvc, vza)
+    else:
+        lst = _form_into(lk.coef_t[:, col], _terms_into(ti, tj, ei, ej, scratch), out, *scratch[5:7])
+    if bad is not None:
+        lst[bad] = np.nan
+    return lst
+
+
+def _uniform_window(lk: _Lookup, wvc: NDArray[np.float64], vza: NDArray[np.float64]) -> int | None:
+    """The column of :attr:`_Lookup.coef_t` every pixel of a block uses unblended, or None if they differ.
+
+    The window position is monotonic in WVC, so the block's extremes decide: each zone's weight is 0 or 1 for
+    both (computed as :func:`_evaluate_general` does, so the per-pixel path would find the same window)."""
+    if not wvc.size:
+        return None
+    band = 0
+    if lk.vza_edges.size:
+        raw = np.searchsorted(lk.vza_edges, [vza.min(), vza.max()], side="right")
+        if raw[0] != raw[1]:
+            return None
+        band = int(lk.band_map[raw[0]])
+    k = 0
+    ends = np.array([wvc.min(), wvc.max()])
+    for z in range(lk.zone_start.shape[1]):
+        start = lk.zone_start[band, z]
+        if np.isinf(start):
+            break  # padding: this band has no more windows
+        t = np.clip((ends - start) / lk.zone_width[band, z], 0.0, 1.0)
+        if t[0] != t[1] or 0.0 < t[0] < 1.0:
+            return None  # some pixels blend, or sit in different windows
+        k += int(t[0])
+    return band * lk.stride + k
+
+
+def _evaluate_general(
+    lk: _Lookup,
+    ti: NDArray[np.float64],
+    tj: NDArray[np.float64],
+    ei: NDArray[np.float64],
+    ej: NDArray[np.float64],
+    wvc: NDArray[np.float64],
+    vza: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Blended split-window LST (K) of finite, validated pixels, with per-pixel band, window and coefficients."""
     band: int | NDArray[np.intp] = 0
     if lk.vza_edges.size and vza.size:
         band = lk.band_map[np.searchsorted(lk.vza_edges, vza, side="right")]
-        if band.min() == band.max():
-            band = int(band[0])
     # Window position: integer part = lower window, fraction = blend weight of the next one.
     pos = np.zeros_like(wvc)
     for z in range(lk.zone_start.shape[1]):
@@ -635,19 +738,13 @@ def _evaluate(
     k = pos.astype(np.intp)
     frac = pos - k
     idx = band * lk.stride + k
-    if idx.size and idx.min() == idx.max() and not frac.any():
-        c: Sequence[Any] = lk.coef_t[:, int(idx[0])]
-    else:
-        c = []
-        for row, step in zip(lk.coef_t, lk.step_t, strict=True):
-            cj = row.take(idx)
-            cj += frac * step.take(idx)
-            c.append(cj)
+    c = []
+    for row, step in zip(lk.coef_t, lk.step_t, strict=True):
+        cj = row.take(idx)
+        cj += frac * step.take(idx)
+        c.append(cj)
     s, h, r, q, dt2 = _terms(ti, tj, ei, ej)
-    lst = c[0] + s * (c[1] + c[2] * r + c[3] * q) + h * (c[4] + c[5] * r + c[6] * q) + c[7] * dt2
-    if bad is not None:
-        lst[bad] = np.nan
-    return lst
+    return c[0] + s * (c[1] + c[2] * r + c[3] * q) + h * (c[4] + c[5] * r + c[6] * q) + c[7] * dt2
 
 
 def _fit_window(
