@@ -35,13 +35,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import rioxarray  # noqa: F401  (registers .rio)
+import zarr
 from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask import plotting
 from sftl_dask.cluster import run_tasks
 from sftl_dask.io.cube import read_coverage
 from sftl_dask.io.insitu import read_sites
-from sftl_dask.io.location import Location, exists, is_url, location
+from sftl_dask.io.location import Location, exists, is_url, location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR, QC_FILL, QC_FLAGS, lst_stores
 from sftl_dask.io.stores import open_store
 from sftl_dask.matchups import (
@@ -300,8 +301,9 @@ def check_validation(lst: str | os.PathLike[str], insitu_dir: str | os.PathLike[
     -------
     list of dict
         Per LST store holding a site: ``grid`` (name), ``path``, ``sites`` (the site rows inside, with
-        ``row``/``col``), ``masks`` (QC bit of each flag the rules need) and ``model`` (what made the LST,
-        from the store's attributes).
+        ``row``/``col``), ``masks`` (QC bit of each flag the rules need), ``model`` (what made the LST,
+        from the store's attributes), ``systematic_k`` and ``steps`` (the complete time steps in time order, read
+        while the store is open here, so the matchups do not open it again).
 
     Raises
     ------
@@ -346,13 +348,25 @@ def check_validation(lst: str | os.PathLike[str], insitu_dir: str | os.PathLike[
             if ds.attrs.get("model_sha256"):
                 model += f" (sha256 {str(ds.attrs['model_sha256'])[:12]})"
             plan.append({"grid": name, "path": path, "sites": inside, "masks": masks, "model": model.strip(),
-                         "systematic_k": _float_attr(ds.attrs.get("uncertainty_systematic_k"))})
+                         "systematic_k": _float_attr(ds.attrs.get("uncertainty_systematic_k")),
+                         "steps": _complete_steps(ds)})
     if not plan:
         raise ValidateError(f"{sites_path}: no site lies inside any LST store of {lst} ({', '.join(stores)})")
     for site in sorted({str(s) for p in plan for s in p["sites"]["id"]}):
         if not (insitu / f"{site}.csv").is_file():
             raise ValidateError(f"{insitu / f'{site}.csv'}: station file of site {site} not found")
     return plan
+
+
+def _complete_steps(ds: Any) -> dict[str, Any]:
+    """An LST store's complete time steps (``retrieve_ok``; all where the store does not say) in time order:
+    ``order`` (their indices), ``times``, ``scene_ids`` and the ``chunks`` of ``lst``."""
+    ok = ds[LST_OK_VAR].values.astype(bool) if LST_OK_VAR in ds else np.ones(ds.sizes["time"], bool)
+    idx = np.flatnonzero(ok)
+    time = ds["time"].values
+    order = idx[np.argsort(time[idx], kind="stable")]
+    scene_ids = ds["scene_id"].values[order].astype(str) if "scene_id" in ds else np.full(order.size, "")
+    return {"order": order, "times": time[order], "scene_ids": scene_ids, "chunks": ds["lst"].encoding.get("chunks")}
 
 
 def _float_attr(v: Any) -> float:
@@ -402,25 +416,59 @@ def _station_task(insitu_dir: str, site: str, times: Sequence[Any], window_min: 
 
 
 def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int, int]]
-                 ) -> list[tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any] | None]]:
+                 ) -> list[tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any] | None, NDArray[Any]]]:
     """The series of some pixels of an LST store (a task): ``lst``, ``lst_uncertainty`` (K) and ``vza`` (deg)
-    at each pixel and ``qc`` over its neighbourhood, at the time steps ``order``. The store is opened lazily
-    indexed (CF-decoded, no Dask): a selection reads only the chunks it needs."""
-    ds = open_store(path, chunks=None)
-    names = [v for v in ("lst", "lst_uncertainty", "vza") if v in ds.data_vars]
+    at each pixel, ``qc`` over its neighbourhood and the 3 x 3 LST spread (K), at the time steps ``order``.
+
+    The pixels share a chunk (:func:`validation_matchups` groups them so): each variable is read once, at the
+    numpy level, over the one window that holds every pixel's neighbourhood (:func:`_read_window`), so a chunk
+    of a time step is decoded once per variable, not once per pixel and variable. Values are those
+    ``xarray.open_zarr`` gives (:func:`_decoded`); ``qc`` stays integer bit flags, as the project opens it.
+    """
+    group = zarr.open_group(zarr_store(path), mode="r")
+    rows = np.array([r for r, _ in pixels], dtype=np.int64)
+    cols = np.array([c for _, c in pixels], dtype=np.int64)
+    m = CLOUD_NEIGHBOURHOOD_PX
+    r0, c0 = int(rows.min()) - m, int(cols.min()) - m
+    window = (np.asarray(order, dtype=np.intp), slice(r0, int(rows.max()) + m + 1), slice(c0, int(cols.max()) + m + 1))
+    names = [v for v in ("lst", "lst_uncertainty", "vza") if v in group]
+    data = {v: _decoded(group[v], _read_window(group[v], window)) for v in names}
+    qc = _read_window(group["qc"], window)
     out = []
-    for r, c in pixels:
-        ys, xs = neighbourhood(r, c)
-        px = ds[names].isel(time=order, y=r, x=c)
-        window = np.asarray(ds["lst"].isel(time=order, y=ys, x=xs).values, dtype=np.float64)
-        window = window.reshape(order.size, window.shape[1] * window.shape[2])  # no step: (0, 9), not an error
-        good = np.isfinite(window).sum(axis=1) >= 2  # the representativeness term: the 3 x 3 pixels' spread
+    for r, c in zip(rows - r0, cols - c0, strict=True):
+        ys, xs = neighbourhood(int(r), int(c))
+        lst_win = data["lst"][:, ys, xs].astype(np.float64)
+        lst_win = lst_win.reshape(order.size, lst_win.shape[1] * lst_win.shape[2])  # no step: (0, 9)
+        good = np.isfinite(lst_win).sum(axis=1) >= 2  # the representativeness term: the 3 x 3 pixels' spread
         spread = np.full(order.size, np.nan)
-        spread[good] = np.nanstd(window[good], axis=1, ddof=1)
-        out.append((px["lst"].values, px["lst_uncertainty"].values, ds["qc"].isel(time=order, y=ys, x=xs).values,
-                    px["vza"].values if "vza" in names else None, spread))
-    ds.close()
+        spread[good] = np.nanstd(lst_win[good], axis=1, ddof=1)
+        out.append((data["lst"][:, r, c], data["lst_uncertainty"][:, r, c], qc[:, ys, xs],
+                    data["vza"][:, r, c] if "vza" in data else None, spread))
     return out
+
+
+def _read_window(array: Any, window: tuple[NDArray[np.intp], slice, slice]) -> NDArray[Any]:
+    """``array[steps, rows, cols]`` of a zarr array, its stored values (no step: an empty array, nothing read)."""
+    steps, ys, xs = window
+    if not steps.size:
+        return np.empty((0, ys.stop - ys.start, xs.stop - xs.start), dtype=array.dtype)
+    return np.asarray(array.get_orthogonal_selection(window))
+
+
+def _decoded(array: Any, values: NDArray[Any]) -> NDArray[Any]:
+    """Stored values CF-decoded as ``xarray.open_zarr`` decodes them: the fill value (the array's or
+    ``_FillValue``) masked to NaN, then ``scale_factor`` and ``add_offset`` applied. Float values without a
+    fill other than NaN and without scaling, as the LST cube writes them, come back unchanged."""
+    attrs = array.attrs
+    fill = attrs.get("_FillValue", array.fill_value)
+    scale, offset = attrs.get("scale_factor"), attrs.get("add_offset")
+    masked = fill is not None and not (isinstance(fill, float | np.floating) and np.isnan(fill))
+    if not masked and scale is None and offset is None and np.issubdtype(values.dtype, np.floating):
+        return values
+    out = values.astype(np.float64)
+    if masked:
+        out[values == fill] = np.nan
+    return out * (1.0 if scale is None else float(scale)) + (0.0 if offset is None else float(offset))
 
 
 def _all_steps(pixel: tuple[Any, ...], held: NDArray[np.bool_]) -> tuple[Any, ...]:
@@ -512,15 +560,11 @@ def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.
     stores = []  # (store plan, complete time steps in time order, their times and scene ids)
     site_times: dict[str, list[Any]] = {}
     for p in plan:
-        ds = _open_store(p["path"])
-        ok = ds[LST_OK_VAR].values.astype(bool) if LST_OK_VAR in ds else np.ones(ds.sizes["time"], bool)
-        idx = np.flatnonzero(ok)
-        order = idx[np.argsort(ds["time"].values[idx], kind="stable")]
-        scene_ids = ds["scene_id"].values[order].astype(str) if "scene_id" in ds else np.full(order.size, "")
-        stores.append((p, order, ds["time"].values[order], scene_ids, ds["lst"].encoding.get("chunks"),
-                       read_coverage(p["path"])))
+        steps = p["steps"] if "steps" in p else _complete_steps(_open_store(p["path"]))  # opened by the check
+        order, times = steps["order"], steps["times"]
+        stores.append((p, order, times, steps["scene_ids"], steps["chunks"], read_coverage(p["path"])))
         for site in p["sites"]["id"].astype(str):
-            site_times.setdefault(site, []).append(ds["time"].values[order])
+            site_times.setdefault(site, []).append(times)
     names = sorted(site_times)
     unique = {site: np.unique(np.concatenate(site_times[site])) for site in names}  # a site in several stores
     calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
