@@ -424,7 +424,7 @@ def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int,
     The pixels share a chunk (:func:`validation_matchups` groups them so): each variable is read once, at the
     numpy level, over the one window that holds every pixel's neighbourhood (:func:`_read_window`), so a chunk
     of a time step is decoded once per variable, not once per pixel and variable. Values are those
-    ``xarray.open_zarr`` gives (:func:`_decoded`); ``qc`` stays integer bit flags, as the project opens it.
+    ``xarray.open_zarr`` gives (:func:`_decoded_window`); ``qc`` stays integer bit flags, as the project opens it.
     """
     group = zarr.open_group(zarr_store(path), mode="r")
     rows = np.array([r for r, _ in pixels], dtype=np.int64)
@@ -433,7 +433,7 @@ def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int,
     r0, c0 = int(rows.min()) - m, int(cols.min()) - m
     window = (np.asarray(order, dtype=np.intp), slice(r0, int(rows.max()) + m + 1), slice(c0, int(cols.max()) + m + 1))
     names = [v for v in ("lst", "lst_uncertainty", "vza") if v in group]
-    data = {v: _decoded(group[v], _read_window(group[v], window)) for v in names}
+    data = {v: _decoded_window(path, group, v, window) for v in names}
     qc = _read_window(group["qc"], window)
     out = []
     for r, c in zip(rows - r0, cols - c0, strict=True):
@@ -456,20 +456,18 @@ def _read_window(array: Any, window: tuple[NDArray[np.intp], slice, slice]) -> N
     return np.asarray(array.get_orthogonal_selection(window))
 
 
-def _decoded(array: Any, values: NDArray[Any]) -> NDArray[Any]:
-    """Stored values CF-decoded as ``xarray.open_zarr`` decodes them: the fill value (the array's or
-    ``_FillValue``) masked to NaN, then ``scale_factor`` and ``add_offset`` applied. Float values without a
-    fill other than NaN and without scaling, as the LST cube writes them, come back unchanged."""
-    attrs = array.attrs
-    fill = attrs.get("_FillValue", array.fill_value)
-    scale, offset = attrs.get("scale_factor"), attrs.get("add_offset")
-    masked = fill is not None and not (isinstance(fill, float | np.floating) and np.isnan(fill))
-    if not masked and scale is None and offset is None and np.issubdtype(values.dtype, np.floating):
-        return values
-    out = values.astype(np.float64)
-    if masked:
-        out[values == fill] = np.nan
-    return out * (1.0 if scale is None else float(scale)) + (0.0 if offset is None else float(offset))
+def _decoded_window(path: str, group: Any, var: str, window: tuple[NDArray[np.intp], slice, slice]) -> NDArray[Any]:
+    """``var[steps, rows, cols]`` of an LST store as ``xarray.open_zarr`` decodes it: the stored values where they
+    are the decoded ones (floats with a NaN fill or none, no ``scale_factor``/``add_offset``: as the LST cube writes
+    them); else, for a variable another writer CF-encoded, xarray's own decoding of the same window."""
+    array = group[var]
+    fill = array.attrs.get("_FillValue", array.fill_value)
+    plain = (np.issubdtype(array.dtype, np.floating) and not {"scale_factor", "add_offset"} & set(array.attrs)
+             and (fill is None or (isinstance(fill, float | np.floating) and bool(np.isnan(fill)))))
+    if plain:
+        return _read_window(array, window)
+    steps, ys, xs = window
+    return np.asarray(open_store(path, chunks=None)[var].isel(time=steps, y=ys, x=xs).values)
 
 
 def _all_steps(pixel: tuple[Any, ...], held: NDArray[np.bool_]) -> tuple[Any, ...]:
