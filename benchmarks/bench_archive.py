@@ -243,6 +243,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["archive"] = {**previous["archive"], "alternated": timed,
                              "ratio_composites_to_retrieve": round(timed["composites_s"] / timed["retrieve_s"], 3),
                              "ratio_validate_to_retrieve": round(timed["validate_s"] / timed["retrieve_s"], 3)}
+        first = result["archive"]["first_run_s"]
+        result["archive"]["ratio_validate_to_retrieve_first_run"] = round(first["validate"] / first["retrieve"], 3)
     elif "archive" not in args.skip:
         result["archive"] = archive(args.work, args.archive_scenes, args.workers, args.repeat)
     elif "archive" in previous:
