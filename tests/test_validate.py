@@ -455,3 +455,13 @@ def test_pixel_series_equal_xarray_selections_per_pixel_on_several_tiles_steps_a
             raw = zarr.open_group(str(tmp_path / "lst" / "b.zarr"), mode="r")["lst_uncertainty"][order, 10, 10]
             np.testing.assert_allclose(table[table["site"] == "Q2"]["lst_uncertainty"].to_numpy(),
                                        raw.astype(np.float64) * 0.5 + 0.25, rtol=1e-6)
+
+
+def test_figures_drawn_on_a_cluster_equal_those_drawn_in_process_byte_for_byte(crafted, validated, client, tmp_path):
+    """With a client the three figures are drawn at once on the workers and their PNG bytes written by the
+    caller: every output file equals the in-process run's, byte for byte (summary.md aside: it says the seconds)."""
+    out, _ = validated
+    validate(crafted["lst"], crafted["insitu"], crafted["sites"], tmp_path / "val", client=client)
+    for name in ("timeseries.png", "reliability.png", "scatter.png", "matchups.parquet", "metrics.parquet",
+                 "calibration.parquet"):
+        assert (tmp_path / "val" / name).read_bytes() == (out / name).read_bytes(), name
