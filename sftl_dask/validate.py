@@ -26,6 +26,7 @@ folder that appears only once complete.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,13 +36,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import rioxarray  # noqa: F401  (registers .rio)
+import zarr
 from numpy.typing import ArrayLike, NDArray
 
 from sftl_dask import plotting
 from sftl_dask.cluster import run_tasks
 from sftl_dask.io.cube import read_coverage
 from sftl_dask.io.insitu import read_sites
-from sftl_dask.io.location import Location, exists, is_url, location
+from sftl_dask.io.location import Location, exists, is_url, location, zarr_store
 from sftl_dask.io.lst import LST_OK_VAR, QC_FILL, QC_FLAGS, lst_stores
 from sftl_dask.io.stores import open_store
 from sftl_dask.matchups import (
@@ -258,8 +260,10 @@ def calibration_table(matchups: pd.DataFrame) -> pd.DataFrame:
 
 
 def _open_store(path: Location) -> Any:
+    """An LST store lazily indexed, without Dask (the checks read only its small arrays: through Dask, the
+    complete steps' ``retrieve_ok``, one chunk a step, cost a threaded compute each, 0.6 s for 5 stores)."""
     try:
-        return open_store(path)
+        return open_store(path, chunks=None)
     except (OSError, KeyError, ValueError) as exc:  # zarr's errors are ValueErrors: the store does not open
         raise ValidateError(f"{path}: not a readable LST store ({type(exc).__name__}: {exc})") from None
 
@@ -300,8 +304,9 @@ def check_validation(lst: str | os.PathLike[str], insitu_dir: str | os.PathLike[
     -------
     list of dict
         Per LST store holding a site: ``grid`` (name), ``path``, ``sites`` (the site rows inside, with
-        ``row``/``col``), ``masks`` (QC bit of each flag the rules need) and ``model`` (what made the LST,
-        from the store's attributes).
+        ``row``/``col``), ``masks`` (QC bit of each flag the rules need), ``model`` (what made the LST,
+        from the store's attributes), ``systematic_k`` and ``steps`` (the complete time steps in time order, read
+        while the store is open here, so the matchups do not open it again).
 
     Raises
     ------
@@ -346,13 +351,25 @@ def check_validation(lst: str | os.PathLike[str], insitu_dir: str | os.PathLike[
             if ds.attrs.get("model_sha256"):
                 model += f" (sha256 {str(ds.attrs['model_sha256'])[:12]})"
             plan.append({"grid": name, "path": path, "sites": inside, "masks": masks, "model": model.strip(),
-                         "systematic_k": _float_attr(ds.attrs.get("uncertainty_systematic_k"))})
+                         "systematic_k": _float_attr(ds.attrs.get("uncertainty_systematic_k")),
+                         "steps": _complete_steps(ds)})
     if not plan:
         raise ValidateError(f"{sites_path}: no site lies inside any LST store of {lst} ({', '.join(stores)})")
     for site in sorted({str(s) for p in plan for s in p["sites"]["id"]}):
         if not (insitu / f"{site}.csv").is_file():
             raise ValidateError(f"{insitu / f'{site}.csv'}: station file of site {site} not found")
     return plan
+
+
+def _complete_steps(ds: Any) -> dict[str, Any]:
+    """An LST store's complete time steps (``retrieve_ok``; all where the store does not say) in time order:
+    ``order`` (their indices), ``times``, ``scene_ids`` and the ``chunks`` of ``lst``."""
+    ok = ds[LST_OK_VAR].values.astype(bool) if LST_OK_VAR in ds else np.ones(ds.sizes["time"], bool)
+    idx = np.flatnonzero(ok)
+    time = ds["time"].values
+    order = idx[np.argsort(time[idx], kind="stable")]
+    scene_ids = ds["scene_id"].values[order].astype(str) if "scene_id" in ds else np.full(order.size, "")
+    return {"order": order, "times": time[order], "scene_ids": scene_ids, "chunks": ds["lst"].encoding.get("chunks")}
 
 
 def _float_attr(v: Any) -> float:
@@ -402,25 +419,57 @@ def _station_task(insitu_dir: str, site: str, times: Sequence[Any], window_min: 
 
 
 def _read_pixels(path: str, order: NDArray[np.intp], pixels: Sequence[tuple[int, int]]
-                 ) -> list[tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any] | None]]:
+                 ) -> list[tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any] | None, NDArray[Any]]]:
     """The series of some pixels of an LST store (a task): ``lst``, ``lst_uncertainty`` (K) and ``vza`` (deg)
-    at each pixel and ``qc`` over its neighbourhood, at the time steps ``order``. The store is opened lazily
-    indexed (CF-decoded, no Dask): a selection reads only the chunks it needs."""
-    ds = open_store(path, chunks=None)
-    names = [v for v in ("lst", "lst_uncertainty", "vza") if v in ds.data_vars]
+    at each pixel, ``qc`` over its neighbourhood and the 3 x 3 LST spread (K), at the time steps ``order``.
+
+    The pixels share a chunk (:func:`validation_matchups` groups them so): each variable is read once, at the
+    numpy level, over the one window that holds every pixel's neighbourhood (:func:`_read_window`), so a chunk
+    of a time step is decoded once per variable, not once per pixel and variable. Values are those
+    ``xarray.open_zarr`` gives (:func:`_decoded_window`); ``qc`` stays integer bit flags, as the project opens it.
+    """
+    group = zarr.open_group(zarr_store(path), mode="r")
+    rows = np.array([r for r, _ in pixels], dtype=np.int64)
+    cols = np.array([c for _, c in pixels], dtype=np.int64)
+    m = CLOUD_NEIGHBOURHOOD_PX
+    r0, c0 = int(rows.min()) - m, int(cols.min()) - m
+    window = (np.asarray(order, dtype=np.intp), slice(r0, int(rows.max()) + m + 1), slice(c0, int(cols.max()) + m + 1))
+    names = [v for v in ("lst", "lst_uncertainty", "vza") if v in group]
+    data = {v: _decoded_window(path, group, v, window) for v in names}
+    qc = _read_window(group["qc"], window)
     out = []
-    for r, c in pixels:
-        ys, xs = neighbourhood(r, c)
-        px = ds[names].isel(time=order, y=r, x=c)
-        window = np.asarray(ds["lst"].isel(time=order, y=ys, x=xs).values, dtype=np.float64)
-        window = window.reshape(order.size, window.shape[1] * window.shape[2])  # no step: (0, 9), not an error
-        good = np.isfinite(window).sum(axis=1) >= 2  # the representativeness term: the 3 x 3 pixels' spread
+    for r, c in zip(rows - r0, cols - c0, strict=True):
+        ys, xs = neighbourhood(int(r), int(c))
+        lst_win = data["lst"][:, ys, xs].astype(np.float64)
+        lst_win = lst_win.reshape(order.size, lst_win.shape[1] * lst_win.shape[2])  # no step: (0, 9)
+        good = np.isfinite(lst_win).sum(axis=1) >= 2  # the representativeness term: the 3 x 3 pixels' spread
         spread = np.full(order.size, np.nan)
-        spread[good] = np.nanstd(window[good], axis=1, ddof=1)
-        out.append((px["lst"].values, px["lst_uncertainty"].values, ds["qc"].isel(time=order, y=ys, x=xs).values,
-                    px["vza"].values if "vza" in names else None, spread))
-    ds.close()
+        spread[good] = np.nanstd(lst_win[good], axis=1, ddof=1)
+        out.append((data["lst"][:, r, c], data["lst_uncertainty"][:, r, c], qc[:, ys, xs],
+                    data["vza"][:, r, c] if "vza" in data else None, spread))
     return out
+
+
+def _read_window(array: Any, window: tuple[NDArray[np.intp], slice, slice]) -> NDArray[Any]:
+    """``array[steps, rows, cols]`` of a zarr array, its stored values (no step: an empty array, nothing read)."""
+    steps, ys, xs = window
+    if not steps.size:
+        return np.empty((0, ys.stop - ys.start, xs.stop - xs.start), dtype=array.dtype)
+    return np.asarray(array.get_orthogonal_selection(window))
+
+
+def _decoded_window(path: str, group: Any, var: str, window: tuple[NDArray[np.intp], slice, slice]) -> NDArray[Any]:
+    """``var[steps, rows, cols]`` of an LST store as ``xarray.open_zarr`` decodes it: the stored values where they
+    are the decoded ones (floats with a NaN fill or none, no ``scale_factor``/``add_offset``: as the LST cube writes
+    them); else, for a variable another writer CF-encoded, xarray's own decoding of the same window."""
+    array = group[var]
+    fill = array.attrs.get("_FillValue", array.fill_value)
+    plain = (np.issubdtype(array.dtype, np.floating) and not {"scale_factor", "add_offset"} & set(array.attrs)
+             and (fill is None or (isinstance(fill, float | np.floating) and bool(np.isnan(fill)))))
+    if plain:
+        return _read_window(array, window)
+    steps, ys, xs = window
+    return np.asarray(open_store(path, chunks=None)[var].isel(time=steps, y=ys, x=xs).values)
 
 
 def _all_steps(pixel: tuple[Any, ...], held: NDArray[np.bool_]) -> tuple[Any, ...]:
@@ -512,15 +561,11 @@ def validation_matchups(plan: Sequence[Mapping[str, Any]], insitu_dir: str | os.
     stores = []  # (store plan, complete time steps in time order, their times and scene ids)
     site_times: dict[str, list[Any]] = {}
     for p in plan:
-        ds = _open_store(p["path"])
-        ok = ds[LST_OK_VAR].values.astype(bool) if LST_OK_VAR in ds else np.ones(ds.sizes["time"], bool)
-        idx = np.flatnonzero(ok)
-        order = idx[np.argsort(ds["time"].values[idx], kind="stable")]
-        scene_ids = ds["scene_id"].values[order].astype(str) if "scene_id" in ds else np.full(order.size, "")
-        stores.append((p, order, ds["time"].values[order], scene_ids, ds["lst"].encoding.get("chunks"),
-                       read_coverage(p["path"])))
+        steps = p["steps"] if "steps" in p else _complete_steps(_open_store(p["path"]))  # opened by the check
+        order, times = steps["order"], steps["times"]
+        stores.append((p, order, times, steps["scene_ids"], steps["chunks"], read_coverage(p["path"])))
         for site in p["sites"]["id"].astype(str):
-            site_times.setdefault(site, []).append(ds["time"].values[order])
+            site_times.setdefault(site, []).append(times)
     names = sorted(site_times)
     unique = {site: np.unique(np.concatenate(site_times[site])) for site in names}  # a site in several stores
     calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
@@ -660,6 +705,43 @@ def _summary(inputs: Mapping[str, Any], matchups: pd.DataFrame, table: pd.DataFr
 # the run
 
 
+#: The figures of a validation and the functions that draw them (each takes its output path last).
+_FIGURES: dict[str, Callable[..., Any]] = {"timeseries.png": plotting.validation_timeseries,
+                                           "reliability.png": plotting.reliability_diagram,
+                                           "scatter.png": plotting.validation_scatter}
+
+
+def _figure_task(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[bytes, Any]:
+    """One figure of :data:`_FIGURES` drawn (a task): its PNG's bytes and what its function returned. The bytes
+    come back to the caller, so a worker needs no access to the output folder."""
+    buf = io.BytesIO()
+    with plotting.pyplot().rc_context({"savefig.format": "png"}):  # a file-like target: the format said, not guessed
+        made = _FIGURES[name](*args, buf, **kwargs)
+    return buf.getvalue(), made
+
+
+def _draw_figures(out: Path, matchups: pd.DataFrame, series: Mapping[str, pd.DataFrame], table: pd.DataFrame,
+                  calibration: pd.DataFrame, names: Mapping[str, str], client: Any) -> list[str]:
+    """``timeseries.png``, ``reliability.png`` and ``scatter.png`` into ``out``; returns the sites the time
+    series shows. With a client the three are drawn at once, one task each (the time series, the longest at
+    about 3 s, beside the two others), and their bytes written here; without, one after another in this process.
+    """
+    rel = calibration[calibration["kind"] == "reliability"]
+    jobs = [("timeseries.png", (matchups, series, table), {"window_min": WINDOW_MIN, "names": names}),
+            ("reliability.png", (rel.assign(label=rel["region"] + " " + rel["model"]),),
+             {"title": "lst_uncertainty against radiometers (σ_reference added)"}),
+            ("scatter.png", (matchups, table), {})]
+    if client is None:
+        made = {name: _FIGURES[name](*args, out / name, **kwargs) for name, args, kwargs in jobs}
+        return made["timeseries.png"]
+    drawn = run_tasks([(_figure_task, job) for job in jobs], client)
+    for (name, _, _), (png, _) in zip(jobs, drawn, strict=True):
+        (out / name).write_bytes(png)
+    return drawn[0][1]
+
+
+
+
 def validate(
     lst: str | os.PathLike[str],
     insitu_dir: str | os.PathLike[str],
@@ -723,15 +805,10 @@ def validate(
         matchups.to_parquet(tmp / "matchups.parquet", index=False)
         table.to_parquet(tmp / "metrics.parquet", index=False)
         calibration.to_parquet(tmp / "calibration.parquet", index=False)
-        rel = calibration[calibration["kind"] == "reliability"]
-        plotting.reliability_diagram(rel.assign(label=rel["region"] + " " + rel["model"]), tmp / "reliability.png",
-                                     title="lst_uncertainty against radiometers (σ_reference added)")
-        plotting.validation_scatter(matchups, table, tmp / "scatter.png")
         site_rows = read_sites(sites_csv)
         names = dict(zip(site_rows["id"].astype(str), site_rows["name"].astype(str), strict=True)) \
             if "name" in site_rows.columns else {}
-        shown = plotting.validation_timeseries(matchups, series, table, tmp / "timeseries.png", window_min=WINDOW_MIN,
-                                               names=names)
+        shown = _draw_figures(tmp, matchups, series, table, calibration, names, client)
         (tmp / "summary.md").write_text(_summary(inputs, matchups, table, shown, seconds, calibration))
     head = table[table["level"] != "site"]
     return {"out": out, "files": [out / f for f in files], "n_matchups": len(matchups),
