@@ -131,3 +131,20 @@ def test_two_runs_on_one_scheduler_sharing_data_under_the_same_names_each_get_th
         finally:
             first.close()
             second.close()
+
+
+def test_an_embedded_cluster_slow_to_close_ends_the_run_with_a_warning_not_an_error(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """distributed's close raises ``TimeoutError`` when a worker it has just SIGKILLed is not reaped before the
+    grace deadline (a loaded machine): the run that used the cluster is complete and must not end in a traceback."""
+    real_close = LocalCluster.close
+
+    def slow_close(self: LocalCluster, *args: object, **kwargs: object) -> None:
+        real_close(self, *args, **kwargs)  # the cluster does go away
+        raise TimeoutError
+
+    monkeypatch.setattr(LocalCluster, "close", slow_close)
+    with caplog.at_level("WARNING", logger="sftl_dask.cluster"), get_client(n_workers=1, memory_limit=None) as c:
+        assert c.submit(sum, [1, 2], pure=False).result() == 3
+    assert [r.getMessage() for r in caplog.records if r.name == "sftl_dask.cluster"] == [
+        "the embedded Dask cluster took too long to close: a worker was slow to exit and was killed"]
