@@ -497,6 +497,20 @@ def _rescaled(model: Mapping[str, Any], scale: float) -> dict[str, Any]:
     return out
 
 
+def _loo_z(r: NDArray[np.float64], sm2: NDArray[np.float64], ref2: NDArray[np.float64], t02: NDArray[np.float64],
+           groups: NDArray[Any], method: str) -> NDArray[np.float64]:
+    """Leave-one-scene-out: each matchup's ``|r| / sigma`` with the terms fitted on the other scenes (NaN with one
+    scene)."""
+    names, idx = np.unique(groups, return_inverse=True)
+    z = np.full(r.size, np.nan)
+    for g in range(names.size) if names.size > 1 else ():
+        held = idx == g
+        s2, ref2_fit = _fit_terms(r[~held], sm2[~held], ref2[~held], groups[~held], method, t02[~held])
+        ref_held = max(float(np.mean(ref2_fit)), 0.0) if method == "loo-split" else ref2[held]
+        z[held] = np.abs(r[held]) / np.sqrt(sm2[held] + s2 * t02[held] + np.maximum(ref2[held], ref_held))
+    return z
+
+
 def calibrate_error_model(model: Mapping[str, Any], features: Mapping[str, ArrayLike], residual_k: ArrayLike, *,
                           sigma_ref_k: ArrayLike | None = None, scene_id: ArrayLike | None = None,
                           method: str = "loo-split", min_k: int = MIN_CALIBRATION_K) -> tuple[dict[str, Any], str]:
@@ -559,13 +573,8 @@ def calibrate_error_model(model: Mapping[str, Any], features: Mapping[str, Array
     hetero = isinstance(model.get("scene_term"), Mapping)
     t02 = scene_term_part(model, features).astype(np.float64) ** 2 if hetero else np.ones(r.size)
     groups = np.asarray(scene_id).ravel().astype(str) if scene_id is not None else np.arange(r.size).astype(str)
-    names, idx = np.unique(groups, return_inverse=True)
-    z = np.full(r.size, np.nan)
-    for g in range(names.size) if names.size > 1 else ():
-        held = idx == g
-        s2, ref2_fit = _fit_terms(r[~held], sm2[~held], ref2[~held], groups[~held], method, t02[~held])
-        ref_held = max(float(np.mean(ref2_fit)), 0.0) if method == "loo-split" else ref2[held]
-        z[held] = np.abs(r[held]) / np.sqrt(sm2[held] + s2 * t02[held] + np.maximum(ref2[held], ref_held))
+    names = np.unique(groups)
+    z = _loo_z(r, sm2, ref2, t02, groups, method)
     s2, ref2_fit = _fit_terms(r, sm2, ref2, groups, method, t02)
     scale = math.sqrt(s2)
     out = _rescaled(model, scale) if hetero else out
