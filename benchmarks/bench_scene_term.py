@@ -9,7 +9,8 @@ region's held-out matchups (the chronological split): coverage of the target's p
 target matchup) and at k = 10 (``loo-split`` re-fit on 10 matchups of drawn scenes, scored on the other scenes,
 pooled over 20 draws, as stage 3 does).
 
-Usage: python -m benchmarks.bench_scene_term DEMO_OUT [--out benchmarks/results/scene_term.json]
+Usage: python -m benchmarks.bench_scene_term DEMO_OUT [--out benchmarks/results/scene_term.json] [--no-composites]
+[--artifact SiHuHe=TRAIN_OUT/model]
 """
 
 from __future__ import annotations
@@ -108,8 +109,10 @@ def _coverage(em: dict[str, Any], f: dict[str, np.ndarray], tgt: pd.DataFrame, r
     return _shares(hits, n)
 
 
-def run(demo: Path, draws: int = 20, with_composites: bool = True) -> dict[str, Any]:
-    """Coverage of the pixel truth by form, direction, retrieval and k (0, 10)."""
+def run(demo: Path, draws: int = 20, with_composites: bool = True,
+        artifacts: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Coverage of the pixel truth by form, direction, retrieval and k (0, 10); ``artifacts`` replaces a direction's
+    model (e.g. a tree trained on the demo's data: ``{"SiHuHe": Path(".../model")}``)."""
     mu = _matchups(demo)
     sw = json.loads((demo / "work" / "sw.json").read_text())
     f_all = {k: np.asarray(v) for k, v in compute_features(mu, names=_NAMES).items()}
@@ -119,12 +122,12 @@ def run(demo: Path, draws: int = 20, with_composites: bool = True) -> dict[str, 
     out: dict[str, Any] = {}
     cards: dict[str, dict[str, Any]] = {}
     for direction, src_name, tgt_name in _DIRECTIONS:
-        art = load_artifact(demo / direction / "model")
+        art = load_artifact((artifacts or {}).get(direction, demo / direction / "model"))
         src_all = mu[mu["region"] == src_name]
         times = np.sort(src_all["time_utc"].unique())
         held = (mu["region"] == src_name) & (mu["time_utc"] >= times[int(np.floor(0.7 * times.size))])
         is_tgt = (mu["region"] == tgt_name).to_numpy()
-        for name, p, base in (("dnn", art.predict(x).astype(np.float64), art.card["uncertainty"]),
+        for name, p, base in ((str(art.card["model"]), art.predict(x).astype(np.float64), art.card["uncertainty"]),
                               ("split-window", _sw(sw, mu), sw_base)):
             r = p - mu["lst_insitu"].to_numpy(float)
             e = p - mu["lst_pixel_k"].to_numpy(float)
@@ -137,7 +140,7 @@ def run(demo: Path, draws: int = 20, with_composites: bool = True) -> dict[str, 
                                               scenes, sigma_ref_k=ref_all[hs], form=form)
             ft = {a: v[is_tgt] for a, v in f_all.items()}
             tgt = mu[is_tgt].reset_index(drop=True)
-            if name == "dnn":
+            if name != "split-window":
                 cards[tgt_name] = {label: _card_model(models[label], tgt, ft, r[is_tgt], ref_all[is_tgt])
                                    for label in ("today (additive, moment)", "multiplicative")}
             for label, em in models.items():
@@ -145,7 +148,7 @@ def run(demo: Path, draws: int = 20, with_composites: bool = True) -> dict[str, 
                     "scene_term": em.get("scene_term"), "sigma_scene_k": em["sigma_scene_k"],
                     **{f"k{k}": _coverage(em, ft, tgt, r[is_tgt], e[is_tgt], ref_all[is_tgt], k, draws)
                        for k in (0, 10)}}
-    if with_composites:
+    if with_composites and not artifacts:  # the composites are of the demo's LST: its own models' cards only
         out["composites"] = [composites(demo, region, cards[region]) for region in ("heihe", "huailai")]
     return out
 
@@ -219,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("demo", type=Path)
     ap.add_argument("--out", type=Path, default=_RESULTS)
     ap.add_argument("--no-composites", action="store_true", help="skip the monthly composites (reads the cubes)")
+    ap.add_argument("--artifact", action="append", default=[], metavar="DIRECTION=PATH",
+                    help="measure this artifact in that direction instead of the demo's (repeatable)")
     a = ap.parse_args(argv)
-    res = run(a.demo, with_composites=not a.no_composites)
+    res = run(a.demo, with_composites=not a.no_composites,
+              artifacts=dict((d, Path(p)) for d, p in (v.split("=", 1) for v in a.artifact)))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=1) + "\n")
     for c in res.get("composites", []):
