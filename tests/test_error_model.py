@@ -10,9 +10,11 @@ import pytest
 from sftl_dask.models.error_model import (
     DEFAULT_EDGES,
     apply_error_model,
+    calibrate_error_model,
     check_error_model,
     coverage,
     fit_error_model,
+    fit_scene_term,
 )
 
 
@@ -109,3 +111,91 @@ def test_lookup_bins_as_searchsorted_right_with_values_on_edges_and_nan_in_the_l
     want = np.sqrt(np.asarray(model["sigma_model_k"]) ** 2 + model["sigma_scene_k"] ** 2).astype(np.float32)
     np.testing.assert_array_equal(apply_error_model(model, f), want[idx[0], idx[1], idx[2]])
     assert idx[0][:6].tolist() == [1, 2, 3, 4, 5, 5] and sizes == [6, 4, 3]
+
+
+# --- a scene term that scales with the pixel's inputs (issue 21) -----------------------------------------------------
+
+C_TRUE = 2.0  # the synthetic scene term: c * sigma_model, one draw per scene
+REF_TRUE = 1.5  # the synthetic radiometers' error (K)
+
+
+def _region(n_scenes: int, wvc_high: float, seed: int, model: dict) -> dict[str, np.ndarray]:
+    """Scenes of 8 sites each: the product errs by one draw of C_TRUE * sigma_model per scene (at each pixel's own
+    sigma_model) plus its own sigma_model; each radiometer by REF_TRUE. ``wvc_high`` sets the region's humidity."""
+    rng = np.random.default_rng(seed)
+    scene = np.repeat(np.arange(n_scenes), 8)
+    f = {"wvc": rng.uniform(0.1, wvc_high, scene.size), "emis_mean": np.full(scene.size, 0.97),
+         "sec_vza": np.ones(scene.size)}
+    sm = apply_error_model(model, f).astype(np.float64)  # the simulation term alone (no scene term yet)
+    e = C_TRUE * sm * rng.standard_normal(n_scenes)[scene] + sm * rng.standard_normal(scene.size)
+    return {"f": f, "scene": scene, "e": e, "r": e - REF_TRUE * rng.standard_normal(scene.size)}
+
+
+@pytest.fixture(scope="module")
+def worlds() -> dict[str, object]:
+    f = _features(60_000, 7)
+    model = fit_error_model(f, np.random.default_rng(8).standard_normal(60_000) * _true_sigma(f))
+    return {"model": model, "humid": _region(300, 6.0, 9, model), "dry": _region(300, 1.0, 10, model)}
+
+
+def _cov(model: dict, region: dict) -> tuple[float, float]:
+    sigma = apply_error_model(model, region["f"])
+    e = np.abs(region["e"])
+    return float(np.mean(e <= sigma)), float(np.mean(e <= 2 * sigma))
+
+
+def test_the_grouped_likelihood_recovers_the_scene_term_and_the_reference_error(worlds):
+    src = worlds["humid"]
+    em = fit_scene_term(worlds["model"], src["f"], src["r"], src["scene"], sigma_ref_k=0.5, form="multiplicative")
+    assert em["scene_term"]["c"] == pytest.approx(C_TRUE, abs=0.2)
+    assert em["scene_term"]["sigma_ref_k"] == pytest.approx(REF_TRUE, abs=0.08)  # measured 2.15, 1.555
+    assert em["scene_term"]["n"] == 2400 and em["scene_term"]["n_scenes"] == 300
+    assert check_error_model(json.loads(json.dumps(em)))["scene_term"]["form"] == "multiplicative"
+
+
+def test_a_multiplicative_term_fitted_on_a_humid_source_covers_a_dry_target_at_k0(worlds):
+    """Measured: the multiplicative term fitted on the humid region covers the dry region's truth 68.1 % / 95.6 %;
+    the additive term (one constant: 1.91 K, right for the humid region, 67.3 % there) covers 95.3 % / 100 % of the
+    dry one: the mutation this catches (the issue's k = 0 failure)."""
+    src, dry = worlds["humid"], worlds["dry"]
+    mult = fit_scene_term(worlds["model"], src["f"], src["r"], src["scene"], sigma_ref_k=0.5, form="multiplicative")
+    add = fit_scene_term(worlds["model"], src["f"], src["r"], src["scene"], sigma_ref_k=0.5, form="additive")
+    w1, w2 = _cov(mult, dry)
+    assert w1 == pytest.approx(0.681, abs=0.03) and w2 == pytest.approx(0.956, abs=0.02), (w1, w2)
+    a1, a2 = _cov(add, dry)
+    assert a1 == pytest.approx(0.953, abs=0.02) and a2 > 0.99, (a1, a2)
+
+
+def test_the_k_refit_scales_the_source_term_and_keeps_its_shape(worlds):
+    """A term fitted 3x too large on the source is scaled back by the target's matchups (loo-split); the
+    scaled parameters and the scale are recorded."""
+    dry = worlds["dry"]
+    em = fit_scene_term(worlds["model"], dry["f"], dry["r"], dry["scene"], sigma_ref_k=0.5, form="affine-wvc")
+    big = em | {"scene_term": {**em["scene_term"], "a_k": em["scene_term"]["a_k"] * 3,
+                               "b_k_per_g_cm2": em["scene_term"]["b_k_per_g_cm2"] * 3}}
+    cal, msg = calibrate_error_model(big, dry["f"], dry["r"], sigma_ref_k=0.5, scene_id=dry["scene"])
+    assert cal["calibration"]["scene_scale"] == pytest.approx(1 / 3, abs=0.06) and "(x0.3" in msg
+    ratio = cal["scene_term"]["b_k_per_g_cm2"] / big["scene_term"]["b_k_per_g_cm2"]
+    assert ratio == pytest.approx(cal["calibration"]["scene_scale"], abs=1e-3)
+    assert cal["calibration"]["loo_within_1sigma"] == pytest.approx(0.686, abs=0.03)  # vs radiometers, + sigma_ref
+
+
+def test_a_model_without_a_scene_term_applies_as_before():
+    """Older cards: ``sigma_scene_k`` alone, added in quadrature, the same float32 values as before the forms."""
+    f = _features(20_000, 4)
+    model = fit_error_model(f, np.random.default_rng(5).standard_normal(20_000) * _true_sigma(f)) | {
+        "sigma_scene_k": 1.3}
+    got = apply_error_model(model, f)
+    sm = apply_error_model(model | {"sigma_scene_k": 0.0}, f)
+    np.testing.assert_allclose(got, np.sqrt(sm.astype(np.float64) ** 2 + 1.3**2), rtol=1e-6)
+    assert "scene_term" not in model
+
+
+@pytest.mark.parametrize("term, match", [({"form": "quadratic", "a_k": 1.0}, "scene_term"),
+                                         ({"form": "affine-wvc", "a_k": 1.0}, "scene_term"),
+                                         ({"form": "multiplicative", "c": -1.0}, "scene_term")])
+def test_a_malformed_scene_term_is_refused(term, match):
+    f = _features(2000, 6)
+    model = fit_error_model(f, np.ones(2000)) | {"scene_term": term}
+    with pytest.raises(ValueError, match=match):
+        check_error_model(model)

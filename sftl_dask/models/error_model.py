@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy import optimize
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -47,6 +48,7 @@ __all__ = [
     "MIN_CALIBRATION_K",
     "REFERENCE_EMISSIVITY_K",
     "REFERENCE_INSTRUMENT_K",
+    "SCENE_FORMS",
     "SOURCE_FITTED",
     "UNCALIBRATED_LABEL",
     "UNCERTAINTY_CLASS_EDGES_K",
@@ -56,8 +58,10 @@ __all__ = [
     "check_error_model",
     "coverage",
     "fit_error_model",
+    "fit_scene_term",
     "reference_sigma",
     "scene_split_reference",
+    "scene_term_part",
     "sigma_model_part",
 ]
 
@@ -92,6 +96,10 @@ SOURCE_FITTED = "source-fitted"
 #: Label of an error model without a ``calibration`` record (artifacts older than the calibrated error model).
 UNCALIBRATED_LABEL = "uncalibrated (source-fitted)"
 _CONFORMAL_SHARE = 0.6827  # a Gaussian's share within +-1 sigma
+#: Forms of a heteroscedastic scene term ``t(pixel)`` (K) of :func:`fit_scene_term`: ``additive`` ``a``;
+#: ``multiplicative`` ``c * sigma_model``; ``affine-wvc`` ``a + b * wvc`` (the ERA5 WVC error, and the LST error it
+#: makes, grow with WVC: a dry target gets a smaller term than a humid source).
+SCENE_FORMS = ("additive", "multiplicative", "affine-wvc")
 
 
 def _bin_index(edges: Mapping[str, Any], features: Mapping[str, ArrayLike]) -> tuple[NDArray[np.intp], tuple[int, ...]]:
@@ -238,6 +246,113 @@ def _add_scene_part(model: dict[str, Any], obs_features: Mapping[str, ArrayLike]
                      sigma_ref_rms_k=round(float(np.sqrt(np.mean(ref**2))), 4))
 
 
+def _scene_nll(x: NDArray[np.float64], form: str, sm2: NDArray[np.float64], wvc: NDArray[np.float64],
+               floor2: NDArray[np.float64], r: NDArray[np.float64], idx: NDArray[np.intp]) -> float:
+    """Negative Gaussian log-likelihood of residuals ``r`` grouped by scene (``idx``): within a scene
+    ``r = t * u + e`` with ``u ~ N(0, 1)`` shared by the scene (the systematic term, ``t`` per row from the form's
+    parameters ``x[1:]``) and ``e ~ N(0, sigma_model**2 + max(floor, rho)**2)`` per row (``rho = softplus(x[0])``,
+    the reference's error). The scene's covariance is ``diag(d) + t t^T``: Sherman-Morrison, per scene by bincount."""
+    p = np.logaddexp(0.0, x)  # softplus: every parameter >= 0
+    d = sm2 + np.maximum(floor2, p[0] ** 2)
+    t = _form_scale(form, p[1:], np.sqrt(sm2), wvc)
+    a = 1.0 + np.bincount(idx, weights=t * t / d)
+    b = np.bincount(idx, weights=t * r / d)
+    return 0.5 * float(np.sum(np.log(d) + r * r / d) + np.sum(np.log(a) - b * b / a))
+
+
+def _form_scale(form: str, p: ArrayLike, sm: NDArray[Any], wvc: NDArray[Any]) -> NDArray[Any]:
+    """The scene term ``t`` (K) per row of a form with parameters ``p`` (``a``; ``c``; ``a, b``)."""
+    p = np.asarray(p, dtype=np.float64)
+    if form == "multiplicative":
+        return (p[0] * sm).astype(sm.dtype)
+    if form == "affine-wvc":
+        return (p[0] + p[1] * wvc).astype(wvc.dtype)
+    return np.full(sm.shape, p[0], dtype=sm.dtype)
+
+
+_FORM_PARAMS = {"additive": ("a_k",), "multiplicative": ("c",), "affine-wvc": ("a_k", "b_k_per_g_cm2")}
+
+
+def fit_scene_term(model: Mapping[str, Any], features: Mapping[str, ArrayLike], residual_k: ArrayLike,
+                   scene_id: ArrayLike, *, sigma_ref_k: ArrayLike | None = None, form: str = "affine-wvc",
+                   source: str = "") -> dict[str, Any]:
+    """Fit a scene term that scales with the pixel's inputs, by Gaussian maximum likelihood on matchups grouped by
+    scene.
+
+    Each scene's residuals share one draw of the scene term ``t(pixel)`` (K; :data:`SCENE_FORMS`: ``a``,
+    ``c * sigma_model`` or ``a + b * wvc``) and each matchup adds its own ``sigma_model`` and the reference's error
+    ``max(sigma_ref_k, rho)`` (``rho``, the network's, fitted too: the within-scene spread decides it). Fitted on the
+    source region, the term transfers to a target without matchups through the target's own inputs.
+
+    Parameters
+    ----------
+    model : mapping
+        A fitted error model (its simulation term stays).
+    features : mapping
+        ``wvc`` (g cm-2), ``emis_mean``, ``sec_vza`` of the matchups.
+    residual_k : array_like
+        Retrieved minus in situ LST (K).
+    scene_id : array_like
+        The scene of each matchup.
+    sigma_ref_k : array_like, optional
+        The reference's error per matchup (K, :func:`reference_sigma`): the floor of ``rho`` (default 0).
+    form : {"additive", "multiplicative", "affine-wvc"}
+        The term's form.
+    source : str
+        Where the matchups came from, recorded.
+
+    Returns
+    -------
+    dict
+        A copy with ``scene_term`` (``form``, its parameters, ``sigma_ref_k``, ``n``, ``n_scenes``, ``fit``),
+        ``sigma_scene_k`` (the term's RMS over the matchups, K), ``n_scene``, ``scene_source``, ``scene_bias_k``,
+        ``sigma_ref_rms_k``.
+
+    Raises
+    ------
+    ValueError
+        If ``form`` is unknown, residuals are not finite, or there are fewer than 2 matchups.
+    """
+    if form not in SCENE_FORMS:
+        raise ValueError(f"scene term form {form!r} unknown; choose from {', '.join(SCENE_FORMS)}")
+    r = np.asarray(residual_k, dtype=np.float64).ravel()
+    if r.size < 2 or not np.isfinite(r).all():
+        raise ValueError(f"fit_scene_term: need 2 or more finite residuals, got {r.size}")
+    sm2 = _sigma_model(model, features).astype(np.float64) ** 2
+    wvc = np.asarray(features["wvc"], dtype=np.float64).ravel()
+    floor2 = _ref_array(sigma_ref_k, r.size) ** 2
+    _, idx = np.unique(np.asarray(scene_id).ravel().astype(str), return_inverse=True)
+    args = (form, sm2, wvc, floor2, r, idx)
+    n_par = 1 + len(_FORM_PARAMS[form])
+    best = min((optimize.minimize(_scene_nll, np.full(n_par, x0), args=args, method="Nelder-Mead",
+                                  options={"xatol": 1e-5, "fatol": 1e-7, "maxiter": 4000})
+                for x0 in (-1.0, 0.5, 2.0)), key=lambda res: res.fun)
+    p = np.logaddexp(0.0, best.x)
+    t = _form_scale(form, p[1:], np.sqrt(sm2), wvc)
+    ref = np.sqrt(np.maximum(floor2, p[0] ** 2))
+    term = {"form": form, **{k: round(float(v), 4) for k, v in zip(_FORM_PARAMS[form], p[1:], strict=True)},
+            "sigma_ref_k": round(float(p[0]), 4), "n": int(r.size), "n_scenes": int(idx.max() + 1),
+            "fit": "Gaussian maximum likelihood, matchups grouped by scene (one scene draw of the term shared)"}
+    out = dict(model)
+    out.update(scene_term=term, sigma_scene_k=round(float(np.sqrt(np.mean(t**2))), 4), n_scene=int(r.size),
+               scene_source=source, scene_bias_k=round(float(r.mean()), 4),
+               sigma_ref_rms_k=round(float(np.sqrt(np.mean(ref**2))), 4),
+               method=f"sigma^2 = sigma_model(wvc, emis_mean, sec_vza bin)^2 + t^2, t {form} "
+                      f"({', '.join(_FORM_PARAMS[form])})")
+    return out
+
+
+def scene_term_part(model: Mapping[str, Any], features: Mapping[str, ArrayLike]) -> NDArray[np.float32]:
+    """The scene term ``t`` (K, float32) of each pixel: the model's ``scene_term`` form where it has one, else its
+    one ``sigma_scene_k`` (an additive term: older models)."""
+    term = model.get("scene_term")
+    wvc = np.asarray(features["wvc"], dtype=np.float32)
+    if not isinstance(term, Mapping):
+        return np.full(wvc.shape, float(model["sigma_scene_k"]), dtype=np.float32)
+    p = [float(term[k]) for k in _FORM_PARAMS[term["form"]]]
+    return _form_scale(term["form"], p, _sigma_model(model, features), wvc)
+
+
 def _ref_array(sigma_ref_k: ArrayLike | None, n: int) -> NDArray[np.float64]:
     """The reference's error per matchup (K) as ``n`` finite values >= 0 (0 where not given).
 
@@ -353,20 +468,47 @@ def calibration_label(model: Mapping[str, Any]) -> str:
 
 
 def _fit_terms(r: NDArray[np.float64], sm2: NDArray[np.float64], ref2: NDArray[np.float64], scenes: NDArray[Any],
-               method: str) -> tuple[float, NDArray[np.float64]]:
-    """The scene term's variance ``tau^2`` (K^2) and the reference's variance per matchup (K^2) from matchups.
+               method: str, t02: NDArray[np.float64] | None = None) -> tuple[float, NDArray[np.float64]]:
+    """The scale ``s^2`` of the scene term's variance ``s^2 t0^2`` (``t0`` the source-fitted term per matchup, K; 1
+    for an additive term, when ``s^2`` is ``tau^2`` in K^2) and the reference's variance per matchup (K^2).
 
-    ``loo-conformal``: ``tau^2`` at the 68.27 % quantile of the excess ``q = r^2 - sigma_model^2 - sigma_ref^2``
-    (that share of the matchups within +-1 sigma); ``loo-moment``: their mean; ``loo-split``: the reference's
-    variance first re-estimated from the within-scene spread (:func:`scene_split_reference`, the given one its
-    floor), then ``tau^2`` the mean excess (two parameters).
+    ``loo-conformal``: ``s^2`` at the 68.27 % quantile of ``q / t0^2``, the excess
+    ``q = r^2 - sigma_model^2 - sigma_ref^2`` in units of the term (that share of the matchups within +-1 sigma);
+    ``loo-moment``: ``mean(q) / mean(t0^2)``; ``loo-split``: the reference's variance first re-estimated from the
+    within-scene spread (:func:`scene_split_reference`, the given one its floor), then the moment (two parameters).
     """
+    t02 = np.ones_like(r) if t02 is None else np.maximum(t02, 1e-12)
     if method == "loo-split":
         ref, _ = scene_split_reference(r, np.sqrt(sm2), scenes, np.sqrt(ref2))
         ref2 = np.maximum(ref2, ref**2)
     q = r**2 - sm2 - ref2
-    tau2 = float(np.quantile(q, _CONFORMAL_SHARE)) if method == "loo-conformal" else float(np.mean(q))
-    return max(tau2, 0.0), ref2
+    s2 = float(np.quantile(q / t02, _CONFORMAL_SHARE)) if method == "loo-conformal" \
+        else float(np.mean(q) / np.mean(t02))
+    return max(s2, 0.0), ref2
+
+
+def _rescaled(model: Mapping[str, Any], scale: float) -> dict[str, Any]:
+    """The model with its scene term multiplied by ``scale``: each parameter of a ``scene_term`` (a term that
+    scales with the inputs keeps its shape), else the one ``sigma_scene_k``."""
+    out = dict(model)
+    term = model.get("scene_term")
+    if isinstance(term, Mapping):
+        out["scene_term"] = {**term, **{k: round(float(term[k]) * scale, 4) for k in _FORM_PARAMS[term["form"]]}}
+    return out
+
+
+def _loo_z(r: NDArray[np.float64], sm2: NDArray[np.float64], ref2: NDArray[np.float64], t02: NDArray[np.float64],
+           groups: NDArray[Any], method: str) -> NDArray[np.float64]:
+    """Leave-one-scene-out: each matchup's ``|r| / sigma`` with the terms fitted on the other scenes (NaN with one
+    scene)."""
+    names, idx = np.unique(groups, return_inverse=True)
+    z = np.full(r.size, np.nan)
+    for g in range(names.size) if names.size > 1 else ():
+        held = idx == g
+        s2, ref2_fit = _fit_terms(r[~held], sm2[~held], ref2[~held], groups[~held], method, t02[~held])
+        ref_held = max(float(np.mean(ref2_fit)), 0.0) if method == "loo-split" else ref2[held]
+        z[held] = np.abs(r[held]) / np.sqrt(sm2[held] + s2 * t02[held] + np.maximum(ref2[held], ref_held))
+    return z
 
 
 def calibrate_error_model(model: Mapping[str, Any], features: Mapping[str, ArrayLike], residual_k: ArrayLike, *,
@@ -427,25 +569,27 @@ def calibrate_error_model(model: Mapping[str, Any], features: Mapping[str, Array
                      f"{calibration_label(model)} scene term ({source:.2f} K) stays")
     sm2 = sigma_model_part(model, features).astype(np.float64) ** 2
     ref2 = _ref_array(sigma_ref_k, r.size) ** 2
+    # the source's term at each matchup: the re-fit scales it (an additive term: t0 = 1, the scale is tau in K)
+    hetero = isinstance(model.get("scene_term"), Mapping)
+    t02 = scene_term_part(model, features).astype(np.float64) ** 2 if hetero else np.ones(r.size)
     groups = np.asarray(scene_id).ravel().astype(str) if scene_id is not None else np.arange(r.size).astype(str)
-    names, idx = np.unique(groups, return_inverse=True)
-    z = np.full(r.size, np.nan)
-    for g in range(names.size) if names.size > 1 else ():
-        held = idx == g
-        tau2, ref2_fit = _fit_terms(r[~held], sm2[~held], ref2[~held], groups[~held], method)
-        ref_held = max(float(np.mean(ref2_fit)), 0.0) if method == "loo-split" else ref2[held]
-        z[held] = np.abs(r[held]) / np.sqrt(sm2[held] + tau2 + np.maximum(ref2[held], ref_held))
-    tau2, ref2_fit = _fit_terms(r, sm2, ref2, groups, method)
-    tau = math.sqrt(tau2)
+    names = np.unique(groups)
+    z = _loo_z(r, sm2, ref2, t02, groups, method)
+    s2, ref2_fit = _fit_terms(r, sm2, ref2, groups, method, t02)
+    scale = math.sqrt(s2)
+    out = _rescaled(model, scale) if hetero else out
+    tau = float(np.sqrt(np.mean(s2 * t02))) if hetero else scale
     cal = {"k": int(r.size), "method": method, "label": f"target-calibrated (k={r.size}, {method})",
            "sigma_scene_source_k": source, "n_scenes": int(names.size),
            "sigma_ref_rms_k": round(float(np.sqrt(np.mean(ref2_fit))), 4),
            "scenes": [str(n) for n in names] if scene_id is not None else [],
            "loo_within_1sigma": float(np.mean(z <= 1)) if names.size > 1 else None,  # None: JSON has no NaN
            "loo_within_2sigma": float(np.mean(z <= 2)) if names.size > 1 else None}
+    if hetero:
+        cal["scene_scale"] = round(scale, 4)  # the source-fitted term's parameters times this
     out.update(sigma_scene_k=round(tau, 4), calibration=cal)
     return out, (f"calibration: scene term re-fitted on {r.size} target matchups of {names.size} scene(s) by "
-                 f"{method}: {source:.2f} -> {tau:.2f} K")
+                 f"{method}: {source:.2f} -> {tau:.2f} K" + (f" (x{scale:.2f})" if hetero else ""))
 
 
 def check_error_model(model: Any, where: str = "uncertainty") -> dict[str, Any]:
@@ -476,12 +620,21 @@ def check_error_model(model: Any, where: str = "uncertainty") -> dict[str, Any]:
         raise ValueError(f"{where}: sigma_model_k has shape {sm.shape}, bins make {tuple(sizes)}")
     if not (np.isfinite(sm).all() and (sm > 0).all() and math.isfinite(ss) and ss >= 0):
         raise ValueError(f"{where}: sigmas must be finite, sigma_model_k > 0 and sigma_scene_k >= 0")
+    term = model.get("scene_term")
+    if term is not None and not (isinstance(term, Mapping) and term.get("form") in SCENE_FORMS
+                                 and all(_finite_nonneg(term.get(k)) for k in _FORM_PARAMS[term["form"]])):
+        raise ValueError(f"{where}: scene_term must give form (one of {', '.join(SCENE_FORMS)}) and its parameters "
+                         "as finite numbers >= 0")
     cal = model.get("calibration")
     if cal is not None and not (isinstance(cal, Mapping) and isinstance(cal.get("k"), int) and cal["k"] >= 0
                                 and cal.get("method") in (SOURCE_FITTED, *CALIBRATION_METHODS)):
         raise ValueError(f"{where}: calibration must give k (an integer >= 0) and method (one of {SOURCE_FITTED}, "
                          f"{', '.join(CALIBRATION_METHODS)})")
     return dict(model)
+
+
+def _finite_nonneg(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
 def _sigma_model(model: Mapping[str, Any], features: Mapping[str, ArrayLike]) -> NDArray[np.float32]:
@@ -499,10 +652,17 @@ def apply_error_model(model: Mapping[str, Any], features: Mapping[str, ArrayLike
     features : mapping
         ``wvc`` (g cm-2), ``emis_mean`` (1), ``sec_vza`` (1) arrays of one shape.
     """
-    table = np.sqrt(np.asarray(model["sigma_model_k"], dtype=np.float64) ** 2
-                    + float(model["sigma_scene_k"]) ** 2).astype(np.float32).ravel()
+    sm = np.asarray(model["sigma_model_k"], dtype=np.float64).ravel()
+    term = model.get("scene_term")
     flat, _ = _bin_index(model["bins"], features)
-    return table[flat]
+    if isinstance(term, Mapping) and term["form"] == "affine-wvc":
+        # the term varies within a bin: the binned sigma_model^2 plus (a + b wvc)^2, elementwise in float32
+        t = float(term["a_k"]) + float(term["b_k_per_g_cm2"]) * np.asarray(features["wvc"], dtype=np.float32)
+        return np.sqrt(sm.astype(np.float32)[flat] ** 2 + t * t).astype(np.float32, copy=False)
+    # a term constant per bin (additive, or c * sigma_model): one table lookup
+    t_bin = float(term["c"]) * sm if isinstance(term, Mapping) and term["form"] == "multiplicative" \
+        else float(term["a_k"]) if isinstance(term, Mapping) else float(model["sigma_scene_k"])
+    return np.sqrt(sm**2 + np.asarray(t_bin) ** 2).astype(np.float32)[flat]
 
 
 def coverage(residual_k: ArrayLike, sigma_k: ArrayLike) -> dict[str, float]:

@@ -36,9 +36,8 @@ from sftl_dask.models.error_model import (
     calibrate_error_model,
     coverage,
     fit_error_model,
+    fit_scene_term,
     reference_sigma,
-    scene_split_reference,
-    sigma_model_part,
 )
 from sftl_dask.models.fewshot import adapt_few_shot
 from sftl_dask.physics.splitwindow import SplitWindowCoefficients, apply_split_window
@@ -52,6 +51,9 @@ __all__ = ["CALIBRATION_PER_SCENE", "DIRECTIONS", "PreparedData", "TrainConfig",
            "model_features", "pretrain", "run_stages"]
 
 _ERROR_FEATURES = ("wvc", "emis_mean", "sec_vza")  # what the error model bins residuals by
+#: The scene term's form (:data:`~sftl_dask.models.error_model.SCENE_FORMS`): ``c * sigma_model`` transferred best
+#: at k = 0 on the demo's models (benchmarks/bench_scene_term.py, docs/uncertainty.md).
+SCENE_FORM = "multiplicative"
 
 
 class PreparedData(TypedDict):
@@ -135,12 +137,13 @@ def _error_model(cfg: TrainConfig, table: Mapping[str, np.ndarray], pretrained: 
     out = []
     for r_sim, r_obs in ((predict(pretrained, _features(cfg, held_rows)) - lst_sim, predict(tuned, x_test) - y_test),
                          (_sw_predict(sw, held_rows) - lst_sim, _sw_predict(sw, test) - y_test)):
-        # the radiometers' error from the within-scene spread less the simulation term (their instruments' the floor)
-        sm = sigma_model_part(fit_error_model(f_sim, r_sim), f_obs)
-        sigma_ref, dof = scene_split_reference(r_obs, sm, scenes, ref)
-        em = fit_error_model(f_sim, r_sim, f_obs, r_obs, obs_source=source, obs_sigma_ref_k=np.maximum(ref, sigma_ref))
-        out.append(em | {"sigma_ref_method": f"scene-split (within-scene spread less sigma_model, {dof} dof; floor: "
-                                             "instrument, emissivity, in situ sampling)"})
+        # the scene term scales with the simulation term (SCENE_FORM), fitted with the radiometers' error by Gaussian
+        # maximum likelihood over matchups grouped by scene (the within-scene spread decides the radiometers' part;
+        # their instruments' the floor): it transfers to a target through the target's own inputs
+        em = fit_scene_term(fit_error_model(f_sim, r_sim), f_obs, r_obs, scenes, sigma_ref_k=ref, form=SCENE_FORM,
+                            source=source)
+        out.append(em | {"sigma_ref_method": "scene-grouped maximum likelihood (within-scene spread less "
+                                             "sigma_model; floor: instrument, emissivity, in situ sampling)"})
     return out[0], out[1]
 
 
