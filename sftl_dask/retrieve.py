@@ -416,10 +416,11 @@ def _units_match(expected: str, got: Any) -> bool:
     return str(got) in _UNIT_ALIASES.get(expected, {expected})
 
 
-def _check_cube(store: Location, need: Sequence[str]
-                ) -> tuple[GeoBox, list[dict[str, Any]], tuple[int, int], NDArray[np.int32] | None]:
-    """The grid, complete slots, chunking and chunk-coverage index of a scene-cube store; refuses one the model
-    cannot use.
+def _check_cube(store: Location, need: Sequence[str]) -> tuple[GeoBox, list[dict[str, Any]], tuple[int, int],
+                                                                NDArray[np.int32] | None, dict[str, tuple[str, str]]]:
+    """The grid, complete slots holding data, chunking and chunk-coverage index of a scene-cube store, and its
+    products (scene id -> product path and checksum, every complete slot: what the STAC items link to); refuses
+    one the model cannot use.
 
     Each slot carries its row of the index (``coverage``: valid pixels per chunk; None in stores written before
     the index, whose chunks are then all retrieved)."""
@@ -442,8 +443,9 @@ def _check_cube(store: Location, need: Sequence[str]
         s["coverage"] = None if index is None or (index[s["index"]] < 0).any() else index[s["index"]]
     # a slot whose scene wrote no valid pixel here (only its footprint's no-data part touched the tile) has
     # nothing to retrieve: no LST time step for it (VALID_PX_VAR; -1 or absent in older stores: retrieved)
+    products = {s["scene_id"]: (s["source"], s["checksum"]) for s in slots if s["ingest_ok"]}
     return grid, [s for s in slots if s["ingest_ok"] and s.get(VALID_PX_VAR, -1) != 0
-                  and (s["coverage"] is None or s["coverage"].any())], (cy, cx), index
+                  and (s["coverage"] is None or s["coverage"].any())], (cy, cx), index, products
 
 
 def _pairs(cube: Location, out: Location) -> list[tuple[Location, Location]]:
@@ -662,7 +664,8 @@ def _record_run(out: Location, plans: Sequence[Mapping[str, Any]], summary: dict
                          **{k: summary[k] for k in ("retrieved", "skipped", "failed", "chunks", "pixels",
                                                     "produced", "seconds")}}], name="retrieve_log.jsonl")
     if summary["retrieved"] and not is_url(out):  # no STAC on object stores yet (write_scene_stac says why)
-        summary["stac"] = str(write_lst_stac(out))  # <out>/stac for a root; <name>_stac beside a single store
+        # <out>/stac for a root; <name>_stac beside a single store; the scene cubes' products as read by _plan
+        summary["stac"] = str(write_lst_stac(out, {str(p["cube"]): p["products"] for p in plans}))
 
 
 def _chunk_jobs(plans: list[dict[str, Any]], retriever: Retriever, info: Mapping[str, str],
@@ -820,7 +823,7 @@ def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str 
     ident = {"model_sha256": retriever.digest, "model_precision": precision if kind in ("dnn", "trf", "cnn") else ""}
     plans = []
     for src, dst in _pairs(cube, out):
-        grid, slots, chunks, index = _check_cube(src, need)
+        grid, slots, chunks, index, products = _check_cube(src, need)
         action = _check_output(dst, absolute(src), grid, ident, overwrite)
         done: set[str] = set()
         if action == "append":
@@ -829,7 +832,8 @@ def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str 
         todo = sorted((s for s in slots if s["scene_id"] not in done), key=lambda s: s["time"])
         _check_index(src, index, todo)
         plans.append({"cube": src, "out": dst, "grid": grid, "chunks": chunks, "action": action, "todo": todo,
-                      "skipped": len(slots) - len(todo), "index_of": {s["scene_id"]: s["index"] for s in slots}})
+                      "skipped": len(slots) - len(todo), "index_of": {s["scene_id"]: s["index"] for s in slots},
+                      "products": products})
     return retriever, plans, ident
 
 
