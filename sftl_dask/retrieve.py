@@ -24,7 +24,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -35,7 +35,7 @@ import dask.array as da
 import numpy as np
 import zarr
 from dask.highlevelgraph import HighLevelGraph
-from distributed import futures_of, get_worker
+from distributed import KilledWorker, futures_of, get_worker
 from numpy.typing import NDArray
 
 from sftl_dask.cluster import completed
@@ -416,10 +416,11 @@ def _units_match(expected: str, got: Any) -> bool:
     return str(got) in _UNIT_ALIASES.get(expected, {expected})
 
 
-def _check_cube(store: Location, need: Sequence[str]
-                ) -> tuple[GeoBox, list[dict[str, Any]], tuple[int, int], NDArray[np.int32] | None]:
-    """The grid, complete slots, chunking and chunk-coverage index of a scene-cube store; refuses one the model
-    cannot use.
+def _check_cube(store: Location, need: Sequence[str]) -> tuple[GeoBox, list[dict[str, Any]], tuple[int, int],
+                                                                NDArray[np.int32] | None, dict[str, tuple[str, str]]]:
+    """The grid, complete slots holding data, chunking and chunk-coverage index of a scene-cube store, and its
+    products (scene id -> product path and checksum, every complete slot: what the STAC items link to); refuses
+    one the model cannot use.
 
     Each slot carries its row of the index (``coverage``: valid pixels per chunk; None in stores written before
     the index, whose chunks are then all retrieved)."""
@@ -442,8 +443,9 @@ def _check_cube(store: Location, need: Sequence[str]
         s["coverage"] = None if index is None or (index[s["index"]] < 0).any() else index[s["index"]]
     # a slot whose scene wrote no valid pixel here (only its footprint's no-data part touched the tile) has
     # nothing to retrieve: no LST time step for it (VALID_PX_VAR; -1 or absent in older stores: retrieved)
+    products = {s["scene_id"]: (s["source"], s["checksum"]) for s in slots if s["ingest_ok"]}
     return grid, [s for s in slots if s["ingest_ok"] and s.get(VALID_PX_VAR, -1) != 0
-                  and (s["coverage"] is None or s["coverage"].any())], (cy, cx), index
+                  and (s["coverage"] is None or s["coverage"].any())], (cy, cx), index, products
 
 
 def _pairs(cube: Location, out: Location) -> list[tuple[Location, Location]]:
@@ -557,7 +559,7 @@ def retrieve(
     """Retrieve LST cubes from scene cubes: one LST store per scene-cube store, new time steps only.
 
     Why this is long: only its signature and this text; its steps are :func:`_plan`, :func:`_chunk_jobs`,
-    :func:`_execute`, :func:`_mark_complete` and :func:`_record_run`.
+    :func:`_store_jobs` (per store, in :func:`_execute`), :func:`_mark_store` and :func:`_record_run`.
 
     Parameters
     ----------
@@ -621,30 +623,31 @@ def retrieve(
         ref = ModelRef(str(model.resolve()), retriever.digest, route_device, precision)
         when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         history = f"{when} {command or 'sftl_dask.retrieve.retrieve'} (sftl-dask {__version__})"
-        jobs, slot_of = _chunk_jobs(plans, retriever, info, ident, history, (*need, "vza", "ancillary_missing"),
-                                    uuid.uuid4().hex)
-        t_tasks = time.perf_counter()
-        results, errors = _execute(ref, jobs, client, route_res, threads, progress)
-        t_tasks = time.perf_counter() - t_tasks
-        failed, retrieved = _mark_complete(plans, jobs, slot_of, errors, results)
-        summary = _summary(plans, jobs, results, failed, retrieved, time.perf_counter() - t_start, t_tasks,
-                           route_res, info)
+        by_tile = {Path(p["cube"]).name.removesuffix(".zarr"): p for p in plans}
+        inputs, run = (*need, "vza", "ancillary_missing"), uuid.uuid4().hex
+
+        def prepare(plan: dict[str, Any]) -> list[_Job]:
+            return _store_jobs(plan, by_tile, retriever, info, ident, history, inputs, run)
+
+        with _Tasks(ref, client, route_res, threads) as tasks:
+            done = _execute(plans, prepare, tasks, progress)
+        summary = _summary(plans, done, time.perf_counter() - t_start, route_res, info)
         _record_run(out, plans, summary, retriever.digest, history, command)
         return summary
 
 
-def _summary(plans: Sequence[Mapping[str, Any]], jobs: Sequence[_Job], results: Sequence[Mapping[str, Any]],
-             failed: list[dict[str, Any]], retrieved: int, seconds: float, tasks_s: float,
+def _summary(plans: Sequence[Mapping[str, Any]], done: _Done, seconds: float,
              resources: Mapping[str, float] | None, model: Mapping[str, str]) -> dict[str, Any]:
     """What :func:`retrieve` returns: counts, timings (s) and the tasks' summed counts and timings."""
     counted = ("pixels", "produced", "cloud", "not_covered", "missing_ancillary", "load_s", "read_s", "compute_s",
                "write_s")
+    results = done.results
     tot = {k: sum(r[k] for r in results) for k in counted}
     return {
-        "stores": [str(p["out"]) for p in plans if p["todo"] or p["action"] != "new"], "retrieved": retrieved,
+        "stores": [str(p["out"]) for p in plans if p["todo"] or p["action"] != "new"], "retrieved": done.retrieved,
         "skipped": sum(p["skipped"] for p in plans),
-        "failed": failed, "chunks": len(jobs), "seconds": seconds, "tasks_s": tasks_s,
-        "px_per_s": tot["pixels"] / seconds if jobs else 0.0, **tot,
+        "failed": done.failed, "chunks": len(done.jobs), "seconds": seconds, "tasks_s": done.tasks_s,
+        "px_per_s": tot["pixels"] / seconds if done.jobs else 0.0, **tot,
         "workers": sorted({r["worker"] for r in results}), "devices": sorted({r["device"] for r in results}),
         "resources": dict(resources or {}), "model": model,
     }
@@ -661,85 +664,97 @@ def _record_run(out: Location, plans: Sequence[Mapping[str, Any]], summary: dict
                          **{k: summary[k] for k in ("retrieved", "skipped", "failed", "chunks", "pixels",
                                                     "produced", "seconds")}}], name="retrieve_log.jsonl")
     if summary["retrieved"] and not is_url(out):  # no STAC on object stores yet (write_scene_stac says why)
-        summary["stac"] = str(write_lst_stac(out))  # <out>/stac for a root; <name>_stac beside a single store
+        # <out>/stac for a root; <name>_stac beside a single store; the scene cubes' products as read by _plan
+        summary["stac"] = str(write_lst_stac(out, {str(p["cube"]): p["products"] for p in plans}))
 
 
 def _chunk_jobs(plans: list[dict[str, Any]], retriever: Retriever, info: Mapping[str, str],
                 ident: Mapping[str, str], history: str, inputs: tuple[str, ...], run: str
                 ) -> tuple[list[_Job], list[tuple[int, int]]]:
-    """Prepare each plan's LST store (replace, append slots) and list one job per chunk and time step.
+    """Prepare every plan's LST store and list its jobs (:func:`_store_jobs`), all before any task runs (what
+    ``benchmarks/bench_retrieve.py``'s I/O floor times the tasks of).
 
     Returns the jobs and, per job, its (plan, LST time slot).
     """
+    by_tile = {Path(p["cube"]).name.removesuffix(".zarr"): p for p in plans}
     jobs: list[_Job] = []
     slot_of: list[tuple[int, int]] = []
-    by_tile = {Path(p["cube"]).name.removesuffix(".zarr"): p for p in plans}
     for i, plan in enumerate(plans):
-        if not plan["todo"]:
-            continue
-        dst: Location = plan["out"]
-        if plan["action"] == "replace":
-            remove(dst)
-            plan["action"] = "new"
-        t_out = plan["slots"] = _lst_slots(dst, plan, retriever, info, ident, history)
-        # an LST store with the index reads its chunks never written as not covered: only chunks holding data are
-        # planned. One written before the index existed (qc without that fill) has every chunk written, as then.
-        plan["indexed"] = COVERAGE_VAR in zarr.open_group(zarr_store(dst), mode="r")
-        grid: GeoBox = plan["grid"]
-        cy, cx = plan["chunks"]
-        around = _neighbours(plan, by_tile)
-        for s, t in zip(plan["todo"], t_out, strict=True):
-            cover = s["coverage"] if plan["indexed"] else None
-            for y0 in range(0, grid.height, cy):
-                for x0 in range(0, grid.width, cx):
-                    if cover is not None and not cover[y0 // cy, x0 // cx]:
-                        continue  # the scene wrote nothing there: the chunk stays fill (not covered)
-                    window = (y0, min(y0 + cy, grid.height), x0, min(x0 + cx, grid.width))
-                    jobs.append(_Job(str(plan["cube"]), str(dst), int(s["index"]), int(t), window,
-                                     (grid.height, grid.width), inputs, run, (cy, cx),
-                                     _halo(window, grid, s["scene_id"], around)))
-                    slot_of.append((i, int(t)))
+        if plan["todo"]:
+            some = _store_jobs(plan, by_tile, retriever, info, ident, history, inputs, run)
+            jobs += some
+            slot_of += [(i, job.t_out) for job in some]
     return jobs, slot_of
 
 
-def _mark_complete(plans: list[dict[str, Any]], jobs: Sequence[_Job], slot_of: Sequence[tuple[int, int]],
-                   errors: Mapping[int, str], results: Sequence[Mapping[str, Any]]
-                   ) -> tuple[list[dict[str, Any]], int]:
-    """Mark the time steps all of whose chunks were written; the failed steps (with a reason) and the count done."""
-    failed_chunks: dict[tuple[int, int], list[str]] = {}
+def _store_jobs(plan: dict[str, Any], by_tile: Mapping[str, Mapping[str, Any]], retriever: Retriever,
+                info: Mapping[str, str], ident: Mapping[str, str], history: str, inputs: tuple[str, ...], run: str
+                ) -> list[_Job]:
+    """Prepare a plan's LST store (replace, append slots: its metadata, in one write) and list one job per chunk
+    holding data and time step. Sets the plan's ``slots`` (LST time slot per step to do) and ``indexed``."""
+    dst: Location = plan["out"]
+    if plan["action"] == "replace":
+        remove(dst)
+        plan["action"] = "new"
+    t_out = plan["slots"] = _lst_slots(dst, plan, retriever, info, ident, history)
+    # an LST store with the index reads its chunks never written as not covered: only chunks holding data are
+    # planned. One written before the index existed (qc without that fill) has every chunk written, as then.
+    plan["indexed"] = COVERAGE_VAR in zarr.open_group(zarr_store(dst), mode="r")
+    grid: GeoBox = plan["grid"]
+    cy, cx = plan["chunks"]
+    around = _neighbours(plan, by_tile)
+    jobs = []
+    for s, t in zip(plan["todo"], t_out, strict=True):
+        cover = s["coverage"] if plan["indexed"] else None
+        for y0 in range(0, grid.height, cy):
+            for x0 in range(0, grid.width, cx):
+                if cover is not None and not cover[y0 // cy, x0 // cx]:
+                    continue  # the scene wrote nothing there: the chunk stays fill (not covered)
+                window = (y0, min(y0 + cy, grid.height), x0, min(x0 + cx, grid.width))
+                jobs.append(_Job(str(plan["cube"]), str(dst), int(s["index"]), int(t), window,
+                                 (grid.height, grid.width), inputs, run, (cy, cx),
+                                 _halo(window, grid, s["scene_id"], around)))
+    return jobs
+
+
+def _mark_store(i: int, plan: Mapping[str, Any], jobs: Sequence[_Job], slot_of: Sequence[tuple[int, int]],
+                errors: Mapping[int, str], results: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Mark plan ``i``'s time steps all of whose chunks were written (one write per array of its store, after
+    every task of the store has ended: data before the marker); its failed steps (with a reason) and the count
+    done. ``errors`` and ``results`` may hold other stores' jobs too."""
+    failed_chunks: dict[int, list[str]] = {}
     for j, err in errors.items():
-        failed_chunks.setdefault(slot_of[j], []).append(f"chunk {jobs[j].window}: {err}")
-    observed = _observed_per_chunk(plans, jobs, slot_of, results)
-    failed, retrieved = [], 0
-    for i, plan in enumerate(plans):
-        if not plan["todo"]:
-            continue
-        done_t, done_sum = [], []
-        for s, t in zip(plan["todo"], plan["slots"], strict=True):
-            problems = failed_chunks.get((i, t))
-            if problems:
-                failed.append({"store": str(plan["out"]), "scene_id": s["scene_id"],
-                               "chunks_failed": len(problems), "reason": problems[0]})
-            else:
-                done_t.append(t)
-                done_sum.append(s["checksum"])
-        cover = np.stack([observed[(i, t)] for t in done_t]) if done_t and plan["indexed"] else None
-        mark_slot(plan["out"], done_t, LST_OK_VAR, checksum=done_sum, coverage=cover)
-        retrieved += len(done_t)
-    return failed, retrieved
+        if slot_of[j][0] == i:
+            failed_chunks.setdefault(slot_of[j][1], []).append(f"chunk {jobs[j].window}: {err}")
+    failed, done_t, done_sum = [], [], []
+    for s, t in zip(plan["todo"], plan["slots"], strict=True):
+        problems = failed_chunks.get(t)
+        if problems:
+            failed.append({"store": str(plan["out"]), "scene_id": s["scene_id"],
+                           "chunks_failed": len(problems), "reason": problems[0]})
+        else:
+            done_t.append(t)
+            done_sum.append(s["checksum"])
+    cover = None
+    if done_t and plan["indexed"]:
+        observed = _observed_per_chunk(i, plan, jobs, slot_of, results)
+        cover = np.stack([observed[t] for t in done_t])
+    mark_slot(plan["out"], done_t, LST_OK_VAR, checksum=done_sum, coverage=cover)
+    return failed, len(done_t)
 
 
-def _observed_per_chunk(plans: Sequence[Mapping[str, Any]], jobs: Sequence[_Job],
-                        slot_of: Sequence[tuple[int, int]], results: Sequence[Mapping[str, Any]]
-                        ) -> dict[tuple[int, int], NDArray[np.int32]]:
-    """The LST stores' chunk-coverage index of this run's steps: observed pixels (produced or not) per chunk."""
-    out = {(i, t): np.zeros(coverage_shape((plans[i]["grid"].height, plans[i]["grid"].width), plans[i]["chunks"]),
-                            dtype=np.int32) for i, t in set(slot_of)}
+def _observed_per_chunk(i: int, plan: Mapping[str, Any], jobs: Sequence[_Job], slot_of: Sequence[tuple[int, int]],
+                        results: Sequence[Mapping[str, Any]]) -> dict[int, NDArray[np.int32]]:
+    """Plan ``i``'s LST store's chunk-coverage index of this run's steps, by LST slot: observed pixels (produced
+    or not) per chunk, from its jobs' ``results`` (other stores' are left out)."""
+    grid, (cy, cx) = plan["grid"], plan["chunks"]
+    out = {t: np.zeros(coverage_shape((grid.height, grid.width), (cy, cx)), dtype=np.int32)
+           for p, t in set(slot_of) if p == i}
     for r in results:
         j = r["job"]
-        i, t = slot_of[j]
-        cy, cx = plans[i]["chunks"]
-        out[(i, t)][jobs[j].window[0] // cy, jobs[j].window[2] // cx] = r["pixels"] - r["not_covered"]
+        p, t = slot_of[j]
+        if p == i:
+            out[t][jobs[j].window[0] // cy, jobs[j].window[2] // cx] = r["pixels"] - r["not_covered"]
     return out
 
 
@@ -808,7 +823,7 @@ def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str 
     ident = {"model_sha256": retriever.digest, "model_precision": precision if kind in ("dnn", "trf", "cnn") else ""}
     plans = []
     for src, dst in _pairs(cube, out):
-        grid, slots, chunks, index = _check_cube(src, need)
+        grid, slots, chunks, index, products = _check_cube(src, need)
         action = _check_output(dst, absolute(src), grid, ident, overwrite)
         done: set[str] = set()
         if action == "append":
@@ -817,7 +832,8 @@ def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str 
         todo = sorted((s for s in slots if s["scene_id"] not in done), key=lambda s: s["time"])
         _check_index(src, index, todo)
         plans.append({"cube": src, "out": dst, "grid": grid, "chunks": chunks, "action": action, "todo": todo,
-                      "skipped": len(slots) - len(todo), "index_of": {s["scene_id"]: s["index"] for s in slots}})
+                      "skipped": len(slots) - len(todo), "index_of": {s["scene_id"]: s["index"] for s in slots},
+                      "products": products})
     return retriever, plans, ident
 
 
@@ -869,41 +885,140 @@ def _lst_slots(dst: Location, plan: Mapping[str, Any], retriever: Retriever, inf
     return [waiting[s["scene_id"]] if s in reuse else next(new_idx) for s in scenes]
 
 
-def _execute(ref: ModelRef, jobs: Sequence[_Job], client: Any, resources: Mapping[str, float] | None,
-             threads: int | None, progress: Callable[[int, int], None] | None
-             ) -> tuple[list[dict[str, Any]], dict[int, str]]:
-    """Run the jobs; returns the results of those that succeeded and the reason of each that failed."""
-    results: list[dict[str, Any]] = []
-    errors: dict[int, str] = {}
-    if not jobs:
-        return results, errors
-    if client is None:
-        import torch  # lazy: importing it takes ~4 s (measured) and tree or split-window runs never need it
+@dataclass
+class _Done:
+    """What a run's tasks did: the jobs, per job its (plan, LST slot), the results of those that succeeded (with
+    ``job``, the job's index), the reason of each that failed, the failed time steps, the steps marked complete
+    and the seconds from the first task submitted to the last one ended."""
 
-        n = threads or len(os.sched_getaffinity(0))
-        before = torch.get_num_threads()
-        torch.set_num_threads(1 if n > 1 else before)
-        try:
-            with ThreadPoolExecutor(n) as pool:
-                futs = {pool.submit(_run_job, ref, job): j for j, job in enumerate(jobs)}
-                for done, fut in enumerate(as_completed(futs), start=1):
-                    _collect(fut.exception(), fut, futs[fut], results, errors)
-                    if progress:
-                        progress(done, len(jobs))
-        finally:
-            torch.set_num_threads(before)
-        return results, errors
-    arr = _graph(ref, jobs)
-    # resources given to persist apply to every task of the collection and survive graph optimisation,
-    # which drops dask.annotate() annotations of fused layers (pinned by tests/test_retrieve.py)
-    persisted = client.persist(arr, resources=dict(resources) if resources else None, optimize_graph=False)
-    futures = futures_of(persisted)
-    index = {f.key: int(f.key[1]) for f in futures}
-    for done, fut in enumerate(completed(futures, client), start=1):
-        _collect(fut.exception() if fut.status == "error" else None, fut, index[fut.key], results, errors)
+    jobs: list[_Job]
+    slot_of: list[tuple[int, int]]
+    results: list[dict[str, Any]]
+    errors: dict[int, str]
+    failed: list[dict[str, Any]]
+    retrieved: int
+    tasks_s: float
+
+
+class _Tasks:
+    """Where the jobs run: a Dask client's cluster, or a pool of ``threads`` threads in this process (torch at one
+    thread a task while it is open)."""
+
+    def __init__(self, ref: ModelRef, client: Any, resources: Mapping[str, float] | None, threads: int | None
+                 ) -> None:
+        self.ref, self.client, self.resources, self.threads = ref, client, resources, threads
+        self.index: dict[Any, int] = {}  # future (local) or its key (Dask) -> job index
+        self.pool: ThreadPoolExecutor | None = None
+        self._torch_before = 0
+
+    def __enter__(self) -> _Tasks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            import torch  # already imported by _start_pool
+
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(self._torch_before)
+
+    def _start_pool(self) -> ThreadPoolExecutor:
+        """The thread pool, at the first jobs (a run with nothing to do never imports torch)."""
+        if self.pool is None:
+            import torch  # lazy: importing it takes ~4 s (measured) and tree or split-window runs never need it
+
+            n = self.threads or len(os.sched_getaffinity(0))
+            self._torch_before = torch.get_num_threads()
+            torch.set_num_threads(1 if n > 1 else self._torch_before)
+            self.pool = ThreadPoolExecutor(n)
+        return self.pool
+
+    def submit(self, jobs: Sequence[_Job], first: int) -> list[Any]:
+        """Start ``jobs`` (job indices from ``first``); their futures."""
+        if self.client is None:
+            pool = self._start_pool()
+            futs = [pool.submit(_run_job, self.ref, job) for job in jobs]
+            self.index.update({f: first + k for k, f in enumerate(futs)})
+            return futs
+        # resources given to persist apply to every task of the collection and survive graph optimisation,
+        # which drops dask.annotate() annotations of fused layers (pinned by tests/test_retrieve.py)
+        persisted = self.client.persist(_graph(self.ref, jobs), optimize_graph=False,
+                                        resources=dict(self.resources) if self.resources else None)
+        futs = futures_of(persisted)
+        self.index.update({f.key: first + int(f.key[1]) for f in futs})
+        return futs
+
+    def job(self, fut: Any) -> int:
+        return self.index[fut if self.client is None else fut.key]
+
+    def finished(self, futures: Sequence[Any]) -> Iterator[Any]:
+        """The futures as they end."""
+        return as_completed(futures) if self.client is None else completed(futures, self.client)
+
+    def failure(self, fut: Any) -> BaseException | None:
+        if self.client is None:
+            return fut.exception()
+        return fut.exception() if fut.status == "error" else None
+
+    def collect(self, futures: Sequence[Any], results: list[dict[str, Any]], errors: dict[int, str]) -> None:
+        """The counts of finished tasks; on a cluster in one gather: one round trip per worker, not one per task
+        (160 ``result()`` calls cost the driver 1.7 s of a 6.4 s split-window run, profiled). If a result is lost
+        in between (its worker gone: the task reruns) and the rerun fails, each future is collected on its own."""
+        values = None
+        if self.client is not None and futures:
+            try:
+                values = self.client.gather(list(futures))
+            except (OSError, ValueError, RuntimeError, MemoryError, KilledWorker):
+                values = None
+        if values is not None:
+            for fut, res in zip(futures, values, strict=True):
+                results.append({**(res[0] if isinstance(res, np.ndarray) else res), "job": self.job(fut)})
+            return
+        for fut in futures:
+            _collect(self.failure(fut), fut, self.job(fut), results, errors)
+
+
+def _execute(plans: list[dict[str, Any]], prepare: Callable[[dict[str, Any]], list[_Job]], tasks: _Tasks,
+             progress: Callable[[int, int], None] | None) -> _Done:
+    """Run the plans, pipelined by store: each store's metadata is written (``prepare``) and its tasks start at
+    once, so the next store's metadata is written while they run; a store's steps are marked complete as soon as
+    its last task ends, while the other stores' tasks run. Data before the marker, per store."""
+    done = _Done([], [], [], {}, [], 0, 0.0)
+    futures: list[Any] = []
+    left: dict[int, int] = {}
+    t0 = time.perf_counter()
+    for i, plan in enumerate(plans):
+        if not plan["todo"]:
+            continue
+        jobs = prepare(plan)
+        if not done.jobs:
+            t0 = time.perf_counter()
+        futures += tasks.submit(jobs, len(done.jobs))
+        done.jobs += jobs
+        done.slot_of += [(i, job.t_out) for job in jobs]
+        left[i] = len(jobs)
+    ok: dict[int, list[Any]] = {i: [] for i in left}
+    failed: dict[int, list[dict[str, Any]]] = {}
+    for i in [i for i, n in left.items() if not n]:  # a store with nothing to run: its steps are complete
+        failed[i], n_done = _mark_store(i, plans[i], done.jobs, done.slot_of, done.errors, done.results)
+        done.retrieved += n_done
+    for n, fut in enumerate(tasks.finished(futures), start=1):
+        j = tasks.job(fut)
+        i = done.slot_of[j][0]
+        exc = tasks.failure(fut)
+        if exc is not None:
+            _collect(exc, fut, j, done.results, done.errors)
+        else:
+            ok[i].append(fut)
+        left[i] -= 1
+        if not left[i]:
+            done.tasks_s = time.perf_counter() - t0
+            tasks.collect(ok[i], done.results, done.errors)
+            failed[i], n_done = _mark_store(i, plans[i], done.jobs, done.slot_of, done.errors, done.results)
+            done.retrieved += n_done
         if progress:
-            progress(done, len(jobs))
-    return results, errors
+            progress(n, len(done.jobs))
+    done.failed = [f for i in sorted(failed) for f in failed[i]]
+    return done
 
 
 def _collect(exc: BaseException | None, fut: Any, j: int, results: list[dict[str, Any]],

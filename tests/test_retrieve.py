@@ -191,6 +191,50 @@ def test_an_interrupted_time_step_is_not_complete_and_is_redone(models, tmp_path
     assert ds.sizes["time"] == 2 and bool(ds["retrieve_ok"].all())  # the slot was reused, not duplicated
 
 
+def test_a_store_is_marked_once_its_own_chunks_are_written_while_the_next_stores_tasks_still_run(models, cube, tmp_path,
+                                                                                             monkeypatch):
+    """The run is pipelined by store (docs/retrieval.md, "The graph"): g1's steps are marked complete while g2's
+    tasks are held back, and each store's marker comes after every one of its chunks (data before the marker)."""
+    import threading
+
+    import sftl_dask.retrieve as r
+
+    root = tmp_path / "cube"
+    shutil.copytree(cube, root / "g1.zarr")
+    shutil.copytree(cube, root / "g2.zarr")
+    real_write, real_mark = r.write_block, r.mark_slot
+    g1_marked = threading.Event()
+    written: dict[str, int] = {"g1.zarr": 0, "g2.zarr": 0}
+    marks: list[tuple[str, dict[str, int], bool]] = []
+    lock = threading.Lock()
+
+    def write(arrays, t, window, data):
+        store = Path(next(iter(arrays.values())).store.root).name
+        held = store == "g2.zarr" and not g1_marked.wait(timeout=60)  # g2's chunks wait for g1's marker
+        real_write(arrays, t, window, data)
+        with lock:
+            written[store] += 1
+            written["held_too_long"] = written.get("held_too_long", 0) + held
+
+    def mark(store, index, ok_var, **kw):
+        with lock:
+            marks.append((Path(store).name, dict(written), g1_marked.is_set()))
+        real_mark(store, index, ok_var, **kw)
+        if Path(store).name == "g1.zarr":
+            g1_marked.set()
+
+    monkeypatch.setattr(r, "write_block", write)
+    monkeypatch.setattr(r, "mark_slot", mark)
+    summary = retrieve(root, models["sw"], tmp_path / "lst", threads=2, device="cpu")
+    n = summary["chunks"] // 2 * len(LST_VARIABLES)  # each store's chunks x its four variables
+    assert summary["retrieved"] == 4 and summary["failed"] == []
+    assert summary["chunks"] == 2 * 2 * 9  # 2 stores x 2 steps x 3 x 3 chunks
+    assert [m[0] for m in marks] == ["g1.zarr", "g2.zarr"]
+    assert marks[0][1]["g1.zarr"] == n and marks[0][1]["g2.zarr"] == 0  # g1 marked: all its chunks, none of g2's
+    assert marks[1][1]["g2.zarr"] == n and written.get("held_too_long", 0) == 0
+    assert bool(open_store(tmp_path / "lst" / "g2.zarr")["retrieve_ok"].all())
+
+
 def test_model_is_loaded_once_per_worker(models, cube, tmp_path, client):
     from sftl_dask.models.retriever import model_digest
 

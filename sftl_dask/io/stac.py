@@ -199,7 +199,8 @@ def _upgrade(item: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------- LST
-def write_lst_stac(lst_root_or_store: str | os.PathLike[str]) -> Path:
+def write_lst_stac(lst_root_or_store: str | os.PathLike[str],
+                   sources: Mapping[str, Mapping[str, tuple[str, str]]] | None = None) -> Path:
     """Write the STAC catalog of an LST output: one Item per grid and complete time step.
 
     The catalog is rebuilt from the stores (what they hold is the truth): ``<root>/stac`` for a root of
@@ -209,6 +210,10 @@ def write_lst_stac(lst_root_or_store: str | os.PathLike[str]) -> Path:
     ----------
     lst_root_or_store : path
         An LST store or a root of them (``sftl retrieve --out``).
+    sources : mapping, optional
+        Per scene-cube store (as the LST stores' ``source`` names it), what :func:`scene_sources` reads from it:
+        scene id -> (product path, checksum). A caller that has just read them passes them (``sftl retrieve``:
+        ~0.05 s a store saved); the stores not given are read.
 
     Returns
     -------
@@ -229,7 +234,7 @@ def write_lst_stac(lst_root_or_store: str | os.PathLike[str]) -> Path:
     single = CubeRoot(root).is_store
     stac_dir = root.parent / f"{root.name.removesuffix('.zarr')}_stac" if single else root / "stac"
     items, assets = [], {}
-    sources: dict[str, dict[str, tuple[str, str]]] = {}
+    known = {k: dict(v) for k, v in (sources or {}).items()}
     for tile, store in stores.items():
         ds = open_store(store, chunks=None)  # only the per-time arrays are read
         grid, _ = store_geometry(ds.attrs)
@@ -238,10 +243,10 @@ def write_lst_stac(lst_root_or_store: str | os.PathLike[str]) -> Path:
         ok = np.asarray(ds[LST_OK_VAR].values, dtype=bool)
         for i in np.flatnonzero(ok):
             scene_id, source = str(ds["scene_id"].values[i]), str(ds["source"].values[i])
-            if source not in sources:
-                sources[source] = scene_sources(source)
+            if source not in known:
+                known[source] = scene_sources(source)
             items.append(_lst_item(ds.attrs, grid, ds["time"].values[i], scene_id, source,
-                                   str(ds["checksum"].values[i]), sources[source].get(scene_id),
+                                   str(ds["checksum"].values[i]), known[source].get(scene_id),
                                    Path(store), variables, stac_dir))
         ds.close()
     return _save(stac_dir, items, collection_id=LST_COLLECTION, title="sftl-dask land surface temperature",
