@@ -13,10 +13,26 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dask
 import pytest
 import yaml
+from distributed.utils import get_mp_context
 from filelock import FileLock
 from helpers import retrieval_artifact
+
+# The tests start many short Dask clusters (each CLI verb starts its own). Their worker processes fork from one
+# server that has imported distributed and its dependencies once, instead of each starting a fresh interpreter
+# (``spawn``, the default a user gets): as distributed's own test suite does. The environment variable reaches the
+# `sftl` processes the tests start; tests/test_cluster.py runs the default ``spawn`` path.
+# The server of this process also imports the modules the tasks run (a worker saves their ~2-4 s of imports).
+FORKSERVER_PRELOAD = ("distributed", "numpy", "pandas", "sftl_dask.retrieve", "sftl_dask.ingest", "sftl_dask.validate",
+                      "sftl_dask.training.stages")
+os.environ.setdefault("DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD", "forkserver")
+dask.config.set({"distributed.worker.multiprocessing-method":
+                 os.environ["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"]})
+if os.environ["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] == "forkserver":
+    # distributed sets its own preload on first use; set ours after it, before the server starts
+    get_mp_context().set_forkserver_preload(list(FORKSERVER_PRELOAD))
 
 # `make test` runs two pytest-xdist processes, each test file whole on one (--dist loadfile). The long files start
 # first (measured on 2 cores, longest first): a long file scheduled last is the run's tail, with the other process

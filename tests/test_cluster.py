@@ -32,6 +32,26 @@ def test_embedded_scheduler_and_dashboard_listen_on_loopback_only() -> None:
                 assert s.connect_ex((ip, port)) != 0, f"dashboard reachable on {ip}:{port}"
 
 
+def test_workers_started_the_way_a_user_gets_them_run_this_package() -> None:
+    """The suite's clusters fork their workers from a preloaded server (tests/conftest.py); a user's start as fresh
+    interpreters (``spawn``, distributed's default): that path imports and runs this package's code too."""
+    import os
+
+    import dask
+    import numpy as np
+
+    from sftl_dask.physics.planck import planck_radiance
+
+    assert dask.config.get("distributed.worker.multiprocessing-method") == "forkserver"
+    t = np.array([250.0, 300.0, 330.0])
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}), \
+            get_client(n_workers=1, memory_limit=None) as client:
+        (parent,) = client.run(os.getppid).values()
+        radiance = client.submit(planck_radiance, 10.8, t).result()
+    assert parent == os.getpid()  # started by this process's nanny itself, not by a fork server
+    np.testing.assert_array_equal(radiance, planck_radiance(10.8, t))
+
+
 def test_gpu_cluster_without_dask_cuda_is_the_usual_local_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     """``get_client(gpu=True)`` where dask-cuda is not installed (here it is hidden, so the test is the same on a
     machine that has it): the usual worker processes, no GPU resource declared, and tasks run."""
