@@ -17,11 +17,14 @@ DEMO_OUT ?= demo_out
 # Up-to-date files are skipped.
 COMPILE = $(VENV)/bin/python -m compileall -q sftl_dask > /dev/null
 
+# The package and its dependencies go in with uv (installed into the venv by pip): it fetches and unpacks in parallel
+# and compiles the bytecode on both cores; 66 s with pip against 21 s (clean clone, 2 cores, 2026-12-07). torch goes
+# in first with pip, which reads the build machines' pip configuration (the CPU wheel on disk); uv then keeps it.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q --upgrade pip uv
 	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
-	$(VENV)/bin/python -m pip install -q -e ".[dev]"
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --compile-bytecode -e ".[dev]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -35,9 +38,12 @@ demo: $(VENV)/.installed
 # training, built once under a file lock). Quiet, 2 cores, 1112 tests (2026-12-07): 511 s with 2 processes, 590 s
 # with 3; 627 s before the clusters of the tests forked their workers (tests/conftest.py), the package was compiled
 # first and the long files kept their order. The venv build from a clean clone adds ~98 s.
+# SFTL_INSTALL_SLURM=1 (.ci/run): slurm-wlm and munge are installed while the venv is built, not before it.
 TEST_WORKERS ?= 2
-test: $(VENV)/.installed
-	@if [ "$${SFTL_INSTALL_SLURM:-0}" = 1 ]; then bash deploy/slurm/install-packages.sh; fi
+test:
+	@if [ "$${SFTL_INSTALL_SLURM:-0}" = 1 ]; then bash deploy/slurm/install-packages.sh & slurm=$$!; fi; \
+	$(MAKE) --no-print-directory venv; built=$$?; \
+	if [ -n "$${slurm:-}" ]; then wait $$slurm; fi; exit $$built
 	$(COMPILE)
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 

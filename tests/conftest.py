@@ -91,13 +91,18 @@ def small_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def small_cube(small_testbed: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """The small testbed's 4 scenes ingested in process onto the default 1024 px tiles: the cube root and
-    ingest's summary, made once per session. Read only: a test that writes into it (or beside it) copies it."""
+    ingest's summary, made once per run (shared by the xdist processes). Read only: a test that writes into it (or
+    beside it) copies it."""
     from sftl_dask.ingest import ingest
 
-    tb = small_testbed
-    root = tmp_path_factory.mktemp("small_cube") / "cube"
-    return root, ingest([tb / "archives"], root, era5=sorted(str(p) for p in (tb / "era5").glob("*.nc")),
-                        ged=tb / "ged")
+    def build(folder: Path) -> None:
+        tb = small_testbed
+        summary = ingest([tb / "archives"], folder / "cube", era5=sorted(str(p) for p in (tb / "era5").glob("*.nc")),
+                         ged=tb / "ged")
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+    folder = shared_product(tmp_path_factory, "small_cube", build)
+    return folder / "cube", json.loads((folder / "summary.json").read_text())
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ import s3fs
 
 from sftl_dask.api import open_lst
 from sftl_dask.cli import main
+from sftl_dask.cluster import get_client
 from sftl_dask.ingest import ingest
 from sftl_dask.io.cube import cube_stores, open_cube
 from sftl_dask.retrieve import retrieve
@@ -99,16 +100,18 @@ def model(retrieval_model) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(s3: dict[str, Any], small_testbed: Path, model: Path, tmp_path_factory: pytest.TempPathFactory
-         ) -> dict[str, Any]:
-    """The same ingest + retrieve on local disk and on the object store, each timed (s)."""
+def runs(s3: dict[str, Any], small_testbed: Path, small_cube: tuple[Path, dict[str, Any]], model: Path,
+         tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same ingest + retrieve on local disk and on the object store, each timed (s). The local ingest is the
+    session's (``small_cube``, the same call), so it is not timed."""
     local = tmp_path_factory.mktemp("os_local")
     out: dict[str, Any] = {}
-    for where, cube, lst in (("local", local / "cube", local / "lst"),
+    for where, cube, lst in (("local", small_cube[0], local / "lst"),
                              ("s3", f"s3://{BUCKET}/cube", f"s3://{BUCKET}/lst")):
         n0 = _requests(s3)
         t0 = time.perf_counter()
-        ing = ingest([small_testbed / "archives"], cube, era5=_era5(small_testbed), ged=small_testbed / "ged")
+        ing = (small_cube[1] if where == "local" else
+               ingest([small_testbed / "archives"], cube, era5=_era5(small_testbed), ged=small_testbed / "ged"))
         t1, n1 = time.perf_counter(), _requests(s3)
         ret = retrieve(cube, model, lst, threads=2, device="cpu")
         t2, n2 = time.perf_counter(), _requests(s3)
@@ -117,7 +120,7 @@ def runs(s3: dict[str, Any], small_testbed: Path, model: Path, tmp_path_factory:
     # the bucket's ingest log as this run left it: a later test appends to the log in the bucket
     out["s3"]["ingest_log"] = s3["fs"].cat_file(f"{BUCKET}/cube/ingest_log.jsonl").decode().splitlines()
     loc, rem = out["local"], out["s3"]
-    print(f"\ningest + retrieve of the small testbed: local {loc['ingest_s']:.1f} + {loc['retrieve_s']:.1f} s; "
+    print(f"\ningest + retrieve of the small testbed: local (session's ingest) + {loc['retrieve_s']:.1f} s; "
           f"moto S3 {rem['ingest_s']:.1f} + {rem['retrieve_s']:.1f} s ({rem['ingest_requests']} + "
           f"{rem['retrieve_requests']} S3 requests)")
     return out
@@ -171,7 +174,7 @@ def test_lst_opened_from_s3_equals_the_local_run(runs: dict[str, Any], s3: dict[
 def test_second_ingest_and_retrieve_on_s3_skip_everything(runs: dict[str, Any], small_testbed: Path, model: Path,
                                                           s3: dict[str, Any]) -> None:
     remote = runs["s3"]
-    assert runs["local"]["ingest_requests"] == runs["local"]["retrieve_requests"] == 0  # the local run is local
+    assert runs["local"]["retrieve_requests"] == 0  # the local run is local
     again = ingest([small_testbed / "archives"], remote["cube"], era5=_era5(small_testbed), ged=small_testbed / "ged")
     assert (again["ingested"], again["skipped"], again["failed"]) == (0, 4, [])
     log = s3["fs"].cat_file(f"{BUCKET}/cube/ingest_log.jsonl").decode().splitlines()
@@ -188,15 +191,16 @@ def test_cli_retrieve_and_validate_on_s3_in_worker_processes(runs: dict[str, Any
     """Spawned Dask workers reach the bucket with the credentials of their environment (one tile: 8 chunks).
 
     Spawned as a user's are: the suite's fork server (tests/conftest.py) was started before this module's fixture
-    set the credentials, and its workers carry the server's environment, not the one they are started in."""
+    set the credentials, and its workers carry the server's environment, not the one they are started in. Both
+    verbs run on one such cluster (``--scheduler``): a spawned worker costs ~5 s to start on 2 cores."""
     name, store = next((n, st) for n, st in cube_stores(runs["s3"]["cube"]).items() if n.startswith("50N"))
     lst = f"s3://{BUCKET}/lst_cli.zarr"
-    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}), get_client(n_workers=1) as c:
+        on = ["--scheduler", c.scheduler.address]
         assert main(["retrieve", "--cube", str(store), "--model", str(model), "--out", lst, "--device", "cpu",
-                     "--workers", "1"]) == 0
+                     *on]) == 0
         tb = ["--insitu", str(small_testbed / "insitu"), "--sites", str(small_testbed / "sites.csv")]
-        assert main(["validate", "--lst", runs["s3"]["lst"], *tb, "--out", str(tmp_path / "val"),
-                     "--workers", "1"]) == 0
+        assert main(["validate", "--lst", runs["s3"]["lst"], *tb, "--out", str(tmp_path / "val"), *on]) == 0
     a, b = open_lst(runs["local"]["lst"], grid=name), open_lst(lst)
     assert b.sizes["time"] == a.sizes["time"] > 0
     np.testing.assert_array_equal(a["lst"].values, b["lst"].values)
