@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ import yaml
 from distributed.utils import get_mp_context
 from filelock import FileLock
 from helpers import retrieval_artifact
+from threadpoolctl import threadpool_limits
+
+from sftl_dask.cluster import default_workers
 
 # The clusters the tests start in their own processes fork their workers from one server that has imported
 # distributed and the modules the tasks run once (FORKSERVER_PRELOAD: ~2-4 s a worker saved), instead of each
@@ -29,6 +33,17 @@ FORKSERVER_PRELOAD = ("distributed", "numpy", "pandas", "sftl_dask.retrieve", "s
                       "sftl_dask.training.stages")
 dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
 get_mp_context().set_forkserver_preload(list(FORKSERVER_PRELOAD))  # after distributed's own (it sets it first)
+
+# Each test process gets its share of the cores for torch's and BLAS's thread pools (one each for `make test`'s two
+# processes on 2 cores), as the package's own Dask workers do (sftl_dask.cluster): pools larger than the cores
+# spin and wait on each other. Measured on 2 cores, two processes each training the suite's small DNN three
+# times: 4.4-5.2 s of CPU a process with 1 thread, 6.6-8.7 s with 2 (and slower). The processes the tests start
+# inherit it through the environment.
+XDIST_PROCESSES = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+POOL_THREADS = max(1, default_workers() // XDIST_PROCESSES)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, str(POOL_THREADS))
+threadpool_limits(POOL_THREADS)  # the pools already loaded (numpy's OpenBLAS)
 
 # `make test` runs two pytest-xdist processes, each test file whole on one (--dist loadfile, --no-loadscope-reorder:
 # without it xdist orders the files by their number of tests and this order is lost). The long files start first
@@ -67,6 +82,14 @@ def shared_product(tmp_path_factory: pytest.TempPathFactory, name: str, build: C
             build(out)
             (out / ".complete").touch()
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads() -> None:
+    """torch's pool of :data:`POOL_THREADS` in the thread that runs the tests (its OpenMP setting is per thread,
+    and an xdist process imports this file in another), where the collected modules imported torch."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(POOL_THREADS)
 
 
 @pytest.fixture(scope="module")
