@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from sftl_dask.api import composite_variance, uncertainty_split
 from sftl_dask.features import compute_features, feature_matrix
 from sftl_dask.io.lst import QC_FLAGS
 from sftl_dask.metrics import wilson_interval
@@ -40,6 +41,7 @@ from sftl_dask.models.error_model import (
     scene_split_reference,
     scene_term_part,
     sigma_model_part,
+    systematic_share,
 )
 from sftl_dask.physics.splitwindow import SplitWindowCoefficients, apply_split_window
 from sftl_dask.simulate import read_simulation_columns
@@ -168,9 +170,12 @@ _BAD = ("cloud", "not_covered", "missing_ancillary", "cloud_adjacent")
 def composites(demo: Path, region: str, models: dict[str, dict[str, Any]], n_pixels: int = 100_000,
                seed: int = 0) -> dict[str, Any]:
     """Monthly median composites (pixels with >= 2 good values in a month) of the demo's LST against the truth
-    composite; sigma recomputed per pixel from the scene cube's inputs with each error model, propagated three ways:
-    the API's (``uncertainty_systematic_k`` = ``sigma_scene_k`` whole), the pixel's own scene term ``t`` whole,
-    every scene independent."""
+    composite; sigma recomputed per pixel from the scene cube's inputs with each error model, propagated four ways:
+    the API's rule (:func:`sftl_dask.api.uncertainty_split`) for an LST store with only ``uncertainty_systematic_k``
+    (= ``sigma_scene_k``, whole: ``api``) and with the retriever's ``uncertainty_systematic_fraction``
+    (:func:`systematic_share`: a multiplicative term's ``c^2 / (1 + c^2)`` of each sigma^2 whole; ``api_share``,
+    the same as ``api`` where the form has no constant share), the pixel's own scene term ``t`` whole (computed
+    here from the term itself), every scene independent."""
     truth = xr.open_zarr(demo / "work" / "testbed" / "truth" / f"{region}.zarr")
     name = next(p.name for p in sorted((demo / "lst").glob("*.zarr"))
                 if float(xr.open_zarr(p).x.min()) <= float(truth.x.min()) <= float(xr.open_zarr(p).x.max()))
@@ -192,8 +197,9 @@ def composites(demo: Path, region: str, models: dict[str, dict[str, Any]], n_pix
     for label, em in models.items():
         s2, t2 = (apply_error_model(em, feats).astype(np.float64) ** 2,
                   scene_term_part(em, feats).astype(np.float64) ** 2)
-        sys2 = float(em["sigma_scene_k"]) ** 2
-        err, sig = [], {"api": [], "pixel_term_whole": [], "independent": []}
+        rules = {"api": (float(em["sigma_scene_k"]), None), "api_share": (float(em["sigma_scene_k"]),
+                                                                          systematic_share(em))}
+        err, sig = [], {"api": [], "api_share": [], "pixel_term_whole": [], "independent": []}
         for m in months.unique():
             idx = np.flatnonzero(months == m)
             g = good[idx]
@@ -205,11 +211,16 @@ def composites(demo: Path, region: str, models: dict[str, dict[str, Any]], n_pix
                             - np.nanmedian(np.where(g, t[idx], np.nan), axis=0))[ok])
                 ms2 = np.nanmean(np.where(g, s2[idx], np.nan), axis=0)[ok]
                 mt2 = np.nanmean(np.where(g, t2[idx], np.nan), axis=0)[ok]
-            sig["api"].append(np.sqrt(sys2 + math.pi / 2 * np.maximum(ms2 - sys2, 0) / n[ok]))
+                for key, (sys_k, frac) in rules.items():  # the package's rule, as the LST store would say
+                    rand2, sys2 = uncertainty_split(np.where(g, np.sqrt(s2[idx]), np.nan), g, sys_k, frac)
+                    mean_sys2 = np.nanmean(sys2, axis=0)[ok] if isinstance(sys2, np.ndarray) else sys2
+                    var = composite_variance(mean_sys2, np.nanmean(rand2, axis=0)[ok], n[ok], "median")
+                    sig[key].append(np.sqrt(var))
             sig["pixel_term_whole"].append(np.sqrt(mt2 + math.pi / 2 * (ms2 - mt2) / n[ok]))
             sig["independent"].append(np.sqrt(math.pi / 2 * ms2 / n[ok]))
         e = np.concatenate(err)
         out[label] = {"rmse_k": float(np.sqrt(np.mean(e**2))), "composites": int(e.size),
+                      "systematic_share": systematic_share(em),
                       **{k: _shares(np.array([np.sum(np.abs(e) <= np.concatenate(s)),
                                               np.sum(np.abs(e) <= 2 * np.concatenate(s))]), int(e.size))
                          | {"rms_sigma_k": float(np.sqrt(np.mean(np.concatenate(s) ** 2)))} for k, s in sig.items()}}
@@ -233,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         for label in ("today (additive, moment)", "multiplicative"):
             print(f"composites {c['region']:8s} {label:26s} rmse {c[label]['rmse_k']:.2f} K  " + "  ".join(
                 f"{k} {c[label][k]['within_1sigma']:.1%}/{c[label][k]['within_2sigma']:.1%}"
-                for k in ("api", "pixel_term_whole", "independent")))
+                for k in ("api", "api_share", "pixel_term_whole", "independent")))
     for key, v in res.items():
         if key == "composites":
             continue

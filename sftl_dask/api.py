@@ -20,11 +20,16 @@ Uncertainty of aggregates. The retrieval's per-pixel uncertainty has two parts
 (:mod:`sftl_dask.models.error_model`): ``sigma_model`` (the network's error in the simulation's
 conditions, different from one scene to the next: treated as random) and ``sigma_scene`` (what real
 scenes add: ancillary-data and site errors with their bias: treated as systematic, fully correlated,
-never divided by sqrt(n)). The LST store names the systematic part in its ``uncertainty_systematic_k``
-attribute; where it is absent, the whole uncertainty is taken as systematic (the conservative choice).
-An aggregate of ``n`` values then has::
+never divided by sqrt(n)). The LST store names the systematic part in its ``uncertainty_systematic_fraction``
+attribute (the share ``s`` of ``lst_uncertainty**2`` the scene term holds, the same for every pixel with a
+multiplicative scene term: ``sigma_sys**2 = s * sigma**2`` per value, the rest random), else in its
+``uncertainty_systematic_k`` (one systematic part in K for every pixel, an older store or another form); where both
+are absent, the whole uncertainty is taken as systematic (the conservative choice). "Systematic" here means fully
+correlated over the period's time steps at a pixel: the scene term holds the region's bias, which persists from
+scene to scene, and its scene-to-scene part is not divided by ``n`` either (an upper bound; docs/uncertainty.md).
+An aggregate of ``n`` values then has (:func:`uncertainty_split`, :func:`composite_variance`)::
 
-    sigma**2 = sigma_sys**2 + f * mean(sigma_rand**2) / n
+    sigma**2 = mean(sigma_sys**2) + f * mean(sigma_rand**2) / n
 
 with ``f = 1`` for a mean, ``pi / 2`` for a median (the efficiency of the median of a normal sample), and no
 division by ``n`` (``f = n``) for a minimum or maximum, which are single values. Pixels of a
@@ -58,7 +63,8 @@ from sftl_dask.io.stores import CubeRoot, mosaic, open_store
 from sftl_dask.rechunk import timeseries_copy
 
 __all__ = ["COMPOSITE_FACTOR", "GOOD_MASKS", "SftlAccessor", "SparseMaskWarning", "at_sites", "composite_attrs",
-           "locate", "nanmedian_first_axis", "open_lst", "systematic_k"]
+           "composite_variance", "locate", "nanmedian_first_axis", "open_lst", "systematic_fraction", "systematic_k",
+           "uncertainty_split"]
 
 #: Flags :meth:`SftlAccessor.good` masks: outside the model's pre-training range, or near a cloud.
 GOOD_MASKS = (
@@ -664,9 +670,7 @@ class SftlAccessor:
         lst = ds["lst"]
         valid = lst.notnull()
         unc = ds["lst_uncertainty"].where(valid)
-        sys_k = systematic_k(ds.attrs)
-        rand2 = (unc ** 2 - sys_k ** 2).clip(min=0.0) if sys_k is not None else xr.zeros_like(unc).where(valid)
-        sys2 = (unc ** 2 - rand2) if sys_k is None else sys_k ** 2  # all systematic when the split is unknown
+        rand2, sys2 = uncertainty_split(unc, valid, systematic_k(ds.attrs), systematic_fraction(ds.attrs))
         by_period = _period_reducer(ds["time"].values, freq)
         count = by_period(valid, "sum")
         with warnings.catch_warnings():  # all-NaN pixels of a period are NaN, as they should be
@@ -674,9 +678,7 @@ class SftlAccessor:
             value = by_period(lst, how)
         mean_rand2 = by_period(rand2, "mean")
         mean_sys2 = by_period(sys2, "mean") if isinstance(sys2, xr.DataArray) else sys2
-        n = count.where(count > 0)
-        factor = COMPOSITE_FACTOR[how]
-        var = mean_sys2 + (mean_rand2 * factor / n if factor is not None else mean_rand2)
+        var = composite_variance(mean_sys2, mean_rand2, count.where(count > 0), how)
         enough = count >= min_count
         attrs = composite_attrs(freq, how)
         out = xr.Dataset({
@@ -1077,6 +1079,77 @@ def systematic_k(attrs: Mapping[str, Any]) -> float | None:
         return float(v) if v is not None and str(v) != "" else None
     except ValueError:
         return None
+
+
+def systematic_fraction(attrs: Mapping[str, Any]) -> float | None:
+    """The systematic share of an LST cube's ``lst_uncertainty**2`` (its ``uncertainty_systematic_fraction``
+    attribute, in [0, 1]), or None where the cube does not give one (older stores; scene terms whose share varies by
+    pixel): composites then use :func:`systematic_k`."""
+    v = attrs.get("uncertainty_systematic_fraction")
+    try:
+        f = float(v) if v is not None and str(v) != "" else None
+    except ValueError:
+        return None
+    return f if f is not None and 0.0 <= f <= 1.0 else None
+
+
+def _zeros_where(valid: Any, like: Any) -> Any:
+    """0 where ``valid``, NaN elsewhere, in ``like``'s dtype (an xarray object stays lazy)."""
+    if isinstance(like, xr.DataArray):
+        return xr.zeros_like(like).where(valid)
+    return np.where(valid, np.zeros_like(like), np.nan)
+
+
+def uncertainty_split(unc: Any, valid: Any, sys_k: float | None = None,
+                      sys_frac: float | None = None) -> tuple[Any, Any]:
+    """Each value's random and systematic variance (K^2) from its uncertainty: the one rule of the composites.
+
+    Used by :meth:`SftlAccessor.composite` (xarray, lazy) and :func:`sftl_dask.composites.period_composite` (numpy),
+    so both give the same values bit for bit.
+
+    Parameters
+    ----------
+    unc : numpy.ndarray or xarray.DataArray
+        ``lst_uncertainty`` (K), NaN where the value is not used.
+    valid : numpy.ndarray or xarray.DataArray
+        Where the LST value is used (bool, ``unc``'s shape).
+    sys_k : float, optional
+        The store's systematic part (K, :func:`systematic_k`).
+    sys_frac : float, optional
+        The store's systematic share of ``unc**2`` (:func:`systematic_fraction`); it takes precedence over
+        ``sys_k``.
+
+    Returns
+    -------
+    rand2, sys2
+        ``(1 - sys_frac) * unc**2`` and ``sys_frac * unc**2`` with a share; ``max(unc**2 - sys_k**2, 0)`` and the
+        scalar ``sys_k**2`` with a systematic part only; else 0 (NaN where not ``valid``) and ``unc**2``, all of
+        it systematic.
+    """
+    if sys_frac is not None:
+        unc2 = unc ** 2
+        return unc2 * (1.0 - sys_frac), unc2 * sys_frac
+    if sys_k is not None:
+        return (unc ** 2 - sys_k ** 2).clip(min=0.0), sys_k ** 2
+    rand2 = _zeros_where(valid, unc)
+    return rand2, unc ** 2 - rand2  # all systematic when the split is unknown
+
+
+def composite_variance(mean_sys2: Any, mean_rand2: Any, n: Any, how: str) -> Any:
+    """The variance (K^2) of a reduction of ``n`` values: ``mean_sys2`` whole, ``mean_rand2`` times the reduction's
+    :data:`COMPOSITE_FACTOR` over ``n`` (whole for a minimum or maximum, a single value).
+
+    Parameters
+    ----------
+    mean_sys2, mean_rand2 : array_like, xarray.DataArray or float
+        The mean systematic and random variance of the values (K^2).
+    n : array_like or xarray.DataArray
+        Values reduced (NaN where none).
+    how : {"median", "mean", "min", "max"}
+        The reduction.
+    """
+    factor = COMPOSITE_FACTOR[how]
+    return mean_sys2 + (mean_rand2 * factor / n if factor is not None else mean_rand2)
 
 
 def _pick_step(da: xr.DataArray, dim: str, step: Any) -> xr.DataArray:

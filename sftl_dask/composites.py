@@ -33,12 +33,14 @@ import zarr
 from numpy.typing import NDArray
 
 from sftl_dask.api import (  # noqa: F401  (SftlAccessor registers ds.sftl)
-    COMPOSITE_FACTOR,
     GOOD_MASKS,
     SftlAccessor,
     composite_attrs,
+    composite_variance,
     nanmedian_first_axis,
+    systematic_fraction,
     systematic_k,
+    uncertainty_split,
 )
 from sftl_dask.cluster import run_tasks
 from sftl_dask.geo import GeoBox
@@ -92,11 +94,12 @@ class _Part:
     min_count: int
     good: tuple[tuple[int, int], ...]  # the (mask, value) of each qc flag that good() drops
     sys_k: float | None  # the LST's systematic uncertainty (K), None where it does not split it
+    sys_frac: float | None  # the LST's systematic share of lst_uncertainty^2, None where it does not give one
 
 
 def period_composite(lst: NDArray[np.float32], lst_uncertainty: NDArray[np.float32], qc: NDArray[np.integer],
                      *, good: Sequence[tuple[int, int]], how: str = "median", min_count: int = 1,
-                     sys_k: float | None = None) -> dict[str, NDArray[Any]]:
+                     sys_k: float | None = None, sys_frac: float | None = None) -> dict[str, NDArray[Any]]:
     """The composite of one period from its steps' arrays: the accessor's arithmetic at the numpy level.
 
     The same operations, in the same dtypes, as ``ds.sftl.good().sftl.composite(freq, how)`` on one period
@@ -116,7 +119,10 @@ def period_composite(lst: NDArray[np.float32], lst_uncertainty: NDArray[np.float
     min_count : int
         Fewest good values a pixel needs; fewer give NaN.
     sys_k : float, optional
-        The systematic part of the uncertainty (K); None: all of it is systematic.
+        The systematic part of the uncertainty (K); None (and no ``sys_frac``): all of it is systematic.
+    sys_frac : float, optional
+        The systematic share of ``lst_uncertainty**2`` (the store's ``uncertainty_systematic_fraction``); it takes
+        precedence over ``sys_k`` (:func:`sftl_dask.api.uncertainty_split`).
 
     Returns
     -------
@@ -131,20 +137,14 @@ def period_composite(lst: NDArray[np.float32], lst_uncertainty: NDArray[np.float
         lst, lst_uncertainty = np.where(drop, np.nan, lst), np.where(drop, np.nan, lst_uncertainty)
     valid = ~np.isnan(lst)
     unc = np.where(valid, lst_uncertainty, np.nan)
-    if sys_k is not None:
-        rand2, sys2 = np.clip(unc ** 2 - sys_k ** 2, 0.0, None), sys_k ** 2
-    else:  # all systematic when the split is unknown
-        rand2 = np.where(valid, np.zeros_like(unc), np.nan)
-        sys2 = unc ** 2 - rand2
+    rand2, sys2 = uncertainty_split(unc, valid, sys_k, sys_frac)
     count = valid.sum(axis=0)
     with warnings.catch_warnings():  # all-NaN pixels of a period are NaN, as they should be
         warnings.simplefilter("ignore", RuntimeWarning)
         value = nanmedian_first_axis(lst) if how == "median" else getattr(np, f"nan{how}")(lst, axis=0)
         mean_rand2 = np.nanmean(rand2, axis=0)
         mean_sys2 = np.nanmean(sys2, axis=0) if isinstance(sys2, np.ndarray) else sys2
-    n = np.where(count > 0, count, np.nan)
-    factor = COMPOSITE_FACTOR[how]
-    var = mean_sys2 + (mean_rand2 * factor / n if factor is not None else mean_rand2)
+    var = composite_variance(mean_sys2, mean_rand2, np.where(count > 0, count, np.nan), how)
     enough = count >= min_count
     return {"lst": np.where(enough, value, np.nan).astype(np.float32),
             "lst_uncertainty": np.where(enough, np.sqrt(var), np.nan).astype(np.float32),
@@ -165,7 +165,7 @@ def _composite_part(part: _Part) -> list[dict[str, Any]]:
     for t_out, idx in part.periods:
         rows = [at[s] for s in idx]
         data = period_composite(lst[rows], unc[rows], qc[rows], good=part.good, how=part.how,
-                                min_count=part.min_count, sys_k=part.sys_k)
+                                min_count=part.min_count, sys_k=part.sys_k, sys_frac=part.sys_frac)
         write_block(dst, t_out, part.window, data)
         out.append({"out": part.out, "window": part.window, "t_out": t_out, "n_obs": int(data["n_obs"].sum()),
                     "covered": int((data["n_obs"] > 0).sum())})
@@ -217,7 +217,7 @@ def _plan_tile(lst: Any, out: Any, freq: str, how: str, min_count: int) -> dict[
     good = tuple(table[f] for f in GOOD_MASKS if f in table)
     return {"lst": lst, "out": out, "grid": grid, "chunk": chunk, "index": index, "attrs": attrs, "todo": todo,
             "have": have, "old_index": old_index, "label": label, "reused": len(periods) - len(todo), "good": good,
-            "sys_k": systematic_k(attrs)}
+            "sys_k": systematic_k(attrs), "sys_frac": systematic_fraction(attrs)}
 
 
 def _tile_parts(plan: dict[str, Any], freq: str, how: str, min_count: int) -> list[_Part]:
@@ -260,11 +260,11 @@ def _tile_parts(plan: dict[str, Any], freq: str, how: str, min_count: int) -> li
         for period in periods:  # consecutive periods, up to the budget of steps a task reads
             if batch and sum(len(i) for _, i in batch) + len(period[1]) > budget:
                 parts.append(_Part(str(plan["lst"]), str(plan["out"]), window, tuple(batch), how, min_count,
-                                   plan["good"], plan["sys_k"]))
+                                   plan["good"], plan["sys_k"], plan["sys_frac"]))
                 batch = []
             batch.append(period)
         parts.append(_Part(str(plan["lst"]), str(plan["out"]), window, tuple(batch), how, min_count, plan["good"],
-                           plan["sys_k"]))
+                           plan["sys_k"], plan["sys_frac"]))
     return parts
 
 

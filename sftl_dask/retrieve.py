@@ -77,7 +77,7 @@ from sftl_dask.io.lst import (
 )
 from sftl_dask.io.stac import write_lst_stac
 from sftl_dask.io.stores import CubeRoot
-from sftl_dask.models.error_model import UNCERTAINTY_CLASS_EDGES_K
+from sftl_dask.models.error_model import UNCERTAINTY_CLASS_EDGES_K, systematic_share
 from sftl_dask.models.retriever import ModelRef, Retriever, cached_retriever, open_retriever
 from sftl_dask.staging import check_unlocked, write_lock
 from sftl_dask.version import __version__
@@ -857,6 +857,7 @@ def _lst_slots(dst: Location, plan: Mapping[str, Any], retriever: Retriever, inf
     if plan["action"] == "new":
         if isinstance(dst, Path) and dst.is_dir():  # an empty folder the user made for it
             dst.rmdir()
+        share = systematic_share(getattr(retriever, "error_model", None) or {})
         attrs = {
             "title": "sftl-dask land surface temperature", "Conventions": "CF-1.11", "sftl_product": "lst",
             "summary": "Land surface temperature from GF5-02 VIMI thermal bands by a neural network pre-trained on "
@@ -864,6 +865,9 @@ def _lst_slots(dst: Location, plan: Mapping[str, Any], retriever: Retriever, inf
             "references": "Heidarian et al. 2025, Remote Sensing 17:3803", "institution": "sftl-dask",
             "source": "GF5-02 VIMI L1 through the sftl-dask scene cube", "source_cube": str(absolute(plan["cube"])),
             **info, **ident, "pretraining_range": json.dumps(retriever.training_range),
+            # the scene term's share of lst_uncertainty^2 where it is one number (multiplicative form): composites
+            # keep share * sigma^2 whole (sftl_dask.api); absent otherwise (uncertainty_systematic_k as before)
+            **({"uncertainty_systematic_fraction": share} if share is not None else {}),
             "qc_range_groups": " ".join(retriever.training_range), "cloud_adjacent_px": CLOUD_ADJACENT_PX,
             "date_created": history.split(" ")[0], "history": history, "software": history.split("(")[-1][:-1],
         }

@@ -312,3 +312,38 @@ def test_split_window_coefficients_carrying_an_error_model_use_it(retrieval_mode
     (tmp_path / "bad.json").write_text(json.dumps({**doc, "uncertainty": {"format": "x"}}))
     with pytest.raises(ValueError, match=r"bad\.json: uncertainty: not an sftl-dask-error-model/1"):
         open_retriever(tmp_path / "bad.json")
+
+
+def _with_scene_term(src: Path, dst: Path, c: float) -> Path:
+    """A copy of an artifact whose card carries a multiplicative scene term ``c * sigma_model`` (as training's)."""
+    shutil.copytree(src, dst)
+    card = json.loads((dst / "card.json").read_text())
+    card["uncertainty"]["scene_term"] = {"form": "multiplicative", "c": c, "sigma_ref_k": 1.0, "n": 20,
+                                         "n_scenes": 4, "fit": "set by the test"}
+    (dst / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    lines = [f"{hashlib.sha256((dst / n).read_bytes()).hexdigest()}  {n}\n"
+             for n in sorted(p.name for p in dst.iterdir() if p.name != "sha256")]
+    (dst / "sha256").write_text("".join(lines))
+    return dst
+
+
+def test_retrieval_writes_the_systematic_share_of_a_multiplicative_scene_term(tmp_path, retrieval_model):
+    """The LST store says which share of ``lst_uncertainty**2`` is the scene term (c^2 / (1 + c^2)); a card without
+    such a term writes no share (its ``uncertainty_systematic_k`` as before)."""
+    from helpers import synthetic_cube
+
+    from sftl_dask.api import systematic_fraction
+    from sftl_dask.retrieve import retrieve
+
+    cube = synthetic_cube(tmp_path / "cube" / "g.zarr", 1, 32, 32, seed=2)
+    model = _with_scene_term(retrieval_model("dnn"), tmp_path / "mult_dnn", c=2.0)
+    retrieve(cube, model, tmp_path / "lst" / "g.zarr", threads=1, device="cpu")
+    lst = xr.open_zarr(tmp_path / "lst" / "g.zarr")
+    assert lst.attrs["uncertainty_systematic_fraction"] == pytest.approx(0.8, abs=1e-12)
+    assert systematic_fraction(lst.attrs) == pytest.approx(0.8, abs=1e-12)
+    # a one-step composite: the share whole, the rest / 1 (a mean): sigma itself
+    comp = lst.sftl.composite("MS", how="mean")
+    np.testing.assert_allclose(comp["lst_uncertainty"].values[0], lst["lst_uncertainty"].values[0], rtol=1e-6)
+    retrieve(cube, retrieval_model("dnn"), tmp_path / "lst_old" / "g.zarr", threads=1, device="cpu")
+    old = xr.open_zarr(tmp_path / "lst_old" / "g.zarr")
+    assert "uncertainty_systematic_fraction" not in old.attrs and "uncertainty_systematic_k" in old.attrs

@@ -63,6 +63,7 @@ __all__ = [
     "scene_split_reference",
     "scene_term_part",
     "sigma_model_part",
+    "systematic_share",
 ]
 
 #: Format tag of an error model dict.
@@ -351,6 +352,32 @@ def scene_term_part(model: Mapping[str, Any], features: Mapping[str, ArrayLike])
         return np.full(wvc.shape, float(model["sigma_scene_k"]), dtype=np.float32)
     p = [float(term[k]) for k in _FORM_PARAMS[term["form"]]]
     return _form_scale(term["form"], p, _sigma_model(model, features), wvc)
+
+
+def systematic_share(model: Mapping[str, Any]) -> float | None:
+    """The share of ``lst_uncertainty**2`` that the scene term holds, where it is the same for every pixel.
+
+    :func:`apply_error_model` composes ``sigma**2 = sigma_model**2 + t**2`` with nothing else (no floor); for the
+    ``multiplicative`` form ``t = c * sigma_model``, so ``t**2 / sigma**2 = c**2 / (1 + c**2)`` for every pixel
+    (``c`` as the card holds it, re-fitted by :func:`calibrate_error_model` where calibrated). The other forms
+    (``additive``, ``affine-wvc``, and an older model's one ``sigma_scene_k``) give a share that varies with the
+    pixel: None (an additive term's systematic part is the constant ``sigma_scene_k`` instead).
+
+    Parameters
+    ----------
+    model : mapping
+        An error model (a card's ``uncertainty``).
+
+    Returns
+    -------
+    float or None
+        ``c**2 / (1 + c**2)`` (dimensionless, in [0, 1)) for a multiplicative scene term, else None.
+    """
+    term = model.get("scene_term")
+    if not isinstance(term, Mapping) or term.get("form") != "multiplicative":
+        return None
+    c2 = float(term["c"]) ** 2
+    return c2 / (1.0 + c2)
 
 
 def _ref_array(sigma_ref_k: ArrayLike | None, n: int) -> NDArray[np.float64]:
