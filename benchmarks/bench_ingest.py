@@ -26,8 +26,11 @@ log). The load average is recorded (the machine is shared).
 Writes ``benchmarks/results/ingest.json`` and ``ingest.png``; ``--layout map`` or ``delivered`` rewrites its own
 section and keeps the other's from the last run.
 
+``--memory-only`` runs (c) alone (N = 2 x ``--scenes``) and writes ``results/bench_ingest_memory.json``, with the
+driver's peak RSS beside the workers'.
+
 Usage: python -m benchmarks.bench_ingest [--layout both|map|delivered] [--scenes 10] [--workers 2] [--repeat 2]
-       [--testbed DIR] [--delivered-testbed DIR] [--keep DIR]
+       [--testbed DIR] [--delivered-testbed DIR] [--keep DIR] [--memory-only]
 """
 
 from __future__ import annotations
@@ -185,8 +188,12 @@ def _rss() -> int:
 
 
 @contextmanager
-def _rss_sampler(client: Any, interval: float = 0.2) -> Iterator[list[tuple[float, dict[str, int]]]]:
-    """Sample every worker's RSS every ``interval`` s in a thread; yields the growing list of (t, {worker: bytes})."""
+def _rss_sampler(client: Any, interval: float = 0.2, driver: list[int] | None = None
+                 ) -> Iterator[list[tuple[float, dict[str, int]]]]:
+    """Sample every worker's RSS every ``interval`` s in a thread; yields the growing list of (t, {worker: bytes}).
+
+    ``driver``, if given, receives this process's RSS (bytes) at each sample.
+    """
     samples: list[tuple[float, dict[str, int]]] = []
     stop = threading.Event()
     t0 = time.perf_counter()
@@ -195,6 +202,8 @@ def _rss_sampler(client: Any, interval: float = 0.2) -> Iterator[list[tuple[floa
         while not stop.is_set():
             try:
                 samples.append((time.perf_counter() - t0, client.run(_rss)))
+                if driver is not None:
+                    driver.append(_rss())
             except Exception:  # a worker restarting or the client closing: skip this sample
                 pass
             stop.wait(interval)
@@ -212,11 +221,18 @@ def _rss_sampler(client: Any, interval: float = 0.2) -> Iterator[list[tuple[floa
 _ARENA_ALIGN = 64 << 20
 
 
-class _MallInfo2(ctypes.Structure):
-    """glibc's ``struct mallinfo2`` (malloc.h), every field in bytes or counts."""
+def _mallinfo2_type() -> type:
+    """glibc's ``struct mallinfo2`` (malloc.h), every field in bytes or counts.
 
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                  "fsmblks", "uordblks", "fordblks", "keepcost")]
+    Made where it is used: a ctypes class defined in ``__main__`` (``python -m``) cannot be pickled to the workers
+    by ``client.run`` (``cannot pickle '_ctypes.CField'``).
+    """
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    return MallInfo2
 
 
 def smaps_breakdown(smaps: str) -> dict[str, float]:
@@ -243,14 +259,14 @@ def smaps_breakdown(smaps: str) -> dict[str, float]:
 def worker_memory_breakdown() -> dict[str, float]:
     """Where this process's resident memory is (MB), after glibc's ``malloc_trim``: what a run leaves behind.
 
-    ``rss_before_trim`` / ``rss``, glibc's bytes in use (``malloc_in_use``, every arena, :class:`_MallInfo2`), the
+    ``rss_before_trim`` / ``rss``, glibc's bytes in use (``malloc_in_use``, every arena, :func:`_mallinfo2_type`), the
     mappings by kind (:func:`smaps_breakdown`) and Python's allocated blocks (``python_blocks``, a count).
     """
     import sys
 
     rss0 = _rss()
     libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
+    libc.mallinfo2.restype = _mallinfo2_type()
     libc.malloc_trim(0)
     smaps = Path("/proc/self/smaps").read_text()
     return {"rss_before_trim": round(rss0 / 2**20, 1), "rss": round(_rss() / 2**20, 1),
@@ -264,7 +280,9 @@ def _memory_run(client: Any, label: str, archives: list[Path], cube: Path, testb
     client.restart(timeout=600)
     idle = max(client.run(_rss).values())
     ms = MemorySampler()
-    with _rss_sampler(client) as samples, ms.sample(label, client=client, measure="process", interval=0.2):
+    driver: list[int] = []
+    with _rss_sampler(client, driver=driver) as samples, ms.sample(label, client=client, measure="process",
+                                                                      interval=0.2):
         res = _run_ingest(client, archives, cube, testbed)
     left = client.run(worker_memory_breakdown)  # what the run left resident in each worker (issue 20's evidence)
     per_worker_peak = {w: max(s[1].get(w, 0) for s in samples) for w in samples[0][1]}
@@ -276,6 +294,7 @@ def _memory_run(client: Any, label: str, archives: list[Path], cube: Path, testb
         "peak_rss_mb": round(max(per_worker_peak.values()) / 2**20, 1),
         "peak_rss_mb_per_worker": {w: round(v / 2**20, 1) for w, v in per_worker_peak.items()},
         "cluster_process_peak_mb": round(float(cluster.max()) / 2**20, 1),
+        "driver_peak_rss_mb": round(max(driver, default=0) / 2**20, 1),
         "after_run_mb_per_worker": left,
         "trace": [(round(t, 2), round(max(v.values()) / 2**20, 1)) for t, v in samples],
     }
@@ -481,8 +500,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="reuse (or build into) this delivered-layout testbed")
     ap.add_argument("--layout", choices=("map", "delivered", "both"), default="both")
     ap.add_argument("--keep", type=Path, default=None, help="keep the work folder (cubes, copies) here")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only (c), the N and 4N memory runs (map layout); writes results/bench_ingest_memory.json")
     args = ap.parse_args(argv)
     from sftl_dask.cluster import get_client
+
+    if args.memory_only:
+        return _memory_only(args)
 
     previous = json.loads((RESULTS / "ingest.json").read_text()) if (RESULTS / "ingest.json").exists() else {}
     work = args.keep or Path(tempfile.mkdtemp(prefix="sftl-bench-ingest-"))
@@ -506,6 +530,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (RESULTS / "ingest.json").write_text(json.dumps(result, indent=1))
     _plot(result, RESULTS / "ingest.png")
     _table(result)
+    return result
+
+
+def _memory_only(args: argparse.Namespace) -> dict[str, Any]:
+    """(c) alone: peak worker and driver RSS and scene task time at N and 4N archives, their changes (issue 20).
+
+    Writes ``benchmarks/results/bench_ingest_memory.json``; ``ingest.json`` (the full run's) is left as it is.
+    """
+    from sftl_dask.cluster import get_client
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="sftl-bench-ingest-mem-"))
+    work.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    try:
+        with get_client(n_workers=args.workers) as client:
+            testbed, archives, archives4 = _inputs(work, args.testbed, args.scenes, client)
+            mem_n = _memory_run(client, "N", archives, work / "cube_n", testbed)
+            mem_4n = _memory_run(client, "4N", archives4, work / "cube_4n", testbed)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    growth = mem_4n["peak_rss_mb"] / mem_n["peak_rss_mb"] - 1
+    task_change = mem_4n["scene_task_mean_s"] / mem_n["scene_task_mean_s"] - 1
+    result = {
+        "benchmark": "ingest memory (c)", "workers": args.workers, "threads_per_worker": 1,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "node": platform.node()},
+        "load_avg_1_5_15_at_start": [round(x, 2) for x in load],
+        "load_avg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
+        "peak_rss_growth_4n_vs_n": round(growth, 3), "memory_tolerance": MEMORY_TOLERANCE,
+        "memory_ok": abs(growth) <= MEMORY_TOLERANCE,
+        "scene_task_change_4n_vs_n": round(task_change, 3), "per_scene_tolerance": PER_SCENE_TOLERANCE,
+        "scene_task_ok": abs(task_change) <= PER_SCENE_TOLERANCE,
+        "memory_n": mem_n, "memory_4n": mem_4n,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_ingest_memory.json").write_text(json.dumps(result, indent=1))
+    for m in (mem_n, mem_4n):
+        print(f"{m['n_archives']:4d} archives: peak worker RSS {m['peak_rss_mb']:.0f} MB "
+              f"(idle {m['idle_rss_mb']:.0f}), "
+              f"driver {m['driver_peak_rss_mb']:.0f} MB, scene task {m['scene_task_mean_s']:.3f} s, "
+              f"wall {m['wall_s']:.1f} s")
+    print(f"peak growth 4N vs N {100 * growth:+.1f} % (target +-{100 * MEMORY_TOLERANCE:.0f} %), scene task "
+          f"{100 * task_change:+.1f} % (target +-{100 * PER_SCENE_TOLERANCE:.0f} %)")
     return result
 
 

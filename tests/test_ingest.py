@@ -6,6 +6,7 @@ made distinct (new product id in the name, the member names and the XML) and the
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import itertools
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tracemalloc
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -509,3 +511,29 @@ def test_dask_local_cluster_ingest_equals_the_in_process_cube(tb, cube, tmp_path
         got = open_cube(root, grid=name)
         ref = open_cube(ref_root, grid=name)
         xr.testing.assert_identical(got[DESIGN_VARIABLES].load(), ref[DESIGN_VARIABLES].load())
+
+
+def test_memory_a_scene_leaves_behind_does_not_grow_with_the_scenes_ingested(tb, tmp_path):
+    """Issue 20: memory flat as the archive grows. A scene's reader objects end in reference cycles holding its
+    data (~20 MB for a 640 px scene); in a worker the collector's oldest generation runs only every few dozen
+    scenes, modelled here by turning automatic collection off. Ingest then runs 1 scene, and 2 copies of it (same
+    tiles, same ERA5 and GED windows: every cache already warm) into the same cube: what Python and numpy hold
+    after the 2 copies is within 4 MB of what they held after the first (before the fix: +19.6 MB; after it:
+    +0.2 MB; tracemalloc does not see GDAL's or HDF5's own allocations)."""
+    src = _archive(tb, "huailai", 0)
+    copies = [copy_product(src, tmp_path / "copies", 8_800_000_000 + k) for k in range(2)]
+    cube, kw = tmp_path / "cube", {"era5": _era5(tb), "ged": tb / "ged"}
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        assert ingest([src], cube, **kw)["ingested"] == 1
+        after_one = tracemalloc.get_traced_memory()[0]
+        assert ingest(copies, cube, **kw)["ingested"] == 2
+        after_three = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    grown_mb = (after_three - after_one) / 2**20
+    print(f"traced memory after 2 more scenes: {grown_mb:+.2f} MB")
+    assert grown_mb < 4.0, f"{grown_mb:.1f} MB more after 2 more scenes"
