@@ -208,8 +208,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from sftl_dask.ingest import IngestError, ingest
+    from sftl_dask.ingest import IngestError, check_ingest, ingest
 
+    with _refusing(IngestError):  # the paths, the cube's tiles and the inputs are checked before a cluster starts
+        check_ingest(args.inputs, args.cube, era5=args.era5, ged=args.ged, tile_px=args.tile_size)
     with _client(args) as client, Progress("ingest") as update, _refusing(IngestError):
         summary = ingest(args.inputs, args.cube, era5=args.era5, ged=args.ged, client=client, progress=update,
                          tile_px=args.tile_size, dem=args.dem, calibration=args.calibration)

@@ -58,9 +58,9 @@ from sftl_dask.io.stores import cube_stores, cube_tiling
 from sftl_dask.io.vimi import VimiProduct, find_products, product_checksum
 from sftl_dask.physics.channels import THERMAL_NAMES
 from sftl_dask.physics.cloud import cloud_mask
-from sftl_dask.staging import write_lock
+from sftl_dask.staging import check_unlocked, write_lock
 
-__all__ = ["IngestError", "ingest"]
+__all__ = ["IngestError", "check_ingest", "ingest"]
 
 #: Global attributes of new scene-cube stores (CF-1.11 section 2.6.2).
 _CUBE_ATTRS = {
@@ -508,7 +508,8 @@ def ingest(
     t0 = time.perf_counter()
     root = location(cube)
     era5_paths = [str(Path(p)) for p in era5]
-    scheme, era5_index, products = _check_inputs(inputs, root, era5_paths, ged, tile_px, client)
+    scheme, products = _check_inputs(inputs, root, era5_paths, ged, tile_px)
+    era5_index = _era5_index(era5_paths, client)
     source = _check_sources(dem, calibration, ged)
 
     with write_lock(root, "sftl ingest"):  # one writer per cube: a second run is refused, never interleaved
@@ -535,13 +536,38 @@ def ingest(
                 "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def check_ingest(inputs: Sequence[str | os.PathLike[str]], cube: str | os.PathLike[str], *,
+                 era5: Sequence[str | os.PathLike[str]], ged: str | os.PathLike[str], tile_px: int | None = None,
+                 ) -> dict[str, Any]:
+    """Check an ingest's inputs without touching anything: what :func:`ingest` checks before it reads the ERA5
+    files' contents (on the cluster, in parallel), for a refusal before a cluster starts.
+
+    Returns
+    -------
+    dict
+        ``products`` (how many were found) and ``tile_px`` (the cube's tile edge, or the new cube's).
+
+    Raises
+    ------
+    IngestError
+        As :func:`ingest`, for the ERA5 paths, the GED folder, the cube's tiles and the inputs.
+    StoreBusyError
+        If another process is writing the cube.
+    OSError
+        If the cube's write lock could not be made (read-only file system, no write permission).
+    """
+    root = location(cube)
+    check_unlocked(root)
+    scheme, products = _check_inputs(inputs, root, [str(Path(p)) for p in era5], ged, tile_px)
+    return {"products": len(products), "tile_px": scheme.tile_px}
+
+
 def _check_inputs(inputs: Sequence[str | os.PathLike[str]], root: Location, era5_paths: list[str],
-                  ged: str | os.PathLike[str], tile_px: int | None, client: Any
-                  ) -> tuple[TileScheme, list[dict[str, Any]], list[str]]:
-    """The cube's tile scheme (or a new one), the ERA5 files' extents and the products to ingest.
+                  ged: str | os.PathLike[str], tile_px: int | None) -> tuple[TileScheme, list[str]]:
+    """The cube's tile scheme (or a new one) and the products to ingest.
 
     Bad input is refused here, before any work, in this order: ERA5 files, GED folder, the cube's tiles,
-    the ERA5 files' contents, the inputs.
+    the inputs (then :func:`ingest` reads the ERA5 files' contents, and opens the DEM).
 
     Raises
     ------
@@ -563,7 +589,7 @@ def _check_inputs(inputs: Sequence[str | os.PathLike[str]], root: Location, era5
     if existing is not None and tile_px is not None and tile_px != existing.tile_px:
         raise IngestError(f"{root}: holds tiles of {existing.tile_px} px x {existing.pixel_m:g} m, not "
                           f"{tile_px} px (--tile-size): ingest into another cube root")
-    return scheme, _era5_index(era5_paths, client), _products_of(inputs)
+    return scheme, _products_of(inputs)
 
 
 def _check_sources(dem: str | os.PathLike[str] | None, calibration: str | os.PathLike[str] | None,

@@ -182,14 +182,19 @@ def write_lock(target: str | os.PathLike[str], holder: str) -> Iterator[None]:
 
 
 def check_unlocked(target: str | os.PathLike[str]) -> None:
-    """Refuse at once if another process holds the write lock of ``target``; creates nothing.
+    """Refuse at once if another process holds the write lock of ``target``, or if its lock could not be made
+    (a read-only file system, a folder without write permission); creates nothing.
 
-    For checks before a cluster starts; the writer itself takes the lock with :func:`write_lock`.
+    For checks before a cluster starts, so that such a run is refused in a second rather than after its workers
+    started; the writer itself takes the lock with :func:`write_lock`.
 
     Raises
     ------
     StoreBusyError
         As :func:`write_lock`.
+    OSError
+        ``EROFS`` or ``EACCES`` (a :class:`PermissionError`), naming the lock file: what :func:`write_lock`
+        would meet.
     """
     import fcntl
 
@@ -198,7 +203,10 @@ def check_unlocked(target: str | os.PathLike[str]) -> None:
     lock = lock_path(Path(target))
     try:
         fd = os.open(lock, os.O_RDONLY)
-    except OSError:  # no lock file: nobody has written here yet
+    except FileNotFoundError:  # nobody has written here yet: could the lock be made?
+        _check_creatable(lock)
+        return
+    except OSError:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -206,6 +214,22 @@ def check_unlocked(target: str | os.PathLike[str]) -> None:
         raise _busy(target, lock) from None
     finally:
         os.close(fd)
+
+
+def _check_creatable(path: Path) -> None:
+    """Raise the ``OSError`` that creating ``path`` (and its missing folders) would raise for a read-only file
+    system or a folder without write permission; creates nothing."""
+    import errno
+
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return  # a file where a folder is needed: the writer's own error names it
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
 
 def _busy(target: str | os.PathLike[str], lock: Path) -> StoreBusyError:

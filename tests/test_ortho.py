@@ -37,6 +37,10 @@ from sftl_dask.testbed.delivery import SceneView
 from sftl_dask.testbed.world import REGIONS, build_landscape
 
 SIZE, SEED, TILE = 640, 0, 256  # the session fixture delivered_testbed is built with SIZE and SEED
+# The cubes without --dem on the default tiles: a scene's pixels do not depend on the tiling
+# (test_a_scene_holds_the_same_pixels_whatever_the_tiling), and a new 256 px tile store costs ~0.3 s to create,
+# ~8 s of an ingest's 12 s on 256 px tiles
+BIG_TILE = 1024
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,8 @@ def delivered(delivered_testbed: Path) -> Path:
 
 
 def _ingest(tb: Path, cube: Path, **kw: Any) -> dict[str, Any]:
-    return ingest([tb / "archives"], cube, era5=sorted((tb / "era5").glob("*.nc")), tile_px=TILE,
-                  **{"ged": tb / "ged", **kw})
+    return ingest([tb / "archives"], cube, era5=sorted((tb / "era5").glob("*.nc")),
+                  **{"tile_px": TILE, "ged": tb / "ged", **kw})
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +86,14 @@ def _ged_copy(tb: Path, dst: Path, gdem: str) -> Path:
 @pytest.fixture(scope="module")
 def cube_gdem(delivered: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """No ``--dem``: the default, GED's GDEM."""
-    return _ingest_warned(delivered, tmp_path_factory.mktemp("cube") / "gdem")
+    return _ingest_warned(delivered, tmp_path_factory.mktemp("cube") / "gdem", tile_px=BIG_TILE)
 
 
 @pytest.fixture(scope="module")
 def cube_flat(delivered: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], Path]:
     """No ``--dem`` and GED tiles without a GDEM dataset: the flat RPC height offset."""
     ged = _ged_copy(delivered, tmp_path_factory.mktemp("ged") / "ged", "absent")
-    return (*_ingest_warned(delivered, tmp_path_factory.mktemp("cube") / "flat", ged=ged), ged)
+    return (*_ingest_warned(delivered, tmp_path_factory.mktemp("cube") / "flat", ged=ged, tile_px=BIG_TILE), ged)
 
 
 def _tiles(cube: Path) -> list[tuple[GeoBox, list[dict[str, Any]], Path]]:
@@ -389,7 +393,7 @@ def test_user_calibration_recorded(delivered: Path, tmp_path: Path) -> None:
     src = sorted((delivered / "archives").iterdir())[0]
     bare = _rewrite(src, tmp_path / "in", edit)
     summary = ingest([bare], tmp_path / "cube", era5=sorted((delivered / "era5").glob("*.nc")),
-                     ged=delivered / "ged", dem=delivered / "dem", tile_px=TILE, calibration=table)
+                     ged=delivered / "ged", dem=delivered / "dem", tile_px=BIG_TILE, calibration=table)
     assert summary["ingested"] == 1, summary["failed"]
     sources = {s["calibration_source"] for _, ss, _ in _tiles(tmp_path / "cube") for s in ss}
     assert sources == {f"user:{table}"}

@@ -120,6 +120,30 @@ def test_an_output_on_a_read_only_file_system_is_refused_in_one_line(tmpfs: Call
     assert not any(ro.iterdir())
 
 
+def test_outputs_on_a_read_only_file_system_are_refused_before_a_cluster_starts(
+        tmpfs: Callable[..., Path], tmp_path: Path, small_testbed: Path, retrieval_model: Callable[..., Path],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """ingest and retrieve refuse an output they could not lock before they start a cluster (on SLURM, before
+    their jobs queue), not after: the lock's folder is checked with the inputs (``staging.check_unlocked``)."""
+    import sftl_dask.cluster
+
+    def no_cluster(*_: Any, **__: Any) -> Any:
+        raise AssertionError("a cluster was started before the output was checked")
+
+    monkeypatch.setattr(sftl_dask.cluster, "get_client", no_cluster)
+    ro = tmpfs("ro", 1024, read_only=True)
+    era5 = [str(p) for p in sorted((small_testbed / "era5").glob("*.nc"))]
+    assert main(["ingest", str(small_testbed / "archives"), "--cube", str(ro / "cube"), "--era5", *era5,
+                 "--ged", str(small_testbed / "ged")]) == 2
+    cube = synthetic_cube(tmp_path / "cube.zarr", 1, 64, 64, seed=1, chunk=64)
+    assert main(["retrieve", "--cube", str(cube), "--model", str(retrieval_model("dnn", seed=1)), "--out",
+                 str(ro / "deeper" / "lst.zarr"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"sftl ingest: error: {ro / '.cube.lock'}: Read-only file system",
+                   f"sftl retrieve: error: {ro / 'deeper' / '.lst.zarr.lock'}: Read-only file system"]
+    assert not any(ro.iterdir())
+
+
 @pytest.mark.slow  # ~40 s: two ingests of the small testbed; its fast sibling below is in the default run
 def test_disk_full_mid_ingest_names_each_failed_scene_keeps_earlier_ones_and_a_rerun_finishes(
         tmpfs: Callable[..., Path], small_testbed: Path, tmp_path: Path) -> None:
