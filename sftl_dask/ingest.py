@@ -507,9 +507,8 @@ def ingest(
     """
     t0 = time.perf_counter()
     root = location(cube)
-    era5_paths = [str(Path(p)) for p in era5]
-    scheme, products = _check_inputs(inputs, root, era5_paths, ged, tile_px)
-    era5_index = _era5_index(era5_paths, client)
+    scheme, products = _check_inputs(inputs, root, [str(Path(p)) for p in era5], ged, tile_px)
+    era5_index = _era5_index([str(Path(p)) for p in era5], client)
     source = _check_sources(dem, calibration, ged)
 
     with write_lock(root, "sftl ingest"):  # one writer per cube: a second run is refused, never interleaved

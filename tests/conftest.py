@@ -134,16 +134,16 @@ def retrieval_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
     rf, lgbm, or split-window coefficients ``sw``), made once per session for each kind and seed.
 
     Read only: a test that alters an artifact copies it first. A DNN takes ~6 s to train and export on 2 cores,
-    and a dozen modules retrieve with one.
+    and a dozen modules retrieve with one: each is made once per run, shared by the xdist processes.
     """
-    root = tmp_path_factory.mktemp("retrieval_models")
     made: dict[tuple[str, int], Path] = {}
 
     def get(kind: str, seed: int = 0) -> Path:
         if (kind, seed) not in made:
-            folder = root / f"{kind}_seed{seed}"
-            folder.mkdir()
-            made[kind, seed] = retrieval_artifact(folder / (f"{kind}.json" if kind == "sw" else kind), kind, seed)
+            name = f"{kind}.json" if kind == "sw" else kind
+            folder = shared_product(tmp_path_factory, f"retrieval_model_{kind}_seed{seed}",
+                                    lambda d: retrieval_artifact(d / name, kind, seed))
+            made[kind, seed] = folder / name
         return made[kind, seed]
 
     return get

@@ -219,11 +219,11 @@ def _run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 12
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=full, cwd=ROOT)
 
 
-def _sftl_ingest(tmp_path: Path, scheduler: str) -> subprocess.CompletedProcess:
-    """``sftl ingest`` through ``scheduler`` (it connects before it reads any input)."""
-    return _run([sys.executable, "-m", "sftl_dask.cli", "ingest", str(tmp_path / "archives"), "--cube",
-                 str(tmp_path / "cube"), "--era5", str(tmp_path / "era5.nc"), "--ged", str(tmp_path / "ged"),
-                 "--scheduler", scheduler])
+def _sftl_simulate(tmp_path: Path, scheduler: str) -> subprocess.CompletedProcess:
+    """``sftl simulate`` through ``scheduler`` (a verb with no input to check before it connects: ingest and
+    retrieve refuse bad inputs first)."""
+    return _run([sys.executable, "-m", "sftl_dask.cli", "simulate", "--out", str(tmp_path / "sim.parquet"),
+                 "--profiles", "2", "--scheduler", scheduler])
 
 
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -244,11 +244,11 @@ def _free_port() -> int:
 def test_a_scheduler_address_nothing_answers_is_one_line_exit_2(tmp_path: Path, where: str) -> None:
     # `tcp://scheduler:8786` is the compose file's address: outside the compose network no name answers
     address = f"tcp://127.0.0.1:{_free_port()}" if where == "closed port" else "tcp://scheduler:8786"
-    line = _one_error_line(_sftl_ingest(tmp_path, address))
-    assert line.startswith(f"sftl ingest: error: cannot reach Dask scheduler {address}: "), line
+    line = _one_error_line(_sftl_simulate(tmp_path, address))
+    assert line.startswith(f"sftl simulate: error: cannot reach Dask scheduler {address}: "), line
     if where == "closed port":
         assert line.endswith("Connection refused")
-    assert not (tmp_path / "cube").exists()
+    assert not any(tmp_path.iterdir())
 
 
 def test_workers_of_another_sftl_dask_are_refused_by_dasks_version_check(tmp_path: Path) -> None:
@@ -274,14 +274,14 @@ def test_workers_of_another_sftl_dask_are_refused_by_dasks_version_check(tmp_pat
             while not cluster.scheduler.workers and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert len(cluster.scheduler.workers) == 1
-            line = _one_error_line(_sftl_ingest(tmp_path, cluster.scheduler_address))
+            line = _one_error_line(_sftl_simulate(tmp_path, cluster.scheduler_address))
         finally:
             worker.terminate()
             worker.wait(timeout=30)
-    assert line == (f"sftl ingest: error: Dask scheduler {cluster.scheduler_address}: 1 of its 1 worker(s) run "
+    assert line == (f"sftl simulate: error: Dask scheduler {cluster.scheduler_address}: 1 of its 1 worker(s) run "
                     f"sftl-dask 0.0.9, this client {version('sftl-dask')} (Dask's version check): start every "
                     "container from one image build")
-    assert not (tmp_path / "cube").exists()
+    assert not (tmp_path / "sim.parquet").exists()
 
 
 def _health(role: str, http: str) -> tuple[int, str]:
