@@ -18,6 +18,7 @@ renames it into place only when complete, so a failure never leaves a partial pr
 from __future__ import annotations
 
 import contextlib
+import csv
 import gzip
 import json
 import os
@@ -937,10 +938,12 @@ def write_insitu_csv(
         ids = [_text(s, f"sensor_ids[{i}]") for i, s in enumerate(sensor_ids)]
         if len(ids) != n:
             raise ValueError(f"sensor_ids must have {n} entries, got {len(ids)}")
-    table = pd.DataFrame({
-        "TIMESTAMP": pd.DatetimeIndex(t).strftime("%Y-%m-%d %H:%M:%S"),
-        "ULR_Cor": up, "DLR_Cor": down, "QC_flag": qc.astype(np.int64), "sensor_id": ids,
-    })
+    # Formatted column by column and written by the csv module (which pandas' to_csv uses, so it quotes alike):
+    # the bytes of to_csv(float_format="%.2f", na_rep=""), whose formatting value by value took 0.6 s of a
+    # 3-year file (157,680 rows; 0.25 s now), 11 of the 26 s a small testbed took to build
+    stamps = np.datetime_as_string(t.astype("datetime64[s]"), unit="s")
+    rows = zip([d.replace("T", " ") for d in stamps.tolist()], _fixed2(up), _fixed2(down),
+               map(str, qc.astype(np.int64).tolist()), ids, strict=True)
     lines = [f"# {k}: {_fmt_float(v) if isinstance(v, float) else v}" for k, v in header.items()]
     lines += [
         "# timezone: UTC+8 (Beijing time)",
@@ -951,8 +954,15 @@ def write_insitu_csv(
     final = Path(path)
     with _atomic(final) as tmp, open(tmp, "w", newline="") as fh:
         fh.write("\n".join(lines) + "\n")
-        table.to_csv(fh, index=False, float_format="%.2f", na_rep="", lineterminator="\n")
+        out = csv.writer(fh, lineterminator="\n")
+        out.writerow(("TIMESTAMP", "ULR_Cor", "DLR_Cor", "QC_flag", "sensor_id"))
+        out.writerows(rows)
     return final
+
+
+def _fixed2(values: NDArray[np.float64]) -> list[str]:
+    """Each value with 2 decimals (``"%.2f"``), NaN as an empty cell."""
+    return ["" if v != v else f"{v:.2f}" for v in values.tolist()]
 
 
 def write_sites_csv(path: str | os.PathLike[str], sites: Sequence[Mapping[str, Any]]) -> Path:
