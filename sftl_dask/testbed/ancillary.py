@@ -18,6 +18,8 @@ Error sizes (see docs/testbed.md):
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from numpy.typing import NDArray
 from pyproj import Transformer
@@ -76,10 +78,20 @@ def era5_fields(clim: RegionClimate, times: NDArray[np.datetime64], seed: int,
 
 
 def mean_state_emissivity(lsc: Landscape) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """The multi-year mean surface: (emissivity (9, H, W), NDVI (H, W)) at mean NDVI and soil moisture."""
-    days = np.arange(15, 365, 30).astype("timedelta64[D]") + np.datetime64("2022-01-01", "D")
-    ndvi = np.mean([lsc.ndvi(d.astype("datetime64[s]")) for d in days], axis=0).astype(np.float32)
-    return lsc.emissivity(ndvi, moisture=0.2), ndvi
+    """The multi-year mean surface: (emissivity (9, H, W), NDVI (H, W)) at mean NDVI and soil moisture.
+
+    Made once per landscape object (~0.1 s on 640 px; each site's file and each GED tile asks for it) and kept
+    while the landscape lives. Read only.
+    """
+    if lsc not in _MEAN_STATE:
+        days = np.arange(15, 365, 30).astype("timedelta64[D]") + np.datetime64("2022-01-01", "D")
+        ndvi = np.mean([lsc.ndvi(d.astype("datetime64[s]")) for d in days], axis=0).astype(np.float32)
+        _MEAN_STATE[lsc] = (lsc.emissivity(ndvi, moisture=0.2), ndvi)
+    return _MEAN_STATE[lsc]
+
+
+_MEAN_STATE: weakref.WeakKeyDictionary[Landscape, tuple[NDArray[np.float32], NDArray[np.float32]]] = \
+    weakref.WeakKeyDictionary()
 
 
 def ged_arrays(lsc: Landscape, lat0: int, lon0: int, seed: int, n: int = 1000) -> dict[str, NDArray]:
