@@ -59,6 +59,7 @@ def test_ingest_with_failed_scenes_exits_1_naming_each(tmp_path: Path, monkeypat
 
     failed = [{"scene_id": "GF5B_A", "reason": "ERA5 files do not cover time 2022-06-12T03:00"},
               {"scene_id": "GF5B_B", "reason": "truncated tar: member B10.tif ends early"}]
+    monkeypatch.setattr(ingest, "check_ingest", lambda *a, **k: {"products": 2, "tile_px": 1024})
     monkeypatch.setattr(ingest, "ingest", lambda *a, **k: {"ingested": 0, "skipped": 0, "failed": failed,
                                                            "seconds": 0.1, "stores": []})
     rc = main(["ingest", str(tmp_path), "--cube", str(tmp_path / "c.zarr"), "--era5", "e.nc", "--ged", str(tmp_path),
