@@ -203,6 +203,9 @@ def _in_worker() -> bool:
     return True
 
 
+_HEAP_FROZEN = False  # whether _release_heap froze this worker's objects
+
+
 def _release_heap(collect: bool = True) -> None:
     """Free what a scene left behind in the worker, then give the free pages of its heap back to the system.
 
@@ -222,9 +225,18 @@ def _release_heap(collect: bool = True) -> None:
     the caller's own threads leaves its cycles to the caller's collector. A full collection scans every object of
     the process: 0.17-0.2 s with the package, torch and distributed imported, more in a process holding a test
     suite's or a notebook's objects (the suite's in-process ingests: ~+140 s of CPU on 2 cores with it).
+
+    So after the worker's first collection, what it holds then (its modules, caches and own state: ~320k objects)
+    is frozen (``gc.freeze``): later collections scan only what was allocated since, the scene's cycles among it.
+    A full collection in such a process: 0.16 s before, 0.004 s after (2 cores). A cycle among the frozen objects
+    that later becomes garbage stays (they are long-lived by then); objects freed by their count go as before.
     """
+    global _HEAP_FROZEN
     if collect:
         gc.collect()
+        if not _HEAP_FROZEN:
+            gc.freeze()
+            _HEAP_FROZEN = True
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

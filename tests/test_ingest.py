@@ -523,6 +523,7 @@ def test_memory_a_scene_leaves_behind_does_not_grow_with_the_scenes_ingested(tb,
     import sftl_dask.ingest
 
     monkeypatch.setattr(sftl_dask.ingest, "_in_worker", lambda: True)  # the scene tasks as a worker runs them
+    monkeypatch.setattr(sftl_dask.ingest, "_HEAP_FROZEN", False)  # a fresh worker: frozen at its first scene
     src = _archive(tb, "huailai", 0)
     copies = [copy_product(src, tmp_path / "copies", 8_800_000_000 + k) for k in range(2)]
     cube, kw = tmp_path / "cube", {"era5": _era5(tb), "ged": tb / "ged"}
@@ -532,11 +533,14 @@ def test_memory_a_scene_leaves_behind_does_not_grow_with_the_scenes_ingested(tb,
     try:
         assert ingest([src], cube, **kw)["ingested"] == 1
         after_one = tracemalloc.get_traced_memory()[0]
+        frozen = gc.get_freeze_count()  # what this "worker" held after its first scene: not scanned again
         assert ingest(copies, cube, **kw)["ingested"] == 2
         after_three = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
+        gc.unfreeze()  # this test process is not a worker
         gc.enable()
+    assert frozen > 100_000, frozen
     grown_mb = (after_three - after_one) / 2**20
     print(f"traced memory after 2 more scenes: {grown_mb:+.2f} MB")
     assert grown_mb < 4.0, f"{grown_mb:.1f} MB more after 2 more scenes"
