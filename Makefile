@@ -40,9 +40,9 @@ demo: $(VENV)/.installed
 
 # TEST_WORKERS pytest-xdist processes, each test file whole on one (--dist loadfile; --no-loadscope-reorder keeps the
 # order of tests/conftest.py, which starts the long files first; the processes share the session's testbeds and tiny
-# training, built once under a file lock). Quiet, 2 cores, 1112 tests (2026-12-07): 511 s with 2 processes, 590 s
-# with 3; 627 s before the clusters of the tests forked their workers (tests/conftest.py), the package was compiled
-# first and the long files kept their order. The venv build from a clean clone adds ~98 s.
+# training, built once under a file lock). Quiet, 2 cores, 1126 tests (2026-12-07, 5ced0c0): 463-542 s (two runs;
+# the same code at the start of that day: 618-656 s); 2 processes beat 3 (511 against 590 s, 2026-12-07). The venv
+# build from a clean clone adds 32-38 s.
 # SFTL_INSTALL_SLURM=1 (.ci/run): slurm-wlm and munge are installed while the venv is built, not before it.
 TEST_WORKERS ?= 2
 test:
