@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
-__all__ = ["broadcast", "completed", "default_workers", "get_client"]
+__all__ = ["broadcast", "completed", "default_workers", "get_client", "in_worker"]
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: glibc malloc in the workers: blocks up to 64 MB come from the heap and up to 256 MB of free heap is kept,
@@ -36,6 +36,17 @@ _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_"
 _WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 #: How long an embedded cluster's workers may take to register (s): generous, for a loaded machine.
 _WORKERS_TIMEOUT_S = 120.0
+
+
+def in_worker() -> bool:
+    """Whether this runs as a task of a Dask worker (not in the caller's own threads)."""
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 def default_workers() -> int:

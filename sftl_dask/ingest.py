@@ -40,11 +40,10 @@ from typing import Any, NamedTuple
 import dask
 import numpy as np
 import xarray as xr
-from distributed import get_worker
 from pyproj import Transformer
 from rasterio.enums import Resampling
 
-from sftl_dask.cluster import run_tasks
+from sftl_dask.cluster import in_worker, run_tasks
 from sftl_dask.geo import DEFAULT_TILE_PX, GeoBox, TileScheme, Window, geometry_attrs, utm_epsg
 from sftl_dask.io.cube import CUBE_VARIABLES, append_slots, mark_slot, read_slots, write_log, write_scene
 from sftl_dask.io.era5 import era5_wvc_on_grid, open_era5_tcwv
@@ -182,7 +181,7 @@ def _ingest_scene(path: str, targets: list[TileTarget], geds: list[dict[str, Any
         with dask.config.set(scheduler="synchronous"):
             return _decode_scene(path, targets, geds, cloud_percent, source or SceneSource())
     finally:
-        _release_heap(collect=_in_worker())
+        _release_heap(collect=in_worker())
 
 
 @lru_cache(maxsize=1)
@@ -192,15 +191,6 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return None
-
-
-def _in_worker() -> bool:
-    """Whether this runs as a task of a Dask worker (not in the caller's own threads)."""
-    try:
-        get_worker()
-    except ValueError:
-        return False
-    return True
 
 
 _HEAP_FROZEN = False  # whether _release_heap froze this worker's objects
@@ -519,8 +509,8 @@ def ingest(
     """
     t0 = time.perf_counter()
     root = location(cube)
-    scheme, products = _check_inputs(inputs, root, [str(Path(p)) for p in era5], ged, tile_px)
-    era5_index = _era5_index([str(Path(p)) for p in era5], client)
+    scheme, products = _check_inputs(inputs, root, era5, ged, tile_px)
+    era5_index = _era5_index(era5, client)
     source = _check_sources(dem, calibration, ged)
 
     with write_lock(root, "sftl ingest"):  # one writer per cube: a second run is refused, never interleaved
@@ -569,11 +559,11 @@ def check_ingest(inputs: Sequence[str | os.PathLike[str]], cube: str | os.PathLi
     """
     root = location(cube)
     check_unlocked(root)
-    scheme, products = _check_inputs(inputs, root, [str(Path(p)) for p in era5], ged, tile_px)
+    scheme, products = _check_inputs(inputs, root, era5, ged, tile_px)
     return {"products": len(products), "tile_px": scheme.tile_px}
 
 
-def _check_inputs(inputs: Sequence[str | os.PathLike[str]], root: Location, era5_paths: list[str],
+def _check_inputs(inputs: Sequence[str | os.PathLike[str]], root: Location, era5: Sequence[str | os.PathLike[str]],
                   ged: str | os.PathLike[str], tile_px: int | None) -> tuple[TileScheme, list[str]]:
     """The cube's tile scheme (or a new one) and the products to ingest.
 
@@ -585,10 +575,10 @@ def _check_inputs(inputs: Sequence[str | os.PathLike[str]], root: Location, era5
     IngestError
         As :func:`ingest` does.
     """
-    for p in era5_paths:
-        if not Path(p).is_file():
+    for p in map(Path, era5):
+        if not p.is_file():
             raise IngestError(f"{p}: ERA5 file not found")
-    if not era5_paths:
+    if not era5:
         raise IngestError("no ERA5 file given (--era5)")
     if not Path(ged).is_dir():
         raise IngestError(f"{ged}: GED folder not found")
@@ -790,7 +780,7 @@ def _era5_extent(path: str) -> dict[str, Any]:
             "time": (t.min(), t.max())}
 
 
-def _era5_index(paths: Sequence[str], client: Any = None) -> list[dict[str, Any]]:
+def _era5_index(paths: Sequence[str | os.PathLike[str]], client: Any = None) -> list[dict[str, Any]]:
     """Extent and time span of each ERA5 file (read in parallel on the client's workers).
 
     Raises
@@ -798,7 +788,7 @@ def _era5_index(paths: Sequence[str], client: Any = None) -> list[dict[str, Any]
     IngestError
         If a file cannot be read as ERA5 ``tcwv``.
     """
-    index = _map(_era5_extent, [(p,) for p in paths], client)
+    index = _map(_era5_extent, [(str(Path(p)),) for p in paths], client)
     for e in index:
         if "error" in e:
             raise IngestError(e["error"])

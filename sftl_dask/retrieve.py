@@ -38,7 +38,7 @@ from dask.highlevelgraph import HighLevelGraph
 from distributed import KilledWorker, futures_of, get_worker
 from numpy.typing import NDArray
 
-from sftl_dask.cluster import completed
+from sftl_dask.cluster import completed, in_worker
 from sftl_dask.features import RANGE_GROUPS, REQUIRED_INPUTS, compute_features, inputs_for
 from sftl_dask.geo import GeoBox, TileScheme, store_geometry
 from sftl_dask.io.cube import (
@@ -326,12 +326,8 @@ def _array(path: str, name: str, mode: str, run: str) -> Any:
 def _pin_torch_threads() -> None:
     """Inside a Dask worker running a torch model: one torch thread per task slot, so the worker's tasks
     use its threads in all, never more (oversubscription costs 3x, shared/reference/PERF.md)."""
-    if "torch" not in sys.modules:  # trees and the split-window never load torch
-        return
-    try:
-        get_worker()
-    except ValueError:  # not in a worker: the caller decided
-        return
+    if "torch" not in sys.modules or not in_worker():  # trees and the split-window never load torch; outside a
+        return  # worker the caller decided
     import torch  # lazy: importing it takes ~4 s (measured) and tree or split-window runs never need it
 
     if torch.get_num_threads() != 1:

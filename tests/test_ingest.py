@@ -522,7 +522,7 @@ def test_memory_a_scene_leaves_behind_does_not_grow_with_the_scenes_ingested(tb,
     +0.2 MB; tracemalloc does not see GDAL's or HDF5's own allocations)."""
     import sftl_dask.ingest
 
-    monkeypatch.setattr(sftl_dask.ingest, "_in_worker", lambda: True)  # the scene tasks as a worker runs them
+    monkeypatch.setattr(sftl_dask.ingest, "in_worker", lambda: True)  # the scene tasks as a worker runs them
     monkeypatch.setattr(sftl_dask.ingest, "_HEAP_FROZEN", False)  # a fresh worker: frozen at its first scene
     src = _archive(tb, "huailai", 0)
     copies = [copy_product(src, tmp_path / "copies", 8_800_000_000 + k) for k in range(2)]
