@@ -78,7 +78,7 @@ from sftl_dask.io.lst import (
 from sftl_dask.io.stac import write_lst_stac
 from sftl_dask.io.stores import CubeRoot
 from sftl_dask.models.error_model import UNCERTAINTY_CLASS_EDGES_K, systematic_share
-from sftl_dask.models.retriever import ModelRef, Retriever, cached_retriever, open_retriever
+from sftl_dask.models.retriever import ModelRef, Retriever, cached_retriever, model_digest
 from sftl_dask.staging import check_unlocked, write_lock
 from sftl_dask.version import __version__
 
@@ -810,7 +810,9 @@ def _plan(cube: str | os.PathLike[str], model: str | os.PathLike[str], out: str 
         raise RetrieveError(f"{cube}: no such scene cube")
     if is_file(out):
         raise RetrieveError(f"{out}: is a file, not an LST store or folder")
-    retriever = open_retriever(model, device="cpu", precision=precision)  # verifies it before any work
+    # verified before any work, and loaded once per process: the CLI's check and then its run, or a session's
+    # repeated runs, pay for it once (a torch.export program: ~0.3 s, and ~2.6 s of imports the first time)
+    retriever = cached_retriever(ModelRef(str(model.resolve()), model_digest(model), "cpu", precision))
     kind = retriever.describe()["model_kind"]
     if precision != "fp32" and kind not in ("dnn", "trf", "cnn"):  # it would be ignored: say so instead
         raise RetrieveError(f"--precision {precision}: {kind} models have no reduced-precision path; "
