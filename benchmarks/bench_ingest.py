@@ -555,7 +555,8 @@ def _memory_only(args: argparse.Namespace) -> dict[str, Any]:
     task_change = mem_4n["scene_task_mean_s"] / mem_n["scene_task_mean_s"] - 1
     result = {
         "benchmark": "ingest memory (c)", "workers": args.workers, "threads_per_worker": 1,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "node": platform.node()},
+        "machine": {"cpus": os.cpu_count(), "measured_utc": time.strftime("%Y-%m-%d", time.gmtime()),
+                    "python": platform.python_version(), "node": platform.node()},
         "load_avg_1_5_15_at_start": [round(x, 2) for x in load],
         "load_avg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
         "peak_rss_growth_4n_vs_n": round(growth, 3), "memory_tolerance": MEMORY_TOLERANCE,
@@ -600,7 +601,8 @@ def _map_case(client: Any, work: Path, args: argparse.Namespace) -> dict[str, An
     task_change = mem_4n["scene_task_mean_s"] / mem_n["scene_task_mean_s"] - 1
     result = {
         "benchmark": "ingest",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "node": platform.node()},
+        "machine": {"cpus": os.cpu_count(), "measured_utc": time.strftime("%Y-%m-%d", time.gmtime()),
+                    "python": platform.python_version(), "node": platform.node()},
         "workers": args.workers, "threads_per_worker": 1,
         "scenes_per_region": args.scenes, "n_archives": len(archives), "archives_mb": round(mb, 1),
         "archive_px": "640 x 640 (40 m) + 1280 x 1280 (20 m)",

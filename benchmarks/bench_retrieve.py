@@ -29,8 +29,9 @@ per pixel does not depend on how well they are trained. Writes ``benchmarks/resu
 ``retrieve.png``.
 
 Usage: python -m benchmarks.bench_retrieve [--work DIR] [--workers 2] [--repeat 2] [--quick] [--gpu]
-       python -m benchmarks.bench_retrieve --parts floor,cloud --cube CUBE --sw SW.json --model DNN [--repeat 3]
-       (parts (a) and (e) alone, on a cube and models made elsewhere: nothing trained; into <work>/parts.json)
+       python -m benchmarks.bench_retrieve --parts floor,cloud,scaling --cube CUBE --sw SW.json --model DNN
+       (parts (a), (e) and (d)'s scaling alone, on a cube and models made elsewhere: nothing trained; into
+       <work>/parts.json)
 """
 
 from __future__ import annotations
@@ -365,7 +366,19 @@ def _malloc_like_workers() -> None:
 
 
 def _warm() -> None:
-    """Imports and torch initialisation in each worker, outside the measured runs."""
+    """Imports and torch initialisation in each worker, outside the measured runs: torch, the package, and
+    torch.export's loader (which imports torch._dynamo: ~2.6 s here the first time a process loads a
+    ``model.pt2``, a process's start-up like torch's own import; :func:`scaling` also reports runs without it)."""
+    import torch
+    import torch.export.pt2_archive
+
+    import sftl_dask.retrieve  # noqa: F401
+
+    torch.zeros(1)
+
+
+def _warm_torch() -> None:
+    """What :func:`_warm` did before torch.export programs were the default: torch and the package only."""
     import torch
 
     import sftl_dask.retrieve  # noqa: F401
@@ -510,23 +523,54 @@ def half_cloudy(client: Any, cube: Path, model: Path, work: Path, repeat: int) -
             "half_split_s": {k: round(h[k], 2) for k in ("read_s", "compute_s", "write_s")}}
 
 
+def scaling(cube: Path, model: Path, work: Path, workers: int, repeat: int) -> dict[str, Any]:
+    """(d): the DNN on 1 worker and on ``workers``, each run on a fresh cluster, alternated; best of each.
+
+    The workers are warmed (:func:`_warm`: imports, torch.export's loader included) before each measured run, as
+    the other parts are; one run each with only torch imported (:func:`_warm_torch`) is reported beside, so the
+    one-off import each worker's first task then pays (in every run, whatever the number of workers) is seen.
+    """
+    one = [_fresh_cluster_run(1, cube, model, work / "lst_1w") for _ in range(repeat)]
+    many = [_fresh_cluster_run(workers, cube, model, work / "lst_nw") for _ in range(repeat)]
+    cold_one = _fresh_cluster_run(1, cube, model, work / "lst_1w", warm=_warm_torch)
+    cold_many = _fresh_cluster_run(workers, cube, model, work / "lst_nw", warm=_warm_torch)
+    ceiling = _ceiling(workers, model)
+    t1, tn = min(r["seconds"] for r in one), min(r["seconds"] for r in many)
+    return {"one_worker_s": round(t1, 2), f"{workers}_workers_s": round(tn, 2), "speedup": round(t1 / tn, 3),
+            "target": SCALING_TARGET,
+            "one_worker_runs_s": [round(r["seconds"], 2) for r in one],
+            f"{workers}_workers_runs_s": [round(r["seconds"], 2) for r in many],
+            "first_task_load_s": {"one_worker": round(min(r["load_s"] for r in one), 2),
+                                  f"{workers}_workers": round(min(r["load_s"] for r in many), 2)},
+            "without_export_loader_warmed": {
+                "one_worker_s": round(cold_one["seconds"], 2), f"{workers}_workers_s": round(cold_many["seconds"], 2),
+                "speedup": round(cold_one["seconds"] / cold_many["seconds"], 3),
+                "first_task_load_s": {"one_worker": round(cold_one["load_s"], 2),
+                                      f"{workers}_workers": round(cold_many["load_s"], 2)}},
+            "machine_ceiling_bare_dnn_forward": {k: round(v, 3) for k, v in ceiling.items()}}
+
+
 def _parts(args: argparse.Namespace) -> dict[str, Any]:
-    """Only the parts named by ``--parts`` (``floor``: (a), ``cloud``: (e)), on a given cube and models; the result
-    goes to ``<work>/parts.json`` (benchmarks/results is left to full runs)."""
+    """Only the parts named by ``--parts`` (``floor``: (a), ``cloud``: (e), ``scaling``: (d)'s scaling), on a given
+    cube and models; the result goes to ``<work>/parts.json`` (benchmarks/results is left to full runs)."""
     from sftl_dask.cluster import get_client
 
     parts = set(args.parts.split(","))
-    if not parts <= {"floor", "cloud"} or args.cube is None or ("floor" in parts and args.sw is None) \
-            or ("cloud" in parts and args.model is None):
-        raise SystemExit("--parts takes floor,cloud, with --cube, --sw (floor) and --model (cloud)")
+    if not parts <= {"floor", "cloud", "scaling"} or args.cube is None or ("floor" in parts and args.sw is None) \
+            or (parts & {"cloud", "scaling"} and args.model is None):
+        raise SystemExit("--parts takes floor,cloud,scaling, with --cube, --sw (floor) and --model (cloud, scaling)")
     args.work.mkdir(parents=True, exist_ok=True)
+    _malloc_like_workers()
     res: dict[str, Any] = {"load_before": os.getloadavg(), "workers": args.workers}
-    with get_client(n_workers=args.workers) as client:
-        client.run(_warm)
-        if "floor" in parts:
-            res["floor"] = floor_vs_split_window(client, args.cube, args.sw, args.work, args.repeat)
-        if "cloud" in parts:
-            res["cloud"] = half_cloudy(client, args.cube, args.model, args.work, args.repeat)
+    if parts & {"floor", "cloud"}:
+        with get_client(n_workers=args.workers) as client:
+            client.run(_warm)
+            if "floor" in parts:
+                res["floor"] = floor_vs_split_window(client, args.cube, args.sw, args.work, args.repeat)
+            if "cloud" in parts:
+                res["cloud"] = half_cloudy(client, args.cube, args.model, args.work, args.repeat)
+    if "scaling" in parts:
+        res["scaling"] = scaling(args.cube, args.model, args.work, args.workers, args.repeat)
     res["load_after"] = os.getloadavg()
     (args.work / "parts.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
@@ -548,7 +592,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "trained pipeline's)")
     ap.add_argument("--model", type=Path, default=None, help="with --bare-only or --parts cloud: this DNN artifact")
     ap.add_argument("--parts", default=None, help="only these parts, comma-separated: floor (a: split-window "
-                    "against the I/O floor), cloud (e: half-cloudy against clear), on --cube with --sw / --model; "
+                    "against the I/O floor), cloud (e: half-cloudy against clear), scaling (d: 1 against 2 "
+                    "workers), on --cube with --sw / --model; "
                     "into <work>/parts.json")
     ap.add_argument("--sw", type=Path, default=None, help="with --parts floor: split-window coefficients (JSON)")
     args = ap.parse_args(argv)
@@ -571,7 +616,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     res: dict[str, Any] = {"benchmark": "retrieve", "workers": args.workers, "threads_per_worker": 1,
                            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                       "node": platform.node()}}
+                                       "node": platform.node(),
+                                       "measured_utc": time.strftime("%Y-%m-%d", time.gmtime())}}
     with get_client(n_workers=args.workers) as client:
         client.run(_warm)
         sw, fl, dk = [], [], []
@@ -604,30 +650,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     res["per_core"] = _per_core(models, cube, 2 if args.quick else 4)
 
-    one = [_memory_free_run(1, cube, models["dnn"], work / "lst_1w") for _ in range(args.repeat)]
-    two = [_memory_free_run(args.workers, cube, models["dnn"], work / "lst_2w") for _ in range(args.repeat)]
-    ceiling = _ceiling(args.workers, models["dnn"])
-    res["scaling"] = {"one_worker_s": round(min(one), 2), f"{args.workers}_workers_s": round(min(two), 2),
-                      "speedup": round(min(one) / min(two), 3), "target": SCALING_TARGET,
-                      "machine_ceiling_bare_dnn_forward": {k: round(v, 3) for k, v in ceiling.items()}}
-    print(f"  scaling: {min(one):.1f} s on 1 worker, {min(two):.1f} s on {args.workers}: "
-          f"{min(one) / min(two):.2f}x (the bare DNN forward scales {ceiling['speedup']:.2f}x on this machine)")
+    sc = res["scaling"] = scaling(cube, models["dnn"], work, args.workers, args.repeat)
+    print(f"  scaling: {sc['one_worker_s']:.1f} s on 1 worker, {sc[f'{args.workers}_workers_s']:.1f} s on "
+          f"{args.workers}: {sc['speedup']:.2f}x (the bare DNN forward scales "
+          f"{sc['machine_ceiling_bare_dnn_forward']['speedup']:.2f}x on this machine)")
     small = _copy_cube(cube, work / "cube_n", steps=5)
     mem_n = _memory(args.workers, small, models["dnn"], work / "lst_n")
     mem_4n = _memory(args.workers, cube, models["dnn"], work / "lst_4n")
     growth = mem_4n["peak_rss_mb"] / mem_n["peak_rss_mb"] - 1
     res["memory"] = {"n": mem_n, "4n": mem_4n, "peak_growth": round(growth, 3), "tolerance": MEMORY_TOLERANCE}
 
-    clear = _copy_cube(cube, work / "cube_clear", steps=8, clear=True)
-    half = _copy_cube(cube, work / "cube_half", steps=8, clear=True, half_cloud=True)
     with get_client(n_workers=args.workers) as client:
         client.run(_warm)
-        tc = min(_retrieve(clear, models["dnn"], work / "lst_clear", client=client)["seconds"]
-                 for _ in range(args.repeat))
-        th = min(_retrieve(half, models["dnn"], work / "lst_half", client=client)["seconds"]
-                 for _ in range(args.repeat))
-    res["cloud"] = {"clear_s": round(tc, 2), "half_cloudy_s": round(th, 2), "ratio": round(th / tc, 3),
-                    "target": CLOUD_TARGET}
+        res["cloud"] = half_cloudy(client, cube, models["dnn"], work, args.repeat)
 
     res["calibration"] = [_calibration(hu, work / "lst_dnn")]
     if he is not None:
@@ -653,12 +688,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return res
 
 
-def _memory_free_run(workers: int, cube: Path, model: Path, out: Path) -> float:
+def _fresh_cluster_run(workers: int, cube: Path, model: Path, out: Path, warm: Any = _warm) -> dict[str, float]:
+    """One retrieval on a cluster of its own (no memory sampling), its workers warmed by ``warm``: its seconds and
+    the summed first-task model load (s)."""
     from sftl_dask.cluster import get_client
 
     with get_client(n_workers=workers) as client:
-        client.run(_warm)
-        return _retrieve(cube, model, out, client=client)["seconds"]
+        client.run(warm)
+        s = _retrieve(cube, model, out, client=client)
+    return {"seconds": s["seconds"], "load_s": s["load_s"]}
 
 
 def _table(r: dict[str, Any]) -> None:
