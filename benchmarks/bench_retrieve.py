@@ -257,6 +257,13 @@ def _retrieve(cube: Path, model: Path, out: Path, **kw: Any) -> dict[str, Any]:
     return s
 
 
+def _plain(value: Any) -> Any:
+    """JSON for what the results hold besides plain Python: numpy scalars (counts from the cubes)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return min(runs, key=lambda r: r["seconds"] if "seconds" in r else r["wall_s"])
 
@@ -483,7 +490,7 @@ def _bare_only(args: argparse.Namespace) -> dict[str, Any]:
     res["bare"] = bare
     res.setdefault("targets_met", {})["dnn_vs_bare"] = bare["ratio_throughput_retrieve_to_bare"] >= BARE_TARGET
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1))
+    path.write_text(json.dumps(res, indent=1, default=_plain))
     print(json.dumps(bare, indent=1))
     return res
 
@@ -572,8 +579,8 @@ def _parts(args: argparse.Namespace) -> dict[str, Any]:
     if "scaling" in parts:
         res["scaling"] = scaling(args.cube, args.model, args.work, args.workers, args.repeat)
     res["load_after"] = os.getloadavg()
-    (args.work / "parts.json").write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
+    (args.work / "parts.json").write_text(json.dumps(res, indent=1, default=_plain))
+    print(json.dumps(res, indent=1, default=_plain))
     return res
 
 
@@ -682,7 +689,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "calibration_2sigma": [abs(c["insitu"]["within_2sigma"] - 0.954) <= 0.03 for c in res["calibration"]],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "retrieve.json").write_text(json.dumps(res, indent=1))
+    (RESULTS / "retrieve.json").write_text(json.dumps(res, indent=1, default=_plain))
     _plot(res, RESULTS / "retrieve.png")
     _table(res)
     return res
