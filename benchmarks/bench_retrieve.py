@@ -316,14 +316,24 @@ def _per_core(models: dict[str, Path], cube: Path, n_chunks: int) -> list[dict[s
     return rows
 
 
+@functools.lru_cache(maxsize=2)
+def _forward_model(model: str) -> Any:
+    """The artifact's ``torch.export`` module, loaded once per process."""
+    from sftl_dask.models.artifact import load_artifact
+
+    return load_artifact(model, program="export").model
+
+
+def _load_forward_model(model: str) -> None:
+    _forward_model(model)
+
+
 def _forward_loop(model: str, seconds: float) -> float:
     """Pixels per second of the bare DNN forward pass (one thread, batches of 8,192) for ``seconds``."""
     import torch
 
-    from sftl_dask.models.artifact import load_artifact
-
     torch.set_num_threads(1)
-    net = load_artifact(model, program="export").model
+    net = _forward_model(model)
     x = torch.randn(8192, 12) * 3 + 290
     n, t0 = 0, time.perf_counter()
     with torch.inference_mode():
@@ -339,6 +349,7 @@ def _ceiling(workers: int, model: Path) -> dict[str, float]:
 
     with get_client(n_workers=workers) as client:
         client.run(_warm)
+        client.run(_load_forward_model, str(model))  # loaded everywhere first: the timed loops then start together
         names = sorted(client.scheduler_info()["workers"])
         one = client.run(_forward_loop, str(model), 6.0, workers=names[:1])
         every = client.run(_forward_loop, str(model), 6.0)
