@@ -543,20 +543,25 @@ def half_cloudy(client: Any, cube: Path, model: Path, work: Path, repeat: int) -
 
 
 def scaling(cube: Path, model: Path, work: Path, workers: int, repeat: int) -> dict[str, Any]:
-    """(d): the DNN on 1 worker and on ``workers``, each run on a fresh cluster, alternated; best of each.
+    """(d): the DNN on 1 worker and on ``workers``, each run on a fresh cluster, alternated; best of each (and each
+    alternated pair's ratio, with their median).
 
     The workers are warmed (:func:`_warm`: imports, torch.export's loader included) before each measured run, as
     the other parts are; one run each with only torch imported (:func:`_warm_torch`) is reported beside, so the
     one-off import each worker's first task then pays (in every run, whatever the number of workers) is seen.
     """
-    one = [_fresh_cluster_run(1, cube, model, work / "lst_1w") for _ in range(repeat)]
-    many = [_fresh_cluster_run(workers, cube, model, work / "lst_nw") for _ in range(repeat)]
+    one, many = [], []
+    for _ in range(repeat):  # alternated: the VM's speed drifts by +-20 % within minutes
+        one.append(_fresh_cluster_run(1, cube, model, work / "lst_1w"))
+        many.append(_fresh_cluster_run(workers, cube, model, work / "lst_nw"))
     cold_one = _fresh_cluster_run(1, cube, model, work / "lst_1w", warm=_warm_torch)
     cold_many = _fresh_cluster_run(workers, cube, model, work / "lst_nw", warm=_warm_torch)
     ceiling = _ceiling(workers, model)
     t1, tn = min(r["seconds"] for r in one), min(r["seconds"] for r in many)
+    pairs = [a["seconds"] / b["seconds"] for a, b in zip(one, many, strict=True)]
     return {"one_worker_s": round(t1, 2), f"{workers}_workers_s": round(tn, 2), "speedup": round(t1 / tn, 3),
-            "target": SCALING_TARGET,
+            "target": SCALING_TARGET, "speedup_per_pair": [round(v, 3) for v in pairs],
+            "speedup_median_of_pairs": round(float(np.median(pairs)), 3),
             "one_worker_runs_s": [round(r["seconds"], 2) for r in one],
             f"{workers}_workers_runs_s": [round(r["seconds"], 2) for r in many],
             "first_task_load_s": {"one_worker": round(min(r["load_s"] for r in one), 2),
