@@ -527,7 +527,8 @@ def floor_vs_split_window(client: Any, cube: Path, sw: Path, work: Path, repeat:
 
 
 def half_cloudy(client: Any, cube: Path, model: Path, work: Path, repeat: int) -> dict[str, Any]:
-    """(e): the DNN on a half-cloudy copy of the cube's first 8 steps against a clear copy, alternated; best of each."""
+    """(e): the DNN on a half-cloudy copy of the cube's first 8 steps against a clear copy, alternated; best of each
+    (and each pair's ratio, with their median)."""
     clear = _copy_cube(cube, work / "cube_clear", steps=8, clear=True)
     half = _copy_cube(cube, work / "cube_half", steps=8, clear=True, half_cloud=True)
     tc, th = [], []
@@ -535,8 +536,10 @@ def half_cloudy(client: Any, cube: Path, model: Path, work: Path, repeat: int) -
         tc.append(_retrieve(clear, model, work / "lst_clear", client=client))
         th.append(_retrieve(half, model, work / "lst_half", client=client))
     c, h = _best(tc), _best(th)
+    pairs = [b["seconds"] / a["seconds"] for a, b in zip(tc, th, strict=True)]
     return {"clear_s": round(c["seconds"], 2), "half_cloudy_s": round(h["seconds"], 2),
             "ratio": round(h["seconds"] / c["seconds"], 3), "target": CLOUD_TARGET,
+            "ratio_per_pair": [round(v, 3) for v in pairs], "ratio_median_of_pairs": round(float(np.median(pairs)), 3),
             "clear_runs_s": [round(r["seconds"], 2) for r in tc], "half_runs_s": [round(r["seconds"], 2) for r in th],
             "clear_split_s": {k: round(c[k], 2) for k in ("read_s", "compute_s", "write_s")},
             "half_split_s": {k: round(h[k], 2) for k in ("read_s", "compute_s", "write_s")}}
@@ -699,9 +702,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dnn_vs_bare": res["bare"]["ratio_throughput_retrieve_to_bare"] >= BARE_TARGET,
         "dask_vs_in_process": res["ratio_dask_to_in_process"] >= DASK_TARGET,
         "dask_vs_prototype": res["dnn_dask_mpx_s"] >= PROTOTYPE_MPX_S,
-        "scaling": res["scaling"]["speedup"] >= SCALING_TARGET,
+        # the median of alternated pairs: best against best compares the VM's fastest moments of each side
+        "scaling": res["scaling"]["speedup_median_of_pairs"] >= SCALING_TARGET,
         "memory": abs(growth) <= MEMORY_TOLERANCE,
-        "half_cloudy": res["cloud"]["ratio"] <= CLOUD_TARGET,
+        "half_cloudy": res["cloud"]["ratio_median_of_pairs"] <= CLOUD_TARGET,
         "calibration_1sigma": [abs(c["insitu"]["within_1sigma"] - 0.683) <= 0.05 for c in res["calibration"]],
         "calibration_2sigma": [abs(c["insitu"]["within_2sigma"] - 0.954) <= 0.03 for c in res["calibration"]],
     }
@@ -734,13 +738,13 @@ def _table(r: dict[str, Any]) -> None:
          f"{DASK_TARGET}: {'met' if ok['dask_vs_in_process'] else 'MISSED'}"),
         ("DNN on Dask", f"{r['dnn_dask_mpx_s']:.2f} Mpx/s",
          f"prototype {PROTOTYPE_MPX_S} Mpx/s: {'met' if ok['dask_vs_prototype'] else 'MISSED'}"),
-        ("scaling 1 -> 2 workers", f"{r['scaling']['speedup']:.2f}x",
+        ("scaling 1 -> 2 workers", f"{r['scaling']['speedup_median_of_pairs']:.2f}x",
          f"target >= {SCALING_TARGET}: {'met' if ok['scaling'] else 'MISSED'}; the bare DNN forward scales "
          f"{r['scaling']['machine_ceiling_bare_dnn_forward']['speedup']:.2f}x here"),
         ("peak worker RSS, N -> 4N steps", f"{100 * r['memory']['peak_growth']:+.1f} %",
          f"{r['memory']['n']['peak_rss_mb']:.0f} -> {r['memory']['4n']['peak_rss_mb']:.0f} MB; target +-20 %: "
          f"{'met' if ok['memory'] else 'MISSED'}"),
-        ("half-cloudy / clear", f"{r['cloud']['ratio']:.2f}",
+        ("half-cloudy / clear", f"{r['cloud']['ratio_median_of_pairs']:.2f}",
          f"target <= {CLOUD_TARGET}: {'met' if ok['half_cloudy'] else 'MISSED'}"),
     ]
     for c in r["calibration"]:
