@@ -362,11 +362,28 @@ def test_the_client_sigkilled_mid_scene_write_leaves_nothing_complete_looking_an
     were running finish their own slots, the others are never shown; a re-run ingests only those, equal to an
     uninterrupted run."""
     monkeypatch.setenv("SFTL_LOG_DIR", str(tmp_path / "logs"))
-    cube = tmp_path / "cube"
+    # A trial whose kill came too late to interrupt anything (each worker may hold a second scene in its queue, which
+    # it starts if its first ends before the scheduler has released it: seen once in a loaded `make test`) did not
+    # test the kill; it is tried again on a fresh cube, at most 3 times. Every assertion holds in each trial.
+    for trial in range(3):
+        cube = tmp_path / f"cube{trial}"
+        n_ok, n_slots = _kill_client_mid_scene_write(small_testbed, cube, scheduler, client)
+        if n_ok < n_slots:
+            break
+    assert n_slots == 4 and n_ok < 4, f"{n_ok} of {n_slots} slots complete in 3 trials: nothing was interrupted"
+    check_unlocked(cube)  # the killed run's lock went with it
+    assert main(_small_ingest_args(small_testbed, cube, scheduler)) == 0
+    assert f"ingested {4 - n_ok} scene(s), skipped {n_ok}, failed 0" in capsys.readouterr().out
+    _assert_same_stores(cube, small_cube[0], CUBE_VARS, "ingest_ok")
+
+
+def _kill_client_mid_scene_write(small_testbed: Path, cube: Path, scheduler: str, client: Any) -> tuple[int, int]:
+    """``sftl ingest`` into ``cube`` SIGKILLed at its first data chunk; once the running tasks end, checks that
+    only complete slots show and that no unflagged slot has a checksum. Returns (slots complete, slots)."""
     run = subprocess.Popen([SFTL, *_small_ingest_args(small_testbed, cube, scheduler)], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT)
 
-    def first_scene_writing() -> bool:  # the first data chunk: the 2 waiting scenes are never started
+    def first_scene_writing() -> bool:  # the first data chunk: the 2 waiting scenes are not started yet
         return any(_slots_with_data(store) for store in cube.glob("*.zarr"))
 
     assert _kill_when(run, first_scene_writing), run.communicate()[0].decode()
@@ -378,12 +395,7 @@ def test_the_client_sigkilled_mid_scene_write_leaves_nothing_complete_looking_an
         assert open_cube(store).sizes["time"] == sum(s["ingest_ok"] for s in slots)  # only what is complete shows
         for s in slots:  # a slot not flagged is never half-shown: its checksum is not written either
             assert s["ingest_ok"] == (s["checksum"] != "")
-    n_ok = sum(flags)
-    assert len(flags) == 4 and n_ok < 4, f"{n_ok} of {len(flags)} slots complete: nothing was interrupted"
-    check_unlocked(cube)  # the killed run's lock went with it
-    assert main(_small_ingest_args(small_testbed, cube, scheduler)) == 0
-    assert f"ingested {4 - n_ok} scene(s), skipped {n_ok}, failed 0" in capsys.readouterr().out
-    _assert_same_stores(cube, small_cube[0], CUBE_VARS, "ingest_ok")
+    return sum(flags), len(flags)
 
 
 def test_a_second_ingest_of_a_cube_being_written_is_refused_in_one_line_and_the_cube_equals_one_run(
