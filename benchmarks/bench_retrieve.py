@@ -388,12 +388,9 @@ def _warm() -> None:
     """Imports and torch initialisation in each worker, outside the measured runs: torch, the package, and
     torch.export's loader (which imports torch._dynamo: ~2.6 s here the first time a process loads a
     ``model.pt2``, a process's start-up like torch's own import; :func:`scaling` also reports runs without it)."""
-    import torch
-    import torch.export.pt2_archive
+    import torch.export.pt2_archive  # noqa: F401
 
-    import sftl_dask.retrieve  # noqa: F401
-
-    torch.zeros(1)
+    _warm_torch()
 
 
 def _warm_torch() -> None:

@@ -143,12 +143,12 @@ def read_slots(store: str | os.PathLike[str], ok_var: str = "ingest_ok") -> tupl
 
 
 def _template(grid: GeoBox, scenes: Sequence[Mapping[str, Any]], variables: Mapping[str, Mapping[str, Any]],
-              ok_var: str, chunk: tuple[int, int] | None, provenance: bool = False, coverage: bool = False
+              ok_var: str, chunk: tuple[int, int], provenance: bool = False, coverage: bool = False
               ) -> xr.Dataset:
+    """The never-computed dataset a store's slots are written from; ``chunk``: its Zarr chunk (rows, columns)."""
     n = len(scenes)
     shape = (n, grid.height, grid.width)
-    cy, cx = chunk or (CHUNK, CHUNK)
-    chunks = (1, min(cy, grid.height), min(cx, grid.width))
+    chunks = (1, *chunk)
     data_vars: dict[str, Any] = {}
     for name, spec in variables.items():
         fill = spec.get("fill", np.nan if spec["dtype"] == "float32" else 0)
@@ -251,7 +251,9 @@ def append_slots(store: str | os.PathLike[str], grid: GeoBox, scenes: Sequence[M
         provenance = provenance and all(k in group for k in PROVENANCE_VARS)
         coverage = COVERAGE_VAR in group
         chunk = tuple(group[next(iter(variables))].chunks[1:])  # type: ignore[assignment]
-    tmpl = _template(grid, scenes, variables, ok_var, chunk, provenance, coverage)
+    cy, cx = chunk or (CHUNK, CHUNK)
+    zchunk = (min(cy, grid.height), min(cx, grid.width))  # a new store's chunks are clipped to its grid
+    tmpl = _template(grid, scenes, variables, ok_var, zchunk, provenance, coverage)
     tmpl = tmpl.rio.write_crs(grid.crs)
     tmpl = tmpl.rio.write_transform(grid.affine)
     gdal_crs = {"wkt": CRS(grid.crs).to_wkt(), "projjson": CRS(grid.crs).to_json_dict()}  # GDAL's Zarr CRS: < 3.10
@@ -262,9 +264,8 @@ def append_slots(store: str | os.PathLike[str], grid: GeoBox, scenes: Sequence[M
             "title": "sftl-dask scene cube", "platform": "GF5-02", "instrument": "VIMI",
             "Conventions": "CF-1.11", **geometry_attrs(grid), **dict(attrs or {}),
         }
-        cy, cx = chunk or (CHUNK, CHUNK)
         tmpl.to_zarr(zarr_store(store), mode="w-", compute=False, consolidated=True, zarr_format=2,
-                     encoding=_encoding(tmpl, variables, ok_var, (min(cy, grid.height), min(cx, grid.width))))
+                     encoding=_encoding(tmpl, variables, ok_var, zchunk))
         return list(range(len(scenes)))
     existing, slots = read_slots(store, ok_var)
     if existing != grid:
